@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+
+mod addr;
+pub mod config;
+pub mod model;
+pub mod packet;
+pub mod ports;
+pub mod table;
+
+pub use config::{ConfigError, parse};
+pub use model::Config;
+pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
+pub use table::Table;

@@ -1,0 +1,150 @@
+//! What the policy is asked about (a packet's source VNI and 5-tuple) and what it answers.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// IP protocol numbers the policy and its tools name.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// L4 source and destination ports, present for TCP and UDP only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ports {
+    /// Source port.
+    pub src: u16,
+    /// Destination port.
+    pub dst: u16,
+}
+
+/// One packet as the flow filter sees it: the VNI of its source VPC and its 5-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Packet {
+    /// VNI the packet was encapsulated with: names its source VPC.
+    pub src_vni: u32,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Ports, for TCP and UDP; `None` for every other protocol and for non-first fragments.
+    pub ports: Option<Ports>,
+}
+
+impl Packet {
+    /// A TCP packet.
+    pub fn tcp(src_vni: u32, src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Self {
+        let ports = Some(Ports {
+            src: src_port,
+            dst: dst_port,
+        });
+        Self {
+            src_vni,
+            src,
+            dst,
+            proto: proto::TCP,
+            ports,
+        }
+    }
+
+    /// A UDP packet.
+    pub fn udp(src_vni: u32, src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Self {
+        let ports = Some(Ports {
+            src: src_port,
+            dst: dst_port,
+        });
+        Self {
+            src_vni,
+            src,
+            dst,
+            proto: proto::UDP,
+            ports,
+        }
+    }
+
+    /// A packet without ports (ICMP, or any protocol other than TCP and UDP).
+    pub fn portless(src_vni: u32, src: IpAddr, dst: IpAddr, proto: u8) -> Self {
+        Self {
+            src_vni,
+            src,
+            dst,
+            proto,
+            ports: None,
+        }
+    }
+}
+
+/// Index of a VPC in a [`Table`](crate::Table); VPCs are numbered in name order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VpcId(pub u32);
+
+/// Index of a set of candidate VPCs of an ambiguous verdict, in a [`Table`](crate::Table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CandidatesId(pub u32);
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// The packet's source VNI names no VPC.
+    UnknownVpc,
+    /// No peering of the source VPC offers the source address and port.
+    SourceNotExposed,
+    /// The source is offered, but no peering admits the destination too.
+    DestinationNotExposed,
+}
+
+impl DropReason {
+    /// Every drop reason, in a stable order.
+    pub const ALL: [DropReason; 3] = [
+        DropReason::UnknownVpc,
+        DropReason::SourceNotExposed,
+        DropReason::DestinationNotExposed,
+    ];
+
+    /// The reason's name in verdicts and reports, for example `source-not-exposed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownVpc => "unknown-vpc",
+            DropReason::SourceNotExposed => "source-not-exposed",
+            DropReason::DestinationNotExposed => "destination-not-exposed",
+        }
+    }
+
+    /// The reason named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The policy's answer for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Exactly one peering admits the packet: forward it to this VPC.
+    Allow(VpcId),
+    /// Peerings with two or more VPCs admit it: allowed, the destination is left to a later,
+    /// stateful stage. The candidates are in [`Table::candidates`](crate::Table::candidates).
+    AllowAmbiguous(CandidatesId),
+    /// Dropped.
+    Drop(DropReason),
+}
+
+impl Default for Verdict {
+    /// Fail closed: a verdict slot nobody wrote drops its packet.
+    fn default() -> Self {
+        Verdict::Drop(DropReason::UnknownVpc)
+    }
+}

@@ -1,0 +1,545 @@
+//! The lookup table: built once from a validated [`Config`], then read per packet.
+//!
+//! # How a lookup works
+//! For each source VPC X the table holds two *segment tables* per address family:
+//! - the **source table** cuts the address space into segments where the set of peers Y whose
+//!   peering offers the address as a source of X, S(P, X), does not change, and within a segment,
+//!   the port ranges where it does not change. Each distinct set of peers is a *source class*.
+//! - the **destination table** does the same for D(P, Y) over all of X's peers Y, including the
+//!   fallback of a `default: true` block: *destination classes*.
+//!
+//! Because two peerings between the same two VPCs are refused, a peering of X is named by its
+//! remote VPC, and a class is a set of VPCs. The packet's verdict depends only on the pair
+//! (source class, destination class): the intersection of the two sets is M of SPEC section 3.
+//! The table precomputes that verdict for every pair of X's classes into a matrix, so a lookup
+//! is two binary searches, at most two more over a handful of ports, and one matrix read.
+//! Nothing is allocated per packet, and the cost grows with the logarithm of the number of
+//! segments, never with the number of peerings.
+
+use std::collections::HashMap;
+
+use crate::addr::{Family, addr_key, net_family, net_range};
+use crate::model::{Config, Entry};
+use crate::packet::{CandidatesId, DropReason, Packet, Verdict, VpcId};
+use crate::ports::PortList;
+
+/// A VPC as the table knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcInfo {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: u32,
+}
+
+/// Sizes of a built table, for reports and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Address segments over all source and destination tables.
+    pub segments: usize,
+    /// Port ranges stored within segments.
+    pub port_ranges: usize,
+    /// Source classes over all VPCs.
+    pub source_classes: usize,
+    /// Destination classes over all VPCs.
+    pub destination_classes: usize,
+    /// Precomputed verdicts over all VPCs.
+    pub matrix_cells: usize,
+    /// Distinct sets of candidates of ambiguous verdicts.
+    pub candidate_sets: usize,
+}
+
+/// The flow filter's lookup table. Immutable once built; cheap to share between threads.
+#[derive(Debug, Clone)]
+pub struct Table {
+    vpcs: Vec<VpcInfo>,
+    by_vni: Vec<(u32, VpcId)>,
+    per_vpc: Vec<VpcTable>,
+    candidates: Vec<Box<[VpcId]>>,
+}
+
+#[derive(Debug, Clone)]
+struct VpcTable {
+    /// Source segment tables, IPv4 then IPv6.
+    src: [SegTable; 2],
+    /// Destination segment tables, IPv4 then IPv6.
+    dst: [SegTable; 2],
+    /// Number of destination classes: the matrix row length.
+    dst_classes: usize,
+    /// Verdict for (source class, destination class) at `src * dst_classes + dst`.
+    matrix: Box<[Verdict]>,
+}
+
+/// Segments of one family's key space, each with a class for port-less packets and, where
+/// ports matter, a port map.
+#[derive(Debug, Clone)]
+struct SegTable {
+    /// First key of each segment; `starts[0] == 0`.
+    starts: Box<[u128]>,
+    segs: Box<[Seg]>,
+    /// First port of each port range; each segment's slice starts with port 0.
+    port_starts: Box<[u16]>,
+    port_classes: Box<[u32]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seg {
+    /// Class of packets without ports, and of every packet when `ports_len == 0`.
+    portless: u32,
+    ports_at: u32,
+    ports_len: u32,
+}
+
+fn family_index(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
+}
+
+impl SegTable {
+    #[inline]
+    fn class(&self, key: u128, port: Option<u16>) -> u32 {
+        let i = self.starts.partition_point(|&s| s <= key).saturating_sub(1);
+        let seg = self.segs[i];
+        match port {
+            Some(port) if seg.ports_len > 0 => {
+                let at = seg.ports_at as usize;
+                let starts = &self.port_starts[at..at + seg.ports_len as usize];
+                let j = starts.partition_point(|&s| s <= port).saturating_sub(1);
+                self.port_classes[at + j]
+            }
+            _ => seg.portless,
+        }
+    }
+}
+
+impl Table {
+    /// Builds the table of a validated configuration.
+    pub fn build(config: &Config) -> Table {
+        let vpcs: Vec<VpcInfo> = config
+            .vpcs
+            .iter()
+            .map(|v| VpcInfo {
+                name: v.name.clone(),
+                vni: v.vni,
+            })
+            .collect();
+        let mut by_vni: Vec<(u32, VpcId)> = vpcs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.vni, VpcId(i as u32)))
+            .collect();
+        by_vni.sort_unstable();
+        let mut candidates = Interner::default();
+        let per_vpc = (0..vpcs.len())
+            .map(|i| build_vpc(config, VpcId(i as u32), &mut candidates))
+            .collect();
+        let candidates = candidates
+            .sets
+            .into_iter()
+            .map(|set| set.into_iter().map(VpcId).collect())
+            .collect();
+        Table {
+            vpcs,
+            by_vni,
+            per_vpc,
+            candidates,
+        }
+    }
+
+    /// The verdict for one packet.
+    #[inline]
+    pub fn lookup(&self, packet: &Packet) -> Verdict {
+        let Some(vpc) = self.vpc_by_vni(packet.src_vni) else {
+            return Verdict::Drop(DropReason::UnknownVpc);
+        };
+        let t = &self.per_vpc[vpc.0 as usize];
+        let (src_family, src_key) = addr_key(packet.src);
+        let (dst_family, dst_key) = addr_key(packet.dst);
+        let (src_port, dst_port) = match packet.ports {
+            Some(p) => (Some(p.src), Some(p.dst)),
+            None => (None, None),
+        };
+        let s = t.src[family_index(src_family)].class(src_key, src_port) as usize;
+        let d = t.dst[family_index(dst_family)].class(dst_key, dst_port) as usize;
+        t.matrix[s * t.dst_classes + d]
+    }
+
+    /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`.
+    ///
+    /// # Panics
+    /// If `out` is not exactly as long as `packets` (a caller's bug, not an input error).
+    pub fn lookup_batch(&self, packets: &[Packet], out: &mut [Verdict]) {
+        assert_eq!(packets.len(), out.len(), "one verdict slot per packet");
+        for (packet, verdict) in packets.iter().zip(out.iter_mut()) {
+            *verdict = self.lookup(packet);
+        }
+    }
+
+    /// The VPCs, in name order: a [`VpcId`] indexes this slice.
+    pub fn vpcs(&self) -> &[VpcInfo] {
+        &self.vpcs
+    }
+
+    /// The VPC with this id.
+    pub fn vpc(&self, id: VpcId) -> &VpcInfo {
+        &self.vpcs[id.0 as usize]
+    }
+
+    /// The VPC whose VNI is `vni`.
+    #[inline]
+    pub fn vpc_by_vni(&self, vni: u32) -> Option<VpcId> {
+        self.by_vni
+            .binary_search_by_key(&vni, |&(v, _)| v)
+            .ok()
+            .map(|i| self.by_vni[i].1)
+    }
+
+    /// The VPC named `name`.
+    pub fn vpc_by_name(&self, name: &str) -> Option<VpcId> {
+        self.vpcs
+            .binary_search_by(|v| v.name.as_str().cmp(name))
+            .ok()
+            .map(|i| VpcId(i as u32))
+    }
+
+    /// The candidates of an ambiguous verdict, in name order.
+    pub fn candidates(&self, id: CandidatesId) -> &[VpcId] {
+        &self.candidates[id.0 as usize]
+    }
+
+    /// The verdict in the notation of the spec: `allow(vpc-2)`, `allow-ambiguous([vpc-a, vpc-c])`,
+    /// `drop(source-not-exposed)`.
+    pub fn verdict_text(&self, verdict: Verdict) -> String {
+        match verdict {
+            Verdict::Allow(vpc) => format!("allow({})", self.vpc(vpc).name),
+            Verdict::AllowAmbiguous(set) => {
+                let names: Vec<&str> = self
+                    .candidates(set)
+                    .iter()
+                    .map(|&v| self.vpc(v).name.as_str())
+                    .collect();
+                format!("allow-ambiguous([{}])", names.join(", "))
+            }
+            Verdict::Drop(reason) => format!("drop({reason})"),
+        }
+    }
+
+    /// Sizes of the table.
+    pub fn stats(&self) -> TableStats {
+        let mut stats = TableStats {
+            candidate_sets: self.candidates.len(),
+            ..Default::default()
+        };
+        for t in &self.per_vpc {
+            for seg in t.src.iter().chain(&t.dst) {
+                stats.segments += seg.segs.len();
+                stats.port_ranges += seg.port_starts.len();
+            }
+            stats.destination_classes += t.dst_classes;
+            stats.source_classes += t.matrix.len() / t.dst_classes.max(1);
+            stats.matrix_cells += t.matrix.len();
+        }
+        stats
+    }
+}
+
+/// Interns sets of VPC indices; set 0 is the empty set.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Vec<u32>, u32>,
+    sets: Vec<Vec<u32>>,
+}
+
+impl Interner {
+    fn with_empty() -> Self {
+        let mut interner = Self::default();
+        interner.intern(Vec::new());
+        interner
+    }
+
+    fn intern(&mut self, set: Vec<u32>) -> u32 {
+        if let Some(&id) = self.ids.get(&set) {
+            return id;
+        }
+        let id = self.sets.len() as u32;
+        self.sets.push(set.clone());
+        self.ids.insert(set, id);
+        id
+    }
+}
+
+/// An address range that adds a member, possibly for some ports only.
+struct Include<'a> {
+    lo: u128,
+    hi: u128,
+    member: u32,
+    block: u32,
+    ports: Option<&'a PortList>,
+}
+
+/// An address range removed from one block (a `not`).
+struct Hole {
+    lo: u128,
+    hi: u128,
+    block: u32,
+}
+
+/// What one side (source or destination) of one family contributes, before segmentation.
+#[derive(Default)]
+struct SideInput<'a> {
+    includes: Vec<Include<'a>>,
+    holes: Vec<Hole>,
+    /// The member added to every address that no include covers (a `default: true` block).
+    fallback: Option<u32>,
+}
+
+impl<'a> SideInput<'a> {
+    fn add_entries(
+        &mut self,
+        family: Family,
+        member: u32,
+        block: u32,
+        entries: &'a [Entry],
+        nots: &[ipnet::IpNet],
+    ) {
+        for e in entries.iter().filter(|e| net_family(&e.net) == family) {
+            let (lo, hi) = net_range(&e.net);
+            self.includes.push(Include {
+                lo,
+                hi,
+                member,
+                block,
+                ports: e.ports.as_ref(),
+            });
+        }
+        for n in nots.iter().filter(|n| net_family(n) == family) {
+            let (lo, hi) = net_range(n);
+            self.holes.push(Hole { lo, hi, block });
+        }
+    }
+}
+
+fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> VpcTable {
+    let mut src_classes = Interner::with_empty();
+    let mut dst_classes = Interner::with_empty();
+    let mut src = Vec::with_capacity(2);
+    let mut dst = Vec::with_capacity(2);
+    for family in [Family::V4, Family::V6] {
+        let mut s = SideInput::default();
+        let mut d = SideInput::default();
+        let mut block_id = 0u32;
+        for peering in &config.peerings {
+            let Some((mine, theirs)) = peering.sides_of(me) else {
+                continue;
+            };
+            let peer = theirs.vpc.0;
+            for block in &mine.blocks {
+                if block.default {
+                    // A default block offers every address as a source, whatever the port; it
+                    // gets a block id of its own so that the block's `not`s do not apply.
+                    s.includes.push(Include {
+                        lo: 0,
+                        hi: family.max_key(),
+                        member: peer,
+                        block: block_id,
+                        ports: None,
+                    });
+                    block_id += 1;
+                }
+                s.add_entries(family, peer, block_id, &block.ips, &block.ips_not);
+                block_id += 1;
+            }
+            for block in &theirs.blocks {
+                if block.default {
+                    d.fallback = Some(peer);
+                }
+                let (entries, nots) = block.public();
+                d.add_entries(family, peer, block_id, entries, nots);
+                block_id += 1;
+            }
+        }
+        src.push(segment(family, s, &mut src_classes));
+        dst.push(segment(family, d, &mut dst_classes));
+    }
+    let src_sets = &src_classes.sets;
+    let dst_sets = &dst_classes.sets;
+    let mut matrix = Vec::with_capacity(src_sets.len() * dst_sets.len());
+    let mut both = Vec::new();
+    for (s, src_set) in src_sets.iter().enumerate() {
+        for dst_set in dst_sets {
+            let verdict = if s == 0 {
+                Verdict::Drop(DropReason::SourceNotExposed)
+            } else {
+                intersect(src_set, dst_set, &mut both);
+                match both.as_slice() {
+                    [] => Verdict::Drop(DropReason::DestinationNotExposed),
+                    [only] => Verdict::Allow(VpcId(*only)),
+                    _ => Verdict::AllowAmbiguous(CandidatesId(candidates.intern(both.clone()))),
+                }
+            };
+            matrix.push(verdict);
+        }
+    }
+    let [src4, src6]: [SegTable; 2] = src.try_into().unwrap_or_else(|_| unreachable!());
+    let [dst4, dst6]: [SegTable; 2] = dst.try_into().unwrap_or_else(|_| unreachable!());
+    VpcTable {
+        src: [src4, src6],
+        dst: [dst4, dst6],
+        dst_classes: dst_sets.len(),
+        matrix: matrix.into(),
+    }
+}
+
+fn intersect(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+}
+
+/// A segment while building: first key, port-less class, port map (first port, class).
+type Segment = (u128, u32, Vec<(u16, u32)>);
+
+/// Cuts one family's key space into segments of constant membership and interns their classes.
+fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> SegTable {
+    let max = family.max_key();
+    let mut bounds: Vec<u128> = vec![0];
+    for (lo, hi) in input
+        .includes
+        .iter()
+        .map(|i| (i.lo, i.hi))
+        .chain(input.holes.iter().map(|h| (h.lo, h.hi)))
+    {
+        bounds.push(lo);
+        if hi < max {
+            bounds.push(hi + 1);
+        }
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    input.includes.sort_by_key(|i| i.lo);
+    input.holes.sort_by_key(|h| h.lo);
+
+    // Adjacent segments with equal classes are merged.
+    let mut segments: Vec<Segment> = Vec::new();
+    let (mut next_include, mut next_hole) = (0, 0);
+    let mut active: Vec<&Include<'_>> = Vec::new();
+    let mut holes: Vec<&Hole> = Vec::new();
+    let mut portless: Vec<u32> = Vec::new();
+    let mut ported: Vec<&Include<'_>> = Vec::new();
+    for &start in &bounds {
+        active.retain(|i| i.hi >= start);
+        holes.retain(|h| h.hi >= start);
+        while next_include < input.includes.len() && input.includes[next_include].lo <= start {
+            active.push(&input.includes[next_include]);
+            next_include += 1;
+        }
+        while next_hole < input.holes.len() && input.holes[next_hole].lo <= start {
+            holes.push(&input.holes[next_hole]);
+            next_hole += 1;
+        }
+        portless.clear();
+        ported.clear();
+        for include in active
+            .iter()
+            .filter(|i| !holes.iter().any(|h| h.block == i.block))
+        {
+            match include.ports {
+                None => portless.push(include.member),
+                Some(_) => ported.push(include),
+            }
+        }
+        if let (Some(fallback), true) = (input.fallback, portless.is_empty() && ported.is_empty()) {
+            portless.push(fallback);
+        }
+        portless.sort_unstable();
+        portless.dedup();
+        let portless_class = classes.intern(portless.clone());
+        let port_map = port_map(&portless, &ported, portless_class, classes);
+        match segments.last() {
+            Some((_, c, map)) if *c == portless_class && *map == port_map => {}
+            _ => segments.push((start, portless_class, port_map)),
+        }
+    }
+
+    let mut table = SegTable {
+        starts: segments.iter().map(|s| s.0).collect(),
+        segs: Box::default(),
+        port_starts: Box::default(),
+        port_classes: Box::default(),
+    };
+    let mut segs = Vec::with_capacity(segments.len());
+    let (mut port_starts, mut port_classes) = (Vec::new(), Vec::new());
+    for (_, portless, map) in segments {
+        segs.push(Seg {
+            portless,
+            ports_at: port_starts.len() as u32,
+            ports_len: map.len() as u32,
+        });
+        for (port, class) in map {
+            port_starts.push(port);
+            port_classes.push(class);
+        }
+    }
+    table.segs = segs.into();
+    table.port_starts = port_starts.into();
+    table.port_classes = port_classes.into();
+    table
+}
+
+/// The port ranges of one segment with their classes; empty when every port has the port-less
+/// class.
+fn port_map(
+    portless: &[u32],
+    ported: &[&Include<'_>],
+    portless_class: u32,
+    classes: &mut Interner,
+) -> Vec<(u16, u32)> {
+    if ported.is_empty() {
+        return Vec::new();
+    }
+    let mut bounds: Vec<u16> = vec![0];
+    for include in ported {
+        for r in include.ports.map(PortList::ranges).unwrap_or_default() {
+            bounds.push(r.lo);
+            if r.hi < u16::MAX {
+                bounds.push(r.hi + 1);
+            }
+        }
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut map: Vec<(u16, u32)> = Vec::new();
+    let mut members = Vec::new();
+    for port in bounds {
+        members.clear();
+        members.extend_from_slice(portless);
+        members.extend(
+            ported
+                .iter()
+                .filter(|i| i.ports.is_some_and(|p| p.contains(port)))
+                .map(|i| i.member),
+        );
+        members.sort_unstable();
+        members.dedup();
+        let class = classes.intern(members.clone());
+        if map.last().is_none_or(|&(_, c)| c != class) {
+            map.push((port, class));
+        }
+    }
+    if map.len() == 1 && map[0].1 == portless_class {
+        map.clear();
+    }
+    map
+}
