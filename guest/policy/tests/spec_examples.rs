@@ -1,6 +1,8 @@
 //! The worked examples of SPEC sections 3.1 to 3.3, one test each, with the verdicts the spec
 //! gives (or derives from its set definitions, as explained next to each case).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 use flowgate_policy::packet::proto;
 use flowgate_policy::{Packet, Table, parse};
 
