@@ -1,0 +1,305 @@
+//! proptest strategies for small configs full of overlap, and for packets aimed at them.
+//! Configs are generated valid by construction and rendered to YAML, so the parser and the
+//! validator see them as a user would write them.
+
+use std::fmt::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use flowgate_policy::Packet;
+use flowgate_policy::packet::proto;
+use proptest::prelude::*;
+
+const PORT_LISTS: &[&str] = &["80", "80-90", "22,443", "1000-2000", "0-1023", "443"];
+const PACKET_PORTS: &[u16] = &[
+    0, 22, 53, 79, 80, 85, 90, 91, 443, 1000, 1500, 2000, 2001, 65535,
+];
+const V4_LENS: &[u8] = &[16, 22, 22, 23, 24, 25, 26, 32];
+const V6_LENS: &[u8] = &[112, 118, 118, 120, 121, 124, 128];
+
+/// Which pool a prefix or an address comes from.
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    Private,
+    Public,
+}
+
+fn addr(v6: bool, pool: Pool, bits: u32) -> IpAddr {
+    match (v6, pool) {
+        (false, Pool::Private) => IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (bits & 0x3ff))),
+        (false, Pool::Public) => IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 | (bits & 0x1ff))),
+        (true, Pool::Private) => IpAddr::V6(Ipv6Addr::from(
+            0xfd00_u128 << 112 | u128::from(bits & 0x3ff),
+        )),
+        (true, Pool::Public) => IpAddr::V6(Ipv6Addr::from(
+            0xfd01_u128 << 112 | u128::from(bits & 0x1ff),
+        )),
+    }
+}
+
+fn prefix(v6: bool, pool: Pool, bits: u32, len_pick: usize) -> ipnet::IpNet {
+    let len = if v6 {
+        V6_LENS[len_pick % V6_LENS.len()]
+    } else {
+        V4_LENS[len_pick % V4_LENS.len()]
+    };
+    ipnet::IpNet::new(addr(v6, pool, bits), len)
+        .expect("length fits the family")
+        .trunc()
+}
+
+/// One list of a block (`ips` or `as`): cidrs with optional ports, and an optional `not` strictly
+/// inside one of the cidrs.
+#[derive(Debug, Clone)]
+struct ListSeed {
+    cidrs: Vec<(u32, usize, Option<usize>)>,
+    not: Option<(usize, u8, u32)>,
+}
+
+fn list_seed() -> impl Strategy<Value = ListSeed> {
+    (
+        prop::collection::vec(
+            (
+                any::<u32>(),
+                any::<usize>(),
+                prop::option::weighted(0.35, any::<usize>()),
+            ),
+            1..=3,
+        ),
+        prop::option::weighted(0.3, (any::<usize>(), 1u8..=4, any::<u32>())),
+    )
+        .prop_map(|(cidrs, not)| ListSeed { cidrs, not })
+}
+
+#[derive(Debug, Clone)]
+struct BlockSeed {
+    v6: bool,
+    ips: ListSeed,
+    as_: Option<ListSeed>,
+    default: bool,
+}
+
+fn block_seed() -> impl Strategy<Value = BlockSeed> {
+    (
+        prop::bool::weighted(0.25),
+        list_seed(),
+        prop::option::weighted(0.25, list_seed()),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(|(v6, ips, as_, default)| BlockSeed {
+            v6,
+            ips,
+            as_,
+            default,
+        })
+}
+
+/// A generated configuration, as YAML, with the VNIs it uses.
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    pub yaml: String,
+    pub vnis: Vec<u32>,
+    /// Every prefix the config names, so packets can aim at them.
+    pub nets: Vec<ipnet::IpNet>,
+    /// The private prefixes each VPC exposes (by VPC index), to aim sources at.
+    pub own: Vec<Vec<ipnet::IpNet>>,
+}
+
+pub fn config() -> impl Strategy<Value = GenConfig> {
+    (2usize..=4)
+        .prop_flat_map(|n| {
+            let pair = (0..n, 0..n);
+            let side = || prop::collection::vec(block_seed(), 1..=3);
+            (
+                Just(n),
+                prop::collection::vec((pair, side(), side()), 2..=7),
+            )
+        })
+        .prop_map(|(n, peerings)| render(n, peerings))
+}
+
+fn render(n: usize, peerings: Vec<((usize, usize), Vec<BlockSeed>, Vec<BlockSeed>)>) -> GenConfig {
+    let mut yaml = String::new();
+    let vnis: Vec<u32> = (0..n).map(|i| 100 + i as u32).collect();
+    for (i, vni) in vnis.iter().enumerate() {
+        let _ = write!(
+            yaml,
+            "kind: VPCInfo\nmetadata: {{name: v{i}}}\nspec: {{vni: {vni}}}\n---\n"
+        );
+    }
+    let mut nets = Vec::new();
+    let mut own = vec![Vec::new(); n];
+    let mut seen = std::collections::HashSet::new();
+    let mut faced_by_default = std::collections::HashSet::new();
+    for ((a, b), side_a, side_b) in peerings {
+        let (a, b) = (a.min(b), a.max(b));
+        if a == b || !seen.insert((a, b)) {
+            continue;
+        }
+        let _ = write!(
+            yaml,
+            "kind: Peering\nmetadata: {{name: v{a}--v{b}}}\nspec:\n  peering:\n"
+        );
+        for (me, other, blocks) in [(a, b, side_a), (b, a, side_b)] {
+            let _ = write!(yaml, "    v{me}:\n      expose:\n");
+            for block in blocks {
+                let default = block.default && faced_by_default.insert(other);
+                let before = nets.len();
+                render_block(&mut yaml, &block, default, &mut nets);
+                own[me].extend(nets[before..].iter().filter(|n| !is_public(n)));
+            }
+            if yaml.ends_with("expose:\n") {
+                yaml.push_str("        []\n");
+            }
+        }
+        yaml.push_str("---\n");
+    }
+    GenConfig {
+        yaml,
+        vnis,
+        nets,
+        own,
+    }
+}
+
+fn is_public(net: &ipnet::IpNet) -> bool {
+    match net {
+        ipnet::IpNet::V4(n) => n.network().octets()[0] == 192,
+        ipnet::IpNet::V6(n) => n.network().segments()[0] == 0xfd01,
+    }
+}
+
+fn render_block(yaml: &mut String, block: &BlockSeed, default: bool, nets: &mut Vec<ipnet::IpNet>) {
+    if default {
+        yaml.push_str("        - default: true\n");
+        return;
+    }
+    yaml.push_str("        - ips:\n");
+    render_list(yaml, block.v6, Pool::Private, &block.ips, true, nets);
+    if let Some(as_) = &block.as_ {
+        yaml.push_str("          as:\n");
+        render_list(yaml, block.v6, Pool::Public, as_, false, nets);
+        yaml.push_str("          nat: {masquerade: {}}\n");
+    }
+}
+
+fn render_list(
+    yaml: &mut String,
+    v6: bool,
+    pool: Pool,
+    list: &ListSeed,
+    private: bool,
+    all: &mut Vec<ipnet::IpNet>,
+) {
+    let mut nets = Vec::new();
+    for &(bits, len, ports) in &list.cidrs {
+        let net = prefix(v6, pool, bits, len);
+        nets.push(net);
+        let _ = write!(yaml, "            - cidr: \"{net}\"\n");
+        if let Some(p) = ports.filter(|_| private || v6 || bits % 2 == 0) {
+            let _ = write!(
+                yaml,
+                "              ports: \"{}\"\n",
+                PORT_LISTS[p % PORT_LISTS.len()]
+            );
+        }
+    }
+    all.extend(&nets);
+    if let Some((which, extra, bits)) = list.not {
+        let base = nets[which % nets.len()];
+        let len = (base.prefix_len() + extra).min(base.max_prefix_len());
+        if len > base.prefix_len() {
+            // An address inside `base`, then the longer prefix around it.
+            let not = ipnet::IpNet::new(host_in(&base, bits), len)
+                .expect("length fits")
+                .trunc();
+            all.push(not);
+            let _ = write!(yaml, "            - not: \"{not}\"\n");
+        }
+    }
+}
+
+/// A host inside `net`.
+fn host_in(net: &ipnet::IpNet, bits: u32) -> IpAddr {
+    match net {
+        ipnet::IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(
+            u32::from(n.network()) | (bits & !u32::from(n.netmask())),
+        )),
+        ipnet::IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(n.network()) | (u128::from(bits) & !u128::from(n.netmask())),
+        )),
+    }
+}
+
+/// A packet from one of the VNIs (or, rarely, an unknown one), mostly to and from addresses
+/// inside the config's own prefixes, sometimes near them or far away.
+pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
+    let config = config.clone();
+    let unknown = prop::bool::weighted(0.05);
+    let end = (0u8..10, any::<usize>(), any::<u32>());
+    let picks = (
+        any::<usize>(),
+        unknown,
+        prop::bool::weighted(0.25),
+        end.clone(),
+        end,
+        0u8..5,
+        any::<(usize, usize)>(),
+    );
+    picks.prop_map(
+        move |(
+            vpc,
+            unknown,
+            v6,
+            (src_kind, src_pick, src_bits),
+            (dst_kind, dst_pick, dst_bits),
+            proto_pick,
+            (sp, dp),
+        )| {
+            let vpc = vpc % config.vnis.len();
+            let vni = if unknown {
+                config.vnis.iter().max().copied().unwrap_or(0) + 1
+            } else {
+                config.vnis[vpc]
+            };
+            let own = &config.own[vpc];
+            let src = match src_kind {
+                0..=7 if !own.is_empty() => host_in(&own[src_pick % own.len()], src_bits),
+                0..=4 => addr(v6, Pool::Private, src_bits),
+                5..=8 => addr(v6, Pool::Public, src_bits),
+                _ if v6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, src_bits as u16)),
+                _ => IpAddr::V4(Ipv4Addr::new(8, 8, 8, src_bits as u8)),
+            };
+            let v6 = src.is_ipv6();
+            let all: Vec<&ipnet::IpNet> = config
+                .nets
+                .iter()
+                .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                .collect();
+            let dst = match dst_kind {
+                0..=6 if !all.is_empty() => host_in(all[dst_pick % all.len()], dst_bits),
+                0..=4 => addr(v6, Pool::Private, dst_bits),
+                5..=8 => addr(v6, Pool::Public, dst_bits),
+                _ if v6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, dst_bits as u16)),
+                _ => IpAddr::V4(Ipv4Addr::new(8, 8, 8, dst_bits as u8)),
+            };
+            let (sport, dport) = (
+                PACKET_PORTS[sp % PACKET_PORTS.len()],
+                PACKET_PORTS[dp % PACKET_PORTS.len()],
+            );
+            match proto_pick {
+                0 | 1 => Packet::tcp(vni, src, sport, dst, dport),
+                2 => Packet::udp(vni, src, sport, dst, dport),
+                3 => Packet::portless(vni, src, dst, if v6 { proto::ICMPV6 } else { proto::ICMP }),
+                _ => Packet::portless(vni, src, dst, 47),
+            }
+        },
+    )
+}
+
+/// A generated config with a batch of packets for it.
+pub fn config_and_packets(max_packets: usize) -> impl Strategy<Value = (GenConfig, Vec<Packet>)> {
+    config().prop_flat_map(move |c| {
+        let packets = prop::collection::vec(packet(&c), 1..=max_packets);
+        (Just(c), packets)
+    })
+}

@@ -1,0 +1,5 @@
+//! Shared by the integration tests: the reference oracle and the generators.
+#![allow(dead_code)]
+
+pub mod arb;
+pub mod oracle;

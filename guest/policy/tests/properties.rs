@@ -1,0 +1,124 @@
+//! Property tests: the table against the reference oracle on generated configs and packets,
+//! batch lookups against single ones, and the parser against arbitrary and mangled input.
+//!
+//! `FLOWGATE_PROPTEST_CASES` sets how many configs each property draws (default 10,000 for
+//! the oracle property); every config is judged on a batch of up to 32 packets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+mod common;
+
+use common::{arb, oracle};
+use flowgate_policy::{Table, Verdict, parse};
+use proptest::prelude::*;
+
+fn cases(default: u32) -> ProptestConfig {
+    let cases = std::env::var("FLOWGATE_PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(10_000))]
+
+    #[test]
+    fn table_equals_oracle((config, packets) in arb::config_and_packets(32)) {
+        let parsed = parse(&config.yaml, None).map_err(|e| TestCaseError::fail(format!("generated config refused: {e}\n{}", config.yaml)))?;
+        let table = Table::build(&parsed);
+        for packet in &packets {
+            let expected = oracle::verdict(&parsed, packet);
+            let got = oracle::from_table(&table, table.lookup(packet));
+            prop_assert_eq!(got, expected, "packet {:?}\nconfig:\n{}", packet, config.yaml);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(2_000))]
+
+    #[test]
+    fn batch_equals_single((config, packets) in arb::config_and_packets(64)) {
+        let table = Table::build(&parse(&config.yaml, None).unwrap());
+        let mut batch = vec![Verdict::default(); packets.len()];
+        table.lookup_batch(&packets, &mut batch);
+        let single: Vec<Verdict> = packets.iter().map(|p| table.lookup(p)).collect();
+        prop_assert_eq!(batch, single);
+    }
+
+    #[test]
+    fn parser_never_panics_on_arbitrary_text(text in ".{0,400}") {
+        let _ = parse(&text, Some("arbitrary.yaml"));
+    }
+
+    #[test]
+    fn parser_never_panics_on_mangled_configs(
+        config in arb::config(),
+        cuts in prop::collection::vec((any::<prop::sample::Index>(), 0usize..8, ".{0,6}"), 1..6),
+    ) {
+        let mut text = config.yaml.clone();
+        for (at, len, insert) in cuts {
+            let start = at.index(text.len() + 1);
+            let end = (start + len).min(text.len());
+            if text.is_char_boundary(start) && text.is_char_boundary(end) {
+                text.replace_range(start..end, &insert);
+            }
+        }
+        if let Ok(parsed) = parse(&text, Some("mangled.yaml")) {
+            // Whatever is accepted must build and answer.
+            let table = Table::build(&parsed);
+            for vni in config.vnis {
+                let p = flowgate_policy::Packet::portless(vni, "10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), 1);
+                let _ = table.lookup(&p);
+            }
+        }
+    }
+}
+
+/// The generators must reach every kind of verdict, or the oracle property proves little.
+#[test]
+fn generated_cases_reach_every_verdict() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = arb::config_and_packets(32);
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for _ in 0..300 {
+        let (config, packets) = strategy.new_tree(&mut runner).unwrap().current();
+        let parsed = parse(&config.yaml, None).unwrap();
+        let defaults = parsed
+            .peerings
+            .iter()
+            .flat_map(|p| &p.sides)
+            .flat_map(|s| &s.blocks)
+            .any(|b| b.default);
+        let table = Table::build(&parsed);
+        for packet in &packets {
+            let kind = match oracle::verdict(&parsed, packet) {
+                oracle::Expected::Allow(_) if defaults => "allow (config with a default block)",
+                oracle::Expected::Allow(_) => "allow",
+                oracle::Expected::AllowAmbiguous(_) => "allow-ambiguous",
+                oracle::Expected::Drop(reason) => reason,
+            };
+            *seen.entry(kind).or_default() += 1;
+            let _ = table.lookup(packet);
+        }
+    }
+    for kind in [
+        "allow",
+        "allow (config with a default block)",
+        "allow-ambiguous",
+        "unknown-vpc",
+        "source-not-exposed",
+        "destination-not-exposed",
+    ] {
+        assert!(
+            seen.get(kind).copied().unwrap_or(0) >= 20,
+            "verdict {kind} seen too rarely: {seen:?}"
+        );
+    }
+}
