@@ -117,7 +117,10 @@ pub fn config() -> impl Strategy<Value = GenConfig> {
         .prop_map(|(n, peerings)| render(n, peerings))
 }
 
-fn render(n: usize, peerings: Vec<((usize, usize), Vec<BlockSeed>, Vec<BlockSeed>)>) -> GenConfig {
+/// A peering to render: the two VPC indices and each side's blocks.
+type PeeringSeed = ((usize, usize), Vec<BlockSeed>, Vec<BlockSeed>);
+
+fn render(n: usize, peerings: Vec<PeeringSeed>) -> GenConfig {
     let mut yaml = String::new();
     let vnis: Vec<u32> = (0..n).map(|i| 100 + i as u32).collect();
     for (i, vni) in vnis.iter().enumerate() {
@@ -194,11 +197,11 @@ fn render_list(
     for &(bits, len, ports) in &list.cidrs {
         let net = prefix(v6, pool, bits, len);
         nets.push(net);
-        let _ = write!(yaml, "            - cidr: \"{net}\"\n");
+        let _ = writeln!(yaml, "            - cidr: \"{net}\"");
         if let Some(p) = ports.filter(|_| private || v6 || bits % 2 == 0) {
-            let _ = write!(
+            let _ = writeln!(
                 yaml,
-                "              ports: \"{}\"\n",
+                "              ports: \"{}\"",
                 PORT_LISTS[p % PORT_LISTS.len()]
             );
         }
@@ -213,7 +216,7 @@ fn render_list(
                 .expect("length fits")
                 .trunc();
             all.push(not);
-            let _ = write!(yaml, "            - not: \"{not}\"\n");
+            let _ = writeln!(yaml, "            - not: \"{not}\"");
         }
     }
 }
