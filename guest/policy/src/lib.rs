@@ -2,6 +2,8 @@
 
 mod addr;
 pub mod config;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod model;
 pub mod packet;
 pub mod ports;

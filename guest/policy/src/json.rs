@@ -1,0 +1,193 @@
+//! The JSON-lines packet and verdict format of the fixture cases and of `flowgate check`.
+//!
+//! A packet line:
+//! `{"src_vpc": "vpc-1", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": "tcp", "src_port": 1234, "dst_port": 80}`.
+//! `src_vni` (a number) may stand in place of `src_vpc`; `proto` is `tcp`, `udp`, `icmp`,
+//! `icmpv6` or a protocol number; ports are given for TCP and UDP and absent otherwise. A
+//! `note` string is allowed and ignored (fixtures explain their packets there).
+//!
+//! A verdict line: `{"verdict": "allow", "dst_vpc": "vpc-2", "dst_vni": 200}`,
+//! `{"verdict": "allow-ambiguous", "candidates": ["vpc-a", "vpc-c"]}` or
+//! `{"verdict": "drop", "reason": "source-not-exposed"}`.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::packet::{Packet, Ports, Verdict, proto};
+use crate::table::Table;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PacketLine {
+    src_vpc: Option<String>,
+    src_vni: Option<u32>,
+    src_ip: IpAddr,
+    dst_ip: IpAddr,
+    proto: Value,
+    src_port: Option<u16>,
+    dst_port: Option<u16>,
+    #[serde(rename = "note")]
+    _note: Option<String>,
+}
+
+/// Reads one packet line. A `src_vpc` that names no VPC gives a packet with VNI 0, which no
+/// VPC has, so it is judged `drop(unknown-vpc)`.
+pub fn parse_packet(line: &str, table: &Table) -> Result<Packet, String> {
+    let p: PacketLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let src_vni = match (&p.src_vpc, p.src_vni) {
+        (Some(name), None) => table.vpc_by_name(name).map_or(0, |id| table.vpc(id).vni),
+        (None, Some(vni)) => vni,
+        (Some(_), Some(_)) => return Err("give `src_vpc` or `src_vni`, not both".into()),
+        (None, None) => return Err("missing `src_vpc` (or `src_vni`)".into()),
+    };
+    let proto = parse_proto(&p.proto)?;
+    let ports = match (proto, p.src_port, p.dst_port) {
+        (proto::TCP | proto::UDP, Some(src), Some(dst)) => Some(Ports { src, dst }),
+        (proto::TCP | proto::UDP, _, _) => {
+            return Err("TCP and UDP packets need `src_port` and `dst_port`".into());
+        }
+        (_, None, None) => None,
+        (n, _, _) => {
+            return Err(format!(
+                "protocol {n} has no ports: leave out `src_port` and `dst_port`"
+            ));
+        }
+    };
+    Ok(Packet {
+        src_vni,
+        src: p.src_ip,
+        dst: p.dst_ip,
+        proto,
+        ports,
+    })
+}
+
+/// A protocol name (`tcp`, `udp`, `icmp`, `icmpv6`) or number.
+pub fn parse_proto(value: &Value) -> Result<u8, String> {
+    let named = |name: &str| match name.to_ascii_lowercase().as_str() {
+        "tcp" => Some(proto::TCP),
+        "udp" => Some(proto::UDP),
+        "icmp" => Some(proto::ICMP),
+        "icmpv6" | "ipv6-icmp" => Some(proto::ICMPV6),
+        other => other.parse().ok(),
+    };
+    match value {
+        Value::String(name) => named(name),
+        Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        format!("`proto` {value} is not tcp, udp, icmp, icmpv6 or a protocol number 0-255")
+    })
+}
+
+/// A verdict as a JSON value.
+pub fn verdict_json(table: &Table, verdict: Verdict) -> Value {
+    match verdict {
+        Verdict::Allow(vpc) => {
+            let vpc = table.vpc(vpc);
+            json!({"verdict": "allow", "dst_vpc": vpc.name, "dst_vni": vpc.vni})
+        }
+        Verdict::AllowAmbiguous(set) => {
+            let names: Vec<&str> = table
+                .candidates(set)
+                .iter()
+                .map(|&v| table.vpc(v).name.as_str())
+                .collect();
+            json!({"verdict": "allow-ambiguous", "candidates": names})
+        }
+        Verdict::Drop(reason) => json!({"verdict": "drop", "reason": reason.as_str()}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        let yaml = "kind: VPCInfo\nmetadata: {name: a}\nspec: {vni: 7}\n";
+        Table::build(&crate::parse(yaml, None).unwrap())
+    }
+
+    #[test]
+    fn reads_packets() {
+        let t = table();
+        let p = parse_packet(r#"{"src_vpc": "a", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": "tcp", "src_port": 1234, "dst_port": 80}"#, &t).unwrap();
+        assert_eq!(
+            p,
+            Packet::tcp(
+                7,
+                "10.0.0.1".parse().unwrap(),
+                1234,
+                "1.0.0.9".parse().unwrap(),
+                80
+            )
+        );
+        let p = parse_packet(r#"{"src_vni": 9, "src_ip": "fd00::1", "dst_ip": "fd00::2", "proto": 58, "note": "ping"}"#, &t).unwrap();
+        assert_eq!(
+            p,
+            Packet::portless(
+                9,
+                "fd00::1".parse().unwrap(),
+                "fd00::2".parse().unwrap(),
+                58
+            )
+        );
+        let p = parse_packet(
+            r#"{"src_vpc": "nobody", "src_ip": "1.1.1.1", "dst_ip": "2.2.2.2", "proto": "ICMP"}"#,
+            &t,
+        )
+        .unwrap();
+        assert_eq!(p.src_vni, 0);
+    }
+
+    #[test]
+    fn refuses_malformed_packets_with_a_reason() {
+        let t = table();
+        let cases = [
+            (
+                r#"{"src_vpc": "a", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": "tcp"}"#,
+                "need `src_port`",
+            ),
+            (
+                r#"{"src_vpc": "a", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": "icmp", "src_port": 1, "dst_port": 2}"#,
+                "has no ports",
+            ),
+            (
+                r#"{"src_vpc": "a", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": "sctp"}"#,
+                "not tcp, udp",
+            ),
+            (
+                r#"{"src_vpc": "a", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": 300}"#,
+                "not tcp, udp",
+            ),
+            (
+                r#"{"src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": 1}"#,
+                "missing `src_vpc`",
+            ),
+            (
+                r#"{"src_vpc": "a", "src_vni": 7, "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": 1}"#,
+                "not both",
+            ),
+            (
+                r#"{"src_vpc": "a", "src_ip": "10.0.0.300", "dst_ip": "1.0.0.9", "proto": 1}"#,
+                "invalid IP address",
+            ),
+            (
+                r#"{"src_vpc": "a", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": "tcp", "src_port": 70000, "dst_port": 1}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"src_vpc": "a", "src_ip": "10.0.0.1", "dst_ip": "1.0.0.9", "proto": 1, "colour": 1}"#,
+                "unknown field",
+            ),
+            ("not json", "expected"),
+        ];
+        for (line, words) in cases {
+            let err = parse_packet(line, &t).unwrap_err();
+            assert!(err.contains(words), "{line}: {err} should say {words}");
+        }
+    }
+}
