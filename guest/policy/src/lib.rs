@@ -7,6 +7,8 @@ pub mod json;
 pub mod model;
 pub mod packet;
 pub mod ports;
+#[cfg(feature = "synth")]
+pub mod synth;
 pub mod table;
 
 pub use config::{ConfigError, parse};
