@@ -21,7 +21,10 @@ fn setup(peerings: usize) -> (Config, Vec<Packet>) {
 }
 
 fn allowed(verdicts: &[Verdict]) -> usize {
-    verdicts.iter().filter(|v| !matches!(v, Verdict::Drop(_))).count()
+    verdicts
+        .iter()
+        .filter(|v| !matches!(v, Verdict::Drop(_)))
+        .count()
 }
 
 fn lookup(c: &mut Criterion) {
@@ -34,12 +37,16 @@ fn lookup(c: &mut Criterion) {
         // The answer every timed run must reproduce: allowed packets in the batch.
         let single: Vec<Verdict> = packets.iter().map(|p| table.lookup(p)).collect();
         let expected = allowed(&single);
-        group.bench_with_input(BenchmarkId::from_parameter(peerings), &packets, |b, packets| {
-            b.iter(|| {
-                table.lookup_batch(black_box(packets), &mut verdicts);
-                assert_eq!(allowed(&verdicts), expected);
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(peerings),
+            &packets,
+            |b, packets| {
+                b.iter(|| {
+                    table.lookup_batch(black_box(packets), &mut verdicts);
+                    assert_eq!(allowed(&verdicts), expected);
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -48,13 +55,17 @@ fn build(c: &mut Criterion) {
     let mut group = c.benchmark_group("build");
     for peerings in SIZES {
         let (config, _) = setup(peerings);
-        group.bench_with_input(BenchmarkId::from_parameter(peerings), &config, |b, config| {
-            b.iter(|| {
-                let table = Table::build(black_box(config));
-                assert_eq!(table.vpcs().len(), config.vpcs.len());
-                table
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(peerings),
+            &config,
+            |b, config| {
+                b.iter(|| {
+                    let table = Table::build(black_box(config));
+                    assert_eq!(table.vpcs().len(), config.vpcs.len());
+                    table
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::packet::{Packet, Ports, Verdict, proto};
-use crate::table::Table;
+use crate::table::Catalog;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,10 +34,12 @@ struct PacketLine {
 
 /// Reads one packet line. A `src_vpc` that names no VPC gives a packet with VNI 0, which no
 /// VPC has, so it is judged `drop(unknown-vpc)`.
-pub fn parse_packet(line: &str, table: &Table) -> Result<Packet, String> {
+pub fn parse_packet(line: &str, catalog: &Catalog) -> Result<Packet, String> {
     let p: PacketLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let src_vni = match (&p.src_vpc, p.src_vni) {
-        (Some(name), None) => table.vpc_by_name(name).map_or(0, |id| table.vpc(id).vni),
+        (Some(name), None) => catalog
+            .vpc_by_name(name)
+            .map_or(0, |id| catalog.vpc(id).vni),
         (None, Some(vni)) => vni,
         (Some(_), Some(_)) => return Err("give `src_vpc` or `src_vni`, not both".into()),
         (None, None) => return Err("missing `src_vpc` (or `src_vni`)".into()),
@@ -84,17 +86,17 @@ pub fn parse_proto(value: &Value) -> Result<u8, String> {
 }
 
 /// A verdict as a JSON value.
-pub fn verdict_json(table: &Table, verdict: Verdict) -> Value {
+pub fn verdict_json(catalog: &Catalog, verdict: Verdict) -> Value {
     match verdict {
         Verdict::Allow(vpc) => {
-            let vpc = table.vpc(vpc);
+            let vpc = catalog.vpc(vpc);
             json!({"verdict": "allow", "dst_vpc": vpc.name, "dst_vni": vpc.vni})
         }
         Verdict::AllowAmbiguous(set) => {
-            let names: Vec<&str> = table
+            let names: Vec<&str> = catalog
                 .candidates(set)
                 .iter()
-                .map(|&v| table.vpc(v).name.as_str())
+                .map(|&v| catalog.vpc(v).name.as_str())
                 .collect();
             json!({"verdict": "allow-ambiguous", "candidates": names})
         }
@@ -106,9 +108,11 @@ pub fn verdict_json(table: &Table, verdict: Verdict) -> Value {
 mod tests {
     use super::*;
 
-    fn table() -> Table {
+    fn table() -> Catalog {
         let yaml = "kind: VPCInfo\nmetadata: {name: a}\nspec: {vni: 7}\n";
-        Table::build(&crate::parse(yaml, None).unwrap())
+        crate::Table::build(&crate::parse(yaml, None).unwrap())
+            .catalog()
+            .clone()
     }
 
     #[test]

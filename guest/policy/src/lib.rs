@@ -5,6 +5,7 @@ pub mod config;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod model;
+pub mod packed;
 pub mod packet;
 pub mod ports;
 #[cfg(feature = "synth")]
@@ -14,4 +15,4 @@ pub mod table;
 pub use config::{ConfigError, parse};
 pub use model::Config;
 pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-pub use table::Table;
+pub use table::{Catalog, Table, VpcInfo};

@@ -31,8 +31,14 @@ impl Scale {
     /// `peerings` peerings among as many VPCs as give each about 20 peers (100 VPCs for 1,000
     /// peerings), and never fewer than the peerings need.
     pub fn with_peerings(peerings: usize, seed: u64) -> Self {
-        let needed = (1..).find(|v: &usize| v * (v - 1) / 2 >= peerings + peerings / 4).unwrap_or(2);
-        Scale { vpcs: (peerings / 10).max(needed).clamp(2, 4096), peerings, seed }
+        let needed = (1..)
+            .find(|v: &usize| v * (v - 1) / 2 >= peerings + peerings / 4)
+            .unwrap_or(2);
+        Scale {
+            vpcs: (peerings / 10).max(needed).clamp(2, 4096),
+            peerings,
+            seed,
+        }
     }
 }
 
@@ -43,7 +49,12 @@ pub fn config_yaml(scale: Scale) -> String {
     let peerings = scale.peerings.min(vpcs * (vpcs - 1) / 2);
     let mut out = String::with_capacity(peerings * 400);
     for i in 0..vpcs {
-        let _ = writeln!(out, "kind: VPCInfo\nmetadata: {{name: {}}}\nspec: {{vni: {}}}\n---", vpc_name(i), 1000 + i);
+        let _ = writeln!(
+            out,
+            "kind: VPCInfo\nmetadata: {{name: {}}}\nspec: {{vni: {}}}\n---",
+            vpc_name(i),
+            1000 + i
+        );
     }
     let mut pairs = std::collections::HashSet::new();
     let mut faced_by_default = vec![false; vpcs];
@@ -55,7 +66,12 @@ pub fn config_yaml(scale: Scale) -> String {
         if a == b || !pairs.insert((a, b)) {
             continue;
         }
-        let _ = writeln!(out, "kind: Peering\nmetadata: {{name: {}--{}}}\nspec:\n  peering:", vpc_name(a), vpc_name(b));
+        let _ = writeln!(
+            out,
+            "kind: Peering\nmetadata: {{name: {}--{}}}\nspec:\n  peering:",
+            vpc_name(a),
+            vpc_name(b)
+        );
         for (me, other) in [(a, b), (b, a)] {
             let _ = writeln!(out, "    {}:\n      expose:", vpc_name(me));
             if external(me) && !faced_by_default[other] {
@@ -81,7 +97,10 @@ pub fn config_yaml(scale: Scale) -> String {
                 // NAT to a public /24 of its own: 100.64.0.0/10 holds 16,384 of them.
                 let public = Ipv4Addr::from(0x6440_0000 + ((public_next % 16_384) << 8));
                 public_next += 1;
-                let _ = writeln!(out, "          as: [{{cidr: \"{public}/24\"}}]\n          nat: {{masquerade: {{}}}}");
+                let _ = writeln!(
+                    out,
+                    "          as: [{{cidr: \"{public}/24\"}}]\n          nat: {{masquerade: {{}}}}"
+                );
             }
         }
         out.push_str("---\n");
@@ -97,7 +116,11 @@ fn vpc_name(i: usize) -> String {
 /// or one of four /62s). Peerings of one VPC pick among the same few, so they overlap.
 fn random_subnet(rng: &mut fastrand::Rng, vpc: usize, v6: bool) -> IpNet {
     let pick = rng.u8(..5);
-    let (quarter, extra) = if pick == 0 { (0, 0) } else { (u32::from(pick - 1), 2) };
+    let (quarter, extra) = if pick == 0 {
+        (0, 0)
+    } else {
+        (u32::from(pick - 1), 2)
+    };
     let net = if v6 {
         let base = (0xfd00_u128 << 112) | ((vpc as u128) << 80) | (u128::from(quarter) << 66);
         IpNet::new(IpAddr::V6(Ipv6Addr::from(base)), 60 + extra)
@@ -124,18 +147,34 @@ pub fn packets(config: &Config, count: usize, seed: u64) -> Vec<Packet> {
         } else {
             (&peering.sides[1], &peering.sides[0])
         };
-        let src_nets: Vec<IpNet> = mine.blocks.iter().flat_map(|b| b.ips.iter().map(|e| e.net)).collect();
-        let dst_nets: Vec<IpNet> = theirs.blocks.iter().flat_map(|b| b.public().0.iter().map(|e| e.net)).collect();
+        let src_nets: Vec<IpNet> = mine
+            .blocks
+            .iter()
+            .flat_map(|b| b.ips.iter().map(|e| e.net))
+            .collect();
+        let dst_nets: Vec<IpNet> = theirs
+            .blocks
+            .iter()
+            .flat_map(|b| b.public().0.iter().map(|e| e.net))
+            .collect();
         let src = match src_nets.get(rng.usize(..src_nets.len().max(1))) {
             Some(net) if rng.u8(..10) != 0 => host_in(&mut rng, net),
             _ => IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | rng.u32(..1 << 24))),
         };
         let dst = match dst_nets.get(rng.usize(..dst_nets.len().max(1))) {
-            Some(net) if rng.u8(..10) != 0 && net.addr().is_ipv6() == src.is_ipv6() => host_in(&mut rng, net),
-            _ if src.is_ipv6() => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, rng.u16(..))),
+            Some(net) if rng.u8(..10) != 0 && net.addr().is_ipv6() == src.is_ipv6() => {
+                host_in(&mut rng, net)
+            }
+            _ if src.is_ipv6() => {
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, rng.u16(..)))
+            }
             _ => IpAddr::V4(Ipv4Addr::from(rng.u32(..))),
         };
-        let vni = if rng.u8(..50) == 0 { 0 } else { config.vpc(mine.vpc).vni };
+        let vni = if rng.u8(..50) == 0 {
+            0
+        } else {
+            config.vpc(mine.vpc).vni
+        };
         let port = |rng: &mut fastrand::Rng| [22, 53, 80, 85, 443, 8080][rng.usize(..6)];
         out.push(match rng.u8(..10) {
             0..=5 => Packet::tcp(vni, src, rng.u16(1024..), dst, port(&mut rng)),
@@ -148,8 +187,12 @@ pub fn packets(config: &Config, count: usize, seed: u64) -> Vec<Packet> {
 
 fn host_in(rng: &mut fastrand::Rng, net: &IpNet) -> IpAddr {
     match net {
-        IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | (rng.u32(..) & !u32::from(n.netmask())))),
-        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | (rng.u128(..) & !u128::from(n.netmask())))),
+        IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(
+            u32::from(n.network()) | (rng.u32(..) & !u32::from(n.netmask())),
+        )),
+        IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(n.network()) | (rng.u128(..) & !u128::from(n.netmask())),
+        )),
     }
 }
 
@@ -177,6 +220,9 @@ mod tests {
                 Verdict::Drop(_) => 2,
             }] += 1;
         }
-        assert!(kinds.iter().all(|&k| k > 25), "allow / ambiguous / drop: {kinds:?}");
+        assert!(
+            kinds.iter().all(|&k| k > 25),
+            "allow / ambiguous / drop: {kinds:?}"
+        );
     }
 }

@@ -49,13 +49,75 @@ pub struct TableStats {
     pub candidate_sets: usize,
 }
 
+/// The names behind a table's verdicts: its VPCs and the candidate sets of ambiguous
+/// verdicts. A host that runs the policy as a module rebuilds it from the module's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// The VPCs in name order: a [`VpcId`] indexes this list.
+    pub vpcs: Vec<VpcInfo>,
+    /// The candidates of each ambiguous verdict, in name order: a [`CandidatesId`] indexes
+    /// this list.
+    pub candidate_sets: Vec<Vec<VpcId>>,
+}
+
+impl Catalog {
+    /// The VPC with this id.
+    ///
+    /// # Panics
+    /// If the id is not of this catalog; see [`Catalog::knows`].
+    pub fn vpc(&self, id: VpcId) -> &VpcInfo {
+        &self.vpcs[id.0 as usize]
+    }
+
+    /// The VPC named `name`.
+    pub fn vpc_by_name(&self, name: &str) -> Option<VpcId> {
+        self.vpcs
+            .binary_search_by(|v| v.name.as_str().cmp(name))
+            .ok()
+            .map(|i| VpcId(i as u32))
+    }
+
+    /// The candidates of an ambiguous verdict, in name order.
+    ///
+    /// # Panics
+    /// If the id is not of this catalog; see [`Catalog::knows`].
+    pub fn candidates(&self, id: CandidatesId) -> &[VpcId] {
+        &self.candidate_sets[id.0 as usize]
+    }
+
+    /// Whether every index in `verdict` is of this catalog (a module's answer may not be).
+    pub fn knows(&self, verdict: Verdict) -> bool {
+        match verdict {
+            Verdict::Allow(vpc) => (vpc.0 as usize) < self.vpcs.len(),
+            Verdict::AllowAmbiguous(set) => (set.0 as usize) < self.candidate_sets.len(),
+            Verdict::Drop(_) => true,
+        }
+    }
+
+    /// The verdict in the notation of the spec: `allow(vpc-2)`, `allow-ambiguous([vpc-a, vpc-c])`,
+    /// `drop(source-not-exposed)`.
+    pub fn verdict_text(&self, verdict: Verdict) -> String {
+        match verdict {
+            Verdict::Allow(vpc) => format!("allow({})", self.vpc(vpc).name),
+            Verdict::AllowAmbiguous(set) => {
+                let names: Vec<&str> = self
+                    .candidates(set)
+                    .iter()
+                    .map(|&v| self.vpc(v).name.as_str())
+                    .collect();
+                format!("allow-ambiguous([{}])", names.join(", "))
+            }
+            Verdict::Drop(reason) => format!("drop({reason})"),
+        }
+    }
+}
+
 /// The flow filter's lookup table. Immutable once built; cheap to share between threads.
 #[derive(Debug, Clone)]
 pub struct Table {
-    vpcs: Vec<VpcInfo>,
+    catalog: Catalog,
     by_vni: Vec<(u32, VpcId)>,
     per_vpc: Vec<VpcTable>,
-    candidates: Vec<Box<[VpcId]>>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,16 +197,18 @@ impl Table {
         let per_vpc = (0..vpcs.len())
             .map(|i| build_vpc(config, VpcId(i as u32), &mut candidates))
             .collect();
-        let candidates = candidates
+        let candidate_sets = candidates
             .sets
             .into_iter()
             .map(|set| set.into_iter().map(VpcId).collect())
             .collect();
         Table {
-            vpcs,
+            catalog: Catalog {
+                vpcs,
+                candidate_sets,
+            },
             by_vni,
             per_vpc,
-            candidates,
         }
     }
 
@@ -177,14 +241,19 @@ impl Table {
         }
     }
 
+    /// The names behind the verdicts.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// The VPCs, in name order: a [`VpcId`] indexes this slice.
     pub fn vpcs(&self) -> &[VpcInfo] {
-        &self.vpcs
+        &self.catalog.vpcs
     }
 
     /// The VPC with this id.
     pub fn vpc(&self, id: VpcId) -> &VpcInfo {
-        &self.vpcs[id.0 as usize]
+        self.catalog.vpc(id)
     }
 
     /// The VPC whose VNI is `vni`.
@@ -198,38 +267,23 @@ impl Table {
 
     /// The VPC named `name`.
     pub fn vpc_by_name(&self, name: &str) -> Option<VpcId> {
-        self.vpcs
-            .binary_search_by(|v| v.name.as_str().cmp(name))
-            .ok()
-            .map(|i| VpcId(i as u32))
+        self.catalog.vpc_by_name(name)
     }
 
     /// The candidates of an ambiguous verdict, in name order.
     pub fn candidates(&self, id: CandidatesId) -> &[VpcId] {
-        &self.candidates[id.0 as usize]
+        self.catalog.candidates(id)
     }
 
-    /// The verdict in the notation of the spec: `allow(vpc-2)`, `allow-ambiguous([vpc-a, vpc-c])`,
-    /// `drop(source-not-exposed)`.
+    /// The verdict in the notation of the spec; see [`Catalog::verdict_text`].
     pub fn verdict_text(&self, verdict: Verdict) -> String {
-        match verdict {
-            Verdict::Allow(vpc) => format!("allow({})", self.vpc(vpc).name),
-            Verdict::AllowAmbiguous(set) => {
-                let names: Vec<&str> = self
-                    .candidates(set)
-                    .iter()
-                    .map(|&v| self.vpc(v).name.as_str())
-                    .collect();
-                format!("allow-ambiguous([{}])", names.join(", "))
-            }
-            Verdict::Drop(reason) => format!("drop({reason})"),
-        }
+        self.catalog.verdict_text(verdict)
     }
 
     /// Sizes of the table.
     pub fn stats(&self) -> TableStats {
         let mut stats = TableStats {
-            candidate_sets: self.candidates.len(),
+            candidate_sets: self.catalog.candidate_sets.len(),
             ..Default::default()
         };
         for t in &self.per_vpc {

@@ -65,8 +65,8 @@ fn run_case(dir: &Path) -> Vec<String> {
     }
     for (n, (line, want)) in packets.iter().zip(&expected).enumerate() {
         let want: Value = serde_json::from_str(want).unwrap();
-        let got = match parse_packet(line, &table) {
-            Ok(packet) => verdict_json(&table, table.lookup(&packet)),
+        let got = match parse_packet(line, table.catalog()) {
+            Ok(packet) => verdict_json(table.catalog(), table.lookup(&packet)),
             Err(e) => serde_json::json!({"error": e}),
         };
         if got != want {

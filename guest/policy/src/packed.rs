@@ -1,0 +1,177 @@
+//! The packed record format of `judge-packed` (its byte layout is documented in
+//! `wit/policy.wit`): one codec shared by the guest, which decodes packets and encodes
+//! verdicts, and the host, which does the reverse.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
+use crate::table::Table;
+
+/// Bytes per packet record.
+pub const PACKET_BYTES: usize = 44;
+/// Bytes per verdict record.
+pub const VERDICT_BYTES: usize = 4;
+
+const FLAG_PORTS: u8 = 1;
+const KIND_SHIFT: u32 = 30;
+const VALUE_MASK: u32 = (1 << KIND_SHIFT) - 1;
+
+/// Appends the record of `packet` to `out`.
+pub fn encode_packet(packet: &Packet, out: &mut Vec<u8>) {
+    let mut rec = [0u8; PACKET_BYTES];
+    rec[0..4].copy_from_slice(&packet.src_vni.to_le_bytes());
+    rec[4] = if packet.src.is_ipv6() { 6 } else { 4 };
+    rec[5] = packet.proto;
+    if let Some(ports) = packet.ports {
+        rec[6] = FLAG_PORTS;
+        rec[8..10].copy_from_slice(&ports.src.to_le_bytes());
+        rec[10..12].copy_from_slice(&ports.dst.to_le_bytes());
+    }
+    put_addr(&mut rec[12..28], packet.src);
+    put_addr(&mut rec[28..44], packet.dst);
+    out.extend_from_slice(&rec);
+}
+
+fn put_addr(slot: &mut [u8], addr: IpAddr) {
+    match addr {
+        IpAddr::V4(a) => slot[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => slot.copy_from_slice(&a.octets()),
+    }
+}
+
+/// Reads one packet record. Every 44 bytes are some packet: this cannot fail.
+pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
+    let v6 = rec[4] == 6;
+    let addr = |at: usize| -> IpAddr {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&rec[at..at + 16]);
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        }
+    };
+    let u16_at = |at: usize| u16::from_le_bytes([rec[at], rec[at + 1]]);
+    Packet {
+        src_vni: u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]),
+        src: addr(12),
+        dst: addr(28),
+        proto: rec[5],
+        ports: (rec[6] & FLAG_PORTS != 0).then(|| Ports {
+            src: u16_at(8),
+            dst: u16_at(10),
+        }),
+    }
+}
+
+/// The record of a verdict.
+pub fn encode_verdict(verdict: Verdict) -> [u8; VERDICT_BYTES] {
+    let word = match verdict {
+        Verdict::Drop(reason) => reason_code(reason),
+        Verdict::Allow(VpcId(vpc)) => (1 << KIND_SHIFT) | (vpc & VALUE_MASK),
+        Verdict::AllowAmbiguous(CandidatesId(set)) => (2 << KIND_SHIFT) | (set & VALUE_MASK),
+    };
+    word.to_le_bytes()
+}
+
+fn reason_code(reason: DropReason) -> u32 {
+    match reason {
+        DropReason::UnknownVpc => 0,
+        DropReason::SourceNotExposed => 1,
+        DropReason::DestinationNotExposed => 2,
+    }
+}
+
+/// Reads one verdict record; `None` for a kind or drop reason that does not exist. The
+/// caller checks VPC and candidate indices against the configuration it knows.
+pub fn decode_verdict(rec: [u8; VERDICT_BYTES]) -> Option<Verdict> {
+    let word = u32::from_le_bytes(rec);
+    let value = word & VALUE_MASK;
+    match word >> KIND_SHIFT {
+        0 => DropReason::ALL
+            .into_iter()
+            .find(|&r| reason_code(r) == value)
+            .map(Verdict::Drop),
+        1 => Some(Verdict::Allow(VpcId(value))),
+        2 => Some(Verdict::AllowAmbiguous(CandidatesId(value))),
+        _ => None,
+    }
+}
+
+/// Judges a packed batch: `output` gets one verdict record per packet record of `input`, or
+/// nothing when `input` is not a whole number of records. With no table, every packet is
+/// `drop(unknown-vpc)`.
+pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
+    output.clear();
+    if input.len() % PACKET_BYTES != 0 {
+        return;
+    }
+    output.reserve(input.len() / PACKET_BYTES * VERDICT_BYTES);
+    for rec in input.chunks_exact(PACKET_BYTES) {
+        let verdict = match (table, <&[u8; PACKET_BYTES]>::try_from(rec)) {
+            (Some(table), Ok(rec)) => table.lookup(&decode_packet(rec)),
+            _ => Verdict::Drop(DropReason::UnknownVpc),
+        };
+        output.extend_from_slice(&encode_verdict(verdict));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_round_trip_with_the_documented_layout() {
+        let p = Packet::tcp(
+            0x0102_0304,
+            "10.0.0.1".parse().unwrap(),
+            0x1234,
+            "1.0.0.9".parse().unwrap(),
+            80,
+        );
+        let mut buf = Vec::new();
+        encode_packet(&p, &mut buf);
+        assert_eq!(buf.len(), PACKET_BYTES);
+        assert_eq!(&buf[0..8], &[4, 3, 2, 1, 4, 6, 1, 0]);
+        assert_eq!(&buf[8..12], &[0x34, 0x12, 80, 0]);
+        assert_eq!(&buf[12..17], &[10, 0, 0, 1, 0]);
+        assert_eq!(&buf[28..32], &[1, 0, 0, 9]);
+        assert_eq!(decode_packet(buf.as_slice().try_into().unwrap()), p);
+
+        let q = Packet::portless(
+            7,
+            "fd00::1".parse().unwrap(),
+            "fd00::2".parse().unwrap(),
+            58,
+        );
+        buf.clear();
+        encode_packet(&q, &mut buf);
+        assert_eq!((buf[4], buf[6], buf[27], buf[43]), (6, 0, 1, 2));
+        assert_eq!(decode_packet(buf.as_slice().try_into().unwrap()), q);
+    }
+
+    #[test]
+    fn verdicts_round_trip_and_unknown_codes_are_refused() {
+        for v in [
+            Verdict::Allow(VpcId(5)),
+            Verdict::AllowAmbiguous(CandidatesId(9)),
+            Verdict::Drop(DropReason::UnknownVpc),
+            Verdict::Drop(DropReason::SourceNotExposed),
+            Verdict::Drop(DropReason::DestinationNotExposed),
+        ] {
+            assert_eq!(decode_verdict(encode_verdict(v)), Some(v));
+        }
+        assert_eq!(encode_verdict(Verdict::Allow(VpcId(5))), [5, 0, 0, 0x40]);
+        assert_eq!(decode_verdict(3u32.to_le_bytes()), None);
+        assert_eq!(decode_verdict((3u32 << 30).to_le_bytes()), None);
+    }
+
+    #[test]
+    fn a_partial_record_gets_no_verdicts() {
+        let mut out = vec![1, 2, 3];
+        judge_packed(None, &[0; PACKET_BYTES + 1], &mut out);
+        assert!(out.is_empty());
+        judge_packed(None, &[0; 2 * PACKET_BYTES], &mut out);
+        assert_eq!(out, [0; 8]);
+    }
+}
