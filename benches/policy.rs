@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p flowgate-benches --bench policy`
 
+#![allow(clippy::expect_used)] // a benchmark with bad setup should stop loudly
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! rule refuses the whole configuration with a [`ConfigError`] that names the file, the object,
 //! the field and the value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::IpNet;
@@ -353,8 +353,8 @@ fn require_name(object: &RawObject) -> Result<String, ConfigError> {
 
 fn validate_vpcs(objects: Vec<RawObject>) -> Result<Vec<(Vpc, Ctx)>, ConfigError> {
     let mut vpcs: Vec<(Vpc, Ctx)> = Vec::new();
-    let mut by_name: HashMap<String, usize> = HashMap::new();
-    let mut by_vni: HashMap<u32, usize> = HashMap::new();
+    let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_vni: BTreeMap<u32, usize> = BTreeMap::new();
     for object in objects {
         let name = require_name(&object)?;
         let spec = typed::<VpcSpec>(&object)?.spec;
@@ -453,8 +453,8 @@ fn validate_peerings(
 ) -> Result<(Vec<Peering>, Vec<Ctx>), ConfigError> {
     let mut peerings: Vec<Peering> = Vec::new();
     let mut contexts: Vec<Ctx> = Vec::new();
-    let mut by_pair: HashMap<[VpcId; 2], usize> = HashMap::new();
-    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut by_pair: BTreeMap<[VpcId; 2], usize> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
     for object in objects {
         let name = require_name(&object)?;
         let spec = typed::<PeeringSpec>(&object)?.spec;
@@ -801,7 +801,7 @@ fn check_default_blocks(
     peerings: &[Peering],
     contexts: &[Ctx],
 ) -> Result<(), ConfigError> {
-    let mut facing: HashMap<VpcId, &str> = HashMap::new();
+    let mut facing: BTreeMap<VpcId, &str> = BTreeMap::new();
     for (peering, ctx) in peerings.iter().zip(contexts) {
         for (me, other) in [
             (&peering.sides[0], &peering.sides[1]),

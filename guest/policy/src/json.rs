@@ -85,6 +85,28 @@ pub fn parse_proto(value: &Value) -> Result<u8, String> {
     })
 }
 
+/// A packet as a JSON value, naming its source VPC when the catalog knows its VNI.
+pub fn packet_json(catalog: &Catalog, packet: &Packet) -> Value {
+    let proto: Value = match packet.proto {
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMP => "icmp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        n => n.into(),
+    };
+    let mut line =
+        json!({"src_ip": packet.src.to_string(), "dst_ip": packet.dst.to_string(), "proto": proto});
+    match catalog.vpcs.iter().find(|v| v.vni == packet.src_vni) {
+        Some(vpc) => line["src_vpc"] = vpc.name.clone().into(),
+        None => line["src_vni"] = packet.src_vni.into(),
+    }
+    if let Some(ports) = packet.ports {
+        line["src_port"] = ports.src.into();
+        line["dst_port"] = ports.dst.into();
+    }
+    line
+}
+
 /// A verdict as a JSON value.
 pub fn verdict_json(catalog: &Catalog, verdict: Verdict) -> Value {
     match verdict {
@@ -145,6 +167,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.src_vni, 0);
+    }
+
+    #[test]
+    fn packets_written_read_back_the_same() {
+        let t = table();
+        for p in [
+            Packet::tcp(
+                7,
+                "10.0.0.1".parse().unwrap(),
+                1,
+                "1.0.0.9".parse().unwrap(),
+                2,
+            ),
+            Packet::udp(
+                99,
+                "fd00::1".parse().unwrap(),
+                53,
+                "fd00::2".parse().unwrap(),
+                53,
+            ),
+            Packet::portless(
+                7,
+                "10.0.0.1".parse().unwrap(),
+                "1.0.0.9".parse().unwrap(),
+                proto::ICMP,
+            ),
+            Packet::portless(
+                7,
+                "10.0.0.1".parse().unwrap(),
+                "1.0.0.9".parse().unwrap(),
+                47,
+            ),
+        ] {
+            let line = packet_json(&t, &p).to_string();
+            assert_eq!(parse_packet(&line, &t), Ok(p), "{line}");
+        }
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn decode_verdict(rec: [u8; VERDICT_BYTES]) -> Option<Verdict> {
 /// `drop(unknown-vpc)`.
 pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
     output.clear();
-    if input.len() % PACKET_BYTES != 0 {
+    if !input.len().is_multiple_of(PACKET_BYTES) {
         return;
     }
     output.reserve(input.len() / PACKET_BYTES * VERDICT_BYTES);

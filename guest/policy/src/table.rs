@@ -16,7 +16,7 @@
 //! Nothing is allocated per packet, and the cost grows with the logarithm of the number of
 //! segments, never with the number of peerings.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::addr::{Family, addr_key, net_family, net_range};
 use crate::model::{Config, Entry};
@@ -302,7 +302,7 @@ impl Table {
 /// Interns sets of VPC indices; set 0 is the empty set.
 #[derive(Default)]
 struct Interner {
-    ids: HashMap<Vec<u32>, u32>,
+    ids: BTreeMap<Vec<u32>, u32>,
     sets: Vec<Vec<u32>>,
 }
 

@@ -1,0 +1,366 @@
+//! `flowgate`: run a configuration and a stream of packets through a policy module.
+
+use std::fs;
+use std::io::{self, BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use flowgate_host::dataplane::{self, Counters, MALFORMED};
+use flowgate_host::module::{Limits, Runtime, WasmPolicy, hex};
+use flowgate_host::{NativePolicy, Policy, StartError};
+use flowgate_policy::json::{packet_json, parse_packet, verdict_json};
+use flowgate_policy::synth::{self, Scale};
+use flowgate_policy::{Packet, Verdict};
+
+#[derive(Parser)]
+#[command(
+    name = "flowgate",
+    version,
+    about = "A Wasm policy engine for VPC gateways: the peering flow filter and destination-VPC lookup."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole trace through the dataplane loop and print a summary. With no arguments,
+    /// runs the bundled default fixture.
+    Run {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The packets, as JSON lines (the `check` input format).
+        #[arg(long, requires = "config")]
+        packets: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Judge packets given as JSON lines (stdin by default) and print one verdict per line.
+    Check {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The packets, as JSON lines; stdin when absent.
+        #[arg(long)]
+        packets: Option<PathBuf>,
+    },
+    /// Print what a module says about itself.
+    Info {
+        /// The module (a Wasm component); the bundled default when absent.
+        #[arg(long)]
+        module: Option<PathBuf>,
+    },
+    /// Generate a configuration and a trace (how `fixtures/default` was made).
+    Gen {
+        /// Number of peerings.
+        #[arg(long, default_value_t = 40)]
+        peerings: usize,
+        /// Number of packets.
+        #[arg(long, default_value_t = 5000)]
+        packets: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory to write `config.yaml` and `packets.jsonl` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    /// The configuration (YAML or JSON).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The policy module (a Wasm component); the bundled default when absent.
+    #[arg(long, conflicts_with = "native")]
+    module: Option<PathBuf>,
+    /// Run the policy library natively instead of a Wasm module (a baseline).
+    #[arg(long)]
+    native: bool,
+    /// Packets per policy call.
+    #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    batch: u32,
+    /// Do not read or write the cache of precompiled modules.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flowgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            policy,
+            packets,
+            json,
+        } => cmd_run(&policy, packets.as_deref(), json),
+        Command::Check { policy, packets } => cmd_check(&policy, packets.as_deref()),
+        Command::Info { module } => cmd_info(module.as_deref()),
+        Command::Gen {
+            peerings,
+            packets,
+            seed,
+            out,
+        } => cmd_gen(peerings, packets, seed, &out),
+    }
+}
+
+/// A policy ready to judge, and how to describe it.
+struct Loaded {
+    policy: Box<dyn Policy>,
+    describe: String,
+    /// The engine and its epoch ticker, which must outlive the policy's deadlines.
+    _runtime: Option<Runtime>,
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn load_policy(args: &PolicyArgs, config: &str, config_name: &str) -> Result<Loaded> {
+    if args.native {
+        let policy = NativePolicy::new(config, Some(config_name))
+            .map_err(|e| anyhow::anyhow!("configuration refused: {e}"))?;
+        return Ok(Loaded {
+            policy: Box::new(policy),
+            describe: "native policy library (no Wasm)".into(),
+            _runtime: None,
+        });
+    }
+    let cache = if args.no_cache {
+        None
+    } else {
+        Runtime::default_cache_dir()
+    };
+    let runtime = Runtime::new(Limits::default(), cache)?;
+    let (bytes, module_name) = module_bytes(args.module.as_deref())?;
+    let module = runtime
+        .load(&bytes)
+        .with_context(|| format!("{module_name} refused"))?;
+    let policy = match WasmPolicy::new(&runtime, &module, config) {
+        Ok(policy) => policy,
+        Err(StartError::Config(e)) => bail!(
+            "{config_name}: configuration refused by the module: {}",
+            e.message
+        ),
+        Err(e) => return Err(e).with_context(|| format!("{module_name} refused")),
+    };
+    let info = policy.info();
+    let describe = format!(
+        "module {} {} (WIT {}, sha256 {})",
+        info.name,
+        info.version,
+        info.wit_version,
+        &hex(&module.digest())[..16]
+    );
+    Ok(Loaded {
+        policy: Box::new(policy),
+        describe,
+        _runtime: Some(runtime),
+    })
+}
+
+fn module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
+    match path {
+        Some(path) => {
+            let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok((bytes, path.display().to_string()))
+        }
+        None => Ok((
+            flowgate_host::DEFAULT_MODULE.to_vec(),
+            "the bundled module".into(),
+        )),
+    }
+}
+
+fn cmd_run(args: &PolicyArgs, packets: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let (config, config_name, trace, trace_name) = match (&args.config, packets) {
+        (Some(config), Some(packets)) => (
+            read_text(config)?,
+            config.display().to_string(),
+            read_text(packets)?,
+            packets.display().to_string(),
+        ),
+        (None, None) => (
+            flowgate_host::DEFAULT_CONFIG.to_owned(),
+            "fixtures/default/config.yaml (bundled)".to_owned(),
+            flowgate_host::DEFAULT_PACKETS.to_owned(),
+            "fixtures/default/packets.jsonl (bundled)".to_owned(),
+        ),
+        _ => bail!("give both --config and --packets, or neither for the bundled fixture"),
+    };
+    let mut loaded = load_policy(args, &config, &config_name)?;
+    let mut counters = Counters::default();
+    let mut packets = Vec::new();
+    for line in trace.lines().filter(|l| !l.trim().is_empty()) {
+        match parse_packet(line, loaded.policy.catalog()) {
+            Ok(p) => packets.push(p),
+            Err(_) => counters.drop(MALFORMED, 1),
+        }
+    }
+    let start = Instant::now();
+    dataplane::judge_all(
+        loaded.policy.as_mut(),
+        &packets,
+        args.batch as usize,
+        &mut counters,
+        |_, _| {},
+    )?;
+    let elapsed = start.elapsed();
+    let pps = packets.len() as f64 / elapsed.as_secs_f64().max(1e-9);
+    if json {
+        let mut out = counters.to_json();
+        out["policy"] = loaded.describe.clone().into();
+        out["config"] = config_name.into();
+        out["packets_file"] = trace_name.into();
+        out["packets_per_second"] = (pps.round() as u64).into();
+        println!("{out}");
+    } else {
+        print_summary(&counters, &loaded.describe, &config_name, &trace_name, pps);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(c: &Counters, policy: &str, config: &str, trace: &str, pps: f64) {
+    println!("flowgate run");
+    println!("  policy   {policy}");
+    println!("  config   {config}");
+    println!("  packets  {trace}");
+    println!();
+    let row = |name: &str, n: u64| println!("  {name:<28}{n:>10}");
+    row("packets", c.packets);
+    row("batches", c.batches);
+    row("allow", c.allowed);
+    row("allow-ambiguous", c.ambiguous);
+    row("drop", c.dropped);
+    for (reason, n) in &c.drops {
+        row(&format!("  {reason}"), *n);
+    }
+    println!("  forwarded per destination VPC");
+    for (vpc, n) in &c.forwarded {
+        row(&format!("  {vpc}"), *n);
+    }
+    println!("  {:<28}{:>10.0}", "packets per second", pps);
+}
+
+fn cmd_check(args: &PolicyArgs, packets: Option<&Path>) -> Result<ExitCode> {
+    let Some(config_path) = &args.config else {
+        bail!("check needs --config FILE")
+    };
+    let config = read_text(config_path)?;
+    let mut loaded = load_policy(args, &config, &config_path.display().to_string())?;
+    let input: Box<dyn BufRead> = match packets {
+        Some(path) => Box::new(io::BufReader::new(
+            fs::File::open(path).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        None => Box::new(io::stdin().lock()),
+    };
+    let mut out = BufWriter::new(io::stdout().lock());
+    let batch = args.batch as usize;
+    // Lines in order: a packet, or the error of a line that is not one.
+    let mut pending: Vec<Result<Packet, String>> = Vec::with_capacity(batch);
+    let mut in_batch = 0;
+    for (n, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("reading line {}", n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry = parse_packet(&line, loaded.policy.catalog())
+            .map_err(|e| format!("line {}: {e}", n + 1));
+        in_batch += usize::from(entry.is_ok());
+        pending.push(entry);
+        if in_batch == batch {
+            flush_check(loaded.policy.as_mut(), &mut pending, &mut out)?;
+            in_batch = 0;
+        }
+    }
+    flush_check(loaded.policy.as_mut(), &mut pending, &mut out)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flush_check(
+    policy: &mut dyn Policy,
+    pending: &mut Vec<Result<Packet, String>>,
+    out: &mut impl Write,
+) -> Result<()> {
+    let packets: Vec<Packet> = pending
+        .iter()
+        .filter_map(|e| e.as_ref().ok().copied())
+        .collect();
+    let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(packets.len());
+    let mut counters = Counters::default();
+    dataplane::judge_all(
+        policy,
+        &packets,
+        packets.len().max(1),
+        &mut counters,
+        |_, v| verdicts.push(v),
+    )?;
+    let mut verdicts = verdicts.into_iter();
+    for entry in pending.drain(..) {
+        let line = match entry {
+            Err(e) => serde_json::json!({ "error": e }),
+            Ok(_) => match verdicts.next().flatten() {
+                Some(v) => verdict_json(policy.catalog(), v),
+                None => serde_json::json!({"verdict": "drop", "reason": dataplane::POLICY_FAULT}),
+            },
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn cmd_info(module: Option<&Path>) -> Result<ExitCode> {
+    let runtime = Runtime::new(Limits::default(), Runtime::default_cache_dir())?;
+    let (bytes, name) = module_bytes(module)?;
+    let loaded = runtime
+        .load(&bytes)
+        .with_context(|| format!("{name} refused"))?;
+    let policy =
+        WasmPolicy::new(&runtime, &loaded, "").map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let info = policy.info();
+    println!(
+        "{}",
+        serde_json::json!({
+            "name": info.name, "version": info.version, "wit_version": info.wit_version,
+            "sha256": hex(&loaded.digest()), "bytes": bytes.len(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_gen(peerings: usize, count: usize, seed: u64, out: &Path) -> Result<ExitCode> {
+    let yaml = synth::config_yaml(Scale::with_peerings(peerings, seed));
+    let config = flowgate_policy::parse(&yaml, None)
+        .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
+    let table = flowgate_policy::Table::build(&config);
+    let mut lines = String::new();
+    for p in synth::packets(&config, count, seed.wrapping_add(1)) {
+        lines.push_str(&packet_json(table.catalog(), &p).to_string());
+        lines.push('\n');
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let header = format!(
+        "# Generated by `flowgate gen --peerings {peerings} --packets {count} --seed {seed} --out {}`.\n",
+        out.display()
+    );
+    fs::write(out.join("config.yaml"), header + &yaml)
+        .with_context(|| format!("writing {}", out.display()))?;
+    fs::write(out.join("packets.jsonl"), lines)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

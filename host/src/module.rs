@@ -1,0 +1,634 @@
+//! Loading policy components and running them: wasmtime set up for a dataplane, the checks
+//! that refuse what is not a flowgate module, the cache of precompiled artifacts, and a
+//! configured module instance that judges batches.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES, decode_verdict, encode_packet};
+use flowgate_policy::{CandidatesId, Catalog, DropReason, Packet, Verdict, VpcId, VpcInfo};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+
+use crate::bindings::{self, Policy, PolicyPre};
+
+/// The WIT package this host speaks, and the interface it calls.
+pub const WIT_PACKAGE: &str = "flowgate:policy";
+/// The version of `wit/policy.wit`.
+pub const WIT_VERSION: &str = "0.1.0";
+const FILTER_INTERFACE: &str = "flowgate:policy/filter";
+
+/// Why a file was refused as a policy module.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file (it does not start with the `\\0asm` magic)")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "a core WebAssembly module, not a component: build the policy for wasm32-wasip2 (or componentize it)"
+    )]
+    CoreModule,
+    /// A precompiled artifact: only flowgate's own cache is trusted to hold those.
+    #[error(
+        "a precompiled wasmtime artifact: give flowgate the component itself, it keeps its own cache"
+    )]
+    Precompiled,
+    /// A binary wasmtime could not compile.
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    /// A component that does not export the filter interface.
+    #[error(
+        "does not export `{FILTER_INTERFACE}`: is it a flowgate policy module? It exports: {0}"
+    )]
+    WrongWorld(String),
+    /// The filter interface, at a version this host cannot call.
+    #[error(
+        "exports `{found}`, but this host speaks `{FILTER_INTERFACE}@{WIT_VERSION}` and compatible versions"
+    )]
+    IncompatibleVersion {
+        /// The export found.
+        found: String,
+    },
+    /// The interface has the right name but not the right functions or types.
+    #[error(
+        "exports `{FILTER_INTERFACE}` with other functions or types than this host expects: {0}"
+    )]
+    WrongShape(String),
+    /// Instantiating or asking the module about itself failed.
+    #[error("the module failed when started: {0}")]
+    Start(String),
+}
+
+/// Why a module refused a configuration: its own error, as it gave it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigRefused {
+    /// The object, when the problem is in one.
+    pub object: Option<String>,
+    /// The field path.
+    pub field: Option<String>,
+    /// The offending value.
+    pub value: Option<String>,
+    /// The full message.
+    pub message: String,
+}
+
+/// A batch the module failed to judge. The batch's packets are dropped as `policy-fault`.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFault {
+    /// The guest trapped, ran past its deadline or hit its memory cap.
+    #[error("the module trapped: {0}")]
+    Trap(String),
+    /// The guest answered with the wrong number of verdicts.
+    #[error("the module answered {got} verdicts for {expected} packets")]
+    WrongLength {
+        /// Packets sent.
+        expected: usize,
+        /// Verdicts received.
+        got: usize,
+    },
+    /// The guest answered a verdict code that does not exist, or names a VPC or candidate set
+    /// its configuration does not have.
+    #[error("the module answered an unknown verdict for packet {index}")]
+    UnknownVerdict {
+        /// Position of the packet in the batch.
+        index: usize,
+    },
+}
+
+/// Limits a module instance runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most linear memory an instance may have.
+    pub memory_bytes: usize,
+    /// Longest a batch may run before it is stopped.
+    pub batch_deadline: Duration,
+    /// Longest `configure` may run (it parses the whole configuration).
+    pub configure_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 256 << 20,
+            batch_deadline: Duration::from_millis(500),
+            configure_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How often the epoch advances: the resolution of deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The wasmtime engine, set up for a dataplane, with its epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Runtime {
+    /// An engine with the pooling allocator, epoch interruption and no component-model
+    /// concurrency (a plain call costs less), caching precompiled modules in `cache_dir`.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(64)
+            .total_core_instances(128)
+            .total_memories(128)
+            .total_tables(128)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .concurrency_support(false)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine =
+            Engine::new(&config).map_err(|e| anyhow::anyhow!("setting up wasmtime: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("flowgate-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })?
+        };
+        Ok(Runtime {
+            engine,
+            limits,
+            cache_dir,
+            ticker: Some((stop, ticker)),
+        })
+    }
+
+    /// The default cache directory: `$FLOWGATE_CACHE_DIR`, else `$XDG_CACHE_HOME/flowgate`,
+    /// else `~/.cache/flowgate`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("FLOWGATE_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("flowgate")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache/flowgate")))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Checks and compiles (or loads from the cache) a policy component.
+    pub fn load(&self, bytes: &[u8]) -> Result<LoadedModule, ModuleError> {
+        check_header(bytes)?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let component = self.compile_cached(bytes, &digest)?;
+        check_exports(&self.engine, &component)?;
+        let mut linker = Linker::new(&self.engine);
+        grant_insecure_seed(&self.engine, &component, &mut linker)?;
+        // Whatever else the module imports (Rust's std pulls in WASI) traps when called: the
+        // guest gets no filesystem, network or clock.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PolicyPre::new)
+            .map_err(|e| ModuleError::WrongShape(format!("{e:#}")))?;
+        Ok(LoadedModule { pre, digest })
+    }
+
+    fn compile_cached(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, ModuleError> {
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes)
+                .map_err(|e| ModuleError::Invalid(format!("{e:#}")));
+        };
+        let mut hasher = DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let path = dir.join(format!("{}-{:016x}.cwasm", hex(digest), hasher.finish()));
+        if path.is_file() {
+            // SAFETY: the cache holds only artifacts this process family wrote with
+            // `Engine::precompile_component`, keyed by the component's digest and the engine's
+            // compatibility hash; a file that fails to deserialize is recompiled.
+            #[allow(unsafe_code)]
+            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &path) } {
+                return Ok(component);
+            }
+        }
+        let artifact = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        // A cache that cannot be written is no reason to refuse the module.
+        let _ = write_atomically(dir, &path, &artifact);
+        // SAFETY: `artifact` was produced just now by this engine.
+        #[allow(unsafe_code)]
+        unsafe { Component::deserialize(&self.engine, &artifact) }
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Rust's `HashMap` (and so most YAML parsers) asks `wasi:random/insecure-seed` for a seed
+/// when the module starts. The host answers with a constant: hashing stays deterministic and
+/// the guest learns nothing about the host. Any 0.2 version of the interface is answered.
+fn grant_insecure_seed(
+    engine: &Engine,
+    component: &Component,
+    linker: &mut Linker<HostState>,
+) -> Result<(), ModuleError> {
+    const SEED: (u64, u64) = (0x666c_6f77_6761_7465, 0x7365_6564_2d30_3031);
+    let wanted: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| name.starts_with("wasi:random/insecure-seed@0.2"))
+        .collect();
+    for name in wanted {
+        let mut instance = linker
+            .instance(&name)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        instance
+            .func_wrap("insecure-seed", |_, (): ()| Ok((SEED,)))
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+    }
+    Ok(())
+}
+
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
+    if Engine::detect_precompiled(bytes).is_some() {
+        return Err(ModuleError::Precompiled);
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(ModuleError::NotWasm);
+    }
+    // Bytes 4..6 are the version, 6..8 the layer: 1 for a component, 0 for a core module.
+    match bytes[6..8] {
+        [1, 0] => Ok(()),
+        _ => Err(ModuleError::CoreModule),
+    }
+}
+
+/// Whether a module built against WIT version `found` can be called by this host: same
+/// major version, or for 0.x the same minor version.
+pub fn compatible(found: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(found), parse(WIT_VERSION)) {
+        (Some((0, minor)), Some((0, ours))) => minor == ours,
+        (Some((major, _)), Some((ours, _))) => major == ours,
+        _ => false,
+    }
+}
+
+fn check_exports(engine: &Engine, component: &Component) -> Result<(), ModuleError> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let filter = ty.exports(engine).find_map(|(name, item)| {
+        let version = name.strip_prefix(FILTER_INTERFACE)?.strip_prefix('@')?;
+        matches!(item.ty, ComponentItem::ComponentInstance(_))
+            .then(|| (name.to_owned(), version.to_owned()))
+    });
+    match filter {
+        None if names.is_empty() => Err(ModuleError::WrongWorld("nothing".into())),
+        None => Err(ModuleError::WrongWorld(names.join(", "))),
+        Some((found, version)) if !compatible(&version) => {
+            Err(ModuleError::IncompatibleVersion { found })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// A checked, compiled module, ready to instantiate cheaply.
+#[derive(Clone)]
+pub struct LoadedModule {
+    pre: PolicyPre<HostState>,
+    digest: [u8; 32],
+}
+
+impl LoadedModule {
+    /// sha256 of the component's bytes.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+}
+
+/// What a store holds for its instance.
+pub struct HostState {
+    limits: StoreLimits,
+}
+
+/// What a module says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// The module's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The WIT package version it implements.
+    pub wit_version: String,
+}
+
+/// A module instance with a configuration in force, judging batches.
+pub struct WasmPolicy {
+    module: LoadedModule,
+    limits: Limits,
+    store: Store<HostState>,
+    instance: Policy,
+    info: ModuleInfo,
+    catalog: Catalog,
+    config: String,
+    peerings: u32,
+    notices: Vec<String>,
+    packed: Vec<u8>,
+}
+
+impl WasmPolicy {
+    /// Instantiates `module` and hands it `config`.
+    pub fn new(runtime: &Runtime, module: &LoadedModule, config: &str) -> Result<Self, StartError> {
+        let (mut store, instance) = instantiate(runtime.engine(), module, runtime.limits)?;
+        store.set_epoch_deadline(ticks(runtime.limits.configure_deadline));
+        let info = instance
+            .flowgate_policy_filter()
+            .call_info(&mut store)
+            .map_err(|e| ModuleError::Start(format!("{e:#}")))?;
+        if !compatible(&info.wit_version) {
+            return Err(ModuleError::IncompatibleVersion {
+                found: format!("{FILTER_INTERFACE}@{}", info.wit_version),
+            }
+            .into());
+        }
+        let info = ModuleInfo {
+            name: info.name,
+            version: info.version,
+            wit_version: info.wit_version,
+        };
+        let summary = configure(&mut store, &instance, config)?;
+        let mut policy = WasmPolicy {
+            module: module.clone(),
+            limits: runtime.limits,
+            store,
+            instance,
+            info,
+            catalog: Catalog::default(),
+            config: config.to_owned(),
+            peerings: 0,
+            notices: Vec::new(),
+            packed: Vec::new(),
+        };
+        policy.set_summary(summary);
+        Ok(policy)
+    }
+
+    fn set_summary(&mut self, summary: bindings::ConfigSummary) {
+        self.peerings = summary.peerings;
+        self.notices = summary.notices;
+        self.catalog = Catalog {
+            vpcs: summary
+                .vpcs
+                .into_iter()
+                .map(|v| VpcInfo {
+                    name: v.name,
+                    vni: v.vni,
+                })
+                .collect(),
+            candidate_sets: summary
+                .candidate_sets
+                .into_iter()
+                .map(|set| set.into_iter().map(VpcId).collect())
+                .collect(),
+        };
+    }
+
+    /// The module's name and versions.
+    pub fn info(&self) -> &ModuleInfo {
+        &self.info
+    }
+
+    /// How many peerings the configuration has, and the module's notices about it.
+    pub fn config_summary(&self) -> (u32, &[String]) {
+        (self.peerings, &self.notices)
+    }
+
+    /// Starts over from a fresh instance with the same configuration: after a fault, the old
+    /// instance may be poisoned.
+    pub fn restart(&mut self) -> Result<(), StartError> {
+        let (mut store, instance) = instantiate(self.store.engine(), &self.module, self.limits)?;
+        store.set_epoch_deadline(ticks(self.limits.configure_deadline));
+        let summary = configure(&mut store, &instance, &self.config)?;
+        (self.store, self.instance) = (store, instance);
+        self.set_summary(summary);
+        Ok(())
+    }
+
+    /// Judges a batch through the typed `judge` call.
+    pub fn judge_typed(
+        &mut self,
+        packets: &[Packet],
+        out: &mut [Verdict],
+    ) -> Result<(), PolicyFault> {
+        let wit: Vec<bindings::Packet> = packets.iter().map(to_wit_packet).collect();
+        self.store
+            .set_epoch_deadline(ticks(self.limits.batch_deadline));
+        let verdicts = self
+            .instance
+            .flowgate_policy_filter()
+            .call_judge(&mut self.store, &wit)
+            .map_err(|e| PolicyFault::Trap(format!("{e:#}")))?;
+        if verdicts.len() != packets.len() {
+            return Err(PolicyFault::WrongLength {
+                expected: packets.len(),
+                got: verdicts.len(),
+            });
+        }
+        for (index, (slot, v)) in out.iter_mut().zip(verdicts).enumerate() {
+            let verdict = from_wit_verdict(v);
+            if !self.catalog.knows(verdict) {
+                return Err(PolicyFault::UnknownVerdict { index });
+            }
+            *slot = verdict;
+        }
+        Ok(())
+    }
+}
+
+/// Why a module could not be started with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The module misbehaved.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    /// The module refused the configuration.
+    #[error("configuration refused: {0}")]
+    Config(#[from] ConfigRefused),
+}
+
+fn instantiate(
+    engine: &Engine,
+    module: &LoadedModule,
+    limits: Limits,
+) -> Result<(Store<HostState>, Policy), ModuleError> {
+    let state = HostState {
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(ticks(limits.configure_deadline));
+    let instance = module
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| ModuleError::Start(format!("{e:#}")))?;
+    Ok((store, instance))
+}
+
+fn configure(
+    store: &mut Store<HostState>,
+    instance: &Policy,
+    config: &str,
+) -> Result<bindings::ConfigSummary, StartError> {
+    match instance
+        .flowgate_policy_filter()
+        .call_configure(&mut *store, config)
+    {
+        Ok(Ok(summary)) => Ok(summary),
+        Ok(Err(e)) => Err(ConfigRefused {
+            object: e.object,
+            field: e.field,
+            value: e.value,
+            message: e.message,
+        }
+        .into()),
+        Err(trap) => Err(ModuleError::Start(format!("configure: {trap:#}")).into()),
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+fn to_wit_packet(p: &Packet) -> bindings::Packet {
+    let address = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V4(a) => {
+            let [b0, b1, b2, b3] = a.octets();
+            bindings::IpAddress::V4((b0, b1, b2, b3))
+        }
+        std::net::IpAddr::V6(a) => {
+            let [s0, s1, s2, s3, s4, s5, s6, s7] = a.segments();
+            bindings::IpAddress::V6((s0, s1, s2, s3, s4, s5, s6, s7))
+        }
+    };
+    bindings::Packet {
+        src_vni: p.src_vni,
+        src: address(p.src),
+        dst: address(p.dst),
+        proto: p.proto,
+        ports: p.ports.map(|ports| bindings::Ports {
+            src: ports.src,
+            dst: ports.dst,
+        }),
+    }
+}
+
+fn from_wit_verdict(v: bindings::Verdict) -> Verdict {
+    match v {
+        bindings::Verdict::Allow(vpc) => Verdict::Allow(VpcId(vpc)),
+        bindings::Verdict::AllowAmbiguous(set) => Verdict::AllowAmbiguous(CandidatesId(set)),
+        bindings::Verdict::Drop(reason) => Verdict::Drop(match reason {
+            bindings::DropReason::UnknownVpc => DropReason::UnknownVpc,
+            bindings::DropReason::SourceNotExposed => DropReason::SourceNotExposed,
+            bindings::DropReason::DestinationNotExposed => DropReason::DestinationNotExposed,
+        }),
+    }
+}
+
+impl crate::Policy for WasmPolicy {
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Judges a batch through the packed `judge-packed` call: the dataplane's path.
+    fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault> {
+        self.packed.clear();
+        self.packed.reserve(packets.len() * PACKET_BYTES);
+        for p in packets {
+            encode_packet(p, &mut self.packed);
+        }
+        self.store
+            .set_epoch_deadline(ticks(self.limits.batch_deadline));
+        let answer = self
+            .instance
+            .flowgate_policy_filter()
+            .call_judge_packed(&mut self.store, &self.packed)
+            .map_err(|e| PolicyFault::Trap(format!("{e:#}")))?;
+        if answer.len() != packets.len() * VERDICT_BYTES {
+            return Err(PolicyFault::WrongLength {
+                expected: packets.len(),
+                got: answer.len() / VERDICT_BYTES,
+            });
+        }
+        for (index, (slot, rec)) in out
+            .iter_mut()
+            .zip(answer.chunks_exact(VERDICT_BYTES))
+            .enumerate()
+        {
+            let verdict = rec
+                .try_into()
+                .ok()
+                .and_then(decode_verdict)
+                .filter(|&v| self.catalog.knows(v))
+                .ok_or(PolicyFault::UnknownVerdict { index })?;
+            *slot = verdict;
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        WasmPolicy::restart(self).map_err(Into::into)
+    }
+}
