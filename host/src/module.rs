@@ -632,3 +632,22 @@ impl crate::Policy for WasmPolicy {
         WasmPolicy::restart(self).map_err(Into::into)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wit_versions_compatible_with_this_host() {
+        assert!(compatible("0.1.0") && compatible("0.1.7") && compatible("0.1.0-rc1"));
+        assert!(
+            !compatible("0.2.0") && !compatible("1.0.0") && !compatible("") && !compatible("x.y")
+        );
+    }
+
+    #[test]
+    fn deadlines_in_epoch_ticks() {
+        assert_eq!(ticks(Duration::ZERO), 2);
+        assert_eq!(ticks(Duration::from_millis(500)), 101);
+    }
+}

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod addr;
+#[cfg(feature = "json")]
+pub mod cases;
 pub mod config;
 #[cfg(feature = "json")]
 pub mod json;

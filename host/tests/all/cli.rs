@@ -1,0 +1,168 @@
+//! The `flowgate` binary as users call it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn flowgate(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(args)
+        .current_dir(crate::repo())
+        .env(
+            "FLOWGATE_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "flowgate panicked: {stderr}");
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap/config.yaml";
+
+#[test]
+fn check_gives_the_spec_3_1_verdicts_through_the_component() {
+    let packets = [
+        r#"{"src_vpc": "B", "src_ip": "2.0.0.7", "dst_ip": "1.0.1.9", "proto": "tcp", "src_port": 1234, "dst_port": 80}"#,
+        r#"{"src_vpc": "B", "src_ip": "2.0.0.7", "dst_ip": "1.0.0.9", "proto": "tcp", "src_port": 1234, "dst_port": 80}"#,
+        r#"{"src_vpc": "A", "src_ip": "1.0.0.9", "dst_ip": "2.0.0.7", "proto": "udp", "src_port": 53, "dst_port": 53}"#,
+        r#"{"src_vni": 3, "src_ip": "1.0.0.9", "dst_ip": "2.0.0.7", "proto": "icmp"}"#,
+        r#"{"src_vpc": "B", "src_ip": "2.0.1.7", "dst_ip": "1.0.1.9", "proto": 6, "src_port": 1234, "dst_port": 80}"#,
+        r#"{"src_vpc": "B", "src_ip": "2.0.0.7", "dst_ip": "1.0.2.9", "proto": "tcp", "src_port": 1234, "dst_port": 80}"#,
+    ];
+    let out = flowgate(&["check", "--config", SPEC_3_1], &packets.join("\n"));
+    assert!(out.status.success());
+    let expected = [
+        serde_json::json!({"verdict": "allow", "dst_vpc": "A", "dst_vni": 1}),
+        serde_json::json!({"verdict": "allow-ambiguous", "candidates": ["A", "C"]}),
+        serde_json::json!({"verdict": "allow", "dst_vpc": "B", "dst_vni": 2}),
+        serde_json::json!({"verdict": "allow", "dst_vpc": "B", "dst_vni": 2}),
+        serde_json::json!({"verdict": "drop", "reason": "source-not-exposed"}),
+        serde_json::json!({"verdict": "drop", "reason": "destination-not-exposed"}),
+    ];
+    assert_eq!(json_lines(&out), expected);
+    // The documented key order, too.
+    assert!(
+        stdout(&out).starts_with(r#"{"verdict":"allow","dst_vpc":"A","dst_vni":1}"#),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn check_reports_malformed_lines_and_judges_the_rest() {
+    let input = "not json\n\n{\"src_vpc\": \"B\", \"src_ip\": \"2.0.0.7\", \"dst_ip\": \"1.0.1.9\", \"proto\": \"icmp\"}\n{\"src_vpc\": \"B\", \"src_ip\": \"2.0.0.7\", \"dst_ip\": \"1.0.1.9\", \"proto\": \"tcp\"}\n";
+    let out = flowgate(&["check", "--config", SPEC_3_1, "--batch", "1"], input);
+    assert!(out.status.success());
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines[0]["error"].as_str().unwrap().starts_with("line 1: "),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"verdict": "allow", "dst_vpc": "A", "dst_vni": 1})
+    );
+    let e = lines[2]["error"].as_str().unwrap();
+    assert!(e.starts_with("line 4: ") && e.contains("src_port"), "{e}");
+}
+
+#[test]
+fn check_refuses_a_bad_config_with_its_field_and_value() {
+    let out = flowgate(
+        &[
+            "check",
+            "--config",
+            "fixtures/cases/error-host-bits/config.yaml",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "error-host-bits/config.yaml",
+        "spec.peering.a.expose[0].ips[0].cidr",
+        "10.0.0.1/24",
+        "did you mean 10.0.0.0/24?",
+    ] {
+        assert!(stderr.contains(part), "stderr should name {part}: {stderr}");
+    }
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let not_wasm = dir.join("not-a-module.wasm");
+    std::fs::write(&not_wasm, "hello").unwrap();
+    let core = dir.join("core-module.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    for (file, words) in [
+        (&not_wasm, "not a WebAssembly file"),
+        (&core, "not a component"),
+    ] {
+        let out = flowgate(&["run", "--module", file.to_str().unwrap()], "");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(file.to_str().unwrap()) && stderr.contains(words),
+            "{stderr}"
+        );
+    }
+    let out = flowgate(&["run", "--module", "no/such/file.wasm"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.wasm"));
+}
+
+#[test]
+fn run_summarises_the_default_fixture_like_the_native_library() {
+    let out = flowgate(&["run"], "");
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for part in [
+        "packets",
+        "batches",
+        "allow-ambiguous",
+        "forwarded per destination VPC",
+        "packets per second",
+    ] {
+        assert!(text.contains(part), "summary lacks {part}:\n{text}");
+    }
+    let wasm: serde_json::Value =
+        serde_json::from_str(&stdout(&flowgate(&["run", "--json"], ""))).unwrap();
+    let native: serde_json::Value =
+        serde_json::from_str(&stdout(&flowgate(&["run", "--json", "--native"], ""))).unwrap();
+    assert_eq!(wasm["packets"], 5000);
+    assert_eq!(wasm["batches"], 20);
+    for key in ["verdicts", "drops", "forwarded", "packets"] {
+        assert_eq!(wasm[key], native[key], "{key}");
+    }
+    let verdicts = &wasm["verdicts"];
+    let total = verdicts["allow"].as_u64().unwrap()
+        + verdicts["allow-ambiguous"].as_u64().unwrap()
+        + verdicts["drop"].as_u64().unwrap();
+    assert_eq!(total, 5000);
+}
