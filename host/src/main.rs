@@ -22,8 +22,9 @@ use flowgate_policy::{Packet, Verdict};
     about = "A Wasm policy engine for VPC gateways: the peering flow filter and destination-VPC lookup."
 )]
 struct Cli {
+    /// What to do; `run` on the bundled fixture when absent.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -101,7 +102,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::Run {
+        policy: PolicyArgs {
+            config: None,
+            module: None,
+            native: false,
+            batch: dataplane::DEFAULT_BATCH as u32,
+            no_cache: false,
+        },
+        packets: None,
+        json: false,
+    });
+    match command {
         Command::Run {
             policy,
             packets,

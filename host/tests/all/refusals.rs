@@ -112,3 +112,30 @@ fn config_error_surfaces_with_field_and_value() {
     let e = WasmPolicy::new(&runtime, &module, "kind: [").err().unwrap();
     assert!(e.to_string().contains("not valid YAML"), "{e}");
 }
+
+/// The default module imports only what Rust's std for wasm32-wasip2 pulls in (and the
+/// type-only `flowgate:policy/types`); the host answers `insecure-seed` with a constant and
+/// makes everything else trap, so the guest has no filesystem, network or clock.
+#[test]
+fn default_module_imports_nothing_but_std_wasi() {
+    let runtime = crate::runtime();
+    let component = wasmtime::component::Component::new(runtime.engine(), DEFAULT_MODULE).unwrap();
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(runtime.engine())
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    eprintln!("imports of the default module: {imports:#?}");
+    assert!(
+        imports
+            .iter()
+            .any(|i| i.starts_with("wasi:random/insecure-seed@"))
+    );
+    for import in &imports {
+        let allowed = import.starts_with("flowgate:policy/types@")
+            || ["wasi:cli/", "wasi:io/", "wasi:random/insecure-seed@"]
+                .iter()
+                .any(|p| import.starts_with(p));
+        assert!(allowed, "unexpected import {import}");
+    }
+}
