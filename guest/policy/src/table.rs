@@ -69,12 +69,10 @@ impl Catalog {
         &self.vpcs[id.0 as usize]
     }
 
-    /// The VPC named `name`.
+    /// The VPC named `name`. (A linear search: a catalog a module hands over need not be
+    /// sorted, and this is not on the packet path.)
     pub fn vpc_by_name(&self, name: &str) -> Option<VpcId> {
-        self.vpcs
-            .binary_search_by(|v| v.name.as_str().cmp(name))
-            .ok()
-            .map(|i| VpcId(i as u32))
+        self.vpcs.iter().position(|v| v.name == name).map(|i| VpcId(i as u32))
     }
 
     /// The candidates of an ambiguous verdict, in name order.
