@@ -4,8 +4,6 @@
 //! `u128`, and every structure that holds keys is kept per family, so `::/0` never covers an
 //! IPv4 address.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 
 /// The address family of a prefix or an address.
@@ -24,14 +22,6 @@ impl Family {
             Family::V4 => u128::from(u32::MAX),
             Family::V6 => u128::MAX,
         }
-    }
-}
-
-/// The family and integer key of an address.
-pub(crate) fn addr_key(addr: IpAddr) -> (Family, u128) {
-    match addr {
-        IpAddr::V4(a) => (Family::V4, u128::from(u32::from(a))),
-        IpAddr::V6(a) => (Family::V6, u128::from(a)),
     }
 }
 

@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::addr::{Family, addr_key, net_family, net_range};
+use std::net::IpAddr;
+
+use crate::addr::{Family, net_family, net_range};
 use crate::model::{Config, Entry};
 use crate::packet::{CandidatesId, DropReason, Packet, Verdict, VpcId};
 use crate::ports::PortList;
@@ -72,7 +74,10 @@ impl Catalog {
     /// The VPC named `name`. (A linear search: a catalog a module hands over need not be
     /// sorted, and this is not on the packet path.)
     pub fn vpc_by_name(&self, name: &str) -> Option<VpcId> {
-        self.vpcs.iter().position(|v| v.name == name).map(|i| VpcId(i as u32))
+        self.vpcs
+            .iter()
+            .position(|v| v.name == name)
+            .map(|i| VpcId(i as u32))
     }
 
     /// The candidates of an ambiguous verdict, in name order.
@@ -120,10 +125,12 @@ pub struct Table {
 
 #[derive(Debug, Clone)]
 struct VpcTable {
-    /// Source segment tables, IPv4 then IPv6.
-    src: [SegTable; 2],
-    /// Destination segment tables, IPv4 then IPv6.
-    dst: [SegTable; 2],
+    /// Source segment tables: IPv4 keyed by `u32`, IPv6 by `u128`.
+    src4: SegTable<u32>,
+    src6: SegTable<u128>,
+    /// Destination segment tables.
+    dst4: SegTable<u32>,
+    dst6: SegTable<u128>,
     /// Number of destination classes: the matrix row length.
     dst_classes: usize,
     /// Verdict for (source class, destination class) at `src * dst_classes + dst`.
@@ -133,9 +140,9 @@ struct VpcTable {
 /// Segments of one family's key space, each with a class for port-less packets and, where
 /// ports matter, a port map.
 #[derive(Debug, Clone)]
-struct SegTable {
+struct SegTable<K> {
     /// First key of each segment; `starts[0] == 0`.
-    starts: Box<[u128]>,
+    starts: Box<[K]>,
     segs: Box<[Seg]>,
     /// First port of each port range; each segment's slice starts with port 0.
     port_starts: Box<[u16]>,
@@ -150,16 +157,14 @@ struct Seg {
     ports_len: u32,
 }
 
-fn family_index(family: Family) -> usize {
-    match family {
-        Family::V4 => 0,
-        Family::V6 => 1,
+impl<K: Copy + Ord> SegTable<K> {
+    /// Segments and port ranges.
+    fn sizes(&self) -> (usize, usize) {
+        (self.segs.len(), self.port_starts.len())
     }
-}
 
-impl SegTable {
     #[inline]
-    fn class(&self, key: u128, port: Option<u16>) -> u32 {
+    fn class(&self, key: K, port: Option<u16>) -> u32 {
         let i = self.starts.partition_point(|&s| s <= key).saturating_sub(1);
         let seg = self.segs[i];
         match port {
@@ -170,6 +175,18 @@ impl SegTable {
                 self.port_classes[at + j]
             }
             _ => seg.portless,
+        }
+    }
+}
+
+impl SegTable<u128> {
+    /// The same table keyed by `u32`: for IPv4, whose keys all fit.
+    fn narrow(self) -> SegTable<u32> {
+        SegTable {
+            starts: self.starts.iter().map(|&k| k as u32).collect(),
+            segs: self.segs,
+            port_starts: self.port_starts,
+            port_classes: self.port_classes,
         }
     }
 }
@@ -217,14 +234,18 @@ impl Table {
             return Verdict::Drop(DropReason::UnknownVpc);
         };
         let t = &self.per_vpc[vpc.0 as usize];
-        let (src_family, src_key) = addr_key(packet.src);
-        let (dst_family, dst_key) = addr_key(packet.dst);
         let (src_port, dst_port) = match packet.ports {
             Some(p) => (Some(p.src), Some(p.dst)),
             None => (None, None),
         };
-        let s = t.src[family_index(src_family)].class(src_key, src_port) as usize;
-        let d = t.dst[family_index(dst_family)].class(dst_key, dst_port) as usize;
+        let s = match packet.src {
+            IpAddr::V4(a) => t.src4.class(u32::from(a), src_port),
+            IpAddr::V6(a) => t.src6.class(u128::from(a), src_port),
+        } as usize;
+        let d = match packet.dst {
+            IpAddr::V4(a) => t.dst4.class(u32::from(a), dst_port),
+            IpAddr::V6(a) => t.dst6.class(u128::from(a), dst_port),
+        } as usize;
         t.matrix[s * t.dst_classes + d]
     }
 
@@ -285,9 +306,14 @@ impl Table {
             ..Default::default()
         };
         for t in &self.per_vpc {
-            for seg in t.src.iter().chain(&t.dst) {
-                stats.segments += seg.segs.len();
-                stats.port_ranges += seg.port_starts.len();
+            for (segments, port_ranges) in [
+                t.src4.sizes(),
+                t.src6.sizes(),
+                t.dst4.sizes(),
+                t.dst6.sizes(),
+            ] {
+                stats.segments += segments;
+                stats.port_ranges += port_ranges;
             }
             stats.destination_classes += t.dst_classes;
             stats.source_classes += t.matrix.len() / t.dst_classes.max(1);
@@ -434,11 +460,13 @@ fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> VpcTable 
             matrix.push(verdict);
         }
     }
-    let [src4, src6]: [SegTable; 2] = src.try_into().unwrap_or_else(|_| unreachable!());
-    let [dst4, dst6]: [SegTable; 2] = dst.try_into().unwrap_or_else(|_| unreachable!());
+    let [src4, src6]: [SegTable<u128>; 2] = src.try_into().unwrap_or_else(|_| unreachable!());
+    let [dst4, dst6]: [SegTable<u128>; 2] = dst.try_into().unwrap_or_else(|_| unreachable!());
     VpcTable {
-        src: [src4, src6],
-        dst: [dst4, dst6],
+        src4: src4.narrow(),
+        src6,
+        dst4: dst4.narrow(),
+        dst6,
         dst_classes: dst_sets.len(),
         matrix: matrix.into(),
     }
@@ -464,7 +492,7 @@ fn intersect(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
 type Segment = (u128, u32, Vec<(u16, u32)>);
 
 /// Cuts one family's key space into segments of constant membership and interns their classes.
-fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> SegTable {
+fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> SegTable<u128> {
     let max = family.max_key();
     let mut bounds: Vec<u128> = vec![0];
     for (lo, hi) in input
