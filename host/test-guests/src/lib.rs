@@ -1,0 +1,23 @@
+//! The test guests of `guest/testing`, embedded: the default policy with one deliberate fault
+//! each, and an honest second version. For the host's tests only.
+
+/// Honest, and says it is version 0.2.0.
+pub static HONEST_V2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/honest-v2.wasm"));
+/// Traps (aborts) when a packet's source port is 6666.
+pub static TRAP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/trap.wasm"));
+/// Loops forever when a packet's source port is 7777.
+pub static SPIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/spin.wasm"));
+/// Grows memory without bound when a packet's source port is 8888.
+pub static HOG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hog.wasm"));
+/// Answers one verdict too few on every batch.
+pub static SHORT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/short.wasm"));
+
+/// The source port that sets off each faulty guest.
+pub mod trigger {
+    /// [`TRAP`](super::TRAP)'s.
+    pub const TRAP: u16 = 6666;
+    /// [`SPIN`](super::SPIN)'s.
+    pub const SPIN: u16 = 7777;
+    /// [`HOG`](super::HOG)'s.
+    pub const HOG: u16 = 8888;
+}
