@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use flowgate_policy::{Packet, Verdict};
+use flowgate_policy::{Catalog, Packet, Verdict};
 use serde_json::{Value, json};
 
 use crate::Policy;
@@ -39,10 +39,26 @@ pub struct Counters {
 
 impl Counters {
     /// Counts a packet dropped for `reason`.
-    pub fn drop(&mut self, reason: &str, packets: u64) {
+    pub fn count_drop(&mut self, reason: &str, packets: u64) {
         self.packets += packets;
         self.dropped += packets;
         *self.drops.entry(reason.to_owned()).or_default() += packets;
+    }
+
+    /// Adds `other` into these counters.
+    pub fn merge(&mut self, other: &Counters) {
+        self.packets += other.packets;
+        self.batches += other.batches;
+        self.allowed += other.allowed;
+        self.ambiguous += other.ambiguous;
+        self.dropped += other.dropped;
+        self.faults += other.faults;
+        for (k, v) in &other.drops {
+            *self.drops.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.forwarded {
+            *self.forwarded.entry(k.clone()).or_default() += v;
+        }
     }
 
     /// The counters as JSON.
@@ -74,35 +90,41 @@ pub fn judge_all(
         counters.batches += 1;
         if let Err(fault) = policy.judge(chunk, out) {
             counters.faults += 1;
-            counters.drop(POLICY_FAULT, chunk.len() as u64);
+            counters.count_drop(POLICY_FAULT, chunk.len() as u64);
             chunk.iter().for_each(|p| sink(p, None));
             policy.restart().map_err(|e| {
                 anyhow::anyhow!("the policy failed ({fault}) and could not be restarted: {e:#}")
             })?;
             continue;
         }
-        let catalog = policy.catalog();
+        apply(chunk, out, policy.catalog(), counters);
         for (packet, &verdict) in chunk.iter().zip(out.iter()) {
-            counters.packets += 1;
-            match verdict {
-                Verdict::Allow(vpc) => {
-                    counters.allowed += 1;
-                    let name = &catalog.vpc(vpc).name;
-                    match counters.forwarded.get_mut(name) {
-                        Some(n) => *n += 1,
-                        None => {
-                            counters.forwarded.insert(name.clone(), 1);
-                        }
-                    }
-                }
-                Verdict::AllowAmbiguous(_) => counters.ambiguous += 1,
-                Verdict::Drop(reason) => {
-                    counters.packets -= 1;
-                    counters.drop(reason.as_str(), 1);
-                }
-            }
             sink(packet, Some(verdict));
         }
     }
     Ok(())
+}
+
+/// Counts the verdicts of a judged batch: the "apply" phase.
+pub fn apply(packets: &[Packet], verdicts: &[Verdict], catalog: &Catalog, counters: &mut Counters) {
+    for &verdict in verdicts.iter().take(packets.len()) {
+        match verdict {
+            Verdict::Allow(vpc) => {
+                counters.packets += 1;
+                counters.allowed += 1;
+                let name = &catalog.vpc(vpc).name;
+                match counters.forwarded.get_mut(name) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counters.forwarded.insert(name.clone(), 1);
+                    }
+                }
+            }
+            Verdict::AllowAmbiguous(_) => {
+                counters.packets += 1;
+                counters.ambiguous += 1;
+            }
+            Verdict::Drop(reason) => counters.count_drop(reason.as_str(), 1),
+        }
+    }
 }

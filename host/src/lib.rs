@@ -5,11 +5,18 @@
 //!   configured instance that judges batches ([`module::WasmPolicy`]).
 //! - [`dataplane`]: the batch loop in phases (read a batch, one guest call, apply verdicts)
 //!   and its counters.
+//! - [`gateway`]: a long-running gateway with worker threads, hot swaps, rollbacks and fault
+//!   containment; [`admin`] is its HTTP API, [`metrics`] its Prometheus metrics, [`source`]
+//!   where its packets come from.
 //! - [`NativePolicy`]: the same policy without Wasm, for comparison and as a baseline.
 
+pub mod admin;
 mod bindings;
 pub mod dataplane;
+pub mod gateway;
+pub mod metrics;
 pub mod module;
+pub mod source;
 
 use flowgate_policy::{Catalog, Packet, Table, Verdict};
 

@@ -8,8 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use flowgate_host::admin;
 use flowgate_host::dataplane::{self, Counters, MALFORMED};
+use flowgate_host::gateway::{Gateway, OnFault, Options};
 use flowgate_host::module::{Limits, Runtime, WasmPolicy, hex};
+use flowgate_host::source::Replay;
 use flowgate_host::{NativePolicy, Policy, StartError};
 use flowgate_policy::json::{packet_json, parse_packet, verdict_json};
 use flowgate_policy::synth::{self, Scale};
@@ -55,6 +58,35 @@ enum Command {
         #[arg(long)]
         module: Option<PathBuf>,
     },
+    /// Run a long-lived gateway: worker threads judge traffic while modules and configurations
+    /// are swapped through the admin API (or SIGHUP, which re-reads the files given here).
+    Serve(ServeArgs),
+    /// Show the status of a running gateway.
+    Status {
+        /// The gateway's admin API.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: String,
+    },
+    /// Swap a running gateway's module (and configuration), or only its configuration.
+    Swap {
+        /// The new module (a Wasm component); absent: swap only the configuration.
+        module: Option<PathBuf>,
+        /// The new configuration.
+        #[arg(long, required_unless_present = "module")]
+        config: Option<PathBuf>,
+        /// Swap only if the running module's sha256 is this one.
+        #[arg(long)]
+        if_match: Option<String>,
+        /// The gateway's admin API.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: String,
+    },
+    /// Roll a running gateway back to its previous good release.
+    Rollback {
+        /// The gateway's admin API.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: String,
+    },
     /// Generate a configuration and a trace (how `fixtures/default` was made).
     Gen {
         /// Number of peerings.
@@ -70,6 +102,62 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The configuration; the bundled demo one when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The policy module; the bundled default when absent.
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// Where packets come from: `replay` loops over --packets (or the bundled trace), `gen`
+    /// generates traffic from the configuration's own prefixes.
+    #[arg(long, value_enum, default_value_t = SourceKind::Replay)]
+    source: SourceKind,
+    /// The trace to replay.
+    #[arg(long)]
+    packets: Option<PathBuf>,
+    /// Packets per second over all workers; 0 for as fast as they go.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Worker threads; one per core when absent.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Packets per policy call.
+    #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    batch: u32,
+    /// Where the admin API listens.
+    #[arg(long, default_value = admin::DEFAULT_ADDR)]
+    admin: String,
+    /// What to do with a batch the module fails on.
+    #[arg(long, value_enum, default_value_t = FaultMode::FailClosed)]
+    on_fault: FaultMode,
+    /// Revert to the previous good release after this many faults ...
+    #[arg(long, default_value_t = 5)]
+    fault_limit: usize,
+    /// ... within this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    fault_window: f64,
+    /// Stop after this many seconds (run until SIGINT or SIGTERM when absent).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Do not read or write the cache of precompiled modules.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SourceKind {
+    Replay,
+    Gen,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FaultMode {
+    FailClosed,
+    Previous,
 }
 
 #[derive(Args)]
@@ -127,6 +215,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             out,
         } => cmd_gen(peerings, packets, seed, &out),
+        Command::Serve(args) => cmd_serve(&args),
+        Command::Status { admin } => client_answer(admin::Client::new(&admin).status()?),
+        Command::Swap {
+            module,
+            config,
+            if_match,
+            admin,
+        } => {
+            let client = admin::Client::new(&admin);
+            let config = config.as_deref().map(read_text).transpose()?;
+            match module {
+                Some(path) => {
+                    let bytes =
+                        fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    client_answer(client.swap_module(
+                        &bytes,
+                        config.as_deref(),
+                        if_match.as_deref(),
+                    )?)
+                }
+                None => client_answer(
+                    client
+                        .swap_config(config.as_deref().unwrap_or_default(), if_match.as_deref())?,
+                ),
+            }
+        }
+        Command::Rollback { admin } => client_answer(admin::Client::new(&admin).rollback()?),
     }
 }
 
@@ -220,7 +335,7 @@ fn cmd_run(args: &PolicyArgs, packets: Option<&Path>, json: bool) -> Result<Exit
     for line in trace.lines().filter(|l| !l.trim().is_empty()) {
         match parse_packet(line, loaded.policy.catalog()) {
             Ok(p) => packets.push(p),
-            Err(_) => counters.drop(MALFORMED, 1),
+            Err(_) => counters.count_drop(MALFORMED, 1),
         }
     }
     let start = Instant::now();
@@ -374,5 +489,135 @@ fn cmd_gen(peerings: usize, count: usize, seed: u64, out: &Path) -> Result<ExitC
         .with_context(|| format!("writing {}", out.display()))?;
     fs::write(out.join("packets.jsonl"), lines)
         .with_context(|| format!("writing {}", out.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn client_answer(answer: admin::Answer) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(&answer.body)?);
+    Ok(if (200..300).contains(&answer.status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let read_config = || -> Result<String> {
+        match &args.config {
+            Some(path) => read_text(path),
+            None => Ok(flowgate_host::DEFAULT_CONFIG.to_owned()),
+        }
+    };
+    let config = read_config()?;
+    let (module, module_name) = module_bytes(args.module.as_deref())?;
+    let cache = if args.no_cache {
+        None
+    } else {
+        Runtime::default_cache_dir()
+    };
+    let runtime = Runtime::new(Limits::default(), cache)?;
+    let options = Options {
+        workers: args
+            .workers
+            .unwrap_or_else(|| Options::default().workers)
+            .max(1),
+        batch: args.batch as usize,
+        on_fault: match args.on_fault {
+            FaultMode::FailClosed => OnFault::FailClosed,
+            FaultMode::Previous => OnFault::Previous,
+        },
+        fault_limit: args.fault_limit.max(1),
+        fault_window: std::time::Duration::from_secs_f64(args.fault_window.max(0.0)),
+        record_batches: false,
+    };
+    let gateway = Gateway::new(runtime, &module, &config, options)
+        .with_context(|| format!("starting with {module_name}"))?;
+
+    // The traffic: a trace, or packets generated from the configuration's prefixes.
+    let catalog = gateway.current().catalog.clone();
+    let packets: Vec<Packet> = match args.source {
+        SourceKind::Replay => {
+            let text = match &args.packets {
+                Some(path) => read_text(path)?,
+                None => flowgate_host::DEFAULT_PACKETS.to_owned(),
+            };
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .filter_map(|l| parse_packet(l, &catalog).ok())
+                .collect()
+        }
+        SourceKind::Gen => {
+            let parsed = flowgate_policy::parse(&config, None).map_err(|e| {
+                anyhow::anyhow!("--source gen reads the configuration natively: {e}")
+            })?;
+            synth::packets(&parsed, 1 << 16, 0x5eed)
+        }
+    };
+    if packets.is_empty() {
+        bail!("no packets to serve");
+    }
+    let packets: Arc<[Packet]> = packets.into();
+
+    let admin = admin::AdminServer::start(gateway.clone(), &args.admin)?;
+    eprintln!(
+        "flowgate: serving generation 1 with {} worker(s); admin API on http://{}",
+        gateway.options().workers,
+        admin.addr()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+
+    let workers = gateway.options().workers;
+    let per_worker_rate = args.rate.div_ceil(workers as u64);
+    let handles: Vec<_> = (0..workers)
+        .map(|id| {
+            let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
+            let offset = id * packets.len() / workers;
+            std::thread::Builder::new()
+                .name(format!("flowgate-worker-{id}"))
+                .spawn(move || {
+                    let mut source = Replay::new(packets, offset, per_worker_rate, None);
+                    gateway.run_worker(id, &mut source, &stop);
+                })
+        })
+        .collect::<Result<_, _>>()?;
+
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if args
+            .duration
+            .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+        {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if hup.swap(false, Ordering::Relaxed) {
+            eprintln!("flowgate: SIGHUP: re-reading the module and configuration files");
+            let reread = read_config().and_then(|config| match &args.module {
+                Some(path) => Ok((
+                    Some(fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+                    config,
+                )),
+                None => Ok((None, config)),
+            });
+            match reread {
+                Ok((module, config)) => {
+                    let _ = gateway.swap(module.as_deref(), Some(&config), None);
+                }
+                Err(e) => eprintln!("flowgate: SIGHUP: {e:#}; the running release keeps serving"),
+            }
+        }
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    drop(admin);
+    println!("{}", admin::status(&gateway));
     Ok(ExitCode::SUCCESS)
 }

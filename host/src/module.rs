@@ -86,9 +86,15 @@ pub struct ConfigRefused {
 /// A batch the module failed to judge. The batch's packets are dropped as `policy-fault`.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyFault {
-    /// The guest trapped, ran past its deadline or hit its memory cap.
+    /// The guest trapped.
     #[error("the module trapped: {0}")]
     Trap(String),
+    /// The guest ran past the batch deadline (an endless loop, or far too slow).
+    #[error("the module ran past its deadline")]
+    Deadline,
+    /// The guest tried to grow its memory past the cap.
+    #[error("the module hit its memory cap")]
+    Memory,
     /// The guest answered with the wrong number of verdicts.
     #[error("the module answered {got} verdicts for {expected} packets")]
     WrongLength {
@@ -104,6 +110,32 @@ pub enum PolicyFault {
         /// Position of the packet in the batch.
         index: usize,
     },
+}
+
+impl PolicyFault {
+    /// The fault's reason in counters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PolicyFault::Trap(_) => "trap",
+            PolicyFault::Deadline => "deadline",
+            PolicyFault::Memory => "memory",
+            PolicyFault::WrongLength { .. } => "wrong-length",
+            PolicyFault::UnknownVerdict { .. } => "unknown-verdict",
+        }
+    }
+
+    fn from_call(e: wasmtime::Error) -> Self {
+        if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            PolicyFault::Deadline
+        } else if e
+            .chain()
+            .any(|c| c.to_string().contains("forcing trap when growing memory"))
+        {
+            PolicyFault::Memory
+        } else {
+            PolicyFault::Trap(format!("{e:#}"))
+        }
+    }
 }
 
 /// Limits a module instance runs under.
@@ -476,7 +508,7 @@ impl WasmPolicy {
             .instance
             .flowgate_policy_filter()
             .call_judge(&mut self.store, &wit)
-            .map_err(|e| PolicyFault::Trap(format!("{e:#}")))?;
+            .map_err(PolicyFault::from_call)?;
         if verdicts.len() != packets.len() {
             return Err(PolicyFault::WrongLength {
                 expected: packets.len(),
@@ -605,7 +637,7 @@ impl crate::Policy for WasmPolicy {
             .instance
             .flowgate_policy_filter()
             .call_judge_packed(&mut self.store, &self.packed)
-            .map_err(|e| PolicyFault::Trap(format!("{e:#}")))?;
+            .map_err(PolicyFault::from_call)?;
         if answer.len() != packets.len() * VERDICT_BYTES {
             return Err(PolicyFault::WrongLength {
                 expected: packets.len(),

@@ -10,10 +10,16 @@ use std::process::Command;
 const VARIANTS: [&str; 5] = ["honest-v2", "trap", "spin", "hog", "short"];
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for watched in ["guest/testing/src", "guest/testing/Cargo.toml", "guest/policy/src", "wit"] {
+    for watched in [
+        "guest/testing/src",
+        "guest/testing/Cargo.toml",
+        "guest/policy/src",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -21,7 +27,16 @@ fn main() {
         // One target dir for all variants: only the guest crate itself differs between them.
         let target_dir = root.join("target/guest-testing");
         let status = Command::new(&cargo)
-            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--features", variant, "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+                "--features",
+                variant,
+                "--manifest-path",
+            ])
             .arg(root.join("guest/testing/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
@@ -32,8 +47,12 @@ fn main() {
             .env_remove("CARGO_MAKEFLAGS")
             .status()
             .expect("could not start cargo to build a test guest");
-        assert!(status.success(), "building the `{variant}` test guest failed");
+        assert!(
+            status.success(),
+            "building the `{variant}` test guest failed"
+        );
         let built = target_dir.join("wasm32-wasip2/release/flowgate_testing_guest.wasm");
-        std::fs::copy(&built, out_dir.join(format!("{variant}.wasm"))).expect("copying a test guest into OUT_DIR");
+        std::fs::copy(&built, out_dir.join(format!("{variant}.wasm")))
+            .expect("copying a test guest into OUT_DIR");
     }
 }
