@@ -166,3 +166,130 @@ fn run_summarises_the_default_fixture_like_the_native_library() {
         + verdicts["drop"].as_u64().unwrap();
     assert_eq!(total, 5000);
 }
+
+#[test]
+fn serve_with_client_subcommands_and_sighup() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::copy(crate::repo().join(SPEC_3_1), &config).unwrap();
+    let server = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args([
+            "serve",
+            "--workers",
+            "1",
+            "--rate",
+            "20000",
+            "--duration",
+            "60",
+            "--admin",
+            &admin,
+        ])
+        .arg("--config")
+        .arg(&config)
+        .args(["--packets", "fixtures/cases/spec-3.1-overlap/packets.jsonl"])
+        .current_dir(crate::repo())
+        .env(
+            "FLOWGATE_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded wait for the admin API.
+    let status = (0..600)
+        .find_map(|_| {
+            let out = flowgate(&["status", "--admin", &admin], "");
+            if out.status.success() {
+                return Some(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            None
+        })
+        .expect("the gateway's admin API came up");
+    assert_eq!(
+        (status["generation"].as_u64(), status["cause"].as_str()),
+        (Some(1), Some("start"))
+    );
+
+    // A config swap through the client, a refused one, a rollback.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(crate::repo().join("fixtures/cases/spec-3.3-default/config.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let out = flowgate(
+        &[
+            "swap",
+            "--config",
+            config.to_str().unwrap(),
+            "--admin",
+            &admin,
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(json_lines_pretty(&out)["release"]["generation"], 2);
+    let out = flowgate(&["swap", "fixtures/README.md", "--admin", &admin], "");
+    assert!(!out.status.success());
+    assert_eq!(json_lines_pretty(&out)["reason"], "not-a-component");
+    let out = flowgate(&["rollback", "--admin", &admin], "");
+    assert!(out.status.success());
+    assert_eq!(json_lines_pretty(&out)["release"]["cause"], "rollback");
+
+    // SIGHUP re-reads the configuration file.
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reloaded = (0..600).find_map(|_| {
+        let out = flowgate(&["status", "--admin", &admin], "");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        if status["generation"] == 4 {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        None
+    });
+    let reloaded = reloaded.expect("SIGHUP made generation 4");
+    assert_eq!(reloaded["cause"], "config");
+    assert!(reloaded["counters"]["packets"].as_u64().unwrap() > 0);
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = server.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(last["generation"], 4);
+    let log = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "generation 2 is live (config)",
+        "swap refused (not-a-component)",
+        "rollback (operator)",
+        "SIGHUP",
+    ] {
+        assert!(log.contains(line), "the log lacks `{line}`:\n{log}");
+    }
+}
+
+fn json_lines_pretty(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -7,6 +7,7 @@ mod cli;
 mod fixtures;
 mod paths;
 mod refusals;
+mod swap;
 
 use std::path::PathBuf;
 
