@@ -85,6 +85,8 @@ pub struct Release {
     pub catalog: Catalog,
     /// Peerings in the configuration, as the module counted them.
     pub peerings: u32,
+    /// The canary batch for this configuration (reused by swaps that keep the configuration).
+    canary: Arc<[Packet]>,
     /// One configured instance per worker, taken by the worker when it moves to this release.
     spares: Mutex<Vec<Option<WasmPolicy>>>,
 }
@@ -164,6 +166,8 @@ pub struct BatchRecord {
     pub packets: usize,
     /// Verdicts applied (every packet gets exactly one).
     pub verdicts: usize,
+    /// Time the policy call (and any re-judging) took.
+    pub latency: Duration,
 }
 
 /// Counters of the gateway's own events.
@@ -194,6 +198,8 @@ pub struct Gateway {
     recent_faults: Mutex<VecDeque<Instant>>,
     reverting: AtomicBool,
     records: Mutex<Vec<BatchRecord>>,
+    /// The highest generation that has judged a batch.
+    judged: AtomicU64,
     /// Time to judge one batch.
     pub batch_latency: Histogram,
     started: Instant,
@@ -243,7 +249,7 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, SwapError> {
         let module = runtime.load(module)?;
         let workers = options.workers.max(1);
-        let release = prepare(&runtime, module, config, workers, 1, "start")?;
+        let release = prepare(&runtime, module, config, None, workers, 1, "start")?;
         let release = Arc::new(release);
         let gateway = Gateway {
             runtime,
@@ -259,6 +265,7 @@ impl Gateway {
             recent_faults: Mutex::new(VecDeque::new()),
             reverting: AtomicBool::new(false),
             records: Mutex::new(Vec::new()),
+            judged: AtomicU64::new(0),
             batch_latency: Histogram::default(),
             started: Instant::now(),
         };
@@ -338,12 +345,14 @@ impl Gateway {
             Some(bytes) => self.runtime.load(bytes)?,
             None => running.module.clone(),
         };
+        let canary = config.is_none().then(|| running.canary.clone());
         let config = config.unwrap_or(&running.config);
         let generation = self.next_generation.load(Ordering::Relaxed);
         let release = prepare(
             &self.runtime,
             loaded,
             config,
+            canary,
             self.options.workers,
             generation,
             cause,
@@ -389,6 +398,7 @@ impl Gateway {
             &self.runtime,
             target.module.clone(),
             &target.config,
+            Some(target.canary.clone()),
             self.options.workers,
             generation,
             if auto { "auto-revert" } else { "rollback" },
@@ -485,7 +495,8 @@ impl Gateway {
                 }
                 None => None,
             };
-            self.batch_latency.observe(started.elapsed());
+            let latency = started.elapsed();
+            self.batch_latency.observe(latency);
             let mut counters = lock(&self.counters[id]);
             counters.batches += 1;
             match judged {
@@ -499,8 +510,10 @@ impl Gateway {
                     generation: release.generation,
                     packets: batch.len(),
                     verdicts: batch.len(),
+                    latency,
                 });
             }
+            self.judged.fetch_max(release.generation, Ordering::Release);
         }
     }
 
@@ -529,28 +542,44 @@ impl Gateway {
         lock(&self.records).clone()
     }
 
+    /// The highest generation that has judged a batch so far.
+    pub fn judged_generation(&self) -> u64 {
+        self.judged.load(Ordering::Acquire)
+    }
+
     /// Generations of the good releases, oldest first.
     pub fn good_generations(&self) -> Vec<u64> {
         lock(&self.good).iter().map(|r| r.generation).collect()
     }
 }
 
-/// Builds a release off the packet path: one configured instance per worker, the first of
-/// which judges the canary batch.
+/// Builds a release off the packet path: one configured instance per worker (prepared in
+/// parallel), the first of which judges the canary batch. `canary` is reused when the
+/// configuration is the running one's.
 fn prepare(
     runtime: &Runtime,
     module: LoadedModule,
     config: &str,
+    canary: Option<Arc<[Packet]>>,
     workers: usize,
     generation: u64,
     cause: &'static str,
 ) -> Result<Release, SwapError> {
-    let mut spares = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        spares.push(WasmPolicy::new(runtime, &module, config)?);
-    }
+    let mut spares: Vec<WasmPolicy> = std::thread::scope(|scope| {
+        let extra: Vec<_> = (1..workers)
+            .map(|_| scope.spawn(|| WasmPolicy::new(runtime, &module, config)))
+            .collect();
+        let mut spares = vec![WasmPolicy::new(runtime, &module, config)?];
+        for handle in extra {
+            let spare = handle
+                .join()
+                .map_err(|_| ModuleError::Start("preparing an instance panicked".into()))?;
+            spares.push(spare?);
+        }
+        Ok::<_, SwapError>(spares)
+    })?;
     let first = &mut spares[0];
-    let canary = canary_packets(first.catalog(), config);
+    let canary = canary.unwrap_or_else(|| canary_packets(first.catalog(), config).into());
     let mut out = vec![Verdict::default(); canary.len()];
     first
         .judge(&canary, &mut out)
@@ -567,6 +596,7 @@ fn prepare(
         config_digest: hex(&Sha256::digest(config.as_bytes())),
         catalog,
         peerings,
+        canary,
         spares: Mutex::new(spares.into_iter().map(Some).collect()),
     })
 }

@@ -1,0 +1,167 @@
+//! Hot swap on a running gateway: how long from `PUT /module` (through the admin API on
+//! loopback) to the first batch judged by the new release, from the artifact cache and
+//! compiling; and what 100 swaps cost the traffic (packets per second, batch latency) against
+//! none.
+//!
+//! `cargo bench -p flowgate-benches --bench swap`
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark with bad setup should stop loudly
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flowgate_host::DEFAULT_MODULE;
+use flowgate_host::admin::{AdminServer, Client};
+use flowgate_host::gateway::{Gateway, Options};
+use flowgate_host::module::{Limits, Runtime};
+use flowgate_host::source::Replay;
+use flowgate_policy::Packet;
+use flowgate_policy::synth::{self, Scale};
+use flowgate_test_guests::HONEST_V2;
+
+fn setup() -> (String, Arc<[Packet]>) {
+    let config = synth::config_yaml(Scale::with_peerings(100, 5));
+    let packets = synth::packets(&flowgate_policy::parse(&config, None).unwrap(), 20_000, 6);
+    (config, packets.into())
+}
+
+fn runtime(cached: bool) -> Runtime {
+    let cache = cached
+        .then(|| std::env::temp_dir().join(format!("flowgate-bench-cache-{}", std::process::id())));
+    Runtime::new(Limits::default(), cache).unwrap()
+}
+
+/// Starts `workers` workers replaying `packets` (each at most `limit` packets, unlimited when
+/// `None`); returns the stop flag and their handles.
+fn start(
+    gateway: &Arc<Gateway>,
+    packets: &Arc<[Packet]>,
+    limit: Option<u64>,
+) -> (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = (0..gateway.options().workers)
+        .map(|id| {
+            let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
+            std::thread::spawn(move || {
+                let mut source = Replay::new(packets, id * 977, 0, limit);
+                gateway.run_worker(id, &mut source, &stop);
+            })
+        })
+        .collect();
+    (stop, handles)
+}
+
+fn to_first_batch(c: &mut Criterion) {
+    let (config, packets) = setup();
+    let mut group = c.benchmark_group("swap/to-first-batch");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8));
+    for (name, cached) in [("precompiled", true), ("compile", false)] {
+        let options = Options {
+            workers: 1,
+            ..Options::default()
+        };
+        let gateway = Gateway::new(runtime(cached), DEFAULT_MODULE, &config, options).unwrap();
+        let (stop, handles) = start(&gateway, &packets, None);
+        let admin = AdminServer::start(gateway.clone(), "127.0.0.1:0").unwrap();
+        let client = Client::new(&admin.addr().to_string());
+        let mut flip = false;
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    flip = !flip;
+                    let module = if flip { HONEST_V2 } else { DEFAULT_MODULE };
+                    let started = Instant::now();
+                    let answer = client.swap_module(module, None, None).unwrap();
+                    let generation = answer.body["release"]["generation"]
+                        .as_u64()
+                        .expect("the swap went through");
+                    while gateway.judged_generation() < generation {
+                        std::hint::spin_loop();
+                    }
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().for_each(|h| h.join().unwrap());
+    }
+    group.finish();
+}
+
+fn under_load(c: &mut Criterion) {
+    let (config, packets) = setup();
+    // Each run lasts WINDOW; criterion's time per iteration is scaled to ELEMENTS packets at
+    // the rate the run reached, so its throughput is the packets per second of the run.
+    const WINDOW: Duration = Duration::from_millis(1500);
+    const ELEMENTS: u64 = 1_000_000;
+    let mut group = c.benchmark_group("swap/under-load");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(15));
+    group.throughput(Throughput::Elements(ELEMENTS));
+    for swaps in [0usize, 100] {
+        let mut latencies: Vec<Duration> = Vec::new();
+        group.bench_function(BenchmarkId::new("swaps", swaps), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let options = Options {
+                        workers: 2,
+                        record_batches: true,
+                        ..Options::default()
+                    };
+                    let gateway =
+                        Gateway::new(runtime(true), DEFAULT_MODULE, &config, options).unwrap();
+                    let started = Instant::now();
+                    let (stop, handles) = start(&gateway, &packets, None);
+                    // The swaps are spread over the first two thirds of the window.
+                    for i in 0..swaps {
+                        let due = started + WINDOW * 2 / 3 * i as u32 / swaps as u32;
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        let module = if i % 2 == 0 {
+                            HONEST_V2
+                        } else {
+                            DEFAULT_MODULE
+                        };
+                        gateway.swap(Some(module), None, None).unwrap();
+                    }
+                    std::thread::sleep(
+                        (started + WINDOW).saturating_duration_since(Instant::now()),
+                    );
+                    stop.store(true, Ordering::Relaxed);
+                    handles.into_iter().for_each(|h| h.join().unwrap());
+                    let elapsed = started.elapsed();
+                    let records = gateway.records();
+                    let judged: u64 = records.iter().map(|r| r.packets as u64).sum();
+                    assert_eq!(judged, gateway.counters().packets);
+                    total += elapsed.mul_f64(ELEMENTS as f64 / judged as f64);
+                    latencies.extend(records.iter().map(|r| r.latency));
+                }
+                total
+            })
+        });
+        latencies.sort_unstable();
+        if let Some(max) = latencies.last() {
+            eprintln!(
+                "swap/under-load/swaps/{swaps}: {} batches, batch latency median {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+                latencies.len(),
+                latencies[latencies.len() / 2],
+                latencies[latencies.len() * 99 / 100],
+                latencies[latencies.len() * 999 / 1000],
+                max
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, to_first_batch, under_load);
+criterion_main!(benches);
