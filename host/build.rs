@@ -1,13 +1,13 @@
 //! Builds the default policy module (`guest/component`) for wasm32-wasip2 and leaves it in
 //! OUT_DIR, where `src/lib.rs` embeds it. The guest is a workspace of its own with its own
-//! release profile, built by a nested cargo into its own target dir: the outer cargo holds the
-//! build lock of ours.
+//! release profile.
 
 #![allow(clippy::expect_used)] // a build script fails by panicking, with its message
 
 use std::env;
 use std::path::PathBuf;
-use std::process::Command;
+
+include!("guest_build.rs");
 
 fn main() {
     let manifest_dir =
@@ -23,41 +23,22 @@ fn main() {
         "guest/policy/src",
         "guest/policy/Cargo.toml",
         "wit",
+        "host/guest_build.rs",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=FLOWGATE_GUEST_TARGET_DIR");
-
     // Shared between builds of the host (debug, release, test): the guest is always release.
     let target_dir = env::var_os("FLOWGATE_GUEST_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target").join("guest"));
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(root.join("guest/component/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // The outer build's flags are for the host, not the guest.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_MAKEFLAGS")
-        .status()
-        .expect("could not start cargo to build the guest");
-    assert!(
-        status.success(),
-        "building the guest component (guest/component) failed"
+    let built = build_guest(
+        &root,
+        "guest/component",
+        &[],
+        &target_dir,
+        "flowgate_guest.wasm",
     );
-    let built = target_dir.join("wasm32-wasip2/release/flowgate_guest.wasm");
     std::fs::copy(&built, out_dir.join("flowgate_guest.wasm"))
         .unwrap_or_else(|e| panic!("copying {} into OUT_DIR: {e}", built.display()));
 }

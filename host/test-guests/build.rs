@@ -5,7 +5,8 @@
 
 use std::env;
 use std::path::PathBuf;
-use std::process::Command;
+
+include!("../guest_build.rs");
 
 const VARIANTS: [&str; 5] = ["honest-v2", "trap", "spin", "hog", "short"];
 
@@ -19,39 +20,20 @@ fn main() {
         "guest/testing/Cargo.toml",
         "guest/policy/src",
         "wit",
+        "host/guest_build.rs",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // One target dir for all variants: only the guest crate itself differs between them.
+    let target_dir = root.join("target/guest-testing");
     for variant in VARIANTS {
-        // One target dir for all variants: only the guest crate itself differs between them.
-        let target_dir = root.join("target/guest-testing");
-        let status = Command::new(&cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "wasm32-wasip2",
-                "--features",
-                variant,
-                "--manifest-path",
-            ])
-            .arg(root.join("guest/testing/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("CARGO_MAKEFLAGS")
-            .status()
-            .expect("could not start cargo to build a test guest");
-        assert!(
-            status.success(),
-            "building the `{variant}` test guest failed"
+        let built = build_guest(
+            &root,
+            "guest/testing",
+            &[variant],
+            &target_dir,
+            "flowgate_testing_guest.wasm",
         );
-        let built = target_dir.join("wasm32-wasip2/release/flowgate_testing_guest.wasm");
         std::fs::copy(&built, out_dir.join(format!("{variant}.wasm")))
             .expect("copying a test guest into OUT_DIR");
     }

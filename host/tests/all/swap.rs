@@ -331,19 +331,24 @@ fn on_fault_previous_rejudges_with_the_last_good_release() {
     );
 }
 
-#[test]
-fn a_short_answering_guest_is_refused_by_the_canary() {
-    let config = config();
-    let gateway = Gateway::new(
+/// A gateway with one worker on the default module.
+fn one_worker_gateway(config: &str) -> Arc<Gateway> {
+    Gateway::new(
         runtime(),
         DEFAULT_MODULE,
-        &config,
+        config,
         Options {
             workers: 1,
             ..Options::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_short_answering_guest_is_refused_by_the_canary() {
+    let config = config();
+    let gateway = one_worker_gateway(&config);
     let e = gateway.swap(Some(guests::SHORT), None, None).err().unwrap();
     assert!(matches!(e, SwapError::Canary(_)), "{e}");
     assert_eq!(gateway.current().generation, 1);
@@ -353,16 +358,7 @@ fn a_short_answering_guest_is_refused_by_the_canary() {
 #[test]
 fn refusals_through_the_admin_api_leave_the_old_release_serving() {
     let config = config();
-    let gateway = Gateway::new(
-        runtime(),
-        DEFAULT_MODULE,
-        &config,
-        Options {
-            workers: 1,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let gateway = one_worker_gateway(&config);
     let admin = AdminServer::start(gateway.clone(), "127.0.0.1:0").unwrap();
     let client = Client::new(&admin.addr().to_string());
     let running = client.status().unwrap().body;
