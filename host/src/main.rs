@@ -87,6 +87,16 @@ enum Command {
         #[arg(long, default_value = admin::DEFAULT_ADDR)]
         admin: String,
     },
+    /// Measure, in under a minute, what the sandbox costs: a no-op call, and native against
+    /// Wasm per packet at batch sizes 1, 32, 256 and 4096 on a generated table.
+    Bench {
+        /// Peerings of the generated table.
+        #[arg(long, default_value_t = 1000)]
+        peerings: usize,
+        /// The module to measure; the bundled default when absent.
+        #[arg(long)]
+        module: Option<PathBuf>,
+    },
     /// Generate a configuration and a trace (how `fixtures/default` was made).
     Gen {
         /// Number of peerings.
@@ -216,6 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
         } => cmd_gen(peerings, packets, seed, &out),
         Command::Serve(args) => cmd_serve(&args),
+        Command::Bench { peerings, module } => cmd_bench(peerings, module.as_deref()),
         Command::Status { admin } => client_answer(admin::Client::new(&admin).status()?),
         Command::Swap {
             module,
@@ -619,5 +630,76 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     }
     drop(admin);
     println!("{}", admin::status(&gateway));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The median time per call of `f`, over 7 runs of at least 100 ms each.
+fn time_per_call(mut f: impl FnMut()) -> std::time::Duration {
+    let mut runs = Vec::with_capacity(7);
+    for _ in 0..7 {
+        let start = Instant::now();
+        let mut calls = 0u32;
+        while start.elapsed() < std::time::Duration::from_millis(100) {
+            f();
+            calls += 1;
+        }
+        runs.push(start.elapsed() / calls);
+    }
+    runs.sort_unstable();
+    runs[runs.len() / 2]
+}
+
+fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
+    let yaml = synth::config_yaml(Scale::with_peerings(peerings, 42));
+    let config = flowgate_policy::parse(&yaml, None)
+        .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
+    let table = flowgate_policy::Table::build(&config);
+    let packets = synth::packets(&config, 4096, 7);
+    let runtime = Runtime::new(Limits::default(), None)?;
+    let (bytes, name) = module_bytes(module)?;
+    let loaded = runtime
+        .load(&bytes)
+        .with_context(|| format!("{name} refused"))?;
+    let mut wasm =
+        WasmPolicy::new(&runtime, &loaded, &yaml).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let noop = time_per_call(|| {
+        let _ = wasm.judge(&[], &mut []);
+    });
+    println!(
+        "flowgate bench: {peerings} peerings ({} VPCs), {} (median of 7 runs)",
+        config.vpcs.len(),
+        wasm.info().name
+    );
+    println!(
+        "  no-op call (empty judge-packed): {:.0} ns",
+        noop.as_nanos()
+    );
+    println!(
+        "  {:>6}  {:>12}  {:>12}  {:>10}",
+        "batch", "native ns/p", "wasm ns/p", "wasm/native"
+    );
+    for n in [1usize, 32, 256, 4096] {
+        let batch = &packets[..n];
+        let mut out = vec![Verdict::default(); n];
+        let native = time_per_call(|| table.lookup_batch(std::hint::black_box(batch), &mut out));
+        let mut wasm_out = vec![Verdict::default(); n];
+        let mut failed = false;
+        let sandboxed = time_per_call(|| {
+            failed |= wasm
+                .judge(std::hint::black_box(batch), &mut wasm_out)
+                .is_err()
+        });
+        if failed || wasm_out != out {
+            bail!("the module's verdicts differ from the native library's at batch {n}");
+        }
+        let (native, sandboxed) = (
+            native.as_nanos() as f64 / n as f64,
+            sandboxed.as_nanos() as f64 / n as f64,
+        );
+        println!(
+            "  {n:>6}  {native:>12.1}  {sandboxed:>12.1}  {:>10.2}",
+            sandboxed / native
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -159,6 +159,24 @@ impl Default for Limits {
     }
 }
 
+/// Engine features a dataplane may turn off. Both are on by default.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Epoch interruption: without it, batch and configure deadlines are not enforced.
+    pub epoch_interruption: bool,
+    /// The pooling instance allocator (else wasmtime allocates on demand).
+    pub pooling: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            epoch_interruption: true,
+            pooling: true,
+        }
+    }
+}
+
 /// How often the epoch advances: the resolution of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -174,6 +192,16 @@ impl Runtime {
     /// An engine with the pooling allocator, epoch interruption and no component-model
     /// concurrency (a plain call costs less), caching precompiled modules in `cache_dir`.
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::with_engine(limits, cache_dir, EngineOptions::default())
+    }
+
+    /// As [`Runtime::new`], with engine features chosen (benchmarks turn them off to show
+    /// what each costs).
+    pub fn with_engine(
+        limits: Limits,
+        cache_dir: Option<PathBuf>,
+        options: EngineOptions,
+    ) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(64)
             .total_core_instances(128)
@@ -183,8 +211,10 @@ impl Runtime {
         let mut config = Config::new();
         config
             .concurrency_support(false)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .epoch_interruption(options.epoch_interruption);
+        if options.pooling {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine =
             Engine::new(&config).map_err(|e| anyhow::anyhow!("setting up wasmtime: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -218,6 +248,11 @@ impl Runtime {
         env("FLOWGATE_CACHE_DIR")
             .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("flowgate")))
             .or_else(|| env("HOME").map(|d| d.join(".cache/flowgate")))
+    }
+
+    /// The limits instances run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The engine.
@@ -385,6 +420,12 @@ pub struct LoadedModule {
 }
 
 impl LoadedModule {
+    /// Instantiates the module in a fresh store and drops it: what starting an instance costs,
+    /// without `configure` (for benchmarks).
+    pub fn instantiate_only(&self, runtime: &Runtime) -> Result<(), ModuleError> {
+        instantiate(runtime.engine(), self, runtime.limits).map(|_| ())
+    }
+
     /// sha256 of the component's bytes.
     pub fn digest(&self) -> [u8; 32] {
         self.digest

@@ -1,0 +1,179 @@
+//! What the sandbox costs: host-to-guest calls, the packed and typed batch paths against the
+//! native library on the same packets, epoch interruption, loading and instantiating, and the
+//! reference oracle as the straightforward implementation to beat.
+//!
+//! `cargo bench -p flowgate-benches --bench wasm`
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark with bad setup should stop loudly
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flowgate_host::module::{EngineOptions, Limits, Runtime, WasmPolicy};
+use flowgate_host::{DEFAULT_MODULE, Policy};
+use flowgate_policy::synth::{self, Scale};
+use flowgate_policy::{Config, Packet, Table, Verdict};
+
+/// The reference oracle of the property tests: SPEC section 3's set definitions, evaluated
+/// directly for each packet.
+#[path = "../guest/policy/tests/common/oracle.rs"]
+#[allow(dead_code, missing_docs)]
+mod oracle;
+
+const SIZES: [usize; 6] = [1, 8, 32, 256, 1024, 4096];
+
+fn setup(peerings: usize) -> (String, Config, Vec<Packet>) {
+    let yaml = synth::config_yaml(Scale::with_peerings(peerings, 42));
+    let config = flowgate_policy::parse(&yaml, None).unwrap();
+    let packets = synth::packets(&config, 4096, 7);
+    (yaml, config, packets)
+}
+
+fn allowed(verdicts: &[Verdict]) -> usize {
+    verdicts
+        .iter()
+        .filter(|v| !matches!(v, Verdict::Drop(_)))
+        .count()
+}
+
+fn runtime(options: EngineOptions) -> Runtime {
+    Runtime::with_engine(Limits::default(), None, options).unwrap()
+}
+
+fn call(c: &mut Criterion) {
+    let (yaml, _, _) = setup(10);
+    let runtime = runtime(EngineOptions::default());
+    let module = runtime.load(DEFAULT_MODULE).unwrap();
+    let mut wasm = WasmPolicy::new(&runtime, &module, &yaml).unwrap();
+    c.bench_function("call/noop", |b| {
+        // `judge-packed` with no packets: the fixed cost of one call, there and back.
+        b.iter(|| wasm.judge(black_box(&[]), &mut []).unwrap())
+    });
+}
+
+fn batch(c: &mut Criterion) {
+    let (yaml, config, packets) = setup(1_000);
+    let table = Table::build(&config);
+    let runtime = runtime(EngineOptions::default());
+    let module = runtime.load(DEFAULT_MODULE).unwrap();
+    let mut wasm = WasmPolicy::new(&runtime, &module, &yaml).unwrap();
+    let mut group = c.benchmark_group("batch");
+    for n in SIZES {
+        let batch = &packets[..n];
+        let expected = allowed(&batch.iter().map(|p| table.lookup(p)).collect::<Vec<_>>());
+        let mut out = vec![Verdict::default(); n];
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("native", n), batch, |b, batch| {
+            b.iter(|| {
+                table.lookup_batch(black_box(batch), &mut out);
+                assert_eq!(allowed(&out), expected);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("packed", n), batch, |b, batch| {
+            b.iter(|| {
+                wasm.judge(black_box(batch), &mut out).unwrap();
+                assert_eq!(allowed(&out), expected);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("typed", n), batch, |b, batch| {
+            b.iter(|| {
+                wasm.judge_typed(black_box(batch), &mut out).unwrap();
+                assert_eq!(allowed(&out), expected);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn epoch(c: &mut Criterion) {
+    let (yaml, config, packets) = setup(1_000);
+    let table = Table::build(&config);
+    let batch = &packets[..256];
+    let expected = allowed(&batch.iter().map(|p| table.lookup(p)).collect::<Vec<_>>());
+    let mut group = c.benchmark_group("epoch");
+    group.throughput(Throughput::Elements(256));
+    for (name, on) in [("on", true), ("off", false)] {
+        let runtime = runtime(EngineOptions {
+            epoch_interruption: on,
+            ..EngineOptions::default()
+        });
+        let module = runtime.load(DEFAULT_MODULE).unwrap();
+        let mut wasm = WasmPolicy::new(&runtime, &module, &yaml).unwrap();
+        let mut out = vec![Verdict::default(); 256];
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                wasm.judge(black_box(batch), &mut out).unwrap();
+                assert_eq!(allowed(&out), expected);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn load(c: &mut Criterion) {
+    let mut group = c.benchmark_group("swap");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    let uncached = runtime(EngineOptions::default());
+    group.bench_function("compile", |b| {
+        b.iter(|| uncached.load(black_box(DEFAULT_MODULE)).unwrap())
+    });
+    let dir = std::env::temp_dir().join(format!("flowgate-bench-load-{}", std::process::id()));
+    let cached = Runtime::new(Limits::default(), Some(dir.clone())).unwrap();
+    cached.load(DEFAULT_MODULE).unwrap();
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(4));
+    group.bench_function("deserialize", |b| {
+        b.iter(|| cached.load(black_box(DEFAULT_MODULE)).unwrap())
+    });
+    for (name, pooling) in [
+        ("instantiate/pooling", true),
+        ("instantiate/on-demand", false),
+    ] {
+        let runtime = runtime(EngineOptions {
+            pooling,
+            ..EngineOptions::default()
+        });
+        let module = runtime.load(DEFAULT_MODULE).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| module.instantiate_only(&runtime).unwrap())
+        });
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn straightforward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lookup/oracle");
+    group.sample_size(10);
+    for peerings in [10, 100, 1_000] {
+        let (_, config, packets) = setup(peerings);
+        let table = Table::build(&config);
+        let batch = &packets[..256];
+        let expected: Vec<oracle::Expected> = batch
+            .iter()
+            .map(|p| oracle::from_table(&table, table.lookup(p)))
+            .collect();
+        group.throughput(Throughput::Elements(256));
+        group.bench_with_input(BenchmarkId::from_parameter(peerings), batch, |b, batch| {
+            b.iter(|| {
+                let got: Vec<oracle::Expected> = batch
+                    .iter()
+                    .map(|p| oracle::verdict(&config, black_box(p)))
+                    .collect();
+                assert_eq!(got, expected);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = call, batch, epoch, load, straightforward
+}
+criterion_main!(benches);
