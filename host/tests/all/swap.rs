@@ -238,7 +238,7 @@ fn faulty_guest_is_contained(guest: &[u8], trigger: u16, fault: &str) {
         .iter()
         .sum();
     // Wait for the background revert (bounded).
-    for _ in 0..500 {
+    for _ in 0..3000 {
         if gateway.current().cause == "auto-revert" {
             break;
         }
@@ -314,16 +314,23 @@ fn on_fault_previous_rejudges_with_the_last_good_release() {
         ..Options::default()
     };
     let gateway = Gateway::new(runtime(), DEFAULT_MODULE, &config, options).unwrap();
-    // The worker must see generation 1 before the swap to hold it as its previous release.
-    let sent: u64 = with_traffic(&gateway, &packets, Some(256 * 60), 20_000, || {
+    // The worker must see generation 1 before the swap to hold it as its previous release;
+    // traffic goes on until the trapping module has faulted a few times.
+    let sent: u64 = with_traffic(&gateway, &packets, None, 20_000, || {
         until_judged_by(&gateway, 1);
         gateway.swap(Some(guests::TRAP), None, None).unwrap();
+        for _ in 0..3000 {
+            if gateway.events().faults.get("trap").copied().unwrap_or(0) >= 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     })
     .iter()
     .sum();
     let counters = gateway.counters();
     assert_eq!(counters.packets, sent);
-    assert!(gateway.events().faults.get("trap").copied().unwrap_or(0) >= 1);
+    assert!(gateway.events().faults.get("trap").copied().unwrap_or(0) >= 3);
     assert!(
         !counters.drops.contains_key("policy-fault"),
         "faulted batches were judged again: {:?}",
