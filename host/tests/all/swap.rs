@@ -16,10 +16,16 @@ use flowgate_policy::Packet;
 use flowgate_policy::synth::{self, Scale};
 use flowgate_test_guests as guests;
 
+/// A runtime with a 64 MiB memory cap and the default batch deadline.
 fn runtime() -> Runtime {
+    runtime_with_deadline(Limits::default().batch_deadline)
+}
+
+/// The same with a shorter deadline, for the module that loops.
+fn runtime_with_deadline(batch_deadline: Duration) -> Runtime {
     let limits = Limits {
         memory_bytes: 64 << 20,
-        batch_deadline: Duration::from_millis(100),
+        batch_deadline,
         configure_deadline: Duration::from_secs(30),
     };
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-cache");
@@ -220,7 +226,7 @@ fn with_triggers(packets: &[Packet], port: u16) -> Vec<Packet> {
     out
 }
 
-fn faulty_guest_is_contained(guest: &[u8], trigger: u16, fault: &str) {
+fn faulty_guest_is_contained(guest: &[u8], trigger: u16, fault: &str, runtime: Runtime) {
     let config = config();
     let packets = with_triggers(&traffic(&config, 256 * 40), trigger);
     let options = Options {
@@ -289,17 +295,22 @@ fn faulty_guest_is_contained(guest: &[u8], trigger: u16, fault: &str) {
 
 #[test]
 fn a_trapping_guest_is_contained_and_reverted() {
-    faulty_guest_is_contained(guests::TRAP, guests::trigger::TRAP, "trap");
+    faulty_guest_is_contained(guests::TRAP, guests::trigger::TRAP, "trap", runtime());
 }
 
 #[test]
 fn a_looping_guest_is_contained_and_reverted() {
-    faulty_guest_is_contained(guests::SPIN, guests::trigger::SPIN, "deadline");
+    faulty_guest_is_contained(
+        guests::SPIN,
+        guests::trigger::SPIN,
+        "deadline",
+        runtime_with_deadline(Duration::from_millis(100)),
+    );
 }
 
 #[test]
 fn a_memory_eating_guest_is_contained_and_reverted() {
-    faulty_guest_is_contained(guests::HOG, guests::trigger::HOG, "memory");
+    faulty_guest_is_contained(guests::HOG, guests::trigger::HOG, "memory", runtime());
 }
 
 #[test]
