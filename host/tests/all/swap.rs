@@ -235,7 +235,7 @@ fn faulty_guest_is_contained(guest: &[u8], trigger: u16, fault: &str, runtime: R
         fault_window: Duration::from_secs(60),
         ..Options::default()
     };
-    let gateway = Gateway::new(runtime(), DEFAULT_MODULE, &config, options).unwrap();
+    let gateway = Gateway::new(runtime, DEFAULT_MODULE, &config, options).unwrap();
     let faulty = gateway
         .swap(Some(guest), None, None)
         .expect("the faulty guest passes its canary");
