@@ -70,6 +70,27 @@ fn batch(c: &mut Criterion) {
                 assert_eq!(allowed(&out), expected);
             })
         });
+        // The guest's own work (decode records, look up, encode verdicts), run natively: what
+        // the packed path costs without the sandbox.
+        let mut records = Vec::new();
+        batch
+            .iter()
+            .for_each(|p| flowgate_policy::packed::encode_packet(p, &mut records));
+        let mut answer = Vec::new();
+        group.bench_with_input(
+            BenchmarkId::new("native-packed", n),
+            &records,
+            |b, records| {
+                b.iter(|| {
+                    flowgate_policy::packed::judge_packed(
+                        Some(&table),
+                        black_box(records),
+                        &mut answer,
+                    );
+                    assert_eq!(answer.len(), 4 * n);
+                })
+            },
+        );
         group.bench_with_input(BenchmarkId::new("packed", n), batch, |b, batch| {
             b.iter(|| {
                 wasm.judge(black_box(batch), &mut out).unwrap();
@@ -91,13 +112,27 @@ fn epoch(c: &mut Criterion) {
     let table = Table::build(&config);
     let batch = &packets[..256];
     let expected = allowed(&batch.iter().map(|p| table.lookup(p)).collect::<Vec<_>>());
-    let mut group = c.benchmark_group("epoch");
+    let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(256));
-    for (name, on) in [("on", true), ("off", false)] {
-        let runtime = runtime(EngineOptions {
-            epoch_interruption: on,
-            ..EngineOptions::default()
-        });
+    let variants = [
+        ("epoch-on", EngineOptions::default()),
+        (
+            "epoch-off",
+            EngineOptions {
+                epoch_interruption: false,
+                ..EngineOptions::default()
+            },
+        ),
+        (
+            "pooling-off",
+            EngineOptions {
+                pooling: false,
+                ..EngineOptions::default()
+            },
+        ),
+    ];
+    for (name, options) in variants {
+        let runtime = runtime(options);
         let module = runtime.load(DEFAULT_MODULE).unwrap();
         let mut wasm = WasmPolicy::new(&runtime, &module, &yaml).unwrap();
         let mut out = vec![Verdict::default(); 256];

@@ -119,7 +119,9 @@ impl Catalog {
 #[derive(Debug, Clone)]
 pub struct Table {
     catalog: Catalog,
-    by_vni: Vec<(u32, VpcId)>,
+    /// VNIs in ascending order, and the VPC of each.
+    vnis: Box<[u32]>,
+    vni_vpcs: Box<[VpcId]>,
     per_vpc: Vec<VpcTable>,
 }
 
@@ -133,8 +135,9 @@ struct VpcTable {
     dst6: SegTable<u128>,
     /// Number of destination classes: the matrix row length.
     dst_classes: usize,
-    /// Verdict for (source class, destination class) at `src * dst_classes + dst`.
-    matrix: Box<[Verdict]>,
+    /// Verdict for (source class, destination class) at `src * dst_classes + dst`, as a
+    /// [`Cell`].
+    matrix: Box<[Cell]>,
 }
 
 /// Segments of one family's key space, each with a class for port-less packets and, where
@@ -165,18 +168,34 @@ impl<K: Copy + Ord> SegTable<K> {
 
     #[inline]
     fn class(&self, key: K, port: Option<u16>) -> u32 {
-        let i = self.starts.partition_point(|&s| s <= key).saturating_sub(1);
-        let seg = self.segs[i];
+        let seg = self.segs[last_at_or_below(&self.starts, key)];
         match port {
             Some(port) if seg.ports_len > 0 => {
                 let at = seg.ports_at as usize;
                 let starts = &self.port_starts[at..at + seg.ports_len as usize];
-                let j = starts.partition_point(|&s| s <= port).saturating_sub(1);
-                self.port_classes[at + j]
+                self.port_classes[at + last_at_or_below(starts, port)]
             }
             _ => seg.portless,
         }
     }
+}
+
+/// The index of the last element of `sorted` that is at most `key` (0 when none is): a binary
+/// search whose loop has no data-dependent branch, so the CPU never mispredicts it.
+#[inline]
+fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
+    let mut base = 0;
+    let mut len = sorted.len();
+    while len > 1 {
+        let half = len / 2;
+        base = if sorted[base + half] <= key {
+            base + half
+        } else {
+            base
+        };
+        len -= half;
+    }
+    base
 }
 
 impl SegTable<u128> {
@@ -222,7 +241,8 @@ impl Table {
                 vpcs,
                 candidate_sets,
             },
-            by_vni,
+            vnis: by_vni.iter().map(|&(vni, _)| vni).collect(),
+            vni_vpcs: by_vni.iter().map(|&(_, vpc)| vpc).collect(),
             per_vpc,
         }
     }
@@ -246,7 +266,7 @@ impl Table {
             IpAddr::V4(a) => t.dst4.class(u32::from(a), dst_port),
             IpAddr::V6(a) => t.dst6.class(u128::from(a), dst_port),
         } as usize;
-        t.matrix[s * t.dst_classes + d]
+        t.matrix[s * t.dst_classes + d].verdict()
     }
 
     /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`.
@@ -278,10 +298,8 @@ impl Table {
     /// The VPC whose VNI is `vni`.
     #[inline]
     pub fn vpc_by_vni(&self, vni: u32) -> Option<VpcId> {
-        self.by_vni
-            .binary_search_by_key(&vni, |&(v, _)| v)
-            .ok()
-            .map(|i| self.by_vni[i].1)
+        let i = last_at_or_below(&self.vnis, vni);
+        (self.vnis.get(i) == Some(&vni)).then(|| self.vni_vpcs[i])
     }
 
     /// The VPC named `name`.
@@ -320,6 +338,33 @@ impl Table {
             stats.matrix_cells += t.matrix.len();
         }
         stats
+    }
+}
+
+/// A verdict in four bytes (half a `Verdict`), so more of the matrix stays in cache:
+/// 0 `source-not-exposed`, 1 `destination-not-exposed`, 2 + 2k `allow(k)`,
+/// 3 + 2k `allow-ambiguous(k)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cell(u32);
+
+impl Cell {
+    fn new(verdict: Verdict) -> Cell {
+        Cell(match verdict {
+            Verdict::Drop(DropReason::DestinationNotExposed) => 1,
+            Verdict::Drop(_) => 0,
+            Verdict::Allow(vpc) => 2 + 2 * vpc.0,
+            Verdict::AllowAmbiguous(set) => 3 + 2 * set.0,
+        })
+    }
+
+    #[inline]
+    fn verdict(self) -> Verdict {
+        match self.0 {
+            0 => Verdict::Drop(DropReason::SourceNotExposed),
+            1 => Verdict::Drop(DropReason::DestinationNotExposed),
+            n if n % 2 == 0 => Verdict::Allow(VpcId((n - 2) / 2)),
+            n => Verdict::AllowAmbiguous(CandidatesId((n - 3) / 2)),
+        }
     }
 }
 
@@ -457,7 +502,7 @@ fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> VpcTable 
                     _ => Verdict::AllowAmbiguous(CandidatesId(candidates.intern(both.clone()))),
                 }
             };
-            matrix.push(verdict);
+            matrix.push(Cell::new(verdict));
         }
     }
     let [src4, src6]: [SegTable<u128>; 2] = src.try_into().unwrap_or_else(|_| unreachable!());
