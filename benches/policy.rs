@@ -10,29 +10,15 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flowgate_benches::{allowed, setup};
 use flowgate_host::module::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
-use flowgate_policy::synth::{self, Scale};
-use flowgate_policy::{Config, Packet, Table, Verdict};
+use flowgate_policy::{Table, Verdict};
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 5_000];
-const BATCH: usize = 4096;
+const BATCH: usize = flowgate_benches::PACKETS;
 /// Packets per guest call on the Wasm path: the dataplane's default.
 const GUEST_BATCH: usize = 256;
-
-fn setup(peerings: usize) -> (String, Config, Vec<Packet>) {
-    let yaml = synth::config_yaml(Scale::with_peerings(peerings, 42));
-    let config = flowgate_policy::parse(&yaml, None).expect("generated configs are valid");
-    let packets = synth::packets(&config, BATCH, 7);
-    (yaml, config, packets)
-}
-
-fn allowed(verdicts: &[Verdict]) -> usize {
-    verdicts
-        .iter()
-        .filter(|v| !matches!(v, Verdict::Drop(_)))
-        .count()
-}
 
 fn lookup(c: &mut Criterion) {
     let runtime = Runtime::new(Limits::default(), None).expect("wasmtime starts");

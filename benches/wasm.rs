@@ -10,10 +10,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flowgate_benches::{allowed, setup};
 use flowgate_host::module::{EngineOptions, Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
-use flowgate_policy::synth::{self, Scale};
-use flowgate_policy::{Config, Packet, Table, Verdict};
+use flowgate_policy::{Table, Verdict};
 
 /// The reference oracle of the property tests: SPEC section 3's set definitions, evaluated
 /// directly for each packet.
@@ -22,20 +22,6 @@ use flowgate_policy::{Config, Packet, Table, Verdict};
 mod oracle;
 
 const SIZES: [usize; 6] = [1, 8, 32, 256, 1024, 4096];
-
-fn setup(peerings: usize) -> (String, Config, Vec<Packet>) {
-    let yaml = synth::config_yaml(Scale::with_peerings(peerings, 42));
-    let config = flowgate_policy::parse(&yaml, None).unwrap();
-    let packets = synth::packets(&config, 4096, 7);
-    (yaml, config, packets)
-}
-
-fn allowed(verdicts: &[Verdict]) -> usize {
-    verdicts
-        .iter()
-        .filter(|v| !matches!(v, Verdict::Drop(_)))
-        .count()
-}
 
 fn runtime(options: EngineOptions) -> Runtime {
     Runtime::with_engine(Limits::default(), None, options).unwrap()
