@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use flowgate_policy::{Catalog, Packet, Verdict};
+use flowgate_policy::{Catalog, DropReason, Packet, Verdict, VpcId};
 use serde_json::{Value, json};
 
 use crate::Policy;
@@ -105,26 +105,108 @@ pub fn judge_all(
     Ok(())
 }
 
-/// Counts the verdicts of a judged batch: the "apply" phase.
+/// Counts the verdicts of a judged batch: the "apply" phase. Per packet it only adds to
+/// counters indexed by VPC and reason; names are looked up once per batch.
 pub fn apply(packets: &[Packet], verdicts: &[Verdict], catalog: &Catalog, counters: &mut Counters) {
+    // Forwarded packets per destination VPC in this batch (batches go to few VPCs).
+    let mut per_vpc: Vec<(VpcId, u64)> = Vec::new();
+    let mut drops = [0u64; DropReason::ALL.len()];
+    let mut passed = 0;
     for &verdict in verdicts.iter().take(packets.len()) {
         match verdict {
             Verdict::Allow(vpc) => {
-                counters.packets += 1;
+                passed += 1;
                 counters.allowed += 1;
-                let name = &catalog.vpc(vpc).name;
-                match counters.forwarded.get_mut(name) {
-                    Some(n) => *n += 1,
-                    None => {
-                        counters.forwarded.insert(name.clone(), 1);
-                    }
+                match per_vpc.iter_mut().find(|(v, _)| *v == vpc) {
+                    Some((_, n)) => *n += 1,
+                    None => per_vpc.push((vpc, 1)),
                 }
             }
             Verdict::AllowAmbiguous(_) => {
-                counters.packets += 1;
+                passed += 1;
                 counters.ambiguous += 1;
             }
-            Verdict::Drop(reason) => counters.count_drop(reason.as_str(), 1),
+            Verdict::Drop(reason) => drops[reason as usize] += 1,
         }
+    }
+    counters.packets += passed;
+    for (vpc, n) in per_vpc {
+        let name = &catalog.vpc(vpc).name;
+        match counters.forwarded.get_mut(name) {
+            Some(total) => *total += n,
+            None => {
+                counters.forwarded.insert(name.clone(), n);
+            }
+        }
+    }
+    for (reason, n) in DropReason::ALL.into_iter().zip(drops) {
+        if n > 0 {
+            counters.count_drop(reason.as_str(), n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowgate_policy::{CandidatesId, VpcInfo};
+
+    #[test]
+    fn apply_counts_every_verdict_once() {
+        let vpc = |name: &str, vni| VpcInfo {
+            name: name.into(),
+            vni,
+        };
+        let catalog = Catalog {
+            vpcs: vec![vpc("a", 1), vpc("b", 2)],
+            candidate_sets: vec![vec![VpcId(0), VpcId(1)]],
+        };
+        let p = Packet::portless(
+            1,
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            1,
+        );
+        let verdicts = [
+            Verdict::Allow(VpcId(0)),
+            Verdict::Allow(VpcId(1)),
+            Verdict::Allow(VpcId(0)),
+            Verdict::AllowAmbiguous(CandidatesId(0)),
+            Verdict::Drop(DropReason::SourceNotExposed),
+            Verdict::Drop(DropReason::SourceNotExposed),
+            Verdict::Drop(DropReason::UnknownVpc),
+        ];
+        let mut counters = Counters::default();
+        counters.count_drop(MALFORMED, 2);
+        apply(&[p; 7], &verdicts, &catalog, &mut counters);
+        apply(&[p; 1], &verdicts[1..2], &catalog, &mut counters);
+        assert_eq!(
+            (
+                counters.packets,
+                counters.allowed,
+                counters.ambiguous,
+                counters.dropped
+            ),
+            (10, 4, 1, 5)
+        );
+        let forwarded: Vec<(&str, u64)> = counters
+            .forwarded
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(forwarded, [("a", 2), ("b", 2)]);
+        let drops: Vec<(&str, u64)> = counters
+            .drops
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            drops,
+            [
+                ("malformed", 2),
+                ("source-not-exposed", 2),
+                ("unknown-vpc", 1)
+            ]
+        );
     }
 }
