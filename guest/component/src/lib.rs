@@ -22,8 +22,6 @@ const WIT_VERSION: &str = "0.1.0";
 thread_local! {
     /// The table of the configuration in force; `None` until `configure` succeeds.
     static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
-    /// Reused across `judge-packed` calls.
-    static PACKED_OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 struct Module;
@@ -63,13 +61,11 @@ impl Guest for Module {
     }
 
     fn judge_packed(packets: Vec<u8>) -> Vec<u8> {
+        let mut out = Vec::new();
         TABLE.with(|t| {
-            PACKED_OUT.with(|out| {
-                let mut out = out.borrow_mut();
-                flowgate_policy::packed::judge_packed(t.borrow().as_ref(), &packets, &mut out);
-                out.clone()
-            })
-        })
+            flowgate_policy::packed::judge_packed(t.borrow().as_ref(), &packets, &mut out)
+        });
+        out
     }
 }
 

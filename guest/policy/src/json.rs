@@ -115,12 +115,7 @@ pub fn verdict_json(catalog: &Catalog, verdict: Verdict) -> Value {
             json!({"verdict": "allow", "dst_vpc": vpc.name, "dst_vni": vpc.vni})
         }
         Verdict::AllowAmbiguous(set) => {
-            let names: Vec<&str> = catalog
-                .candidates(set)
-                .iter()
-                .map(|&v| catalog.vpc(v).name.as_str())
-                .collect();
-            json!({"verdict": "allow-ambiguous", "candidates": names})
+            json!({"verdict": "allow-ambiguous", "candidates": catalog.candidate_names(set)})
         }
         Verdict::Drop(reason) => json!({"verdict": "drop", "reason": reason.as_str()}),
     }

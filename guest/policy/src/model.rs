@@ -25,22 +25,6 @@ impl Config {
     pub fn vpc(&self, id: VpcId) -> &Vpc {
         &self.vpcs[id.0 as usize]
     }
-
-    /// The VPC named `name`.
-    pub fn vpc_by_name(&self, name: &str) -> Option<VpcId> {
-        self.vpcs
-            .binary_search_by(|v| v.name.as_str().cmp(name))
-            .ok()
-            .map(|i| VpcId(i as u32))
-    }
-
-    /// The VPC whose VNI is `vni`.
-    pub fn vpc_by_vni(&self, vni: u32) -> Option<VpcId> {
-        self.vpcs
-            .iter()
-            .position(|v| v.vni == vni)
-            .map(|i| VpcId(i as u32))
-    }
 }
 
 /// A VPC, from its `VPCInfo` object.

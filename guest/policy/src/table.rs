@@ -103,15 +103,21 @@ impl Catalog {
         match verdict {
             Verdict::Allow(vpc) => format!("allow({})", self.vpc(vpc).name),
             Verdict::AllowAmbiguous(set) => {
-                let names: Vec<&str> = self
-                    .candidates(set)
-                    .iter()
-                    .map(|&v| self.vpc(v).name.as_str())
-                    .collect();
-                format!("allow-ambiguous([{}])", names.join(", "))
+                format!(
+                    "allow-ambiguous([{}])",
+                    self.candidate_names(set).join(", ")
+                )
             }
             Verdict::Drop(reason) => format!("drop({reason})"),
         }
+    }
+
+    /// The names of an ambiguous verdict's candidates, in name order.
+    pub fn candidate_names(&self, id: CandidatesId) -> Vec<&str> {
+        self.candidates(id)
+            .iter()
+            .map(|&v| self.vpc(v).name.as_str())
+            .collect()
     }
 }
 
