@@ -47,7 +47,7 @@ fn lookup(c: &mut Criterion) {
         let mut wasm =
             WasmPolicy::new(&runtime, &module, &yaml).expect("the module takes the config");
         group.bench_with_input(
-            BenchmarkId::new("wasm-packed-256", peerings),
+            BenchmarkId::new("wasm", peerings),
             &packets,
             |b, packets| {
                 b.iter(|| {

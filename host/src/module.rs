@@ -212,6 +212,16 @@ impl Runtime {
         config
             .concurrency_support(false)
             .epoch_interruption(options.epoch_interruption);
+        #[cfg(feature = "profiling")]
+        match std::env::var("FLOWGATE_PROFILE").as_deref() {
+            Ok("perfmap") => {
+                config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
+            Ok("jitdump") => {
+                config.profiler(wasmtime::ProfilingStrategy::JitDump);
+            }
+            _ => {}
+        }
         if options.pooling {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 include!("../guest_build.rs");
 
-const VARIANTS: [&str; 5] = ["honest-v2", "trap", "spin", "hog", "short"];
+const VARIANTS: [&str; 6] = ["honest-v2", "trap", "spin", "hog", "short", "null"];
 
 fn main() {
     let manifest_dir =

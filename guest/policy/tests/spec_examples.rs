@@ -101,6 +101,27 @@ fn spec_3_1_overlapping_but_distinct_prefixes() {
     );
 }
 
+/// A packet whose addresses are of two families is no IP packet, but the set definitions still
+/// judge it: an IPv6 address is in no IPv4 set, so the half that is IPv6 is never exposed.
+#[test]
+fn mixed_family_packets_follow_the_set_definitions() {
+    let t = table(&spec_3_1("1.0.0.0/23"));
+    assert_verdicts(
+        &t,
+        &[
+            (
+                "B 2.0.0.7:1000 -> [2001:db8::9]:80 tcp",
+                "drop(destination-not-exposed)",
+            ),
+            (
+                "B [2001:db8::7]:1000 -> 1.0.1.9:80 tcp",
+                "drop(source-not-exposed)",
+            ),
+            ("B 2001:db8::7 -> 1.0.0.9 icmp", "drop(source-not-exposed)"),
+        ],
+    );
+}
+
 #[test]
 fn spec_3_1_equal_prefixes_make_every_packet_ambiguous() {
     let t = table(&spec_3_1("1.0.0.0/24"));

@@ -12,6 +12,10 @@ pub static HOG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hog.wasm"));
 /// Answers one verdict too few on every batch.
 pub static SHORT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/short.wasm"));
 
+/// Judges nothing: answers `drop(unknown-vpc)` for every packet without reading it, so a
+/// batch through it costs only the crossing (benchmarks).
+pub static NULL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/null.wasm"));
+
 /// The source port that sets off each faulty guest.
 pub mod trigger {
     /// [`TRAP`](super::TRAP)'s.
