@@ -41,4 +41,46 @@ fn main() {
     );
     std::fs::copy(&built, out_dir.join("flowgate_guest.wasm"))
         .unwrap_or_else(|e| panic!("copying {} into OUT_DIR: {e}", built.display()));
+    bundle_cases(
+        &root.join("fixtures/cases"),
+        &out_dir.join("bundled_cases.rs"),
+    );
+}
+
+/// Writes the conformance cases of `fixtures/cases` as a Rust slice of
+/// `(case name, &[(file name, contents)])` for `src/lib.rs` to embed.
+fn bundle_cases(dir: &std::path::Path, out: &std::path::Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("reading fixtures/cases")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.yaml").is_file())
+        .collect();
+    cases.sort();
+    let mut code = String::from("&[\n");
+    for case in cases {
+        println!("cargo:rerun-if-changed={}", case.display());
+        let name = case
+            .file_name()
+            .expect("a case folder has a name")
+            .to_string_lossy();
+        code += &format!("    ({name:?}, &[\n");
+        for file in [
+            "config.yaml",
+            "packets.jsonl",
+            "expected.jsonl",
+            "expected-error.json",
+        ] {
+            let path = case.join(file);
+            if path.is_file() {
+                code += &format!(
+                    "        ({file:?}, include_str!({:?})),\n",
+                    path.display().to_string()
+                );
+            }
+        }
+        code += "    ]),\n";
+    }
+    code += "]\n";
+    std::fs::write(out, code).expect("writing bundled_cases.rs");
 }

@@ -7,6 +7,7 @@
 //! | `PUT /config` | swaps in the configuration in the body (YAML or JSON); `If-Match` as above |
 //! | `POST /rollback` | goes back to the previous good release |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /module`, `GET /config` | the module and the configuration in force, with `X-Generation` and `ETag` (the module's sha256) headers: what `flowgate swap --dry-run` compares against |
 //!
 //! Swaps answer 200 with the new release, 412 for a stale `If-Match`, 422 for a refused module
 //! or configuration (with the reason), 409 when there is nothing to roll back to.
@@ -93,6 +94,23 @@ fn respond(request: tiny_http::Request, status: u16, content_type: &str, body: S
     let _ = request.respond(response);
 }
 
+fn with_release_headers<R: Read>(
+    mut response: tiny_http::Response<R>,
+    release: &Release,
+    content_type: &str,
+) -> tiny_http::Response<R> {
+    for (name, value) in [
+        ("Content-Type", content_type.to_owned()),
+        ("X-Generation", release.generation.to_string()),
+        ("ETag", release.module_digest()),
+    ] {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response = response.with_header(h);
+        }
+    }
+    response
+}
+
 fn respond_json(request: tiny_http::Request, status: u16, body: Value) {
     respond(request, status, "application/json", format!("{body}\n"));
 }
@@ -108,6 +126,18 @@ fn handle(gateway: &Arc<Gateway>, mut request: tiny_http::Request) {
             "text/plain; version=0.0.4",
             crate::metrics::render(gateway),
         ),
+        // The release in force, for `flowgate swap --dry-run`; its generation and digest in
+        // headers, so a client can swap with If-Match against exactly what it compared.
+        (Get, "/module") => {
+            let release = gateway.current();
+            let response = tiny_http::Response::from_data(release.module.bytes().to_vec());
+            let _ = request.respond(with_release_headers(response, &release, "application/wasm"));
+        }
+        (Get, "/config") => {
+            let release = gateway.current();
+            let response = tiny_http::Response::from_string(release.config.to_string());
+            let _ = request.respond(with_release_headers(response, &release, "application/yaml"));
+        }
         (Put, "/module") | (Put, "/config") => {
             let mut body = Vec::new();
             if let Err(e) = request
@@ -291,6 +321,28 @@ impl Client {
             .call()
             .context("GET /metrics")?;
         Ok(response.body_mut().read_to_string()?)
+    }
+
+    /// `GET /module` and `GET /config`: the module and configuration in force.
+    pub fn serving(&self) -> anyhow::Result<(Vec<u8>, String)> {
+        let get = |path: &str| -> anyhow::Result<Vec<u8>> {
+            let mut response = self
+                .agent
+                .get(format!("{}{path}", self.base))
+                .call()
+                .with_context(|| format!("GET {path} {}", self.base))?;
+            if response.status() != 200 {
+                anyhow::bail!("GET {path}: the gateway answered {}", response.status());
+            }
+            Ok(response
+                .body_mut()
+                .with_config()
+                .limit(MAX_BODY)
+                .read_to_vec()?)
+        };
+        let module = get("/module")?;
+        let config = String::from_utf8(get("/config")?).context("GET /config: not UTF-8")?;
+        Ok((module, config))
     }
 
     /// `PUT /module`, with a configuration when given.

@@ -6,4 +6,6 @@ wasmtime::component::bindgen!({
     world: "policy",
 });
 
-pub use flowgate::policy::types::{ConfigSummary, DropReason, IpAddress, Packet, Ports, Verdict};
+pub use flowgate::policy::types::{
+    ConfigSummary, DropReason, EntryMatch, IpAddress, Packet, Ports, Verdict,
+};

@@ -8,12 +8,15 @@
 //! - [`gateway`]: a long-running gateway with worker threads, hot swaps, rollbacks and fault
 //!   containment; [`admin`] is its HTTP API, [`metrics`] its Prometheus metrics, [`source`]
 //!   where its packets come from.
+//! - [`kit`]: the policy author's tools: conformance cases against a module, verdict diffs
+//!   between modules.
 //! - [`NativePolicy`]: the same policy without Wasm, for comparison and as a baseline.
 
 pub mod admin;
 mod bindings;
 pub mod dataplane;
 pub mod gateway;
+pub mod kit;
 pub mod metrics;
 pub mod module;
 pub mod source;
@@ -29,6 +32,27 @@ pub static DEFAULT_MODULE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flo
 pub static DEFAULT_CONFIG: &str = include_str!("../../fixtures/default/config.yaml");
 /// The bundled demo trace (`fixtures/default/packets.jsonl`).
 pub static DEFAULT_PACKETS: &str = include_str!("../../fixtures/default/packets.jsonl");
+
+/// The conformance cases of `fixtures/cases`, embedded: `(case name, [(file name, contents)])`.
+/// [`bundled_cases`] reads them.
+pub static BUNDLED_CASES: &[(&str, &[(&str, &str)])] =
+    include!(concat!(env!("OUT_DIR"), "/bundled_cases.rs"));
+
+/// The bundled conformance cases, read (what `flowgate test` runs with no directory).
+pub fn bundled_cases() -> Result<Vec<flowgate_policy::cases::Case>, String> {
+    BUNDLED_CASES
+        .iter()
+        .map(|(name, files)| {
+            let dir = std::path::Path::new("fixtures/cases").join(name);
+            flowgate_policy::cases::Case::parse(name, &dir, |file| {
+                Ok(files
+                    .iter()
+                    .find(|(f, _)| *f == file)
+                    .map(|(_, text)| (*text).to_owned()))
+            })
+        })
+        .collect()
+}
 
 /// Something that judges batches of packets: a Wasm module or the native library.
 pub trait Policy {

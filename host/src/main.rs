@@ -11,10 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use flowgate_host::admin;
 use flowgate_host::dataplane::{self, Counters, MALFORMED};
 use flowgate_host::gateway::{Gateway, OnFault, Options};
+use flowgate_host::kit;
 use flowgate_host::module::{Limits, Runtime, WasmPolicy, hex};
 use flowgate_host::source::Replay;
 use flowgate_host::{NativePolicy, Policy, StartError};
-use flowgate_policy::json::{packet_json, parse_packet, verdict_json};
+use flowgate_policy::cases::Case;
+use flowgate_policy::json::{packet_json, parse_packet, parse_packet_text, verdict_json};
 use flowgate_policy::synth::{self, Scale};
 use flowgate_policy::{Packet, Verdict};
 
@@ -52,6 +54,56 @@ enum Command {
         #[arg(long)]
         packets: Option<PathBuf>,
     },
+    /// Run conformance cases (the fixtures/cases format) against a module: pass or fail per
+    /// case, with expected against actual for every difference. Exits 1 when a case fails.
+    Test {
+        /// The module (a Wasm component); with --native, leave it out.
+        #[arg(required_unless_present = "native", value_name = "MODULE")]
+        module: Option<PathBuf>,
+        /// Case folders: a case (holding config.yaml), or a folder of cases. The bundled
+        /// fixtures/cases when absent.
+        #[arg(value_name = "CASES_DIR")]
+        cases: Vec<PathBuf>,
+        /// Run the cases through the policy library natively, with no module: every path
+        /// given is a case folder.
+        #[arg(long)]
+        native: bool,
+        /// Do not read or write the cache of precompiled modules.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Run the same traffic through two modules and show how the verdicts change.
+    Diff {
+        /// The module before (for example the one in production).
+        old: PathBuf,
+        /// The module after.
+        new: PathBuf,
+        /// The configuration both modules get.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+        /// Print the diff as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain a packet's verdict: which peerings admit it, through which expose entries, and
+    /// for a drop the nearest misses. The module explains its own verdict.
+    Explain {
+        /// The configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The module; the bundled default when absent.
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// The packet: "VPC SRC[:PORT] -> DST[:PORT] PROTO", for example
+        /// "vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp"; IPv6 with ports as [fd00::1]:53; the
+        /// source VPC by name or as vni:N.
+        packet: String,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print what a module says about itself.
     Info {
         /// The module (a Wasm component); the bundled default when absent.
@@ -77,6 +129,12 @@ enum Command {
         /// Swap only if the running module's sha256 is this one.
         #[arg(long)]
         if_match: Option<String>,
+        /// Swap nothing: fetch the module and configuration in force, run traffic through
+        /// them and through the new ones, and show how the verdicts would change.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        traffic: TrafficArgs,
         /// The gateway's admin API.
         #[arg(long, default_value = admin::DEFAULT_ADDR)]
         admin: String,
@@ -158,6 +216,24 @@ struct ServeArgs {
     no_cache: bool,
 }
 
+/// The traffic of a diff.
+#[derive(Args)]
+struct TrafficArgs {
+    /// The packets, as JSON lines (the `check` input format).
+    #[arg(long, conflicts_with = "generate")]
+    packets: Option<PathBuf>,
+    /// Generate this many packets from the configuration's own prefixes (the default, with
+    /// 10,000, when --packets is absent).
+    #[arg(long = "gen", id = "generate")]
+    generate: Option<usize>,
+    /// Seed of the generated traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Sample packets shown per change.
+    #[arg(long, default_value_t = 3)]
+    samples: usize,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SourceKind {
     Replay,
@@ -219,6 +295,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => cmd_run(&policy, packets.as_deref(), json),
         Command::Check { policy, packets } => cmd_check(&policy, packets.as_deref()),
         Command::Info { module } => cmd_info(module.as_deref()),
+        Command::Test {
+            module,
+            cases,
+            native,
+            no_cache,
+        } => {
+            if native {
+                let dirs: Vec<PathBuf> = module.into_iter().chain(cases).collect();
+                cmd_test(None, &dirs, no_cache)
+            } else {
+                cmd_test(module.as_deref(), &cases, no_cache)
+            }
+        }
+        Command::Diff {
+            old,
+            new,
+            config,
+            traffic,
+            json,
+        } => {
+            let config_text = read_text(&config)?;
+            let name = config.display().to_string();
+            let read =
+                |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
+            let (old_bytes, new_bytes) = (read(&old)?, read(&new)?);
+            let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
+            cmd_diff(
+                Side {
+                    module: &old_bytes,
+                    module_name: &old_name,
+                    config: &config_text,
+                    config_name: &name,
+                },
+                Side {
+                    module: &new_bytes,
+                    module_name: &new_name,
+                    config: &config_text,
+                    config_name: &name,
+                },
+                &traffic,
+                json,
+            )
+        }
+        Command::Explain {
+            config,
+            module,
+            packet,
+            json,
+        } => cmd_explain(&config, module.as_deref(), &packet, json),
         Command::Gen {
             peerings,
             packets,
@@ -232,10 +357,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
             module,
             config,
             if_match,
+            dry_run,
+            traffic,
             admin,
         } => {
             let client = admin::Client::new(&admin);
+            let config_name = config.as_ref().map(|c| c.display().to_string());
             let config = config.as_deref().map(read_text).transpose()?;
+            if dry_run {
+                let (serving, serving_config) = client.serving()?;
+                let new_module = match &module {
+                    Some(path) => {
+                        fs::read(path).with_context(|| format!("reading {}", path.display()))?
+                    }
+                    None => serving.clone(),
+                };
+                let new_module_name = match &module {
+                    Some(path) => path.display().to_string(),
+                    None => "the module in force".to_owned(),
+                };
+                let (new_config, new_config_name) = match (config, config_name) {
+                    (Some(text), Some(name)) => (text, name),
+                    _ => (
+                        serving_config.clone(),
+                        "the configuration in force".to_owned(),
+                    ),
+                };
+                return cmd_diff(
+                    Side {
+                        module: &serving,
+                        module_name: "the module in force",
+                        config: &serving_config,
+                        config_name: "the configuration in force",
+                    },
+                    Side {
+                        module: &new_module,
+                        module_name: &new_module_name,
+                        config: &new_config,
+                        config_name: &new_config_name,
+                    },
+                    &traffic,
+                    false,
+                );
+            }
             match module {
                 Some(path) => {
                     let bytes =
@@ -700,6 +864,261 @@ fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
             "  {n:>6}  {native:>12.1}  {sandboxed:>12.1}  {:>10.2}",
             sandboxed / native
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime_for_tools(no_cache: bool) -> Result<Runtime> {
+    let cache = if no_cache {
+        None
+    } else {
+        Runtime::default_cache_dir()
+    };
+    Runtime::new(Limits::default(), cache)
+}
+
+/// The cases under each of `dirs` (a case folder, or a folder of cases); the bundled ones
+/// when there are none.
+fn collect_cases(dirs: &[PathBuf]) -> Result<Vec<Case>> {
+    if dirs.is_empty() {
+        return flowgate_host::bundled_cases().map_err(|e| anyhow::anyhow!(e));
+    }
+    let mut cases = Vec::new();
+    for dir in dirs {
+        let found = if dir.join("config.yaml").is_file() {
+            vec![Case::load(dir).map_err(|e| anyhow::anyhow!(e))?]
+        } else {
+            Case::load_all(dir).map_err(|e| anyhow::anyhow!(e))?
+        };
+        if found.is_empty() {
+            bail!("{}: no cases (folders holding config.yaml)", dir.display());
+        }
+        cases.extend(found);
+    }
+    Ok(cases)
+}
+
+fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Result<ExitCode> {
+    let cases = collect_cases(dirs)?;
+    let where_from = if dirs.is_empty() {
+        "the bundled cases".to_owned()
+    } else {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let outcomes: Vec<kit::CaseOutcome> = match module {
+        Some(module) => {
+            let runtime = runtime_for_tools(no_cache)?;
+            let bytes =
+                fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+            let loaded = runtime
+                .load(&bytes)
+                .with_context(|| format!("{} refused", module.display()))?;
+            println!(
+                "flowgate test: {} on {where_from} ({} cases)",
+                module.display(),
+                cases.len()
+            );
+            cases
+                .iter()
+                .map(|case| {
+                    kit::run_case(case, |config| kit::start_wasm(&runtime, &loaded, config))
+                })
+                .collect()
+        }
+        None => {
+            println!(
+                "flowgate test: the policy library, natively, on {where_from} ({} cases)",
+                cases.len()
+            );
+            cases
+                .iter()
+                .map(|case| kit::run_case(case, kit::start_native))
+                .collect()
+        }
+    };
+    let mut failed = 0;
+    for outcome in &outcomes {
+        let what = if outcome.packets > 0 {
+            format!("{} packets", outcome.packets)
+        } else {
+            "refusal".to_owned()
+        };
+        if outcome.passed() {
+            println!("ok    {} ({what})", outcome.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {} ({what})", outcome.name);
+            for problem in &outcome.problems {
+                for line in problem.lines() {
+                    println!("      {line}");
+                }
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One side of a diff: a module and the configuration it gets.
+struct Side<'a> {
+    module: &'a [u8],
+    module_name: &'a str,
+    config: &'a str,
+    config_name: &'a str,
+}
+
+fn start_side(runtime: &Runtime, side: &Side<'_>) -> Result<WasmPolicy> {
+    let loaded = runtime
+        .load(side.module)
+        .with_context(|| format!("{} refused", side.module_name))?;
+    match WasmPolicy::new(runtime, &loaded, side.config) {
+        Ok(policy) => Ok(policy),
+        Err(StartError::Config(e)) => bail!(
+            "{}: configuration refused by {}: {}",
+            side.config_name,
+            side.module_name,
+            e.message
+        ),
+        Err(e) => Err(e).with_context(|| format!("{} refused", side.module_name)),
+    }
+}
+
+fn cmd_diff(old: Side<'_>, new: Side<'_>, traffic: &TrafficArgs, json: bool) -> Result<ExitCode> {
+    let runtime = runtime_for_tools(false)?;
+    let mut a = start_side(&runtime, &old)?;
+    let mut b = start_side(&runtime, &new)?;
+    // Traffic: a trace, or packets generated from the old side's configuration.
+    let (packets, traffic_name) = match &traffic.packets {
+        Some(path) => {
+            let mut packets = Vec::new();
+            for (n, line) in read_text(path)?.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let p = parse_packet(line, a.catalog())
+                    .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+                packets.push(p);
+            }
+            (packets, path.display().to_string())
+        }
+        None => {
+            let n = traffic.generate.unwrap_or(10_000);
+            let config = flowgate_policy::parse(old.config, Some(old.config_name))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (
+                synth::packets(&config, n, traffic.seed),
+                format!("{n} packets generated (seed {})", traffic.seed),
+            )
+        }
+    };
+    let diff = kit::diff(
+        &mut a,
+        &mut b,
+        &packets,
+        dataplane::DEFAULT_BATCH,
+        traffic.samples,
+    )
+    .context("a module failed while judging the traffic")?;
+    let describe = |p: &WasmPolicy, side: &Side<'_>| {
+        format!(
+            "{} ({} {}) with {}",
+            side.module_name,
+            p.info().name,
+            p.info().version,
+            side.config_name
+        )
+    };
+    let changed = diff.packets - diff.unchanged;
+    if json {
+        let changes: Vec<serde_json::Value> = diff
+            .changes
+            .iter()
+            .map(|((from, to), c)| {
+                serde_json::json!({
+                    "old": from,
+                    "new": to,
+                    "count": c.count,
+                    "samples": c.samples.iter().map(|p| packet_json(a.catalog(), p)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "old": describe(&a, &old),
+            "new": describe(&b, &new),
+            "traffic": traffic_name,
+            "packets": diff.packets,
+            "unchanged": diff.unchanged,
+            "changed": changed,
+            "changes": changes,
+        });
+        println!("{out}");
+    } else {
+        println!("flowgate diff: {traffic_name}");
+        println!("  old  {}", describe(&a, &old));
+        println!("  new  {}", describe(&b, &new));
+        println!("  {:<50}{:>10}", "packets", diff.packets);
+        println!("  {:<50}{:>10}", "unchanged", diff.unchanged);
+        println!("  {:<50}{:>10}", "changed", changed);
+        let mut changes: Vec<_> = diff.changes.iter().collect();
+        changes.sort_by(|x, y| y.1.count.cmp(&x.1.count).then(x.0.cmp(y.0)));
+        for ((from, to), change) in changes {
+            println!("  {:<50}{:>10}", format!("{from} -> {to}"), change.count);
+            for p in &change.samples {
+                println!("      {}", packet_json(a.catalog(), p));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_explain(config: &Path, module: Option<&Path>, text: &str, json: bool) -> Result<ExitCode> {
+    let config_text = read_text(config)?;
+    let (bytes, module_name) = module_bytes(module)?;
+    let runtime = runtime_for_tools(false)?;
+    let config_name = config.display().to_string();
+    let mut policy = start_side(
+        &runtime,
+        &Side {
+            module: &bytes,
+            module_name: &module_name,
+            config: &config_text,
+            config_name: &config_name,
+        },
+    )?;
+    let packet = parse_packet_text(text, policy.catalog()).map_err(|e| anyhow::anyhow!(e))?;
+    let e = policy
+        .explain(&packet)
+        .with_context(|| format!("{module_name} failed to explain"))?;
+    if json {
+        let matches = |ms: &[flowgate_policy::explain::EntryMatch]| -> Vec<serde_json::Value> {
+            ms.iter()
+                .map(|m| serde_json::json!({"block": m.block, "entry": m.entry, "miss": m.miss}))
+                .collect()
+        };
+        let out = serde_json::json!({
+            "packet": packet_json(policy.catalog(), &packet),
+            "verdict": verdict_json(policy.catalog(), e.verdict),
+            "src_vpc": e.src_vpc,
+            "peerings": e.peerings.iter().map(|p| serde_json::json!({
+                "peering": p.peering,
+                "remote": p.remote,
+                "admits": p.admits,
+                "source": matches(&p.source),
+                "destination": matches(&p.destination),
+            })).collect::<Vec<_>>(),
+            "notes": e.notes,
+        });
+        println!("{out}");
+    } else {
+        println!("packet: {text}");
+        print!("{}", e.render(policy.catalog()));
     }
     Ok(ExitCode::SUCCESS)
 }

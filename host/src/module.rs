@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use flowgate_policy::explain::{EntryMatch, Explanation, PeeringMatch};
 use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES, decode_verdict, encode_packet};
 use flowgate_policy::{CandidatesId, Catalog, DropReason, Packet, Verdict, VpcId, VpcInfo};
 use sha2::{Digest, Sha256};
@@ -24,7 +25,7 @@ use crate::bindings::{self, Policy, PolicyPre};
 /// The WIT package this host speaks, and the interface it calls.
 pub const WIT_PACKAGE: &str = "flowgate:policy";
 /// The version of `wit/policy.wit`.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 const FILTER_INTERFACE: &str = "flowgate:policy/filter";
 
 /// Why a file was refused as a policy module.
@@ -287,7 +288,11 @@ impl Runtime {
             .instantiate_pre(&component)
             .and_then(PolicyPre::new)
             .map_err(|e| ModuleError::WrongShape(format!("{e:#}")))?;
-        Ok(LoadedModule { pre, digest })
+        Ok(LoadedModule {
+            pre,
+            digest,
+            bytes: bytes.into(),
+        })
     }
 
     fn compile_cached(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, ModuleError> {
@@ -427,6 +432,8 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), ModuleErr
 pub struct LoadedModule {
     pre: PolicyPre<HostState>,
     digest: [u8; 32],
+    /// The component as uploaded: what `GET /module` hands back.
+    bytes: Arc<[u8]>,
 }
 
 impl LoadedModule {
@@ -439,6 +446,11 @@ impl LoadedModule {
     /// sha256 of the component's bytes.
     pub fn digest(&self) -> [u8; 32] {
         self.digest
+    }
+
+    /// The component's bytes, as loaded.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -548,6 +560,46 @@ impl WasmPolicy {
         (self.store, self.instance) = (store, instance);
         self.set_summary(summary);
         Ok(())
+    }
+
+    /// Asks the module why `packet` gets its verdict (`explain`).
+    pub fn explain(&mut self, packet: &Packet) -> Result<Explanation, PolicyFault> {
+        self.store
+            .set_epoch_deadline(ticks(self.limits.batch_deadline));
+        let e = self
+            .instance
+            .flowgate_policy_filter()
+            .call_explain(&mut self.store, to_wit_packet(packet))
+            .map_err(PolicyFault::from_call)?;
+        let verdict = from_wit_verdict(e.verdict);
+        if !self.catalog.knows(verdict) {
+            return Err(PolicyFault::UnknownVerdict { index: 0 });
+        }
+        let matches = |ms: Vec<bindings::EntryMatch>| -> Vec<EntryMatch> {
+            ms.into_iter()
+                .map(|m| EntryMatch {
+                    block: m.block,
+                    entry: m.entry,
+                    miss: m.miss,
+                })
+                .collect()
+        };
+        Ok(Explanation {
+            verdict,
+            src_vpc: e.src_vpc,
+            peerings: e
+                .peerings
+                .into_iter()
+                .map(|p| PeeringMatch {
+                    peering: p.peering,
+                    remote: p.remote,
+                    source: matches(p.source),
+                    destination: matches(p.destination),
+                    admits: p.admits,
+                })
+                .collect(),
+            notes: e.notes,
+        })
     }
 
     /// Judges a batch through the typed `judge` call.
@@ -670,6 +722,7 @@ fn from_wit_verdict(v: bindings::Verdict) -> Verdict {
             bindings::DropReason::UnknownVpc => DropReason::UnknownVpc,
             bindings::DropReason::SourceNotExposed => DropReason::SourceNotExposed,
             bindings::DropReason::DestinationNotExposed => DropReason::DestinationNotExposed,
+            bindings::DropReason::Denied => DropReason::Denied,
         }),
     }
 }
@@ -726,9 +779,13 @@ mod tests {
 
     #[test]
     fn wit_versions_compatible_with_this_host() {
-        assert!(compatible("0.1.0") && compatible("0.1.7") && compatible("0.1.0-rc1"));
+        assert!(compatible("0.2.0") && compatible("0.2.7") && compatible("0.2.0-rc1"));
         assert!(
-            !compatible("0.2.0") && !compatible("1.0.0") && !compatible("") && !compatible("x.y")
+            !compatible("0.1.0")
+                && !compatible("0.3.0")
+                && !compatible("1.0.0")
+                && !compatible("")
+                && !compatible("x.y")
         );
     }
 

@@ -1,5 +1,6 @@
-//! Builds each variant of `guest/testing` for wasm32-wasip2, the way `host/build.rs` builds
-//! the default guest, and leaves them in OUT_DIR for `src/lib.rs` to embed.
+//! Builds each variant of `guest/testing`, and the example module of `guest/examples`, for
+//! wasm32-wasip2 the way `host/build.rs` builds the default guest, and leaves them in OUT_DIR
+//! for `src/lib.rs` to embed.
 
 #![allow(clippy::expect_used)] // a build script fails by panicking, with its message
 
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 
 include!("../guest_build.rs");
 
-const VARIANTS: [&str; 6] = ["honest-v2", "trap", "spin", "hog", "short", "null"];
+const VARIANTS: [&str; 7] = ["honest-v2", "trap", "spin", "hog", "short", "null", "wrong"];
 
 fn main() {
     let manifest_dir =
@@ -18,6 +19,9 @@ fn main() {
     for watched in [
         "guest/testing/src",
         "guest/testing/Cargo.toml",
+        "guest/examples/deny-list/src",
+        "guest/examples/deny-list/Cargo.toml",
+        "guest/component/src/convert.rs",
         "guest/policy/src",
         "wit",
         "host/guest_build.rs",
@@ -37,4 +41,14 @@ fn main() {
         std::fs::copy(&built, out_dir.join(format!("{variant}.wasm")))
             .expect("copying a test guest into OUT_DIR");
     }
+    // The example module of guest/examples, as an author would build it.
+    let built = build_guest(
+        &root,
+        "guest/examples/deny-list",
+        &[],
+        &root.join("target/guest-examples"),
+        "flowgate_deny_list.wasm",
+    );
+    std::fs::copy(&built, out_dir.join("deny-list.wasm"))
+        .expect("copying the example module into OUT_DIR");
 }

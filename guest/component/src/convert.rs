@@ -36,6 +36,7 @@ pub fn verdict(v: flowgate_policy::Verdict) -> wit::Verdict {
             DropReason::UnknownVpc => wit::DropReason::UnknownVpc,
             DropReason::SourceNotExposed => wit::DropReason::SourceNotExposed,
             DropReason::DestinationNotExposed => wit::DropReason::DestinationNotExposed,
+            DropReason::Denied => wit::DropReason::Denied,
         }),
     }
 }
@@ -67,5 +68,33 @@ pub fn config_error(e: flowgate_policy::ConfigError) -> wit::ConfigError {
         object: e.object,
         field: e.field,
         value: e.value,
+    }
+}
+
+pub fn explanation(e: flowgate_policy::Explanation) -> wit::Explanation {
+    let matches = |ms: Vec<flowgate_policy::explain::EntryMatch>| {
+        ms.into_iter()
+            .map(|m| wit::EntryMatch {
+                block: m.block,
+                entry: m.entry,
+                miss: m.miss,
+            })
+            .collect()
+    };
+    wit::Explanation {
+        verdict: verdict(e.verdict),
+        src_vpc: e.src_vpc,
+        peerings: e
+            .peerings
+            .into_iter()
+            .map(|p| wit::PeeringMatch {
+                peering: p.peering,
+                remote: p.remote,
+                source: matches(p.source),
+                destination: matches(p.destination),
+                admits: p.admits,
+            })
+            .collect(),
+        notes: e.notes,
     }
 }

@@ -13,15 +13,23 @@ mod convert;
 use std::cell::RefCell;
 
 use bindings::exports::flowgate::policy::filter::Guest;
-use bindings::flowgate::policy::types::{ConfigError, ConfigSummary, ModuleInfo, Packet, Verdict};
-use flowgate_policy::Table;
+use bindings::flowgate::policy::types::{
+    ConfigError, ConfigSummary, Explanation, ModuleInfo, Packet, Verdict,
+};
+use flowgate_policy::{Config, Table};
 
 /// The WIT package version this module implements.
-const WIT_VERSION: &str = "0.1.0";
+const WIT_VERSION: &str = "0.2.0";
+
+/// The configuration in force and its table.
+struct State {
+    config: Config,
+    table: Table,
+}
 
 thread_local! {
-    /// The table of the configuration in force; `None` until `configure` succeeds.
-    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
+    /// `None` until `configure` succeeds.
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
 }
 
 struct Module;
@@ -39,19 +47,24 @@ impl Guest for Module {
         let parsed = flowgate_policy::parse(&config, None).map_err(convert::config_error)?;
         let table = Table::build(&parsed);
         let summary = convert::summary(&parsed, &table);
-        TABLE.with(|t| *t.borrow_mut() = Some(table));
+        STATE.with(|s| {
+            *s.borrow_mut() = Some(State {
+                config: parsed,
+                table,
+            })
+        });
         Ok(summary)
     }
 
     fn judge(packets: Vec<Packet>) -> Vec<Verdict> {
-        TABLE.with(|t| {
-            let table = t.borrow();
+        STATE.with(|s| {
+            let state = s.borrow();
             packets
                 .into_iter()
                 .map(|p| {
                     let packet = convert::packet(p);
-                    let verdict = match table.as_ref() {
-                        Some(table) => table.lookup(&packet),
+                    let verdict = match state.as_ref() {
+                        Some(state) => state.table.lookup(&packet),
                         None => flowgate_policy::Verdict::default(),
                     };
                     convert::verdict(verdict)
@@ -62,10 +75,27 @@ impl Guest for Module {
 
     fn judge_packed(packets: Vec<u8>) -> Vec<u8> {
         let mut out = Vec::new();
-        TABLE.with(|t| {
-            flowgate_policy::packed::judge_packed(t.borrow().as_ref(), &packets, &mut out)
+        STATE.with(|s| {
+            let state = s.borrow();
+            flowgate_policy::packed::judge_packed(
+                state.as_ref().map(|s| &s.table),
+                &packets,
+                &mut out,
+            )
         });
         out
+    }
+
+    fn explain(packet: Packet) -> Explanation {
+        let packet = convert::packet(packet);
+        STATE.with(|s| match s.borrow().as_ref() {
+            Some(state) => convert::explanation(flowgate_policy::explain(
+                &state.config,
+                &state.table,
+                &packet,
+            )),
+            None => convert::explanation(flowgate_policy::Explanation::unconfigured()),
+        })
     }
 }
 

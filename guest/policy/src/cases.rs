@@ -68,11 +68,28 @@ impl Case {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let config = read(&dir.join("config.yaml"))?;
-        let error_path = dir.join("expected-error.json");
-        let expect = if error_path.exists() {
-            let value: Value = serde_json::from_str(&read(&error_path)?)
-                .map_err(|e| format!("{}: {e}", error_path.display()))?;
+        Case::parse(&name, dir, |file| {
+            let path = dir.join(file);
+            path.exists().then(|| read(&path)).transpose()
+        })
+    }
+
+    /// Reads a case from its files, wherever they are kept: `file` answers the text of one
+    /// of `config.yaml`, `packets.jsonl`, `expected.jsonl` or `expected-error.json`, `None`
+    /// when the case has no such file. Errors name files as if they were in `dir`.
+    pub fn parse(
+        name: &str,
+        dir: &Path,
+        file: impl Fn(&str) -> Result<Option<String>, String>,
+    ) -> Result<Case, String> {
+        let need = |f: &str| -> Result<String, String> {
+            file(f)?.ok_or_else(|| format!("{}: missing", dir.join(f).display()))
+        };
+        let config = need("config.yaml")?;
+        let expect = if let Some(text) = file("expected-error.json")? {
+            let path = dir.join("expected-error.json");
+            let value: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
             Expect::Error(ExpectedError {
                 object: text("object"),
@@ -81,11 +98,11 @@ impl Case {
                 message: text("message").unwrap_or_default(),
             })
         } else {
-            let packets = non_empty_lines(&read(&dir.join("packets.jsonl"))?)
+            let packets = non_empty_lines(&need("packets.jsonl")?)
                 .map(str::to_owned)
                 .collect();
             let expected_path = dir.join("expected.jsonl");
-            let verdicts = non_empty_lines(&read(&expected_path)?)
+            let verdicts = non_empty_lines(&need("expected.jsonl")?)
                 .enumerate()
                 .map(|(n, l)| {
                     serde_json::from_str(l)
@@ -95,7 +112,7 @@ impl Case {
             Expect::Verdicts { packets, verdicts }
         };
         Ok(Case {
-            name,
+            name: name.to_owned(),
             dir: dir.to_owned(),
             config,
             expect,

@@ -66,6 +66,66 @@ pub fn parse_packet(line: &str, catalog: &Catalog) -> Result<Packet, String> {
     })
 }
 
+/// Reads a packet written for people, as `flowgate explain` takes it:
+/// `vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp`, `vpc-1 fd00::1 -> fd00::2 icmpv6`,
+/// `vpc-1 [fd00::1]:1234 -> [fd00::2]:53 udp`. The source VPC is a name, or `vni:N`.
+pub fn parse_packet_text(text: &str, catalog: &Catalog) -> Result<Packet, String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let [vpc, src, "->", dst, proto_name] = words[..] else {
+        return Err(format!(
+            "`{text}` is not a packet: write `VPC SRC[:PORT] -> DST[:PORT] PROTO`, such as `vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp`"
+        ));
+    };
+    let src_vni = match vpc.strip_prefix("vni:") {
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("`{vpc}`: a VNI is a number, as in vni:100"))?,
+        None => {
+            let id = catalog
+                .vpc_by_name(vpc)
+                .ok_or_else(|| format!("no VPC is named `{vpc}` (write vni:N for a bare VNI)"))?;
+            catalog.vpc(id).vni
+        }
+    };
+    let proto = parse_proto(&Value::String(proto_name.to_owned()))?;
+    let (src, src_port) = endpoint(src)?;
+    let (dst, dst_port) = endpoint(dst)?;
+    let ports = match (proto, src_port, dst_port) {
+        (proto::TCP | proto::UDP, Some(src), Some(dst)) => Some(Ports { src, dst }),
+        (proto::TCP | proto::UDP, _, _) => {
+            return Err(format!(
+                "{proto_name} needs ports on both ends, as in 10.0.0.5:1234"
+            ));
+        }
+        (_, None, None) => None,
+        _ => return Err(format!("{proto_name} has no ports: write bare addresses")),
+    };
+    Ok(Packet {
+        src_vni,
+        src,
+        dst,
+        proto,
+        ports,
+    })
+}
+
+/// `10.0.0.5:1234`, `10.0.0.5`, `[fd00::1]:53` or `fd00::1`.
+fn endpoint(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    let bad = || format!("`{text}` is not an address, or an address and port");
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok((addr, None));
+    }
+    let (addr, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let addr = addr
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(addr);
+    Ok((
+        addr.parse().map_err(|_| bad())?,
+        Some(port.parse().map_err(|_| bad())?),
+    ))
+}
+
 /// A protocol name (`tcp`, `udp`, `icmp`, `icmpv6`) or number.
 pub fn parse_proto(value: &Value) -> Result<u8, String> {
     let named = |name: &str| match name.to_ascii_lowercase().as_str() {
@@ -162,6 +222,45 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.src_vni, 0);
+    }
+
+    #[test]
+    fn reads_packets_written_for_people() {
+        let t = table();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let read = |s: &str| parse_packet_text(s, &t);
+        assert_eq!(
+            read("a 10.0.0.5:1234 -> 1.0.0.9:80 tcp"),
+            Ok(Packet::tcp(7, ip("10.0.0.5"), 1234, ip("1.0.0.9"), 80))
+        );
+        assert_eq!(
+            read("vni:9 [fd00::1]:53 -> [fd00::2]:5353 udp"),
+            Ok(Packet::udp(9, ip("fd00::1"), 53, ip("fd00::2"), 5353))
+        );
+        assert_eq!(
+            read("a fd00::1 -> fd00::2 icmpv6"),
+            Ok(Packet::portless(
+                7,
+                ip("fd00::1"),
+                ip("fd00::2"),
+                proto::ICMPV6
+            ))
+        );
+        for (text, says) in [
+            ("b 10.0.0.5:1 -> 1.0.0.9:80 tcp", "no VPC is named `b`"),
+            ("a 10.0.0.5 -> 1.0.0.9:80 tcp", "tcp needs ports"),
+            ("a 10.0.0.5:1 -> 1.0.0.9:2 icmp", "icmp has no ports"),
+            ("a 10.0.0.5:1 1.0.0.9:2 tcp", "is not a packet"),
+            (
+                "a 10.0.0.300:1 -> 1.0.0.9:2 tcp",
+                "`10.0.0.300:1` is not an address",
+            ),
+            ("a 10.0.0.5:99999 -> 1.0.0.9:2 tcp", "is not an address"),
+            ("vni:x 10.0.0.5 -> 1.0.0.9 icmp", "a VNI is a number"),
+        ] {
+            let e = read(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod addr;
 #[cfg(feature = "json")]
 pub mod cases;
 pub mod config;
+pub mod explain;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod model;
@@ -15,6 +16,7 @@ pub mod synth;
 pub mod table;
 
 pub use config::{ConfigError, parse};
+pub use explain::{Explanation, explain};
 pub use model::Config;
 pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 pub use table::{Catalog, Table, VpcInfo};

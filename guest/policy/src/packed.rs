@@ -79,6 +79,7 @@ fn reason_code(reason: DropReason) -> u32 {
         DropReason::UnknownVpc => 0,
         DropReason::SourceNotExposed => 1,
         DropReason::DestinationNotExposed => 2,
+        DropReason::Denied => 3,
     }
 }
 
@@ -191,11 +192,16 @@ mod tests {
             Verdict::Drop(DropReason::UnknownVpc),
             Verdict::Drop(DropReason::SourceNotExposed),
             Verdict::Drop(DropReason::DestinationNotExposed),
+            Verdict::Drop(DropReason::Denied),
         ] {
             assert_eq!(decode_verdict(encode_verdict(v)), Some(v));
         }
         assert_eq!(encode_verdict(Verdict::Allow(VpcId(5))), [5, 0, 0, 0x40]);
-        assert_eq!(decode_verdict(3u32.to_le_bytes()), None);
+        assert_eq!(
+            decode_verdict(3u32.to_le_bytes()),
+            Some(Verdict::Drop(DropReason::Denied))
+        );
+        assert_eq!(decode_verdict(4u32.to_le_bytes()), None);
         assert_eq!(decode_verdict((3u32 << 30).to_le_bytes()), None);
     }
 

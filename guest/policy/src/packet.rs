@@ -99,14 +99,18 @@ pub enum DropReason {
     SourceNotExposed,
     /// The source is offered, but no peering admits the destination too.
     DestinationNotExposed,
+    /// A module's own rule refused the packet, whatever the peerings say (a deny-list in
+    /// front of the peering filter, for example). The peering filter itself never says it.
+    Denied,
 }
 
 impl DropReason {
     /// Every drop reason, in a stable order.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::UnknownVpc,
         DropReason::SourceNotExposed,
         DropReason::DestinationNotExposed,
+        DropReason::Denied,
     ];
 
     /// The reason's name in verdicts and reports, for example `source-not-exposed`.
@@ -115,6 +119,7 @@ impl DropReason {
             DropReason::UnknownVpc => "unknown-vpc",
             DropReason::SourceNotExposed => "source-not-exposed",
             DropReason::DestinationNotExposed => "destination-not-exposed",
+            DropReason::Denied => "denied",
         }
     }
 

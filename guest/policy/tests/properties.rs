@@ -50,6 +50,31 @@ proptest! {
         prop_assert_eq!(batch, single);
     }
 
+    /// An explanation agrees with the verdict it explains: the peerings it says admit the
+    /// packet are exactly the verdict's VPCs, and a drop's reason follows from what it found.
+    #[test]
+    fn explanations_agree_with_verdicts((config, packets) in arb::config_and_packets(32)) {
+        use flowgate_policy::DropReason;
+        let parsed = parse(&config.yaml, None).unwrap();
+        let table = Table::build(&parsed);
+        for packet in &packets {
+            let e = flowgate_policy::explain(&parsed, &table, packet);
+            prop_assert_eq!(e.verdict, table.lookup(packet));
+            let mut admitting: Vec<&str> = e.peerings.iter().filter(|p| p.admits).map(|p| p.remote.as_str()).collect();
+            admitting.sort_unstable();
+            let names = |ids: &[flowgate_policy::VpcId]| -> Vec<&str> { ids.iter().map(|&v| table.vpc(v).name.as_str()).collect() };
+            let source_offered = e.peerings.iter().any(|p| p.source.iter().any(|m| m.miss.is_none()));
+            match e.verdict {
+                Verdict::Allow(v) => prop_assert_eq!(admitting, names(&[v])),
+                Verdict::AllowAmbiguous(set) => prop_assert_eq!(admitting, names(table.candidates(set))),
+                Verdict::Drop(DropReason::UnknownVpc) => prop_assert!(e.src_vpc.is_none() && e.peerings.is_empty()),
+                Verdict::Drop(DropReason::SourceNotExposed) => prop_assert!(admitting.is_empty() && !source_offered),
+                Verdict::Drop(_) => prop_assert!(admitting.is_empty() && source_offered),
+            }
+            prop_assert!(!e.notes.is_empty());
+        }
+    }
+
     #[test]
     fn parser_never_panics_on_arbitrary_text(text in ".{0,400}") {
         let _ = parse(&text, Some("arbitrary.yaml"));

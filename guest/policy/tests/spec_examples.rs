@@ -368,3 +368,154 @@ fn ipv6_and_unknown_vpc() {
     );
     assert_eq!(t.verdict_text(t.lookup(&unknown)), "drop(unknown-vpc)");
 }
+
+/// Explains `text` under `yaml`: the rendered peering lines, and the notes.
+fn explained(yaml: &str, text: &str) -> flowgate_policy::Explanation {
+    let config = parse(yaml, None).unwrap();
+    let t = Table::build(&config);
+    flowgate_policy::explain(&config, &t, &packet(&t, text))
+}
+
+/// (peering, admits, source entries offering, destination entries offering) per peering.
+fn offers(e: &flowgate_policy::Explanation) -> Vec<(String, bool, Vec<String>, Vec<String>)> {
+    let offering = |ms: &[flowgate_policy::explain::EntryMatch]| {
+        ms.iter()
+            .filter(|m| m.miss.is_none())
+            .map(|m| format!("{} {}", m.block, m.entry))
+            .collect()
+    };
+    e.peerings
+        .iter()
+        .map(|p| {
+            (
+                p.peering.clone(),
+                p.admits,
+                offering(&p.source),
+                offering(&p.destination),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn explain_names_the_peerings_and_prefixes_of_spec_3_1() {
+    let yaml = spec_3_1("1.0.0.0/23");
+    let (b_src, a_dst, c_dst) = (
+        "spec.peering.B.expose[0] ips 2.0.0.0/24".to_owned(),
+        "spec.peering.A.expose[0] ips 1.0.0.0/23".to_owned(),
+        "spec.peering.C.expose[0] ips 1.0.0.0/24".to_owned(),
+    );
+    // Only A--B admits: 1.0.1.9 is in A's /23, not in C's /24.
+    let e = explained(&yaml, "B 2.0.0.7:1000 -> 1.0.1.9:80 tcp");
+    assert_eq!(
+        offers(&e),
+        [
+            (
+                "A--B".into(),
+                true,
+                vec![b_src.clone()],
+                vec![a_dst.clone()]
+            ),
+            ("B--C".into(), false, vec![b_src.clone()], vec![]),
+        ]
+    );
+    assert!(
+        e.notes[0].starts_with("only A--B admits the packet: it goes to A"),
+        "{:?}",
+        e.notes
+    );
+    // Both admit: ambiguous, both named.
+    let e = explained(&yaml, "B 2.0.0.7:1000 -> 1.0.0.9:80 tcp");
+    assert_eq!(
+        offers(&e),
+        [
+            (
+                "A--B".into(),
+                true,
+                vec![b_src.clone()],
+                vec![a_dst.clone()]
+            ),
+            (
+                "B--C".into(),
+                true,
+                vec![b_src.clone()],
+                vec![c_dst.clone()]
+            ),
+        ]
+    );
+    assert!(e.notes[0].contains("A--B to A, B--C to C"), "{:?}", e.notes);
+    // From A: A--B admits with A's /23 as source and B's /24 as destination.
+    let e = explained(&yaml, "A 1.0.0.9:1000 -> 2.0.0.7:80 tcp");
+    assert_eq!(
+        offers(&e),
+        [(
+            "A--B".into(),
+            true,
+            vec![a_dst.clone()],
+            vec!["spec.peering.B.expose[0] ips 2.0.0.0/24".into()]
+        )]
+    );
+    // Source in no set.
+    let e = explained(&yaml, "B 2.0.1.7:1000 -> 1.0.1.9:80 tcp");
+    assert!(e.peerings.iter().all(|p| p.source.is_empty()));
+    assert_eq!(
+        e.notes[0],
+        "the source 2.0.1.7:1000 is in no source set of B's peerings"
+    );
+    // Source offered by both, destination in neither.
+    let e = explained(&yaml, "B 2.0.0.7:1000 -> 1.0.2.9:80 tcp");
+    assert_eq!(
+        e.notes[..2],
+        [
+            format!(
+                "A--B offers the source ({b_src}), but the destination 1.0.2.9:80 is in none of A's destination sets"
+            ),
+            format!(
+                "B--C offers the source ({b_src}), but the destination 1.0.2.9:80 is in none of C's destination sets"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn explain_shows_near_misses_on_ports_and_defaults() {
+    // SPEC 3.3: Z's block covers 10.50.3.0/24 on port 443 only; Y is the default.
+    let yaml = vpcs(&[("X", 1), ("Y", 2), ("Z", 3)])
+        + &peering(
+            "X",
+            "[{ips: [{cidr: 10.50.2.0/24}]}]",
+            "Y",
+            "[{default: true}]",
+        )
+        + &peering(
+            "X",
+            "[{ips: [{cidr: 10.50.2.0/24}]}]",
+            "Z",
+            "[{ips: [{cidr: 10.50.3.0/24, ports: '443'}]}]",
+        );
+    let e = explained(&yaml, "X 10.50.2.9:1000 -> 10.50.3.4:22 tcp");
+    let misses: Vec<&str> = e
+        .peerings
+        .iter()
+        .flat_map(|p| &p.destination)
+        .filter_map(|m| m.miss.as_deref())
+        .collect();
+    assert_eq!(
+        misses,
+        [
+            "spec.peering.Z.expose[0] ips 10.50.3.0/24 ports 443 covers it, and a default offers only what no other block exposed to X covers",
+            "port 22 is not in 443",
+        ]
+    );
+    assert!(e.notes.iter().any(|n| n.starts_with("near miss in X--Z: destination 10.50.3.4:22 is in spec.peering.Z.expose[0] ips 10.50.3.0/24 ports 443, but port 22 is not in 443")), "{:?}", e.notes);
+    let e = explained(&yaml, "X 10.50.2.9 -> 8.8.8.8 icmp");
+    assert_eq!(
+        offers(&e)[0],
+        (
+            "X--Y".into(),
+            true,
+            vec!["spec.peering.X.expose[0] ips 10.50.2.0/24".into()],
+            vec!["spec.peering.Y.expose[0] default".into()]
+        )
+    );
+}

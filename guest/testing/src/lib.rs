@@ -8,15 +8,20 @@ mod bindings {
         path: "../../wit",
     });
 }
+#[path = "../../component/src/convert.rs"]
+mod convert;
 
 use std::cell::RefCell;
 
 use bindings::exports::flowgate::policy::filter::Guest;
-use bindings::flowgate::policy::types::{ConfigError, ConfigSummary, ModuleInfo, Packet, Verdict};
-use flowgate_policy::Table;
+use bindings::flowgate::policy::types::{
+    ConfigError, ConfigSummary, Explanation, ModuleInfo, Packet, Verdict,
+};
+use flowgate_policy::{Config, Table};
 
 thread_local! {
     static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
+    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
     static HOARD: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -42,6 +47,8 @@ fn variant() -> &'static str {
         "short"
     } else if cfg!(feature = "null") {
         "null"
+    } else if cfg!(feature = "wrong") {
+        "wrong"
     } else {
         "honest"
     }
@@ -63,8 +70,11 @@ fn maybe_fail(src_port: Option<u16>) {
     }
     if cfg!(feature = "hog") {
         // Reserve 16 MiB at a time without touching it: memory grows fast, to the cap.
-        HOARD.with(|h| loop {
-            h.borrow_mut().push(std::hint::black_box(Vec::with_capacity(16 << 20)));
+        HOARD.with(|h| {
+            loop {
+                h.borrow_mut()
+                    .push(std::hint::black_box(Vec::with_capacity(16 << 20)));
+            }
         });
     }
 }
@@ -75,31 +85,22 @@ impl Guest for Module {
     fn info() -> ModuleInfo {
         ModuleInfo {
             name: format!("flowgate-test-{}", variant()),
-            version: if cfg!(feature = "honest-v2") { "0.2.0" } else { "0.1.0" }.to_owned(),
-            wit_version: "0.1.0".to_owned(),
+            version: if cfg!(feature = "honest-v2") {
+                "0.2.0"
+            } else {
+                "0.1.0"
+            }
+            .to_owned(),
+            wit_version: "0.2.0".to_owned(),
         }
     }
 
     fn configure(config: String) -> Result<ConfigSummary, ConfigError> {
-        let parsed = flowgate_policy::parse(&config, None).map_err(|e| ConfigError {
-            message: e.to_string(),
-            object: e.object,
-            field: e.field,
-            value: e.value,
-        })?;
+        let parsed = flowgate_policy::parse(&config, None).map_err(convert::config_error)?;
         let table = Table::build(&parsed);
-        let catalog = table.catalog();
-        let summary = ConfigSummary {
-            vpcs: catalog
-                .vpcs
-                .iter()
-                .map(|v| bindings::flowgate::policy::types::Vpc { name: v.name.clone(), vni: v.vni })
-                .collect(),
-            peerings: parsed.peerings.len() as u32,
-            candidate_sets: catalog.candidate_sets.iter().map(|s| s.iter().map(|v| v.0).collect()).collect(),
-            notices: parsed.notices.clone(),
-        };
+        let summary = convert::summary(&parsed, &table);
         TABLE.with(|t| *t.borrow_mut() = Some(table));
+        CONFIG.with(|c| *c.borrow_mut() = Some(parsed));
         Ok(summary)
     }
 
@@ -120,11 +121,36 @@ impl Guest for Module {
             }
         }
         let mut out = Vec::new();
-        TABLE.with(|t| flowgate_policy::packed::judge_packed(t.borrow().as_ref(), &packets, &mut out));
+        TABLE.with(|t| {
+            flowgate_policy::packed::judge_packed(t.borrow().as_ref(), &packets, &mut out)
+        });
         if cfg!(feature = "short") {
             out.truncate(out.len().saturating_sub(4));
         }
+        if cfg!(feature = "wrong") {
+            // The deliberate mistake: every ICMPv6 packet is `drop(source-not-exposed)`.
+            for (rec, verdict) in packets
+                .chunks_exact(PACKET_BYTES)
+                .zip(out.chunks_exact_mut(VERDICT_BYTES))
+            {
+                if rec[5] == 58 {
+                    verdict.copy_from_slice(&1u32.to_le_bytes());
+                }
+            }
+        }
         out
+    }
+
+    fn explain(packet: Packet) -> Explanation {
+        let packet = convert::packet(packet);
+        TABLE.with(|t| {
+            CONFIG.with(|c| match (t.borrow().as_ref(), c.borrow().as_ref()) {
+                (Some(table), Some(config)) => {
+                    convert::explanation(flowgate_policy::explain(config, table, &packet))
+                }
+                _ => convert::explanation(flowgate_policy::Explanation::unconfigured()),
+            })
+        })
     }
 }
 

@@ -16,6 +16,14 @@ pub static SHORT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/short.wasm")
 /// batch through it costs only the crossing (benchmarks).
 pub static NULL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/null.wasm"));
 
+/// Gets the bundled case `ipv6-default-and-not` wrong: judges every ICMPv6 packet
+/// `drop(source-not-exposed)`.
+pub static WRONG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wrong.wasm"));
+
+/// The example module `guest/examples/deny-list`: TCP to ports 23 and 445 is
+/// `drop(denied)` in front of the peering filter.
+pub static DENY_LIST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/deny-list.wasm"));
+
 /// The source port that sets off each faulty guest.
 pub mod trigger {
     /// [`TRAP`](super::TRAP)'s.

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-fn flowgate(args: &[&str], stdin: &str) -> Output {
+pub(crate) fn flowgate(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
         .args(args)
         .current_dir(crate::repo())
@@ -28,7 +28,7 @@ fn flowgate(args: &[&str], stdin: &str) -> Output {
     out
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 

@@ -5,6 +5,7 @@
 
 mod cli;
 mod fixtures;
+mod kit;
 mod paths;
 mod refusals;
 mod swap;
