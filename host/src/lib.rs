@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod kit;
 pub mod metrics;
 pub mod module;
+pub mod replay;
 pub mod source;
 
 use flowgate_policy::{Catalog, Packet, Table, Verdict};

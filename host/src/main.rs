@@ -104,6 +104,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a capture (pcap or pcapng): frames are parsed, judged a batch per policy call,
+    /// and written out: allowed ones with the VXLAN VNI of their destination VPC, ambiguous
+    /// and dropped ones to their own captures. Prints the `run` summary.
+    Replay {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The capture to replay: Ethernet frames, VXLAN (UDP 4789) or, with --src-vpc or
+        /// --vni, plain.
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Where allowed frames go (pcap), VNI rewritten to the destination VPC's.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where dropped frames go (pcap), unchanged: by the policy or unreadable.
+        #[arg(long)]
+        drops: Option<PathBuf>,
+        /// Where frames allowed with an ambiguous destination go (pcap), unchanged; without
+        /// it they are counted but not written.
+        #[arg(long)]
+        ambiguous: Option<PathBuf>,
+        /// The source VPC of frames that are not VXLAN.
+        #[arg(long, conflicts_with = "vni")]
+        src_vpc: Option<String>,
+        /// The source VNI of frames that are not VXLAN.
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Skip the policy call: every readable frame goes to --out unchanged (measures what
+        /// the rest of the path costs).
+        #[arg(long)]
+        skip_policy: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print what a module says about itself.
     Info {
         /// The module (a Wasm component); the bundled default when absent.
@@ -295,6 +329,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => cmd_run(&policy, packets.as_deref(), json),
         Command::Check { policy, packets } => cmd_check(&policy, packets.as_deref()),
         Command::Info { module } => cmd_info(module.as_deref()),
+        Command::Replay {
+            policy,
+            pcap,
+            out,
+            drops,
+            ambiguous,
+            src_vpc,
+            vni,
+            skip_policy,
+            json,
+        } => cmd_replay(
+            &policy,
+            &ReplayArgs {
+                pcap,
+                out,
+                drops,
+                ambiguous,
+                src_vpc,
+                vni,
+                skip_policy,
+                json,
+            },
+        ),
         Command::Test {
             module,
             cases,
@@ -1119,6 +1176,138 @@ fn cmd_explain(config: &Path, module: Option<&Path>, text: &str, json: bool) -> 
     } else {
         println!("packet: {text}");
         print!("{}", e.render(policy.catalog()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct ReplayArgs {
+    pcap: PathBuf,
+    out: Option<PathBuf>,
+    drops: Option<PathBuf>,
+    ambiguous: Option<PathBuf>,
+    src_vpc: Option<String>,
+    vni: Option<u32>,
+    skip_policy: bool,
+    json: bool,
+}
+
+fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCode> {
+    use flowgate_host::replay::{self, CaptureReader, CaptureWriter, Outputs};
+    use std::io::IsTerminal;
+
+    let Some(config_path) = &policy_args.config else {
+        bail!("replay needs --config FILE")
+    };
+    let config = read_text(config_path)?;
+    let config_name = config_path.display().to_string();
+    let mut loaded = load_policy(policy_args, &config, &config_name)?;
+    let default_vni = match (&args.src_vpc, args.vni) {
+        (Some(name), _) => {
+            let catalog = loaded.policy.catalog();
+            let id = catalog
+                .vpc_by_name(name)
+                .with_context(|| format!("--src-vpc {name}: no such VPC in {config_name}"))?;
+            Some(catalog.vpc(id).vni)
+        }
+        (None, vni) => vni,
+    };
+    let mut input = CaptureReader::open(&args.pcap)?;
+    let create = |p: &Option<PathBuf>| p.as_deref().map(CaptureWriter::create).transpose();
+    let mut outputs = Outputs {
+        allowed: create(&args.out)?,
+        ambiguous: create(&args.ambiguous)?,
+        dropped: create(&args.drops)?,
+    };
+    // A progress bar for long captures, on a terminal only.
+    let size = fs::metadata(&args.pcap).map(|m| m.len()).unwrap_or(0);
+    let bar = if std::io::stderr().is_terminal() && size > 8 << 20 {
+        let bar = indicatif::ProgressBar::new(size);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let report = replay::replay(
+        loaded.policy.as_mut(),
+        &mut input,
+        &mut outputs,
+        replay::Options {
+            batch: policy_args.batch as usize,
+            default_vni,
+            skip_policy: args.skip_policy,
+        },
+        |bytes| bar.set_position(bytes),
+    )?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let mut written = serde_json::Map::new();
+    for (name, out) in [
+        ("out", outputs.allowed),
+        ("ambiguous", outputs.ambiguous),
+        ("drops", outputs.dropped),
+    ] {
+        if let Some(w) = out {
+            written.insert(name.into(), w.frames.into());
+            w.finish()?;
+        }
+    }
+    let per_second =
+        |d: std::time::Duration| (report.frames as f64 / d.as_secs_f64().max(1e-9)).round() as u64;
+    let pps = per_second(elapsed);
+    let describe = if args.skip_policy {
+        format!("{} (policy call skipped)", loaded.describe)
+    } else {
+        loaded.describe.clone()
+    };
+    let pcap_name = args.pcap.display().to_string();
+    if args.json {
+        let mut out = report.counters.to_json();
+        out["policy"] = describe.into();
+        out["config"] = config_name.into();
+        out["pcap"] = pcap_name.into();
+        out["frames"] = report.frames.into();
+        out["written"] = written.into();
+        out["packets_per_second"] = pps.into();
+        out["phase_packets_per_second"] = serde_json::json!({
+            "parse": per_second(report.timings.parse),
+            "judge": per_second(report.timings.judge),
+            "write": per_second(report.timings.write),
+        });
+        println!("{out}");
+    } else {
+        print_summary(
+            &report.counters,
+            &describe,
+            &config_name,
+            &pcap_name,
+            pps as f64,
+        );
+        println!("  frames read                 {:>10}", report.frames);
+        for (name, n) in &written {
+            println!(
+                "  {:<28}{:>10}",
+                format!("written to --{name}"),
+                n.as_u64().unwrap_or_default()
+            );
+        }
+        println!(
+            "  per phase, frames per second: parse {}, judge {}, write {}",
+            per_second(report.timings.parse),
+            per_second(report.timings.judge),
+            per_second(report.timings.write)
+        );
+    }
+    if let Some(e) = &report.stopped {
+        eprintln!(
+            "flowgate: replay stopped early: {e} (the {} frames before it were replayed and written)",
+            report.frames
+        );
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod fixtures;
 mod kit;
 mod paths;
 mod refusals;
+mod replay;
 mod swap;
 
 use std::path::PathBuf;
