@@ -35,6 +35,9 @@ pub struct Counters {
     pub forwarded: BTreeMap<String, u64>,
     /// Batches the policy failed to judge.
     pub faults: u64,
+    /// Allowed packets that could not be sent on (no tunnel endpoint for their VPC, or the
+    /// send failed); they are also counted as allowed.
+    pub unsent: u64,
 }
 
 impl Counters {
@@ -53,6 +56,7 @@ impl Counters {
         self.ambiguous += other.ambiguous;
         self.dropped += other.dropped;
         self.faults += other.faults;
+        self.unsent += other.unsent;
         for (k, v) in &other.drops {
             *self.drops.entry(k.clone()).or_default() += v;
         }
@@ -70,6 +74,7 @@ impl Counters {
             "drops": self.drops,
             "forwarded": self.forwarded,
             "faults": self.faults,
+            "unsent": self.unsent,
         })
     }
 }

@@ -466,7 +466,12 @@ impl Gateway {
         while !stop.load(Ordering::Relaxed) {
             batch.clear();
             if source.fill(&mut batch, self.options.batch) == 0 {
-                break;
+                if source.dry() {
+                    break;
+                }
+                // Nothing judged, but what the source could not read is counted.
+                source.deliver(Some(&[]), &release.catalog, &mut lock(&self.counters[id]));
+                continue;
             }
             let now = self.current.load();
             if now.generation != release.generation {
@@ -500,8 +505,14 @@ impl Gateway {
             let mut counters = lock(&self.counters[id]);
             counters.batches += 1;
             match judged {
-                Some(catalog) => crate::dataplane::apply(&batch, out, catalog, &mut counters),
-                None => counters.count_drop(POLICY_FAULT, batch.len() as u64),
+                Some(catalog) => {
+                    crate::dataplane::apply(&batch, out, catalog, &mut counters);
+                    source.deliver(Some(out), catalog, &mut counters);
+                }
+                None => {
+                    counters.count_drop(POLICY_FAULT, batch.len() as u64);
+                    source.deliver(None, &release.catalog, &mut counters);
+                }
             }
             drop(counters);
             if self.options.record_batches {

@@ -8,6 +8,8 @@
 //! - [`gateway`]: a long-running gateway with worker threads, hot swaps, rollbacks and fault
 //!   containment; [`admin`] is its HTTP API, [`metrics`] its Prometheus metrics, [`source`]
 //!   where its packets come from.
+//! - [`replay`]: captures (pcap, pcapng) replayed through a policy and written back out;
+//!   [`vxlan`]: a live gateway's UDP socket.
 //! - [`kit`]: the policy author's tools: conformance cases against a module, verdict diffs
 //!   between modules.
 //! - [`NativePolicy`]: the same policy without Wasm, for comparison and as a baseline.
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod module;
 pub mod replay;
 pub mod source;
+pub mod vxlan;
 
 use flowgate_policy::{Catalog, Packet, Table, Verdict};
 

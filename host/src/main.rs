@@ -215,9 +215,19 @@ struct ServeArgs {
     #[arg(long)]
     module: Option<PathBuf>,
     /// Where packets come from: `replay` loops over --packets (or the bundled trace), `gen`
-    /// generates traffic from the configuration's own prefixes.
+    /// generates traffic from the configuration's own prefixes, `vxlan` receives VXLAN on
+    /// --listen and forwards allowed packets to their VPC's --endpoint.
     #[arg(long, value_enum, default_value_t = SourceKind::Replay)]
     source: SourceKind,
+    /// With `--source vxlan`: the UDP address to receive VXLAN on.
+    #[arg(long, default_value = "127.0.0.1:4789")]
+    listen: String,
+    /// With `--source vxlan`: a VPC's tunnel endpoint, as NAME=HOST:PORT (repeatable).
+    #[arg(long = "endpoint", value_name = "NAME=HOST:PORT")]
+    endpoints: Vec<String>,
+    /// With `--source vxlan`: a file of tunnel endpoints, one `NAME HOST:PORT` per line.
+    #[arg(long)]
+    endpoints_file: Option<PathBuf>,
     /// The trace to replay.
     #[arg(long)]
     packets: Option<PathBuf>,
@@ -272,6 +282,7 @@ struct TrafficArgs {
 enum SourceKind {
     Replay,
     Gen,
+    Vxlan,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -768,9 +779,34 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     let gateway = Gateway::new(runtime, &module, &config, options)
         .with_context(|| format!("starting with {module_name}"))?;
 
-    // The traffic: a trace, or packets generated from the configuration's prefixes.
+    // The traffic: a trace, or packets generated from the configuration's prefixes, or a
+    // socket.
     let catalog = gateway.current().catalog.clone();
+    let vxlan = match args.source {
+        SourceKind::Vxlan => {
+            let file = args
+                .endpoints_file
+                .as_ref()
+                .map(|p| Ok::<_, anyhow::Error>((p.display().to_string(), read_text(p)?)))
+                .transpose()?;
+            let endpoints = flowgate_host::vxlan::Endpoints::parse(
+                &args.endpoints,
+                file.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+            )?;
+            let socket = std::net::UdpSocket::bind(&args.listen)
+                .with_context(|| format!("--listen {}", args.listen))?;
+            // Room for bursts while workers are busy; the kernel caps it at net.core.rmem_max.
+            let _ = nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::RcvBuf,
+                &(8 << 20),
+            );
+            Some((socket, Arc::new(endpoints)))
+        }
+        _ => None,
+    };
     let packets: Vec<Packet> = match args.source {
+        SourceKind::Vxlan => Vec::new(),
         SourceKind::Replay => {
             let text = match &args.packets {
                 Some(path) => read_text(path)?,
@@ -788,7 +824,7 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
             synth::packets(&parsed, 1 << 16, 0x5eed)
         }
     };
-    if packets.is_empty() {
+    if packets.is_empty() && vxlan.is_none() {
         bail!("no packets to serve");
     }
     let packets: Arc<[Packet]> = packets.into();
@@ -807,18 +843,42 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
 
     let workers = gateway.options().workers;
     let per_worker_rate = args.rate.div_ceil(workers as u64);
+    if let Some((socket, _)) = &vxlan {
+        eprintln!(
+            "flowgate: receiving VXLAN on udp://{}",
+            socket.local_addr()?
+        );
+    }
     let handles: Vec<_> = (0..workers)
-        .map(|id| {
+        .map(|id| -> Result<_> {
             let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
-            let offset = id * packets.len() / workers;
-            std::thread::Builder::new()
+            let offset = id * packets.len().max(1) / workers;
+            let socket = match &vxlan {
+                Some((socket, endpoints)) => Some((socket.try_clone()?, endpoints.clone())),
+                None => None,
+            };
+            let batch = gateway.options().batch;
+            Ok(std::thread::Builder::new()
                 .name(format!("flowgate-worker-{id}"))
-                .spawn(move || {
-                    let mut source = Replay::new(packets, offset, per_worker_rate, None);
-                    gateway.run_worker(id, &mut source, &stop);
-                })
+                .spawn(move || match socket {
+                    Some((socket, endpoints)) => {
+                        match flowgate_host::vxlan::VxlanSource::new(
+                            socket,
+                            endpoints,
+                            stop.clone(),
+                            batch,
+                        ) {
+                            Ok(mut source) => gateway.run_worker(id, &mut source, &stop),
+                            Err(e) => eprintln!("flowgate: worker {id}: {e:#}"),
+                        }
+                    }
+                    None => {
+                        let mut source = Replay::new(packets, offset, per_worker_rate, None);
+                        gateway.run_worker(id, &mut source, &stop);
+                    }
+                })?)
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_>>()?;
 
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {

@@ -196,7 +196,8 @@ impl CaptureWriter {
         })
     }
 
-    fn write(&mut self, record: &Record) -> Result<(), CaptureError> {
+    /// Appends a frame.
+    pub fn write_record(&mut self, record: &Record) -> Result<(), CaptureError> {
         let packet = PcapPacket::new(record.timestamp, record.orig_len, &record.data);
         self.writer
             .write_packet(&packet)
@@ -368,7 +369,7 @@ pub fn replay(
 
 fn write(out: &mut Option<CaptureWriter>, record: &Record) -> Result<(), CaptureError> {
     match out {
-        Some(w) => w.write(record),
+        Some(w) => w.write_record(record),
         None => Ok(()),
     }
 }

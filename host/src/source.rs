@@ -1,14 +1,37 @@
-//! Where a gateway's packets come from: a looping replay of a trace, or a generator.
+//! Where a gateway's packets come from: a looping replay of a trace or a generator (5-tuples
+//! only), or a UDP socket receiving VXLAN ([`crate::vxlan::VxlanSource`], which also forwards
+//! what is allowed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowgate_policy::Packet;
+use flowgate_policy::{Catalog, Packet, Verdict};
+
+use crate::dataplane::Counters;
 
 /// A source of packets for one worker.
 pub trait Source: Send {
-    /// Appends up to `max` packets to `batch`; returns how many (0: the source is dry).
+    /// Appends up to `max` packets to `batch`; returns how many. 0 with [`Source::dry`]: the
+    /// source has nothing more; 0 otherwise: nothing arrived this time (a quiet socket).
     fn fill(&mut self, batch: &mut Vec<Packet>, max: usize) -> usize;
+
+    /// Whether the source has nothing more to give. By default a source is dry as soon as
+    /// `fill` gives nothing.
+    fn dry(&self) -> bool {
+        true
+    }
+
+    /// Called after every `fill`, with one verdict per packet it gave (`None`: their batch
+    /// failed and they are dropped). A source that carries real frames forwards the allowed
+    /// ones here, and counts into `counters` what it could not read or send.
+    fn deliver(
+        &mut self,
+        verdicts: Option<&[Verdict]>,
+        catalog: &Catalog,
+        counters: &mut Counters,
+    ) {
+        let _ = (verdicts, catalog, counters);
+    }
 }
 
 /// Replays a trace in a loop, from an offset, optionally paced.

@@ -268,6 +268,49 @@ pub fn set_payload_vni(payload: &mut [u8], vni: u32) {
     set_vni(payload, &vxlan, vni);
 }
 
+/// A VXLAN datagram payload carrying `packet` (the VXLAN header with its source VNI, then an
+/// Ethernet frame with the IP and TCP, UDP or ICMP echo headers the packet's 5-tuple needs,
+/// then `payload`), as a VTEP would send it; `None` for a packet no real frame can carry
+/// (mixed address families, ports on a protocol without them). For tests, benchmarks and
+/// traffic generators.
+pub fn vxlan_datagram(packet: &Packet, payload: &[u8]) -> Option<Vec<u8>> {
+    use etherparse::PacketBuilder;
+    let [_, a, b, c] = packet.src_vni.to_be_bytes();
+    let mut out = vec![FLAG_VNI, 0, 0, 0, a, b, c, 0];
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]);
+    let ip = match (packet.src, packet.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => return None,
+    };
+    let written = match (packet.proto, packet.ports, packet.src.is_ipv4()) {
+        (6, Some(p), _) => ip.tcp(p.src, p.dst, 1, 1024).write(&mut out, payload),
+        (17, Some(p), _) => ip.udp(p.src, p.dst).write(&mut out, payload),
+        (1, None, true) => ip.icmpv4_echo_request(1, 1).write(&mut out, payload),
+        (58, None, false) => ip.icmpv6_echo_request(1, 1).write(&mut out, payload),
+        (proto, None, _) if proto != 6 && proto != 17 => {
+            ip.write(&mut out, IpNumber(proto), payload)
+        }
+        _ => return None,
+    };
+    written.ok().map(|()| out)
+}
+
+/// A whole captured frame (Ethernet, IPv4 192.0.2.1 to 192.0.2.2, UDP to port 4789) around
+/// [`vxlan_datagram`]'s payload, with a zero UDP checksum as RFC 7348 recommends.
+pub fn vxlan_frame(packet: &Packet, payload: &[u8]) -> Option<Vec<u8>> {
+    use etherparse::PacketBuilder;
+    let inner = vxlan_datagram(packet, payload)?;
+    let mut out = Vec::with_capacity(inner.len() + 42);
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
+        .udp(49152, VXLAN_PORT)
+        .write(&mut out, &inner)
+        .ok()?;
+    out[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -293,7 +336,7 @@ mod tests {
     }
 
     /// A VXLAN frame over IPv4 or IPv6 with a computed outer UDP checksum.
-    fn vxlan_frame(v6: bool, vni: u32) -> Vec<u8> {
+    fn test_frame(v6: bool, vni: u32) -> Vec<u8> {
         let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let builder = if v6 {
             eth.ipv6(
@@ -341,7 +384,7 @@ mod tests {
     #[test]
     fn reads_the_inner_packet_and_the_vni() {
         for v6 in [false, true] {
-            let frame = vxlan_frame(v6, 0x00_1234);
+            let frame = test_frame(v6, 0x00_1234);
             let parsed = parse_frame(&frame, None).unwrap();
             assert_eq!(
                 parsed.packet,
@@ -368,7 +411,7 @@ mod tests {
                 (0xff_ffff, 0),
                 (7, 7),
             ] {
-                let mut frame = vxlan_frame(v6, from);
+                let mut frame = test_frame(v6, from);
                 let vxlan = parse_frame(&frame, None).unwrap().vxlan.unwrap();
                 let at = vxlan.udp_checksum_at.expect("etherparse writes a checksum");
                 set_vni(&mut frame, &vxlan, to);
@@ -384,8 +427,27 @@ mod tests {
     }
 
     #[test]
+    fn built_datagrams_and_frames_read_back_as_their_packet() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for p in [
+            Packet::tcp(5, ip("10.0.0.1"), 1, ip("10.0.0.2"), 2),
+            Packet::udp(6, ip("fd00::1"), 53, ip("fd00::2"), 5353),
+            Packet::portless(7, ip("10.0.0.1"), ip("10.0.0.2"), 1),
+            Packet::portless(8, ip("fd00::1"), ip("fd00::2"), 58),
+            Packet::portless(9, ip("10.0.0.1"), ip("10.0.0.2"), 47),
+        ] {
+            let datagram = vxlan_datagram(&p, b"x").unwrap();
+            assert_eq!(parse_vxlan(&datagram).unwrap(), (p, p.src_vni));
+            let frame = vxlan_frame(&p, b"x").unwrap();
+            assert_eq!(parse_frame(&frame, None).unwrap().packet, p);
+        }
+        let mixed = Packet::tcp(1, ip("10.0.0.1"), 1, ip("fd00::1"), 2);
+        assert_eq!(vxlan_datagram(&mixed, b""), None);
+    }
+
+    #[test]
     fn a_zero_checksum_stays_zero() {
-        let mut frame = vxlan_frame(false, 5);
+        let mut frame = test_frame(false, 5);
         let at = 14 + 20 + 6;
         frame[at..at + 2].copy_from_slice(&[0, 0]);
         let vxlan = parse_frame(&frame, None).unwrap().vxlan.unwrap();

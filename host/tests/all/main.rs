@@ -6,6 +6,7 @@
 mod cli;
 mod fixtures;
 mod kit;
+mod live;
 mod paths;
 mod refusals;
 mod replay;
