@@ -129,6 +129,13 @@ pub fn render(gateway: &Gateway) -> String {
         "Policy calls made.",
     );
     let _ = writeln!(out, "flowgate_batches_total {}", counters.batches);
+    family(
+        &mut out,
+        "flowgate_unsent_total",
+        "counter",
+        "Allowed packets a live source could not send on (no endpoint for the VPC, or the send failed).",
+    );
+    let _ = writeln!(out, "flowgate_unsent_total {}", counters.unsent);
 
     {
         let events = gateway.events();
