@@ -3,7 +3,7 @@
 //! `flowgate swap --dry-run`). Explanations come from the module itself
 //! ([`WasmPolicy::explain`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use flowgate_policy::cases::{Case, Expect, ExpectedError};
 use flowgate_policy::{Packet, Verdict};
@@ -144,20 +144,25 @@ pub fn diff(
     };
     let mut a = vec![Verdict::default(); batch.max(1)];
     let mut b = a.clone();
+    let (mut old_text, mut new_text) = (HashMap::new(), HashMap::new());
     for chunk in packets.chunks(batch.max(1)) {
         let (a, b) = (&mut a[..chunk.len()], &mut b[..chunk.len()]);
         old.judge(chunk, a)?;
         new.judge(chunk, b)?;
         for ((packet, &va), &vb) in chunk.iter().zip(a.iter()).zip(b.iter()) {
-            let (ta, tb) = (
-                old.catalog().verdict_text(va),
-                new.catalog().verdict_text(vb),
-            );
+            // Verdicts are compared by their text (the two modules number VPCs each their
+            // own way), written once per distinct verdict.
+            let ta = old_text
+                .entry(va)
+                .or_insert_with(|| old.catalog().verdict_text(va));
+            let tb = new_text
+                .entry(vb)
+                .or_insert_with(|| new.catalog().verdict_text(vb));
             if ta == tb {
                 diff.unchanged += 1;
                 continue;
             }
-            let change = diff.changes.entry((ta, tb)).or_default();
+            let change = diff.changes.entry((ta.clone(), tb.clone())).or_default();
             change.count += 1;
             if change.samples.len() < samples {
                 change.samples.push(*packet);

@@ -12,7 +12,7 @@ use flowgate_host::admin;
 use flowgate_host::dataplane::{self, Counters, MALFORMED};
 use flowgate_host::gateway::{Gateway, OnFault, Options};
 use flowgate_host::kit;
-use flowgate_host::module::{Limits, Runtime, WasmPolicy, hex};
+use flowgate_host::module::{Limits, LoadedModule, Runtime, WasmPolicy, hex};
 use flowgate_host::source::Replay;
 use flowgate_host::{NativePolicy, Policy, StartError};
 use flowgate_policy::cases::Case;
@@ -510,24 +510,16 @@ fn load_policy(args: &PolicyArgs, config: &str, config_name: &str) -> Result<Loa
             _runtime: None,
         });
     }
-    let cache = if args.no_cache {
-        None
-    } else {
-        Runtime::default_cache_dir()
-    };
-    let runtime = Runtime::new(Limits::default(), cache)?;
+    let runtime = runtime(args.no_cache)?;
     let (bytes, module_name) = module_bytes(args.module.as_deref())?;
-    let module = runtime
-        .load(&bytes)
-        .with_context(|| format!("{module_name} refused"))?;
-    let policy = match WasmPolicy::new(&runtime, &module, config) {
-        Ok(policy) => policy,
-        Err(StartError::Config(e)) => bail!(
-            "{config_name}: configuration refused by the module: {}",
-            e.message
-        ),
-        Err(e) => return Err(e).with_context(|| format!("{module_name} refused")),
+    let side = Side {
+        module: &bytes,
+        module_name: &module_name,
+        config,
+        config_name,
     };
+    let module = load_side(&runtime, &side)?;
+    let policy = start_side(&runtime, &module, &side)?;
     let info = policy.info();
     let describe = format!(
         "module {} {} (WIT {}, sha256 {})",
@@ -695,7 +687,7 @@ fn flush_check(
 }
 
 fn cmd_info(module: Option<&Path>) -> Result<ExitCode> {
-    let runtime = Runtime::new(Limits::default(), Runtime::default_cache_dir())?;
+    let runtime = runtime(false)?;
     let (bytes, name) = module_bytes(module)?;
     let loaded = runtime
         .load(&bytes)
@@ -756,12 +748,7 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     };
     let config = read_config()?;
     let (module, module_name) = module_bytes(args.module.as_deref())?;
-    let cache = if args.no_cache {
-        None
-    } else {
-        Runtime::default_cache_dir()
-    };
-    let runtime = Runtime::new(Limits::default(), cache)?;
+    let runtime = runtime(args.no_cache)?;
     let options = Options {
         workers: args
             .workers
@@ -985,7 +972,8 @@ fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn runtime_for_tools(no_cache: bool) -> Result<Runtime> {
+/// The engine, with the artifact cache unless `no_cache`.
+fn runtime(no_cache: bool) -> Result<Runtime> {
     let cache = if no_cache {
         None
     } else {
@@ -1027,7 +1015,7 @@ fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Result<E
     };
     let outcomes: Vec<kit::CaseOutcome> = match module {
         Some(module) => {
-            let runtime = runtime_for_tools(no_cache)?;
+            let runtime = runtime(no_cache)?;
             let bytes =
                 fs::read(module).with_context(|| format!("reading {}", module.display()))?;
             let loaded = runtime
@@ -1091,11 +1079,15 @@ struct Side<'a> {
     config_name: &'a str,
 }
 
-fn start_side(runtime: &Runtime, side: &Side<'_>) -> Result<WasmPolicy> {
-    let loaded = runtime
+fn load_side(runtime: &Runtime, side: &Side<'_>) -> Result<LoadedModule> {
+    runtime
         .load(side.module)
-        .with_context(|| format!("{} refused", side.module_name))?;
-    match WasmPolicy::new(runtime, &loaded, side.config) {
+        .with_context(|| format!("{} refused", side.module_name))
+}
+
+/// A configured instance of `module`; a refused configuration names the file and the module.
+fn start_side(runtime: &Runtime, module: &LoadedModule, side: &Side<'_>) -> Result<WasmPolicy> {
+    match WasmPolicy::new(runtime, module, side.config) {
         Ok(policy) => Ok(policy),
         Err(StartError::Config(e)) => bail!(
             "{}: configuration refused by {}: {}",
@@ -1108,9 +1100,9 @@ fn start_side(runtime: &Runtime, side: &Side<'_>) -> Result<WasmPolicy> {
 }
 
 fn cmd_diff(old: Side<'_>, new: Side<'_>, traffic: &TrafficArgs, json: bool) -> Result<ExitCode> {
-    let runtime = runtime_for_tools(false)?;
-    let mut a = start_side(&runtime, &old)?;
-    let mut b = start_side(&runtime, &new)?;
+    let runtime = runtime(false)?;
+    let mut a = start_side(&runtime, &load_side(&runtime, &old)?, &old)?;
+    let mut b = start_side(&runtime, &load_side(&runtime, &new)?, &new)?;
     // Traffic: a trace, or packets generated from the old side's configuration.
     let (packets, traffic_name) = match &traffic.packets {
         Some(path) => {
@@ -1198,17 +1190,15 @@ fn cmd_diff(old: Side<'_>, new: Side<'_>, traffic: &TrafficArgs, json: bool) -> 
 fn cmd_explain(config: &Path, module: Option<&Path>, text: &str, json: bool) -> Result<ExitCode> {
     let config_text = read_text(config)?;
     let (bytes, module_name) = module_bytes(module)?;
-    let runtime = runtime_for_tools(false)?;
+    let runtime = runtime(false)?;
     let config_name = config.display().to_string();
-    let mut policy = start_side(
-        &runtime,
-        &Side {
-            module: &bytes,
-            module_name: &module_name,
-            config: &config_text,
-            config_name: &config_name,
-        },
-    )?;
+    let side = Side {
+        module: &bytes,
+        module_name: &module_name,
+        config: &config_text,
+        config_name: &config_name,
+    };
+    let mut policy = start_side(&runtime, &load_side(&runtime, &side)?, &side)?;
     let packet = parse_packet_text(text, policy.catalog()).map_err(|e| anyhow::anyhow!(e))?;
     let e = policy
         .explain(&packet)

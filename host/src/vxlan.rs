@@ -171,16 +171,16 @@ impl Source for VxlanSource {
         let Some(verdicts) = verdicts else {
             return;
         };
-        // The endpoint of each VPC, by index, for this batch's catalog.
-        let endpoints: Vec<Option<SocketAddr>> = catalog
-            .vpcs
-            .iter()
-            .map(|v| self.endpoints.get(&v.name))
-            .collect();
+        // Each destination VPC's endpoint, looked up by name once per batch when first needed
+        // (the catalog may change between batches with a swap).
+        let mut endpoints: Vec<Option<Option<SocketAddr>>> = vec![None; catalog.vpcs.len()];
         let mut out: Vec<(usize, SocketAddr)> = Vec::with_capacity(verdicts.len());
         for (&verdict, &i) in verdicts.iter().zip(&self.origin) {
             if let Verdict::Allow(vpc) = verdict {
-                match endpoints.get(vpc.0 as usize).copied().flatten() {
+                let endpoint = endpoints.get_mut(vpc.0 as usize).and_then(|slot| {
+                    *slot.get_or_insert_with(|| self.endpoints.get(&catalog.vpc(vpc).name))
+                });
+                match endpoint {
                     Some(addr) => {
                         let len = self.lengths[i];
                         set_payload_vni(&mut self.buffers[i][..len], catalog.vpc(vpc).vni);

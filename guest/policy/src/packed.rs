@@ -2,7 +2,7 @@
 //! `wit/policy.wit`): one codec shared by the guest, which decodes packets and encodes
 //! verdicts, and the host, which does the reverse.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 use crate::table::{Keys, Table};
@@ -41,26 +41,17 @@ fn put_addr(slot: &mut [u8], addr: IpAddr) {
 
 /// Reads one packet record. Every 44 bytes are some packet: this cannot fail.
 pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
-    let v6 = rec[4] == 6;
-    let addr = |at: usize| -> IpAddr {
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&rec[at..at + 16]);
-        if v6 {
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-        }
+    let (src_vni, keys, ports) = decode_keys(rec);
+    let (src, dst) = match keys {
+        Keys::V4(s, d) => (IpAddr::V4(s.into()), IpAddr::V4(d.into())),
+        Keys::V6(s, d) => (IpAddr::V6(s.into()), IpAddr::V6(d.into())),
     };
-    let u16_at = |at: usize| u16::from_le_bytes([rec[at], rec[at + 1]]);
     Packet {
-        src_vni: u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]),
-        src: addr(12),
-        dst: addr(28),
+        src_vni,
+        src,
+        dst,
         proto: rec[5],
-        ports: (rec[6] & FLAG_PORTS != 0).then(|| Ports {
-            src: u16_at(8),
-            dst: u16_at(10),
-        }),
+        ports,
     }
 }
 
@@ -120,8 +111,8 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
     }
 }
 
-/// What a lookup needs from a record, read without building a [`Packet`]: the same reading as
-/// [`decode_packet`], which the round-trip tests pin down.
+/// What a lookup needs from a record, read without building a [`Packet`] ([`decode_packet`]
+/// builds one from it; the round-trip tests pin the reading down).
 #[inline]
 fn decode_keys(rec: &[u8; PACKET_BYTES]) -> (u32, Keys, Option<Ports>) {
     let bytes = |at: usize| -> [u8; 16] {
