@@ -11,6 +11,7 @@ use std::fmt;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use serde::de::DeserializeSeed;
 use serde::de::IgnoredAny;
 use serde_yaml_ng::Value;
 
@@ -139,6 +140,38 @@ struct RawObject {
 }
 
 fn read_objects(text: &str, file: Option<&str>) -> Result<Vec<RawObject>, ConfigError> {
+    crate::limits::check_text(text).map_err(|e| ConfigError {
+        file: file.map(str::to_owned),
+        document: None,
+        object: None,
+        field: None,
+        value: e.value,
+        message: e.message,
+    })?;
+    let yaml_error = |e: serde_yaml_ng::Error, document: usize| {
+        let line = e.location().map(|l| l.line());
+        let at = e
+            .location()
+            .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        ConfigError {
+            field: None,
+            value: None,
+            message: format!("not valid YAML{at}: {e}"),
+            file: file.map(str::to_owned),
+            document: Some(document),
+            object: line.and_then(|line| crate::limits::object_at_line(text, line)),
+        }
+    };
+    if crate::limits::has_aliases(text) {
+        // Aliases expand when read: count the nodes they expand to before building anything.
+        let budget = std::cell::Cell::new(0);
+        for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            crate::limits::Budget(&budget)
+                .deserialize(document)
+                .map_err(|e| yaml_error(e, i + 1))?;
+        }
+    }
     let mut objects = Vec::new();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let ctx = Ctx {
@@ -146,20 +179,7 @@ fn read_objects(text: &str, file: Option<&str>) -> Result<Vec<RawObject>, Config
             document: Some(i + 1),
             object: None,
         };
-        let value = Value::deserialize(document).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
-                .unwrap_or_default();
-            ConfigError {
-                field: None,
-                value: None,
-                message: format!("not valid YAML{at}: {e}"),
-                file: ctx.file.clone(),
-                document: ctx.document,
-                object: None,
-            }
-        })?;
+        let value = Value::deserialize(document).map_err(|e| yaml_error(e, i + 1))?;
         collect_objects(value, &ctx, "", &mut objects)?;
     }
     Ok(objects)
@@ -648,9 +668,15 @@ fn validate_block(ctx: &Ctx, at: &str, vpc: &Vpc, spec: BlockSpec) -> Result<Blo
     if block.nat == Some(NatMode::Static) && !block.as_.is_empty() {
         let (ips, public) = (private_set(&block), public_set(&block));
         if ips.count() != public.count() {
+            let written_as: Vec<String> = block
+                .as_
+                .iter()
+                .map(|e| e.net.to_string())
+                .chain(block.as_not.iter().map(|n| format!("not {n}")))
+                .collect();
             return Err(ctx.err(
                 &format!("{at}.as"),
-                format!("{} addresses", public.count()),
+                format!("{} ({} addresses)", written_as.join(", "), public.count()),
                 format!("with `nat: static`, `ips` and `as` cover the same number of addresses; `ips` covers {}", ips.count()),
             ));
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod explain;
 #[cfg(feature = "json")]
 pub mod json;
+pub mod limits;
 pub mod model;
 pub mod packed;
 pub mod packet;

@@ -13,6 +13,13 @@ pub const PACKET_BYTES: usize = 44;
 pub const VERDICT_BYTES: usize = 4;
 
 const FLAG_PORTS: u8 = 1;
+/// The family byte of an IPv6 address; any other value is IPv4.
+const FAMILY_V6: u8 = 6;
+const FAMILY_V4: u8 = 4;
+
+fn family(addr: IpAddr) -> u8 {
+    if addr.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 }
+}
 const KIND_SHIFT: u32 = 30;
 const VALUE_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
@@ -20,8 +27,9 @@ const VALUE_MASK: u32 = (1 << KIND_SHIFT) - 1;
 pub fn encode_packet(packet: &Packet, out: &mut Vec<u8>) {
     let mut rec = [0u8; PACKET_BYTES];
     rec[0..4].copy_from_slice(&packet.src_vni.to_le_bytes());
-    rec[4] = if packet.src.is_ipv6() { 6 } else { 4 };
+    rec[4] = family(packet.src);
     rec[5] = packet.proto;
+    rec[7] = family(packet.dst);
     if let Some(ports) = packet.ports {
         rec[6] = FLAG_PORTS;
         rec[8..10].copy_from_slice(&ports.src.to_le_bytes());
@@ -41,18 +49,29 @@ fn put_addr(slot: &mut [u8], addr: IpAddr) {
 
 /// Reads one packet record. Every 44 bytes are some packet: this cannot fail.
 pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
-    let (src_vni, keys, ports) = decode_keys(rec);
-    let (src, dst) = match keys {
-        Keys::V4(s, d) => (IpAddr::V4(s.into()), IpAddr::V4(d.into())),
-        Keys::V6(s, d) => (IpAddr::V6(s.into()), IpAddr::V6(d.into())),
+    let addr = |family: u8, at: usize| -> IpAddr {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&rec[at..at + 16]);
+        if family == FAMILY_V6 {
+            IpAddr::V6(b.into())
+        } else {
+            IpAddr::V4([b[0], b[1], b[2], b[3]].into())
+        }
     };
+    let (src_vni, _, ports) = decode_keys(rec);
     Packet {
         src_vni,
-        src,
-        dst,
+        src: addr(rec[4], 12),
+        dst: addr(rec[7], 28),
         proto: rec[5],
         ports,
     }
+}
+
+/// Whether a record's two addresses are of different families (the table's cold path).
+#[inline]
+fn mixed(rec: &[u8; PACKET_BYTES]) -> bool {
+    (rec[4] == FAMILY_V6) != (rec[7] == FAMILY_V6)
 }
 
 /// The record of a verdict.
@@ -101,6 +120,7 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
     output.reserve(input.len() / PACKET_BYTES * VERDICT_BYTES);
     for rec in input.chunks_exact(PACKET_BYTES) {
         let verdict = match (table, <&[u8; PACKET_BYTES]>::try_from(rec)) {
+            (Some(table), Ok(rec)) if mixed(rec) => table.lookup(&decode_packet(rec)),
             (Some(table), Ok(rec)) => {
                 let (vni, keys, ports) = decode_keys(rec);
                 table.lookup_keys(vni, keys, ports)
@@ -111,8 +131,8 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
     }
 }
 
-/// What a lookup needs from a record, read without building a [`Packet`] ([`decode_packet`]
-/// builds one from it; the round-trip tests pin the reading down).
+/// What a lookup needs from a record whose addresses share a family (byte 4 says which),
+/// read without building a [`Packet`]; the round-trip tests pin the reading down.
 #[inline]
 fn decode_keys(rec: &[u8; PACKET_BYTES]) -> (u32, Keys, Option<Ports>) {
     let bytes = |at: usize| -> [u8; 16] {
@@ -121,7 +141,7 @@ fn decode_keys(rec: &[u8; PACKET_BYTES]) -> (u32, Keys, Option<Ports>) {
         b
     };
     let v4 = |at: usize| u32::from_be_bytes([rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]);
-    let keys = if rec[4] == 6 {
+    let keys = if rec[4] == FAMILY_V6 {
         Keys::V6(
             u128::from_be_bytes(bytes(12)),
             u128::from_be_bytes(bytes(28)),
@@ -157,7 +177,7 @@ mod tests {
         let mut buf = Vec::new();
         encode_packet(&p, &mut buf);
         assert_eq!(buf.len(), PACKET_BYTES);
-        assert_eq!(&buf[0..8], &[4, 3, 2, 1, 4, 6, 1, 0]);
+        assert_eq!(&buf[0..8], &[4, 3, 2, 1, 4, 6, 1, 4]);
         assert_eq!(&buf[8..12], &[0x34, 0x12, 80, 0]);
         assert_eq!(&buf[12..17], &[10, 0, 0, 1, 0]);
         assert_eq!(&buf[28..32], &[1, 0, 0, 9]);
@@ -171,8 +191,20 @@ mod tests {
         );
         buf.clear();
         encode_packet(&q, &mut buf);
-        assert_eq!((buf[4], buf[6], buf[27], buf[43]), (6, 0, 1, 2));
+        assert_eq!((buf[4], buf[6], buf[7], buf[27], buf[43]), (6, 0, 6, 1, 2));
         assert_eq!(decode_packet(buf.as_slice().try_into().unwrap()), q);
+
+        // Each address carries its own family.
+        for (src, dst, families) in [
+            ("10.0.0.1", "fd00::2", (4, 6)),
+            ("fd00::1", "10.0.0.2", (6, 4)),
+        ] {
+            let m = Packet::portless(7, src.parse().unwrap(), dst.parse().unwrap(), 1);
+            buf.clear();
+            encode_packet(&m, &mut buf);
+            assert_eq!((buf[4], buf[7]), families);
+            assert_eq!(decode_packet(buf.as_slice().try_into().unwrap()), m);
+        }
     }
 
     #[test]

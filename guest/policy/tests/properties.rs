@@ -51,7 +51,8 @@ proptest! {
     }
 
     /// The packed path (records decoded straight into keys, IPv4 packets looked up four at a
-    /// time) answers what single lookups answer.
+    /// time) answers what single lookups answer, packets whose two addresses are of different
+    /// families included (each address's family travels in the record).
     #[test]
     fn packed_equals_single((config, packets) in arb::config_and_packets(64)) {
         use flowgate_policy::packed::{decode_verdict, encode_packet, judge_packed};

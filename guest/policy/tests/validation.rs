@@ -377,7 +377,7 @@ fn static_ips_and_as_of_different_sizes() {
         &e,
         "Peering `a--b`",
         "spec.peering.a.expose[0].as",
-        Some("128 addresses"),
+        Some("9.0.0.0/25 (128 addresses)"),
         "`ips` covers 256",
     );
     // Equal sizes written differently are fine, `not`s included.
@@ -460,4 +460,46 @@ fn accepts_lists_sequences_and_empty_documents() {
     let seq = "- {kind: VPCInfo, metadata: {name: a}, spec: {vni: 1}}\n- {kind: VPCInfo, metadata: {name: b}, spec: {vni: 2}}\n";
     assert_eq!(parse(seq, None).unwrap().vpcs.len(), 2);
     assert_eq!(parse("", None).unwrap().vpcs.len(), 0);
+}
+
+#[test]
+fn a_duplicate_key_names_its_object() {
+    // The YAML parser finds it before any object exists; the refusal still names the object.
+    let text = "kind: VPCInfo\nmetadata: {name: a}\nspec: {vni: 1}\n---\nkind: VPCInfo\nmetadata: {name: b}\nspec: {vni: 2}\n---\nkind: Peering\nmetadata:\n  name: a--b\nspec:\n  peering:\n    a: {expose: [{ips: [{cidr: 10.0.0.0/24}]}]}\n    a: {expose: [{ips: [{cidr: 10.0.1.0/24}]}]}\n";
+    let e = refuse(text);
+    assert_eq!(e.object.as_deref(), Some("Peering `a--b`"), "{e}");
+    assert!(e.message.contains("duplicate"), "{e}");
+    assert_eq!(e.document, Some(3));
+}
+
+#[test]
+fn nesting_and_alias_bombs_are_refused_before_parsing() {
+    // Flow nesting makes the YAML parser quadratic: refused in a linear pass.
+    let deep = format!("{}1{}", "{a: ".repeat(50_000), "}".repeat(50_000));
+    let started = std::time::Instant::now();
+    let e = refuse(&deep);
+    assert!(e.message.contains("nested deeper than 64"), "{e}");
+    assert_eq!(e.value.as_deref(), Some("line 1"));
+    // Bounded, not timed: a linear pass over 250 KB is far from a second even unoptimised.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // Aliases that expand exponentially (a "billion laughs"): the parser's own repetition
+    // limit catches a small one, our node budget one with a large anchor, which that limit
+    // (a multiple of the document's events) lets through.
+    let bomb = |anchor_items: usize| {
+        let mut bomb = format!("l0: &l0 [{}]\n", vec!["x"; anchor_items].join(", "));
+        for level in 1..6 {
+            let list = vec![format!("*l{}", level - 1); 10].join(", ");
+            bomb.push_str(&format!("l{level}: &l{level} [{list}]\n"));
+        }
+        bomb
+    };
+    let e = refuse(&bomb(10));
+    assert!(e.message.contains("repetition limit"), "{e}");
+    let e = refuse(&bomb(50_000));
+    assert!(e.message.contains("aliases expand to more than"), "{e}");
+
+    // A few honest aliases are fine.
+    let ok = "kind: VPCInfo\nmetadata: {name: a}\nspec: {vni: 1, subnets: &s {x: {cidr: 10.0.0.0/24}}}\n---\nkind: VPCInfo\nmetadata: {name: b}\nspec: {vni: 2}\n";
+    assert_eq!(parse(ok, None).unwrap().vpcs.len(), 2);
 }

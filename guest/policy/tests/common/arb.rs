@@ -234,7 +234,9 @@ fn host_in(net: &ipnet::IpNet, bits: u32) -> IpAddr {
 }
 
 /// A packet from one of the VNIs (or, rarely, an unknown one), mostly to and from addresses
-/// inside the config's own prefixes, sometimes near them or far away.
+/// inside the config's own prefixes, sometimes near them or far away; one in seven has a
+/// destination of the other family than its source (inside the config's prefixes of that
+/// family when it has some).
 pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
     let config = config.clone();
     let unknown = prop::bool::weighted(0.05);
@@ -247,6 +249,7 @@ pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
         end,
         0u8..5,
         any::<(usize, usize)>(),
+        prop::bool::weighted(1.0 / 7.0),
     );
     picks.prop_map(
         move |(
@@ -257,6 +260,7 @@ pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
             (dst_kind, dst_pick, dst_bits),
             proto_pick,
             (sp, dp),
+            mixed,
         )| {
             let vpc = vpc % config.vnis.len();
             let vni = if unknown {
@@ -272,7 +276,7 @@ pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
                 _ if v6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, src_bits as u16)),
                 _ => IpAddr::V4(Ipv4Addr::new(8, 8, 8, src_bits as u8)),
             };
-            let v6 = src.is_ipv6();
+            let v6 = src.is_ipv6() != mixed;
             let all: Vec<&ipnet::IpNet> = config
                 .nets
                 .iter()
@@ -292,7 +296,16 @@ pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
             match proto_pick {
                 0 | 1 => Packet::tcp(vni, src, sport, dst, dport),
                 2 => Packet::udp(vni, src, sport, dst, dport),
-                3 => Packet::portless(vni, src, dst, if v6 { proto::ICMPV6 } else { proto::ICMP }),
+                3 => Packet::portless(
+                    vni,
+                    src,
+                    dst,
+                    if src.is_ipv6() {
+                        proto::ICMPV6
+                    } else {
+                        proto::ICMP
+                    },
+                ),
                 _ => Packet::portless(vni, src, dst, 47),
             }
         },
