@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_host::DEFAULT_MODULE;
-use flowgate_host::admin::{AdminServer, Client};
+use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::gateway::{Gateway, Options};
+use flowgate_host::http::Endpoint;
 use flowgate_host::module::{Limits, Runtime};
 use flowgate_host::source::Replay;
 use flowgate_policy::Packet;
@@ -67,8 +68,12 @@ fn to_first_batch(c: &mut Criterion) {
         };
         let gateway = Gateway::new(runtime(cached), DEFAULT_MODULE, &config, options).unwrap();
         let (stop, handles) = start(&gateway, &packets, None);
-        let admin = AdminServer::start(gateway.clone(), "127.0.0.1:0").unwrap();
-        let client = Client::new(&admin.addr().to_string());
+        let endpoint = Endpoint::Unix(
+            std::env::temp_dir().join(format!("flowgate-bench-{}-{name}.sock", std::process::id())),
+        );
+        let _admin =
+            AdminServer::start(gateway.clone(), AdminOptions::new(endpoint.clone(), None)).unwrap();
+        let client = Client::new(endpoint, None);
         let mut flip = false;
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {

@@ -111,6 +111,7 @@ fn epoch(c: &mut Criterion) {
     let with = |epoch_interruption, pooling| EngineOptions {
         epoch_interruption,
         pooling,
+        ..EngineOptions::default()
     };
     // Batch 256 on the 1,000-peering table with one engine feature changed at a time.
     let variants = [

@@ -1,172 +1,328 @@
-//! The gateway's admin API over HTTP, on loopback by default, and a client for it.
+//! The gateway's admin API and a client for it. It listens on a Unix domain socket by default
+//! (0600, in a 0700 directory); on TCP every request must carry the bearer token.
 //!
 //! | request | what it does |
 //! |---|---|
-//! | `GET /status` | the release being served (module name, version, sha256, WIT version, config sha256, generation), uptime, counters |
-//! | `PUT /module` | swaps in the component in the body; `If-Match: <sha256>` makes it a compare-and-swap against the running module; with `X-Config-Length: N`, the body's last N bytes are a configuration swapped in with it |
-//! | `PUT /config` | swaps in the configuration in the body (YAML or JSON); `If-Match` as above |
+//! | `GET /status` | the release being served (module name, version, sha256, WIT version, config sha256, generation, ETag), uptime, counters |
+//! | `PUT /module` | swaps in the component in the body; with `X-Config-Length: N`, the body's last N bytes are a configuration swapped in with it |
+//! | `PUT /config` | swaps in the configuration in the body (YAML or JSON) |
 //! | `POST /rollback` | goes back to the previous good release |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /module`, `GET /config` | the module and the configuration in force, with `X-Generation` and `ETag` (the module's sha256) headers: what `flowgate swap --dry-run` compares against |
+//! | `GET /module`, `GET /config` | the module and the configuration in force, with `X-Generation` and `ETag` headers: what `flowgate swap --dry-run` compares against |
+//!
+//! The `ETag` names the release as a whole: its generation, module and configuration. A swap
+//! with `If-Match: <etag>` goes through only while that release is the one serving, so two
+//! operators working from the same state cannot both win, and re-uploading the same module
+//! makes a new ETag.
 //!
 //! Swaps answer 200 with the new release, 412 for a stale `If-Match`, 422 for a refused module
-//! or configuration (with the reason), 409 when there is nothing to roll back to.
+//! or configuration (with the reason), 409 when there is nothing to roll back to. Requests the
+//! transport refuses (see [`crate::http`]) answer 400, 401, 408, 413, 431 or 503 and change
+//! nothing; they are counted in `flowgate_admin_refusals_total`.
 
-use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::gateway::{Gateway, Release, SwapError};
+use crate::http::{self, Endpoint, Listener, Request, RequestLimits, Response, Stream};
 
-/// Where the admin API listens unless told otherwise.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:8742";
 /// The largest request body accepted (a module with its configuration).
 pub const MAX_BODY: u64 = 64 << 20;
+/// The environment variable clients read the bearer token from.
+pub const TOKEN_ENV: &str = "FLOWGATE_ADMIN_TOKEN";
 
-/// The admin API's server thread.
+/// How the admin API listens.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// Where.
+    pub endpoint: Endpoint,
+    /// The bearer token every request must carry; required on TCP.
+    pub token: Option<String>,
+    /// Connections served at once; more are answered 503.
+    pub max_connections: usize,
+    /// Size and time limits of one request.
+    pub limits: RequestLimits,
+}
+
+impl AdminOptions {
+    /// Defaults for `endpoint`: 32 connections, 16 KiB heads, [`MAX_BODY`] bodies, 10 s
+    /// between reads and 120 s for a whole request.
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
+        AdminOptions {
+            endpoint,
+            token,
+            max_connections: 32,
+            limits: RequestLimits {
+                max_head: 16 << 10,
+                max_body: MAX_BODY,
+                idle: Duration::from_secs(10),
+                total: Duration::from_secs(120),
+            },
+        }
+    }
+}
+
+/// Reads a bearer token from `path`: the file's text, trimmed; an empty file is refused.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.len() > 4096 {
+        bail!(
+            "{}: a token file holds one token, not {} bytes",
+            path.display(),
+            meta.len()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("{}: the token file is empty", path.display());
+    }
+    if token.chars().any(|c| c.is_control() || c == ' ') {
+        bail!(
+            "{}: a token is one word of printable characters",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
+}
+
+struct Shared {
+    gateway: Arc<Gateway>,
+    token: Option<[u8; 32]>,
+    limits: RequestLimits,
+    open: AtomicUsize,
+    max_connections: usize,
+}
+
+/// The admin API's listening thread; each connection gets a thread of its own.
 pub struct AdminServer {
-    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    addr: SocketAddr,
+    endpoint: Endpoint,
 }
 
 impl AdminServer {
-    /// Listens on `addr` and serves requests for `gateway` on a thread of its own.
-    pub fn start(gateway: Arc<Gateway>, addr: &str) -> anyhow::Result<AdminServer> {
-        let server =
-            tiny_http::Server::http(addr).map_err(|e| anyhow!("admin API on {addr}: {e}"))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .context("the admin API listens on an IP address")?;
-        let server = Arc::new(server);
+    /// Listens as `options` say and serves requests for `gateway`. TCP without a token is
+    /// refused; TCP beyond loopback is allowed, with a warning.
+    pub fn start(gateway: Arc<Gateway>, options: AdminOptions) -> anyhow::Result<AdminServer> {
+        if let Endpoint::Tcp(addr) = &options.endpoint
+            && options.token.is_none()
+        {
+            {
+                bail!(
+                    "the admin API on TCP ({addr}) needs a bearer token: give --admin-token-file FILE, or listen on a Unix socket (--admin unix:PATH)"
+                );
+            }
+        }
+        let listener = Listener::bind(&options.endpoint)
+            .with_context(|| format!("admin API on {}", options.endpoint))?;
+        if let Some(addr) = listener.tcp_addr()
+            && !addr.ip().is_loopback()
+        {
+            eprintln!(
+                "flowgate: warning: the admin API listens on {addr}, beyond loopback: anyone who can reach it with the token can change the policy"
+            );
+        }
+        let endpoint = listener.endpoint()?;
+        let shared = Arc::new(Shared {
+            gateway,
+            token: options.token.as_deref().map(digest),
+            limits: options.limits,
+            open: AtomicUsize::new(0),
+            max_connections: options.max_connections.max(1),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let server = server.clone();
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name("flowgate-admin".into())
-                .spawn(move || {
-                    for request in server.incoming_requests() {
-                        handle(&gateway, request);
-                    }
-                })?
+                .spawn(move || accept_loop(&listener, &shared, &stop))?
         };
         Ok(AdminServer {
-            server,
+            stop,
             thread: Some(thread),
-            addr,
+            endpoint,
         })
     }
 
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Where it listens.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 }
 
 impl Drop for AdminServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop; connections in flight end by their own deadlines.
+        let _ = Stream::connect(&self.endpoint, Duration::from_secs(1));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn header<'a>(request: &'a tiny_http::Request, name: &str) -> Option<&'a str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
-fn respond(request: tiny_http::Request, status: u16, content_type: &str, body: String) {
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes());
-    let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-    if let Ok(header) = header {
-        response = response.with_header(header);
-    }
-    // A client that went away is not the gateway's problem.
-    let _ = request.respond(response);
+/// Compares digests in constant time: how long it takes says nothing about the token.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn with_release_headers<R: Read>(
-    mut response: tiny_http::Response<R>,
-    release: &Release,
-    content_type: &str,
-) -> tiny_http::Response<R> {
-    for (name, value) in [
-        ("Content-Type", content_type.to_owned()),
-        ("X-Generation", release.generation.to_string()),
-        ("ETag", release.module_digest()),
-    ] {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response = response.with_header(h);
+fn accept_loop(listener: &Listener, shared: &Arc<Shared>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let mut stream = match listener.accept() {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                eprintln!("flowgate: admin API: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if stop.load(Ordering::Acquire) {
+            break;
         }
+        if shared.open.load(Ordering::Acquire) >= shared.max_connections {
+            shared.gateway.note_admin_refusal("too-many-connections");
+            let _ = stream.set_timeouts(Duration::from_secs(1), Duration::from_secs(1));
+            let _ = http::send(
+                &mut stream,
+                &json_response(
+                    503,
+                    json!({"error": format!("the admin API serves {} connections at once; try again", shared.max_connections)}),
+                ),
+            );
+            continue;
+        }
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        let conn = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("flowgate-admin-conn".into())
+            .spawn(move || {
+                serve_connection(&conn, stream);
+                conn.open.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            shared.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn json_response(status: u16, body: Value) -> Response {
+    Response {
+        status,
+        headers: vec![("Content-Type", "application/json".into())],
+        body: format!("{body}\n").into_bytes(),
+    }
+}
+
+fn refuse(shared: &Shared, status: u16, reason: &'static str, message: String) -> Response {
+    shared.gateway.note_admin_refusal(reason);
+    let mut response = json_response(status, json!({"error": message}));
+    if status == 401 {
+        response
+            .headers
+            .push(("WWW-Authenticate", "Bearer realm=\"flowgate\"".into()));
     }
     response
 }
 
-fn respond_json(request: tiny_http::Request, status: u16, body: Value) {
-    respond(request, status, "application/json", format!("{body}\n"));
+fn serve_connection(shared: &Shared, mut stream: Stream) {
+    let limits = shared.limits;
+    let _ = stream.set_timeouts(limits.idle, limits.idle);
+    let started = Instant::now();
+    let response = match http::read_head(&mut stream, &limits, started) {
+        Err(e) => refuse(shared, e.status, e.reason, e.message),
+        Ok((mut request, early)) => {
+            if let Some(expected) = &shared.token {
+                let given = request
+                    .header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|t| digest(t.trim()));
+                if !given.is_some_and(|g| same(&g, expected)) {
+                    let response = refuse(
+                        shared,
+                        401,
+                        "unauthorized",
+                        "this admin API needs `Authorization: Bearer <token>` with the gateway's token".into(),
+                    );
+                    let _ = http::send(&mut stream, &response);
+                    return;
+                }
+            }
+            match http::read_body(&mut stream, &mut request, early, &limits, started) {
+                Err(e) => refuse(shared, e.status, e.reason, e.message),
+                Ok(()) => route(&shared.gateway, request),
+            }
+        }
+    };
+    let _ = http::send(&mut stream, &response);
 }
 
-fn handle(gateway: &Arc<Gateway>, mut request: tiny_http::Request) {
-    use tiny_http::Method::{Get, Post, Put};
-    let path = request.url().split('?').next().unwrap_or("").to_owned();
-    match (request.method().clone(), path.as_str()) {
-        (Get, "/status") => respond_json(request, 200, status(gateway)),
-        (Get, "/metrics") => respond(
-            request,
-            200,
-            "text/plain; version=0.0.4",
-            crate::metrics::render(gateway),
-        ),
-        // The release in force, for `flowgate swap --dry-run`; its generation and digest in
+fn with_release_headers(mut response: Response, release: &Release, content_type: &str) -> Response {
+    response.headers = vec![
+        ("Content-Type", content_type.to_owned()),
+        ("X-Generation", release.generation.to_string()),
+        ("ETag", format!("\"{}\"", release.etag())),
+    ];
+    response
+}
+
+fn route(gateway: &Arc<Gateway>, request: Request) -> Response {
+    let if_match = request.header("if-match").map(str::to_owned);
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/status") => {
+            let release = gateway.current();
+            with_release_headers(
+                json_response(200, status(gateway)),
+                &release,
+                "application/json",
+            )
+        }
+        ("GET", "/metrics") => Response {
+            status: 200,
+            headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
+            body: crate::metrics::render(gateway).into_bytes(),
+        },
+        // The release in force, for `flowgate swap --dry-run`; its generation and ETag in
         // headers, so a client can swap with If-Match against exactly what it compared.
-        (Get, "/module") => {
+        ("GET", "/module") => {
             let release = gateway.current();
-            let response = tiny_http::Response::from_data(release.module.bytes().to_vec());
-            let _ = request.respond(with_release_headers(response, &release, "application/wasm"));
+            let response = Response {
+                status: 200,
+                headers: Vec::new(),
+                body: release.module.bytes().to_vec(),
+            };
+            with_release_headers(response, &release, "application/wasm")
         }
-        (Get, "/config") => {
+        ("GET", "/config") => {
             let release = gateway.current();
-            let response = tiny_http::Response::from_string(release.config.to_string());
-            let _ = request.respond(with_release_headers(response, &release, "application/yaml"));
+            let response = Response {
+                status: 200,
+                headers: Vec::new(),
+                body: release.config.as_bytes().to_vec(),
+            };
+            with_release_headers(response, &release, "application/yaml")
         }
-        (Put, "/module") | (Put, "/config") => {
-            let mut body = Vec::new();
-            if let Err(e) = request
-                .as_reader()
-                .take(MAX_BODY + 1)
-                .read_to_end(&mut body)
-            {
-                return respond_json(
-                    request,
-                    400,
-                    json!({"error": format!("reading the body: {e}")}),
-                );
-            }
-            if body.len() as u64 > MAX_BODY {
-                return respond_json(
-                    request,
-                    413,
-                    json!({"error": format!("the body is larger than {MAX_BODY} bytes")}),
-                );
-            }
-            let if_match = header(&request, "If-Match").map(str::to_owned);
-            let (module, config) = if path == "/module" {
-                let config_len = match header(&request, "X-Config-Length").map(str::parse::<usize>)
-                {
+        ("PUT", "/module") | ("PUT", "/config") => {
+            let config_len_header = request.header("x-config-length").map(str::to_owned);
+            let mut body = request.body;
+            let (module, config) = if request.path == "/module" {
+                let config_len = match config_len_header.as_deref().map(str::parse::<usize>) {
                     None => 0,
                     Some(Ok(n)) if n <= body.len() => n,
                     Some(_) => {
-                        return respond_json(
-                            request,
+                        return json_response(
                             400,
                             json!({"error": "X-Config-Length is not a length within the body"}),
                         );
@@ -180,43 +336,39 @@ fn handle(gateway: &Arc<Gateway>, mut request: tiny_http::Request) {
             let config = match config.map(String::from_utf8).transpose() {
                 Ok(c) => c,
                 Err(_) => {
-                    return respond_json(
-                        request,
+                    return json_response(
                         400,
                         json!({"error": "the configuration is not UTF-8 text"}),
                     );
                 }
             };
             let result = gateway.swap(module.as_deref(), config.as_deref(), if_match.as_deref());
-            answer_swap(request, result);
+            answer_swap(result)
         }
-        (Post, "/rollback") => answer_swap(request, gateway.rollback(false)),
+        ("POST", "/rollback") => answer_swap(gateway.rollback_if(false, if_match.as_deref())),
         (_, "/status" | "/metrics" | "/module" | "/config" | "/rollback") => {
-            respond_json(request, 405, json!({"error": "method not allowed"}))
+            json_response(405, json!({"error": "method not allowed"}))
         }
-        _ => respond_json(
-            request,
+        _ => json_response(
             404,
             json!({"error": "no such endpoint: /status, /metrics, /module, /config, /rollback"}),
         ),
     }
 }
 
-fn answer_swap(request: tiny_http::Request, result: Result<Arc<Release>, SwapError>) {
+fn answer_swap(result: Result<Arc<Release>, SwapError>) -> Response {
     match result {
-        Ok(release) => respond_json(
-            request,
-            200,
-            json!({"swapped": true, "release": release_json(&release)}),
-        ),
+        Ok(release) => {
+            let body = json!({"swapped": true, "release": release_json(&release)});
+            with_release_headers(json_response(200, body), &release, "application/json")
+        }
         Err(e) => {
             let status = match e {
                 SwapError::Stale { .. } => 412,
                 SwapError::NothingToRollBack => 409,
                 _ => 422,
             };
-            respond_json(
-                request,
+            json_response(
                 status,
                 json!({"swapped": false, "reason": e.reason(), "error": e.to_string()}),
             )
@@ -227,6 +379,7 @@ fn answer_swap(request: tiny_http::Request, result: Result<Arc<Release>, SwapErr
 fn release_json(release: &Release) -> Value {
     json!({
         "generation": release.generation,
+        "etag": release.etag(),
         "cause": release.cause,
         "module": {
             "name": release.info.name,
@@ -252,6 +405,8 @@ pub fn status(gateway: &Gateway) -> Value {
     out["events"] = json!({
         "swaps": events.swaps, "refusals": events.refusals,
         "rollbacks": events.rollbacks, "faults": events.faults,
+        "revert_failures": events.revert_failures,
+        "admin_refusals": events.admin_refusals,
     });
     drop(events);
     out["batch_latency"] = json!({
@@ -263,86 +418,118 @@ pub fn status(gateway: &Gateway) -> Value {
 
 /// A client of the admin API.
 pub struct Client {
-    agent: ureq::Agent,
-    base: String,
+    endpoint: Endpoint,
+    token: Option<String>,
+    timeout: Duration,
 }
 
-/// An answer of the admin API: its status code and JSON body.
+/// An answer of the admin API: its status code, JSON body and ETag.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// HTTP status.
     pub status: u16,
     /// The body.
     pub body: Value,
+    /// The `ETag` header, without quotes, when there is one.
+    pub etag: Option<String>,
+}
+
+/// The module and configuration in force, and the ETag of their release.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// The module.
+    pub module: Vec<u8>,
+    /// The configuration.
+    pub config: String,
+    /// The release's ETag.
+    pub etag: String,
 }
 
 impl Client {
-    /// A client of the gateway at `addr` (`host:port`).
-    pub fn new(addr: &str) -> Client {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(60)))
-            .build()
-            .new_agent();
+    /// A client of the gateway at `endpoint`, with the bearer token when given.
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Client {
         Client {
-            agent,
-            base: format!("http://{addr}"),
+            endpoint,
+            token,
+            timeout: Duration::from_secs(60),
         }
     }
 
-    fn finish(
+    fn exchange(
         &self,
-        what: &str,
-        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        method: &str,
+        path: &str,
+        mut headers: Vec<(&str, String)>,
+        body: &[u8],
+    ) -> anyhow::Result<http::Incoming> {
+        if let Some(token) = &self.token {
+            headers.push(("Authorization", format!("Bearer {token}")));
+        }
+        let request = http::Outgoing {
+            method,
+            path,
+            headers,
+            body,
+        };
+        http::exchange(&self.endpoint, &request, MAX_BODY, self.timeout)
+            .with_context(|| format!("{method} {path} on {}", self.endpoint))
+    }
+
+    fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        headers: Vec<(&str, String)>,
+        body: &[u8],
     ) -> anyhow::Result<Answer> {
-        let mut response = result.with_context(|| format!("{what} {}", self.base))?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .with_context(|| format!("reading the answer to {what}"))?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Answer { status, body })
+        let got = self.exchange(method, path, headers, body)?;
+        let text = String::from_utf8_lossy(&got.body);
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()));
+        Ok(Answer {
+            status: got.status,
+            etag: got.header("etag").map(|e| e.trim_matches('"').to_owned()),
+            body,
+        })
     }
 
     /// `GET /status`.
     pub fn status(&self) -> anyhow::Result<Answer> {
-        self.finish(
-            "GET /status",
-            self.agent.get(format!("{}/status", self.base)).call(),
-        )
+        self.answer("GET", "/status", Vec::new(), &[])
     }
 
     /// `GET /metrics`, as text.
     pub fn metrics(&self) -> anyhow::Result<String> {
-        let mut response = self
-            .agent
-            .get(format!("{}/metrics", self.base))
-            .call()
-            .context("GET /metrics")?;
-        Ok(response.body_mut().read_to_string()?)
+        let got = self.exchange("GET", "/metrics", Vec::new(), &[])?;
+        if got.status != 200 {
+            bail!("GET /metrics: the gateway answered {}", got.status);
+        }
+        Ok(String::from_utf8_lossy(&got.body).into_owned())
     }
 
-    /// `GET /module` and `GET /config`: the module and configuration in force.
-    pub fn serving(&self) -> anyhow::Result<(Vec<u8>, String)> {
-        let get = |path: &str| -> anyhow::Result<Vec<u8>> {
-            let mut response = self
-                .agent
-                .get(format!("{}{path}", self.base))
-                .call()
-                .with_context(|| format!("GET {path} {}", self.base))?;
-            if response.status() != 200 {
-                anyhow::bail!("GET {path}: the gateway answered {}", response.status());
+    /// `GET /module` and `GET /config`: the module and configuration in force. Both must
+    /// come from one release; if a swap lands between the two reads, they are read again.
+    pub fn serving(&self) -> anyhow::Result<Serving> {
+        for _ in 0..5 {
+            let get = |path: &str| -> anyhow::Result<(Vec<u8>, String)> {
+                let got = self.exchange("GET", path, Vec::new(), &[])?;
+                if got.status != 200 {
+                    bail!("GET {path}: the gateway answered {}", got.status);
+                }
+                let etag = got.header("etag").unwrap_or_default().trim_matches('"');
+                Ok((got.body.clone(), etag.to_owned()))
+            };
+            let (module, etag) = get("/module")?;
+            let (config, config_etag) = get("/config")?;
+            if etag == config_etag {
+                let config = String::from_utf8(config).context("GET /config: not UTF-8")?;
+                return Ok(Serving {
+                    module,
+                    config,
+                    etag,
+                });
             }
-            Ok(response
-                .body_mut()
-                .with_config()
-                .limit(MAX_BODY)
-                .read_to_vec()?)
-        };
-        let module = get("/module")?;
-        let config = String::from_utf8(get("/config")?).context("GET /config: not UTF-8")?;
-        Ok((module, config))
+        }
+        bail!("the gateway's release kept changing while it was read")
     }
 
     /// `PUT /module`, with a configuration when given.
@@ -353,33 +540,27 @@ impl Client {
         if_match: Option<&str>,
     ) -> anyhow::Result<Answer> {
         let mut body = module.to_vec();
-        let mut request = self.agent.put(format!("{}/module", self.base));
+        let mut headers = Vec::new();
         if let Some(config) = config {
             body.extend_from_slice(config.as_bytes());
-            request = request.header("X-Config-Length", config.len().to_string());
+            headers.push(("X-Config-Length", config.len().to_string()));
         }
         if let Some(tag) = if_match {
-            request = request.header("If-Match", tag);
+            headers.push(("If-Match", format!("\"{}\"", tag.trim_matches('"'))));
         }
-        self.finish("PUT /module", request.send(&body[..]))
+        self.answer("PUT", "/module", headers, &body)
     }
 
     /// `PUT /config`.
     pub fn swap_config(&self, config: &str, if_match: Option<&str>) -> anyhow::Result<Answer> {
-        let mut request = self.agent.put(format!("{}/config", self.base));
-        if let Some(tag) = if_match {
-            request = request.header("If-Match", tag);
-        }
-        self.finish("PUT /config", request.send(config.as_bytes()))
+        let headers = if_match
+            .map(|tag| vec![("If-Match", format!("\"{}\"", tag.trim_matches('"')))])
+            .unwrap_or_default();
+        self.answer("PUT", "/config", headers, config.as_bytes())
     }
 
     /// `POST /rollback`.
     pub fn rollback(&self) -> anyhow::Result<Answer> {
-        self.finish(
-            "POST /rollback",
-            self.agent
-                .post(format!("{}/rollback", self.base))
-                .send_empty(),
-        )
+        self.answer("POST", "/rollback", Vec::new(), &[])
     }
 }

@@ -21,11 +21,18 @@ use crate::Policy;
 use crate::dataplane::{Counters, POLICY_FAULT};
 use crate::metrics::Histogram;
 use crate::module::{
-    LoadedModule, ModuleError, ModuleInfo, PolicyFault, Runtime, StartError, WasmPolicy, hex,
+    ConfigRefused, LoadedModule, ModuleError, ModuleInfo, PolicyFault, Runtime, StartError,
+    WasmPolicy, hex,
 };
 
 /// How many good releases are kept for rollback (the current one included).
 pub const KEEP_GOOD: usize = 3;
+
+/// The first and the longest wait before an auto-revert that failed is tried again.
+const REVERT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// The least time between two attempts of a worker to start an instance after one failed.
+const RESTART_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What a worker does with a batch its module failed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +58,20 @@ pub struct Options {
     pub fault_window: Duration,
     /// Keep a record of every batch (which release judged it); for tests.
     pub record_batches: bool,
+    /// The largest configuration text a swap accepts, in bytes.
+    pub max_config_bytes: usize,
+}
+
+/// The largest configuration text accepted unless told otherwise (`--max-config-bytes`).
+pub const DEFAULT_MAX_CONFIG_BYTES: usize = 16 << 20;
+
+/// Module instances a gateway with `workers` workers may hold at once, and so how many the
+/// runtime's pool must have room for: per worker the instance of the release it serves, the
+/// one it keeps of the previous release (for `--on-fault previous`), the one a swap or
+/// rollback prepares for it, and a fresh one while it restarts after a fault; plus a few for
+/// the admin side (canary, explain).
+pub fn instances_needed(workers: usize) -> u32 {
+    u32::try_from(workers.max(1).saturating_mul(4).saturating_add(4)).unwrap_or(u32::MAX)
 }
 
 impl Default for Options {
@@ -62,6 +83,7 @@ impl Default for Options {
             fault_limit: 5,
             fault_window: Duration::from_secs(10),
             record_batches: false,
+            max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
         }
     }
 }
@@ -71,7 +93,7 @@ pub struct Release {
     /// Increases by one with every publication (swap or rollback).
     pub generation: u64,
     /// What the release was made by: `start`, `module`, `config`, `module+config`,
-    /// `rollback` or `auto-revert`.
+    /// `reload` (a swap that changes neither), `rollback` or `auto-revert`.
     pub cause: &'static str,
     /// The module.
     pub module: LoadedModule,
@@ -96,17 +118,30 @@ impl Release {
     pub fn module_digest(&self) -> String {
         hex(&self.module.digest())
     }
+
+    /// The release's entity tag: its generation with the module's and the configuration's
+    /// digests. Every publication makes a new one, even of the same module and configuration.
+    pub fn etag(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.generation,
+            &self.module_digest()[..16],
+            &self.config_digest[..16]
+        )
+    }
 }
 
 /// Why a swap was refused. The running release keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
-    /// `If-Match` named another module than the running one.
-    #[error("the running module is {running}, not {expected}")]
+    /// `If-Match` named another release than the running one.
+    #[error(
+        "the running release is {running}, not {expected}: read GET /status again and decide anew"
+    )]
     Stale {
-        /// The digest the caller expected.
+        /// The ETag the caller expected.
         expected: String,
-        /// The running module's digest.
+        /// The running release's ETag.
         running: String,
     },
     /// The module was refused.
@@ -121,6 +156,9 @@ pub enum SwapError {
     /// There is no earlier good release.
     #[error("no earlier good release to roll back to")]
     NothingToRollBack,
+    /// The runtime cannot hold the instances the gateway needs.
+    #[error("{0}")]
+    Capacity(String),
 }
 
 impl SwapError {
@@ -142,6 +180,7 @@ impl SwapError {
             SwapError::Config(_) => "config-refused",
             SwapError::Canary(_) => "canary-failed",
             SwapError::NothingToRollBack => "nothing-to-roll-back",
+            SwapError::Capacity(_) => "capacity",
         }
     }
 }
@@ -181,6 +220,10 @@ pub struct Events {
     pub rollbacks: BTreeMap<&'static str, u64>,
     /// Faults by reason.
     pub faults: BTreeMap<&'static str, u64>,
+    /// Auto-reverts that failed (each is retried).
+    pub revert_failures: u64,
+    /// Admin requests refused before they reached the gateway, by reason.
+    pub admin_refusals: BTreeMap<&'static str, u64>,
 }
 
 /// The gateway.
@@ -197,6 +240,9 @@ pub struct Gateway {
     events: Mutex<Events>,
     recent_faults: Mutex<VecDeque<Instant>>,
     reverting: AtomicBool,
+    /// No auto-revert is tried before this instant, and the wait after the next failure:
+    /// the backoff of failed auto-reverts.
+    next_revert: Mutex<(Instant, Duration)>,
     records: Mutex<Vec<BatchRecord>>,
     /// The highest generation that has judged a batch.
     judged: AtomicU64,
@@ -247,8 +293,17 @@ impl Gateway {
         config: &str,
         options: Options,
     ) -> Result<Arc<Gateway>, SwapError> {
-        let module = runtime.load(module)?;
         let workers = options.workers.max(1);
+        let needed = instances_needed(workers);
+        if let Some(capacity) = runtime.instance_capacity()
+            && capacity < needed
+        {
+            return Err(SwapError::Capacity(format!(
+                "the runtime's instance pool holds {capacity} module instances, and a gateway with {workers} workers may need {needed}: size it with EngineOptions::for_workers({workers})"
+            )));
+        }
+        check_config_size(config, options.max_config_bytes)?;
+        let module = runtime.load(module)?;
         let release = prepare(&runtime, module, config, None, workers, 1, "start")?;
         let release = Arc::new(release);
         let gateway = Gateway {
@@ -264,6 +319,7 @@ impl Gateway {
             events: Mutex::new(Events::default()),
             recent_faults: Mutex::new(VecDeque::new()),
             reverting: AtomicBool::new(false),
+            next_revert: Mutex::new((Instant::now(), REVERT_BACKOFF.0)),
             records: Mutex::new(Vec::new()),
             judged: AtomicU64::new(0),
             batch_latency: Histogram::default(),
@@ -326,14 +382,9 @@ impl Gateway {
         if_match: Option<&str>,
     ) -> Result<Arc<Release>, SwapError> {
         let running = self.current();
-        if let Some(expected) = if_match {
-            let expected = expected.trim().trim_matches('"').to_ascii_lowercase();
-            if expected != running.module_digest() {
-                return Err(SwapError::Stale {
-                    expected,
-                    running: running.module_digest(),
-                });
-            }
+        check_if_match(&running, if_match)?;
+        if let Some(config) = config {
+            check_config_size(config, self.options.max_config_bytes)?;
         }
         let cause = match (module.is_some(), config.is_some()) {
             (true, true) => "module+config",
@@ -360,10 +411,35 @@ impl Gateway {
         Ok(self.publish(release, false))
     }
 
+    /// SIGHUP: swaps in `module` (when given) and `config` read again from their files, unless
+    /// both are what the running release already has: then nothing is published and `None`
+    /// is returned.
+    pub fn reload(
+        &self,
+        module: Option<&[u8]>,
+        config: &str,
+    ) -> Result<Option<Arc<Release>>, SwapError> {
+        let running = self.current();
+        let same_module = module.is_none_or(|m| Sha256::digest(m)[..] == running.module.digest());
+        if same_module && *running.config == *config {
+            return Ok(None);
+        }
+        let module = module.filter(|_| !same_module);
+        self.swap(module, Some(config), None).map(Some)
+    }
+
+    /// Counts a request the admin API refused before it reached the gateway.
+    pub fn note_admin_refusal(&self, reason: &'static str) {
+        *lock(&self.events).admin_refusals.entry(reason).or_default() += 1;
+    }
+
     /// Publishes a prepared release; `rollback` leaves the good list as the caller set it.
     fn publish(&self, release: Release, rollback: bool) -> Arc<Release> {
         self.next_generation.fetch_add(1, Ordering::Relaxed);
         let release = Arc::new(release);
+        // Workers that have not moved to the outgoing release yet will skip it: its unused
+        // instances go back to the pool now.
+        lock(&self.current.load().spares).clear();
         if !rollback {
             let mut good = lock(&self.good);
             good.push_back(release.clone());
@@ -378,17 +454,35 @@ impl Gateway {
 
     /// Goes back to the previous good release (`auto` when the gateway decided it).
     pub fn rollback(&self, auto: bool) -> Result<Arc<Release>, SwapError> {
+        self.rollback_if(auto, None)
+    }
+
+    /// [`Gateway::rollback`], only while the release named by `if_match` (an ETag) serves.
+    pub fn rollback_if(
+        &self,
+        auto: bool,
+        if_match: Option<&str>,
+    ) -> Result<Arc<Release>, SwapError> {
         let _one_at_a_time = lock(&self.swap_lock);
+        let cause = if auto { "auto" } else { "operator" };
+        let result = self.try_rollback(auto, if_match);
+        if let Err(e) = &result {
+            *lock(&self.events).refusals.entry(e.reason()).or_default() += 1;
+            eprintln!(
+                "flowgate: rollback ({cause}) refused ({}): {e}; generation {} keeps serving",
+                e.reason(),
+                self.current().generation
+            );
+        }
+        result
+    }
+
+    fn try_rollback(&self, auto: bool, if_match: Option<&str>) -> Result<Arc<Release>, SwapError> {
+        check_if_match(&self.current(), if_match)?;
         let cause = if auto { "auto" } else { "operator" };
         let target = {
             let good = lock(&self.good);
             if good.len() < 2 {
-                drop(good);
-                *lock(&self.events)
-                    .refusals
-                    .entry(SwapError::NothingToRollBack.reason())
-                    .or_default() += 1;
-                eprintln!("flowgate: rollback ({cause}) refused: no earlier good release");
                 return Err(SwapError::NothingToRollBack);
             }
             good[good.len() - 2].clone()
@@ -423,10 +517,15 @@ impl Gateway {
     }
 
     /// Counts a fault; after `fault_limit` within `fault_window`, reverts in the background.
+    /// A revert that fails is logged, counted and tried again after a backoff, as long as
+    /// the faulty release serves and faults go on.
     fn note_fault(self: &Arc<Self>, fault: &PolicyFault, generation: u64) {
         *lock(&self.events).faults.entry(fault.reason()).or_default() += 1;
         eprintln!("flowgate: fault in generation {generation}: {fault}");
         let now = Instant::now();
+        if now < lock(&self.next_revert).0 {
+            return;
+        }
         let trip = {
             let mut recent = lock(&self.recent_faults);
             recent.push_back(now);
@@ -440,13 +539,35 @@ impl Gateway {
         };
         if trip && !self.reverting.swap(true, Ordering::AcqRel) {
             let gateway = self.clone();
-            std::thread::spawn(move || {
-                if gateway.current().generation == generation {
-                    let _ = gateway.rollback(true);
-                }
-                lock(&gateway.recent_faults).clear();
-                gateway.reverting.store(false, Ordering::Release);
-            });
+            let spawned = std::thread::Builder::new()
+                .name("flowgate-revert".into())
+                .spawn(move || {
+                    let failed = match gateway.current().generation == generation {
+                        true => gateway.rollback(true).err(),
+                        false => None,
+                    };
+                    let mut next = lock(&gateway.next_revert);
+                    match failed {
+                        Some(e) => {
+                            lock(&gateway.events).revert_failures += 1;
+                            let wait = next.1;
+                            eprintln!(
+                                "flowgate: auto-revert from generation {generation} failed ({}): {e}; trying again in {wait:?} while faults go on",
+                                e.reason()
+                            );
+                            *next = (Instant::now() + wait, (wait * 2).min(REVERT_BACKOFF.1));
+                        }
+                        None => {
+                            *next = (Instant::now(), REVERT_BACKOFF.0);
+                            lock(&gateway.recent_faults).clear();
+                        }
+                    }
+                    drop(next);
+                    gateway.reverting.store(false, Ordering::Release);
+                });
+            if spawned.is_err() {
+                self.reverting.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -460,6 +581,7 @@ impl Gateway {
     ) {
         let mut release = self.current();
         let mut policy = self.take_instance(&release, id);
+        let mut last_start = Instant::now();
         let mut previous: Option<(Arc<Release>, Option<WasmPolicy>)> = None;
         let mut batch: Vec<Packet> = Vec::with_capacity(self.options.batch);
         let mut verdicts = vec![Verdict::default(); self.options.batch];
@@ -477,19 +599,34 @@ impl Gateway {
             if now.generation != release.generation {
                 let next = now.clone();
                 let next_policy = self.take_instance(&next, id);
+                last_start = Instant::now();
                 previous = Some((
                     std::mem::replace(&mut release, next),
                     std::mem::replace(&mut policy, next_policy),
                 ));
             }
+            if policy.is_none() && last_start.elapsed() >= RESTART_INTERVAL {
+                policy = self.take_instance(&release, id);
+                last_start = Instant::now();
+            }
             let out = &mut verdicts[..batch.len()];
             let started = Instant::now();
-            let judged = match policy.as_mut().map(|p| p.judge(&batch, out)) {
-                Some(Ok(())) => Some(&release.catalog),
-                Some(Err(fault)) => {
-                    self.note_fault(&fault, release.generation);
-                    if let Some(p) = policy.as_mut() {
-                        let _ = p.restart();
+            let outcome = match policy.as_mut() {
+                Some(p) => p.judge(&batch, out),
+                None => Err(PolicyFault::NoInstance),
+            };
+            let judged = match outcome {
+                Ok(()) => Some(&release.catalog),
+                Err(fault) => {
+                    if !matches!(fault, PolicyFault::NoInstance) {
+                        self.note_fault(&fault, release.generation);
+                    }
+                    if let Some(p) = policy.as_mut()
+                        && let Err(e) = p.restart()
+                    {
+                        self.note_fault(&PolicyFault::Start(e.to_string()), release.generation);
+                        policy = None;
+                        last_start = Instant::now();
                     }
                     match (self.options.on_fault, previous.as_mut()) {
                         (OnFault::Previous, Some((old, Some(old_policy)))) => {
@@ -498,7 +635,6 @@ impl Gateway {
                         _ => None,
                     }
                 }
-                None => None,
             };
             let latency = started.elapsed();
             self.batch_latency.observe(latency);
@@ -510,6 +646,7 @@ impl Gateway {
                     source.deliver(Some(out), catalog, &mut counters);
                 }
                 None => {
+                    counters.faults += 1;
                     counters.count_drop(POLICY_FAULT, batch.len() as u64);
                     source.deliver(None, &release.catalog, &mut counters);
                 }
@@ -528,10 +665,20 @@ impl Gateway {
         }
     }
 
-    /// This worker's prepared instance of `release`, or a new one if it has none.
-    fn take_instance(&self, release: &Release, id: usize) -> Option<WasmPolicy> {
-        let spare = lock(&release.spares).get_mut(id).and_then(Option::take);
-        spare.or_else(|| WasmPolicy::new(&self.runtime, &release.module, &release.config).ok())
+    /// This worker's prepared instance of `release`, or a new one if it has none. A failure
+    /// is a fault like any other: logged, counted, and toward an auto-revert; the worker
+    /// drops its batches as `policy-fault` and tries again.
+    fn take_instance(self: &Arc<Self>, release: &Release, id: usize) -> Option<WasmPolicy> {
+        if let Some(spare) = lock(&release.spares).get_mut(id).and_then(Option::take) {
+            return Some(spare);
+        }
+        match WasmPolicy::new(&self.runtime, &release.module, &release.config) {
+            Ok(policy) => Some(policy),
+            Err(e) => {
+                self.note_fault(&PolicyFault::Start(e.to_string()), release.generation);
+                None
+            }
+        }
     }
 
     /// The sum of every worker's counters.
@@ -576,16 +723,36 @@ fn prepare(
     generation: u64,
     cause: &'static str,
 ) -> Result<Release, SwapError> {
+    // The instances for workers 1.. are prepared by as many threads as there are cores, while
+    // this thread prepares and checks the first.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(workers.saturating_sub(1));
     let mut spares: Vec<WasmPolicy> = std::thread::scope(|scope| {
-        let extra: Vec<_> = (1..workers)
-            .map(|_| scope.spawn(|| WasmPolicy::new(runtime, &module, config)))
+        let extra: Vec<_> = (0..threads)
+            .map(|t| {
+                let (module, count) = (&module, (workers - 1 - t).div_ceil(threads));
+                scope.spawn(move || {
+                    (0..count)
+                        .map(|_| WasmPolicy::new(runtime, module, config))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
             .collect();
         let mut spares = vec![WasmPolicy::new(runtime, &module, config)?];
+        if spares[0].catalog().vpcs.is_empty() {
+            return Err(SwapError::Config(ConfigRefused {
+                object: None,
+                field: None,
+                value: None,
+                message: "the configuration defines no VPC (an empty or cut-off file?): every packet would be dropped as unknown-vpc".into(),
+            }));
+        }
         for handle in extra {
-            let spare = handle
+            let more = handle
                 .join()
                 .map_err(|_| ModuleError::Start("preparing an instance panicked".into()))?;
-            spares.push(spare?);
+            spares.extend(more?);
         }
         Ok::<_, SwapError>(spares)
     })?;
@@ -609,5 +776,36 @@ fn prepare(
         peerings,
         canary,
         spares: Mutex::new(spares.into_iter().map(Some).collect()),
+    })
+}
+
+/// Refuses a configuration over `limit` bytes before any work is done on it.
+fn check_config_size(config: &str, limit: usize) -> Result<(), SwapError> {
+    if config.len() > limit {
+        return Err(SwapError::Config(ConfigRefused {
+            object: None,
+            field: None,
+            value: Some(format!("{} bytes", config.len())),
+            message: format!(
+                "the configuration is {} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)",
+                config.len()
+            ),
+        }));
+    }
+    Ok(())
+}
+
+/// Refuses a change made against another release than the one serving: `if_match` is the
+/// ETag the caller read (quotes allowed), or `*` for any.
+fn check_if_match(running: &Release, if_match: Option<&str>) -> Result<(), SwapError> {
+    let Some(expected) = if_match.map(|e| e.trim().trim_matches('"')) else {
+        return Ok(());
+    };
+    if expected == "*" || expected == running.etag() {
+        return Ok(());
+    }
+    Err(SwapError::Stale {
+        expected: expected.to_owned(),
+        running: running.etag(),
     })
 }

@@ -18,6 +18,7 @@ pub mod admin;
 mod bindings;
 pub mod dataplane;
 pub mod gateway;
+pub mod http;
 pub mod kit;
 pub mod metrics;
 pub mod module;

@@ -10,9 +10,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use flowgate_host::admin;
 use flowgate_host::dataplane::{self, Counters, MALFORMED};
-use flowgate_host::gateway::{Gateway, OnFault, Options};
+use flowgate_host::gateway::{DEFAULT_MAX_CONFIG_BYTES, Gateway, OnFault, Options};
+use flowgate_host::http::Endpoint;
 use flowgate_host::kit;
-use flowgate_host::module::{Limits, LoadedModule, Runtime, WasmPolicy, hex};
+use flowgate_host::module::{EngineOptions, Limits, LoadedModule, Runtime, WasmPolicy, hex};
 use flowgate_host::source::Replay;
 use flowgate_host::{NativePolicy, Policy, StartError};
 use flowgate_policy::cases::Case;
@@ -149,9 +150,8 @@ enum Command {
     Serve(ServeArgs),
     /// Show the status of a running gateway.
     Status {
-        /// The gateway's admin API.
-        #[arg(long, default_value = admin::DEFAULT_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: ClientArgs,
     },
     /// Swap a running gateway's module (and configuration), or only its configuration.
     Swap {
@@ -160,7 +160,9 @@ enum Command {
         /// The new configuration.
         #[arg(long, required_unless_present = "module")]
         config: Option<PathBuf>,
-        /// Swap only if the running module's sha256 is this one.
+        /// Swap only if the release serving is this one (its ETag, from `flowgate status`).
+        /// Without it, the ETag of the release serving when the command starts is sent, so a
+        /// change made by someone else meanwhile is not overwritten.
         #[arg(long)]
         if_match: Option<String>,
         /// Swap nothing: fetch the module and configuration in force, run traffic through
@@ -169,22 +171,20 @@ enum Command {
         dry_run: bool,
         #[command(flatten)]
         traffic: TrafficArgs,
-        /// The gateway's admin API.
-        #[arg(long, default_value = admin::DEFAULT_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: ClientArgs,
     },
     /// Roll a running gateway back to its previous good release.
     Rollback {
-        /// The gateway's admin API.
-        #[arg(long, default_value = admin::DEFAULT_ADDR)]
-        admin: String,
+        #[command(flatten)]
+        admin: ClientArgs,
     },
     /// Measure, in under a minute, what the sandbox costs: a no-op call, and native against
     /// Wasm per packet at batch sizes 1, 32, 256 and 4096 on a generated table.
     Bench {
         /// Peerings of the generated table.
-        #[arg(long, default_value_t = 1000)]
-        peerings: usize,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        peerings: u32,
         /// The module to measure; the bundled default when absent.
         #[arg(long)]
         module: Option<PathBuf>,
@@ -192,11 +192,11 @@ enum Command {
     /// Generate a configuration and a trace (how `fixtures/default` was made).
     Gen {
         /// Number of peerings.
-        #[arg(long, default_value_t = 40)]
-        peerings: usize,
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        peerings: u32,
         /// Number of packets.
-        #[arg(long, default_value_t = 5000)]
-        packets: usize,
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+        packets: u32,
         /// Seed of the generator.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -235,29 +235,136 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Worker threads; one per core when absent.
-    #[arg(long)]
-    workers: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
     /// Packets per policy call.
     #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     batch: u32,
-    /// Where the admin API listens.
-    #[arg(long, default_value = admin::DEFAULT_ADDR)]
-    admin: String,
+    /// Where the admin API listens: `unix:PATH` (the default is
+    /// $XDG_RUNTIME_DIR/flowgate/admin.sock, else /run/flowgate/admin.sock; the socket is made
+    /// 0600), or `HOST:PORT`, which needs --admin-token-file.
+    #[arg(long, value_parser = endpoint)]
+    admin: Option<Endpoint>,
+    /// A file holding the bearer token every admin request must carry (required on TCP).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// What to do with a batch the module fails on.
     #[arg(long, value_enum, default_value_t = FaultMode::FailClosed)]
     on_fault: FaultMode,
     /// Revert to the previous good release after this many faults ...
-    #[arg(long, default_value_t = 5)]
-    fault_limit: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    fault_limit: u32,
     /// ... within this many seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     fault_window: f64,
     /// Stop after this many seconds (run until SIGINT or SIGTERM when absent).
-    #[arg(long)]
+    #[arg(long, value_parser = seconds)]
     duration: Option<f64>,
     /// Do not read or write the cache of precompiled modules.
     #[arg(long)]
     no_cache: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// How to reach a running gateway's admin API.
+#[derive(Args)]
+struct ClientArgs {
+    /// The gateway's admin API: `unix:PATH` (the default is
+    /// $XDG_RUNTIME_DIR/flowgate/admin.sock, else /run/flowgate/admin.sock) or `HOST:PORT`.
+    #[arg(long, value_parser = endpoint)]
+    admin: Option<Endpoint>,
+    /// A file holding the gateway's bearer token; else the FLOWGATE_ADMIN_TOKEN variable.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn client(&self) -> Result<admin::Client> {
+        let token = match &self.token_file {
+            Some(path) => Some(admin::read_token_file(path)?),
+            None => std::env::var(admin::TOKEN_ENV)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        };
+        let endpoint = self.admin.clone().unwrap_or_else(Endpoint::default_socket);
+        Ok(admin::Client::new(endpoint, token))
+    }
+}
+
+/// Limits on what a configuration may cost.
+#[derive(Args, Clone, Copy)]
+struct LimitArgs {
+    /// The largest configuration accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONFIG_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    max_config_bytes: u64,
+    /// The most memory a module instance may use, in MiB.
+    #[arg(long, default_value_t = (Limits::default().memory_bytes >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    module_memory_mib: u32,
+    /// The longest a module may take to read a configuration, in seconds.
+    #[arg(long, default_value_t = Limits::default().configure_deadline.as_secs_f64(), value_parser = seconds)]
+    configure_timeout: f64,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        LimitArgs {
+            max_config_bytes: DEFAULT_MAX_CONFIG_BYTES as u64,
+            module_memory_mib: (Limits::default().memory_bytes >> 20) as u32,
+            configure_timeout: Limits::default().configure_deadline.as_secs_f64(),
+        }
+    }
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: (self.module_memory_mib as usize) << 20,
+            configure_deadline: std::time::Duration::from_secs_f64(self.configure_timeout),
+            ..Limits::default()
+        }
+    }
+
+    /// Reads a configuration file, refusing one over --max-config-bytes before reading it
+    /// all (`/dev/zero` is refused, not read until memory runs out).
+    fn read_config(&self, path: &Path) -> Result<String> {
+        let limit = self.max_config_bytes;
+        let file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if bytes.len() as u64 > limit {
+            bail!(
+                "{}: the configuration is over the limit of {limit} bytes (raise it with --max-config-bytes)",
+                path.display()
+            );
+        }
+        String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not UTF-8 text (byte {} is not)",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })
+    }
+}
+
+/// A number of seconds: finite, above zero, at most a year.
+fn seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !value.is_finite() || value <= 0.0 || value > 365.0 * 86400.0 {
+        return Err(format!(
+            "`{text}`: a number of seconds above 0 and at most a year"
+        ));
+    }
+    Ok(value)
+}
+
+fn endpoint(text: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(text)
 }
 
 /// The traffic of a diff.
@@ -308,6 +415,8 @@ struct PolicyArgs {
     /// Do not read or write the cache of precompiled modules.
     #[arg(long)]
     no_cache: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 fn main() -> ExitCode {
@@ -328,6 +437,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             native: false,
             batch: dataplane::DEFAULT_BATCH as u32,
             no_cache: false,
+            limits: LimitArgs::default(),
         },
         packets: None,
         json: false,
@@ -383,7 +493,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             traffic,
             json,
         } => {
-            let config_text = read_text(&config)?;
+            let config_text = LimitArgs::default().read_config(&config)?;
             let name = config.display().to_string();
             let read =
                 |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
@@ -417,10 +527,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             packets,
             seed,
             out,
-        } => cmd_gen(peerings, packets, seed, &out),
+        } => cmd_gen(peerings as usize, packets as usize, seed, &out),
         Command::Serve(args) => cmd_serve(&args),
-        Command::Bench { peerings, module } => cmd_bench(peerings, module.as_deref()),
-        Command::Status { admin } => client_answer(admin::Client::new(&admin).status()?),
+        Command::Bench { peerings, module } => cmd_bench(peerings as usize, module.as_deref()),
+        Command::Status { admin } => client_answer(admin.client()?.status()?),
         Command::Swap {
             module,
             config,
@@ -429,11 +539,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             traffic,
             admin,
         } => {
-            let client = admin::Client::new(&admin);
+            let client = admin.client()?;
             let config_name = config.as_ref().map(|c| c.display().to_string());
-            let config = config.as_deref().map(read_text).transpose()?;
+            let config = config
+                .as_deref()
+                .map(|p| LimitArgs::default().read_config(p))
+                .transpose()?;
             if dry_run {
-                let (serving, serving_config) = client.serving()?;
+                let admin::Serving {
+                    module: serving,
+                    config: serving_config,
+                    etag,
+                } = client.serving()?;
+                println!("flowgate swap --dry-run: against the release serving, ETag {etag}");
                 let new_module = match &module {
                     Some(path) => {
                         fs::read(path).with_context(|| format!("reading {}", path.display()))?
@@ -468,23 +586,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     false,
                 );
             }
+            let module = module
+                .map(|path| fs::read(&path).with_context(|| format!("reading {}", path.display())))
+                .transpose()?;
+            // Swap against the release this command saw: a change made meanwhile by someone
+            // else is refused (412), not silently overwritten.
+            let if_match = match if_match {
+                Some(tag) => tag,
+                None => {
+                    let status = client.status()?;
+                    match status.etag {
+                        Some(tag) if status.status == 200 => tag,
+                        _ => return client_answer(status),
+                    }
+                }
+            };
             match module {
-                Some(path) => {
-                    let bytes =
-                        fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    client_answer(client.swap_module(
-                        &bytes,
-                        config.as_deref(),
-                        if_match.as_deref(),
-                    )?)
+                Some(bytes) => {
+                    client_answer(client.swap_module(&bytes, config.as_deref(), Some(&if_match))?)
                 }
                 None => client_answer(
-                    client
-                        .swap_config(config.as_deref().unwrap_or_default(), if_match.as_deref())?,
+                    client.swap_config(config.as_deref().unwrap_or_default(), Some(&if_match))?,
                 ),
             }
         }
-        Command::Rollback { admin } => client_answer(admin::Client::new(&admin).rollback()?),
+        Command::Rollback { admin } => client_answer(admin.client()?.rollback()?),
     }
 }
 
@@ -510,7 +636,7 @@ fn load_policy(args: &PolicyArgs, config: &str, config_name: &str) -> Result<Loa
             _runtime: None,
         });
     }
-    let runtime = runtime(args.no_cache)?;
+    let runtime = Runtime::new(args.limits.limits(), cache_dir(args.no_cache))?;
     let (bytes, module_name) = module_bytes(args.module.as_deref())?;
     let side = Side {
         module: &bytes,
@@ -551,7 +677,7 @@ fn module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
 fn cmd_run(args: &PolicyArgs, packets: Option<&Path>, json: bool) -> Result<ExitCode> {
     let (config, config_name, trace, trace_name) = match (&args.config, packets) {
         (Some(config), Some(packets)) => (
-            read_text(config)?,
+            args.limits.read_config(config)?,
             config.display().to_string(),
             read_text(packets)?,
             packets.display().to_string(),
@@ -622,30 +748,58 @@ fn cmd_check(args: &PolicyArgs, packets: Option<&Path>) -> Result<ExitCode> {
     let Some(config_path) = &args.config else {
         bail!("check needs --config FILE")
     };
-    let config = read_text(config_path)?;
+    let config = args.limits.read_config(config_path)?;
     let mut loaded = load_policy(args, &config, &config_path.display().to_string())?;
-    let input: Box<dyn BufRead> = match packets {
-        Some(path) => Box::new(io::BufReader::new(
-            fs::File::open(path).with_context(|| format!("reading {}", path.display()))?,
-        )),
+    // A big buffer: a batch is judged when it is full or when the input has nothing more
+    // buffered, so output follows input promptly on a pipe and batches stay large on files.
+    let source: Box<dyn io::Read> = match packets {
+        Some(path) => {
+            Box::new(fs::File::open(path).with_context(|| format!("reading {}", path.display()))?)
+        }
         None => Box::new(io::stdin().lock()),
     };
+    let mut input = io::BufReader::with_capacity(1 << 16, source);
     let mut out = BufWriter::new(io::stdout().lock());
     let batch = args.batch as usize;
     // Lines in order: a packet, or the error of a line that is not one.
     let mut pending: Vec<Result<Packet, String>> = Vec::with_capacity(batch);
     let mut in_batch = 0;
-    for (n, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("reading line {}", n + 1))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut line = Vec::new();
+    for n in 1.. {
+        line.clear();
+        let read = io::Read::take(&mut input, MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading line {n}"))?;
+        if read == 0 {
+            break;
         }
-        let entry = parse_packet(&line, loaded.policy.catalog())
-            .map_err(|e| format!("line {}: {e}", n + 1));
-        in_batch += usize::from(entry.is_ok());
-        pending.push(entry);
-        if in_batch == batch {
+        let entry = if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+            // Skip the rest of the overlong line.
+            let mut rest = Vec::new();
+            while input.read_until(b'\n', &mut rest)? > 0 && rest.last() != Some(&b'\n') {
+                rest.clear();
+            }
+            Some(Err(format!("line {n}: longer than {MAX_LINE} bytes")))
+        } else {
+            match std::str::from_utf8(&line) {
+                Err(e) => Some(Err(format!(
+                    "line {n}: not UTF-8 text (byte {} is not)",
+                    e.valid_up_to() + 1
+                ))),
+                Ok(text) if text.trim().is_empty() => None,
+                Ok(text) => Some(
+                    parse_packet(text, loaded.policy.catalog())
+                        .map_err(|e| format!("line {n}: {e}")),
+                ),
+            }
+        };
+        if let Some(entry) = entry {
+            in_batch += usize::from(entry.is_ok());
+            pending.push(entry);
+        }
+        if in_batch == batch || (input.buffer().is_empty() && !pending.is_empty()) {
             flush_check(loaded.policy.as_mut(), &mut pending, &mut out)?;
+            out.flush()?;
             in_batch = 0;
         }
     }
@@ -653,6 +807,9 @@ fn cmd_check(args: &PolicyArgs, packets: Option<&Path>) -> Result<ExitCode> {
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The longest packet line `check` reads; a longer one gets an error line.
+const MAX_LINE: usize = 64 << 10;
 
 fn flush_check(
     policy: &mut dyn Policy,
@@ -742,26 +899,39 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
 
     let read_config = || -> Result<String> {
         match &args.config {
-            Some(path) => read_text(path),
+            Some(path) => args.limits.read_config(path),
             None => Ok(flowgate_host::DEFAULT_CONFIG.to_owned()),
         }
     };
     let config = read_config()?;
     let (module, module_name) = module_bytes(args.module.as_deref())?;
-    let runtime = runtime(args.no_cache)?;
+    let workers = args
+        .workers
+        .map_or_else(|| Options::default().workers, |w| w as usize);
+    // The admin API's token is read, and a TCP address without one refused, before anything
+    // starts.
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(admin::read_token_file)
+        .transpose()?;
+    let admin_endpoint = args.admin.clone().unwrap_or_else(Endpoint::default_socket);
+    let runtime = Runtime::with_engine(
+        args.limits.limits(),
+        cache_dir(args.no_cache),
+        EngineOptions::for_workers(workers),
+    )?;
     let options = Options {
-        workers: args
-            .workers
-            .unwrap_or_else(|| Options::default().workers)
-            .max(1),
+        workers,
         batch: args.batch as usize,
         on_fault: match args.on_fault {
             FaultMode::FailClosed => OnFault::FailClosed,
             FaultMode::Previous => OnFault::Previous,
         },
-        fault_limit: args.fault_limit.max(1),
-        fault_window: std::time::Duration::from_secs_f64(args.fault_window.max(0.0)),
+        fault_limit: args.fault_limit as usize,
+        fault_window: std::time::Duration::from_secs_f64(args.fault_window),
         record_batches: false,
+        max_config_bytes: usize::try_from(args.limits.max_config_bytes).unwrap_or(usize::MAX),
     };
     let gateway = Gateway::new(runtime, &module, &config, options)
         .with_context(|| format!("starting with {module_name}"))?;
@@ -816,11 +986,14 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     }
     let packets: Arc<[Packet]> = packets.into();
 
-    let admin = admin::AdminServer::start(gateway.clone(), &args.admin)?;
+    let admin = admin::AdminServer::start(
+        gateway.clone(),
+        admin::AdminOptions::new(admin_endpoint, admin_token),
+    )?;
     eprintln!(
-        "flowgate: serving generation 1 with {} worker(s); admin API on http://{}",
+        "flowgate: serving generation 1 with {} worker(s); admin API on {}",
         gateway.options().workers,
-        admin.addr()
+        admin.endpoint()
     );
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
@@ -887,7 +1060,13 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
             });
             match reread {
                 Ok((module, config)) => {
-                    let _ = gateway.swap(module.as_deref(), Some(&config), None);
+                    // Published or refused, the gateway logged it; unchanged, say so here.
+                    if let Ok(None) = gateway.reload(module.as_deref(), &config) {
+                        eprintln!(
+                            "flowgate: SIGHUP: the module and configuration files are unchanged: nothing to publish, generation {} keeps serving",
+                            gateway.current().generation
+                        );
+                    }
                 }
                 Err(e) => eprintln!("flowgate: SIGHUP: {e:#}; the running release keeps serving"),
             }
@@ -972,14 +1151,18 @@ fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The engine, with the artifact cache unless `no_cache`.
-fn runtime(no_cache: bool) -> Result<Runtime> {
-    let cache = if no_cache {
+/// The artifact cache's folder, unless `no_cache`.
+fn cache_dir(no_cache: bool) -> Option<PathBuf> {
+    if no_cache {
         None
     } else {
         Runtime::default_cache_dir()
-    };
-    Runtime::new(Limits::default(), cache)
+    }
+}
+
+/// The engine, with the artifact cache unless `no_cache`.
+fn runtime(no_cache: bool) -> Result<Runtime> {
+    Runtime::new(Limits::default(), cache_dir(no_cache))
 }
 
 /// The cases under each of `dirs` (a case folder, or a folder of cases); the bundled ones
@@ -1188,7 +1371,7 @@ fn cmd_diff(old: Side<'_>, new: Side<'_>, traffic: &TrafficArgs, json: bool) -> 
 }
 
 fn cmd_explain(config: &Path, module: Option<&Path>, text: &str, json: bool) -> Result<ExitCode> {
-    let config_text = read_text(config)?;
+    let config_text = LimitArgs::default().read_config(config)?;
     let (bytes, module_name) = module_bytes(module)?;
     let runtime = runtime(false)?;
     let config_name = config.display().to_string();
@@ -1248,7 +1431,7 @@ fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCode> {
     let Some(config_path) = &policy_args.config else {
         bail!("replay needs --config FILE")
     };
-    let config = read_text(config_path)?;
+    let config = policy_args.limits.read_config(config_path)?;
     let config_name = config_path.display().to_string();
     let mut loaded = load_policy(policy_args, &config, &config_name)?;
     let default_vni = match (&args.src_vpc, args.vni) {
@@ -1261,6 +1444,14 @@ fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCode> {
         }
         (None, vni) => vni,
     };
+    distinct_paths(
+        &args.pcap,
+        &[
+            ("--out", args.out.as_deref()),
+            ("--drops", args.drops.as_deref()),
+            ("--ambiguous", args.ambiguous.as_deref()),
+        ],
+    )?;
     let mut input = CaptureReader::open(&args.pcap)?;
     let create = |p: &Option<PathBuf>| p.as_deref().map(CaptureWriter::create).transpose();
     let mut outputs = Outputs {
@@ -1360,4 +1551,38 @@ fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses outputs that would overwrite the input or each other: the same path, however
+/// written, or another name of the same file.
+fn distinct_paths(input: &Path, outputs: &[(&str, Option<&Path>)]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // A file's identity: device and inode when it exists, else its resolved path.
+    let identity = |path: &Path| -> (Option<(u64, u64)>, PathBuf) {
+        let meta = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        let resolved = fs::canonicalize(path).unwrap_or_else(|_| {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            let dir = parent.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            fs::canonicalize(&dir)
+                .unwrap_or(dir)
+                .join(path.file_name().unwrap_or_default())
+        });
+        (meta, resolved)
+    };
+    let same = |a: &(Option<(u64, u64)>, PathBuf), b: &(Option<(u64, u64)>, PathBuf)| {
+        matches!((a.0, b.0), (Some(x), Some(y)) if x == y) || a.1 == b.1
+    };
+    let mut seen = vec![("--pcap", identity(input))];
+    for (flag, path) in outputs {
+        let Some(path) = path else { continue };
+        let id = identity(path);
+        if let Some((other, _)) = seen.iter().find(|(_, s)| same(s, &id)) {
+            bail!(
+                "{flag} {} is the same file as {other}: refused, nothing was written",
+                path.display()
+            );
+        }
+        seen.push((flag, id));
+    }
+    Ok(())
 }

@@ -164,6 +164,12 @@ pub fn render(gateway: &Gateway) -> String {
                 "Batches a module failed on, by reason.",
                 &events.faults,
             ),
+            (
+                "flowgate_admin_refusals_total",
+                "reason",
+                "Admin requests refused before they reached the gateway (unauthorized, truncated-body, timeout, ...).",
+                &events.admin_refusals,
+            ),
         ];
         for (name, key, help, map) in groups {
             family(&mut out, name, "counter", help);
@@ -171,6 +177,17 @@ pub fn render(gateway: &Gateway) -> String {
                 let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {n}", label(value));
             }
         }
+        family(
+            &mut out,
+            "flowgate_auto_revert_failures_total",
+            "counter",
+            "Auto-reverts that failed (each is tried again after a backoff).",
+        );
+        let _ = writeln!(
+            out,
+            "flowgate_auto_revert_failures_total {}",
+            events.revert_failures
+        );
     }
 
     family(

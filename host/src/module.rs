@@ -25,7 +25,7 @@ use crate::bindings::{self, Policy, PolicyPre};
 /// The WIT package this host speaks, and the interface it calls.
 pub const WIT_PACKAGE: &str = "flowgate:policy";
 /// The version of `wit/policy.wit`.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 const FILTER_INTERFACE: &str = "flowgate:policy/filter";
 
 /// Why a file was refused as a policy module.
@@ -111,6 +111,12 @@ pub enum PolicyFault {
         /// Position of the packet in the batch.
         index: usize,
     },
+    /// A fresh instance could not be started (after a fault, or for a worker that had none).
+    #[error("a fresh instance could not be started: {0}")]
+    Start(String),
+    /// The worker has no instance (its last start failed): the batch is not judged.
+    #[error("no instance to judge with")]
+    NoInstance,
 }
 
 impl PolicyFault {
@@ -122,6 +128,8 @@ impl PolicyFault {
             PolicyFault::Memory => "memory",
             PolicyFault::WrongLength { .. } => "wrong-length",
             PolicyFault::UnknownVerdict { .. } => "unknown-verdict",
+            PolicyFault::Start(_) => "start-failed",
+            PolicyFault::NoInstance => "no-instance",
         }
     }
 
@@ -134,10 +142,35 @@ impl PolicyFault {
         {
             PolicyFault::Memory
         } else {
-            PolicyFault::Trap(format!("{e:#}"))
+            PolicyFault::Trap(one_line(&e))
         }
     }
 }
+
+/// An error's message without wasmtime's multi-line backtrace: the trap, then the causes.
+fn one_line(e: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or_default().trim();
+        if !first.is_empty() && !first.starts_with("error while executing at wasm backtrace") {
+            parts.push(first.to_owned());
+        }
+    }
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        let trap = trap.to_string();
+        if !parts.contains(&trap) {
+            parts.push(trap);
+        }
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// The flag that raises [`Limits::memory_bytes`].
+pub const MEMORY_FLAG: &str = "--module-memory-mib";
+/// The flag that raises [`Limits::configure_deadline`].
+pub const CONFIGURE_FLAG: &str = "--configure-timeout";
 
 /// Limits a module instance runs under.
 #[derive(Debug, Clone, Copy)]
@@ -160,13 +193,17 @@ impl Default for Limits {
     }
 }
 
-/// Engine features a dataplane may turn off. Both are on by default.
+/// Engine features a dataplane may turn off (both are on by default), and how many module
+/// instances the pooling allocator has room for.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// Epoch interruption: without it, batch and configure deadlines are not enforced.
     pub epoch_interruption: bool,
     /// The pooling instance allocator (else wasmtime allocates on demand).
     pub pooling: bool,
+    /// Module instances alive at once, with the pooling allocator. A gateway needs
+    /// [`crate::gateway::instances_needed`] for its workers: see [`EngineOptions::for_workers`].
+    pub instances: u32,
 }
 
 impl Default for EngineOptions {
@@ -174,9 +211,27 @@ impl Default for EngineOptions {
         EngineOptions {
             epoch_interruption: true,
             pooling: true,
+            instances: 16,
         }
     }
 }
+
+impl EngineOptions {
+    /// The defaults, with room for a gateway of `workers` workers.
+    pub fn for_workers(workers: usize) -> Self {
+        EngineOptions {
+            instances: crate::gateway::instances_needed(workers).max(16),
+            ..EngineOptions::default()
+        }
+    }
+}
+
+/// Core instances, memories and tables the pool gives one component instance. flowgate's
+/// modules use 1 memory and a handful of core instances (Rust's std on wasm32-wasip2); a
+/// module that needs more is refused when it starts, with wasmtime's reason.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
 
 /// How often the epoch advances: the resolution of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -186,6 +241,7 @@ pub struct Runtime {
     engine: Engine,
     limits: Limits,
     cache_dir: Option<PathBuf>,
+    capacity: Option<u32>,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
@@ -203,11 +259,15 @@ impl Runtime {
         cache_dir: Option<PathBuf>,
         options: EngineOptions,
     ) -> anyhow::Result<Self> {
+        let instances = options.instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(64)
-            .total_core_instances(128)
-            .total_memories(128)
-            .total_tables(128)
+        pool.total_component_instances(instances)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
             .max_memory_size(limits.memory_bytes);
         let mut config = Config::new();
         config
@@ -226,8 +286,12 @@ impl Runtime {
         if options.pooling {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine =
-            Engine::new(&config).map_err(|e| anyhow::anyhow!("setting up wasmtime: {e}"))?;
+        let engine = Engine::new(&config).map_err(|e| {
+            anyhow::anyhow!(
+                "setting up wasmtime with room for {instances} module instances of up to {} MiB: {e:#}; this machine cannot reserve that much address space: run fewer workers or lower {MEMORY_FLAG}",
+                limits.memory_bytes >> 20
+            )
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -244,8 +308,14 @@ impl Runtime {
             engine,
             limits,
             cache_dir,
+            capacity: options.pooling.then_some(instances),
             ticker: Some((stop, ticker)),
         })
+    }
+
+    /// How many module instances can be alive at once (`None`: as many as memory allows).
+    pub fn instance_capacity(&self) -> Option<u32> {
+        self.capacity
     }
 
     /// The default cache directory: `$FLOWGATE_CACHE_DIR`, else `$XDG_CACHE_HOME/flowgate`,
@@ -295,6 +365,11 @@ impl Runtime {
         })
     }
 
+    /// The component compiled, from the cache when an entry for it is there and intact.
+    ///
+    /// An entry is `artifact ++ sha256(key ++ artifact)`, where the key is the component's
+    /// sha256 and the engine's compatibility hash: an artifact copied over another module's
+    /// entry, altered, or cut short fails the check, is counted as a miss and recompiled.
     fn compile_cached(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, ModuleError> {
         let Some(dir) = &self.cache_dir else {
             return Component::new(&self.engine, bytes)
@@ -304,22 +379,49 @@ impl Runtime {
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        let path = dir.join(format!("{}-{:016x}.cwasm", hex(digest), hasher.finish()));
+        let engine_hash = hasher.finish();
+        let path = dir.join(format!("{}-{engine_hash:016x}.cwasm", hex(digest)));
+        let seal = |artifact: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(digest);
+            h.update(engine_hash.to_le_bytes());
+            h.update(artifact);
+            h.finalize().into()
+        };
         if path.is_file() {
-            // SAFETY: the cache holds only artifacts this process family wrote with
-            // `Engine::precompile_component`, keyed by the component's digest and the engine's
-            // compatibility hash; a file that fails to deserialize is recompiled.
-            #[allow(unsafe_code)]
-            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &path) } {
-                return Ok(component);
+            match std::fs::read(&path) {
+                Ok(entry) if entry.len() > 32 => {
+                    let (artifact, sum) = entry.split_at(entry.len() - 32);
+                    if seal(artifact)[..] == *sum {
+                        // SAFETY: the artifact is the one this engine wrote for exactly this
+                        // component: its checksum, bound to the component's digest and the
+                        // engine's compatibility hash, matches.
+                        #[allow(unsafe_code)]
+                        if let Ok(component) =
+                            unsafe { Component::deserialize(&self.engine, artifact) }
+                        {
+                            return Ok(component);
+                        }
+                    }
+                    eprintln!(
+                        "flowgate: warning: cache entry {} does not match its checksum: ignored, the module is compiled again",
+                        path.display()
+                    );
+                }
+                _ => eprintln!(
+                    "flowgate: warning: cache entry {} is unreadable or too short: ignored, the module is compiled again",
+                    path.display()
+                ),
             }
         }
         let artifact = self
             .engine
             .precompile_component(bytes)
             .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        let mut entry = artifact.clone();
+        entry.extend_from_slice(&seal(&artifact));
         // A cache that cannot be written is no reason to refuse the module.
-        let _ = write_atomically(dir, &path, &artifact);
+        let _ = write_atomically(dir, &path, &entry);
         // SAFETY: `artifact` was produced just now by this engine.
         #[allow(unsafe_code)]
         unsafe { Component::deserialize(&self.engine, &artifact) }
@@ -366,11 +468,20 @@ fn grant_insecure_seed(
 /// partial artifact.
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    std::fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     let unique = NEXT.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{unique}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Lowercase hex of a digest.
@@ -504,7 +615,7 @@ impl WasmPolicy {
             version: info.version,
             wit_version: info.wit_version,
         };
-        let summary = configure(&mut store, &instance, config)?;
+        let summary = configure(&mut store, &instance, config, runtime.limits)?;
         let mut policy = WasmPolicy {
             module: module.clone(),
             limits: runtime.limits,
@@ -556,7 +667,7 @@ impl WasmPolicy {
     pub fn restart(&mut self) -> Result<(), StartError> {
         let (mut store, instance) = instantiate(self.store.engine(), &self.module, self.limits)?;
         store.set_epoch_deadline(ticks(self.limits.configure_deadline));
-        let summary = configure(&mut store, &instance, &self.config)?;
+        let summary = configure(&mut store, &instance, &self.config, self.limits)?;
         (self.store, self.instance) = (store, instance);
         self.set_summary(summary);
         Ok(())
@@ -670,6 +781,7 @@ fn configure(
     store: &mut Store<HostState>,
     instance: &Policy,
     config: &str,
+    limits: Limits,
 ) -> Result<bindings::ConfigSummary, StartError> {
     match instance
         .flowgate_policy_filter()
@@ -683,7 +795,31 @@ fn configure(
             message: e.message,
         }
         .into()),
-        Err(trap) => Err(ModuleError::Start(format!("configure: {trap:#}")).into()),
+        Err(trap) => Err(configure_failed(trap, limits)),
+    }
+}
+
+/// A configure call that did not return: running out of memory or time on a configuration is
+/// a refusal of that configuration, which names the limit and the flag that raises it.
+fn configure_failed(trap: wasmtime::Error, limits: Limits) -> StartError {
+    let refused = |message: String| {
+        StartError::Config(ConfigRefused {
+            object: None,
+            field: None,
+            value: None,
+            message,
+        })
+    };
+    match PolicyFault::from_call(trap) {
+        PolicyFault::Memory => refused(format!(
+            "the module ran out of its {} MiB of memory reading this configuration (raise the cap with {MEMORY_FLAG})",
+            limits.memory_bytes >> 20
+        )),
+        PolicyFault::Deadline => refused(format!(
+            "the module took longer than its {:?} to read this configuration (raise the limit with {CONFIGURE_FLAG})",
+            limits.configure_deadline
+        )),
+        other => ModuleError::Start(format!("configure: {other}")).into(),
     }
 }
 
@@ -779,10 +915,10 @@ mod tests {
 
     #[test]
     fn wit_versions_compatible_with_this_host() {
-        assert!(compatible("0.2.0") && compatible("0.2.7") && compatible("0.2.0-rc1"));
+        assert!(compatible("0.3.0") && compatible("0.3.7") && compatible("0.3.0-rc1"));
         assert!(
-            !compatible("0.1.0")
-                && !compatible("0.3.0")
+            !compatible("0.2.0")
+                && !compatible("0.4.0")
                 && !compatible("1.0.0")
                 && !compatible("")
                 && !compatible("x.y")

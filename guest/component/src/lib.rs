@@ -19,7 +19,7 @@ use bindings::flowgate::policy::types::{
 use flowgate_policy::{Config, Table};
 
 /// The WIT package version this module implements.
-const WIT_VERSION: &str = "0.2.0";
+const WIT_VERSION: &str = "0.3.0";
 
 /// The configuration in force and its table.
 struct State {

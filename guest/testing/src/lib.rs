@@ -91,7 +91,7 @@ impl Guest for Module {
                 "0.1.0"
             }
             .to_owned(),
-            wit_version: "0.2.0".to_owned(),
+            wit_version: "0.3.0".to_owned(),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-pub(crate) fn flowgate(args: &[&str], stdin: &str) -> Output {
+pub(crate) fn flowgate(args: &[&str], stdin: &(impl AsRef<[u8]> + ?Sized)) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
         .args(args)
         .current_dir(crate::repo())
@@ -20,7 +20,7 @@ pub(crate) fn flowgate(args: &[&str], stdin: &str) -> Output {
         .stdin
         .take()
         .unwrap()
-        .write_all(stdin.as_bytes())
+        .write_all(stdin.as_ref())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -169,13 +169,9 @@ fn run_summarises_the_default_fixture_like_the_native_library() {
 
 #[test]
 fn serve_with_client_subcommands_and_sighup() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin = format!("127.0.0.1:{port}");
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{port}"));
+    let socket = crate::socket_path("serve");
+    let admin = format!("unix:{}", socket.display());
+    let dir = socket.parent().unwrap().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.yaml");
     std::fs::copy(crate::repo().join(SPEC_3_1), &config).unwrap();

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use flowgate_host::admin::{AdminServer, Client};
 use flowgate_host::gateway::{Gateway, Options};
 use flowgate_host::module::{Limits, Runtime};
 use flowgate_host::{BUNDLED_CASES, DEFAULT_MODULE};
@@ -368,12 +367,13 @@ fn swap_dry_run_compares_against_the_module_in_force_and_swaps_nothing() {
         },
     )
     .unwrap();
-    let admin = AdminServer::start(gateway.clone(), "127.0.0.1:0").unwrap();
-    let addr = admin.addr().to_string();
+    let (admin, client) = crate::admin_on_socket(&gateway);
+    let addr = admin.endpoint().to_string();
     // What the gateway hands back is what it runs.
-    let (module, served_config) = Client::new(&addr).serving().unwrap();
-    assert_eq!(module, DEFAULT_MODULE);
-    assert_eq!(served_config, config);
+    let serving = client.serving().unwrap();
+    assert_eq!(serving.module, DEFAULT_MODULE);
+    assert_eq!(serving.config, config);
+    assert_eq!(serving.etag, gateway.current().etag());
 
     let new = module_file("dry-run", guests::DENY_LIST);
     let out = flowgate(

@@ -96,6 +96,7 @@ fn live_gateway_forwards_what_check_allows() {
         ));
     }
 
+    let admin_arg = format!("unix:{}", crate::socket_path("live").display());
     let mut args = vec![
         "serve",
         "--source",
@@ -105,7 +106,7 @@ fn live_gateway_forwards_what_check_allows() {
         "--config",
         CONFIG,
         "--admin",
-        "127.0.0.1:0",
+        &admin_arg,
         "--workers",
         "2",
         "--batch",
@@ -136,8 +137,8 @@ fn live_gateway_forwards_what_check_allows() {
             stderr.read_line(&mut line).unwrap() > 0,
             "serve exited early"
         );
-        if let Some((_, addr)) = line.trim().split_once("admin API on http://") {
-            admin = Some(addr.to_owned());
+        if let Some((_, at)) = line.trim().split_once("admin API on ") {
+            admin = Some(at.to_owned());
         }
         if let Some(addr) = line
             .trim()
@@ -151,7 +152,10 @@ fn live_gateway_forwards_what_check_allows() {
 
     // Send, paced so that loopback's socket buffers never overflow; halfway, swap the module
     // through the admin API, as an operator would on a live gateway.
-    let client = flowgate_host::admin::Client::new(&admin);
+    let client = flowgate_host::admin::Client::new(
+        flowgate_host::http::Endpoint::parse(&admin).unwrap(),
+        None,
+    );
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     for (i, chunk) in packets.chunks(50).enumerate() {
         if i == packets.len() / 100 {

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use flowgate_host::admin::{AdminServer, Client};
 use flowgate_host::dataplane::Counters;
 use flowgate_host::gateway::{Gateway, OnFault, Options, SwapError};
 use flowgate_host::module::{Limits, Runtime};
@@ -377,10 +376,10 @@ fn a_short_answering_guest_is_refused_by_the_canary() {
 fn refusals_through_the_admin_api_leave_the_old_release_serving() {
     let config = config();
     let gateway = one_worker_gateway(&config);
-    let admin = AdminServer::start(gateway.clone(), "127.0.0.1:0").unwrap();
-    let client = Client::new(&admin.addr().to_string());
+    let (_admin, client) = crate::admin_on_socket(&gateway);
     let running = client.status().unwrap().body;
     let digest = running["module"]["sha256"].as_str().unwrap().to_owned();
+    let etag = running["etag"].as_str().unwrap().to_owned();
 
     let wrong_world = {
         let mut c = wasm_encoder::Component::new();
@@ -433,9 +432,9 @@ fn refusals_through_the_admin_api_leave_the_old_release_serving() {
         refused.body
     );
 
-    // A compare-and-swap with the right digest goes through; rollback returns to it.
+    // A compare-and-swap with the right ETag goes through; rollback returns to it.
     let swapped = client
-        .swap_module(guests::HONEST_V2, Some(&config), Some(&digest))
+        .swap_module(guests::HONEST_V2, Some(&config), Some(&etag))
         .unwrap();
     assert_eq!(swapped.status, 200, "{}", swapped.body);
     assert_eq!(swapped.body["release"]["module"]["version"], "0.2.0");

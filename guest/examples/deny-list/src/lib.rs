@@ -64,7 +64,7 @@ impl Guest for Module {
         ModuleInfo {
             name: env!("CARGO_PKG_NAME").to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            wit_version: "0.2.0".to_owned(),
+            wit_version: "0.3.0".to_owned(),
         }
     }
 
