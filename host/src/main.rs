@@ -916,6 +916,11 @@ fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         .map(admin::read_token_file)
         .transpose()?;
     let admin_endpoint = args.admin.clone().unwrap_or_else(Endpoint::default_socket);
+    if matches!(admin_endpoint, Endpoint::Tcp(_)) && admin_token.is_none() {
+        bail!(
+            "--admin {admin_endpoint} is TCP: it needs --admin-token-file FILE (or listen on a Unix socket, --admin unix:PATH)"
+        );
+    }
     let runtime = Runtime::with_engine(
         args.limits.limits(),
         cache_dir(args.no_cache),

@@ -674,3 +674,39 @@ fn bad_numbers_are_refused_by_the_parser() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Item 11: on a pipe, `check` answers a line while its input stays open (it does not wait
+/// for a whole batch or for the end of input).
+#[test]
+fn check_answers_promptly_on_a_pipe() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["check", "--native", "--config", SPEC_3_1])
+        .current_dir(crate::repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            let mut line = String::new();
+            output.read_line(&mut line).unwrap();
+            tx.send(line).unwrap();
+        }
+    });
+    for packet in [
+        r#"{"src_vpc":"B","src_ip":"2.0.0.7","dst_ip":"1.0.1.9","proto":"icmp"}"#,
+        r#"{"src_vpc":"B","src_ip":"2.0.1.7","dst_ip":"1.0.1.9","proto":"icmp"}"#,
+    ] {
+        writeln!(input, "{packet}").unwrap();
+        input.flush().unwrap();
+        // Bounded: the answer comes while stdin stays open.
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("an answer");
+        assert!(line.contains("\"verdict\""), "{line}");
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success());
+}
