@@ -34,6 +34,9 @@ pub fn check_text(text: &str) -> Result<(), TextRefused> {
     let mut depth = 0usize;
     for (n, line) in text.lines().enumerate() {
         let at = || Some(format!("line {}", n + 1));
+        if line.starts_with("---") {
+            depth = 0;
+        }
         let bytes = line.as_bytes();
         // Block structure: leading spaces, then `- `, `? ` and `: ` indicators.
         let mut column = 0;
@@ -73,7 +76,9 @@ pub fn check_text(text: &str) -> Result<(), TextRefused> {
                 None => match b {
                     b'"' | b'\'' if i == 0 || b" [{,:".contains(&bytes[i - 1]) => quote = Some(b),
                     b'#' if i == 0 || bytes[i - 1] == b' ' => break,
-                    b'[' | b'{' => {
+                    // A bracket opens a collection only where a node starts; inside a
+                    // plain scalar (`a[1`) it is text.
+                    b'[' | b'{' if i == 0 || b" \t[{,:-?".contains(&bytes[i - 1]) => {
                         depth += 1;
                         if depth > MAX_FLOW_DEPTH {
                             return Err(TextRefused {
@@ -244,6 +249,12 @@ mod tests {
             "[".repeat(99)
         );
         assert_eq!(check_text(&quoted), Ok(()));
+    }
+
+    #[test]
+    fn brackets_inside_plain_scalars_do_not_count() {
+        let text = "names:\n".to_owned() + &"  - a[1\n".repeat(200);
+        assert_eq!(check_text(&text), Ok(()));
     }
 
     #[test]
