@@ -17,7 +17,7 @@ use flowgate_policy::{Table, Verdict};
 
 /// The reference oracle of the property tests: SPEC section 3's set definitions, evaluated
 /// directly for each packet.
-#[path = "../guest/policy/tests/common/oracle.rs"]
+#[path = "../policy/tests/common/oracle.rs"]
 #[allow(dead_code, missing_docs)]
 mod oracle;
 

@@ -1,6 +1,6 @@
-//! Builds the default policy module (`guest/component`) for wasm32-wasip2 and leaves it in
-//! OUT_DIR, where `src/lib.rs` embeds it. The guest is a workspace of its own with its own
-//! release profile.
+//! Builds the default policy module (`guest/default`) for wasm32-wasip2 and leaves it in
+//! OUT_DIR, where `src/lib.rs` embeds it (the guests are a workspace of their own, with their
+//! own release profile); bundles the conformance cases; reads the WIT version from `wit/`.
 
 #![allow(clippy::expect_used)] // a build script fails by panicking, with its message
 
@@ -17,30 +17,12 @@ fn main() {
         .expect("host/ sits in the repository root")
         .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for watched in [
-        "guest/component/src",
-        "guest/component/Cargo.toml",
-        "guest/policy/src",
-        "guest/policy/Cargo.toml",
-        "wit",
-        "host/guest_build.rs",
-    ] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
-    }
-    println!("cargo:rerun-if-env-changed=FLOWGATE_GUEST_TARGET_DIR");
-    // Shared between builds of the host (debug, release, test): the guest is always release.
-    let target_dir = env::var_os("FLOWGATE_GUEST_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("guest"));
-    let built = build_guest(
-        &root,
-        "guest/component",
-        &[],
-        &target_dir,
-        "flowgate_guest.wasm",
-    );
-    std::fs::copy(&built, out_dir.join("flowgate_guest.wasm"))
-        .unwrap_or_else(|e| panic!("copying {} into OUT_DIR: {e}", built.display()));
+    watch_guests(&root);
+    let target_dir = guest_target_dir(&root);
+    let built = build_guests(&root, &["flowgate-guest"], &target_dir);
+    std::fs::copy(&built[0], out_dir.join("flowgate_guest.wasm"))
+        .unwrap_or_else(|e| panic!("copying {} into OUT_DIR: {e}", built[0].display()));
+    wit_version(&root);
     bundle_cases(
         &root.join("fixtures/cases"),
         &out_dir.join("bundled_cases.rs"),
@@ -83,4 +65,17 @@ fn bundle_cases(dir: &std::path::Path, out: &std::path::Path) {
     }
     code += "]\n";
     std::fs::write(out, code).expect("writing bundled_cases.rs");
+}
+
+/// Reads the WIT package's version from `wit/policy.wit` into `FLOWGATE_WIT_VERSION`, so that
+/// it is written in one place.
+fn wit_version(root: &std::path::Path) {
+    let wit = root.join("wit/policy.wit");
+    let text = std::fs::read_to_string(&wit).expect("reading wit/policy.wit");
+    let version = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package flowgate:policy@"))
+        .and_then(|v| v.strip_suffix(';'))
+        .expect("wit/policy.wit names its package `flowgate:policy@VERSION`");
+    println!("cargo:rustc-env=FLOWGATE_WIT_VERSION={version}");
 }

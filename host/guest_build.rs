@@ -25,24 +25,43 @@ fn ensure_wasm_target() {
     assert!(added, "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed: install it, then build again");
 }
 
-/// Builds `guest/<crate_dir>` with `features`; `artifact` is its `.wasm` file name.
-fn build_guest(root: &std::path::Path, crate_dir: &str, features: &[&str], target_dir: &std::path::Path, artifact: &str) -> std::path::PathBuf {
+/// Builds the packages `packages` of the guest workspace (`guest/`) into `target_dir`, and
+/// returns the path of each one's `.wasm`, in order.
+fn build_guests(root: &std::path::Path, packages: &[&str], target_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     ensure_wasm_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = std::process::Command::new(cargo);
     command
         .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(root.join(crate_dir).join("Cargo.toml"))
+        .arg(root.join("guest/Cargo.toml"))
         .arg("--target-dir")
         .arg(target_dir);
-    if !features.is_empty() {
-        command.args(["--features", &features.join(",")]);
+    for package in packages {
+        command.args(["-p", package]);
     }
     // The outer build's flags are for the host, not the guest.
     for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_MAKEFLAGS"] {
         command.env_remove(var);
     }
-    let status = command.status().expect("could not start cargo to build a guest");
-    assert!(status.success(), "building the guest {crate_dir} {features:?} failed");
-    target_dir.join("wasm32-wasip2/release").join(artifact)
+    let status = command.status().expect("could not start cargo to build the guests");
+    assert!(status.success(), "building the guests {packages:?} failed");
+    packages
+        .iter()
+        .map(|p| target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", p.replace('-', "_"))))
+        .collect()
+}
+
+/// Everything a guest build depends on, for `rerun-if-changed`.
+fn watch_guests(root: &std::path::Path) {
+    for watched in ["guest", "policy/src", "policy/Cargo.toml", "wit", "host/guest_build.rs"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+}
+
+/// The guests' target dir: shared by every build of the host (the guests are always release).
+fn guest_target_dir(root: &std::path::Path) -> std::path::PathBuf {
+    println!("cargo:rerun-if-env-changed=FLOWGATE_GUEST_TARGET_DIR");
+    std::env::var_os("FLOWGATE_GUEST_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join("guest"))
 }

@@ -25,7 +25,7 @@ use crate::bindings::{self, Policy, PolicyPre};
 /// The WIT package this host speaks, and the interface it calls.
 pub const WIT_PACKAGE: &str = "flowgate:policy";
 /// The version of `wit/policy.wit`.
-pub const WIT_VERSION: &str = "0.3.0";
+pub const WIT_VERSION: &str = env!("FLOWGATE_WIT_VERSION");
 const FILTER_INTERFACE: &str = "flowgate:policy/filter";
 
 /// Why a file was refused as a policy module.

@@ -10,7 +10,7 @@ use flowgate_policy::{Table, parse};
 
 #[test]
 fn every_fixture_case_gets_its_expected_verdicts() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/cases");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/cases");
     let cases = Case::load_all(&dir).unwrap();
     assert!(
         cases.len() >= 11,

@@ -1,0 +1,213 @@
+//! Writing a flowgate policy module: the guest side of `wit/policy.wit`.
+//!
+//! A module is a type that implements [`Module`], exported with [`export_module!`]. Out of the
+//! box it is the peering flow filter of [`flowgate_policy`] (the spec's verdicts, the fast
+//! packed path, `explain`); a module changes what it needs through the trait's hooks:
+//!
+//! ```ignore
+//! use flowgate_guest_sdk::{Module, Packet, Verdict, DropReason, export_module};
+//!
+//! struct NoTelnet;
+//!
+//! impl Module for NoTelnet {
+//!     const NAME: &'static str = "no-telnet";
+//!     const VERSION: &'static str = "1.0.0";
+//!     const REVIEWS: bool = true;
+//!
+//!     fn review(packet: &Packet, verdict: Verdict) -> Verdict {
+//!         match packet.ports {
+//!             Some(p) if packet.proto == 6 && p.dst == 23 => Verdict::Drop(DropReason::Denied),
+//!             _ => verdict,
+//!         }
+//!     }
+//! }
+//!
+//! export_module!(NoTelnet);
+//! ```
+//!
+//! The bindings are generated here and nowhere else; conversions between WIT types and the
+//! library's live in one file (`convert.rs`); the WIT version is read from `wit/` when the
+//! SDK is built.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+
+pub use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES};
+pub use flowgate_policy::{Config, DropReason, Packet, Table, Verdict};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "policy",
+        path: "../../wit",
+        default_bindings_module: "flowgate_guest_sdk::bindings",
+        pub_export_macro: true,
+        export_macro_name: "export_filter",
+    });
+}
+mod convert;
+
+use bindings::exports::flowgate::policy::filter::Guest;
+use bindings::flowgate::policy::types as wit;
+
+/// The version of the WIT package (`wit/policy.wit`) this SDK implements.
+pub const WIT_VERSION: &str = env!("FLOWGATE_WIT_VERSION");
+
+/// A policy module. Every method has a default: the peering flow filter of the spec.
+pub trait Module: 'static {
+    /// The module's name, as `info` reports it.
+    const NAME: &'static str;
+    /// The module's version, as `info` reports it.
+    const VERSION: &'static str;
+    /// Whether [`Module::review`] may change a verdict. When false (the default), the packed
+    /// path never decodes a record for it.
+    const REVIEWS: bool = false;
+
+    /// The module's own rule over the peering filter's verdict for one packet from a known
+    /// VPC, on every path (packed, typed, explain). Only called when [`Module::REVIEWS`] is
+    /// true.
+    fn review(packet: &Packet, verdict: Verdict) -> Verdict {
+        let _ = packet;
+        verdict
+    }
+
+    /// The note `explain` puts first when [`Module::review`] changed a verdict; `filter` is
+    /// what the peering filter alone says.
+    fn review_note(packet: &Packet, filter: &str) -> String {
+        let _ = packet;
+        format!(
+            "changed by {} {}; the peering filter alone says {filter}",
+            Self::NAME,
+            Self::VERSION
+        )
+    }
+
+    /// Judges a packed batch into `out` (4 bytes a verdict for 44 bytes a packet, as
+    /// `wit/policy.wit` lays them out). By default: [`judge_packed`].
+    fn judge_packed(table: Option<&Table>, packets: &[u8], out: &mut Vec<u8>) {
+        judge_packed::<Self>(table, packets, out);
+    }
+}
+
+/// The peering filter over a packed batch, then [`Module::review`] on each packet from a
+/// known VPC when the module reviews. Modules that override [`Module::judge_packed`] call this for the verdicts.
+pub fn judge_packed<M: Module + ?Sized>(table: Option<&Table>, packets: &[u8], out: &mut Vec<u8>) {
+    use flowgate_policy::packed::{decode_packet, decode_verdict, encode_verdict};
+    flowgate_policy::packed::judge_packed(table, packets, out);
+    if !M::REVIEWS {
+        return;
+    }
+    for (rec, verdict) in packets
+        .chunks_exact(PACKET_BYTES)
+        .zip(out.chunks_exact_mut(VERDICT_BYTES))
+    {
+        if let (Ok(rec), Ok(word)) = (
+            <&[u8; PACKET_BYTES]>::try_from(rec),
+            <[u8; VERDICT_BYTES]>::try_from(&*verdict),
+        ) && let Some(before) = decode_verdict(word)
+            && before != Verdict::Drop(DropReason::UnknownVpc)
+        {
+            verdict.copy_from_slice(&encode_verdict(M::review(&decode_packet(rec), before)));
+        }
+    }
+}
+
+/// The packets of a packed batch, decoded (for modules that look at them before judging).
+pub fn packets(packed: &[u8]) -> impl Iterator<Item = Packet> + '_ {
+    packed
+        .chunks_exact(PACKET_BYTES)
+        .filter_map(|rec| <&[u8; PACKET_BYTES]>::try_from(rec).ok())
+        .map(flowgate_policy::packed::decode_packet)
+}
+
+/// The configuration in force and its table.
+struct State {
+    config: Config,
+    table: Table,
+}
+
+thread_local! {
+    /// `None` until `configure` succeeds.
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+/// The WIT `filter` interface implemented for a [`Module`]; [`export_module!`] exports it.
+#[doc(hidden)]
+pub struct Filter<M>(PhantomData<M>);
+
+impl<M: Module> Filter<M> {
+    fn verdict(state: Option<&State>, packet: &Packet) -> Verdict {
+        let verdict = state.map_or(Verdict::default(), |s| s.table.lookup(packet));
+        if M::REVIEWS && verdict != Verdict::Drop(DropReason::UnknownVpc) {
+            M::review(packet, verdict)
+        } else {
+            verdict
+        }
+    }
+}
+
+impl<M: Module> Guest for Filter<M> {
+    fn info() -> wit::ModuleInfo {
+        wit::ModuleInfo {
+            name: M::NAME.to_owned(),
+            version: M::VERSION.to_owned(),
+            wit_version: WIT_VERSION.to_owned(),
+        }
+    }
+
+    fn configure(config: String) -> Result<wit::ConfigSummary, wit::ConfigError> {
+        let parsed = flowgate_policy::parse(&config, None).map_err(convert::config_error)?;
+        let table = Table::build(&parsed);
+        let summary = convert::summary(&parsed, &table);
+        STATE.with(|s| {
+            *s.borrow_mut() = Some(State {
+                config: parsed,
+                table,
+            })
+        });
+        Ok(summary)
+    }
+
+    fn judge(packets: Vec<wit::Packet>) -> Vec<wit::Verdict> {
+        STATE.with(|s| {
+            let state = s.borrow();
+            packets
+                .into_iter()
+                .map(|p| convert::verdict(Self::verdict(state.as_ref(), &convert::packet(p))))
+                .collect()
+        })
+    }
+
+    fn judge_packed(packets: Vec<u8>) -> Vec<u8> {
+        let mut out = Vec::new();
+        STATE.with(|s| M::judge_packed(s.borrow().as_ref().map(|s| &s.table), &packets, &mut out));
+        out
+    }
+
+    fn explain(packet: wit::Packet) -> wit::Explanation {
+        let packet = convert::packet(packet);
+        STATE.with(|s| {
+            let state = s.borrow();
+            let Some(state) = state.as_ref() else {
+                return convert::explanation(flowgate_policy::Explanation::unconfigured());
+            };
+            let mut e = flowgate_policy::explain(&state.config, &state.table, &packet);
+            let verdict = Self::verdict(Some(state), &packet);
+            if verdict != e.verdict {
+                let filter = state.table.verdict_text(e.verdict);
+                e.notes.insert(0, M::review_note(&packet, &filter));
+                e.verdict = verdict;
+            }
+            convert::explanation(e)
+        })
+    }
+}
+
+/// Exports a [`Module`] as the component's `flowgate:policy/filter`.
+#[macro_export]
+macro_rules! export_module {
+    ($module:ty) => {
+        type __FlowgateFilter = $crate::Filter<$module>;
+        $crate::bindings::export_filter!(__FlowgateFilter with_types_in $crate::bindings);
+    };
+}
