@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_benches::{allowed, setup};
-use flowgate_host::module::{EngineOptions, Limits, Runtime, WasmPolicy};
+use flowgate_host::wasm::{EngineOptions, Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
 use flowgate_policy::{Table, Verdict};
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_benches::setup;
 use flowgate_host::dataplane::Counters;
-use flowgate_host::module::{Limits, Runtime, WasmPolicy};
 use flowgate_host::replay::{self, CaptureReader, CaptureWriter, Outputs, Record};
 use flowgate_host::source::Source;
 use flowgate_host::vxlan::{Endpoints, VxlanSource};
+use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
 use flowgate_policy::Verdict;
 

@@ -18,12 +18,11 @@ use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
 
 use crate::Policy;
-use crate::dataplane::{Counters, POLICY_FAULT};
-use crate::metrics::Histogram;
-use crate::module::{
-    ConfigRefused, LoadedModule, ModuleError, ModuleInfo, PolicyFault, Runtime, StartError,
-    WasmPolicy, hex,
+use crate::dataplane::{self, Counters, Histogram, Judged};
+use crate::wasm::{
+    ConfigRefused, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, WasmPolicy,
 };
+use crate::{PolicyFault, hex};
 
 /// How many good releases are kept for rollback (the current one included).
 pub const KEEP_GOOD: usize = 3;
@@ -149,7 +148,7 @@ pub enum SwapError {
     Module(#[from] ModuleError),
     /// The module refused the configuration.
     #[error("configuration refused: {0}")]
-    Config(crate::module::ConfigRefused),
+    Config(ConfigRefused),
     /// The canary batch failed.
     #[error("canary batch failed: {0}")]
     Canary(String),
@@ -609,48 +608,40 @@ impl Gateway {
                 policy = self.take_instance(&release, id);
                 last_start = Instant::now();
             }
-            let out = &mut verdicts[..batch.len()];
             let started = Instant::now();
-            let outcome = match policy.as_mut() {
-                Some(p) => p.judge(&batch, out),
-                None => Err(PolicyFault::NoInstance),
+            let fallback = match (self.options.on_fault, previous.as_mut()) {
+                (OnFault::Previous, Some((_, Some(old)))) => Some(old as &mut dyn Policy),
+                _ => None,
             };
-            let judged = match outcome {
-                Ok(()) => Some(&release.catalog),
-                Err(fault) => {
-                    if !matches!(fault, PolicyFault::NoInstance) {
-                        self.note_fault(&fault, release.generation);
-                    }
-                    if let Some(p) = policy.as_mut()
-                        && let Err(e) = p.restart()
-                    {
-                        self.note_fault(&PolicyFault::Start(e.to_string()), release.generation);
-                        policy = None;
-                        last_start = Instant::now();
-                    }
-                    match (self.options.on_fault, previous.as_mut()) {
-                        (OnFault::Previous, Some((old, Some(old_policy)))) => {
-                            old_policy.judge(&batch, out).ok().map(|()| &old.catalog)
-                        }
-                        _ => None,
-                    }
-                }
-            };
+            let done = dataplane::step(
+                policy.as_mut().map(|p| p as &mut dyn Policy),
+                fallback,
+                &batch,
+                &mut verdicts,
+            );
             let latency = started.elapsed();
             self.batch_latency.observe(latency);
-            let mut counters = lock(&self.counters[id]);
-            counters.batches += 1;
-            match judged {
-                Some(catalog) => {
-                    crate::dataplane::apply(&batch, out, catalog, &mut counters);
-                    source.deliver(Some(out), catalog, &mut counters);
-                }
-                None => {
-                    counters.faults += 1;
-                    counters.count_drop(POLICY_FAULT, batch.len() as u64);
-                    source.deliver(None, &release.catalog, &mut counters);
-                }
+            if let Some(fault) = &done.fault
+                && !matches!(fault, PolicyFault::NoInstance)
+            {
+                self.note_fault(fault, release.generation);
             }
+            if let Some(e) = &done.restart_failed {
+                self.note_fault(&PolicyFault::Start(format!("{e:#}")), release.generation);
+                policy = None;
+                last_start = Instant::now();
+            }
+            let catalog = match (done.judged, &previous) {
+                (Judged::Fallback, Some((old, _))) => &old.catalog,
+                _ => &release.catalog,
+            };
+            let mut counters = lock(&self.counters[id]);
+            done.count(&batch, &verdicts, catalog, &mut counters);
+            source.deliver(
+                done.verdicts(&verdicts, batch.len()),
+                catalog,
+                &mut counters,
+            );
             drop(counters);
             if self.options.record_batches {
                 lock(&self.records).push(BatchRecord {

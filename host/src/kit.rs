@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use flowgate_policy::cases::{Case, Expect, ExpectedError};
 use flowgate_policy::{Packet, Verdict};
 
-use crate::module::{LoadedModule, Runtime, WasmPolicy};
+use crate::wasm::{LoadedModule, Runtime, WasmPolicy};
 use crate::{NativePolicy, Policy, PolicyFault, StartError};
 
 /// How one case went.

@@ -15,20 +15,19 @@
 //! - [`NativePolicy`]: the same policy without Wasm, for comparison and as a baseline.
 
 pub mod admin;
-mod bindings;
 pub mod dataplane;
 pub mod gateway;
 pub mod http;
 pub mod kit;
 pub mod metrics;
-pub mod module;
+pub mod policy;
 pub mod replay;
 pub mod source;
 pub mod vxlan;
+pub mod wasm;
 
-use flowgate_policy::{Catalog, Packet, Table, Verdict};
-
-pub use module::{ConfigRefused, ModuleError, PolicyFault, StartError};
+pub use policy::{NativePolicy, Policy, PolicyFault};
+pub use wasm::{ConfigRefused, ModuleError, StartError};
 
 /// The default policy module, built from `guest/component` when the host is built.
 pub static DEFAULT_MODULE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flowgate_guest.wasm"));
@@ -59,46 +58,7 @@ pub fn bundled_cases() -> Result<Vec<flowgate_policy::cases::Case>, String> {
         .collect()
 }
 
-/// Something that judges batches of packets: a Wasm module or the native library.
-pub trait Policy {
-    /// The names behind the verdicts.
-    fn catalog(&self) -> &Catalog;
-    /// Judges `packets` into `out` (same length). On error `out` is unspecified.
-    fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault>;
-    /// Starts over after a fault, with the same configuration.
-    fn restart(&mut self) -> anyhow::Result<()>;
-}
-
-/// The policy library called directly: no sandbox, no crossing.
-pub struct NativePolicy {
-    table: Table,
-}
-
-impl NativePolicy {
-    /// Parses, validates and builds `config`; `file` names it in errors.
-    pub fn new(config: &str, file: Option<&str>) -> Result<Self, flowgate_policy::ConfigError> {
-        Ok(NativePolicy {
-            table: Table::build(&flowgate_policy::parse(config, file)?),
-        })
-    }
-
-    /// The table.
-    pub fn table(&self) -> &Table {
-        &self.table
-    }
-}
-
-impl Policy for NativePolicy {
-    fn catalog(&self) -> &Catalog {
-        self.table.catalog()
-    }
-
-    fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault> {
-        self.table.lookup_batch(packets, out);
-        Ok(())
-    }
-
-    fn restart(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

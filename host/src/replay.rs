@@ -16,7 +16,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use crate::Policy;
-use crate::dataplane::{Counters, POLICY_FAULT, apply};
+use crate::dataplane::{self, Counters, Judged};
 
 /// One captured frame.
 #[derive(Debug, Clone)]
@@ -311,26 +311,18 @@ pub fn replay(
         let judged = Instant::now();
         report.timings.parse += judged - started;
 
-        let out = &mut verdicts[..packets.len()];
-        let ok = if options.skip_policy || packets.is_empty() {
-            true
+        let outcome = if options.skip_policy || packets.is_empty() {
+            None
         } else {
-            report.counters.batches += 1;
-            match policy.judge(&packets, out) {
-                Ok(()) => {
-                    apply(&packets, out, policy.catalog(), &mut report.counters);
-                    true
-                }
-                Err(_) => {
-                    report.counters.faults += 1;
-                    report
-                        .counters
-                        .count_drop(POLICY_FAULT, packets.len() as u64);
-                    policy.restart()?;
-                    false
-                }
+            let done = dataplane::step(Some(&mut *policy), None, &packets, &mut verdicts);
+            done.count(&packets, &verdicts, policy.catalog(), &mut report.counters);
+            if let (Some(fault), Some(e)) = (&done.fault, done.restart_failed) {
+                anyhow::bail!("the policy failed ({fault}) and could not be restarted: {e:#}");
             }
+            Some(done.judged != Judged::Dropped)
         };
+        let ok = outcome.unwrap_or(true);
+        let out = &verdicts[..packets.len()];
         let written = Instant::now();
         report.timings.judge += written - judged;
 

@@ -1,7 +1,7 @@
 //! Every fixture case through the real component (packed and typed calls) and through the
 //! native library, each checked against the expected verdicts or refusal.
 
-use flowgate_host::module::WasmPolicy;
+use flowgate_host::wasm::WasmPolicy;
 use flowgate_host::{DEFAULT_MODULE, NativePolicy, Policy, StartError};
 use flowgate_policy::Verdict;
 use flowgate_policy::cases::{Case, ExpectedError};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::gateway::{Gateway, Options, SwapError, instances_needed};
 use flowgate_host::http::{Endpoint, Stream};
-use flowgate_host::module::{EngineOptions, Limits, Runtime};
 use flowgate_host::source::Replay;
+use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
 use flowgate_host::{DEFAULT_MODULE, Policy};
 use flowgate_policy::synth::{self, Scale};
 use flowgate_policy::{Packet, Verdict};
@@ -421,7 +421,7 @@ fn mixed_family_packets_get_the_native_verdict_through_the_module() {
     let config = std::fs::read_to_string(crate::repo().join(SPEC_3_1)).unwrap();
     let runtime = crate::runtime();
     let module = runtime.load(DEFAULT_MODULE).unwrap();
-    let mut wasm = flowgate_host::module::WasmPolicy::new(&runtime, &module, &config).unwrap();
+    let mut wasm = flowgate_host::wasm::WasmPolicy::new(&runtime, &module, &config).unwrap();
     let mut native = flowgate_host::NativePolicy::new(&config, None).unwrap();
     let catalog = native.catalog().clone();
     let b = catalog.vpc(catalog.vpc_by_name("B").unwrap()).vni;
@@ -471,7 +471,7 @@ fn a_forged_cache_entry_is_not_loaded() {
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     let entry = |module: &[u8]| {
-        let digest = flowgate_host::module::hex(&sha256(module));
+        let digest = flowgate_host::hex(&sha256(module));
         std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -486,13 +486,12 @@ fn a_forged_cache_entry_is_not_loaded() {
     std::fs::copy(entry(guests::WRONG), entry(DEFAULT_MODULE)).unwrap();
     let r = runtime();
     let loaded = r.load(DEFAULT_MODULE).unwrap();
-    let policy = flowgate_host::module::WasmPolicy::new(&r, &loaded, &config).unwrap();
+    let policy = flowgate_host::wasm::WasmPolicy::new(&r, &loaded, &config).unwrap();
     assert_eq!(policy.info().name, "flowgate-guest");
     // And the entry was written anew, whole.
     let r = runtime();
-    let again =
-        flowgate_host::module::WasmPolicy::new(&r, &r.load(DEFAULT_MODULE).unwrap(), &config)
-            .unwrap();
+    let again = flowgate_host::wasm::WasmPolicy::new(&r, &r.load(DEFAULT_MODULE).unwrap(), &config)
+        .unwrap();
     assert_eq!(again.info().name, "flowgate-guest");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -517,7 +516,7 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     )
     .unwrap();
     let module = small_memory.load(DEFAULT_MODULE).unwrap();
-    let e = flowgate_host::module::WasmPolicy::new(&small_memory, &module, &big)
+    let e = flowgate_host::wasm::WasmPolicy::new(&small_memory, &module, &big)
         .err()
         .unwrap()
         .to_string();
@@ -536,7 +535,7 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     )
     .unwrap();
     let module = short_time.load(DEFAULT_MODULE).unwrap();
-    let e = flowgate_host::module::WasmPolicy::new(&short_time, &module, &big)
+    let e = flowgate_host::wasm::WasmPolicy::new(&short_time, &module, &big)
         .err()
         .unwrap()
         .to_string();

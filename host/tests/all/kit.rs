@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use flowgate_host::gateway::{Gateway, Options};
-use flowgate_host::module::{Limits, Runtime};
+use flowgate_host::wasm::{Limits, Runtime};
 use flowgate_host::{BUNDLED_CASES, DEFAULT_MODULE};
 use flowgate_policy::json::packet_json;
 use flowgate_policy::packet::proto;

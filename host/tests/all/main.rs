@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::gateway::Gateway;
 use flowgate_host::http::Endpoint;
-use flowgate_host::module::{Limits, Runtime};
+use flowgate_host::wasm::{Limits, Runtime};
 
 /// A runtime that does not touch the user's cache.
 pub fn runtime() -> Runtime {

@@ -1,7 +1,7 @@
 //! The packed path, the typed path and the native library agree on generated traffic, at
 //! several batch sizes; a cached module judges the same as a freshly compiled one.
 
-use flowgate_host::module::{Limits, Runtime, WasmPolicy};
+use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, NativePolicy, Policy};
 use flowgate_policy::Verdict;
 use flowgate_policy::synth::{self, Scale};

@@ -1,7 +1,7 @@
 //! What is not a flowgate module is refused with a clear message, and a configuration the
 //! module refuses comes back with its field and value.
 
-use flowgate_host::module::WasmPolicy;
+use flowgate_host::wasm::WasmPolicy;
 use flowgate_host::{DEFAULT_MODULE, ModuleError, StartError};
 use wasm_encoder::{
     Component, ComponentExportKind, ComponentExportSection, ComponentInstanceSection,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use flowgate_host::dataplane::Counters;
 use flowgate_host::gateway::{Gateway, OnFault, Options, SwapError};
-use flowgate_host::module::{Limits, Runtime};
 use flowgate_host::source::{Replay, Source};
+use flowgate_host::wasm::{Limits, Runtime};
 use flowgate_host::{DEFAULT_MODULE, NativePolicy};
 use flowgate_policy::Packet;
 use flowgate_policy::synth::{self, Scale};

@@ -1,15 +1,9 @@
-//! The dataplane loop, in phases per batch: gather packets, make one policy call, apply every
-//! verdict (count it; the sink forwards or drops the packet).
+//! What the dataplane counts, and the apply phase that counts a judged batch.
 
 use std::collections::BTreeMap;
 
 use flowgate_policy::{Catalog, DropReason, Packet, Verdict, VpcId};
 use serde_json::{Value, json};
-
-use crate::Policy;
-
-/// Packets per policy call unless told otherwise.
-pub const DEFAULT_BATCH: usize = 256;
 
 /// The drop reason of packets whose batch the policy failed to judge.
 pub const POLICY_FAULT: &str = "policy-fault";
@@ -77,37 +71,6 @@ impl Counters {
             "unsent": self.unsent,
         })
     }
-}
-
-/// Judges `packets` in batches of `batch`, calling `sink` with each packet and its verdict
-/// (`None`: the policy failed on its batch, which is dropped as `policy-fault` and the policy
-/// restarted). Returns an error only when the policy cannot be restarted.
-pub fn judge_all(
-    policy: &mut dyn Policy,
-    packets: &[Packet],
-    batch: usize,
-    counters: &mut Counters,
-    mut sink: impl FnMut(&Packet, Option<Verdict>),
-) -> anyhow::Result<()> {
-    let mut verdicts = vec![Verdict::default(); batch.max(1)];
-    for chunk in packets.chunks(batch.max(1)) {
-        let out = &mut verdicts[..chunk.len()];
-        counters.batches += 1;
-        if let Err(fault) = policy.judge(chunk, out) {
-            counters.faults += 1;
-            counters.count_drop(POLICY_FAULT, chunk.len() as u64);
-            chunk.iter().for_each(|p| sink(p, None));
-            policy.restart().map_err(|e| {
-                anyhow::anyhow!("the policy failed ({fault}) and could not be restarted: {e:#}")
-            })?;
-            continue;
-        }
-        apply(chunk, out, policy.catalog(), counters);
-        for (packet, &verdict) in chunk.iter().zip(out.iter()) {
-            sink(packet, Some(verdict));
-        }
-    }
-    Ok(())
 }
 
 /// Counts the verdicts of a judged batch: the "apply" phase. Per packet it only adds to

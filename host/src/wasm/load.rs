@@ -1,0 +1,287 @@
+//! Loading a policy module: the checks that refuse what is not a flowgate module, the cache of
+//! precompiled artifacts, and the linker that grants the module nothing but a hash seed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+
+use super::bindings::PolicyPre;
+use super::instance::{HostState, instantiate};
+use super::{FILTER_INTERFACE, Runtime, WIT_VERSION};
+use crate::hex;
+
+/// Why a file was refused as a policy module.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file (it does not start with the `\\0asm` magic)")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "a core WebAssembly module, not a component: build the policy for wasm32-wasip2 (or componentize it)"
+    )]
+    CoreModule,
+    /// A precompiled artifact: only flowgate's own cache is trusted to hold those.
+    #[error(
+        "a precompiled wasmtime artifact: give flowgate the component itself, it keeps its own cache"
+    )]
+    Precompiled,
+    /// A binary wasmtime could not compile.
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    /// A component that does not export the filter interface.
+    #[error(
+        "does not export `{FILTER_INTERFACE}`: is it a flowgate policy module? It exports: {0}"
+    )]
+    WrongWorld(String),
+    /// The filter interface, at a version this host cannot call.
+    #[error(
+        "exports `{found}`, but this host speaks `{FILTER_INTERFACE}@{WIT_VERSION}` and compatible versions"
+    )]
+    IncompatibleVersion {
+        /// The export found.
+        found: String,
+    },
+    /// The interface has the right name but not the right functions or types.
+    #[error(
+        "exports `{FILTER_INTERFACE}` with other functions or types than this host expects: {0}"
+    )]
+    WrongShape(String),
+    /// Instantiating or asking the module about itself failed.
+    #[error("the module failed when started: {0}")]
+    Start(String),
+}
+
+impl Runtime {
+    /// Checks and compiles (or loads from the cache) a policy component.
+    pub fn load(&self, bytes: &[u8]) -> Result<LoadedModule, ModuleError> {
+        check_header(bytes)?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let component = self.compile_cached(bytes, &digest)?;
+        check_exports(&self.engine, &component)?;
+        let mut linker = Linker::new(&self.engine);
+        grant_insecure_seed(&self.engine, &component, &mut linker)?;
+        // Whatever else the module imports (Rust's std pulls in WASI) traps when called: the
+        // guest gets no filesystem, network or clock.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PolicyPre::new)
+            .map_err(|e| ModuleError::WrongShape(format!("{e:#}")))?;
+        Ok(LoadedModule {
+            pre,
+            digest,
+            bytes: bytes.into(),
+        })
+    }
+
+    /// The component compiled, from the cache when an entry for it is there and intact.
+    ///
+    /// An entry is `artifact ++ sha256(key ++ artifact)`, where the key is the component's
+    /// sha256 and the engine's compatibility hash: an artifact copied over another module's
+    /// entry, altered, or cut short fails the check, is counted as a miss and recompiled.
+    fn compile_cached(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, ModuleError> {
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes)
+                .map_err(|e| ModuleError::Invalid(format!("{e:#}")));
+        };
+        let mut hasher = DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let engine_hash = hasher.finish();
+        let path = dir.join(format!("{}-{engine_hash:016x}.cwasm", hex(digest)));
+        let seal = |artifact: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(digest);
+            h.update(engine_hash.to_le_bytes());
+            h.update(artifact);
+            h.finalize().into()
+        };
+        if path.is_file() {
+            match std::fs::read(&path) {
+                Ok(entry) if entry.len() > 32 => {
+                    let (artifact, sum) = entry.split_at(entry.len() - 32);
+                    if seal(artifact)[..] == *sum {
+                        // SAFETY: the artifact is the one this engine wrote for exactly this
+                        // component: its checksum, bound to the component's digest and the
+                        // engine's compatibility hash, matches.
+                        #[allow(unsafe_code)]
+                        if let Ok(component) =
+                            unsafe { Component::deserialize(&self.engine, artifact) }
+                        {
+                            return Ok(component);
+                        }
+                    }
+                    eprintln!(
+                        "flowgate: warning: cache entry {} does not match its checksum: ignored, the module is compiled again",
+                        path.display()
+                    );
+                }
+                _ => eprintln!(
+                    "flowgate: warning: cache entry {} is unreadable or too short: ignored, the module is compiled again",
+                    path.display()
+                ),
+            }
+        }
+        let artifact = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        let mut entry = artifact.clone();
+        entry.extend_from_slice(&seal(&artifact));
+        // A cache that cannot be written is no reason to refuse the module.
+        let _ = write_atomically(dir, &path, &entry);
+        // SAFETY: `artifact` was produced just now by this engine.
+        #[allow(unsafe_code)]
+        unsafe { Component::deserialize(&self.engine, &artifact) }
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))
+    }
+}
+
+/// Rust's `HashMap` (and so most YAML parsers) asks `wasi:random/insecure-seed` for a seed
+/// when the module starts. The host answers with a constant: hashing stays deterministic and
+/// the guest learns nothing about the host. Any 0.2 version of the interface is answered.
+fn grant_insecure_seed(
+    engine: &Engine,
+    component: &Component,
+    linker: &mut Linker<HostState>,
+) -> Result<(), ModuleError> {
+    const SEED: (u64, u64) = (0x666c_6f77_6761_7465, 0x7365_6564_2d30_3031);
+    let wanted: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| name.starts_with("wasi:random/insecure-seed@0.2"))
+        .collect();
+    for name in wanted {
+        let mut instance = linker
+            .instance(&name)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        instance
+            .func_wrap("insecure-seed", |_, (): ()| Ok((SEED,)))
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+    }
+    Ok(())
+}
+
+/// Writes `path` whole or not at all: readers (other threads, other processes) never see a
+/// partial artifact.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    create_private_dir(dir)?;
+    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{unique}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {
+    if Engine::detect_precompiled(bytes).is_some() {
+        return Err(ModuleError::Precompiled);
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(ModuleError::NotWasm);
+    }
+    // Bytes 4..6 are the version, 6..8 the layer: 1 for a component, 0 for a core module.
+    match bytes[6..8] {
+        [1, 0] => Ok(()),
+        _ => Err(ModuleError::CoreModule),
+    }
+}
+
+/// Whether a module built against WIT version `found` can be called by this host: same
+/// major version, or for 0.x the same minor version.
+pub fn compatible(found: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(found), parse(WIT_VERSION)) {
+        (Some((0, minor)), Some((0, ours))) => minor == ours,
+        (Some((major, _)), Some((ours, _))) => major == ours,
+        _ => false,
+    }
+}
+
+fn check_exports(engine: &Engine, component: &Component) -> Result<(), ModuleError> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let filter = ty.exports(engine).find_map(|(name, item)| {
+        let version = name.strip_prefix(FILTER_INTERFACE)?.strip_prefix('@')?;
+        matches!(item.ty, ComponentItem::ComponentInstance(_))
+            .then(|| (name.to_owned(), version.to_owned()))
+    });
+    match filter {
+        None if names.is_empty() => Err(ModuleError::WrongWorld("nothing".into())),
+        None => Err(ModuleError::WrongWorld(names.join(", "))),
+        Some((found, version)) if !compatible(&version) => {
+            Err(ModuleError::IncompatibleVersion { found })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// A checked, compiled module, ready to instantiate cheaply.
+#[derive(Clone)]
+pub struct LoadedModule {
+    pub(super) pre: PolicyPre<HostState>,
+    digest: [u8; 32],
+    /// The component as uploaded: what `GET /module` hands back.
+    bytes: Arc<[u8]>,
+}
+
+impl LoadedModule {
+    /// Instantiates the module in a fresh store and drops it: what starting an instance costs,
+    /// without `configure` (for benchmarks).
+    pub fn instantiate_only(&self, runtime: &Runtime) -> Result<(), ModuleError> {
+        instantiate(runtime.engine(), self, runtime.limits).map(|_| ())
+    }
+
+    /// sha256 of the component's bytes.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// The component's bytes, as loaded.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wit_versions_compatible_with_this_host() {
+        assert!(compatible("0.3.0") && compatible("0.3.7") && compatible("0.3.0-rc1"));
+        assert!(
+            !compatible("0.2.0")
+                && !compatible("0.4.0")
+                && !compatible("1.0.0")
+                && !compatible("")
+                && !compatible("x.y")
+        );
+    }
+}

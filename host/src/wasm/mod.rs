@@ -1,0 +1,21 @@
+//! Policy modules in wasmtime: the engine set up for a dataplane ([`Runtime`]), loading and
+//! checking modules with a cache of precompiled artifacts ([`LoadedModule`]), and configured
+//! instances that judge batches ([`WasmPolicy`]). The generated bindings stay in this module;
+//! `convert` turns them into the policy library's types.
+
+mod bindings;
+mod convert;
+mod instance;
+mod load;
+mod runtime;
+
+pub use instance::{ConfigRefused, ModuleInfo, StartError, WasmPolicy};
+pub use load::{LoadedModule, ModuleError, compatible, create_private_dir};
+pub use runtime::{CONFIGURE_FLAG, EngineOptions, Limits, MEMORY_FLAG, Runtime};
+
+/// The WIT package this host speaks.
+pub const WIT_PACKAGE: &str = "flowgate:policy";
+/// The version of `wit/policy.wit`, read from it when the host is built.
+pub const WIT_VERSION: &str = env!("FLOWGATE_WIT_VERSION");
+/// The interface the host calls.
+const FILTER_INTERFACE: &str = "flowgate:policy/filter";

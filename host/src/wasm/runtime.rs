@@ -1,0 +1,211 @@
+//! The wasmtime engine set up for a dataplane: the pooling allocator sized for the workers,
+//! epoch interruption with its ticker thread, no component-model concurrency (a plain call
+//! costs less), and the limits instances run under.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// The flag that raises [`Limits::memory_bytes`].
+pub const MEMORY_FLAG: &str = "--module-memory-mib";
+/// The flag that raises [`Limits::configure_deadline`].
+pub const CONFIGURE_FLAG: &str = "--configure-timeout";
+
+/// Limits a module instance runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most linear memory an instance may have.
+    pub memory_bytes: usize,
+    /// Longest a batch may run before it is stopped.
+    pub batch_deadline: Duration,
+    /// Longest `configure` may run (it parses the whole configuration).
+    pub configure_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 256 << 20,
+            batch_deadline: Duration::from_millis(500),
+            configure_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Engine features a dataplane may turn off (both are on by default), and how many module
+/// instances the pooling allocator has room for.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Epoch interruption: without it, batch and configure deadlines are not enforced.
+    pub epoch_interruption: bool,
+    /// The pooling instance allocator (else wasmtime allocates on demand).
+    pub pooling: bool,
+    /// Module instances alive at once, with the pooling allocator. A gateway needs
+    /// [`crate::gateway::instances_needed`] for its workers: see [`EngineOptions::for_workers`].
+    pub instances: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            epoch_interruption: true,
+            pooling: true,
+            instances: 16,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The defaults, with room for a gateway of `workers` workers.
+    pub fn for_workers(workers: usize) -> Self {
+        EngineOptions {
+            instances: crate::gateway::instances_needed(workers).max(16),
+            ..EngineOptions::default()
+        }
+    }
+}
+
+/// Core instances, memories and tables the pool gives one component instance. flowgate's
+/// modules use 1 memory and a handful of core instances (Rust's std on wasm32-wasip2); a
+/// module that needs more is refused when it starts, with wasmtime's reason.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// How often the epoch advances: the resolution of deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The wasmtime engine, set up for a dataplane, with its epoch ticker.
+pub struct Runtime {
+    pub(super) engine: Engine,
+    pub(super) limits: Limits,
+    pub(super) cache_dir: Option<PathBuf>,
+    capacity: Option<u32>,
+    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Runtime {
+    /// An engine with the pooling allocator, epoch interruption and no component-model
+    /// concurrency (a plain call costs less), caching precompiled modules in `cache_dir`.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::with_engine(limits, cache_dir, EngineOptions::default())
+    }
+
+    /// As [`Runtime::new`], with engine features chosen (benchmarks turn them off to show
+    /// what each costs).
+    pub fn with_engine(
+        limits: Limits,
+        cache_dir: Option<PathBuf>,
+        options: EngineOptions,
+    ) -> anyhow::Result<Self> {
+        let instances = options.instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .concurrency_support(false)
+            .epoch_interruption(options.epoch_interruption);
+        #[cfg(feature = "profiling")]
+        match std::env::var("FLOWGATE_PROFILE").as_deref() {
+            Ok("perfmap") => {
+                config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
+            Ok("jitdump") => {
+                config.profiler(wasmtime::ProfilingStrategy::JitDump);
+            }
+            _ => {}
+        }
+        if options.pooling {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(|e| {
+            anyhow::anyhow!(
+                "setting up wasmtime with room for {instances} module instances of up to {} MiB: {e:#}; this machine cannot reserve that much address space: run fewer workers or lower {MEMORY_FLAG}",
+                limits.memory_bytes >> 20
+            )
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("flowgate-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })?
+        };
+        Ok(Runtime {
+            engine,
+            limits,
+            cache_dir,
+            capacity: options.pooling.then_some(instances),
+            ticker: Some((stop, ticker)),
+        })
+    }
+
+    /// How many module instances can be alive at once (`None`: as many as memory allows).
+    pub fn instance_capacity(&self) -> Option<u32> {
+        self.capacity
+    }
+
+    /// The default cache directory: `$FLOWGATE_CACHE_DIR`, else `$XDG_CACHE_HOME/flowgate`,
+    /// else `~/.cache/flowgate`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("FLOWGATE_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("flowgate")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache/flowgate")))
+    }
+
+    /// The limits instances run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A deadline in epoch ticks (at least one, plus the tick in progress).
+pub(crate) fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_in_epoch_ticks() {
+        assert_eq!(ticks(Duration::ZERO), 2);
+        assert_eq!(ticks(Duration::from_millis(500)), 101);
+    }
+}
