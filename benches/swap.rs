@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_host::DEFAULT_MODULE;
+use flowgate_host::admin::Endpoint;
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::gateway::{Gateway, Options};
-use flowgate_host::http::Endpoint;
-use flowgate_host::source::Replay;
+use flowgate_host::io::Trace;
 use flowgate_host::wasm::{Limits, Runtime};
 use flowgate_policy::Packet;
 use flowgate_policy::synth::{self, Scale};
@@ -46,7 +46,7 @@ fn start(
         .map(|id| {
             let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
             std::thread::spawn(move || {
-                let mut source = Replay::new(packets, id * 977, 0, limit);
+                let mut source = Trace::new(packets, id * 977, 0, limit);
                 gateway.run_worker(id, &mut source, &stop);
             })
         })

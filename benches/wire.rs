@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_benches::setup;
 use flowgate_host::dataplane::Counters;
-use flowgate_host::replay::{self, CaptureReader, CaptureWriter, Outputs, Record};
-use flowgate_host::source::Source;
-use flowgate_host::vxlan::{Endpoints, VxlanSource};
+use flowgate_host::io::Port;
+use flowgate_host::io::pcap::{self, CaptureReader, CaptureWriter, Outputs, Record};
+use flowgate_host::io::vxlan::{Endpoints, VxlanPort};
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
 use flowgate_policy::Verdict;
@@ -66,12 +66,12 @@ fn replay_bench(c: &mut Criterion) {
                 ambiguous: Some(CaptureWriter::create(&tmp("amb.pcap")).unwrap()),
                 dropped: Some(CaptureWriter::create(&tmp("drops.pcap")).unwrap()),
             };
-            let options = replay::Options {
+            let options = pcap::Options {
                 batch: 256,
                 default_vni: None,
                 skip_policy,
             };
-            let report = replay::replay(policy, &mut input, &mut outputs, options, |_| {}).unwrap();
+            let report = pcap::replay(policy, &mut input, &mut outputs, options, |_| {}).unwrap();
             assert_eq!(report.frames, FRAMES as u64);
             report
         };
@@ -148,7 +148,7 @@ fn live_bench(c: &mut Criterion) {
     let module = runtime.load(DEFAULT_MODULE).unwrap();
     let mut policy = WasmPolicy::new(&runtime, &module, &yaml).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut source = VxlanSource::new(socket, endpoints, stop, 256).unwrap();
+    let mut source = VxlanPort::new(socket, endpoints, stop, 256).unwrap();
     let mut group = c.benchmark_group("live");
     group.throughput(Throughput::Elements(BURST as u64));
     for (name, skip_policy) in [("policy", false), ("skip-policy", true)] {

@@ -17,13 +17,9 @@
 pub mod admin;
 pub mod dataplane;
 pub mod gateway;
-pub mod http;
+pub mod io;
 pub mod kit;
-pub mod metrics;
 pub mod policy;
-pub mod replay;
-pub mod source;
-pub mod vxlan;
 pub mod wasm;
 
 pub use policy::{NativePolicy, Policy, PolicyFault};

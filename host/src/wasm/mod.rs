@@ -11,7 +11,7 @@ mod runtime;
 
 pub use instance::{ConfigRefused, ModuleInfo, StartError, WasmPolicy};
 pub use load::{LoadedModule, ModuleError, compatible, create_private_dir};
-pub use runtime::{CONFIGURE_FLAG, EngineOptions, Limits, MEMORY_FLAG, Runtime};
+pub use runtime::{CONFIGURE_FLAG, EngineOptions, Limits, MEMORY_FLAG, Runtime, instances_needed};
 
 /// The WIT package this host speaks.
 pub const WIT_PACKAGE: &str = "flowgate:policy";

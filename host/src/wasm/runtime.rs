@@ -45,7 +45,7 @@ pub struct EngineOptions {
     /// The pooling instance allocator (else wasmtime allocates on demand).
     pub pooling: bool,
     /// Module instances alive at once, with the pooling allocator. A gateway needs
-    /// [`crate::gateway::instances_needed`] for its workers: see [`EngineOptions::for_workers`].
+    /// [`instances_needed`] for its workers: see [`EngineOptions::for_workers`].
     pub instances: u32,
 }
 
@@ -59,11 +59,20 @@ impl Default for EngineOptions {
     }
 }
 
+/// Module instances a gateway with `workers` workers may hold at once, and so how many the
+/// runtime's pool must have room for: per worker the instance of the release it serves, the
+/// one it keeps of the previous release (for `--on-fault previous`), the one a swap or
+/// rollback prepares for it, and a fresh one while it restarts after a fault; plus a few for
+/// the admin side (canary, explain).
+pub fn instances_needed(workers: usize) -> u32 {
+    u32::try_from(workers.max(1).saturating_mul(4).saturating_add(4)).unwrap_or(u32::MAX)
+}
+
 impl EngineOptions {
     /// The defaults, with room for a gateway of `workers` workers.
     pub fn for_workers(workers: usize) -> Self {
         EngineOptions {
-            instances: crate::gateway::instances_needed(workers).max(16),
+            instances: instances_needed(workers).max(16),
             ..EngineOptions::default()
         }
     }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
+use flowgate_host::admin::{Endpoint, Stream};
 use flowgate_host::gateway::{Gateway, Options, SwapError, instances_needed};
-use flowgate_host::http::{Endpoint, Stream};
-use flowgate_host::source::Replay;
+use flowgate_host::io::Trace;
 use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
 use flowgate_host::{DEFAULT_MODULE, Policy};
 use flowgate_policy::synth::{self, Scale};
@@ -365,7 +365,7 @@ fn sixty_four_workers_swap_roll_back_and_auto_revert() {
         .map(|id| {
             let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
             std::thread::spawn(move || {
-                let mut source = Replay::new(packets, id * 61, 2_000, None);
+                let mut source = Trace::new(packets, id * 61, 2_000, None);
                 gateway.run_worker(id, &mut source, &stop);
             })
         })

@@ -153,7 +153,7 @@ fn live_gateway_forwards_what_check_allows() {
     // Send, paced so that loopback's socket buffers never overflow; halfway, swap the module
     // through the admin API, as an operator would on a live gateway.
     let client = flowgate_host::admin::Client::new(
-        flowgate_host::http::Endpoint::parse(&admin).unwrap(),
+        flowgate_host::admin::Endpoint::parse(&admin).unwrap(),
         None,
     );
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use flowgate_host::admin::Endpoint;
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::gateway::Gateway;
-use flowgate_host::http::Endpoint;
 use flowgate_host::wasm::{Limits, Runtime};
 
 /// A runtime that does not touch the user's cache.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use flowgate_host::replay::CaptureReader;
+use flowgate_host::io::pcap::CaptureReader;
 use serde_json::Value;
 
 use crate::cli::{flowgate, stdout};

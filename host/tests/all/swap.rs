@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flowgate_host::dataplane::Counters;
 use flowgate_host::gateway::{Gateway, OnFault, Options, SwapError};
-use flowgate_host::source::{Replay, Source};
+use flowgate_host::io::{Port, Trace};
 use flowgate_host::wasm::{Limits, Runtime};
 use flowgate_host::{DEFAULT_MODULE, NativePolicy};
 use flowgate_policy::Packet;
@@ -41,11 +41,11 @@ fn traffic(config: &str, count: usize) -> Vec<Packet> {
 
 /// Counts what it hands out, so the test knows how many packets were sent.
 struct Counted {
-    inner: Replay,
+    inner: Trace,
     sent: Arc<AtomicU64>,
 }
 
-impl Source for Counted {
+impl Port for Counted {
     fn fill(&mut self, batch: &mut Vec<Packet>, max: usize) -> usize {
         let n = self.inner.fill(batch, max);
         self.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -79,7 +79,7 @@ fn with_traffic(
             );
             std::thread::spawn(move || {
                 let mut source = Counted {
-                    inner: Replay::new(packets, id * 977, rate, limit),
+                    inner: Trace::new(packets, id * 977, rate, limit),
                     sent,
                 };
                 started.wait();
@@ -108,7 +108,7 @@ fn native_counts(config: &str, packets: &[Packet], sent: &[u64]) -> Counters {
     let mut policy = NativePolicy::new(config, None).unwrap();
     let mut total = Counters::default();
     for (id, &n) in sent.iter().enumerate() {
-        let mut source = Replay::new(packets.into(), id * 977, 0, Some(n));
+        let mut source = Trace::new(packets.into(), id * 977, 0, Some(n));
         let mut all = Vec::new();
         while source.fill(&mut all, 256) > 0 {}
         flowgate_host::dataplane::judge_all(&mut policy, &all, 256, &mut total, |_, _| {}).unwrap();

@@ -17,7 +17,7 @@
 //!
 //! Swaps answer 200 with the new release, 412 for a stale `If-Match`, 422 for a refused module
 //! or configuration (with the reason), 409 when there is nothing to roll back to. Requests the
-//! transport refuses (see [`crate::http`]) answer 400, 401, 408, 413, 431 or 503 and change
+//! transport refuses (see `http.rs`) answer 400, 401, 408, 413, 431 or 503 and change
 //! nothing; they are counted in `flowgate_admin_refusals_total`.
 
 use std::sync::Arc;
@@ -30,7 +30,17 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::{Gateway, Release, SwapError};
-use crate::http::{self, Endpoint, Listener, Request, RequestLimits, Response, Stream};
+mod client;
+mod http;
+pub mod metrics;
+mod transport;
+
+pub use client::{Answer, Client, Serving};
+pub use http::RequestLimits;
+pub use transport::{Endpoint, Stream};
+
+use http::{Request, Response};
+use transport::Listener;
 
 /// The largest request body accepted (a module with its configuration).
 pub const MAX_BODY: u64 = 64 << 20;
@@ -292,7 +302,7 @@ fn route(gateway: &Arc<Gateway>, request: Request) -> Response {
         ("GET", "/metrics") => Response {
             status: 200,
             headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: crate::metrics::render(gateway).into_bytes(),
+            body: metrics::render(gateway).into_bytes(),
         },
         // The release in force, for `flowgate swap --dry-run`; its generation and ETag in
         // headers, so a client can swap with If-Match against exactly what it compared.
@@ -414,153 +424,4 @@ pub fn status(gateway: &Gateway) -> Value {
         "max_seconds": gateway.batch_latency.max().as_secs_f64(),
     });
     out
-}
-
-/// A client of the admin API.
-pub struct Client {
-    endpoint: Endpoint,
-    token: Option<String>,
-    timeout: Duration,
-}
-
-/// An answer of the admin API: its status code, JSON body and ETag.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    /// HTTP status.
-    pub status: u16,
-    /// The body.
-    pub body: Value,
-    /// The `ETag` header, without quotes, when there is one.
-    pub etag: Option<String>,
-}
-
-/// The module and configuration in force, and the ETag of their release.
-#[derive(Debug, Clone)]
-pub struct Serving {
-    /// The module.
-    pub module: Vec<u8>,
-    /// The configuration.
-    pub config: String,
-    /// The release's ETag.
-    pub etag: String,
-}
-
-impl Client {
-    /// A client of the gateway at `endpoint`, with the bearer token when given.
-    pub fn new(endpoint: Endpoint, token: Option<String>) -> Client {
-        Client {
-            endpoint,
-            token,
-            timeout: Duration::from_secs(60),
-        }
-    }
-
-    fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        mut headers: Vec<(&str, String)>,
-        body: &[u8],
-    ) -> anyhow::Result<http::Incoming> {
-        if let Some(token) = &self.token {
-            headers.push(("Authorization", format!("Bearer {token}")));
-        }
-        let request = http::Outgoing {
-            method,
-            path,
-            headers,
-            body,
-        };
-        http::exchange(&self.endpoint, &request, MAX_BODY, self.timeout)
-            .with_context(|| format!("{method} {path} on {}", self.endpoint))
-    }
-
-    fn answer(
-        &self,
-        method: &str,
-        path: &str,
-        headers: Vec<(&str, String)>,
-        body: &[u8],
-    ) -> anyhow::Result<Answer> {
-        let got = self.exchange(method, path, headers, body)?;
-        let text = String::from_utf8_lossy(&got.body);
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()));
-        Ok(Answer {
-            status: got.status,
-            etag: got.header("etag").map(|e| e.trim_matches('"').to_owned()),
-            body,
-        })
-    }
-
-    /// `GET /status`.
-    pub fn status(&self) -> anyhow::Result<Answer> {
-        self.answer("GET", "/status", Vec::new(), &[])
-    }
-
-    /// `GET /metrics`, as text.
-    pub fn metrics(&self) -> anyhow::Result<String> {
-        let got = self.exchange("GET", "/metrics", Vec::new(), &[])?;
-        if got.status != 200 {
-            bail!("GET /metrics: the gateway answered {}", got.status);
-        }
-        Ok(String::from_utf8_lossy(&got.body).into_owned())
-    }
-
-    /// `GET /module` and `GET /config`: the module and configuration in force. Both must
-    /// come from one release; if a swap lands between the two reads, they are read again.
-    pub fn serving(&self) -> anyhow::Result<Serving> {
-        for _ in 0..5 {
-            let get = |path: &str| -> anyhow::Result<(Vec<u8>, String)> {
-                let got = self.exchange("GET", path, Vec::new(), &[])?;
-                if got.status != 200 {
-                    bail!("GET {path}: the gateway answered {}", got.status);
-                }
-                let etag = got.header("etag").unwrap_or_default().trim_matches('"');
-                Ok((got.body.clone(), etag.to_owned()))
-            };
-            let (module, etag) = get("/module")?;
-            let (config, config_etag) = get("/config")?;
-            if etag == config_etag {
-                let config = String::from_utf8(config).context("GET /config: not UTF-8")?;
-                return Ok(Serving {
-                    module,
-                    config,
-                    etag,
-                });
-            }
-        }
-        bail!("the gateway's release kept changing while it was read")
-    }
-
-    /// `PUT /module`, with a configuration when given.
-    pub fn swap_module(
-        &self,
-        module: &[u8],
-        config: Option<&str>,
-        if_match: Option<&str>,
-    ) -> anyhow::Result<Answer> {
-        let mut body = module.to_vec();
-        let mut headers = Vec::new();
-        if let Some(config) = config {
-            body.extend_from_slice(config.as_bytes());
-            headers.push(("X-Config-Length", config.len().to_string()));
-        }
-        if let Some(tag) = if_match {
-            headers.push(("If-Match", format!("\"{}\"", tag.trim_matches('"'))));
-        }
-        self.answer("PUT", "/module", headers, &body)
-    }
-
-    /// `PUT /config`.
-    pub fn swap_config(&self, config: &str, if_match: Option<&str>) -> anyhow::Result<Answer> {
-        let headers = if_match
-            .map(|tag| vec![("If-Match", format!("\"{}\"", tag.trim_matches('"')))])
-            .unwrap_or_default();
-        self.answer("PUT", "/config", headers, config.as_bytes())
-    }
-
-    /// `POST /rollback`.
-    pub fn rollback(&self) -> anyhow::Result<Answer> {
-        self.answer("POST", "/rollback", Vec::new(), &[])
-    }
 }

@@ -16,7 +16,7 @@ use flowgate_wire::{parse_vxlan, set_payload_vni};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 
 use crate::dataplane::Counters;
-use crate::source::Source;
+use crate::io::Port;
 
 /// The largest datagram taken: a jumbo frame.
 const MAX_DATAGRAM: usize = 9216;
@@ -75,7 +75,7 @@ impl Endpoints {
 }
 
 /// One worker's share of a VXLAN socket.
-pub struct VxlanSource {
+pub struct VxlanPort {
     socket: UdpSocket,
     endpoints: Arc<Endpoints>,
     stop: Arc<AtomicBool>,
@@ -87,7 +87,7 @@ pub struct VxlanSource {
     unreadable: BTreeMap<&'static str, u64>,
 }
 
-impl VxlanSource {
+impl VxlanPort {
     /// A source reading `socket` (shared between workers with `try_clone`) in batches of up to
     /// `batch` datagrams, until `stop` is set.
     pub fn new(
@@ -95,12 +95,12 @@ impl VxlanSource {
         endpoints: Arc<Endpoints>,
         stop: Arc<AtomicBool>,
         batch: usize,
-    ) -> anyhow::Result<VxlanSource> {
+    ) -> anyhow::Result<VxlanPort> {
         socket
             .set_read_timeout(Some(POLL))
             .context("setting the socket's read timeout")?;
         let batch = batch.max(1);
-        Ok(VxlanSource {
+        Ok(VxlanPort {
             socket,
             endpoints,
             stop,
@@ -136,7 +136,7 @@ impl VxlanSource {
     }
 }
 
-impl Source for VxlanSource {
+impl Port for VxlanPort {
     fn fill(&mut self, batch: &mut Vec<Packet>, max: usize) -> usize {
         self.origin.clear();
         if self.stop.load(Ordering::Relaxed) {

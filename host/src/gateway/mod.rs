@@ -14,24 +14,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
 
-use crate::Policy;
-use crate::dataplane::{self, Counters, Histogram, Judged};
-use crate::wasm::{
-    ConfigRefused, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, WasmPolicy,
-};
-use crate::{PolicyFault, hex};
+use crate::PolicyFault;
+use crate::dataplane::{Counters, Histogram};
+use crate::wasm::Runtime;
+pub use crate::wasm::instances_needed;
+
+mod release;
+pub mod serve;
+mod worker;
+
+pub use release::{Release, SwapError};
+use release::{check_config_size, check_if_match, prepare};
 
 /// How many good releases are kept for rollback (the current one included).
 pub const KEEP_GOOD: usize = 3;
 
 /// The first and the longest wait before an auto-revert that failed is tried again.
 const REVERT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
-
-/// The least time between two attempts of a worker to start an instance after one failed.
-const RESTART_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What a worker does with a batch its module failed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,15 +65,6 @@ pub struct Options {
 /// The largest configuration text accepted unless told otherwise (`--max-config-bytes`).
 pub const DEFAULT_MAX_CONFIG_BYTES: usize = 16 << 20;
 
-/// Module instances a gateway with `workers` workers may hold at once, and so how many the
-/// runtime's pool must have room for: per worker the instance of the release it serves, the
-/// one it keeps of the previous release (for `--on-fault previous`), the one a swap or
-/// rollback prepares for it, and a fresh one while it restarts after a fault; plus a few for
-/// the admin side (canary, explain).
-pub fn instances_needed(workers: usize) -> u32 {
-    u32::try_from(workers.max(1).saturating_mul(4).saturating_add(4)).unwrap_or(u32::MAX)
-}
-
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -83,112 +75,6 @@ impl Default for Options {
             fault_window: Duration::from_secs(10),
             record_batches: false,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
-        }
-    }
-}
-
-/// A module with a configuration, published under a generation number.
-pub struct Release {
-    /// Increases by one with every publication (swap or rollback).
-    pub generation: u64,
-    /// What the release was made by: `start`, `module`, `config`, `module+config`,
-    /// `reload` (a swap that changes neither), `rollback` or `auto-revert`.
-    pub cause: &'static str,
-    /// The module.
-    pub module: LoadedModule,
-    /// What the module says about itself.
-    pub info: ModuleInfo,
-    /// The configuration text.
-    pub config: Arc<str>,
-    /// sha256 of the configuration text.
-    pub config_digest: String,
-    /// The names behind the module's verdicts for this configuration.
-    pub catalog: Catalog,
-    /// Peerings in the configuration, as the module counted them.
-    pub peerings: u32,
-    /// The canary batch for this configuration (reused by swaps that keep the configuration).
-    canary: Arc<[Packet]>,
-    /// One configured instance per worker, taken by the worker when it moves to this release.
-    spares: Mutex<Vec<Option<WasmPolicy>>>,
-}
-
-impl Release {
-    /// sha256 of the module.
-    pub fn module_digest(&self) -> String {
-        hex(&self.module.digest())
-    }
-
-    /// The release's entity tag: its generation with the module's and the configuration's
-    /// digests. Every publication makes a new one, even of the same module and configuration.
-    pub fn etag(&self) -> String {
-        format!(
-            "{}-{}-{}",
-            self.generation,
-            &self.module_digest()[..16],
-            &self.config_digest[..16]
-        )
-    }
-}
-
-/// Why a swap was refused. The running release keeps serving.
-#[derive(Debug, thiserror::Error)]
-pub enum SwapError {
-    /// `If-Match` named another release than the running one.
-    #[error(
-        "the running release is {running}, not {expected}: read GET /status again and decide anew"
-    )]
-    Stale {
-        /// The ETag the caller expected.
-        expected: String,
-        /// The running release's ETag.
-        running: String,
-    },
-    /// The module was refused.
-    #[error("module refused: {0}")]
-    Module(#[from] ModuleError),
-    /// The module refused the configuration.
-    #[error("configuration refused: {0}")]
-    Config(ConfigRefused),
-    /// The canary batch failed.
-    #[error("canary batch failed: {0}")]
-    Canary(String),
-    /// There is no earlier good release.
-    #[error("no earlier good release to roll back to")]
-    NothingToRollBack,
-    /// The runtime cannot hold the instances the gateway needs.
-    #[error("{0}")]
-    Capacity(String),
-}
-
-impl SwapError {
-    /// The refusal's reason in counters and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            SwapError::Stale { .. } => "stale-digest",
-            SwapError::Module(
-                ModuleError::NotWasm
-                | ModuleError::CoreModule
-                | ModuleError::Precompiled
-                | ModuleError::Invalid(_),
-            ) => "not-a-component",
-            SwapError::Module(ModuleError::WrongWorld(_) | ModuleError::WrongShape(_)) => {
-                "wrong-world"
-            }
-            SwapError::Module(ModuleError::IncompatibleVersion { .. }) => "incompatible-version",
-            SwapError::Module(ModuleError::Start(_)) => "start-failed",
-            SwapError::Config(_) => "config-refused",
-            SwapError::Canary(_) => "canary-failed",
-            SwapError::NothingToRollBack => "nothing-to-roll-back",
-            SwapError::Capacity(_) => "capacity",
-        }
-    }
-}
-
-impl From<StartError> for SwapError {
-    fn from(e: StartError) -> Self {
-        match e {
-            StartError::Module(e) => SwapError::Module(e),
-            StartError::Config(e) => SwapError::Config(e),
         }
     }
 }
@@ -254,33 +140,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A worker that panicked while holding a lock leaves data that is still consistent
     // (counters); carry on with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Packets every canary batch holds: both families, with and without ports, unknown VNIs.
-fn canary_packets(catalog: &Catalog, config: &str) -> Vec<Packet> {
-    let mut packets = Vec::new();
-    let v4 = |s: &str| -> std::net::IpAddr {
-        s.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
-    };
-    let v6 = |s: &str| -> std::net::IpAddr {
-        s.parse().unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into())
-    };
-    for vni in catalog
-        .vpcs
-        .iter()
-        .map(|v| v.vni)
-        .take(16)
-        .chain([0, 16_777_215])
-    {
-        packets.push(Packet::tcp(vni, v4("10.0.0.1"), 40000, v4("10.0.0.2"), 443));
-        packets.push(Packet::udp(vni, v6("fd00::1"), 53, v6("fd00::2"), 53));
-        packets.push(Packet::portless(vni, v4("192.168.0.1"), v4("8.8.8.8"), 1));
-    }
-    // And packets drawn from the configuration's own prefixes, when the library reads it.
-    if let Ok(parsed) = flowgate_policy::parse(config, None) {
-        packets.extend(flowgate_policy::synth::packets(&parsed, 64, 0xca9a));
-    }
-    packets
 }
 
 impl Gateway {
@@ -570,108 +429,6 @@ impl Gateway {
         }
     }
 
-    /// Runs worker `id` until `stop` is set or `source` runs dry: each batch is judged by
-    /// exactly one release, picked up at the batch boundary.
-    pub fn run_worker(
-        self: &Arc<Self>,
-        id: usize,
-        source: &mut dyn crate::source::Source,
-        stop: &AtomicBool,
-    ) {
-        let mut release = self.current();
-        let mut policy = self.take_instance(&release, id);
-        let mut last_start = Instant::now();
-        let mut previous: Option<(Arc<Release>, Option<WasmPolicy>)> = None;
-        let mut batch: Vec<Packet> = Vec::with_capacity(self.options.batch);
-        let mut verdicts = vec![Verdict::default(); self.options.batch];
-        while !stop.load(Ordering::Relaxed) {
-            batch.clear();
-            if source.fill(&mut batch, self.options.batch) == 0 {
-                if source.dry() {
-                    break;
-                }
-                // Nothing judged, but what the source could not read is counted.
-                source.deliver(Some(&[]), &release.catalog, &mut lock(&self.counters[id]));
-                continue;
-            }
-            let now = self.current.load();
-            if now.generation != release.generation {
-                let next = now.clone();
-                let next_policy = self.take_instance(&next, id);
-                last_start = Instant::now();
-                previous = Some((
-                    std::mem::replace(&mut release, next),
-                    std::mem::replace(&mut policy, next_policy),
-                ));
-            }
-            if policy.is_none() && last_start.elapsed() >= RESTART_INTERVAL {
-                policy = self.take_instance(&release, id);
-                last_start = Instant::now();
-            }
-            let started = Instant::now();
-            let fallback = match (self.options.on_fault, previous.as_mut()) {
-                (OnFault::Previous, Some((_, Some(old)))) => Some(old as &mut dyn Policy),
-                _ => None,
-            };
-            let done = dataplane::step(
-                policy.as_mut().map(|p| p as &mut dyn Policy),
-                fallback,
-                &batch,
-                &mut verdicts,
-            );
-            let latency = started.elapsed();
-            self.batch_latency.observe(latency);
-            if let Some(fault) = &done.fault
-                && !matches!(fault, PolicyFault::NoInstance)
-            {
-                self.note_fault(fault, release.generation);
-            }
-            if let Some(e) = &done.restart_failed {
-                self.note_fault(&PolicyFault::Start(format!("{e:#}")), release.generation);
-                policy = None;
-                last_start = Instant::now();
-            }
-            let catalog = match (done.judged, &previous) {
-                (Judged::Fallback, Some((old, _))) => &old.catalog,
-                _ => &release.catalog,
-            };
-            let mut counters = lock(&self.counters[id]);
-            done.count(&batch, &verdicts, catalog, &mut counters);
-            source.deliver(
-                done.verdicts(&verdicts, batch.len()),
-                catalog,
-                &mut counters,
-            );
-            drop(counters);
-            if self.options.record_batches {
-                lock(&self.records).push(BatchRecord {
-                    worker: id,
-                    generation: release.generation,
-                    packets: batch.len(),
-                    verdicts: batch.len(),
-                    latency,
-                });
-            }
-            self.judged.fetch_max(release.generation, Ordering::Release);
-        }
-    }
-
-    /// This worker's prepared instance of `release`, or a new one if it has none. A failure
-    /// is a fault like any other: logged, counted, and toward an auto-revert; the worker
-    /// drops its batches as `policy-fault` and tries again.
-    fn take_instance(self: &Arc<Self>, release: &Release, id: usize) -> Option<WasmPolicy> {
-        if let Some(spare) = lock(&release.spares).get_mut(id).and_then(Option::take) {
-            return Some(spare);
-        }
-        match WasmPolicy::new(&self.runtime, &release.module, &release.config) {
-            Ok(policy) => Some(policy),
-            Err(e) => {
-                self.note_fault(&PolicyFault::Start(e.to_string()), release.generation);
-                None
-            }
-        }
-    }
-
     /// The sum of every worker's counters.
     pub fn counters(&self) -> Counters {
         let mut total = Counters::default();
@@ -700,103 +457,4 @@ impl Gateway {
     pub fn good_generations(&self) -> Vec<u64> {
         lock(&self.good).iter().map(|r| r.generation).collect()
     }
-}
-
-/// Builds a release off the packet path: one configured instance per worker (prepared in
-/// parallel), the first of which judges the canary batch. `canary` is reused when the
-/// configuration is the running one's.
-fn prepare(
-    runtime: &Runtime,
-    module: LoadedModule,
-    config: &str,
-    canary: Option<Arc<[Packet]>>,
-    workers: usize,
-    generation: u64,
-    cause: &'static str,
-) -> Result<Release, SwapError> {
-    // The instances for workers 1.. are prepared by as many threads as there are cores, while
-    // this thread prepares and checks the first.
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(workers.saturating_sub(1));
-    let mut spares: Vec<WasmPolicy> = std::thread::scope(|scope| {
-        let extra: Vec<_> = (0..threads)
-            .map(|t| {
-                let (module, count) = (&module, (workers - 1 - t).div_ceil(threads));
-                scope.spawn(move || {
-                    (0..count)
-                        .map(|_| WasmPolicy::new(runtime, module, config))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
-            .collect();
-        let mut spares = vec![WasmPolicy::new(runtime, &module, config)?];
-        if spares[0].catalog().vpcs.is_empty() {
-            return Err(SwapError::Config(ConfigRefused {
-                object: None,
-                field: None,
-                value: None,
-                message: "the configuration defines no VPC (an empty or cut-off file?): every packet would be dropped as unknown-vpc".into(),
-            }));
-        }
-        for handle in extra {
-            let more = handle
-                .join()
-                .map_err(|_| ModuleError::Start("preparing an instance panicked".into()))?;
-            spares.extend(more?);
-        }
-        Ok::<_, SwapError>(spares)
-    })?;
-    let first = &mut spares[0];
-    let canary = canary.unwrap_or_else(|| canary_packets(first.catalog(), config).into());
-    let mut out = vec![Verdict::default(); canary.len()];
-    first
-        .judge(&canary, &mut out)
-        .map_err(|e| SwapError::Canary(e.to_string()))?;
-    let info = first.info().clone();
-    let catalog = first.catalog().clone();
-    let (peerings, _) = first.config_summary();
-    Ok(Release {
-        generation,
-        cause,
-        module,
-        info,
-        config: config.into(),
-        config_digest: hex(&Sha256::digest(config.as_bytes())),
-        catalog,
-        peerings,
-        canary,
-        spares: Mutex::new(spares.into_iter().map(Some).collect()),
-    })
-}
-
-/// Refuses a configuration over `limit` bytes before any work is done on it.
-fn check_config_size(config: &str, limit: usize) -> Result<(), SwapError> {
-    if config.len() > limit {
-        return Err(SwapError::Config(ConfigRefused {
-            object: None,
-            field: None,
-            value: Some(format!("{} bytes", config.len())),
-            message: format!(
-                "the configuration is {} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)",
-                config.len()
-            ),
-        }));
-    }
-    Ok(())
-}
-
-/// Refuses a change made against another release than the one serving: `if_match` is the
-/// ETag the caller read (quotes allowed), or `*` for any.
-fn check_if_match(running: &Release, if_match: Option<&str>) -> Result<(), SwapError> {
-    let Some(expected) = if_match.map(|e| e.trim().trim_matches('"')) else {
-        return Ok(());
-    };
-    if expected == "*" || expected == running.etag() {
-        return Ok(());
-    }
-    Err(SwapError::Stale {
-        expected: expected.to_owned(),
-        running: running.etag(),
-    })
 }

@@ -1,6 +1,10 @@
-//! Where a gateway's packets come from: a looping replay of a trace or a generator (5-tuples
-//! only), or a UDP socket receiving VXLAN ([`crate::vxlan::VxlanSource`], which also forwards
-//! what is allowed).
+//! Packet ports: where a gateway's packets come from and where the allowed ones go. A
+//! [`Port`] gives a worker its batches and takes back their verdicts: a looping [`Trace`] of
+//! 5-tuples (a trace file, or generated traffic), or a UDP socket receiving and forwarding
+//! VXLAN ([`vxlan::VxlanPort`]). [`pcap`] replays captures through a policy.
+
+pub mod pcap;
+pub mod vxlan;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +14,8 @@ use flowgate_policy::{Catalog, Packet, Verdict};
 use crate::dataplane::Counters;
 
 /// A source of packets for one worker.
-pub trait Source: Send {
-    /// Appends up to `max` packets to `batch`; returns how many. 0 with [`Source::dry`]: the
+pub trait Port: Send {
+    /// Appends up to `max` packets to `batch`; returns how many. 0 with [`Port::dry`]: the
     /// source has nothing more; 0 otherwise: nothing arrived this time (a quiet socket).
     fn fill(&mut self, batch: &mut Vec<Packet>, max: usize) -> usize;
 
@@ -34,8 +38,8 @@ pub trait Source: Send {
     }
 }
 
-/// Replays a trace in a loop, from an offset, optionally paced.
-pub struct Replay {
+/// A trace of packets given in a loop, from an offset, optionally paced.
+pub struct Trace {
     packets: Arc<[Packet]>,
     next: usize,
     pacer: Option<Pacer>,
@@ -43,7 +47,7 @@ pub struct Replay {
     remaining: Option<u64>,
 }
 
-impl Replay {
+impl Trace {
     /// A replay of `packets` starting at `offset`, at `rate` packets per second (0: as fast as
     /// it can), stopping after `limit` packets if given.
     pub fn new(packets: Arc<[Packet]>, offset: usize, rate: u64, limit: Option<u64>) -> Self {
@@ -52,7 +56,7 @@ impl Replay {
         } else {
             offset % packets.len()
         };
-        Replay {
+        Trace {
             packets,
             next,
             pacer: (rate > 0).then(|| Pacer::new(rate)),
@@ -61,7 +65,7 @@ impl Replay {
     }
 }
 
-impl Source for Replay {
+impl Port for Trace {
     fn fill(&mut self, batch: &mut Vec<Packet>, max: usize) -> usize {
         let mut want = max;
         if let Some(remaining) = self.remaining {

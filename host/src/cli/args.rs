@@ -1,0 +1,411 @@
+//! The command line: every command and flag, as clap reads them.
+
+use std::fs;
+use std::io::{self};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use flowgate_host::admin;
+use flowgate_host::admin::Endpoint;
+use flowgate_host::dataplane::{self};
+use flowgate_host::gateway::DEFAULT_MAX_CONFIG_BYTES;
+use flowgate_host::wasm::Limits;
+
+#[derive(Parser)]
+#[command(
+    name = "flowgate",
+    version,
+    about = "A Wasm policy engine for VPC gateways: the peering flow filter and destination-VPC lookup."
+)]
+pub struct Cli {
+    /// What to do; `run` on the bundled fixture when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a whole trace through the dataplane loop and print a summary. With no arguments,
+    /// runs the bundled default fixture.
+    Run {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The packets, as JSON lines (the `check` input format).
+        #[arg(long, requires = "config")]
+        packets: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Judge packets given as JSON lines (stdin by default) and print one verdict per line.
+    Check {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The packets, as JSON lines; stdin when absent.
+        #[arg(long)]
+        packets: Option<PathBuf>,
+    },
+    /// Run conformance cases (the fixtures/cases format) against a module: pass or fail per
+    /// case, with expected against actual for every difference. Exits 1 when a case fails.
+    Test {
+        /// The module (a Wasm component); with --native, leave it out.
+        #[arg(required_unless_present = "native", value_name = "MODULE")]
+        module: Option<PathBuf>,
+        /// Case folders: a case (holding config.yaml), or a folder of cases. The bundled
+        /// fixtures/cases when absent.
+        #[arg(value_name = "CASES_DIR")]
+        cases: Vec<PathBuf>,
+        /// Run the cases through the policy library natively, with no module: every path
+        /// given is a case folder.
+        #[arg(long)]
+        native: bool,
+        /// Do not read or write the cache of precompiled modules.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Run the same traffic through two modules and show how the verdicts change.
+    Diff {
+        /// The module before (for example the one in production).
+        old: PathBuf,
+        /// The module after.
+        new: PathBuf,
+        /// The configuration both modules get.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+        /// Print the diff as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain a packet's verdict: which peerings admit it, through which expose entries, and
+    /// for a drop the nearest misses. The module explains its own verdict.
+    Explain {
+        /// The configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The module; the bundled default when absent.
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// The packet: "VPC SRC[:PORT] -> DST[:PORT] PROTO", for example
+        /// "vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp"; IPv6 with ports as [fd00::1]:53; the
+        /// source VPC by name or as vni:N.
+        packet: String,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a capture (pcap or pcapng): frames are parsed, judged a batch per policy call,
+    /// and written out: allowed ones with the VXLAN VNI of their destination VPC, ambiguous
+    /// and dropped ones to their own captures. Prints the `run` summary.
+    Replay {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The capture to replay: Ethernet frames, VXLAN (UDP 4789) or, with --src-vpc or
+        /// --vni, plain.
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Where allowed frames go (pcap), VNI rewritten to the destination VPC's.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where dropped frames go (pcap), unchanged: by the policy or unreadable.
+        #[arg(long)]
+        drops: Option<PathBuf>,
+        /// Where frames allowed with an ambiguous destination go (pcap), unchanged; without
+        /// it they are counted but not written.
+        #[arg(long)]
+        ambiguous: Option<PathBuf>,
+        /// The source VPC of frames that are not VXLAN.
+        #[arg(long, conflicts_with = "vni")]
+        src_vpc: Option<String>,
+        /// The source VNI of frames that are not VXLAN.
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Skip the policy call: every readable frame goes to --out unchanged (measures what
+        /// the rest of the path costs).
+        #[arg(long)]
+        skip_policy: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what a module says about itself.
+    Info {
+        /// The module (a Wasm component); the bundled default when absent.
+        #[arg(long)]
+        module: Option<PathBuf>,
+    },
+    /// Run a long-lived gateway: worker threads judge traffic while modules and configurations
+    /// are swapped through the admin API (or SIGHUP, which re-reads the files given here).
+    Serve(ServeArgs),
+    /// Show the status of a running gateway.
+    Status {
+        #[command(flatten)]
+        admin: ClientArgs,
+    },
+    /// Swap a running gateway's module (and configuration), or only its configuration.
+    Swap {
+        /// The new module (a Wasm component); absent: swap only the configuration.
+        module: Option<PathBuf>,
+        /// The new configuration.
+        #[arg(long, required_unless_present = "module")]
+        config: Option<PathBuf>,
+        /// Swap only if the release serving is this one (its ETag, from `flowgate status`).
+        /// Without it, the ETag of the release serving when the command starts is sent, so a
+        /// change made by someone else meanwhile is not overwritten.
+        #[arg(long)]
+        if_match: Option<String>,
+        /// Swap nothing: fetch the module and configuration in force, run traffic through
+        /// them and through the new ones, and show how the verdicts would change.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+        #[command(flatten)]
+        admin: ClientArgs,
+    },
+    /// Roll a running gateway back to its previous good release.
+    Rollback {
+        #[command(flatten)]
+        admin: ClientArgs,
+    },
+    /// Measure, in under a minute, what the sandbox costs: a no-op call, and native against
+    /// Wasm per packet at batch sizes 1, 32, 256 and 4096 on a generated table.
+    Bench {
+        /// Peerings of the generated table.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        peerings: u32,
+        /// The module to measure; the bundled default when absent.
+        #[arg(long)]
+        module: Option<PathBuf>,
+    },
+    /// Generate a configuration and a trace (how `fixtures/default` was made).
+    Gen {
+        /// Number of peerings.
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        peerings: u32,
+        /// Number of packets.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+        packets: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory to write `config.yaml` and `packets.jsonl` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The configuration; the bundled demo one when absent.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The policy module; the bundled default when absent.
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+    /// Where packets come from: `replay` loops over --packets (or the bundled trace), `gen`
+    /// generates traffic from the configuration's own prefixes, `vxlan` receives VXLAN on
+    /// --listen and forwards allowed packets to their VPC's --endpoint.
+    #[arg(long, value_enum, default_value_t = SourceKind::Replay)]
+    pub source: SourceKind,
+    /// With `--source vxlan`: the UDP address to receive VXLAN on.
+    #[arg(long, default_value = "127.0.0.1:4789")]
+    pub listen: String,
+    /// With `--source vxlan`: a VPC's tunnel endpoint, as NAME=HOST:PORT (repeatable).
+    #[arg(long = "endpoint", value_name = "NAME=HOST:PORT")]
+    pub endpoints: Vec<String>,
+    /// With `--source vxlan`: a file of tunnel endpoints, one `NAME HOST:PORT` per line.
+    #[arg(long)]
+    pub endpoints_file: Option<PathBuf>,
+    /// The trace to replay.
+    #[arg(long)]
+    pub packets: Option<PathBuf>,
+    /// Packets per second over all workers; 0 for as fast as they go.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Worker threads; one per core when absent.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Packets per policy call.
+    #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch: u32,
+    /// Where the admin API listens: `unix:PATH` (the default is
+    /// $XDG_RUNTIME_DIR/flowgate/admin.sock, else /run/flowgate/admin.sock; the socket is made
+    /// 0600), or `HOST:PORT`, which needs --admin-token-file.
+    #[arg(long, value_parser = endpoint)]
+    pub admin: Option<Endpoint>,
+    /// A file holding the bearer token every admin request must carry (required on TCP).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// What to do with a batch the module fails on.
+    #[arg(long, value_enum, default_value_t = FaultMode::FailClosed)]
+    pub on_fault: FaultMode,
+    /// Revert to the previous good release after this many faults ...
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub fault_limit: u32,
+    /// ... within this many seconds.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    pub fault_window: f64,
+    /// Stop after this many seconds (run until SIGINT or SIGTERM when absent).
+    #[arg(long, value_parser = seconds)]
+    pub duration: Option<f64>,
+    /// Do not read or write the cache of precompiled modules.
+    #[arg(long)]
+    pub no_cache: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// How to reach a running gateway's admin API.
+#[derive(Args)]
+pub struct ClientArgs {
+    /// The gateway's admin API: `unix:PATH` (the default is
+    /// $XDG_RUNTIME_DIR/flowgate/admin.sock, else /run/flowgate/admin.sock) or `HOST:PORT`.
+    #[arg(long, value_parser = endpoint)]
+    pub admin: Option<Endpoint>,
+    /// A file holding the gateway's bearer token; else the FLOWGATE_ADMIN_TOKEN variable.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> Result<admin::Client> {
+        let token = match &self.token_file {
+            Some(path) => Some(admin::read_token_file(path)?),
+            None => std::env::var(admin::TOKEN_ENV)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        };
+        let endpoint = self.admin.clone().unwrap_or_else(Endpoint::default_socket);
+        Ok(admin::Client::new(endpoint, token))
+    }
+}
+
+/// Limits on what a configuration may cost.
+#[derive(Args, Clone, Copy)]
+pub struct LimitArgs {
+    /// The largest configuration accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONFIG_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    pub max_config_bytes: u64,
+    /// The most memory a module instance may use, in MiB.
+    #[arg(long, default_value_t = (Limits::default().memory_bytes >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub module_memory_mib: u32,
+    /// The longest a module may take to read a configuration, in seconds.
+    #[arg(long, default_value_t = Limits::default().configure_deadline.as_secs_f64(), value_parser = seconds)]
+    pub configure_timeout: f64,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        LimitArgs {
+            max_config_bytes: DEFAULT_MAX_CONFIG_BYTES as u64,
+            module_memory_mib: (Limits::default().memory_bytes >> 20) as u32,
+            configure_timeout: Limits::default().configure_deadline.as_secs_f64(),
+        }
+    }
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: (self.module_memory_mib as usize) << 20,
+            configure_deadline: std::time::Duration::from_secs_f64(self.configure_timeout),
+            ..Limits::default()
+        }
+    }
+
+    /// Reads a configuration file, refusing one over --max-config-bytes before reading it
+    /// all (`/dev/zero` is refused, not read until memory runs out).
+    pub fn read_config(&self, path: &Path) -> Result<String> {
+        let limit = self.max_config_bytes;
+        let file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if bytes.len() as u64 > limit {
+            bail!(
+                "{}: the configuration is over the limit of {limit} bytes (raise it with --max-config-bytes)",
+                path.display()
+            );
+        }
+        String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not UTF-8 text (byte {} is not)",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })
+    }
+}
+
+/// A number of seconds: finite, above zero, at most a year.
+pub fn seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !value.is_finite() || value <= 0.0 || value > 365.0 * 86400.0 {
+        return Err(format!(
+            "`{text}`: a number of seconds above 0 and at most a year"
+        ));
+    }
+    Ok(value)
+}
+
+pub fn endpoint(text: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(text)
+}
+
+/// The traffic of a diff.
+#[derive(Args)]
+pub struct TrafficArgs {
+    /// The packets, as JSON lines (the `check` input format).
+    #[arg(long, conflicts_with = "generate")]
+    pub packets: Option<PathBuf>,
+    /// Generate this many packets from the configuration's own prefixes (the default, with
+    /// 10,000, when --packets is absent).
+    #[arg(long = "gen", id = "generate")]
+    pub generate: Option<usize>,
+    /// Seed of the generated traffic.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Sample packets shown per change.
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SourceKind {
+    Replay,
+    Gen,
+    Vxlan,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FaultMode {
+    FailClosed,
+    Previous,
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// The configuration (YAML or JSON).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The policy module (a Wasm component); the bundled default when absent.
+    #[arg(long, conflicts_with = "native")]
+    pub module: Option<PathBuf>,
+    /// Run the policy library natively instead of a Wasm module (a baseline).
+    #[arg(long)]
+    pub native: bool,
+    /// Packets per policy call.
+    #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch: u32,
+    /// Do not read or write the cache of precompiled modules.
+    #[arg(long)]
+    pub no_cache: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}

@@ -1,0 +1,266 @@
+//! The policy author's commands: `test`, `diff`, `explain` and `info`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use flowgate_host::Policy;
+use flowgate_host::dataplane::{self};
+use flowgate_host::hex;
+use flowgate_host::kit;
+use flowgate_host::wasm::WasmPolicy;
+use flowgate_policy::cases::Case;
+use flowgate_policy::json::{packet_json, parse_packet, parse_packet_text, verdict_json};
+use flowgate_policy::synth::{self};
+
+use super::*;
+
+pub fn cmd_info(module: Option<&Path>) -> Result<ExitCode> {
+    let runtime = runtime(false)?;
+    let (bytes, name) = module_bytes(module)?;
+    let loaded = runtime
+        .load(&bytes)
+        .with_context(|| format!("{name} refused"))?;
+    let policy =
+        WasmPolicy::new(&runtime, &loaded, "").map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let info = policy.info();
+    println!(
+        "{}",
+        serde_json::json!({
+            "name": info.name, "version": info.version, "wit_version": info.wit_version,
+            "sha256": hex(&loaded.digest()), "bytes": bytes.len(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cases under each of `dirs` (a case folder, or a folder of cases); the bundled ones
+/// when there are none.
+pub fn collect_cases(dirs: &[PathBuf]) -> Result<Vec<Case>> {
+    if dirs.is_empty() {
+        return flowgate_host::bundled_cases().map_err(|e| anyhow::anyhow!(e));
+    }
+    let mut cases = Vec::new();
+    for dir in dirs {
+        let found = if dir.join("config.yaml").is_file() {
+            vec![Case::load(dir).map_err(|e| anyhow::anyhow!(e))?]
+        } else {
+            Case::load_all(dir).map_err(|e| anyhow::anyhow!(e))?
+        };
+        if found.is_empty() {
+            bail!("{}: no cases (folders holding config.yaml)", dir.display());
+        }
+        cases.extend(found);
+    }
+    Ok(cases)
+}
+
+pub fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Result<ExitCode> {
+    let cases = collect_cases(dirs)?;
+    let where_from = if dirs.is_empty() {
+        "the bundled cases".to_owned()
+    } else {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let outcomes: Vec<kit::CaseOutcome> = match module {
+        Some(module) => {
+            let runtime = runtime(no_cache)?;
+            let bytes =
+                fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+            let loaded = runtime
+                .load(&bytes)
+                .with_context(|| format!("{} refused", module.display()))?;
+            println!(
+                "flowgate test: {} on {where_from} ({} cases)",
+                module.display(),
+                cases.len()
+            );
+            cases
+                .iter()
+                .map(|case| {
+                    kit::run_case(case, |config| kit::start_wasm(&runtime, &loaded, config))
+                })
+                .collect()
+        }
+        None => {
+            println!(
+                "flowgate test: the policy library, natively, on {where_from} ({} cases)",
+                cases.len()
+            );
+            cases
+                .iter()
+                .map(|case| kit::run_case(case, kit::start_native))
+                .collect()
+        }
+    };
+    let mut failed = 0;
+    for outcome in &outcomes {
+        let what = if outcome.packets > 0 {
+            format!("{} packets", outcome.packets)
+        } else {
+            "refusal".to_owned()
+        };
+        if outcome.passed() {
+            println!("ok    {} ({what})", outcome.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {} ({what})", outcome.name);
+            for problem in &outcome.problems {
+                for line in problem.lines() {
+                    println!("      {line}");
+                }
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn cmd_diff(
+    old: Side<'_>,
+    new: Side<'_>,
+    traffic: &TrafficArgs,
+    json: bool,
+) -> Result<ExitCode> {
+    let runtime = runtime(false)?;
+    let mut a = start_side(&runtime, &load_side(&runtime, &old)?, &old)?;
+    let mut b = start_side(&runtime, &load_side(&runtime, &new)?, &new)?;
+    // Traffic: a trace, or packets generated from the old side's configuration.
+    let (packets, traffic_name) = match &traffic.packets {
+        Some(path) => {
+            let mut packets = Vec::new();
+            for (n, line) in read_text(path)?.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let p = parse_packet(line, a.catalog())
+                    .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+                packets.push(p);
+            }
+            (packets, path.display().to_string())
+        }
+        None => {
+            let n = traffic.generate.unwrap_or(10_000);
+            let config = flowgate_policy::parse(old.config, Some(old.config_name))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (
+                synth::packets(&config, n, traffic.seed),
+                format!("{n} packets generated (seed {})", traffic.seed),
+            )
+        }
+    };
+    let diff = kit::diff(
+        &mut a,
+        &mut b,
+        &packets,
+        dataplane::DEFAULT_BATCH,
+        traffic.samples,
+    )
+    .context("a module failed while judging the traffic")?;
+    let describe = |p: &WasmPolicy, side: &Side<'_>| {
+        format!(
+            "{} ({} {}) with {}",
+            side.module_name,
+            p.info().name,
+            p.info().version,
+            side.config_name
+        )
+    };
+    let changed = diff.packets - diff.unchanged;
+    if json {
+        let changes: Vec<serde_json::Value> = diff
+            .changes
+            .iter()
+            .map(|((from, to), c)| {
+                serde_json::json!({
+                    "old": from,
+                    "new": to,
+                    "count": c.count,
+                    "samples": c.samples.iter().map(|p| packet_json(a.catalog(), p)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "old": describe(&a, &old),
+            "new": describe(&b, &new),
+            "traffic": traffic_name,
+            "packets": diff.packets,
+            "unchanged": diff.unchanged,
+            "changed": changed,
+            "changes": changes,
+        });
+        println!("{out}");
+    } else {
+        println!("flowgate diff: {traffic_name}");
+        println!("  old  {}", describe(&a, &old));
+        println!("  new  {}", describe(&b, &new));
+        println!("  {:<50}{:>10}", "packets", diff.packets);
+        println!("  {:<50}{:>10}", "unchanged", diff.unchanged);
+        println!("  {:<50}{:>10}", "changed", changed);
+        let mut changes: Vec<_> = diff.changes.iter().collect();
+        changes.sort_by(|x, y| y.1.count.cmp(&x.1.count).then(x.0.cmp(y.0)));
+        for ((from, to), change) in changes {
+            println!("  {:<50}{:>10}", format!("{from} -> {to}"), change.count);
+            for p in &change.samples {
+                println!("      {}", packet_json(a.catalog(), p));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cmd_explain(
+    config: &Path,
+    module: Option<&Path>,
+    text: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    let config_text = LimitArgs::default().read_config(config)?;
+    let (bytes, module_name) = module_bytes(module)?;
+    let runtime = runtime(false)?;
+    let config_name = config.display().to_string();
+    let side = Side {
+        module: &bytes,
+        module_name: &module_name,
+        config: &config_text,
+        config_name: &config_name,
+    };
+    let mut policy = start_side(&runtime, &load_side(&runtime, &side)?, &side)?;
+    let packet = parse_packet_text(text, policy.catalog()).map_err(|e| anyhow::anyhow!(e))?;
+    let e = policy
+        .explain(&packet)
+        .with_context(|| format!("{module_name} failed to explain"))?;
+    if json {
+        let matches = |ms: &[flowgate_policy::explain::EntryMatch]| -> Vec<serde_json::Value> {
+            ms.iter()
+                .map(|m| serde_json::json!({"block": m.block, "entry": m.entry, "miss": m.miss}))
+                .collect()
+        };
+        let out = serde_json::json!({
+            "packet": packet_json(policy.catalog(), &packet),
+            "verdict": verdict_json(policy.catalog(), e.verdict),
+            "src_vpc": e.src_vpc,
+            "peerings": e.peerings.iter().map(|p| serde_json::json!({
+                "peering": p.peering,
+                "remote": p.remote,
+                "admits": p.admits,
+                "source": matches(&p.source),
+                "destination": matches(&p.destination),
+            })).collect::<Vec<_>>(),
+            "notes": e.notes,
+        });
+        println!("{out}");
+    } else {
+        println!("packet: {text}");
+        print!("{}", e.render(policy.catalog()));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,243 @@
+//! A gateway and its clients: `serve`, `status`, `swap` and `rollback`.
+
+use std::fs;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use flowgate_host::admin;
+use flowgate_host::admin::Endpoint;
+use flowgate_host::gateway::serve::{Traffic, serve};
+use flowgate_host::gateway::{Gateway, OnFault, Options};
+use flowgate_host::wasm::{EngineOptions, Runtime};
+use flowgate_policy::Packet;
+use flowgate_policy::json::parse_packet;
+use flowgate_policy::synth::{self};
+
+use super::author::cmd_diff;
+use super::*;
+
+pub fn client_answer(answer: admin::Answer) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(&answer.body)?);
+    Ok(if (200..300).contains(&answer.status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+
+    let read_config = || -> Result<String> {
+        match &args.config {
+            Some(path) => args.limits.read_config(path),
+            None => Ok(flowgate_host::DEFAULT_CONFIG.to_owned()),
+        }
+    };
+    let config = read_config()?;
+    let (module, module_name) = module_bytes(args.module.as_deref())?;
+    let workers = args
+        .workers
+        .map_or_else(|| Options::default().workers, |w| w as usize);
+    // The admin API's token is read, and a TCP address without one refused, before anything
+    // starts.
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(admin::read_token_file)
+        .transpose()?;
+    let admin_endpoint = args.admin.clone().unwrap_or_else(Endpoint::default_socket);
+    if matches!(admin_endpoint, Endpoint::Tcp(_)) && admin_token.is_none() {
+        bail!(
+            "--admin {admin_endpoint} is TCP: it needs --admin-token-file FILE (or listen on a Unix socket, --admin unix:PATH)"
+        );
+    }
+    let runtime = Runtime::with_engine(
+        args.limits.limits(),
+        cache_dir(args.no_cache),
+        EngineOptions::for_workers(workers),
+    )?;
+    let options = Options {
+        workers,
+        batch: args.batch as usize,
+        on_fault: match args.on_fault {
+            FaultMode::FailClosed => OnFault::FailClosed,
+            FaultMode::Previous => OnFault::Previous,
+        },
+        fault_limit: args.fault_limit as usize,
+        fault_window: std::time::Duration::from_secs_f64(args.fault_window),
+        record_batches: false,
+        max_config_bytes: usize::try_from(args.limits.max_config_bytes).unwrap_or(usize::MAX),
+    };
+    let gateway = Gateway::new(runtime, &module, &config, options)
+        .with_context(|| format!("starting with {module_name}"))?;
+
+    // The traffic: a trace, or packets generated from the configuration's prefixes, or a
+    // socket.
+    let catalog = gateway.current().catalog.clone();
+    let vxlan = match args.source {
+        SourceKind::Vxlan => {
+            let file = args
+                .endpoints_file
+                .as_ref()
+                .map(|p| Ok::<_, anyhow::Error>((p.display().to_string(), read_text(p)?)))
+                .transpose()?;
+            let endpoints = flowgate_host::io::vxlan::Endpoints::parse(
+                &args.endpoints,
+                file.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+            )?;
+            let socket = std::net::UdpSocket::bind(&args.listen)
+                .with_context(|| format!("--listen {}", args.listen))?;
+            // Room for bursts while workers are busy; the kernel caps it at net.core.rmem_max.
+            let _ = nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::RcvBuf,
+                &(8 << 20),
+            );
+            Some((socket, Arc::new(endpoints)))
+        }
+        _ => None,
+    };
+    let packets: Vec<Packet> = match args.source {
+        SourceKind::Vxlan => Vec::new(),
+        SourceKind::Replay => {
+            let text = match &args.packets {
+                Some(path) => read_text(path)?,
+                None => flowgate_host::DEFAULT_PACKETS.to_owned(),
+            };
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .filter_map(|l| parse_packet(l, &catalog).ok())
+                .collect()
+        }
+        SourceKind::Gen => {
+            let parsed = flowgate_policy::parse(&config, None).map_err(|e| {
+                anyhow::anyhow!("--source gen reads the configuration natively: {e}")
+            })?;
+            synth::packets(&parsed, 1 << 16, 0x5eed)
+        }
+    };
+    if packets.is_empty() && vxlan.is_none() {
+        bail!("no packets to serve");
+    }
+    let traffic = match vxlan {
+        Some((socket, endpoints)) => {
+            eprintln!(
+                "flowgate: receiving VXLAN on udp://{}",
+                socket.local_addr()?
+            );
+            Traffic::Vxlan { socket, endpoints }
+        }
+        None => Traffic::Trace {
+            packets: packets.into(),
+            rate: args.rate,
+        },
+    };
+    let admin = admin::AdminServer::start(
+        gateway.clone(),
+        admin::AdminOptions::new(admin_endpoint, admin_token),
+    )?;
+    eprintln!(
+        "flowgate: serving generation 1 with {} worker(s); admin API on {}",
+        gateway.options().workers,
+        admin.endpoint()
+    );
+    let mut reread = || -> Result<(Option<Vec<u8>>, String)> {
+        let config = read_config()?;
+        let module = match &args.module {
+            Some(path) => {
+                Some(fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+            None => None,
+        };
+        Ok((module, config))
+    };
+    serve(
+        &gateway,
+        traffic,
+        args.duration.map(std::time::Duration::from_secs_f64),
+        &mut reread,
+    )?;
+    drop(admin);
+    println!("{}", admin::status(&gateway));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate swap`: a new module, configuration or both to a running gateway, made against the
+/// release this command saw; with `dry_run`, the diff of the verdicts instead.
+pub fn cmd_swap(
+    module: Option<&Path>,
+    config: Option<&Path>,
+    if_match: Option<String>,
+    dry_run: bool,
+    traffic: &TrafficArgs,
+    admin: &ClientArgs,
+) -> Result<ExitCode> {
+    let client = admin.client()?;
+    let config_name = config.as_ref().map(|c| c.display().to_string());
+    let config = config
+        .map(|p| LimitArgs::default().read_config(p))
+        .transpose()?;
+    if dry_run {
+        let admin::Serving {
+            module: serving,
+            config: serving_config,
+            etag,
+        } = client.serving()?;
+        println!("flowgate swap --dry-run: against the release serving, ETag {etag}");
+        let new_module = match &module {
+            Some(path) => fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            None => serving.clone(),
+        };
+        let new_module_name = match &module {
+            Some(path) => path.display().to_string(),
+            None => "the module in force".to_owned(),
+        };
+        let (new_config, new_config_name) = match (config, config_name) {
+            (Some(text), Some(name)) => (text, name),
+            _ => (
+                serving_config.clone(),
+                "the configuration in force".to_owned(),
+            ),
+        };
+        return cmd_diff(
+            Side {
+                module: &serving,
+                module_name: "the module in force",
+                config: &serving_config,
+                config_name: "the configuration in force",
+            },
+            Side {
+                module: &new_module,
+                module_name: &new_module_name,
+                config: &new_config,
+                config_name: &new_config_name,
+            },
+            traffic,
+            false,
+        );
+    }
+    let module = module
+        .map(|path| fs::read(path).with_context(|| format!("reading {}", path.display())))
+        .transpose()?;
+    // Swap against the release this command saw: a change made meanwhile by someone
+    // else is refused (412), not silently overwritten.
+    let if_match = match if_match {
+        Some(tag) => tag,
+        None => {
+            let status = client.status()?;
+            match status.etag {
+                Some(tag) if status.status == 200 => tag,
+                _ => return client_answer(status),
+            }
+        }
+    };
+    match module {
+        Some(bytes) => {
+            client_answer(client.swap_module(&bytes, config.as_deref(), Some(&if_match))?)
+        }
+        None => client_answer(
+            client.swap_config(config.as_deref().unwrap_or_default(), Some(&if_match))?,
+        ),
+    }
+}

@@ -1,0 +1,119 @@
+//! The `flowgate` commands, one file per family; what they share lives here.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use flowgate_host::hex;
+use flowgate_host::wasm::{Limits, LoadedModule, Runtime, WasmPolicy};
+use flowgate_host::{NativePolicy, Policy, StartError};
+
+use args::*;
+
+pub mod args;
+pub mod author;
+pub mod bench;
+pub mod gateway;
+pub mod run;
+
+/// A policy ready to judge, and how to describe it.
+pub struct Loaded {
+    pub policy: Box<dyn Policy>,
+    pub describe: String,
+    /// The engine and its epoch ticker, which must outlive the policy's deadlines.
+    pub _runtime: Option<Runtime>,
+}
+
+pub fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn load_policy(args: &PolicyArgs, config: &str, config_name: &str) -> Result<Loaded> {
+    if args.native {
+        let policy = NativePolicy::new(config, Some(config_name))
+            .map_err(|e| anyhow::anyhow!("configuration refused: {e}"))?;
+        return Ok(Loaded {
+            policy: Box::new(policy),
+            describe: "native policy library (no Wasm)".into(),
+            _runtime: None,
+        });
+    }
+    let runtime = Runtime::new(args.limits.limits(), cache_dir(args.no_cache))?;
+    let (bytes, module_name) = module_bytes(args.module.as_deref())?;
+    let side = Side {
+        module: &bytes,
+        module_name: &module_name,
+        config,
+        config_name,
+    };
+    let module = load_side(&runtime, &side)?;
+    let policy = start_side(&runtime, &module, &side)?;
+    let info = policy.info();
+    let describe = format!(
+        "module {} {} (WIT {}, sha256 {})",
+        info.name,
+        info.version,
+        info.wit_version,
+        &hex(&module.digest())[..16]
+    );
+    Ok(Loaded {
+        policy: Box::new(policy),
+        describe,
+        _runtime: Some(runtime),
+    })
+}
+
+pub fn module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
+    match path {
+        Some(path) => {
+            let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok((bytes, path.display().to_string()))
+        }
+        None => Ok((
+            flowgate_host::DEFAULT_MODULE.to_vec(),
+            "the bundled module".into(),
+        )),
+    }
+}
+
+/// The artifact cache's folder, unless `no_cache`.
+pub fn cache_dir(no_cache: bool) -> Option<PathBuf> {
+    if no_cache {
+        None
+    } else {
+        Runtime::default_cache_dir()
+    }
+}
+
+/// The engine, with the artifact cache unless `no_cache`.
+pub fn runtime(no_cache: bool) -> Result<Runtime> {
+    Runtime::new(Limits::default(), cache_dir(no_cache))
+}
+
+/// One side of a diff: a module and the configuration it gets.
+pub struct Side<'a> {
+    pub module: &'a [u8],
+    pub module_name: &'a str,
+    pub config: &'a str,
+    pub config_name: &'a str,
+}
+
+pub fn load_side(runtime: &Runtime, side: &Side<'_>) -> Result<LoadedModule> {
+    runtime
+        .load(side.module)
+        .with_context(|| format!("{} refused", side.module_name))
+}
+
+/// A configured instance of `module`; a refused configuration names the file and the module.
+pub fn start_side(runtime: &Runtime, module: &LoadedModule, side: &Side<'_>) -> Result<WasmPolicy> {
+    match WasmPolicy::new(runtime, module, side.config) {
+        Ok(policy) => Ok(policy),
+        Err(StartError::Config(e)) => bail!(
+            "{}: configuration refused by {}: {}",
+            side.config_name,
+            side.module_name,
+            e.message
+        ),
+        Err(e) => Err(e).with_context(|| format!("{} refused", side.module_name)),
+    }
+}

@@ -1,0 +1,245 @@
+//! A release: a module with a configuration, its generation, and one configured instance
+//! prepared per worker; how it is prepared (off the packet path, checked by a canary batch)
+//! and why a swap is refused.
+
+use std::sync::{Arc, Mutex};
+
+use flowgate_policy::{Catalog, Packet, Verdict};
+use sha2::{Digest, Sha256};
+
+use crate::wasm::{
+    ConfigRefused, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, WasmPolicy,
+};
+use crate::{Policy, hex};
+
+/// A module with a configuration, published under a generation number.
+pub struct Release {
+    /// Increases by one with every publication (swap or rollback).
+    pub generation: u64,
+    /// What the release was made by: `start`, `module`, `config`, `module+config`,
+    /// `reload` (a swap that changes neither), `rollback` or `auto-revert`.
+    pub cause: &'static str,
+    /// The module.
+    pub module: LoadedModule,
+    /// What the module says about itself.
+    pub info: ModuleInfo,
+    /// The configuration text.
+    pub config: Arc<str>,
+    /// sha256 of the configuration text.
+    pub config_digest: String,
+    /// The names behind the module's verdicts for this configuration.
+    pub catalog: Catalog,
+    /// Peerings in the configuration, as the module counted them.
+    pub peerings: u32,
+    /// The canary batch for this configuration (reused by swaps that keep the configuration).
+    pub(super) canary: Arc<[Packet]>,
+    /// One configured instance per worker, taken by the worker when it moves to this release.
+    pub(super) spares: Mutex<Vec<Option<WasmPolicy>>>,
+}
+
+impl Release {
+    /// sha256 of the module.
+    pub fn module_digest(&self) -> String {
+        hex(&self.module.digest())
+    }
+
+    /// The release's entity tag: its generation with the module's and the configuration's
+    /// digests. Every publication makes a new one, even of the same module and configuration.
+    pub fn etag(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.generation,
+            &self.module_digest()[..16],
+            &self.config_digest[..16]
+        )
+    }
+}
+
+/// Why a swap was refused. The running release keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// `If-Match` named another release than the running one.
+    #[error(
+        "the running release is {running}, not {expected}: read GET /status again and decide anew"
+    )]
+    Stale {
+        /// The ETag the caller expected.
+        expected: String,
+        /// The running release's ETag.
+        running: String,
+    },
+    /// The module was refused.
+    #[error("module refused: {0}")]
+    Module(#[from] ModuleError),
+    /// The module refused the configuration.
+    #[error("configuration refused: {0}")]
+    Config(ConfigRefused),
+    /// The canary batch failed.
+    #[error("canary batch failed: {0}")]
+    Canary(String),
+    /// There is no earlier good release.
+    #[error("no earlier good release to roll back to")]
+    NothingToRollBack,
+    /// The runtime cannot hold the instances the gateway needs.
+    #[error("{0}")]
+    Capacity(String),
+}
+
+impl SwapError {
+    /// The refusal's reason in counters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SwapError::Stale { .. } => "stale-digest",
+            SwapError::Module(
+                ModuleError::NotWasm
+                | ModuleError::CoreModule
+                | ModuleError::Precompiled
+                | ModuleError::Invalid(_),
+            ) => "not-a-component",
+            SwapError::Module(ModuleError::WrongWorld(_) | ModuleError::WrongShape(_)) => {
+                "wrong-world"
+            }
+            SwapError::Module(ModuleError::IncompatibleVersion { .. }) => "incompatible-version",
+            SwapError::Module(ModuleError::Start(_)) => "start-failed",
+            SwapError::Config(_) => "config-refused",
+            SwapError::Canary(_) => "canary-failed",
+            SwapError::NothingToRollBack => "nothing-to-roll-back",
+            SwapError::Capacity(_) => "capacity",
+        }
+    }
+}
+
+impl From<StartError> for SwapError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Module(e) => SwapError::Module(e),
+            StartError::Config(e) => SwapError::Config(e),
+        }
+    }
+}
+
+/// Packets every canary batch holds: both families, with and without ports, unknown VNIs.
+fn canary_packets(catalog: &Catalog, config: &str) -> Vec<Packet> {
+    let mut packets = Vec::new();
+    let v4 = |s: &str| -> std::net::IpAddr {
+        s.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+    };
+    let v6 = |s: &str| -> std::net::IpAddr {
+        s.parse().unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into())
+    };
+    for vni in catalog
+        .vpcs
+        .iter()
+        .map(|v| v.vni)
+        .take(16)
+        .chain([0, 16_777_215])
+    {
+        packets.push(Packet::tcp(vni, v4("10.0.0.1"), 40000, v4("10.0.0.2"), 443));
+        packets.push(Packet::udp(vni, v6("fd00::1"), 53, v6("fd00::2"), 53));
+        packets.push(Packet::portless(vni, v4("192.168.0.1"), v4("8.8.8.8"), 1));
+    }
+    // And packets drawn from the configuration's own prefixes, when the library reads it.
+    if let Ok(parsed) = flowgate_policy::parse(config, None) {
+        packets.extend(flowgate_policy::synth::packets(&parsed, 64, 0xca9a));
+    }
+    packets
+}
+
+/// Builds a release off the packet path: one configured instance per worker (prepared in
+/// parallel), the first of which judges the canary batch. `canary` is reused when the
+/// configuration is the running one's.
+pub(super) fn prepare(
+    runtime: &Runtime,
+    module: LoadedModule,
+    config: &str,
+    canary: Option<Arc<[Packet]>>,
+    workers: usize,
+    generation: u64,
+    cause: &'static str,
+) -> Result<Release, SwapError> {
+    // The instances for workers 1.. are prepared by as many threads as there are cores, while
+    // this thread prepares and checks the first.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(workers.saturating_sub(1));
+    let mut spares: Vec<WasmPolicy> = std::thread::scope(|scope| {
+        let extra: Vec<_> = (0..threads)
+            .map(|t| {
+                let (module, count) = (&module, (workers - 1 - t).div_ceil(threads));
+                scope.spawn(move || {
+                    (0..count)
+                        .map(|_| WasmPolicy::new(runtime, module, config))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut spares = vec![WasmPolicy::new(runtime, &module, config)?];
+        if spares[0].catalog().vpcs.is_empty() {
+            return Err(SwapError::Config(ConfigRefused {
+                object: None,
+                field: None,
+                value: None,
+                message: "the configuration defines no VPC (an empty or cut-off file?): every packet would be dropped as unknown-vpc".into(),
+            }));
+        }
+        for handle in extra {
+            let more = handle
+                .join()
+                .map_err(|_| ModuleError::Start("preparing an instance panicked".into()))?;
+            spares.extend(more?);
+        }
+        Ok::<_, SwapError>(spares)
+    })?;
+    let first = &mut spares[0];
+    let canary = canary.unwrap_or_else(|| canary_packets(first.catalog(), config).into());
+    let mut out = vec![Verdict::default(); canary.len()];
+    first
+        .judge(&canary, &mut out)
+        .map_err(|e| SwapError::Canary(e.to_string()))?;
+    let info = first.info().clone();
+    let catalog = first.catalog().clone();
+    let (peerings, _) = first.config_summary();
+    Ok(Release {
+        generation,
+        cause,
+        module,
+        info,
+        config: config.into(),
+        config_digest: hex(&Sha256::digest(config.as_bytes())),
+        catalog,
+        peerings,
+        canary,
+        spares: Mutex::new(spares.into_iter().map(Some).collect()),
+    })
+}
+
+/// Refuses a configuration over `limit` bytes before any work is done on it.
+pub(super) fn check_config_size(config: &str, limit: usize) -> Result<(), SwapError> {
+    if config.len() > limit {
+        return Err(SwapError::Config(ConfigRefused {
+            object: None,
+            field: None,
+            value: Some(format!("{} bytes", config.len())),
+            message: format!(
+                "the configuration is {} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)",
+                config.len()
+            ),
+        }));
+    }
+    Ok(())
+}
+
+/// Refuses a change made against another release than the one serving: `if_match` is the
+/// ETag the caller read (quotes allowed), or `*` for any.
+pub(super) fn check_if_match(running: &Release, if_match: Option<&str>) -> Result<(), SwapError> {
+    let Some(expected) = if_match.map(|e| e.trim().trim_matches('"')) else {
+        return Ok(());
+    };
+    if expected == "*" || expected == running.etag() {
+        return Ok(());
+    }
+    Err(SwapError::Stale {
+        expected: expected.to_owned(),
+        running: running.etag(),
+    })
+}
