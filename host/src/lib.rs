@@ -1,18 +1,61 @@
 //! flowgate's dataplane host: it loads policy modules (Wasm components implementing
 //! `wit/policy.wit`) with wasmtime, feeds them batches of packets and applies the verdicts.
 //!
-//! - [`module`]: wasmtime set up for a dataplane; loading, checking and caching modules; a
-//!   configured instance that judges batches ([`module::WasmPolicy`]).
-//! - [`dataplane`]: the batch loop in phases (read a batch, one guest call, apply verdicts)
-//!   and its counters.
-//! - [`gateway`]: a long-running gateway with worker threads, hot swaps, rollbacks and fault
-//!   containment; [`admin`] is its HTTP API, [`metrics`] its Prometheus metrics, [`source`]
-//!   where its packets come from.
-//! - [`replay`]: captures (pcap, pcapng) replayed through a policy and written back out;
-//!   [`vxlan`]: a live gateway's UDP socket.
-//! - [`kit`]: the policy author's tools: conformance cases against a module, verdict diffs
-//!   between modules.
-//! - [`NativePolicy`]: the same policy without Wasm, for comparison and as a baseline.
+//! By layer, each leaning only on the ones above it:
+//! - [`policy`]: what judges a batch ([`Policy`]): the library natively ([`NativePolicy`]) or
+//!   a module; the [`PolicyFault`] a batch ends with.
+//! - [`wasm`]: wasmtime set up for a dataplane ([`wasm::Runtime`]); loading, checking and
+//!   caching modules; a configured instance ([`wasm::WasmPolicy`]).
+//! - [`dataplane`]: the one batch step ([`dataplane::step`]: judge, handle a fault, count),
+//!   its counters and latency histogram.
+//! - [`io`]: packet ports: a looping trace, pcap/pcapng replay, a VXLAN socket.
+//! - [`gateway`]: releases published for workers, hot swaps, rollbacks and fault containment;
+//!   [`gateway::Worker`] is the stage a dataplane holds per core; [`gateway::serve`] runs
+//!   workers on their ports.
+//! - [`admin`]: the gateway's admin API (server, client, Prometheus metrics).
+//! - [`kit`]: the policy author's tools: conformance cases against a module, verdict diffs.
+//!
+//! # Embedding
+//!
+//! A dataplane with its own packet I/O (a DPDK or AF_XDP pipeline) loads a module once,
+//! gives each of its cores a [`gateway::Worker`], and judges each burst in place; the control
+//! plane publishes releases from any thread (the writer), and every worker picks the new one
+//! up at its next burst with one atomic load (the reader), so no burst is judged by two.
+//!
+//! ```
+//! use flowgate_host::gateway::{Gateway, Options};
+//! use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
+//! use flowgate_policy::{Packet, Verdict};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let config = flowgate_host::DEFAULT_CONFIG;
+//! // Once: an engine with room for the workers, the module checked, compiled, configured.
+//! let runtime = Runtime::with_engine(Limits::default(), None, EngineOptions::for_workers(2))?;
+//! let options = Options { workers: 2, ..Options::default() };
+//! let gateway = Gateway::new(runtime, flowgate_host::DEFAULT_MODULE, config, options)?;
+//!
+//! // Per core: a stage that judges bursts in place.
+//! let mut stage = gateway.worker(0);
+//! let vni = gateway.current().catalog.vpcs[0].vni;
+//! let burst: Vec<Packet> = (0..32)
+//!     .map(|i| Packet::tcp(vni, [10, 0, 0, i].into(), 40000, [10, 1, 0, 1].into(), 443))
+//!     .collect();
+//! let mut verdicts = vec![Verdict::default(); burst.len()];
+//! let judged = stage.judge(&burst, &mut verdicts);
+//! match judged.verdicts {
+//!     // Forward each allowed packet to its VPC (`judged.catalog` names it); drop the rest.
+//!     Some(verdicts) => assert_eq!(verdicts.len(), burst.len()),
+//!     // The module failed on this burst: drop all of it, fail-closed.
+//!     None => unreachable!("the default module does not fail"),
+//! }
+//! assert_eq!(judged.generation, 1);
+//!
+//! // The control plane, from any thread: a new release; the stage takes it at its next burst.
+//! gateway.swap(None, Some(config), None)?;
+//! assert_eq!(stage.judge(&burst, &mut verdicts).generation, 2);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod admin;
 pub mod dataplane;
@@ -25,7 +68,7 @@ pub mod wasm;
 pub use policy::{NativePolicy, Policy, PolicyFault};
 pub use wasm::{ConfigRefused, ModuleError, StartError};
 
-/// The default policy module, built from `guest/component` when the host is built.
+/// The default policy module, built from `guest/default` when the host is built.
 pub static DEFAULT_MODULE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flowgate_guest.wasm"));
 
 /// The bundled demo configuration (`fixtures/default/config.yaml`).

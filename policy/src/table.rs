@@ -31,9 +31,9 @@
 //! - **Searches**: `partition_point` (a branch per step) gave 41 ns a packet; IPv4 keys as
 //!   `u32` instead of `u128`, 40 ns; a search with no data-dependent branch, VNIs in their own
 //!   dense array and 4-byte matrix cells, 26 ns; the source and destination searches in one
-//!   loop ([`last_at_or_below2`]), so their independent loads overlap, took the Wasm path
+//!   loop (`last_at_or_below2`), so their independent loads overlap, took the Wasm path
 //!   another 8 % (natively the CPU already overlapped them).
-//! - **The packed path** reads lookup keys straight from the record ([`Table::lookup_keys`])
+//! - **The packed path** reads lookup keys straight from the record (`Table::lookup_keys`)
 //!   instead of building a [`Packet`] first.
 //! - **Tried and not kept**: looking IPv4 packets up four at a time, their VNI searches in
 //!   one loop and their eight segment searches in another, to overlap loads across packets.

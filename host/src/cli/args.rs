@@ -88,8 +88,8 @@ pub enum Command {
         /// The module; the bundled default when absent.
         #[arg(long)]
         module: Option<PathBuf>,
-        /// The packet: "VPC SRC[:PORT] -> DST[:PORT] PROTO", for example
-        /// "vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp"; IPv6 with ports as [fd00::1]:53; the
+        /// The packet: `VPC SRC[:PORT] -> DST[:PORT] PROTO`, for example
+        /// `vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp`; IPv6 with ports as `[fd00::1]:53`; the
         /// source VPC by name or as vni:N.
         packet: String,
         /// Print the explanation as JSON.

@@ -25,6 +25,8 @@ mod release;
 pub mod serve;
 mod worker;
 
+pub use worker::{Burst, Worker};
+
 pub use release::{Release, SwapError};
 use release::{check_config_size, check_if_match, prepare};
 

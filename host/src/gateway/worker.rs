@@ -1,11 +1,12 @@
-//! A gateway's worker: batches from its port, each judged by exactly one release, picked up
-//! at the batch boundary; faults counted toward an auto-revert.
+//! A gateway's worker: the pipeline stage a dataplane holds per core. Each burst is judged by
+//! exactly one release, the one published when the burst starts (the reader side of the
+//! publication: one atomic load per burst); faults are counted toward an auto-revert.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use flowgate_policy::{Packet, Verdict};
+use flowgate_policy::{Catalog, Packet, Verdict};
 
 use super::{BatchRecord, Gateway, OnFault, Release, lock};
 use crate::dataplane::{self, Judged};
@@ -15,90 +16,68 @@ use crate::{Policy, PolicyFault};
 /// The least time between two attempts of a worker to start an instance after one failed.
 const RESTART_INTERVAL: Duration = Duration::from_millis(100);
 
+/// One worker of a gateway, with its own module instance: judges bursts, in place.
+pub struct Worker {
+    gateway: Arc<Gateway>,
+    id: usize,
+    release: Arc<Release>,
+    policy: Option<WasmPolicy>,
+    /// The release before, with this worker's instance of it (for `--on-fault previous`).
+    previous: Option<(Arc<Release>, Option<WasmPolicy>)>,
+    last_start: Instant,
+}
+
+/// What became of a burst.
+pub struct Burst<'a> {
+    /// The verdicts, one per packet; `None`: the module failed on the burst, and every packet
+    /// of it is dropped (counted as `policy-fault`).
+    pub verdicts: Option<&'a [Verdict]>,
+    /// The names behind the verdicts (VPC indices, candidate sets).
+    pub catalog: &'a Catalog,
+    /// The generation of the release that judged the burst.
+    pub generation: u64,
+}
+
 impl Gateway {
-    /// Runs worker `id` until `stop` is set or `source` runs dry: each batch is judged by
-    /// exactly one release, picked up at the batch boundary.
+    /// Worker `id`'s stage (`id` below [`super::Options::workers`]): takes the instance
+    /// prepared for it by the release being served.
+    pub fn worker(self: &Arc<Self>, id: usize) -> Worker {
+        let release = self.current();
+        let policy = self.take_instance(&release, id);
+        Worker {
+            gateway: self.clone(),
+            id,
+            release,
+            policy,
+            previous: None,
+            last_start: Instant::now(),
+        }
+    }
+
+    /// Runs worker `id` on `port` until `stop` is set or the port runs dry: each batch is
+    /// judged by exactly one release, picked up at the batch boundary.
     pub fn run_worker(
         self: &Arc<Self>,
         id: usize,
-        source: &mut dyn crate::io::Port,
+        port: &mut dyn crate::io::Port,
         stop: &AtomicBool,
     ) {
-        let mut release = self.current();
-        let mut policy = self.take_instance(&release, id);
-        let mut last_start = Instant::now();
-        let mut previous: Option<(Arc<Release>, Option<WasmPolicy>)> = None;
+        let mut worker = self.worker(id);
         let mut batch: Vec<Packet> = Vec::with_capacity(self.options.batch);
         let mut verdicts = vec![Verdict::default(); self.options.batch];
         while !stop.load(Ordering::Relaxed) {
             batch.clear();
-            if source.fill(&mut batch, self.options.batch) == 0 {
-                if source.dry() {
+            if port.fill(&mut batch, self.options.batch) == 0 {
+                if port.dry() {
                     break;
                 }
-                // Nothing judged, but what the source could not read is counted.
-                source.deliver(Some(&[]), &release.catalog, &mut lock(&self.counters[id]));
+                // Nothing judged, but what the port could not read is counted.
+                let catalog = &worker.release.catalog;
+                port.deliver(Some(&[]), catalog, &mut lock(&self.counters[id]));
                 continue;
             }
-            let now = self.current.load();
-            if now.generation != release.generation {
-                let next = now.clone();
-                let next_policy = self.take_instance(&next, id);
-                last_start = Instant::now();
-                previous = Some((
-                    std::mem::replace(&mut release, next),
-                    std::mem::replace(&mut policy, next_policy),
-                ));
-            }
-            if policy.is_none() && last_start.elapsed() >= RESTART_INTERVAL {
-                policy = self.take_instance(&release, id);
-                last_start = Instant::now();
-            }
-            let started = Instant::now();
-            let fallback = match (self.options.on_fault, previous.as_mut()) {
-                (OnFault::Previous, Some((_, Some(old)))) => Some(old as &mut dyn Policy),
-                _ => None,
-            };
-            let done = dataplane::step(
-                policy.as_mut().map(|p| p as &mut dyn Policy),
-                fallback,
-                &batch,
-                &mut verdicts,
-            );
-            let latency = started.elapsed();
-            self.batch_latency.observe(latency);
-            if let Some(fault) = &done.fault
-                && !matches!(fault, PolicyFault::NoInstance)
-            {
-                self.note_fault(fault, release.generation);
-            }
-            if let Some(e) = &done.restart_failed {
-                self.note_fault(&PolicyFault::Start(format!("{e:#}")), release.generation);
-                policy = None;
-                last_start = Instant::now();
-            }
-            let catalog = match (done.judged, &previous) {
-                (Judged::Fallback, Some((old, _))) => &old.catalog,
-                _ => &release.catalog,
-            };
-            let mut counters = lock(&self.counters[id]);
-            done.count(&batch, &verdicts, catalog, &mut counters);
-            source.deliver(
-                done.verdicts(&verdicts, batch.len()),
-                catalog,
-                &mut counters,
-            );
-            drop(counters);
-            if self.options.record_batches {
-                lock(&self.records).push(BatchRecord {
-                    worker: id,
-                    generation: release.generation,
-                    packets: batch.len(),
-                    verdicts: batch.len(),
-                    latency,
-                });
-            }
-            self.judged.fetch_max(release.generation, Ordering::Release);
+            let burst = worker.judge(&batch, &mut verdicts);
+            port.deliver(burst.verdicts, burst.catalog, &mut lock(&self.counters[id]));
         }
     }
 
@@ -115,6 +94,73 @@ impl Gateway {
                 self.note_fault(&PolicyFault::Start(e.to_string()), release.generation);
                 None
             }
+        }
+    }
+}
+
+impl Worker {
+    /// Judges a burst into `out` (at least as long) with the release published now, and
+    /// counts it in the gateway's counters: the one batch step ([`dataplane::step`]) with the
+    /// gateway's fault handling (restart, `--on-fault previous`, auto-revert).
+    pub fn judge<'a>(&'a mut self, packets: &[Packet], out: &'a mut [Verdict]) -> Burst<'a> {
+        let gateway = self.gateway.clone();
+        let now = gateway.current.load();
+        if now.generation != self.release.generation {
+            let next = now.clone();
+            let next_policy = gateway.take_instance(&next, self.id);
+            self.last_start = Instant::now();
+            self.previous = Some((
+                std::mem::replace(&mut self.release, next),
+                std::mem::replace(&mut self.policy, next_policy),
+            ));
+        }
+        if self.policy.is_none() && self.last_start.elapsed() >= RESTART_INTERVAL {
+            self.policy = gateway.take_instance(&self.release, self.id);
+            self.last_start = Instant::now();
+        }
+        let started = Instant::now();
+        let fallback = match (gateway.options.on_fault, self.previous.as_mut()) {
+            (OnFault::Previous, Some((_, Some(old)))) => Some(old as &mut dyn Policy),
+            _ => None,
+        };
+        let done = dataplane::step(
+            self.policy.as_mut().map(|p| p as &mut dyn Policy),
+            fallback,
+            packets,
+            out,
+        );
+        let latency = started.elapsed();
+        gateway.batch_latency.observe(latency);
+        let generation = self.release.generation;
+        if let Some(fault) = &done.fault
+            && !matches!(fault, PolicyFault::NoInstance)
+        {
+            gateway.note_fault(fault, generation);
+        }
+        if let Some(e) = &done.restart_failed {
+            gateway.note_fault(&PolicyFault::Start(format!("{e:#}")), generation);
+            self.policy = None;
+            self.last_start = Instant::now();
+        }
+        let catalog = match (done.judged, &self.previous) {
+            (Judged::Fallback, Some((old, _))) => &old.catalog,
+            _ => &self.release.catalog,
+        };
+        done.count(packets, out, catalog, &mut lock(&gateway.counters[self.id]));
+        if gateway.options.record_batches {
+            lock(&gateway.records).push(BatchRecord {
+                worker: self.id,
+                generation,
+                packets: packets.len(),
+                verdicts: packets.len(),
+                latency,
+            });
+        }
+        gateway.judged.fetch_max(generation, Ordering::Release);
+        Burst {
+            verdicts: done.verdicts(out, packets.len()),
+            catalog,
+            generation,
         }
     }
 }
