@@ -18,7 +18,9 @@ use cli::run::*;
 use cli::*;
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    cli::logs::init(cli.log_format);
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flowgate: {e:#}");

@@ -136,8 +136,9 @@ impl AdminServer {
         if let Some(addr) = listener.tcp_addr()
             && !addr.ip().is_loopback()
         {
-            eprintln!(
-                "flowgate: warning: the admin API listens on {addr}, beyond loopback: anyone who can reach it with the token can change the policy"
+            tracing::warn!(
+                %addr,
+                "the admin API listens beyond loopback: anyone who can reach it with the token can change the policy"
             );
         }
         let endpoint = listener.endpoint()?;
@@ -194,7 +195,7 @@ fn accept_loop(listener: &Listener, shared: &Arc<Shared>, stop: &AtomicBool) {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
-                eprintln!("flowgate: admin API: accept: {e}");
+                tracing::warn!(error = %e, "admin API: accept failed");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }

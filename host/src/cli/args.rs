@@ -12,6 +12,8 @@ use flowgate_host::dataplane::{self};
 use flowgate_host::gateway::DEFAULT_MAX_CONFIG_BYTES;
 use flowgate_host::wasm::Limits;
 
+use super::logs::LogFormat;
+
 #[derive(Parser)]
 #[command(
     name = "flowgate",
@@ -22,6 +24,9 @@ pub struct Cli {
     /// What to do; `run` on the bundled fixture when absent.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// How log lines are written on stderr: `human`, or `json` (one object a line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand)]

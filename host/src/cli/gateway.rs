@@ -122,10 +122,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     }
     let traffic = match vxlan {
         Some((socket, endpoints)) => {
-            eprintln!(
-                "flowgate: receiving VXLAN on udp://{}",
-                socket.local_addr()?
-            );
+            tracing::info!("receiving VXLAN on udp://{}", socket.local_addr()?);
             Traffic::Vxlan { socket, endpoints }
         }
         None => Traffic::Trace {
@@ -137,8 +134,8 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         gateway.clone(),
         admin::AdminOptions::new(admin_endpoint, admin_token),
     )?;
-    eprintln!(
-        "flowgate: serving generation 1 with {} worker(s); admin API on {}",
+    tracing::info!(
+        "serving generation 1 with {} worker(s); admin API on {}",
         gateway.options().workers,
         admin.endpoint()
     );

@@ -14,6 +14,7 @@ pub mod args;
 pub mod author;
 pub mod bench;
 pub mod gateway;
+pub mod logs;
 pub mod run;
 
 /// A policy ready to judge, and how to describe it.

@@ -214,21 +214,30 @@ impl Gateway {
         let _one_at_a_time = lock(&self.swap_lock);
         let result = self.try_swap(module, config, if_match);
         match &result {
-            Ok(release) => eprintln!(
-                "flowgate: swap: generation {} is live ({}): module {} {} sha256 {}, config sha256 {}",
+            Ok(release) => tracing::info!(
+                event = "swap",
+                generation = release.generation,
+                cause = %release.cause,
+                module = %format_args!("{} {}", release.info.name, release.info.version),
+                module_sha256 = %release.module_digest(),
+                config_sha256 = %release.config_digest,
+                "swap: generation {} is live ({})",
                 release.generation,
                 release.cause,
-                release.info.name,
-                release.info.version,
-                &release.module_digest()[..16],
-                &release.config_digest[..16]
             ),
             Err(e) => {
                 *lock(&self.events).refusals.entry(e.reason()).or_default() += 1;
-                eprintln!(
-                    "flowgate: swap refused ({}): {e}; generation {} keeps serving",
+                let serving = self.current();
+                tracing::warn!(
+                    event = "refusal",
+                    reason = e.reason(),
+                    error = %e,
+                    generation = serving.generation,
+                    module_sha256 = %serving.module_digest(),
+                    config_sha256 = %serving.config_digest,
+                    "swap refused ({}); generation {} keeps serving",
                     e.reason(),
-                    self.current().generation
+                    serving.generation
                 );
             }
         }
@@ -328,10 +337,17 @@ impl Gateway {
         let result = self.try_rollback(auto, if_match);
         if let Err(e) = &result {
             *lock(&self.events).refusals.entry(e.reason()).or_default() += 1;
-            eprintln!(
-                "flowgate: rollback ({cause}) refused ({}): {e}; generation {} keeps serving",
+            let serving = self.current();
+            tracing::warn!(
+                event = "refusal",
+                reason = e.reason(),
+                error = %e,
+                generation = serving.generation,
+                module_sha256 = %serving.module_digest(),
+                config_sha256 = %serving.config_digest,
+                "rollback ({cause}) refused ({}); generation {} keeps serving",
                 e.reason(),
-                self.current().generation
+                serving.generation
             );
         }
         result
@@ -369,9 +385,17 @@ impl Gateway {
             good.push_back(release.clone());
         }
         *lock(&self.events).rollbacks.entry(cause).or_default() += 1;
-        eprintln!(
-            "flowgate: rollback ({cause}): generation {} is live: module {} {}, the release of generation {}",
-            release.generation, release.info.name, release.info.version, target.generation
+        tracing::info!(
+            event = if auto { "auto-revert" } else { "rollback" },
+            generation = release.generation,
+            cause,
+            from_generation = target.generation,
+            module = %format_args!("{} {}", release.info.name, release.info.version),
+            module_sha256 = %release.module_digest(),
+            config_sha256 = %release.config_digest,
+            "rollback ({cause}): generation {} is live, the release of generation {}",
+            release.generation,
+            target.generation
         );
         Ok(release)
     }
@@ -381,7 +405,13 @@ impl Gateway {
     /// the faulty release serves and faults go on.
     fn note_fault(self: &Arc<Self>, fault: &PolicyFault, generation: u64) {
         *lock(&self.events).faults.entry(fault.reason()).or_default() += 1;
-        eprintln!("flowgate: fault in generation {generation}: {fault}");
+        tracing::warn!(
+            event = "fault",
+            generation,
+            reason = fault.reason(),
+            error = %fault,
+            "fault in generation {generation}"
+        );
         let now = Instant::now();
         if now < lock(&self.next_revert).0 {
             return;
@@ -411,9 +441,13 @@ impl Gateway {
                         Some(e) => {
                             lock(&gateway.events).revert_failures += 1;
                             let wait = next.1;
-                            eprintln!(
-                                "flowgate: auto-revert from generation {generation} failed ({}): {e}; trying again in {wait:?} while faults go on",
-                                e.reason()
+                            tracing::error!(
+                                event = "auto-revert-failed",
+                                generation,
+                                reason = e.reason(),
+                                error = %e,
+                                retry_in = ?wait,
+                                "auto-revert from generation {generation} failed; trying again while faults go on"
                             );
                             *next = (Instant::now() + wait, (wait * 2).min(REVERT_BACKOFF.1));
                         }

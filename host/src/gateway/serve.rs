@@ -67,7 +67,9 @@ pub fn serve(
                 Box::new(
                     move || match VxlanPort::new(socket, endpoints, stop.clone(), batch) {
                         Ok(mut port) => gateway.run_worker(id, &mut port, &stop),
-                        Err(e) => eprintln!("flowgate: worker {id}: {e:#}"),
+                        Err(e) => {
+                            tracing::error!(worker = id, error = %format_args!("{e:#}"), "worker {id} could not start")
+                        }
                     },
                 )
             }
@@ -86,18 +88,26 @@ pub fn serve(
             stop.store(true, Ordering::Relaxed);
         }
         if hup.swap(false, Ordering::Relaxed) {
-            eprintln!("flowgate: SIGHUP: re-reading the module and configuration files");
+            tracing::info!(
+                event = "sighup",
+                "SIGHUP: re-reading the module and configuration files"
+            );
             match reread() {
                 // Published or refused, the gateway logged it; unchanged, say so here.
                 Ok((module, config)) => {
                     if let Ok(None) = gateway.reload(module.as_deref(), &config) {
-                        eprintln!(
-                            "flowgate: SIGHUP: the module and configuration files are unchanged: nothing to publish, generation {} keeps serving",
-                            gateway.current().generation
+                        tracing::info!(
+                            event = "sighup",
+                            generation = gateway.current().generation,
+                            "SIGHUP: the module and configuration files are unchanged: nothing to publish"
                         );
                     }
                 }
-                Err(e) => eprintln!("flowgate: SIGHUP: {e:#}; the running release keeps serving"),
+                Err(e) => tracing::warn!(
+                    event = "sighup",
+                    error = %format_args!("{e:#}"),
+                    "SIGHUP: the files could not be read; the running release keeps serving"
+                ),
             }
         }
     }

@@ -121,14 +121,14 @@ impl Runtime {
                             return Ok(component);
                         }
                     }
-                    eprintln!(
-                        "flowgate: warning: cache entry {} does not match its checksum: ignored, the module is compiled again",
-                        path.display()
+                    tracing::warn!(
+                        path = %path.display(),
+                        "cache entry does not match its checksum: ignored, the module is compiled again"
                     );
                 }
-                _ => eprintln!(
-                    "flowgate: warning: cache entry {} is unreadable or too short: ignored, the module is compiled again",
-                    path.display()
+                _ => tracing::warn!(
+                    path = %path.display(),
+                    "cache entry is unreadable or too short: ignored, the module is compiled again"
                 ),
             }
         }

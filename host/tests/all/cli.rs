@@ -289,3 +289,88 @@ fn serve_with_client_subcommands_and_sighup() {
 fn json_lines_pretty(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+#[test]
+fn logs_as_json_lines_carry_each_event_with_its_fields() {
+    let socket = crate::socket_path("json-logs");
+    let admin = format!("unix:{}", socket.display());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--workers",
+            "1",
+            "--rate",
+            "1000",
+        ])
+        .args(["--duration", "30", "--admin", &admin, "--config", SPEC_3_1])
+        .current_dir(crate::repo())
+        .env(
+            "FLOWGATE_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = (0..600).any(|_| {
+        let ok = flowgate(&["status", "--admin", &admin], "")
+            .status
+            .success();
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ok
+    });
+    assert!(up, "the gateway's admin API came up");
+    assert!(
+        !flowgate(&["swap", "fixtures/README.md", "--admin", &admin], "")
+            .status
+            .success()
+    );
+    let config = crate::repo().join("fixtures/cases/spec-3.3-default/config.yaml");
+    let out = flowgate(
+        &[
+            "swap",
+            "--config",
+            config.to_str().unwrap(),
+            "--admin",
+            &admin,
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(server.wait().unwrap().success());
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let find = |event: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} event in {log}"))
+    };
+    let refusal = find("refusal");
+    assert_eq!(refusal["reason"], "not-a-component");
+    assert_eq!(refusal["generation"], 1);
+    assert_eq!(refusal["level"], "WARN");
+    let swap = find("swap");
+    assert_eq!(
+        (swap["generation"].as_u64(), swap["cause"].as_str()),
+        (Some(2), Some("config"))
+    );
+    for key in ["module_sha256", "config_sha256"] {
+        assert_eq!(swap[key].as_str().map(str::len), Some(64), "{swap}");
+    }
+}
