@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use flowgate_policy::cases::{Case, Expect, ExpectedError};
+use flowgate_policy::ConfigError;
+use flowgate_policy::cases::{Case, Expect};
 use flowgate_policy::{Packet, Verdict};
 
 use crate::wasm::{LoadedModule, Runtime, WasmPolicy};
@@ -33,7 +34,7 @@ impl CaseOutcome {
 #[derive(Debug, Clone)]
 pub enum Refusal {
     /// It refused the configuration, with this error.
-    Config(ExpectedError),
+    Config(ConfigError),
     /// It failed for another reason (a module that traps, for example).
     Failed(String),
 }
@@ -45,26 +46,14 @@ pub fn start_wasm(
     config: &str,
 ) -> Result<WasmPolicy, Refusal> {
     WasmPolicy::new(runtime, module, config).map_err(|e| match e {
-        StartError::Config(e) => Refusal::Config(ExpectedError {
-            object: e.object,
-            field: e.field,
-            value: e.value,
-            message: e.message,
-        }),
+        StartError::Config(e) => Refusal::Config(e),
         StartError::Module(e) => Refusal::Failed(format!("the module failed to start: {e}")),
     })
 }
 
 /// Starts the policy library natively on a case's configuration: the same cases without Wasm.
 pub fn start_native(config: &str) -> Result<NativePolicy, Refusal> {
-    NativePolicy::new(config, None).map_err(|e| {
-        Refusal::Config(ExpectedError {
-            message: e.to_string(),
-            object: e.object,
-            field: e.field,
-            value: e.value,
-        })
-    })
+    NativePolicy::new(config, None).map_err(Refusal::Config)
 }
 
 /// Runs one conformance case: starts a policy on the case's configuration with `start`, then

@@ -66,7 +66,7 @@ pub mod policy;
 pub mod wasm;
 
 pub use policy::{NativePolicy, Policy, PolicyFault};
-pub use wasm::{ConfigRefused, ModuleError, StartError};
+pub use wasm::{ConfigError, ModuleError, StartError};
 
 /// The default policy module, built from `guest/default` when the host is built.
 pub static DEFAULT_MODULE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flowgate_guest.wasm"));
@@ -82,7 +82,8 @@ pub static BUNDLED_CASES: &[(&str, &[(&str, &str)])] =
     include!(concat!(env!("OUT_DIR"), "/bundled_cases.rs"));
 
 /// The bundled conformance cases, read (what `flowgate test` runs with no directory).
-pub fn bundled_cases() -> Result<Vec<flowgate_policy::cases::Case>, String> {
+pub fn bundled_cases()
+-> Result<Vec<flowgate_policy::cases::Case>, flowgate_policy::cases::CaseError> {
     BUNDLED_CASES
         .iter()
         .map(|(name, files)| {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::config::ConfigError;
 use crate::json::{parse_packet, verdict_json};
 use crate::packet::Verdict;
 use crate::table::Catalog;
@@ -35,26 +36,36 @@ pub enum Expect {
         /// The expected verdict lines, parsed.
         verdicts: Vec<Value>,
     },
-    /// The configuration must be refused with this error.
-    Error(ExpectedError),
+    /// The configuration must be refused with this error: its `object`, `field` and
+    /// `value` equal, its `message` a part of the refusal's text.
+    Error(ConfigError),
 }
 
-/// A refusal a case expects: `object`, `field` and `value` must be equal, `message` a part of
-/// the error's message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpectedError {
-    /// The object.
-    pub object: Option<String>,
-    /// The field.
-    pub field: Option<String>,
-    /// The value.
-    pub value: Option<String>,
-    /// A part of the message.
+/// A case that could not be read: the file, the line when there is one, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct CaseError {
+    /// The file (or folder).
+    pub path: PathBuf,
+    /// The 1-based line, for a file of lines.
+    pub line: Option<usize>,
+    /// What is wrong.
     pub message: String,
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+impl CaseError {
+    /// An error about `path`.
+    pub fn new(path: &Path, message: impl std::fmt::Display) -> Self {
+        CaseError {
+            path: path.to_owned(),
+            line: None,
+            message: message.to_string(),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, CaseError> {
+    fs::read_to_string(path).map_err(|e| CaseError::new(path, e))
 }
 
 fn non_empty_lines(text: &str) -> impl Iterator<Item = &str> {
@@ -63,7 +74,7 @@ fn non_empty_lines(text: &str) -> impl Iterator<Item = &str> {
 
 impl Case {
     /// Reads the case in `dir`.
-    pub fn load(dir: &Path) -> Result<Case, String> {
+    pub fn load(dir: &Path) -> Result<Case, CaseError> {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -80,18 +91,19 @@ impl Case {
     pub fn parse(
         name: &str,
         dir: &Path,
-        file: impl Fn(&str) -> Result<Option<String>, String>,
-    ) -> Result<Case, String> {
-        let need = |f: &str| -> Result<String, String> {
-            file(f)?.ok_or_else(|| format!("{}: missing", dir.join(f).display()))
+        file: impl Fn(&str) -> Result<Option<String>, CaseError>,
+    ) -> Result<Case, CaseError> {
+        let need = |f: &str| -> Result<String, CaseError> {
+            file(f)?.ok_or_else(|| CaseError::new(&dir.join(f), "missing"))
         };
         let config = need("config.yaml")?;
         let expect = if let Some(text) = file("expected-error.json")? {
             let path = dir.join("expected-error.json");
-            let value: Value =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let value: Value = serde_json::from_str(&text).map_err(|e| CaseError::new(&path, e))?;
             let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
-            Expect::Error(ExpectedError {
+            Expect::Error(ConfigError {
+                file: None,
+                document: None,
                 object: text("object"),
                 field: text("field"),
                 value: text("value"),
@@ -105,8 +117,10 @@ impl Case {
             let verdicts = non_empty_lines(&need("expected.jsonl")?)
                 .enumerate()
                 .map(|(n, l)| {
-                    serde_json::from_str(l)
-                        .map_err(|e| format!("{}:{}: {e}", expected_path.display(), n + 1))
+                    serde_json::from_str(l).map_err(|e| CaseError {
+                        line: Some(n + 1),
+                        ..CaseError::new(&expected_path, e)
+                    })
                 })
                 .collect::<Result<_, _>>()?;
             Expect::Verdicts { packets, verdicts }
@@ -120,9 +134,9 @@ impl Case {
     }
 
     /// Reads every case folder under `dir`, in name order.
-    pub fn load_all(dir: &Path) -> Result<Vec<Case>, String> {
+    pub fn load_all(dir: &Path) -> Result<Vec<Case>, CaseError> {
         let mut dirs: Vec<PathBuf> = fs::read_dir(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .map_err(|e| CaseError::new(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.join("config.yaml").is_file())
             .collect();
@@ -141,7 +155,7 @@ impl Case {
         let Expect::Verdicts { packets, verdicts } = &self.expect else {
             return vec!["the configuration was accepted, but the case expects it refused".into()];
         };
-        let parsed: Vec<Result<crate::Packet, String>> =
+        let parsed: Vec<Result<crate::Packet, crate::json::PacketError>> =
             packets.iter().map(|l| parse_packet(l, catalog)).collect();
         let good: Vec<crate::Packet> = parsed
             .iter()
@@ -170,7 +184,7 @@ impl Case {
                     .next()
                     .map(|v| verdict_json(catalog, v))
                     .unwrap_or(Value::Null),
-                Err(e) => serde_json::json!({ "error": e }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
             };
             if &got != want {
                 problems.push(format!(
@@ -184,13 +198,14 @@ impl Case {
 
     /// Compares a refusal with the one the case expects; `None` when the configuration was
     /// accepted.
-    pub fn check_error(&self, got: Option<&ExpectedError>) -> Vec<String> {
+    pub fn check_error(&self, got: Option<&ConfigError>) -> Vec<String> {
         let Expect::Error(want) = &self.expect else {
             return match got {
-                Some(e) => vec![format!("the configuration was refused: {}", e.message)],
+                Some(e) => vec![format!("the configuration was refused: {e}")],
                 None => Vec::new(),
             };
         };
+        let text = got.map(ToString::to_string).unwrap_or_default();
         let Some(got) = got else {
             return vec!["the configuration was accepted, but must be refused".into()];
         };
@@ -201,16 +216,13 @@ impl Case {
             ("value", &want.value, &got.value),
         ] {
             if w != g {
-                problems.push(format!(
-                    "{key}: expected {w:?}, got {g:?} in `{}`",
-                    got.message
-                ));
+                problems.push(format!("{key}: expected {w:?}, got {g:?} in `{text}`"));
             }
         }
-        if !got.message.contains(&want.message) {
+        if !text.contains(&want.message) {
             problems.push(format!(
                 "message: expected to contain {:?}, got {:?}",
-                want.message, got.message
+                want.message, text
             ));
         }
         problems

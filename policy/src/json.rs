@@ -18,6 +18,20 @@ use serde_json::{Value, json};
 use crate::packet::{Packet, Ports, Verdict, proto};
 use crate::table::Catalog;
 
+/// A packet line or text that does not read as a packet, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// The line is not JSON, or not an object of the packet line's fields.
+    #[error("{0}")]
+    Json(String),
+    /// A field is missing, given twice, or out of range.
+    #[error("{0}")]
+    Field(String),
+    /// The `VPC SRC[:PORT] -> DST[:PORT] PROTO` text does not read.
+    #[error("{0}")]
+    Text(String),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PacketLine {
@@ -34,27 +48,37 @@ struct PacketLine {
 
 /// Reads one packet line. A `src_vpc` that names no VPC gives a packet with VNI 0, which no
 /// VPC has, so it is judged `drop(unknown-vpc)`.
-pub fn parse_packet(line: &str, catalog: &Catalog) -> Result<Packet, String> {
-    let p: PacketLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
+pub fn parse_packet(line: &str, catalog: &Catalog) -> Result<Packet, PacketError> {
+    let p: PacketLine = serde_json::from_str(line).map_err(|e| PacketError::Json(e.to_string()))?;
     let src_vni = match (&p.src_vpc, p.src_vni) {
         (Some(name), None) => catalog
             .vpc_by_name(name)
             .map_or(0, |id| catalog.vpc(id).vni),
         (None, Some(vni)) => vni,
-        (Some(_), Some(_)) => return Err("give `src_vpc` or `src_vni`, not both".into()),
-        (None, None) => return Err("missing `src_vpc` (or `src_vni`)".into()),
+        (Some(_), Some(_)) => {
+            return Err(PacketError::Field(
+                "give `src_vpc` or `src_vni`, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(PacketError::Field(
+                "missing `src_vpc` (or `src_vni`)".into(),
+            ));
+        }
     };
     let proto = parse_proto(&p.proto)?;
     let ports = match (proto, p.src_port, p.dst_port) {
         (proto::TCP | proto::UDP, Some(src), Some(dst)) => Some(Ports { src, dst }),
         (proto::TCP | proto::UDP, _, _) => {
-            return Err("TCP and UDP packets need `src_port` and `dst_port`".into());
+            return Err(PacketError::Field(
+                "TCP and UDP packets need `src_port` and `dst_port`".into(),
+            ));
         }
         (_, None, None) => None,
         (n, _, _) => {
-            return Err(format!(
+            return Err(PacketError::Field(format!(
                 "protocol {n} has no ports: leave out `src_port` and `dst_port`"
-            ));
+            )));
         }
     };
     Ok(Packet {
@@ -69,21 +93,23 @@ pub fn parse_packet(line: &str, catalog: &Catalog) -> Result<Packet, String> {
 /// Reads a packet written for people, as `flowgate explain` takes it:
 /// `vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp`, `vpc-1 fd00::1 -> fd00::2 icmpv6`,
 /// `vpc-1 [fd00::1]:1234 -> [fd00::2]:53 udp`. The source VPC is a name, or `vni:N`.
-pub fn parse_packet_text(text: &str, catalog: &Catalog) -> Result<Packet, String> {
+pub fn parse_packet_text(text: &str, catalog: &Catalog) -> Result<Packet, PacketError> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let [vpc, src, "->", dst, proto_name] = words[..] else {
-        return Err(format!(
+        return Err(PacketError::Text(format!(
             "`{text}` is not a packet: write `VPC SRC[:PORT] -> DST[:PORT] PROTO`, such as `vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp`"
-        ));
+        )));
     };
     let src_vni = match vpc.strip_prefix("vni:") {
         Some(n) => n
             .parse()
-            .map_err(|_| format!("`{vpc}`: a VNI is a number, as in vni:100"))?,
+            .map_err(|_| PacketError::Text(format!("`{vpc}`: a VNI is a number, as in vni:100")))?,
         None => {
-            let id = catalog
-                .vpc_by_name(vpc)
-                .ok_or_else(|| format!("no VPC is named `{vpc}` (write vni:N for a bare VNI)"))?;
+            let id = catalog.vpc_by_name(vpc).ok_or_else(|| {
+                PacketError::Text(format!(
+                    "no VPC is named `{vpc}` (write vni:N for a bare VNI)"
+                ))
+            })?;
             catalog.vpc(id).vni
         }
     };
@@ -93,12 +119,16 @@ pub fn parse_packet_text(text: &str, catalog: &Catalog) -> Result<Packet, String
     let ports = match (proto, src_port, dst_port) {
         (proto::TCP | proto::UDP, Some(src), Some(dst)) => Some(Ports { src, dst }),
         (proto::TCP | proto::UDP, _, _) => {
-            return Err(format!(
+            return Err(PacketError::Text(format!(
                 "{proto_name} needs ports on both ends, as in 10.0.0.5:1234"
-            ));
+            )));
         }
         (_, None, None) => None,
-        _ => return Err(format!("{proto_name} has no ports: write bare addresses")),
+        _ => {
+            return Err(PacketError::Text(format!(
+                "{proto_name} has no ports: write bare addresses"
+            )));
+        }
     };
     Ok(Packet {
         src_vni,
@@ -110,8 +140,12 @@ pub fn parse_packet_text(text: &str, catalog: &Catalog) -> Result<Packet, String
 }
 
 /// `10.0.0.5:1234`, `10.0.0.5`, `[fd00::1]:53` or `fd00::1`.
-fn endpoint(text: &str) -> Result<(IpAddr, Option<u16>), String> {
-    let bad = || format!("`{text}` is not an address, or an address and port");
+fn endpoint(text: &str) -> Result<(IpAddr, Option<u16>), PacketError> {
+    let bad = || {
+        PacketError::Text(format!(
+            "`{text}` is not an address, or an address and port"
+        ))
+    };
     if let Ok(addr) = text.parse::<IpAddr>() {
         return Ok((addr, None));
     }
@@ -127,7 +161,7 @@ fn endpoint(text: &str) -> Result<(IpAddr, Option<u16>), String> {
 }
 
 /// A protocol name (`tcp`, `udp`, `icmp`, `icmpv6`) or number.
-pub fn parse_proto(value: &Value) -> Result<u8, String> {
+pub fn parse_proto(value: &Value) -> Result<u8, PacketError> {
     let named = |name: &str| match name.to_ascii_lowercase().as_str() {
         "tcp" => Some(proto::TCP),
         "udp" => Some(proto::UDP),
@@ -141,7 +175,9 @@ pub fn parse_proto(value: &Value) -> Result<u8, String> {
         _ => None,
     }
     .ok_or_else(|| {
-        format!("`proto` {value} is not tcp, udp, icmp, icmpv6 or a protocol number 0-255")
+        PacketError::Field(format!(
+            "`proto` {value} is not tcp, udp, icmp, icmpv6 or a protocol number 0-255"
+        ))
     })
 }
 
@@ -259,7 +295,7 @@ mod tests {
             ("vni:x 10.0.0.5 -> 1.0.0.9 icmp", "a VNI is a number"),
         ] {
             let e = read(text).unwrap_err();
-            assert!(e.contains(says), "{text}: {e}");
+            assert!(e.to_string().contains(says), "{text}: {e}");
         }
     }
 
@@ -343,7 +379,10 @@ mod tests {
         ];
         for (line, words) in cases {
             let err = parse_packet(line, &t).unwrap_err();
-            assert!(err.contains(words), "{line}: {err} should say {words}");
+            assert!(
+                err.to_string().contains(words),
+                "{line}: {err} should say {words}"
+            );
         }
     }
 }

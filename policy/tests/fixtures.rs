@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use flowgate_policy::cases::{Case, ExpectedError};
+use flowgate_policy::cases::Case;
 use flowgate_policy::{Table, parse};
 
 #[test]
@@ -21,12 +21,7 @@ fn every_fixture_case_gets_its_expected_verdicts() {
     let mut failures = Vec::new();
     for case in &cases {
         let problems = match parse(&case.config, Some("config.yaml")) {
-            Err(e) => case.check_error(Some(&ExpectedError {
-                object: e.object.clone(),
-                field: e.field.clone(),
-                value: e.value.clone(),
-                message: e.to_string(),
-            })),
+            Err(e) => case.check_error(Some(&e)),
             Ok(config) => {
                 let table = Table::build(&config);
                 case.check_verdicts(table.catalog(), |packets| {

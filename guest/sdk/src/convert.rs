@@ -64,10 +64,11 @@ pub fn summary(config: &Config, table: &Table) -> wit::ConfigSummary {
 
 pub fn config_error(e: flowgate_policy::ConfigError) -> wit::ConfigError {
     wit::ConfigError {
-        message: e.to_string(),
+        document: e.document.and_then(|d| u32::try_from(d).ok()),
         object: e.object,
         field: e.field,
         value: e.value,
+        message: e.message,
     }
 }
 

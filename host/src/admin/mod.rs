@@ -381,7 +381,7 @@ fn answer_swap(result: Result<Arc<Release>, SwapError>) -> Response {
             };
             json_response(
                 status,
-                json!({"swapped": false, "reason": e.reason(), "error": e.to_string()}),
+                json!({"swapped": false, "reason": e.reason().as_str(), "error": e.to_string()}),
             )
         }
     }
@@ -391,7 +391,7 @@ fn release_json(release: &Release) -> Value {
     json!({
         "generation": release.generation,
         "etag": release.etag(),
-        "cause": release.cause,
+        "cause": release.cause.as_str(),
         "module": {
             "name": release.info.name,
             "version": release.info.version,

@@ -39,14 +39,14 @@ pub fn cmd_info(module: Option<&Path>) -> Result<ExitCode> {
 /// when there are none.
 pub fn collect_cases(dirs: &[PathBuf]) -> Result<Vec<Case>> {
     if dirs.is_empty() {
-        return flowgate_host::bundled_cases().map_err(|e| anyhow::anyhow!(e));
+        return Ok(flowgate_host::bundled_cases()?);
     }
     let mut cases = Vec::new();
     for dir in dirs {
         let found = if dir.join("config.yaml").is_file() {
-            vec![Case::load(dir).map_err(|e| anyhow::anyhow!(e))?]
+            vec![Case::load(dir)?]
         } else {
-            Case::load_all(dir).map_err(|e| anyhow::anyhow!(e))?
+            Case::load_all(dir)?
         };
         if found.is_empty() {
             bail!("{}: no cases (folders holding config.yaml)", dir.display());
@@ -234,7 +234,7 @@ pub fn cmd_explain(
         config_name: &config_name,
     };
     let mut policy = start_side(&runtime, &load_side(&runtime, &side)?, &side)?;
-    let packet = parse_packet_text(text, policy.catalog()).map_err(|e| anyhow::anyhow!(e))?;
+    let packet = parse_packet_text(text, policy.catalog())?;
     let e = policy
         .explain(&packet)
         .with_context(|| format!("{module_name} failed to explain"))?;

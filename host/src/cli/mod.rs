@@ -113,7 +113,7 @@ pub fn start_side(runtime: &Runtime, module: &LoadedModule, side: &Side<'_>) -> 
             "{}: configuration refused by {}: {}",
             side.config_name,
             side.module_name,
-            e.message
+            e
         ),
         Err(e) => Err(e).with_context(|| format!("{} refused", side.module_name)),
     }

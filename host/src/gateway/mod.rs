@@ -27,7 +27,7 @@ mod worker;
 
 pub use worker::{Burst, Worker};
 
-pub use release::{Release, SwapError};
+pub use release::{Cause, Refusal, Release, SwapError};
 use release::{check_config_size, check_if_match, prepare};
 
 /// How many good releases are kept for rollback (the current one included).
@@ -164,7 +164,7 @@ impl Gateway {
         }
         check_config_size(config, options.max_config_bytes)?;
         let module = runtime.load(module)?;
-        let release = prepare(&runtime, module, config, None, workers, 1, "start")?;
+        let release = prepare(&runtime, module, config, None, workers, 1, Cause::Start)?;
         let release = Arc::new(release);
         let gateway = Gateway {
             runtime,
@@ -226,11 +226,14 @@ impl Gateway {
                 release.cause,
             ),
             Err(e) => {
-                *lock(&self.events).refusals.entry(e.reason()).or_default() += 1;
+                *lock(&self.events)
+                    .refusals
+                    .entry(e.reason().as_str())
+                    .or_default() += 1;
                 let serving = self.current();
                 tracing::warn!(
                     event = "refusal",
-                    reason = e.reason(),
+                    reason = %e.reason(),
                     error = %e,
                     generation = serving.generation,
                     module_sha256 = %serving.module_digest(),
@@ -256,10 +259,10 @@ impl Gateway {
             check_config_size(config, self.options.max_config_bytes)?;
         }
         let cause = match (module.is_some(), config.is_some()) {
-            (true, true) => "module+config",
-            (true, false) => "module",
-            (false, true) => "config",
-            (false, false) => "reload",
+            (true, true) => Cause::ModuleAndConfig,
+            (true, false) => Cause::Module,
+            (false, true) => Cause::Config,
+            (false, false) => Cause::Reload,
         };
         let loaded = match module {
             Some(bytes) => self.runtime.load(bytes)?,
@@ -316,7 +319,10 @@ impl Gateway {
                 good.pop_front();
             }
         }
-        *lock(&self.events).swaps.entry(release.cause).or_default() += 1;
+        *lock(&self.events)
+            .swaps
+            .entry(release.cause.as_str())
+            .or_default() += 1;
         self.current.store(release.clone());
         release
     }
@@ -336,11 +342,14 @@ impl Gateway {
         let cause = if auto { "auto" } else { "operator" };
         let result = self.try_rollback(auto, if_match);
         if let Err(e) = &result {
-            *lock(&self.events).refusals.entry(e.reason()).or_default() += 1;
+            *lock(&self.events)
+                .refusals
+                .entry(e.reason().as_str())
+                .or_default() += 1;
             let serving = self.current();
             tracing::warn!(
                 event = "refusal",
-                reason = e.reason(),
+                reason = %e.reason(),
                 error = %e,
                 generation = serving.generation,
                 module_sha256 = %serving.module_digest(),
@@ -371,7 +380,11 @@ impl Gateway {
             Some(target.canary.clone()),
             self.options.workers,
             generation,
-            if auto { "auto-revert" } else { "rollback" },
+            if auto {
+                Cause::AutoRevert
+            } else {
+                Cause::Rollback
+            },
         )?;
         {
             // The release rolled back from is no longer good; the target takes its place.
@@ -444,7 +457,7 @@ impl Gateway {
                             tracing::error!(
                                 event = "auto-revert-failed",
                                 generation,
-                                reason = e.reason(),
+                                reason = %e.reason(),
                                 error = %e,
                                 retry_in = ?wait,
                                 "auto-revert from generation {generation} failed; trying again while faults go on"

@@ -8,7 +8,7 @@ use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
 
 use crate::wasm::{
-    ConfigRefused, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, WasmPolicy,
+    ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, WasmPolicy,
 };
 use crate::{Policy, hex};
 
@@ -18,7 +18,7 @@ pub struct Release {
     pub generation: u64,
     /// What the release was made by: `start`, `module`, `config`, `module+config`,
     /// `reload` (a swap that changes neither), `rollback` or `auto-revert`.
-    pub cause: &'static str,
+    pub cause: Cause,
     /// The module.
     pub module: LoadedModule,
     /// What the module says about itself.
@@ -73,7 +73,7 @@ pub enum SwapError {
     Module(#[from] ModuleError),
     /// The module refused the configuration.
     #[error("configuration refused: {0}")]
-    Config(ConfigRefused),
+    Config(ConfigError),
     /// The canary batch failed.
     #[error("canary batch failed: {0}")]
     Canary(String),
@@ -86,26 +86,104 @@ pub enum SwapError {
 }
 
 impl SwapError {
-    /// The refusal's reason in counters and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// The refusal's reason in logs, counters and metrics.
+    pub fn reason(&self) -> Refusal {
         match self {
-            SwapError::Stale { .. } => "stale-digest",
+            SwapError::Stale { .. } => Refusal::StaleDigest,
             SwapError::Module(
                 ModuleError::NotWasm
                 | ModuleError::CoreModule
                 | ModuleError::Precompiled
                 | ModuleError::Invalid(_),
-            ) => "not-a-component",
+            ) => Refusal::NotAComponent,
             SwapError::Module(ModuleError::WrongWorld(_) | ModuleError::WrongShape(_)) => {
-                "wrong-world"
+                Refusal::WrongWorld
             }
-            SwapError::Module(ModuleError::IncompatibleVersion { .. }) => "incompatible-version",
-            SwapError::Module(ModuleError::Start(_)) => "start-failed",
-            SwapError::Config(_) => "config-refused",
-            SwapError::Canary(_) => "canary-failed",
-            SwapError::NothingToRollBack => "nothing-to-roll-back",
-            SwapError::Capacity(_) => "capacity",
+            SwapError::Module(ModuleError::IncompatibleVersion { .. }) => {
+                Refusal::IncompatibleVersion
+            }
+            SwapError::Module(ModuleError::Start(_)) => Refusal::StartFailed,
+            SwapError::Config(_) => Refusal::ConfigRefused,
+            SwapError::Canary(_) => Refusal::CanaryFailed,
+            SwapError::NothingToRollBack => Refusal::NothingToRollBack,
+            SwapError::Capacity(_) => Refusal::Capacity,
         }
+    }
+}
+
+/// An enum of names, each with the text logs, counters and metrics show.
+macro_rules! labels {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// The name in logs, counters and metrics.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+labels! {
+    /// What a release was made by.
+    Cause {
+        /// The gateway started with it.
+        Start => "start",
+        /// A new module.
+        Module => "module",
+        /// A new configuration.
+        Config => "config",
+        /// A new module with a new configuration.
+        ModuleAndConfig => "module+config",
+        /// A swap that changed neither (the same module and configuration published again).
+        Reload => "reload",
+        /// An operator's rollback.
+        Rollback => "rollback",
+        /// The gateway's own rollback after repeated faults.
+        AutoRevert => "auto-revert",
+    }
+}
+
+labels! {
+    /// Why a swap or rollback was refused.
+    Refusal {
+        /// `If-Match` named another release than the one serving.
+        StaleDigest => "stale-digest",
+        /// Not a Wasm component.
+        NotAComponent => "not-a-component",
+        /// A component that is no flowgate policy module.
+        WrongWorld => "wrong-world",
+        /// A flowgate module built for a WIT version this host cannot call.
+        IncompatibleVersion => "incompatible-version",
+        /// The module failed when started.
+        StartFailed => "start-failed",
+        /// The module refused the configuration (or it defines no VPC, or is too large).
+        ConfigRefused => "config-refused",
+        /// The canary batch failed.
+        CanaryFailed => "canary-failed",
+        /// No earlier good release.
+        NothingToRollBack => "nothing-to-roll-back",
+        /// The runtime cannot hold the gateway's instances.
+        Capacity => "capacity",
     }
 }
 
@@ -155,7 +233,7 @@ pub(super) fn prepare(
     canary: Option<Arc<[Packet]>>,
     workers: usize,
     generation: u64,
-    cause: &'static str,
+    cause: Cause,
 ) -> Result<Release, SwapError> {
     // The instances for workers 1.. are prepared by as many threads as there are cores, while
     // this thread prepares and checks the first.
@@ -175,7 +253,9 @@ pub(super) fn prepare(
             .collect();
         let mut spares = vec![WasmPolicy::new(runtime, &module, config)?];
         if spares[0].catalog().vpcs.is_empty() {
-            return Err(SwapError::Config(ConfigRefused {
+            return Err(SwapError::Config(ConfigError {
+            file: None,
+            document: None,
                 object: None,
                 field: None,
                 value: None,
@@ -216,10 +296,12 @@ pub(super) fn prepare(
 /// Refuses a configuration over `limit` bytes before any work is done on it.
 pub(super) fn check_config_size(config: &str, limit: usize) -> Result<(), SwapError> {
     if config.len() > limit {
-        return Err(SwapError::Config(ConfigRefused {
+        return Err(SwapError::Config(ConfigError {
+            file: None,
+            document: None,
             object: None,
             field: None,
-            value: Some(format!("{} bytes", config.len())),
+            value: None,
             message: format!(
                 "the configuration is {} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)",
                 config.len()

@@ -2,7 +2,9 @@
 //! side, in one place.
 
 use flowgate_policy::explain::{EntryMatch, Explanation, PeeringMatch};
-use flowgate_policy::{CandidatesId, Catalog, DropReason, Packet, Verdict, VpcId, VpcInfo};
+use flowgate_policy::{
+    CandidatesId, Catalog, ConfigError, DropReason, Packet, Verdict, VpcId, VpcInfo,
+};
 
 use super::bindings;
 
@@ -90,9 +92,11 @@ pub(crate) fn explanation(e: bindings::Explanation) -> Explanation {
     }
 }
 
-/// A module's refusal of a configuration.
-pub(crate) fn config_refused(e: bindings::ConfigError) -> super::ConfigRefused {
-    super::ConfigRefused {
+/// A module's refusal of a configuration, as the library's own error type.
+pub(crate) fn config_error(e: bindings::ConfigError) -> ConfigError {
+    ConfigError {
+        file: None,
+        document: e.document.map(|d| d as usize),
         object: e.object,
         field: e.field,
         value: e.value,

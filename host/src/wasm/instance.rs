@@ -2,27 +2,13 @@
 
 use flowgate_policy::explain::Explanation;
 use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES, decode_verdict, encode_packet};
-use flowgate_policy::{Catalog, Packet, Verdict};
+use flowgate_policy::{Catalog, ConfigError, Packet, Verdict};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
 use super::bindings::{self, Policy};
 use super::runtime::{CONFIGURE_FLAG, Limits, MEMORY_FLAG, ticks};
 use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, compatible, convert};
 use crate::PolicyFault;
-
-/// Why a module refused a configuration: its own error, as it gave it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ConfigRefused {
-    /// The object, when the problem is in one.
-    pub object: Option<String>,
-    /// The field path.
-    pub field: Option<String>,
-    /// The offending value.
-    pub value: Option<String>,
-    /// The full message.
-    pub message: String,
-}
 
 /// What a store holds for its instance.
 pub struct HostState {
@@ -173,7 +159,7 @@ pub enum StartError {
     Module(#[from] ModuleError),
     /// The module refused the configuration.
     #[error("configuration refused: {0}")]
-    Config(#[from] ConfigRefused),
+    Config(#[from] ConfigError),
 }
 
 pub(super) fn instantiate(
@@ -209,7 +195,7 @@ fn configure(
         .call_configure(&mut *store, config)
     {
         Ok(Ok(summary)) => Ok(summary),
-        Ok(Err(e)) => Err(convert::config_refused(e).into()),
+        Ok(Err(e)) => Err(convert::config_error(e).into()),
         Err(trap) => Err(configure_failed(trap, limits)),
     }
 }
@@ -218,7 +204,9 @@ fn configure(
 /// a refusal of that configuration, which names the limit and the flag that raises it.
 fn configure_failed(trap: wasmtime::Error, limits: Limits) -> StartError {
     let refused = |message: String| {
-        StartError::Config(ConfigRefused {
+        StartError::Config(ConfigError {
+            file: None,
+            document: None,
             object: None,
             field: None,
             value: None,

@@ -9,7 +9,8 @@ mod instance;
 mod load;
 mod runtime;
 
-pub use instance::{ConfigRefused, ModuleInfo, StartError, WasmPolicy};
+pub use flowgate_policy::ConfigError;
+pub use instance::{ModuleInfo, StartError, WasmPolicy};
 pub use load::{LoadedModule, ModuleError, compatible, create_private_dir};
 pub use runtime::{CONFIGURE_FLAG, EngineOptions, Limits, MEMORY_FLAG, Runtime, instances_needed};
 

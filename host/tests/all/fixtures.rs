@@ -4,7 +4,7 @@
 use flowgate_host::wasm::WasmPolicy;
 use flowgate_host::{DEFAULT_MODULE, NativePolicy, Policy, StartError};
 use flowgate_policy::Verdict;
-use flowgate_policy::cases::{Case, ExpectedError};
+use flowgate_policy::cases::Case;
 
 fn cases() -> Vec<Case> {
     let cases = Case::load_all(&crate::repo().join("fixtures/cases")).unwrap();
@@ -25,12 +25,7 @@ fn every_case_through_the_component() {
     let mut failures = Vec::new();
     for case in cases() {
         let problems = match WasmPolicy::new(&runtime, &module, &case.config) {
-            Err(StartError::Config(e)) => case.check_error(Some(&ExpectedError {
-                object: e.object,
-                field: e.field,
-                value: e.value,
-                message: e.message,
-            })),
+            Err(StartError::Config(e)) => case.check_error(Some(&e)),
             Err(e) => vec![format!("the module failed: {e}")],
             Ok(mut policy) => {
                 let catalog = policy.catalog().clone();
@@ -55,12 +50,7 @@ fn every_case_through_the_native_library() {
     let mut failures = Vec::new();
     for case in cases() {
         let problems = match NativePolicy::new(&case.config, None) {
-            Err(e) => case.check_error(Some(&ExpectedError {
-                object: e.object.clone(),
-                field: e.field.clone(),
-                value: e.value.clone(),
-                message: e.to_string(),
-            })),
+            Err(e) => case.check_error(Some(&e)),
             Ok(mut policy) => {
                 let catalog = policy.catalog().clone();
                 case.check_verdicts(&catalog, |packets| judge_with(&mut policy, packets))

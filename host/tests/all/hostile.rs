@@ -318,7 +318,7 @@ fn if_match_guards_the_whole_release() {
         gateway
             .rollback_if(false, Some(&stale))
             .err()
-            .map(|e| e.reason()),
+            .map(|e| e.reason().as_str()),
         Some("stale-digest")
     );
 }
@@ -380,7 +380,7 @@ fn sixty_four_workers_swap_roll_back_and_auto_revert() {
     }
     assert_eq!(gateway.current().generation, 11);
     let back = gateway.rollback(false).unwrap();
-    assert_eq!((back.generation, back.cause), (12, "rollback"));
+    assert_eq!((back.generation, back.cause.as_str()), (12, "rollback"));
     let faulty = gateway.swap(Some(guests::TRAP), None, None).unwrap();
     assert_eq!(faulty.generation, 13);
     // Bounded wait for the revert.

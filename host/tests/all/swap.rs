@@ -273,7 +273,7 @@ fn faulty_guest_is_contained(guest: &[u8], trigger: u16, fault: &str, runtime: R
     );
     let current = gateway.current();
     assert_eq!(
-        (current.cause, current.info.name.as_str()),
+        (current.cause.as_str(), current.info.name.as_str()),
         ("auto-revert", "flowgate-guest")
     );
     // The gateway keeps answering, with the reverted release.
