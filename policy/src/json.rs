@@ -181,6 +181,29 @@ pub fn parse_proto(value: &Value) -> Result<u8, PacketError> {
     })
 }
 
+/// An explanation of `packet`'s verdict as a JSON value (what `flowgate explain --json`
+/// prints).
+pub fn explanation_json(catalog: &Catalog, packet: &Packet, e: &crate::Explanation) -> Value {
+    let matches = |ms: &[crate::explain::EntryMatch]| -> Vec<Value> {
+        ms.iter()
+            .map(|m| json!({"block": m.block, "entry": m.entry, "miss": m.miss}))
+            .collect()
+    };
+    json!({
+        "packet": packet_json(catalog, packet),
+        "verdict": verdict_json(catalog, e.verdict),
+        "src_vpc": e.src_vpc,
+        "peerings": e.peerings.iter().map(|p| json!({
+            "peering": p.peering,
+            "remote": p.remote,
+            "admits": p.admits,
+            "source": matches(&p.source),
+            "destination": matches(&p.destination),
+        })).collect::<Vec<_>>(),
+        "notes": e.notes,
+    })
+}
+
 /// A packet as a JSON value, naming its source VPC when the catalog knows its VNI.
 pub fn packet_json(catalog: &Catalog, packet: &Packet) -> Value {
     let proto: Value = match packet.proto {

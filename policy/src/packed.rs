@@ -12,6 +12,31 @@ pub const PACKET_BYTES: usize = 44;
 /// Bytes per verdict record.
 pub const VERDICT_BYTES: usize = 4;
 
+/// Where each field of a packet record lies, in bytes (`wit/policy.wit` says the same).
+mod field {
+    use std::ops::Range;
+
+    /// Source VNI, u32 little-endian.
+    pub const SRC_VNI: Range<usize> = 0..4;
+    /// Source address family: [`super::FAMILY_V6`], or IPv4.
+    pub const SRC_FAMILY: usize = 4;
+    /// IP protocol number.
+    pub const PROTO: usize = 5;
+    /// Flags: [`super::FLAG_PORTS`].
+    pub const FLAGS: usize = 6;
+    /// Destination address family.
+    pub const DST_FAMILY: usize = 7;
+    /// Source port, u16 little-endian.
+    pub const SRC_PORT: Range<usize> = 8..10;
+    /// Destination port, u16 little-endian.
+    pub const DST_PORT: Range<usize> = 10..12;
+    /// Source address, network order; IPv4 in the first 4 bytes.
+    pub const SRC_ADDR: Range<usize> = 12..28;
+    /// Destination address, likewise.
+    pub const DST_ADDR: Range<usize> = 28..44;
+}
+
+/// The packet has ports (bit of [`field::FLAGS`]).
 const FLAG_PORTS: u8 = 1;
 /// The family byte of an IPv6 address; any other value is IPv4.
 const FAMILY_V6: u8 = 6;
@@ -20,23 +45,25 @@ const FAMILY_V4: u8 = 4;
 fn family(addr: IpAddr) -> u8 {
     if addr.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 }
 }
+
+/// A verdict record's kind sits in its top two bits, the value below.
 const KIND_SHIFT: u32 = 30;
 const VALUE_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
 /// Appends the record of `packet` to `out`.
 pub fn encode_packet(packet: &Packet, out: &mut Vec<u8>) {
     let mut rec = [0u8; PACKET_BYTES];
-    rec[0..4].copy_from_slice(&packet.src_vni.to_le_bytes());
-    rec[4] = family(packet.src);
-    rec[5] = packet.proto;
-    rec[7] = family(packet.dst);
+    rec[field::SRC_VNI].copy_from_slice(&packet.src_vni.to_le_bytes());
+    rec[field::SRC_FAMILY] = family(packet.src);
+    rec[field::PROTO] = packet.proto;
+    rec[field::DST_FAMILY] = family(packet.dst);
     if let Some(ports) = packet.ports {
-        rec[6] = FLAG_PORTS;
-        rec[8..10].copy_from_slice(&ports.src.to_le_bytes());
-        rec[10..12].copy_from_slice(&ports.dst.to_le_bytes());
+        rec[field::FLAGS] = FLAG_PORTS;
+        rec[field::SRC_PORT].copy_from_slice(&ports.src.to_le_bytes());
+        rec[field::DST_PORT].copy_from_slice(&ports.dst.to_le_bytes());
     }
-    put_addr(&mut rec[12..28], packet.src);
-    put_addr(&mut rec[28..44], packet.dst);
+    put_addr(&mut rec[field::SRC_ADDR], packet.src);
+    put_addr(&mut rec[field::DST_ADDR], packet.dst);
     out.extend_from_slice(&rec);
 }
 
@@ -47,12 +74,19 @@ fn put_addr(slot: &mut [u8], addr: IpAddr) {
     }
 }
 
+/// The 16 address bytes of `range` in `rec`.
+#[inline]
+fn addr_bytes(rec: &[u8; PACKET_BYTES], range: std::ops::Range<usize>) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&rec[range]);
+    b
+}
+
 /// Reads one packet record. Every 44 bytes are some packet: this cannot fail.
 pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
-    let addr = |family: u8, at: usize| -> IpAddr {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&rec[at..at + 16]);
-        if family == FAMILY_V6 {
+    let addr = |family: usize, at: std::ops::Range<usize>| -> IpAddr {
+        let b = addr_bytes(rec, at);
+        if rec[family] == FAMILY_V6 {
             IpAddr::V6(b.into())
         } else {
             IpAddr::V4([b[0], b[1], b[2], b[3]].into())
@@ -61,9 +95,9 @@ pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
     let (src_vni, _, ports) = decode_keys(rec);
     Packet {
         src_vni,
-        src: addr(rec[4], 12),
-        dst: addr(rec[7], 28),
-        proto: rec[5],
+        src: addr(field::SRC_FAMILY, field::SRC_ADDR),
+        dst: addr(field::DST_FAMILY, field::DST_ADDR),
+        proto: rec[field::PROTO],
         ports,
     }
 }
@@ -71,7 +105,7 @@ pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
 /// Whether a record's two addresses are of different families (the table's cold path).
 #[inline]
 fn mixed(rec: &[u8; PACKET_BYTES]) -> bool {
-    (rec[4] == FAMILY_V6) != (rec[7] == FAMILY_V6)
+    (rec[field::SRC_FAMILY] == FAMILY_V6) != (rec[field::DST_FAMILY] == FAMILY_V6)
 }
 
 /// The record of a verdict.
@@ -135,27 +169,31 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
 /// read without building a [`Packet`]; the round-trip tests pin the reading down.
 #[inline]
 fn decode_keys(rec: &[u8; PACKET_BYTES]) -> (u32, Keys, Option<Ports>) {
-    let bytes = |at: usize| -> [u8; 16] {
-        let mut b = [0; 16];
-        b.copy_from_slice(&rec[at..at + 16]);
-        b
+    let v4 = |at: std::ops::Range<usize>| {
+        u32::from_be_bytes([
+            rec[at.start],
+            rec[at.start + 1],
+            rec[at.start + 2],
+            rec[at.start + 3],
+        ])
     };
-    let v4 = |at: usize| u32::from_be_bytes([rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]);
-    let keys = if rec[4] == FAMILY_V6 {
+    let keys = if rec[field::SRC_FAMILY] == FAMILY_V6 {
         Keys::V6(
-            u128::from_be_bytes(bytes(12)),
-            u128::from_be_bytes(bytes(28)),
+            u128::from_be_bytes(addr_bytes(rec, field::SRC_ADDR)),
+            u128::from_be_bytes(addr_bytes(rec, field::DST_ADDR)),
         )
     } else {
-        Keys::V4(v4(12), v4(28))
+        Keys::V4(v4(field::SRC_ADDR), v4(field::DST_ADDR))
     };
-    let u16_at = |at: usize| u16::from_le_bytes([rec[at], rec[at + 1]]);
-    let ports = (rec[6] & FLAG_PORTS != 0).then(|| Ports {
-        src: u16_at(8),
-        dst: u16_at(10),
+    let u16_at =
+        |at: std::ops::Range<usize>| u16::from_le_bytes([rec[at.start], rec[at.start + 1]]);
+    let ports = (rec[field::FLAGS] & FLAG_PORTS != 0).then(|| Ports {
+        src: u16_at(field::SRC_PORT),
+        dst: u16_at(field::DST_PORT),
     });
+    let vni = field::SRC_VNI.start;
     (
-        u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]),
+        u32::from_le_bytes([rec[vni], rec[vni + 1], rec[vni + 2], rec[vni + 3]]),
         keys,
         ports,
     )

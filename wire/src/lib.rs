@@ -24,6 +24,34 @@ pub const VXLAN_HEADER: usize = 8;
 /// The VXLAN flag that says the VNI is valid (the "I" bit).
 const FLAG_VNI: u8 = 0x08;
 
+/// Where the fields of a VXLAN header lie (RFC 7348, section 5).
+mod field {
+    use std::ops::Range;
+
+    /// Flags: [`super::FLAG_VNI`].
+    pub const FLAGS: usize = 0;
+    /// The VNI, 24 bits big-endian.
+    pub const VNI: Range<usize> = 4..7;
+    /// The VNI with the reserved byte after it: the two 16-bit words of the UDP checksum a
+    /// VNI rewrite changes.
+    pub const VNI_WORDS: Range<usize> = 4..8;
+}
+
+/// A VXLAN header carrying `vni` (the I flag set, the reserved bits zero).
+pub fn vxlan_header(vni: u32) -> [u8; VXLAN_HEADER] {
+    let mut header = [0u8; VXLAN_HEADER];
+    header[field::FLAGS] = FLAG_VNI;
+    header[field::VNI].copy_from_slice(&vni.to_be_bytes()[1..]);
+    header
+}
+
+/// The VNI of a VXLAN header.
+fn header_vni(header: &[u8; VXLAN_HEADER]) -> u32 {
+    let mut word = [0u8; 4];
+    word[1..].copy_from_slice(&header[field::VNI]);
+    u32::from_be_bytes(word)
+}
+
 /// Why a frame does not reach the policy. [`FrameError::reason`] names the dataplane's drop
 /// reason for it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,12 +161,12 @@ pub fn parse_vxlan(payload: &[u8]) -> Result<(Packet, u32), FrameError> {
             payload.len()
         )));
     };
-    if header[0] & FLAG_VNI == 0 {
+    if header[field::FLAGS] & FLAG_VNI == 0 {
         return Err(FrameError::Malformed(
             "VXLAN header without the I flag: no valid VNI".into(),
         ));
     }
-    let vni = u32::from_be_bytes([0, header[4], header[5], header[6]]);
+    let vni = header_vni(header);
     let sliced = SlicedPacket::from_ethernet(inner).map_err(|e| slice_error(e, "inner frame"))?;
     Ok((inner_packet(&sliced, vni)?, vni))
 }
@@ -226,18 +254,17 @@ fn inner_packet(sliced: &SlicedPacket<'_>, vni: u32) -> Result<Packet, FrameErro
 /// incremental update).
 pub fn set_vni(bytes: &mut [u8], vxlan: &Vxlan, vni: u32) {
     let at = vxlan.header_at;
-    let Some(field) = bytes.get_mut(at + 4..at + 8) else {
+    let Some(words) = bytes.get_mut(at + field::VNI_WORDS.start..at + field::VNI_WORDS.end) else {
         return;
     };
     let old = [
-        u16::from_be_bytes([field[0], field[1]]),
-        u16::from_be_bytes([field[2], field[3]]),
+        u16::from_be_bytes([words[0], words[1]]),
+        u16::from_be_bytes([words[2], words[3]]),
     ];
-    let [_, a, b, c] = vni.to_be_bytes();
-    field[..3].copy_from_slice(&[a, b, c]);
+    words[..field::VNI.len()].copy_from_slice(&vxlan_header(vni)[field::VNI]);
     let new = [
-        u16::from_be_bytes([field[0], field[1]]),
-        u16::from_be_bytes([field[2], field[3]]),
+        u16::from_be_bytes([words[0], words[1]]),
+        u16::from_be_bytes([words[2], words[3]]),
     ];
     if let Some(sum_at) = vxlan.udp_checksum_at
         && let Some(sum) = bytes.get_mut(sum_at..sum_at + 2)
@@ -275,8 +302,7 @@ pub fn set_payload_vni(payload: &mut [u8], vni: u32) {
 /// traffic generators.
 pub fn vxlan_datagram(packet: &Packet, payload: &[u8]) -> Option<Vec<u8>> {
     use etherparse::PacketBuilder;
-    let [_, a, b, c] = packet.src_vni.to_be_bytes();
-    let mut out = vec![FLAG_VNI, 0, 0, 0, a, b, c, 0];
+    let mut out = vxlan_header(packet.src_vni).to_vec();
     let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]);
     let ip = match (packet.src, packet.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
@@ -307,7 +333,9 @@ pub fn vxlan_frame(packet: &Packet, payload: &[u8]) -> Option<Vec<u8>> {
         .udp(49152, VXLAN_PORT)
         .write(&mut out, &inner)
         .ok()?;
-    out[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    // The outer UDP checksum: after the Ethernet (14) and IPv4 (20) headers, at UDP offset 6.
+    const UDP_CHECKSUM: std::ops::Range<usize> = 14 + 20 + 6..14 + 20 + 8;
+    out[UDP_CHECKSUM].copy_from_slice(&[0, 0]);
     Some(out)
 }
 
@@ -329,10 +357,22 @@ mod tests {
     }
 
     fn vxlan_payload(vni: u32) -> Vec<u8> {
-        let [_, a, b, c] = vni.to_be_bytes();
-        let mut payload = vec![FLAG_VNI, 0, 0, 0, a, b, c, 0];
+        let mut payload = vxlan_header(vni).to_vec();
         payload.extend(inner());
         payload
+    }
+
+    #[test]
+    fn the_vxlan_header_in_golden_bytes() {
+        // RFC 7348: flags 0x08 (I), 24 reserved bits, the VNI, 8 reserved bits.
+        assert_eq!(
+            vxlan_header(0x12_3456),
+            [0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]
+        );
+        assert_eq!(
+            header_vni(&[0x08, 0, 0, 0, 0xab, 0xcd, 0xef, 0x99]),
+            0xab_cdef
+        );
     }
 
     /// A VXLAN frame over IPv4 or IPv6 with a computed outer UDP checksum.

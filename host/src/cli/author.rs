@@ -11,7 +11,7 @@ use flowgate_host::hex;
 use flowgate_host::kit;
 use flowgate_host::wasm::WasmPolicy;
 use flowgate_policy::cases::Case;
-use flowgate_policy::json::{packet_json, parse_packet, parse_packet_text, verdict_json};
+use flowgate_policy::json::{explanation_json, packet_json, parse_packet, parse_packet_text};
 use flowgate_policy::synth::{self};
 
 use super::*;
@@ -239,24 +239,7 @@ pub fn cmd_explain(
         .explain(&packet)
         .with_context(|| format!("{module_name} failed to explain"))?;
     if json {
-        let matches = |ms: &[flowgate_policy::explain::EntryMatch]| -> Vec<serde_json::Value> {
-            ms.iter()
-                .map(|m| serde_json::json!({"block": m.block, "entry": m.entry, "miss": m.miss}))
-                .collect()
-        };
-        let out = serde_json::json!({
-            "packet": packet_json(policy.catalog(), &packet),
-            "verdict": verdict_json(policy.catalog(), e.verdict),
-            "src_vpc": e.src_vpc,
-            "peerings": e.peerings.iter().map(|p| serde_json::json!({
-                "peering": p.peering,
-                "remote": p.remote,
-                "admits": p.admits,
-                "source": matches(&p.source),
-                "destination": matches(&p.destination),
-            })).collect::<Vec<_>>(),
-            "notes": e.notes,
-        });
+        let out = explanation_json(policy.catalog(), &packet, &e);
         println!("{out}");
     } else {
         println!("packet: {text}");
