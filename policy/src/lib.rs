@@ -20,4 +20,4 @@ pub use config::{ConfigError, parse};
 pub use explain::{Explanation, explain};
 pub use model::Config;
 pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-pub use table::{Catalog, Table, VpcInfo};
+pub use table::{Catalog, Table, TableStats, VpcEntry};

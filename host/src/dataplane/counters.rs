@@ -117,11 +117,11 @@ pub fn apply(packets: &[Packet], verdicts: &[Verdict], catalog: &Catalog, counte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowgate_policy::{CandidatesId, VpcInfo};
+    use flowgate_policy::{CandidatesId, VpcEntry};
 
     #[test]
     fn apply_counts_every_verdict_once() {
-        let vpc = |name: &str, vni| VpcInfo {
+        let vpc = |name: &str, vni| VpcEntry {
             name: name.into(),
             vni,
         };

@@ -3,7 +3,7 @@
 
 use flowgate_policy::explain::{EntryMatch, Explanation, PeeringMatch};
 use flowgate_policy::{
-    CandidatesId, Catalog, ConfigError, DropReason, Packet, Verdict, VpcId, VpcInfo,
+    CandidatesId, Catalog, ConfigError, DropReason, Packet, Verdict, VpcEntry, VpcId,
 };
 
 use super::bindings;
@@ -50,7 +50,7 @@ pub(crate) fn catalog(summary: &bindings::ConfigSummary) -> Catalog {
         vpcs: summary
             .vpcs
             .iter()
-            .map(|v| VpcInfo {
+            .map(|v| VpcEntry {
                 name: v.name.clone(),
                 vni: v.vni,
             })

@@ -1,0 +1,362 @@
+//! Building the table from a validated configuration: per source VPC, the segment tables of
+//! both directions and families, their classes, and the verdict matrix.
+
+use std::collections::BTreeMap;
+
+use super::catalog::{Catalog, VpcEntry};
+use super::{Cell, Seg, SegTable, Table, VpcTable};
+use crate::addr::{Family, net_family, net_range};
+use crate::model::{Config, Entry};
+use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
+use crate::ports::PortList;
+
+impl SegTable<u128> {
+    /// The same table keyed by `u32`: for IPv4, whose keys all fit.
+    fn narrow(self) -> SegTable<u32> {
+        SegTable {
+            starts: self.starts.iter().map(|&k| k as u32).collect(),
+            segs: self.segs,
+            port_starts: self.port_starts,
+            port_classes: self.port_classes,
+        }
+    }
+}
+
+impl Table {
+    /// Builds the table of a validated configuration.
+    pub fn build(config: &Config) -> Table {
+        let vpcs: Vec<VpcEntry> = config
+            .vpcs
+            .iter()
+            .map(|v| VpcEntry {
+                name: v.name.clone(),
+                vni: v.vni,
+            })
+            .collect();
+        let mut by_vni: Vec<(u32, VpcId)> = vpcs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.vni, VpcId(i as u32)))
+            .collect();
+        by_vni.sort_unstable();
+        let mut candidates = Interner::default();
+        let per_vpc = (0..vpcs.len())
+            .map(|i| build_vpc(config, VpcId(i as u32), &mut candidates))
+            .collect();
+        let candidate_sets = candidates
+            .sets
+            .into_iter()
+            .map(|set| set.into_iter().map(VpcId).collect())
+            .collect();
+        Table {
+            catalog: Catalog {
+                vpcs,
+                candidate_sets,
+            },
+            vnis: by_vni.iter().map(|&(vni, _)| vni).collect(),
+            vni_vpcs: by_vni.iter().map(|&(_, vpc)| vpc).collect(),
+            per_vpc,
+        }
+    }
+}
+
+/// Interns sets of VPC indices; set 0 is the empty set.
+#[derive(Default)]
+struct Interner {
+    ids: BTreeMap<Vec<u32>, u32>,
+    sets: Vec<Vec<u32>>,
+}
+
+impl Interner {
+    fn with_empty() -> Self {
+        let mut interner = Self::default();
+        interner.intern(Vec::new());
+        interner
+    }
+
+    fn intern(&mut self, set: Vec<u32>) -> u32 {
+        if let Some(&id) = self.ids.get(&set) {
+            return id;
+        }
+        let id = self.sets.len() as u32;
+        self.sets.push(set.clone());
+        self.ids.insert(set, id);
+        id
+    }
+}
+
+/// An address range that adds a member, possibly for some ports only.
+struct Include<'a> {
+    lo: u128,
+    hi: u128,
+    member: u32,
+    block: u32,
+    ports: Option<&'a PortList>,
+}
+
+/// An address range removed from one block (a `not`).
+struct Hole {
+    lo: u128,
+    hi: u128,
+    block: u32,
+}
+
+/// What one side (source or destination) of one family contributes, before segmentation.
+#[derive(Default)]
+struct SideInput<'a> {
+    includes: Vec<Include<'a>>,
+    holes: Vec<Hole>,
+    /// The member added to every address that no include covers (a `default: true` block).
+    fallback: Option<u32>,
+}
+
+impl<'a> SideInput<'a> {
+    fn add_entries(
+        &mut self,
+        family: Family,
+        member: u32,
+        block: u32,
+        entries: &'a [Entry],
+        nots: &[ipnet::IpNet],
+    ) {
+        for e in entries.iter().filter(|e| net_family(&e.net) == family) {
+            let (lo, hi) = net_range(&e.net);
+            self.includes.push(Include {
+                lo,
+                hi,
+                member,
+                block,
+                ports: e.ports.as_ref(),
+            });
+        }
+        for n in nots.iter().filter(|n| net_family(n) == family) {
+            let (lo, hi) = net_range(n);
+            self.holes.push(Hole { lo, hi, block });
+        }
+    }
+}
+
+fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> VpcTable {
+    let mut src_classes = Interner::with_empty();
+    let mut dst_classes = Interner::with_empty();
+    let mut src = Vec::with_capacity(2);
+    let mut dst = Vec::with_capacity(2);
+    for family in [Family::V4, Family::V6] {
+        let mut s = SideInput::default();
+        let mut d = SideInput::default();
+        let mut block_id = 0u32;
+        for peering in &config.peerings {
+            let Some((mine, theirs)) = peering.sides_of(me) else {
+                continue;
+            };
+            let peer = theirs.vpc.0;
+            for block in &mine.blocks {
+                if block.default {
+                    // A default block offers every address as a source, whatever the port; it
+                    // gets a block id of its own so that the block's `not`s do not apply.
+                    s.includes.push(Include {
+                        lo: 0,
+                        hi: family.max_key(),
+                        member: peer,
+                        block: block_id,
+                        ports: None,
+                    });
+                    block_id += 1;
+                }
+                s.add_entries(family, peer, block_id, &block.ips, &block.ips_not);
+                block_id += 1;
+            }
+            for block in &theirs.blocks {
+                if block.default {
+                    d.fallback = Some(peer);
+                }
+                let (entries, nots) = block.public();
+                d.add_entries(family, peer, block_id, entries, nots);
+                block_id += 1;
+            }
+        }
+        src.push(segment(family, s, &mut src_classes));
+        dst.push(segment(family, d, &mut dst_classes));
+    }
+    let src_sets = &src_classes.sets;
+    let dst_sets = &dst_classes.sets;
+    let mut matrix = Vec::with_capacity(src_sets.len() * dst_sets.len());
+    let mut both = Vec::new();
+    for (s, src_set) in src_sets.iter().enumerate() {
+        for dst_set in dst_sets {
+            let verdict = if s == 0 {
+                Verdict::Drop(DropReason::SourceNotExposed)
+            } else {
+                intersect(src_set, dst_set, &mut both);
+                match both.as_slice() {
+                    [] => Verdict::Drop(DropReason::DestinationNotExposed),
+                    [only] => Verdict::Allow(VpcId(*only)),
+                    _ => Verdict::AllowAmbiguous(CandidatesId(candidates.intern(both.clone()))),
+                }
+            };
+            matrix.push(Cell::new(verdict));
+        }
+    }
+    let [src4, src6]: [SegTable<u128>; 2] = src.try_into().unwrap_or_else(|_| unreachable!());
+    let [dst4, dst6]: [SegTable<u128>; 2] = dst.try_into().unwrap_or_else(|_| unreachable!());
+    VpcTable {
+        src4: src4.narrow(),
+        src6,
+        dst4: dst4.narrow(),
+        dst6,
+        dst_classes: dst_sets.len(),
+        matrix: matrix.into(),
+    }
+}
+
+fn intersect(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+}
+
+/// A segment while building: first key, port-less class, port map (first port, class).
+type Segment = (u128, u32, Vec<(u16, u32)>);
+
+/// Cuts one family's key space into segments of constant membership and interns their classes.
+fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> SegTable<u128> {
+    let max = family.max_key();
+    let mut bounds: Vec<u128> = vec![0];
+    for (lo, hi) in input
+        .includes
+        .iter()
+        .map(|i| (i.lo, i.hi))
+        .chain(input.holes.iter().map(|h| (h.lo, h.hi)))
+    {
+        bounds.push(lo);
+        if hi < max {
+            bounds.push(hi + 1);
+        }
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    input.includes.sort_by_key(|i| i.lo);
+    input.holes.sort_by_key(|h| h.lo);
+
+    // Adjacent segments with equal classes are merged.
+    let mut segments: Vec<Segment> = Vec::new();
+    let (mut next_include, mut next_hole) = (0, 0);
+    let mut active: Vec<&Include<'_>> = Vec::new();
+    let mut holes: Vec<&Hole> = Vec::new();
+    let mut portless: Vec<u32> = Vec::new();
+    let mut ported: Vec<&Include<'_>> = Vec::new();
+    for &start in &bounds {
+        active.retain(|i| i.hi >= start);
+        holes.retain(|h| h.hi >= start);
+        while next_include < input.includes.len() && input.includes[next_include].lo <= start {
+            active.push(&input.includes[next_include]);
+            next_include += 1;
+        }
+        while next_hole < input.holes.len() && input.holes[next_hole].lo <= start {
+            holes.push(&input.holes[next_hole]);
+            next_hole += 1;
+        }
+        portless.clear();
+        ported.clear();
+        for include in active
+            .iter()
+            .filter(|i| !holes.iter().any(|h| h.block == i.block))
+        {
+            match include.ports {
+                None => portless.push(include.member),
+                Some(_) => ported.push(include),
+            }
+        }
+        if let (Some(fallback), true) = (input.fallback, portless.is_empty() && ported.is_empty()) {
+            portless.push(fallback);
+        }
+        portless.sort_unstable();
+        portless.dedup();
+        let portless_class = classes.intern(portless.clone());
+        let port_map = port_map(&portless, &ported, portless_class, classes);
+        match segments.last() {
+            Some((_, c, map)) if *c == portless_class && *map == port_map => {}
+            _ => segments.push((start, portless_class, port_map)),
+        }
+    }
+
+    let mut table = SegTable {
+        starts: segments.iter().map(|s| s.0).collect(),
+        segs: Box::default(),
+        port_starts: Box::default(),
+        port_classes: Box::default(),
+    };
+    let mut segs = Vec::with_capacity(segments.len());
+    let (mut port_starts, mut port_classes) = (Vec::new(), Vec::new());
+    for (_, portless, map) in segments {
+        segs.push(Seg {
+            portless,
+            ports_at: port_starts.len() as u32,
+            ports_len: map.len() as u32,
+        });
+        for (port, class) in map {
+            port_starts.push(port);
+            port_classes.push(class);
+        }
+    }
+    table.segs = segs.into();
+    table.port_starts = port_starts.into();
+    table.port_classes = port_classes.into();
+    table
+}
+
+/// The port ranges of one segment with their classes; empty when every port has the port-less
+/// class.
+fn port_map(
+    portless: &[u32],
+    ported: &[&Include<'_>],
+    portless_class: u32,
+    classes: &mut Interner,
+) -> Vec<(u16, u32)> {
+    if ported.is_empty() {
+        return Vec::new();
+    }
+    let mut bounds: Vec<u16> = vec![0];
+    for include in ported {
+        for r in include.ports.map(PortList::ranges).unwrap_or_default() {
+            bounds.push(r.lo);
+            if r.hi < u16::MAX {
+                bounds.push(r.hi + 1);
+            }
+        }
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut map: Vec<(u16, u32)> = Vec::new();
+    let mut members = Vec::new();
+    for port in bounds {
+        members.clear();
+        members.extend_from_slice(portless);
+        members.extend(
+            ported
+                .iter()
+                .filter(|i| i.ports.is_some_and(|p| p.contains(port)))
+                .map(|i| i.member),
+        );
+        members.sort_unstable();
+        members.dedup();
+        let class = classes.intern(members.clone());
+        if map.last().is_none_or(|&(_, c)| c != class) {
+            map.push((port, class));
+        }
+    }
+    if map.len() == 1 && map[0].1 == portless_class {
+        map.clear();
+    }
+    map
+}

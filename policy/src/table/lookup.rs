@@ -1,0 +1,187 @@
+//! Reading the table per packet: binary searches with no data-dependent branch, the source
+//! and destination searches in one loop, and one matrix read.
+
+use std::net::IpAddr;
+
+use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry};
+use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
+
+impl<K: Copy + Ord> SegTable<K> {
+    /// Segments and port ranges.
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        (self.segs.len(), self.port_starts.len())
+    }
+
+    #[inline]
+    pub(super) fn class(&self, key: K, port: Option<u16>) -> u32 {
+        self.port_class(self.segs[last_at_or_below(&self.starts, key)], port)
+    }
+
+    /// The class of a port in a segment.
+    #[inline]
+    pub(super) fn port_class(&self, seg: Seg, port: Option<u16>) -> u32 {
+        match port {
+            Some(port) if seg.ports_len > 0 => {
+                let at = seg.ports_at as usize;
+                let starts = &self.port_starts[at..at + seg.ports_len as usize];
+                self.port_classes[at + last_at_or_below(starts, port)]
+            }
+            _ => seg.portless,
+        }
+    }
+}
+
+/// The source and destination classes of a packet whose addresses are of one family: both
+/// searches run in one loop, so the CPU overlaps their independent loads.
+#[inline]
+fn class_pair<K: Copy + Ord>(
+    src: &SegTable<K>,
+    src_key: K,
+    dst: &SegTable<K>,
+    dst_key: K,
+    ports: Option<Ports>,
+) -> (u32, u32) {
+    let (s, d) = last_at_or_below2(&src.starts, src_key, &dst.starts, dst_key);
+    let (s, d) = (src.segs[s], dst.segs[d]);
+    (
+        src.port_class(s, ports.map(|p| p.src)),
+        dst.port_class(d, ports.map(|p| p.dst)),
+    )
+}
+
+/// [`last_at_or_below`] of two independent searches, in lockstep. A search whose length
+/// reached 1 stands still (its half is 0) while the other finishes.
+#[inline]
+fn last_at_or_below2<K: Copy + Ord>(a: &[K], key_a: K, b: &[K], key_b: K) -> (usize, usize) {
+    let (mut base_a, mut len_a, mut base_b, mut len_b) = (0, a.len(), 0, b.len());
+    while len_a > 1 || len_b > 1 {
+        let (half_a, half_b) = (len_a / 2, len_b / 2);
+        base_a = if a[base_a + half_a] <= key_a {
+            base_a + half_a
+        } else {
+            base_a
+        };
+        base_b = if b[base_b + half_b] <= key_b {
+            base_b + half_b
+        } else {
+            base_b
+        };
+        len_a -= half_a;
+        len_b -= half_b;
+    }
+    (base_a, base_b)
+}
+
+/// The index of the last element of `sorted` that is at most `key` (0 when none is): a binary
+/// search whose loop has no data-dependent branch, so the CPU never mispredicts it.
+#[inline]
+fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
+    let mut base = 0;
+    let mut len = sorted.len();
+    while len > 1 {
+        let half = len / 2;
+        base = if sorted[base + half] <= key {
+            base + half
+        } else {
+            base
+        };
+        len -= half;
+    }
+    base
+}
+
+impl Table {
+    /// The verdict for one packet.
+    #[inline]
+    pub fn lookup(&self, packet: &Packet) -> Verdict {
+        let keys = match (packet.src, packet.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Keys::V4(s.into(), d.into()),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Keys::V6(s.into(), d.into()),
+            _ => return self.lookup_mixed(packet),
+        };
+        self.lookup_keys(packet.src_vni, keys, packet.ports)
+    }
+
+    /// The verdict for a packet given as lookup keys: [`Table::lookup`] without building a
+    /// [`Packet`] (the packed path reads the keys straight from the record).
+    #[inline]
+    pub(crate) fn lookup_keys(&self, vni: u32, keys: Keys, ports: Option<Ports>) -> Verdict {
+        let Some(vpc) = self.vpc_by_vni(vni) else {
+            return Verdict::Drop(DropReason::UnknownVpc);
+        };
+        let t = &self.per_vpc[vpc.0 as usize];
+        let (s, d) = match keys {
+            Keys::V4(s, d) => class_pair(&t.src4, s, &t.dst4, d, ports),
+            Keys::V6(s, d) => class_pair(&t.src6, s, &t.dst6, d, ports),
+        };
+        t.verdict(s, d)
+    }
+
+    /// A packet whose source and destination are of different families: no real IP packet,
+    /// but a [`Packet`] can say it, and the sets of the spec still give it a verdict.
+    #[cold]
+    fn lookup_mixed(&self, packet: &Packet) -> Verdict {
+        let Some(vpc) = self.vpc_by_vni(packet.src_vni) else {
+            return Verdict::Drop(DropReason::UnknownVpc);
+        };
+        let t = &self.per_vpc[vpc.0 as usize];
+        let (src_port, dst_port) = (packet.ports.map(|p| p.src), packet.ports.map(|p| p.dst));
+        let s = match packet.src {
+            IpAddr::V4(a) => t.src4.class(a.into(), src_port),
+            IpAddr::V6(a) => t.src6.class(a.into(), src_port),
+        };
+        let d = match packet.dst {
+            IpAddr::V4(a) => t.dst4.class(a.into(), dst_port),
+            IpAddr::V6(a) => t.dst6.class(a.into(), dst_port),
+        };
+        t.verdict(s, d)
+    }
+
+    /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`.
+    ///
+    /// # Panics
+    /// If `out` is not exactly as long as `packets` (a caller's bug, not an input error).
+    pub fn lookup_batch(&self, packets: &[Packet], out: &mut [Verdict]) {
+        assert_eq!(packets.len(), out.len(), "one verdict slot per packet");
+        for (packet, verdict) in packets.iter().zip(out.iter_mut()) {
+            *verdict = self.lookup(packet);
+        }
+    }
+
+    /// The names behind the verdicts.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The VPCs, in name order: a [`VpcId`] indexes this slice.
+    pub fn vpcs(&self) -> &[VpcEntry] {
+        &self.catalog.vpcs
+    }
+
+    /// The VPC with this id.
+    pub fn vpc(&self, id: VpcId) -> &VpcEntry {
+        self.catalog.vpc(id)
+    }
+
+    /// The VPC whose VNI is `vni`.
+    #[inline]
+    pub fn vpc_by_vni(&self, vni: u32) -> Option<VpcId> {
+        let i = last_at_or_below(&self.vnis, vni);
+        (self.vnis.get(i) == Some(&vni)).then(|| self.vni_vpcs[i])
+    }
+
+    /// The VPC named `name`.
+    pub fn vpc_by_name(&self, name: &str) -> Option<VpcId> {
+        self.catalog.vpc_by_name(name)
+    }
+
+    /// The candidates of an ambiguous verdict, in name order.
+    pub fn candidates(&self, id: CandidatesId) -> &[VpcId] {
+        self.catalog.candidates(id)
+    }
+
+    /// The verdict in the notation of the spec; see [`Catalog::verdict_text`].
+    pub fn verdict_text(&self, verdict: Verdict) -> String {
+        self.catalog.verdict_text(verdict)
+    }
+}
