@@ -137,7 +137,7 @@ fn epoch(c: &mut Criterion) {
 }
 
 fn load(c: &mut Criterion) {
-    let mut group = c.benchmark_group("swap");
+    let mut group = c.benchmark_group("load");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
