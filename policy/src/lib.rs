@@ -9,6 +9,8 @@ pub mod explain;
 pub mod json;
 pub mod limits;
 pub mod model;
+#[cfg(feature = "oracle")]
+pub mod oracle;
 pub mod packed;
 pub mod packet;
 pub mod ports;

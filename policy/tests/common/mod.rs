@@ -2,4 +2,4 @@
 #![allow(dead_code)]
 
 pub mod arb;
-pub mod oracle;
+pub use flowgate_policy::oracle;

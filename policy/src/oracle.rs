@@ -1,17 +1,22 @@
 //! The reference oracle: SPEC section 3's set definitions, written out as directly as possible.
 //! Slow and obvious on purpose; it shares nothing with the table but the validated config.
+//! The property tests check the table against it; the benchmarks measure the table against
+//! it. Only with the `oracle` feature.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use flowgate_policy::model::{Block, Config, Entry, Side};
-use flowgate_policy::{Packet, VpcId};
+use crate::model::{Block, Config, Entry, Side};
+use crate::{Packet, VpcId};
 
 /// A verdict with VPC names, comparable across implementations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expected {
+    /// `allow(VPC)`.
     Allow(String),
+    /// `allow-ambiguous([VPC, ...])`, names sorted.
     AllowAmbiguous(Vec<String>),
+    /// `drop(reason)`.
     Drop(&'static str),
 }
 
@@ -104,8 +109,8 @@ pub fn verdict(config: &Config, packet: &Packet) -> Expected {
 }
 
 /// A table verdict in the same terms.
-pub fn from_table(table: &flowgate_policy::Table, verdict: flowgate_policy::Verdict) -> Expected {
-    use flowgate_policy::Verdict;
+pub fn from_table(table: &crate::Table, verdict: crate::Verdict) -> Expected {
+    use crate::Verdict;
     match verdict {
         Verdict::Allow(v) => Expected::Allow(table.vpc(v).name.clone()),
         Verdict::AllowAmbiguous(set) => Expected::AllowAmbiguous(
