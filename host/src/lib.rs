@@ -62,6 +62,7 @@ pub mod dataplane;
 pub mod gateway;
 pub mod io;
 pub mod kit;
+pub mod oci;
 pub mod policy;
 pub mod wasm;
 

@@ -2,11 +2,10 @@
 
 mod cli;
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use flowgate_host::dataplane::{self};
 
@@ -20,6 +19,11 @@ use cli::*;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::logs::init(cli.log_format);
+    let _ = cli::REGISTRY.set(flowgate_host::oci::RegistryOptions {
+        insecure: cli.insecure_registries.clone(),
+        max_module_bytes: cli.max_module_bytes,
+        ..Default::default()
+    });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -50,6 +54,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => cmd_run(&policy, packets.as_deref(), json),
         Command::Check { policy, packets } => cmd_check(&policy, packets.as_deref()),
         Command::Info { module } => cmd_info(module.as_deref()),
+        Command::Push { module, reference } => cmd_push(&module, &reference),
+        Command::Pull { reference, output } => cmd_pull(&reference, &output),
         Command::Replay {
             policy,
             pcap,
@@ -95,10 +101,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let config_text = LimitArgs::default().read_config(&config)?;
             let name = config.display().to_string();
-            let read =
-                |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
-            let (old_bytes, new_bytes) = (read(&old)?, read(&new)?);
-            let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
+            let (old_bytes, old_name) = read_module(&old)?;
+            let (new_bytes, new_name) = read_module(&new)?;
             cmd_diff(
                 Side {
                     module: &old_bytes,

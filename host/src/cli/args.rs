@@ -27,6 +27,13 @@ pub struct Cli {
     /// How log lines are written on stderr: `human`, or `json` (one object a line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// A registry (HOST:PORT) spoken to over plain HTTP; loopback ones always are, every
+    /// other one over HTTPS. Repeatable.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// The largest module pulled from a registry, in bytes.
+    #[arg(long, global = true, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    pub max_module_bytes: u64,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +141,23 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Push a module to an OCI registry under a tag, in the CNCF Wasm artifact layout (the
+    /// config filled from the component itself); prints the manifest's digest, which pins it.
+    Push {
+        /// The module (a Wasm component).
+        module: PathBuf,
+        /// Where: oci://HOST[:PORT]/REPO:TAG.
+        reference: String,
+    },
+    /// Pull a module from an OCI registry, by tag or pinned digest, verified byte for byte,
+    /// into a file.
+    Pull {
+        /// oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:DIGEST.
+        reference: String,
+        /// The file to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
     },
     /// Print what a module says about itself.
     Info {

@@ -1,6 +1,5 @@
 //! The policy author's commands: `test`, `diff`, `explain` and `info`.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -69,8 +68,7 @@ pub fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Resu
     let outcomes: Vec<kit::CaseOutcome> = match module {
         Some(module) => {
             let runtime = runtime(no_cache)?;
-            let bytes =
-                fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+            let bytes = read_module(module)?.0;
             let loaded = runtime
                 .load(&bytes)
                 .with_context(|| format!("{} refused", module.display()))?;
@@ -245,5 +243,39 @@ pub fn cmd_explain(
         println!("packet: {text}");
         print!("{}", e.render(policy.catalog()));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate push`: the module checked as a flowgate module, then pushed in the CNCF layout.
+pub fn cmd_push(module: &Path, reference: &str) -> Result<ExitCode> {
+    use flowgate_host::oci::{Digest, Reference, Registry};
+    let reference = Reference::parse(reference).map_err(anyhow::Error::msg)?;
+    let (bytes, name) = read_module(module)?;
+    let runtime = runtime(true)?;
+    let loaded = runtime
+        .load(&bytes)
+        .with_context(|| format!("{name} refused: only flowgate policy modules are pushed"))?;
+    let (exports, imports) = loaded.interfaces(&runtime);
+    let config = serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [Digest::of(&bytes).to_string()],
+        "component": {"exports": exports, "imports": imports},
+    });
+    let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
+    let digest = registry.push(&reference, &bytes, config.to_string().as_bytes())?;
+    tracing::info!(event = "push", reference = %reference, manifest = %digest, "pushed {name}");
+    println!("{}", reference.pinned(digest));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate pull`: a module from a registry, verified, into a file (written whole or not at
+/// all).
+pub fn cmd_pull(reference: &str, output: &Path) -> Result<ExitCode> {
+    let (bytes, pinned) = read_module(Path::new(reference))?;
+    let tmp = output.with_extension("part");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
+    println!("{pinned}");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,5 @@
 //! A gateway and its clients: `serve`, `status`, `swap` and `rollback`.
 
-use std::fs;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -142,9 +141,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     let mut reread = || -> Result<(Option<Vec<u8>>, String)> {
         let config = read_config()?;
         let module = match &args.module {
-            Some(path) => {
-                Some(fs::read(path).with_context(|| format!("reading {}", path.display()))?)
-            }
+            Some(path) => Some(read_module(path)?.0),
             None => None,
         };
         Ok((module, config))
@@ -183,7 +180,7 @@ pub fn cmd_swap(
         } = client.serving()?;
         println!("flowgate swap --dry-run: against the release serving, ETag {etag}");
         let new_module = match &module {
-            Some(path) => fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            Some(path) => read_module(path)?.0,
             None => serving.clone(),
         };
         let new_module_name = match &module {
@@ -215,7 +212,7 @@ pub fn cmd_swap(
         );
     }
     let module = module
-        .map(|path| fs::read(path).with_context(|| format!("reading {}", path.display())))
+        .map(|path| read_module(path).map(|(bytes, _)| bytes))
         .transpose()?;
     // Swap against the release this command saw: a change made meanwhile by someone
     // else is refused (412), not silently overwritten.

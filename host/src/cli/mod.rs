@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use flowgate_host::hex;
+use flowgate_host::oci::{Reference, Registry, RegistryOptions};
 use flowgate_host::wasm::{Limits, LoadedModule, Runtime, WasmPolicy};
 use flowgate_host::{NativePolicy, Policy, StartError};
 
@@ -64,17 +65,39 @@ pub fn load_policy(args: &PolicyArgs, config: &str, config_name: &str) -> Result
     })
 }
 
+/// The module at `path` (the bundled one when absent), and how to name it.
 pub fn module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
     match path {
-        Some(path) => {
-            let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Ok((bytes, path.display().to_string()))
-        }
+        Some(path) => read_module(path),
         None => Ok((
             flowgate_host::DEFAULT_MODULE.to_vec(),
             "the bundled module".into(),
         )),
     }
+}
+
+/// How registries are spoken to, from the global flags (set once, in `main`).
+pub static REGISTRY: std::sync::OnceLock<RegistryOptions> = std::sync::OnceLock::new();
+
+/// A module from a file, or pulled from a registry when `path` is an `oci://` reference
+/// (verified byte for byte); named by its file, or by its reference pinned to the digest.
+pub fn read_module(path: &Path) -> Result<(Vec<u8>, String)> {
+    let text = path.to_string_lossy();
+    if !Reference::is_reference(&text) {
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok((bytes, path.display().to_string()));
+    }
+    let reference = Reference::parse(&text).map_err(anyhow::Error::msg)?;
+    let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
+    let pulled = registry.pull(&reference)?;
+    tracing::info!(
+        event = "pull",
+        reference = %reference,
+        manifest = %pulled.manifest,
+        layout = pulled.layout,
+        "pulled {reference}"
+    );
+    Ok((pulled.module, reference.pinned(pulled.manifest).to_string()))
 }
 
 /// The artifact cache's folder, unless `no_cache`.

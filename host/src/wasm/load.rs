@@ -267,6 +267,16 @@ impl LoadedModule {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The names of what the component exports and imports (for an OCI artifact's config).
+    pub fn interfaces(&self, runtime: &Runtime) -> (Vec<String>, Vec<String>) {
+        let ty = self.pre.instance_pre().component().component_type();
+        let names = |it: &mut dyn Iterator<Item = String>| it.collect::<Vec<_>>();
+        (
+            names(&mut ty.exports(&runtime.engine).map(|(n, _)| n.to_owned())),
+            names(&mut ty.imports(&runtime.engine).map(|(n, _)| n.to_owned())),
+        )
+    }
 }
 
 #[cfg(test)]

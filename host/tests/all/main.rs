@@ -8,6 +8,7 @@ mod fixtures;
 mod hostile;
 mod kit;
 mod live;
+mod oci;
 mod paths;
 mod refusals;
 mod replay;

@@ -1,0 +1,9 @@
+//! Policy modules as OCI artifacts in an ordinary registry: references (`oci://...`), a
+//! client that pulls by tag or digest and verifies every byte, and pushes in the CNCF Wasm
+//! layout.
+
+mod reference;
+mod registry;
+
+pub use reference::{Digest, Reference, SCHEME};
+pub use registry::{OciError, Pulled, Registry, RegistryOptions, WASM_CONFIG, WASM_LAYER};

@@ -1,0 +1,368 @@
+//! A read-and-push client of an OCI distribution registry, for policy modules only: pull a
+//! module by tag or digest, every manifest and blob hashed and sized here (a registry does not
+//! verify what it serves), and push one in the CNCF Wasm artifact layout.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Digest, Reference};
+
+/// The manifest media type this client asks for and writes.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// What a manifest GET accepts (the reference registry answers 404 without the OCI type).
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// The largest manifest read.
+const MAX_MANIFEST: u64 = 1 << 20;
+
+/// The CNCF Wasm OCI artifact layout (wasm-pkg-tools): its config and its one layer.
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+/// See [`WASM_CONFIG`].
+pub const WASM_LAYER: &str = "application/wasm";
+/// Istio's `oci` variant.
+const ISTIO_CONFIG: &str = "application/vnd.module.wasm.config.v1+json";
+const ISTIO_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
+/// Istio's `compat` variant: one tar+gzip layer holding `plugin.wasm`.
+const TAR_GZIP_LAYERS: [&str; 2] = [
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+
+/// The layouts a module may be pushed in, as a refusal lists them.
+const ACCEPTED: &str = "a CNCF Wasm artifact (config application/vnd.wasm.config.v0+json, one application/wasm layer), Istio's oci variant (config application/vnd.module.wasm.config.v1+json, one application/vnd.module.wasm.content.layer.v1+wasm layer) or Istio's compat variant (one tar+gzip layer holding plugin.wasm)";
+
+/// Why a pull or push failed. Nothing of a failed pull is used.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The registry could not be reached, or the exchange broke off.
+    #[error("{reference}: {what}: {message}")]
+    Transport {
+        /// The reference.
+        reference: String,
+        /// The request.
+        what: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The registry answered, but not with what was asked for.
+    #[error("{reference}: {what}: the registry answered {status}: {body}")]
+    Status {
+        /// The reference.
+        reference: String,
+        /// The request.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// What the registry served does not match its digest or size, or is not a module.
+    #[error("{reference}: {0}", reference = .1)]
+    Refused(String, String),
+}
+
+/// What a registry may be trusted with.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Registries (`HOST:PORT`) spoken to over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// The largest module pulled, in bytes.
+    pub max_module_bytes: u64,
+    /// Longest wait for any one request.
+    pub timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: Vec::new(),
+            max_module_bytes: 64 << 20,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A module pulled and verified.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The component's bytes.
+    pub module: Vec<u8>,
+    /// The manifest's digest: the reference pinned.
+    pub manifest: Digest,
+    /// Which layout it was in.
+    pub layout: &'static str,
+}
+
+/// A client of OCI registries.
+pub struct Registry {
+    agent: ureq::Agent,
+    options: RegistryOptions,
+}
+
+impl Registry {
+    /// A client with `options`.
+    pub fn new(options: RegistryOptions) -> Registry {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(options.timeout))
+            .build()
+            .new_agent();
+        Registry { agent, options }
+    }
+
+    fn base(&self, r: &Reference) -> String {
+        let host = r
+            .registry
+            .rsplit_once(':')
+            .map_or(r.registry.as_str(), |(h, _)| h);
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let plain = loopback || self.options.insecure.iter().any(|h| h == &r.registry);
+        let scheme = if plain { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}", r.registry, r.repository)
+    }
+
+    fn transport(r: &Reference, what: &str, e: impl std::fmt::Display) -> OciError {
+        OciError::Transport {
+            reference: r.to_string(),
+            what: what.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// GETs `url` and reads at most `limit` bytes of the answer, which must be 200.
+    fn get(&self, r: &Reference, what: &str, url: &str, limit: u64) -> Result<Vec<u8>, OciError> {
+        let mut response = self
+            .agent
+            .get(url)
+            .header("Accept", ACCEPT)
+            .call()
+            .map_err(|e| Self::transport(r, what, e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(limit + 1)
+            .read_to_vec()
+            .map_err(|e| Self::transport(r, what, e))?;
+        if status != 200 {
+            return Err(OciError::Status {
+                reference: r.to_string(),
+                what: what.into(),
+                status,
+                body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+            });
+        }
+        if body.len() as u64 > limit {
+            return Err(OciError::Refused(
+                format!("{what}: more than {limit} bytes"),
+                r.to_string(),
+            ));
+        }
+        Ok(body)
+    }
+
+    /// The manifest `r` names, and its digest; a pinned reference's must match.
+    pub fn manifest(&self, r: &Reference) -> Result<(Value, Digest), OciError> {
+        let url = format!("{}/manifests/{}", self.base(r), r.manifest_ref());
+        let bytes = self.get(r, "GET manifest", &url, MAX_MANIFEST)?;
+        let digest = Digest::of(&bytes);
+        if let Some(pinned) = r.digest
+            && pinned != digest
+        {
+            return Err(OciError::Refused(
+                format!("the manifest served hashes to {digest}, not the pinned {pinned}"),
+                r.to_string(),
+            ));
+        }
+        let manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            OciError::Refused(format!("the manifest is not JSON: {e}"), r.to_string())
+        })?;
+        Ok((manifest, digest))
+    }
+
+    /// A blob by its descriptor, sized and hashed.
+    fn blob(&self, r: &Reference, descriptor: &Value, limit: u64) -> Result<Vec<u8>, OciError> {
+        let refused = |m: String| OciError::Refused(m, r.to_string());
+        let digest = descriptor["digest"]
+            .as_str()
+            .ok_or_else(|| refused("a descriptor without a digest".into()))
+            .and_then(|d| Digest::parse(d).map_err(refused))?;
+        let size = descriptor["size"]
+            .as_u64()
+            .ok_or_else(|| refused(format!("the descriptor of {digest} has no size")))?;
+        if size > limit {
+            return Err(refused(format!(
+                "blob {digest} is {size} bytes, over the limit of {limit} (raise it with --max-module-bytes)"
+            )));
+        }
+        let url = format!("{}/blobs/{digest}", self.base(r));
+        let bytes = self.get(r, "GET blob", &url, size)?;
+        if bytes.len() as u64 != size || Digest::of(&bytes) != digest {
+            return Err(refused(format!(
+                "blob {digest} as served ({} bytes) does not match its digest and size ({size} bytes): refused",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Pulls the module `r` names, in any of the accepted layouts, verified byte for byte.
+    pub fn pull(&self, r: &Reference) -> Result<Pulled, OciError> {
+        let refused = |m: String| OciError::Refused(m, r.to_string());
+        let (manifest, digest) = self.manifest(r)?;
+        if let Some(media) = manifest["mediaType"].as_str()
+            && media != OCI_MANIFEST
+            && media != "application/vnd.docker.distribution.manifest.v2+json"
+        {
+            return Err(refused(format!(
+                "a manifest of type {media}: expected an image manifest ({OCI_MANIFEST})"
+            )));
+        }
+        let config_type = manifest["config"]["mediaType"].as_str().unwrap_or_default();
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        let layer_type = |l: &Value| l["mediaType"].as_str().unwrap_or_default().to_owned();
+        let limit = self.options.max_module_bytes;
+        let (module, layout) = match (config_type, layers.as_slice()) {
+            (WASM_CONFIG, [layer]) if layer_type(layer) == WASM_LAYER => {
+                (self.blob(r, layer, limit)?, "cncf")
+            }
+            (ISTIO_CONFIG, [layer]) if layer_type(layer) == ISTIO_LAYER => {
+                (self.blob(r, layer, limit)?, "istio-oci")
+            }
+            (_, [layer]) if TAR_GZIP_LAYERS.contains(&layer_type(layer).as_str()) => {
+                let archive = self.blob(r, layer, limit)?;
+                let module = plugin_wasm(&archive, limit).map_err(refused)?;
+                (module, "istio-compat")
+            }
+            _ => {
+                return Err(refused(format!(
+                    "not a module layout flowgate reads (config {config_type:?}, layers {:?}); accepted: {ACCEPTED}",
+                    layers.iter().map(layer_type).collect::<Vec<_>>()
+                )));
+            }
+        };
+        Ok(Pulled {
+            module,
+            manifest: digest,
+            layout,
+        })
+    }
+
+    /// Pushes `module` under `r`'s tag in the CNCF layout, with `config` (its JSON) as the
+    /// config blob. Returns the manifest's digest.
+    pub fn push(&self, r: &Reference, module: &[u8], config: &[u8]) -> Result<Digest, OciError> {
+        let tag = r.tag.as_deref().ok_or_else(|| {
+            OciError::Refused(
+                "push needs a tag: oci://HOST/REPO:TAG".into(),
+                r.to_string(),
+            )
+        })?;
+        let config_digest = self.upload(r, config)?;
+        let layer_digest = self.upload(r, module)?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": WASM_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [{"mediaType": WASM_LAYER, "digest": layer_digest.to_string(), "size": module.len()}],
+        });
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| Self::transport(r, "manifest", e))?;
+        let url = format!("{}/manifests/{tag}", self.base(r));
+        let what = "PUT manifest";
+        let mut response = self
+            .agent
+            .put(&url)
+            .header("Content-Type", OCI_MANIFEST)
+            .send(&bytes[..])
+            .map_err(|e| Self::transport(r, what, e))?;
+        let status = response.status().as_u16();
+        if status != 201 {
+            let body = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(OciError::Status {
+                reference: r.to_string(),
+                what: what.into(),
+                status,
+                body,
+            });
+        }
+        Ok(Digest::of(&bytes))
+    }
+
+    /// Uploads a blob monolithically (POST for a session, then PUT with the digest).
+    fn upload(&self, r: &Reference, bytes: &[u8]) -> Result<Digest, OciError> {
+        let digest = Digest::of(bytes);
+        let base = self.base(r);
+        let status_error = |what: &str, status: u16| OciError::Status {
+            reference: r.to_string(),
+            what: what.into(),
+            status,
+            body: String::new(),
+        };
+        let what = "POST blob upload";
+        let response = self
+            .agent
+            .post(format!("{base}/blobs/uploads/"))
+            .send_empty()
+            .map_err(|e| Self::transport(r, what, e))?;
+        if response.status().as_u16() != 202 {
+            return Err(status_error(what, response.status().as_u16()));
+        }
+        let location = response
+            .headers()
+            .get("Location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| OciError::Refused("an upload without a Location".into(), r.to_string()))?
+            .to_owned();
+        let location = if location.starts_with('/') {
+            let origin = base.split("/v2/").next().unwrap_or_default();
+            format!("{origin}{location}")
+        } else {
+            location
+        };
+        let join = if location.contains('?') { '&' } else { '?' };
+        let what = "PUT blob";
+        let response = self
+            .agent
+            .put(format!("{location}{join}digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes)
+            .map_err(|e| Self::transport(r, what, e))?;
+        if response.status().as_u16() != 201 {
+            return Err(status_error(what, response.status().as_u16()));
+        }
+        Ok(digest)
+    }
+}
+
+/// `plugin.wasm` out of a tar+gzip layer, at most `limit` bytes unpacked.
+fn plugin_wasm(archive: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let gz = flate2::read::GzDecoder::new(archive);
+    let mut tar = tar::Archive::new(gz.take(limit.saturating_mul(2)));
+    let entries = tar
+        .entries()
+        .map_err(|e| format!("the tar+gzip layer does not read: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("the tar+gzip layer does not read: {e}"))?;
+        let path = entry
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if path.trim_start_matches("./") == "plugin.wasm" {
+            if entry.size() > limit {
+                return Err(format!("plugin.wasm is over the limit of {limit} bytes"));
+            }
+            let mut module = Vec::new();
+            entry
+                .by_ref()
+                .take(limit + 1)
+                .read_to_end(&mut module)
+                .map_err(|e| format!("plugin.wasm does not read: {e}"))?;
+            return Ok(module);
+        }
+    }
+    Err("the tar+gzip layer holds no plugin.wasm".into())
+}

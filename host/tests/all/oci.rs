@@ -1,0 +1,379 @@
+//! Modules in a real OCI registry (Debian's `docker-registry`, the CNCF distribution registry),
+//! started on a free loopback port with its own storage; `skopeo` as the independent client.
+//! `.ci/run` installs both; where they are missing outside CI, these tests say so and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flowgate_host::DEFAULT_MODULE;
+use flowgate_host::oci::{Digest, Reference, Registry, RegistryOptions};
+use flowgate_test_guests as guests;
+
+use crate::cli::{flowgate, stdout};
+
+const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap/config.yaml";
+
+/// A registry process on loopback, stopped when dropped.
+struct TestRegistry {
+    child: Child,
+    port: u16,
+    storage: PathBuf,
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.storage);
+    }
+}
+
+fn installed(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing: .ci/run installs it (apt-get install docker-registry skopeo)"
+        );
+        eprintln!("skipped: {tool} is not installed (apt-get install docker-registry skopeo)");
+    }
+    found
+}
+
+/// Starts a registry, or `None` when it is not installed (outside CI).
+fn start() -> Option<TestRegistry> {
+    if !installed("docker-registry") {
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let storage = std::env::temp_dir().join(format!("flowgate-registry-{port}"));
+    std::fs::create_dir_all(storage.join("data")).unwrap();
+    let config = storage.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let registry = TestRegistry {
+        child,
+        port,
+        storage,
+    };
+    // Bounded wait until /v2/ answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the registry did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(registry)
+}
+
+impl TestRegistry {
+    fn reference(&self, repo_and_tag: &str) -> String {
+        format!("oci://127.0.0.1:{}/{repo_and_tag}", self.port)
+    }
+
+    /// The file the registry keeps a blob in.
+    fn blob_file(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_string()["sha256:".len()..].to_owned();
+        self.storage
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+fn client() -> Registry {
+    Registry::new(RegistryOptions::default())
+}
+
+fn write_module(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Pushes `module` with skopeo, an independent client, from a `dir:` layout with the given
+/// config and layer media types.
+fn skopeo_push(reference: &str, module: &[u8], config_type: &str, layer_type: &str) {
+    let dir = std::env::temp_dir().join(format!(
+        "flowgate-skopeo-{}-{}",
+        std::process::id(),
+        Digest::of(reference.as_bytes())
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
+    let hex = |d: Digest| d.to_string()["sha256:".len()..].to_owned();
+    let (config_digest, layer_digest) = (Digest::of(config), Digest::of(module));
+    std::fs::write(dir.join(hex(config_digest)), config).unwrap();
+    std::fs::write(dir.join(hex(layer_digest)), module).unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config_type, "digest": config_digest.to_string(), "size": config.len()},
+        "layers": [{"mediaType": layer_type, "digest": layer_digest.to_string(), "size": module.len()}],
+    });
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
+    let target = reference.replacen("oci://", "docker://", 1);
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("dir:{}", dir.display()))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn push_then_pull_by_tag_and_by_digest_byte_identical_and_an_independent_client_agrees() {
+    let Some(registry) = start() else { return };
+    let tagged = registry.reference("policies/flowgate:v1");
+    let module = write_module("push.wasm", DEFAULT_MODULE);
+    let out = flowgate(&["push", module.to_str().unwrap(), &tagged], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pinned = stdout(&out).trim().to_owned();
+    let pinned_ref = Reference::parse(&pinned).unwrap();
+    let digest = pinned_ref.digest.expect("push prints the pinned reference");
+
+    // By tag and by digest (without the tag), through the library and the CLI.
+    let by_tag = client().pull(&Reference::parse(&tagged).unwrap()).unwrap();
+    assert_eq!(
+        (by_tag.module.as_slice(), by_tag.manifest, by_tag.layout),
+        (DEFAULT_MODULE, digest, "cncf")
+    );
+    let by_digest = registry.reference(&format!("policies/flowgate@{digest}"));
+    let out_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci/pulled.wasm");
+    let out = flowgate(&["pull", &by_digest, "-o", out_file.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&out_file).unwrap(), DEFAULT_MODULE);
+
+    // skopeo reads the layer back byte-identical, in the CNCF layout.
+    if installed("skopeo") {
+        let dir = std::env::temp_dir().join(format!("flowgate-skopeo-read-{}", registry.port));
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(tagged.replacen("oci://", "docker://", 1))
+            .arg(format!("dir:{}", dir.display()))
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(
+            manifest["config"]["mediaType"],
+            "application/vnd.wasm.config.v0+json"
+        );
+        assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+        let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+        let bytes = std::fs::read(dir.join(&layer["sha256:".len()..])).unwrap();
+        assert_eq!(bytes, DEFAULT_MODULE);
+        let config_digest = manifest["config"]["digest"].as_str().unwrap();
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join(&config_digest["sha256:".len()..])).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (config["architecture"].as_str(), config["os"].as_str()),
+            (Some("wasm"), Some("wasip2"))
+        );
+        assert_eq!(config["layerDigests"][0], layer);
+        assert!(
+            config["component"]["exports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e.as_str().unwrap().starts_with("flowgate:policy/filter@")),
+            "{config}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn modules_pushed_by_another_client_run_in_each_accepted_layout() {
+    let Some(registry) = start() else { return };
+    if !installed("skopeo") {
+        return;
+    }
+    let cncf = registry.reference("third/party:cncf");
+    skopeo_push(
+        &cncf,
+        DEFAULT_MODULE,
+        "application/vnd.wasm.config.v0+json",
+        "application/wasm",
+    );
+    let istio = registry.reference("third/party:istio");
+    skopeo_push(
+        &istio,
+        guests::DENY_LIST,
+        "application/vnd.module.wasm.config.v1+json",
+        "application/vnd.module.wasm.content.layer.v1+wasm",
+    );
+    // Istio's compat variant: one tar+gzip layer holding plugin.wasm.
+    let compat = registry.reference("third/party:compat");
+    let archive = {
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(DEFAULT_MODULE.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "plugin.wasm", DEFAULT_MODULE)
+            .unwrap();
+        tar.into_inner().unwrap().finish().unwrap()
+    };
+    skopeo_push(
+        &compat,
+        &archive,
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    let pulled = client().pull(&Reference::parse(&compat).unwrap()).unwrap();
+    assert_eq!(
+        (pulled.module.as_slice(), pulled.layout),
+        (DEFAULT_MODULE, "istio-compat")
+    );
+    let line = r#"{"src_vpc":"B","src_ip":"2.0.0.7","dst_ip":"1.0.1.9","proto":"tcp","src_port":1,"dst_port":445}"#;
+    for (reference, verdict) in [(&cncf, "allow"), (&istio, "drop")] {
+        let out = flowgate(
+            &["check", "--module", reference, "--config", SPEC_3_1],
+            line,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(got["verdict"], verdict, "{reference}: {got}");
+    }
+    // Anything else is refused, with what is accepted.
+    let other = registry.reference("third/party:image");
+    skopeo_push(
+        &other,
+        DEFAULT_MODULE,
+        "application/vnd.oci.image.config.v1+json",
+        "application/octet-stream",
+    );
+    let e = client()
+        .pull(&Reference::parse(&other).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("accepted: a CNCF Wasm artifact"), "{e}");
+}
+
+#[test]
+fn an_altered_blob_or_manifest_is_refused() {
+    let Some(registry) = start() else { return };
+    let tagged = registry.reference("policies/tampered:v1");
+    let reference = Reference::parse(&tagged).unwrap();
+    let manifest = client()
+        .push(
+            &reference,
+            DEFAULT_MODULE,
+            br#"{"architecture":"wasm","os":"wasip2"}"#,
+        )
+        .unwrap();
+    // The layer altered on disk, same length: the registry still serves it under its digest.
+    let layer = registry.blob_file(&Digest::of(DEFAULT_MODULE));
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&layer, &bytes).unwrap();
+    let e = client().pull(&reference).unwrap_err().to_string();
+    assert!(e.contains("does not match its digest"), "{e}");
+    let out = flowgate(&["check", "--module", &tagged, "--config", SPEC_3_1], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match its digest"));
+
+    // The manifest altered on disk: a pull pinned to its digest refuses what is served.
+    let manifest_file = registry.blob_file(&manifest);
+    let text = std::fs::read_to_string(&manifest_file).unwrap();
+    std::fs::write(
+        &manifest_file,
+        text.replacen("\"schemaVersion\":2", "\"schemaVersion\": 2", 1),
+    )
+    .unwrap();
+    let e = client()
+        .pull(&reference.pinned(manifest))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not the pinned"), "{e}");
+}
+
+#[test]
+fn a_module_over_the_size_limit_is_refused_before_it_is_read() {
+    let Some(registry) = start() else { return };
+    let tagged = registry.reference("policies/big:v1");
+    let reference = Reference::parse(&tagged).unwrap();
+    client()
+        .push(
+            &reference,
+            DEFAULT_MODULE,
+            br#"{"architecture":"wasm","os":"wasip2"}"#,
+        )
+        .unwrap();
+    let small = Registry::new(RegistryOptions {
+        max_module_bytes: 1000,
+        ..RegistryOptions::default()
+    });
+    let e = small.pull(&reference).unwrap_err().to_string();
+    assert!(
+        e.contains("over the limit of 1000") && e.contains("--max-module-bytes"),
+        "{e}"
+    );
+    let out = flowgate(
+        &["--max-module-bytes", "1000", "info", "--module", &tagged],
+        "",
+    );
+    assert!(!out.status.success());
+    // A tag that does not exist, and a registry that is not there, are errors, not panics.
+    let missing = client().pull(&Reference::parse(&registry.reference("policies/big:v2")).unwrap());
+    assert!(missing.unwrap_err().to_string().contains("404"));
+    let gone = Reference::parse("oci://127.0.0.1:1/policies/big:v1").unwrap();
+    assert!(client().pull(&gone).is_err());
+}
