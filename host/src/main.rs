@@ -19,12 +19,11 @@ use cli::*;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::logs::init(cli.log_format);
-    let _ = cli::REGISTRY.set(flowgate_host::oci::RegistryOptions {
-        insecure: cli.insecure_registries.clone(),
-        max_module_bytes: cli.max_module_bytes,
-        ..Default::default()
-    });
-    match run(cli) {
+    let registry = cli::registry_options(&cli);
+    match registry.and_then(|options| {
+        let _ = cli::REGISTRY.set(options);
+        run(cli)
+    }) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flowgate: {e:#}");

@@ -31,6 +31,10 @@ pub struct Cli {
     /// other one over HTTPS. Repeatable.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// A file holding `user:password`, the registry login used where Docker's config.json
+    /// ($DOCKER_CONFIG/config.json or ~/.docker/config.json) has none for the registry.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub registry_credentials: Option<PathBuf>,
     /// The largest module pulled from a registry, in bytes.
     #[arg(long, global = true, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
     pub max_module_bytes: u64,

@@ -76,6 +76,71 @@ pub fn module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
     }
 }
 
+/// Registry options from the global flags, with logins from Docker's `config.json` and
+/// `--registry-credentials`.
+pub fn registry_options(cli: &Cli) -> Result<RegistryOptions> {
+    let mut credentials = std::collections::BTreeMap::new();
+    let docker = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+        .map(|d| d.join("config.json"));
+    if let Some(path) = docker.filter(|p| p.is_file()) {
+        match docker_logins(&path) {
+            Ok(logins) => credentials.extend(logins),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Docker's config.json is not read")
+            }
+        }
+    }
+    if let Some(path) = &cli.registry_credentials {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let (user, password) = text
+            .trim()
+            .split_once(':')
+            .with_context(|| format!("{}: expected one line `user:password`", path.display()))?;
+        credentials.insert("*".to_owned(), (user.to_owned(), password.to_owned()));
+    }
+    Ok(RegistryOptions {
+        insecure: cli.insecure_registries.clone(),
+        max_module_bytes: cli.max_module_bytes,
+        credentials,
+        ..RegistryOptions::default()
+    })
+}
+
+/// The logins of Docker's `config.json` (`auths`: registry to base64 `user:password`).
+fn docker_logins(path: &Path) -> Result<Vec<(String, (String, String))>> {
+    use base64::Engine as _;
+    let meta = std::fs::metadata(path)?;
+    if meta.len() > 1 << 20 {
+        bail!("over 1 MiB");
+    }
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let mut logins = Vec::new();
+    if let Some(auths) = config["auths"].as_object() {
+        for (registry, entry) in auths {
+            let Some(auth) = entry["auth"].as_str() else {
+                continue;
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth)
+                .with_context(|| format!("auths.{registry}.auth is not base64"))?;
+            let pair = String::from_utf8(decoded)
+                .with_context(|| format!("auths.{registry}.auth is not text"))?;
+            let (user, password) = pair
+                .split_once(':')
+                .with_context(|| format!("auths.{registry}.auth is not user:password"))?;
+            let host = registry
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            logins.push((host.to_owned(), (user.to_owned(), password.to_owned())));
+        }
+    }
+    Ok(logins)
+}
+
 /// How registries are spoken to, from the global flags (set once, in `main`).
 pub static REGISTRY: std::sync::OnceLock<RegistryOptions> = std::sync::OnceLock::new();
 

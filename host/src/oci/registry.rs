@@ -66,6 +66,9 @@ pub enum OciError {
 pub struct RegistryOptions {
     /// Registries (`HOST:PORT`) spoken to over plain HTTP besides loopback ones.
     pub insecure: Vec<String>,
+    /// Logins by registry (`HOST[:PORT]` as in references): user and password, from Docker's
+    /// `config.json` or given; `*` applies to every registry without one of its own.
+    pub credentials: std::collections::BTreeMap<String, (String, String)>,
     /// The largest module pulled, in bytes.
     pub max_module_bytes: u64,
     /// Longest wait for any one request.
@@ -76,6 +79,7 @@ impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
             insecure: Vec::new(),
+            credentials: std::collections::BTreeMap::new(),
             max_module_bytes: 64 << 20,
             timeout: Duration::from_secs(60),
         }
@@ -97,6 +101,15 @@ pub struct Pulled {
 pub struct Registry {
     agent: ureq::Agent,
     options: RegistryOptions,
+    /// The `Authorization` each registry accepted last (a Basic login or a Bearer token).
+    authorized: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+/// An answer: status, headers, body.
+struct Answer {
+    status: u16,
+    headers: ureq::http::HeaderMap,
+    body: Vec<u8>,
 }
 
 impl Registry {
@@ -107,7 +120,158 @@ impl Registry {
             .timeout_global(Some(options.timeout))
             .build()
             .new_agent();
-        Registry { agent, options }
+        Registry {
+            agent,
+            options,
+            authorized: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Sends a request, reading at most `limit` bytes of the answer. A 401 with a challenge
+    /// is answered once: Basic with the registry's login, or Bearer with a token fetched from
+    /// the challenge's realm; what worked is used for the registry's next requests.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        r: &Reference,
+        what: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: u64,
+    ) -> Result<Answer, OciError> {
+        let attempt = |auth: Option<&str>| -> Result<Answer, OciError> {
+            let mut request = ureq::http::Request::builder().method(method).uri(url);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            if let Some(auth) = auth {
+                request = request.header("Authorization", auth);
+            }
+            let request = request
+                .body(body.to_vec())
+                .map_err(|e| Self::transport(r, what, e))?;
+            let mut response = self
+                .agent
+                .run(request)
+                .map_err(|e| Self::transport(r, what, e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(limit + 1)
+                .read_to_vec()
+                .map_err(|e| Self::transport(r, what, e))?;
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
+        };
+        let known = self
+            .authorized
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.registry)
+            .cloned();
+        let answer = attempt(known.as_deref())?;
+        if answer.status != 401 {
+            return Ok(answer);
+        }
+        let Some(challenge) = answer
+            .headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Ok(answer);
+        };
+        let auth = self.authorize(r, challenge)?;
+        let retried = attempt(Some(&auth))?;
+        if retried.status != 401 {
+            self.authorized
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(r.registry.clone(), auth);
+        }
+        Ok(retried)
+    }
+
+    /// The `Authorization` that answers a registry's `WWW-Authenticate` challenge.
+    fn authorize(&self, r: &Reference, challenge: &str) -> Result<String, OciError> {
+        let refused = |m: String| OciError::Refused(m, r.to_string());
+        let login = self
+            .options
+            .credentials
+            .get(&r.registry)
+            .or_else(|| self.options.credentials.get("*"));
+        let basic = login.map(|(user, password)| {
+            use base64::Engine as _;
+            let pair = format!("{user}:{password}");
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        });
+        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return basic.ok_or_else(|| {
+                refused(format!(
+                    "the registry {} asks for a login, and none is known for it (Docker's config.json or --registry-credentials)",
+                    r.registry
+                ))
+            });
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(refused(format!(
+                "an authentication scheme flowgate does not speak: {scheme}"
+            )));
+        }
+        let param = |name: &str| -> Option<String> {
+            params.split(',').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        let realm =
+            param("realm").ok_or_else(|| refused("a Bearer challenge without a realm".into()))?;
+        let mut url = realm.clone();
+        let mut sep = if realm.contains('?') { '&' } else { '?' };
+        for key in ["service", "scope"] {
+            if let Some(value) = param(key) {
+                url.push_str(&format!("{sep}{key}={}", encode(&value)));
+                sep = '&';
+            }
+        }
+        let mut request = self.agent.get(&url);
+        if let Some(basic) = &basic {
+            request = request.header("Authorization", basic);
+        }
+        let what = "GET token";
+        let mut response = request.call().map_err(|e| Self::transport(r, what, e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 16)
+            .read_to_vec()
+            .map_err(|e| Self::transport(r, what, e))?;
+        if status != 200 {
+            return Err(OciError::Status {
+                reference: r.to_string(),
+                what: what.into(),
+                status,
+                body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+            });
+        }
+        let token: Value = serde_json::from_slice(&body)
+            .map_err(|e| refused(format!("the token answer is not JSON: {e}")))?;
+        let token = token["token"]
+            .as_str()
+            .or_else(|| token["access_token"].as_str())
+            .ok_or_else(|| refused("the token answer holds no token".into()))?;
+        Ok(format!("Bearer {token}"))
     }
 
     fn base(&self, r: &Reference) -> String {
@@ -135,19 +299,8 @@ impl Registry {
 
     /// GETs `url` and reads at most `limit` bytes of the answer, which must be 200.
     fn get(&self, r: &Reference, what: &str, url: &str, limit: u64) -> Result<Vec<u8>, OciError> {
-        let mut response = self
-            .agent
-            .get(url)
-            .header("Accept", ACCEPT)
-            .call()
-            .map_err(|e| Self::transport(r, what, e))?;
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(limit + 1)
-            .read_to_vec()
-            .map_err(|e| Self::transport(r, what, e))?;
+        let Answer { status, body, .. } =
+            self.send(r, what, "GET", url, &[("Accept", ACCEPT)], &[], limit)?;
         if status != 200 {
             return Err(OciError::Status {
                 reference: r.to_string(),
@@ -272,20 +425,21 @@ impl Registry {
         let bytes = serde_json::to_vec(&manifest).map_err(|e| Self::transport(r, "manifest", e))?;
         let url = format!("{}/manifests/{tag}", self.base(r));
         let what = "PUT manifest";
-        let mut response = self
-            .agent
-            .put(&url)
-            .header("Content-Type", OCI_MANIFEST)
-            .send(&bytes[..])
-            .map_err(|e| Self::transport(r, what, e))?;
-        let status = response.status().as_u16();
-        if status != 201 {
-            let body = response.body_mut().read_to_string().unwrap_or_default();
+        let answer = self.send(
+            r,
+            what,
+            "PUT",
+            &url,
+            &[("Content-Type", OCI_MANIFEST)],
+            &bytes,
+            1 << 16,
+        )?;
+        if answer.status != 201 {
             return Err(OciError::Status {
                 reference: r.to_string(),
                 what: what.into(),
-                status,
-                body,
+                status: answer.status,
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
             });
         }
         Ok(Digest::of(&bytes))
@@ -302,16 +456,13 @@ impl Registry {
             body: String::new(),
         };
         let what = "POST blob upload";
-        let response = self
-            .agent
-            .post(format!("{base}/blobs/uploads/"))
-            .send_empty()
-            .map_err(|e| Self::transport(r, what, e))?;
-        if response.status().as_u16() != 202 {
-            return Err(status_error(what, response.status().as_u16()));
+        let url = format!("{base}/blobs/uploads/");
+        let response = self.send(r, what, "POST", &url, &[], &[], 1 << 16)?;
+        if response.status != 202 {
+            return Err(status_error(what, response.status));
         }
         let location = response
-            .headers()
+            .headers
             .get("Location")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| OciError::Refused("an upload without a Location".into(), r.to_string()))?
@@ -324,14 +475,11 @@ impl Registry {
         };
         let join = if location.contains('?') { '&' } else { '?' };
         let what = "PUT blob";
-        let response = self
-            .agent
-            .put(format!("{location}{join}digest={digest}"))
-            .header("Content-Type", "application/octet-stream")
-            .send(bytes)
-            .map_err(|e| Self::transport(r, what, e))?;
-        if response.status().as_u16() != 201 {
-            return Err(status_error(what, response.status().as_u16()));
+        let url = format!("{location}{join}digest={digest}");
+        let headers = [("Content-Type", "application/octet-stream")];
+        let response = self.send(r, what, "PUT", &url, &headers, bytes, 1 << 16)?;
+        if response.status != 201 {
+            return Err(status_error(what, response.status));
         }
         Ok(digest)
     }
@@ -365,4 +513,17 @@ fn plugin_wasm(archive: &[u8], limit: u64) -> Result<Vec<u8>, String> {
         }
     }
     Err("the tar+gzip layer holds no plugin.wasm".into())
+}
+
+/// Percent-encodes a query value (a token scope such as `repository:p:pull`).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

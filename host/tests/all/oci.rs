@@ -47,6 +47,11 @@ fn installed(tool: &str) -> bool {
 
 /// Starts a registry, or `None` when it is not installed (outside CI).
 fn start() -> Option<TestRegistry> {
+    start_with("")
+}
+
+/// Starts a registry whose config has `extra` appended (top-level YAML).
+fn start_with(extra: &str) -> Option<TestRegistry> {
     if !installed("docker-registry") {
         return None;
     }
@@ -61,8 +66,9 @@ fn start() -> Option<TestRegistry> {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.join("data").display()
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{}",
+            storage.join("data").display(),
+            extra.replace("STORAGE", &storage.display().to_string())
         ),
     )
     .unwrap();
@@ -376,4 +382,99 @@ fn a_module_over_the_size_limit_is_refused_before_it_is_read() {
     assert!(missing.unwrap_err().to_string().contains("404"));
     let gone = Reference::parse("oci://127.0.0.1:1/policies/big:v1").unwrap();
     assert!(client().pull(&gone).is_err());
+}
+
+#[test]
+fn a_registry_with_a_basic_login() {
+    if !installed("htpasswd") {
+        return;
+    }
+    let Some(registry) = start_with_login() else {
+        return;
+    };
+    let tagged = registry.reference("private/flowgate:v1");
+    let reference = Reference::parse(&tagged).unwrap();
+    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
+    // Without a login: refused, saying what is missing.
+    let e = client()
+        .push(&reference, DEFAULT_MODULE, config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("asks for a login"), "{e}");
+    let login = |password: &str| {
+        Registry::new(RegistryOptions {
+            credentials: [("*".to_owned(), ("fleet".to_owned(), password.to_owned()))].into(),
+            ..RegistryOptions::default()
+        })
+    };
+    assert!(
+        login("wrong")
+            .push(&reference, DEFAULT_MODULE, config)
+            .is_err()
+    );
+    let digest = login("s3cret")
+        .push(&reference, DEFAULT_MODULE, config)
+        .unwrap();
+    assert_eq!(login("s3cret").pull(&reference).unwrap().manifest, digest);
+    // The CLI with --registry-credentials, and with Docker's config.json.
+    let creds = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci/credentials");
+    std::fs::write(&creds, "fleet:s3cret\n").unwrap();
+    let out = flowgate(
+        &[
+            "--registry-credentials",
+            creds.to_str().unwrap(),
+            "info",
+            "--module",
+            &tagged,
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docker = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci/docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("fleet:s3cret");
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.port
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["info", "--module", &tagged])
+        .env("DOCKER_CONFIG", &docker)
+        .env(
+            "FLOWGATE_CACHE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A registry behind htpasswd Basic auth: user `fleet`, password `s3cret`.
+fn start_with_login() -> Option<TestRegistry> {
+    let dir = std::env::temp_dir().join(format!("flowgate-htpasswd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "fleet", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&file, out.stdout).unwrap();
+    start_with(&format!(
+        "auth:\n  htpasswd:\n    realm: flowgate-test\n    path: {}\n",
+        file.display()
+    ))
 }
