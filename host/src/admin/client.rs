@@ -144,6 +144,25 @@ impl Client {
         self.answer("PUT", "/module", headers, &body)
     }
 
+    /// `PUT /module` with a reference: the gateway pulls the module itself.
+    pub fn swap_reference(
+        &self,
+        reference: &str,
+        config: Option<&str>,
+        if_match: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut body = reference.as_bytes().to_vec();
+        let mut headers = vec![("Content-Type", super::REFERENCE_TYPE.to_owned())];
+        if let Some(config) = config {
+            body.extend_from_slice(config.as_bytes());
+            headers.push(("X-Config-Length", config.len().to_string()));
+        }
+        if let Some(tag) = if_match {
+            headers.push(("If-Match", format!("\"{}\"", tag.trim_matches('"'))));
+        }
+        self.answer("PUT", "/module", headers, &body)
+    }
+
     /// `PUT /config`.
     pub fn swap_config(&self, config: &str, if_match: Option<&str>) -> anyhow::Result<Answer> {
         let headers = if_match

@@ -105,6 +105,12 @@ pub fn render(gateway: &Gateway) -> String {
                 &events.faults,
             ),
             (
+                "flowgate_pulls_total",
+                "result",
+                "Registry pulls, by result (swapped, unchanged, failed, refused).",
+                &events.pulls,
+            ),
+            (
                 "flowgate_admin_refusals_total",
                 "reason",
                 "Admin requests refused before they reached the gateway (unauthorized, truncated-body, timeout, ...).",
@@ -148,13 +154,14 @@ pub fn render(gateway: &Gateway) -> String {
     );
     let _ = writeln!(
         out,
-        "flowgate_module_info{{name=\"{}\",version=\"{}\",wit_version=\"{}\",sha256=\"{}\",config_sha256=\"{}\",generation=\"{}\"}} 1",
+        "flowgate_module_info{{name=\"{}\",version=\"{}\",wit_version=\"{}\",sha256=\"{}\",config_sha256=\"{}\",generation=\"{}\",reference=\"{}\"}} 1",
         label(&release.info.name),
         label(&release.info.version),
         label(&release.info.wit_version),
         release.module_digest(),
         release.config_digest,
-        release.generation
+        release.generation,
+        label(release.source.as_deref().unwrap_or_default())
     );
     family(
         &mut out,

@@ -58,6 +58,10 @@ pub struct AdminOptions {
     pub max_connections: usize,
     /// Size and time limits of one request.
     pub limits: RequestLimits,
+    /// How the gateway pulls the modules it is given as references.
+    pub registry: crate::oci::RegistryOptions,
+    /// Where pulled modules are kept by digest.
+    pub cache: Option<crate::oci::Cache>,
 }
 
 impl AdminOptions {
@@ -74,6 +78,8 @@ impl AdminOptions {
                 idle: Duration::from_secs(10),
                 total: Duration::from_secs(120),
             },
+            registry: crate::oci::RegistryOptions::default(),
+            cache: None,
         }
     }
 }
@@ -105,6 +111,8 @@ pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
 
 struct Shared {
     gateway: Arc<Gateway>,
+    registry: crate::oci::Registry,
+    cache: Option<crate::oci::Cache>,
     token: Option<[u8; 32]>,
     limits: RequestLimits,
     open: AtomicUsize,
@@ -144,6 +152,8 @@ impl AdminServer {
         let endpoint = listener.endpoint()?;
         let shared = Arc::new(Shared {
             gateway,
+            registry: crate::oci::Registry::new(options.registry.clone()),
+            cache: options.cache.clone(),
             token: options.token.as_deref().map(digest),
             limits: options.limits,
             open: AtomicUsize::new(0),
@@ -273,7 +283,7 @@ fn serve_connection(shared: &Shared, mut stream: Stream) {
             }
             match http::read_body(&mut stream, &mut request, early, &limits, started) {
                 Err(e) => refuse(shared, e.status, e.reason, e.message),
-                Ok(()) => route(&shared.gateway, request),
+                Ok(()) => route(shared, request),
             }
         }
     };
@@ -289,8 +299,12 @@ fn with_release_headers(mut response: Response, release: &Release, content_type:
     response
 }
 
-fn route(gateway: &Arc<Gateway>, request: Request) -> Response {
+fn route(shared: &Shared, request: Request) -> Response {
+    let gateway = &shared.gateway;
     let if_match = request.header("if-match").map(str::to_owned);
+    let by_reference = request
+        .header("content-type")
+        .is_some_and(|t| t.eq_ignore_ascii_case(REFERENCE_TYPE));
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/status") => {
             let release = gateway.current();
@@ -353,7 +367,30 @@ fn route(gateway: &Arc<Gateway>, request: Request) -> Response {
                     );
                 }
             };
-            let result = gateway.swap(module.as_deref(), config.as_deref(), if_match.as_deref());
+            // A reference instead of a module: the gateway pulls it itself, verified.
+            let (module, source) = match (module, by_reference) {
+                (Some(text), true) => match pull(shared, &text) {
+                    Ok((bytes, pinned)) => (Some(bytes), Some(pinned)),
+                    Err(e) => {
+                        gateway.note_pull("failed");
+                        return json_response(
+                            422,
+                            json!({"swapped": false, "reason": "pull-failed", "error": e}),
+                        );
+                    }
+                },
+                (module, _) => (module, None),
+            };
+            let pulled = source.is_some();
+            let result = gateway.swap_from(
+                module.as_deref(),
+                config.as_deref(),
+                if_match.as_deref(),
+                source,
+            );
+            if pulled {
+                gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
+            }
             answer_swap(result)
         }
         ("POST", "/rollback") => answer_swap(gateway.rollback_if(false, if_match.as_deref())),
@@ -365,6 +402,22 @@ fn route(gateway: &Arc<Gateway>, request: Request) -> Response {
             json!({"error": "no such endpoint: /status, /metrics, /module, /config, /rollback"}),
         ),
     }
+}
+
+/// The content type of a `PUT /module` whose body is an `oci://` reference, not a module.
+pub const REFERENCE_TYPE: &str = "application/vnd.flowgate.module-reference";
+
+/// Pulls the module a reference names (the body of a reference swap).
+fn pull(shared: &Shared, body: &[u8]) -> Result<(Vec<u8>, String), String> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| "the reference is not UTF-8 text".to_owned())?
+        .trim();
+    let reference = crate::oci::Reference::parse(text)?;
+    let (pulled, _) = shared
+        .registry
+        .pull_or_cached(&reference, shared.cache.as_ref())
+        .map_err(|e| e.to_string())?;
+    Ok((pulled.module, reference.pinned(pulled.manifest).to_string()))
 }
 
 fn answer_swap(result: Result<Arc<Release>, SwapError>) -> Response {
@@ -397,6 +450,7 @@ fn release_json(release: &Release) -> Value {
             "version": release.info.version,
             "wit_version": release.info.wit_version,
             "sha256": release.module_digest(),
+            "reference": release.source,
         },
         "config_sha256": release.config_digest,
         "vpcs": release.catalog.vpcs.len(),
@@ -418,6 +472,7 @@ pub fn status(gateway: &Gateway) -> Value {
         "rollbacks": events.rollbacks, "faults": events.faults,
         "revert_failures": events.revert_failures,
         "admin_refusals": events.admin_refusals,
+        "pulls": events.pulls,
     });
     drop(events);
     out["batch_latency"] = json!({

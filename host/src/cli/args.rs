@@ -281,6 +281,10 @@ pub struct ServeArgs {
     /// ... within this many seconds.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub fault_window: f64,
+    /// With --module oci://HOST/REPO:TAG: poll the tag every this many seconds and swap
+    /// when it moves (a failed or refused pull is retried with a capped backoff).
+    #[arg(long, value_parser = seconds)]
+    pub pull_interval: Option<f64>,
     /// Stop after this many seconds (run until SIGINT or SIGTERM when absent).
     #[arg(long, value_parser = seconds)]
     pub duration: Option<f64>,

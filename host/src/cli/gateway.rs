@@ -1,6 +1,7 @@
 //! A gateway and its clients: `serve`, `status`, `swap` and `rollback`.
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use flowgate_host::admin;
@@ -68,7 +69,13 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         record_batches: false,
         max_config_bytes: usize::try_from(args.limits.max_config_bytes).unwrap_or(usize::MAX),
     };
-    let gateway = Gateway::new(runtime, &module, &config, options)
+    let from_registry = args
+        .module
+        .as_ref()
+        .map(|m| m.to_string_lossy().into_owned())
+        .filter(|m| flowgate_host::oci::Reference::is_reference(m));
+    let source = from_registry.as_ref().map(|_| module_name.clone());
+    let gateway = Gateway::new_from(runtime, &module, &config, options, source)
         .with_context(|| format!("starting with {module_name}"))?;
 
     // The traffic: a trace, or packets generated from the configuration's prefixes, or a
@@ -131,7 +138,11 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     };
     let admin = admin::AdminServer::start(
         gateway.clone(),
-        admin::AdminOptions::new(admin_endpoint, admin_token),
+        admin::AdminOptions {
+            registry: REGISTRY.get().cloned().unwrap_or_default(),
+            cache: oci_cache(),
+            ..admin::AdminOptions::new(admin_endpoint, admin_token)
+        },
     )?;
     tracing::info!(
         "serving generation 1 with {} worker(s); admin API on {}",
@@ -146,12 +157,51 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         };
         Ok((module, config))
     };
-    serve(
+    // Watching a tag: in a thread of its own, off the packet path, until serving stops.
+    let watching = Arc::new(AtomicBool::new(false));
+    let watcher = match (&from_registry, args.pull_interval) {
+        (Some(text), Some(interval)) => {
+            let reference =
+                flowgate_host::oci::Reference::parse(text).map_err(anyhow::Error::msg)?;
+            if reference.digest.is_some() {
+                bail!(
+                    "--pull-interval watches a tag; {text} is pinned to a digest and never moves"
+                );
+            }
+            let (gateway, stop) = (gateway.clone(), watching.clone());
+            let registry =
+                flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
+            let cache = oci_cache();
+            tracing::info!(reference = %reference, "watching {reference} every {interval} s");
+            Some(
+                std::thread::Builder::new()
+                    .name("flowgate-watch".into())
+                    .spawn(move || {
+                        flowgate_host::gateway::watch::watch(
+                            &gateway,
+                            &registry,
+                            cache.as_ref(),
+                            &reference,
+                            std::time::Duration::from_secs_f64(interval),
+                            &stop,
+                        )
+                    })?,
+            )
+        }
+        (None, Some(_)) => bail!("--pull-interval needs --module oci://HOST/REPO:TAG"),
+        _ => None,
+    };
+    let served = serve(
         &gateway,
         traffic,
         args.duration.map(std::time::Duration::from_secs_f64),
         &mut reread,
-    )?;
+    );
+    watching.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(watcher) = watcher {
+        let _ = watcher.join();
+    }
+    served?;
     drop(admin);
     println!("{}", admin::status(&gateway));
     Ok(ExitCode::SUCCESS)
@@ -211,9 +261,16 @@ pub fn cmd_swap(
             false,
         );
     }
-    let module = module
-        .map(|path| read_module(path).map(|(bytes, _)| bytes))
-        .transpose()?;
+    // A reference goes to the gateway as it is: the gateway pulls and verifies it itself.
+    let reference = module
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| flowgate_host::oci::Reference::is_reference(p));
+    let module = match reference {
+        Some(_) => None,
+        None => module
+            .map(|path| read_module(path).map(|(bytes, _)| bytes))
+            .transpose()?,
+    };
     // Swap against the release this command saw: a change made meanwhile by someone
     // else is refused (412), not silently overwritten.
     let if_match = match if_match {
@@ -226,6 +283,13 @@ pub fn cmd_swap(
             }
         }
     };
+    if let Some(reference) = reference {
+        return client_answer(client.swap_reference(
+            &reference,
+            config.as_deref(),
+            Some(&if_match),
+        )?);
+    }
     match module {
         Some(bytes) => {
             client_answer(client.swap_module(&bytes, config.as_deref(), Some(&if_match))?)

@@ -154,7 +154,7 @@ pub fn read_module(path: &Path) -> Result<(Vec<u8>, String)> {
     }
     let reference = Reference::parse(&text).map_err(anyhow::Error::msg)?;
     let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
-    let pulled = registry.pull(&reference)?;
+    let (pulled, _) = registry.pull_or_cached(&reference, oci_cache().as_ref())?;
     tracing::info!(
         event = "pull",
         reference = %reference,
@@ -163,6 +163,11 @@ pub fn read_module(path: &Path) -> Result<(Vec<u8>, String)> {
         "pulled {reference}"
     );
     Ok((pulled.module, reference.pinned(pulled.manifest).to_string()))
+}
+
+/// Where pulled modules are kept by digest: `oci/` in the artifact cache's folder.
+pub fn oci_cache() -> Option<flowgate_host::oci::Cache> {
+    Runtime::default_cache_dir().map(|d| flowgate_host::oci::Cache::new(d.join("oci")))
 }
 
 /// The artifact cache's folder, unless `no_cache`.

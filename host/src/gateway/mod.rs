@@ -23,6 +23,7 @@ pub use crate::wasm::instances_needed;
 
 mod release;
 pub mod serve;
+pub mod watch;
 mod worker;
 
 pub use worker::{Burst, Worker};
@@ -111,6 +112,9 @@ pub struct Events {
     pub revert_failures: u64,
     /// Admin requests refused before they reached the gateway, by reason.
     pub admin_refusals: BTreeMap<&'static str, u64>,
+    /// Registry pulls by result: `swapped`, `unchanged`, `failed` (the registry), `refused`
+    /// (the module or its configuration).
+    pub pulls: BTreeMap<&'static str, u64>,
 }
 
 /// The gateway.
@@ -153,6 +157,17 @@ impl Gateway {
         config: &str,
         options: Options,
     ) -> Result<Arc<Gateway>, SwapError> {
+        Self::new_from(runtime, module, config, options, None)
+    }
+
+    /// [`Gateway::new`] with a module pulled from `source` (its pinned reference).
+    pub fn new_from(
+        runtime: Runtime,
+        module: &[u8],
+        config: &str,
+        options: Options,
+        source: Option<String>,
+    ) -> Result<Arc<Gateway>, SwapError> {
         let workers = options.workers.max(1);
         let needed = instances_needed(workers);
         if let Some(capacity) = runtime.instance_capacity()
@@ -164,7 +179,8 @@ impl Gateway {
         }
         check_config_size(config, options.max_config_bytes)?;
         let module = runtime.load(module)?;
-        let release = prepare(&runtime, module, config, None, workers, 1, Cause::Start)?;
+        let mut release = prepare(&runtime, module, config, None, workers, 1, Cause::Start)?;
+        release.source = source;
         let release = Arc::new(release);
         let gateway = Gateway {
             runtime,
@@ -211,8 +227,19 @@ impl Gateway {
         config: Option<&str>,
         if_match: Option<&str>,
     ) -> Result<Arc<Release>, SwapError> {
+        self.swap_from(module, config, if_match, None)
+    }
+
+    /// [`Gateway::swap`] with a module pulled from `source` (its pinned reference).
+    pub fn swap_from(
+        &self,
+        module: Option<&[u8]>,
+        config: Option<&str>,
+        if_match: Option<&str>,
+        source: Option<String>,
+    ) -> Result<Arc<Release>, SwapError> {
         let _one_at_a_time = lock(&self.swap_lock);
-        let result = self.try_swap(module, config, if_match);
+        let result = self.try_swap(module, config, if_match, source);
         match &result {
             Ok(release) => tracing::info!(
                 event = "swap",
@@ -252,6 +279,7 @@ impl Gateway {
         module: Option<&[u8]>,
         config: Option<&str>,
         if_match: Option<&str>,
+        source: Option<String>,
     ) -> Result<Arc<Release>, SwapError> {
         let running = self.current();
         check_if_match(&running, if_match)?;
@@ -271,7 +299,7 @@ impl Gateway {
         let canary = config.is_none().then(|| running.canary.clone());
         let config = config.unwrap_or(&running.config);
         let generation = self.next_generation.load(Ordering::Relaxed);
-        let release = prepare(
+        let mut release = prepare(
             &self.runtime,
             loaded,
             config,
@@ -280,6 +308,10 @@ impl Gateway {
             generation,
             cause,
         )?;
+        release.source = match module {
+            Some(_) => source,
+            None => running.source.clone(),
+        };
         Ok(self.publish(release, false))
     }
 
@@ -298,6 +330,11 @@ impl Gateway {
         }
         let module = module.filter(|_| !same_module);
         self.swap(module, Some(config), None).map(Some)
+    }
+
+    /// Counts a registry pull by its result.
+    pub fn note_pull(&self, result: &'static str) {
+        *lock(&self.events).pulls.entry(result).or_default() += 1;
     }
 
     /// Counts a request the admin API refused before it reached the gateway.
@@ -373,7 +410,7 @@ impl Gateway {
             good[good.len() - 2].clone()
         };
         let generation = self.next_generation.load(Ordering::Relaxed);
-        let release = prepare(
+        let mut release = prepare(
             &self.runtime,
             target.module.clone(),
             &target.config,
@@ -386,6 +423,7 @@ impl Gateway {
                 Cause::Rollback
             },
         )?;
+        release.source = target.source.clone();
         {
             // The release rolled back from is no longer good; the target takes its place.
             let mut good = lock(&self.good);

@@ -21,6 +21,9 @@ pub struct Release {
     pub cause: Cause,
     /// The module.
     pub module: LoadedModule,
+    /// Where the module came from, when from a registry: its reference, pinned to the
+    /// manifest's digest.
+    pub source: Option<String>,
     /// What the module says about itself.
     pub info: ModuleInfo,
     /// The configuration text.
@@ -283,6 +286,7 @@ pub(super) fn prepare(
         generation,
         cause,
         module,
+        source: None,
         info,
         config: config.into(),
         config_digest: hex(&Sha256::digest(config.as_bytes())),

@@ -2,8 +2,11 @@
 //! client that pulls by tag or digest and verifies every byte, and pushes in the CNCF Wasm
 //! layout.
 
+mod cache;
 mod reference;
 mod registry;
+
+pub use cache::Cache;
 
 pub use reference::{Digest, Reference, SCHEME};
 pub use registry::{OciError, Pulled, Registry, RegistryOptions, WASM_CONFIG, WASM_LAYER};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Digest, Reference};
+use super::{Cache, Digest, Reference};
 
 /// The manifest media type this client asks for and writes.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -403,6 +403,47 @@ impl Registry {
             manifest: digest,
             layout,
         })
+    }
+
+    /// [`Registry::pull`], keeping what it pulls in `cache`; when the registry cannot be
+    /// reached at all (not when it answers with an error or with bytes that fail their
+    /// checks), the module `r` was last pulled as, from the cache. The flag says which.
+    pub fn pull_or_cached(
+        &self,
+        r: &Reference,
+        cache: Option<&Cache>,
+    ) -> Result<(Pulled, bool), OciError> {
+        match self.pull(r) {
+            Ok(pulled) => {
+                if let Some(cache) = cache
+                    && let Err(e) = cache.store(r, &pulled.manifest, &pulled.module)
+                {
+                    tracing::warn!(error = %e, "the pulled module could not be cached");
+                }
+                Ok((pulled, false))
+            }
+            Err(e @ OciError::Transport { .. }) => match cache.and_then(|c| c.load(r)) {
+                Some((manifest, module)) => {
+                    tracing::warn!(
+                        event = "pull",
+                        reference = %r,
+                        manifest = %manifest,
+                        error = %e,
+                        "the registry cannot be reached: using the module cached for {r}"
+                    );
+                    Ok((
+                        Pulled {
+                            module,
+                            manifest,
+                            layout: "cache",
+                        },
+                        true,
+                    ))
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Pushes `module` under `r`'s tag in the CNCF layout, with `config` (its JSON) as the

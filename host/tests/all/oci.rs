@@ -478,3 +478,264 @@ fn start_with_login() -> Option<TestRegistry> {
         file.display()
     ))
 }
+
+/// A gateway on a 60-peering configuration, one worker, with traffic until `stop`.
+fn gateway_with_traffic(
+    source: Option<String>,
+) -> (
+    std::sync::Arc<flowgate_host::gateway::Gateway>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    use flowgate_host::gateway::{Gateway, Options};
+    use flowgate_policy::synth::{self, Scale};
+    let config = synth::config_yaml(Scale::with_peerings(20, 3));
+    let packets: std::sync::Arc<[flowgate_policy::Packet]> =
+        synth::packets(&flowgate_policy::parse(&config, None).unwrap(), 4096, 5).into();
+    let gateway = Gateway::new_from(
+        crate::runtime(),
+        DEFAULT_MODULE,
+        &config,
+        Options {
+            workers: 1,
+            ..Options::default()
+        },
+        source,
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (gateway, stop) = (gateway.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut port = Counted {
+                inner: flowgate_host::io::Trace::new(packets, 0, 50_000, None),
+                sent: 0,
+            };
+            gateway.run_worker(0, &mut port, &stop);
+            port.sent
+        })
+    };
+    (gateway, stop, worker)
+}
+
+/// A port that counts the packets it hands out.
+struct Counted {
+    inner: flowgate_host::io::Trace,
+    sent: u64,
+}
+
+impl flowgate_host::io::Port for Counted {
+    fn fill(&mut self, batch: &mut Vec<flowgate_policy::Packet>, max: usize) -> usize {
+        let n = self.inner.fill(batch, max);
+        self.sent += n as u64;
+        n
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_gateway_pulls_references_itself_and_a_watched_tag_swaps_once_when_it_moves() {
+    use std::sync::atomic::Ordering;
+    let Some(registry) = start() else { return };
+    let tagged = registry.reference("fleet/policy:prod");
+    let reference = Reference::parse(&tagged).unwrap();
+    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
+    let v1 = client().push(&reference, DEFAULT_MODULE, config).unwrap();
+    let (gateway, stop, worker) = gateway_with_traffic(Some(reference.pinned(v1).to_string()));
+
+    // The admin API takes a reference, not bytes; /status and the metrics show it.
+    let (_admin, admin) = crate::admin_on_socket(&gateway);
+    let pinned_v2 = {
+        let r = Reference::parse(&registry.reference("fleet/policy:canary")).unwrap();
+        r.pinned(client().push(&r, guests::HONEST_V2, config).unwrap())
+    };
+    let answer = admin
+        .swap_reference(&pinned_v2.to_string(), None, None)
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let status = admin.status().unwrap().body;
+    assert_eq!(status["module"]["reference"], pinned_v2.to_string());
+    assert_eq!(status["module"]["version"], "0.2.0");
+    assert!(
+        admin
+            .metrics()
+            .unwrap()
+            .contains(&format!("reference=\"{pinned_v2}\""))
+    );
+    let bad = admin
+        .swap_reference(&registry.reference("fleet/policy:missing"), None, None)
+        .unwrap();
+    assert_eq!(
+        (bad.status, bad.body["reason"].as_str()),
+        (422, Some("pull-failed"))
+    );
+    // Back to v1 by rollback, then watch the tag.
+    assert_eq!(admin.rollback().unwrap().status, 200);
+    assert_eq!(
+        gateway.current().source,
+        Some(reference.pinned(v1).to_string())
+    );
+
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (gateway, watching, reference) = (gateway.clone(), watching.clone(), reference.clone());
+        std::thread::spawn(move || {
+            flowgate_host::gateway::watch::watch(
+                &gateway,
+                &client(),
+                None,
+                &reference,
+                Duration::from_millis(100),
+                &watching,
+            )
+        })
+    };
+    wait_for("an unchanged poll", || {
+        gateway.events().pulls.contains_key("unchanged")
+    });
+    let generation = gateway.current().generation;
+    // The tag moves: the gateway swaps once, to exactly the pushed module.
+    let v2 = client()
+        .push(&reference, guests::HONEST_V2, config)
+        .unwrap();
+    wait_for("the swap to the moved tag", || {
+        gateway.current().generation > generation
+    });
+    let unchanged = gateway
+        .events()
+        .pulls
+        .get("unchanged")
+        .copied()
+        .unwrap_or(0);
+    wait_for("two more polls", || {
+        gateway
+            .events()
+            .pulls
+            .get("unchanged")
+            .copied()
+            .unwrap_or(0)
+            >= unchanged + 2
+    });
+    let now = gateway.current();
+    assert_eq!(now.generation, generation + 1, "one swap for one move");
+    assert_eq!(now.source, Some(reference.pinned(v2).to_string()));
+    assert_eq!(now.info.version, "0.2.0");
+    // A module the gateway refuses under the tag: it keeps serving, and counts it.
+    client()
+        .push(&reference, b"not a component", config)
+        .unwrap();
+    wait_for("the refusal", || {
+        gateway.events().pulls.contains_key("refused")
+    });
+    assert_eq!(gateway.current().generation, generation + 1);
+    assert_eq!(gateway.events().refusals.get("not-a-component"), Some(&1));
+    watching.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let sent = worker.join().unwrap();
+    // Not a packet lost across the swaps: every one sent got a verdict, none a fault.
+    let counters = gateway.counters();
+    assert_eq!(
+        (counters.packets, counters.faults),
+        (sent, 0),
+        "{counters:?}"
+    );
+    assert!(sent > 0);
+}
+
+#[test]
+fn with_the_registry_down_a_cached_module_is_used_and_said_so() {
+    let Some(registry) = start() else { return };
+    let tagged = registry.reference("fleet/static:v1");
+    let reference = Reference::parse(&tagged).unwrap();
+    let digest = client()
+        .push(
+            &reference,
+            DEFAULT_MODULE,
+            br#"{"architecture":"wasm","os":"wasip2"}"#,
+        )
+        .unwrap();
+    let cache = flowgate_host::oci::Cache::new(
+        std::env::temp_dir().join(format!("flowgate-oci-cache-{}", registry.port)),
+    );
+    let (pulled, cached) = client().pull_or_cached(&reference, Some(&cache)).unwrap();
+    assert!(!cached);
+    assert_eq!(pulled.manifest, digest);
+    drop(registry); // the registry is down now
+    for r in [reference.clone(), reference.pinned(digest)] {
+        let (pulled, cached) = client().pull_or_cached(&r, Some(&cache)).unwrap();
+        assert!(cached, "{r}");
+        assert_eq!(
+            (pulled.module.as_slice(), pulled.manifest),
+            (DEFAULT_MODULE, digest)
+        );
+    }
+    // Without the cache, or for a reference never pulled, it is an error.
+    assert!(client().pull(&reference).is_err());
+    let other = Reference::parse(&tagged.replace("static:v1", "static:v9")).unwrap();
+    assert!(client().pull_or_cached(&other, Some(&cache)).is_err());
+}
+
+#[test]
+fn blobs_redirected_to_another_host_are_followed_and_still_verified() {
+    // The registry answers blob requests with 307 to a plain file server over its storage
+    // (its `redirect` middleware); that answer carries no digest header.
+    let files_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(registry) = start_with(&format!(
+        "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: http://127.0.0.1:{files_port}/\n"
+    )) else {
+        return;
+    };
+    let mut files = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &files_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(registry.storage.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", files_port)).is_err() {
+        assert!(Instant::now() < deadline, "the file server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reference = Reference::parse(&registry.reference("redirected/policy:v1")).unwrap();
+    let digest = client()
+        .push(
+            &reference,
+            DEFAULT_MODULE,
+            br#"{"architecture":"wasm","os":"wasip2"}"#,
+        )
+        .unwrap();
+    let pulled = client().pull(&reference).unwrap();
+    assert_eq!(
+        (pulled.module.as_slice(), pulled.manifest),
+        (DEFAULT_MODULE, digest)
+    );
+    // Altered where the redirect points: refused all the same.
+    let layer = registry.blob_file(&Digest::of(DEFAULT_MODULE));
+    let mut bytes = std::fs::read(&layer).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&layer, bytes).unwrap();
+    let e = client().pull(&reference).unwrap_err().to_string();
+    assert!(e.contains("does not match its digest"), "{e}");
+    let _ = files.kill();
+    let _ = files.wait();
+}
