@@ -252,24 +252,7 @@ impl Gateway {
                 release.generation,
                 release.cause,
             ),
-            Err(e) => {
-                *lock(&self.events)
-                    .refusals
-                    .entry(e.reason().as_str())
-                    .or_default() += 1;
-                let serving = self.current();
-                tracing::warn!(
-                    event = "refusal",
-                    reason = %e.reason(),
-                    error = %e,
-                    generation = serving.generation,
-                    module_sha256 = %serving.module_digest(),
-                    config_sha256 = %serving.config_digest,
-                    "swap refused ({}); generation {} keeps serving",
-                    e.reason(),
-                    serving.generation
-                );
-            }
+            Err(e) => self.note_refusal("swap", e),
         }
         result
     }
@@ -332,6 +315,26 @@ impl Gateway {
         self.swap(module, Some(config), None).map(Some)
     }
 
+    /// Counts and logs a refused swap or rollback (`what`); the running release keeps serving.
+    fn note_refusal(&self, what: &str, e: &SwapError) {
+        *lock(&self.events)
+            .refusals
+            .entry(e.reason().as_str())
+            .or_default() += 1;
+        let serving = self.current();
+        tracing::warn!(
+            event = "refusal",
+            reason = %e.reason(),
+            error = %e,
+            generation = serving.generation,
+            module_sha256 = %serving.module_digest(),
+            config_sha256 = %serving.config_digest,
+            "{what} refused ({}); generation {} keeps serving",
+            e.reason(),
+            serving.generation
+        );
+    }
+
     /// Counts a registry pull by its result.
     pub fn note_pull(&self, result: &'static str) {
         *lock(&self.events).pulls.entry(result).or_default() += 1;
@@ -379,22 +382,7 @@ impl Gateway {
         let cause = if auto { "auto" } else { "operator" };
         let result = self.try_rollback(auto, if_match);
         if let Err(e) = &result {
-            *lock(&self.events)
-                .refusals
-                .entry(e.reason().as_str())
-                .or_default() += 1;
-            let serving = self.current();
-            tracing::warn!(
-                event = "refusal",
-                reason = %e.reason(),
-                error = %e,
-                generation = serving.generation,
-                module_sha256 = %serving.module_digest(),
-                config_sha256 = %serving.config_digest,
-                "rollback ({cause}) refused ({}); generation {} keeps serving",
-                e.reason(),
-                serving.generation
-            );
+            self.note_refusal(&format!("rollback ({cause})"), e);
         }
         result
     }

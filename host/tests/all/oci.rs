@@ -113,6 +113,13 @@ fn client() -> Registry {
     Registry::new(RegistryOptions::default())
 }
 
+/// Pushes `module` under `r` with the library's client and a minimal artifact config.
+fn push(r: &Reference, module: &[u8]) -> Digest {
+    client()
+        .push(r, module, br#"{"architecture":"wasm","os":"wasip2"}"#)
+        .unwrap()
+}
+
 fn write_module(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci");
     std::fs::create_dir_all(&dir).unwrap();
@@ -317,13 +324,7 @@ fn an_altered_blob_or_manifest_is_refused() {
     let Some(registry) = start() else { return };
     let tagged = registry.reference("policies/tampered:v1");
     let reference = Reference::parse(&tagged).unwrap();
-    let manifest = client()
-        .push(
-            &reference,
-            DEFAULT_MODULE,
-            br#"{"architecture":"wasm","os":"wasip2"}"#,
-        )
-        .unwrap();
+    let manifest = push(&reference, DEFAULT_MODULE);
     // The layer altered on disk, same length: the registry still serves it under its digest.
     let layer = registry.blob_file(&Digest::of(DEFAULT_MODULE));
     let mut bytes = std::fs::read(&layer).unwrap();
@@ -356,13 +357,7 @@ fn a_module_over_the_size_limit_is_refused_before_it_is_read() {
     let Some(registry) = start() else { return };
     let tagged = registry.reference("policies/big:v1");
     let reference = Reference::parse(&tagged).unwrap();
-    client()
-        .push(
-            &reference,
-            DEFAULT_MODULE,
-            br#"{"architecture":"wasm","os":"wasip2"}"#,
-        )
-        .unwrap();
+    push(&reference, DEFAULT_MODULE);
     let small = Registry::new(RegistryOptions {
         max_module_bytes: 1000,
         ..RegistryOptions::default()
@@ -655,13 +650,7 @@ fn with_the_registry_down_a_cached_module_is_used_and_said_so() {
     let Some(registry) = start() else { return };
     let tagged = registry.reference("fleet/static:v1");
     let reference = Reference::parse(&tagged).unwrap();
-    let digest = client()
-        .push(
-            &reference,
-            DEFAULT_MODULE,
-            br#"{"architecture":"wasm","os":"wasip2"}"#,
-        )
-        .unwrap();
+    let digest = push(&reference, DEFAULT_MODULE);
     let cache = flowgate_host::oci::Cache::new(
         std::env::temp_dir().join(format!("flowgate-oci-cache-{}", registry.port)),
     );
@@ -717,13 +706,7 @@ fn blobs_redirected_to_another_host_are_followed_and_still_verified() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let reference = Reference::parse(&registry.reference("redirected/policy:v1")).unwrap();
-    let digest = client()
-        .push(
-            &reference,
-            DEFAULT_MODULE,
-            br#"{"architecture":"wasm","os":"wasip2"}"#,
-        )
-        .unwrap();
+    let digest = push(&reference, DEFAULT_MODULE);
     let pulled = client().pull(&reference).unwrap();
     assert_eq!(
         (pulled.module.as_slice(), pulled.manifest),
