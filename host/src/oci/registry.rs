@@ -228,11 +228,12 @@ impl Registry {
                 "an authentication scheme flowgate does not speak: {scheme}"
             )));
         }
+        let params = challenge_params(params);
         let param = |name: &str| -> Option<String> {
-            params.split(',').find_map(|kv| {
-                let (k, v) = kv.trim().split_once('=')?;
-                (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
-            })
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
         };
         let realm =
             param("realm").ok_or_else(|| refused("a Bearer challenge without a realm".into()))?;
@@ -567,4 +568,46 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The `key=value` parameters of a `WWW-Authenticate` challenge; values may be quoted, and a
+/// quoted value may hold commas (`scope="repository:p:pull,push"`).
+fn challenge_params(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_owned();
+        let after = after.trim_start();
+        let (value, tail) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.find('"') {
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
+            },
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        out.push((key, value.to_owned()));
+        rest = tail.trim_start().trim_start_matches(',');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_parameters_keep_commas_inside_quotes() {
+        let params = challenge_params(
+            r#"realm="http://t/token",service="reg",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(
+            params,
+            [
+                ("realm".to_owned(), "http://t/token".to_owned()),
+                ("service".to_owned(), "reg".to_owned()),
+                ("scope".to_owned(), "repository:a/b:pull,push".to_owned()),
+            ]
+        );
+        assert_eq!(challenge_params("realm=x, service=y")[1].1, "y");
+    }
 }

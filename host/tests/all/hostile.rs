@@ -1,6 +1,8 @@
 //! The hostile-input regression suite: what an attacker or a careless operator sends, and
 //! what must happen. Every refusal leaves the running release serving, and traffic flowing.
-//! Each test names the item of issue 11 it pins down.
+//! Each test names the item of issue 11 it pins down. What registries answer (altered blobs
+//! and manifests, oversize modules, unknown layouts, missing tags, logins refused, a registry
+//! gone) is pinned down against a real registry in `oci.rs`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

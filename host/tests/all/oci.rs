@@ -722,3 +722,118 @@ fn blobs_redirected_to_another_host_are_followed_and_still_verified() {
     let _ = files.kill();
     let _ = files.wait();
 }
+
+/// A token service for the registry's `token` auth: hands a signed JWT (RS256, the signing
+/// certificate in `x5c`) granting what the scope asks to whoever logs in as fleet:s3cret.
+/// Python's standard library and the openssl command, nothing else.
+const TOKEN_SERVER: &str = r#"
+import base64, http.server, json, subprocess, sys, time, urllib.parse
+port, key, cert_der = int(sys.argv[1]), sys.argv[2], open(sys.argv[3], "rb").read()
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+class Token(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        want = "Basic " + base64.b64encode(b"fleet:s3cret").decode()
+        if self.headers.get("Authorization") != want:
+            self.send_response(401); self.end_headers(); return
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        access = []
+        for scope in q.get("scope", []):
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(cert_der).decode()]}
+        claims = {"iss": "flowgate-test-issuer", "sub": "fleet", "aud": q.get("service", [""])[0],
+                  "exp": now + 300, "nbf": now - 10, "iat": now, "jti": str(now), "access": access}
+        signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing.encode(),
+                             capture_output=True, check=True).stdout
+        body = json.dumps({"token": signing + "." + b64(sig)}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", port), Token).serve_forever()
+"#;
+
+#[test]
+fn a_registry_with_bearer_tokens() {
+    if !installed("openssl") || !installed("python3") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowgate-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert, der) = (
+        dir.join("key.pem"),
+        dir.join("cert.pem"),
+        dir.join("cert.der"),
+    );
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=flowgate-test-issuer", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let ok = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .arg("-out")
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    std::fs::write(dir.join("token.py"), TOKEN_SERVER).unwrap();
+    let token_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut tokens = Command::new("python3")
+        .arg(dir.join("token.py"))
+        .arg(token_port.to_string())
+        .arg(&key)
+        .arg(&der)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let Some(registry) = start_with(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: flowgate-test\n    issuer: flowgate-test-issuer\n    rootcertbundle: {}\n",
+        cert.display()
+    )) else {
+        let _ = tokens.kill();
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", token_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the token service did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reference = Reference::parse(&registry.reference("fleet/secure:v1")).unwrap();
+    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
+    // No login: the token service refuses, and so the push.
+    assert!(client().push(&reference, DEFAULT_MODULE, config).is_err());
+    let login = Registry::new(RegistryOptions {
+        credentials: [("*".to_owned(), ("fleet".to_owned(), "s3cret".to_owned()))].into(),
+        ..RegistryOptions::default()
+    });
+    let digest = login.push(&reference, DEFAULT_MODULE, config).unwrap();
+    let pulled = login.pull(&reference).unwrap();
+    assert_eq!(
+        (pulled.module.as_slice(), pulled.manifest),
+        (DEFAULT_MODULE, digest)
+    );
+    let _ = tokens.kill();
+    let _ = tokens.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
