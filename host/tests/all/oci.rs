@@ -29,6 +29,16 @@ impl Drop for TestRegistry {
     }
 }
 
+/// A helper process (file server, token service), stopped when dropped, even on a panic.
+struct Helper(Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn installed(tool: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -686,20 +696,22 @@ fn blobs_redirected_to_another_host_are_followed_and_still_verified() {
     )) else {
         return;
     };
-    let mut files = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &files_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(registry.storage.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _files = Helper(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &files_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(registry.storage.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", files_port)).is_err() {
         assert!(Instant::now() < deadline, "the file server did not come up");
@@ -719,8 +731,6 @@ fn blobs_redirected_to_another_host_are_followed_and_still_verified() {
     std::fs::write(&layer, bytes).unwrap();
     let e = client().pull(&reference).unwrap_err().to_string();
     assert!(e.contains("does not match its digest"), "{e}");
-    let _ = files.kill();
-    let _ = files.wait();
 }
 
 /// A token service for the registry's `token` auth: hands a signed JWT (RS256, the signing
@@ -795,20 +805,21 @@ fn a_registry_with_bearer_tokens() {
         .local_addr()
         .unwrap()
         .port();
-    let mut tokens = Command::new("python3")
-        .arg(dir.join("token.py"))
-        .arg(token_port.to_string())
-        .arg(&key)
-        .arg(&der)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _tokens = Helper(
+        Command::new("python3")
+            .arg(dir.join("token.py"))
+            .arg(token_port.to_string())
+            .arg(&key)
+            .arg(&der)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let Some(registry) = start_with(&format!(
         "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: flowgate-test\n    issuer: flowgate-test-issuer\n    rootcertbundle: {}\n",
         cert.display()
     )) else {
-        let _ = tokens.kill();
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -833,7 +844,5 @@ fn a_registry_with_bearer_tokens() {
         (pulled.module.as_slice(), pulled.manifest),
         (DEFAULT_MODULE, digest)
     );
-    let _ = tokens.kill();
-    let _ = tokens.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
