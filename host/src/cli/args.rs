@@ -151,13 +151,13 @@ pub enum Command {
     Push {
         /// The module (a Wasm component).
         module: PathBuf,
-        /// Where: oci://HOST[:PORT]/REPO:TAG.
+        /// Where: `oci://HOST[:PORT]/REPO:TAG`.
         reference: String,
     },
     /// Pull a module from an OCI registry, by tag or pinned digest, verified byte for byte,
     /// into a file.
     Pull {
-        /// oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:DIGEST.
+        /// `oci://HOST[:PORT]/REPO:TAG` or `oci://HOST[:PORT]/REPO@sha256:DIGEST`.
         reference: String,
         /// The file to write.
         #[arg(short = 'o', long)]
