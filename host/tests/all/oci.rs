@@ -422,7 +422,9 @@ fn a_registry_with_a_basic_login() {
         .unwrap();
     assert_eq!(login("s3cret").pull(&reference).unwrap().manifest, digest);
     // The CLI with --registry-credentials, and with Docker's config.json.
-    let creds = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci/credentials");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci");
+    std::fs::create_dir_all(&dir).unwrap();
+    let creds = dir.join("credentials");
     std::fs::write(&creds, "fleet:s3cret\n").unwrap();
     let out = flowgate(
         &[
