@@ -132,16 +132,7 @@ impl Client {
         config: Option<&str>,
         if_match: Option<&str>,
     ) -> anyhow::Result<Answer> {
-        let mut body = module.to_vec();
-        let mut headers = Vec::new();
-        if let Some(config) = config {
-            body.extend_from_slice(config.as_bytes());
-            headers.push(("X-Config-Length", config.len().to_string()));
-        }
-        if let Some(tag) = if_match {
-            headers.push(("If-Match", format!("\"{}\"", tag.trim_matches('"'))));
-        }
-        self.answer("PUT", "/module", headers, &body)
+        self.put_module(module, None, config, if_match)
     }
 
     /// `PUT /module` with a reference: the gateway pulls the module itself.
@@ -151,14 +142,28 @@ impl Client {
         config: Option<&str>,
         if_match: Option<&str>,
     ) -> anyhow::Result<Answer> {
-        let mut body = reference.as_bytes().to_vec();
-        let mut headers = vec![("Content-Type", super::REFERENCE_TYPE.to_owned())];
+        let content_type = Some(super::REFERENCE_TYPE);
+        self.put_module(reference.as_bytes(), content_type, config, if_match)
+    }
+
+    /// `PUT /module`: `head` (a module, or a reference with its content type), then the
+    /// configuration when given (`X-Config-Length` says where it starts).
+    fn put_module(
+        &self,
+        head: &[u8],
+        content_type: Option<&str>,
+        config: Option<&str>,
+        if_match: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut body = head.to_vec();
+        let mut headers: Vec<(&str, String)> = content_type
+            .map(|t| ("Content-Type", t.to_owned()))
+            .into_iter()
+            .chain(if_match.map(if_match_header))
+            .collect();
         if let Some(config) = config {
             body.extend_from_slice(config.as_bytes());
             headers.push(("X-Config-Length", config.len().to_string()));
-        }
-        if let Some(tag) = if_match {
-            headers.push(("If-Match", format!("\"{}\"", tag.trim_matches('"'))));
         }
         self.answer("PUT", "/module", headers, &body)
     }
@@ -166,7 +171,7 @@ impl Client {
     /// `PUT /config`.
     pub fn swap_config(&self, config: &str, if_match: Option<&str>) -> anyhow::Result<Answer> {
         let headers = if_match
-            .map(|tag| vec![("If-Match", format!("\"{}\"", tag.trim_matches('"')))])
+            .map(|tag| vec![if_match_header(tag)])
             .unwrap_or_default();
         self.answer("PUT", "/config", headers, config.as_bytes())
     }
@@ -175,4 +180,9 @@ impl Client {
     pub fn rollback(&self) -> anyhow::Result<Answer> {
         self.answer("POST", "/rollback", Vec::new(), &[])
     }
+}
+
+/// `If-Match` with the ETag quoted, whether or not it was given quoted.
+fn if_match_header(tag: &str) -> (&'static str, String) {
+    ("If-Match", format!("\"{}\"", tag.trim_matches('"')))
 }
