@@ -1,12 +1,22 @@
 //! flowgate's benchmarks live in this package's `[[bench]]` targets; run them with
 //! `cargo bench -p flowgate-benches`. See `BENCHMARKS.md` at the top of the repository. This
 //! library holds what the benchmarks share: the same input for every comparison.
+//!
+//! Two kinds of input:
+//! - **realistic** ([`Realistic`]): a gateway-shaped workload (`synth::Gateway`) and a pool of
+//!   [`POOL`] distinct packets that a benchmark walks through batch after batch, so no packet
+//!   comes back before a million others have passed and the branch predictor learns nothing;
+//! - **repeat** ([`setup`]): the same [`PACKETS`] packets judged again and again. The CPU
+//!   learns their search paths, so these figures are a best case.
 
-use flowgate_policy::synth::{self, Scale};
-use flowgate_policy::{Config, Packet, Verdict};
+use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale};
+use flowgate_policy::{Config, Packet, Table, Verdict};
 
-/// Packets drawn for each benchmark configuration.
+/// Packets drawn for each repeat (best-case) benchmark configuration.
 pub const PACKETS: usize = 4096;
+
+/// Distinct packets in a realistic pool.
+pub const POOL: usize = 1 << 20;
 
 /// A generated configuration of `peerings` peerings (about 20 peers per VPC) as YAML, read,
 /// and [`PACKETS`] packets drawn from it. The same seeds everywhere, so every benchmark judges
@@ -20,6 +30,58 @@ pub fn setup(peerings: usize) -> (String, Config, Vec<Packet>) {
         .unwrap_or_else(|e| panic!("generated config refused: {e}"));
     let packets = synth::packets(&config, PACKETS, 7);
     (yaml, config, packets)
+}
+
+/// A gateway-shaped workload and its pool of distinct packets, walked batch by batch.
+pub struct Realistic {
+    /// The configuration, as YAML.
+    pub yaml: String,
+    /// The table built from it.
+    pub table: Table,
+    /// [`POOL`] distinct packets, in the order the generator drew them.
+    pub pool: Vec<Packet>,
+    /// Allowed packets in each batch of the pool, as the native table judges them: the answer
+    /// each timed batch checks.
+    expected: Vec<usize>,
+    batch: usize,
+}
+
+impl Realistic {
+    /// The workload of `peerings` peerings (100 VPCs up to 1,000, 250 up to 5,000), with or
+    /// without port ranges, cut into batches of `batch`.
+    ///
+    /// # Panics
+    /// If the generator made a configuration the library refuses (a bug in one of them).
+    pub fn new(peerings: usize, ports: bool, batch: usize) -> Self {
+        let mut gateway = Gateway::new(GatewayShape::with_peerings(peerings, ports, 42));
+        let config = flowgate_policy::parse(gateway.yaml(), None)
+            .unwrap_or_else(|e| panic!("generated config refused: {e}"));
+        let table = Table::build(&config);
+        let pool = gateway.packets(POOL);
+        let mut verdicts = vec![Verdict::default(); batch];
+        let expected = pool
+            .chunks_exact(batch)
+            .map(|chunk| {
+                table.lookup_batch(chunk, &mut verdicts);
+                allowed(&verdicts)
+            })
+            .collect();
+        Realistic {
+            yaml: gateway.yaml().to_owned(),
+            table,
+            pool,
+            expected,
+            batch,
+        }
+    }
+
+    /// The pool's batches with the allowed count each must give, over and over.
+    pub fn batches(&self) -> impl Iterator<Item = (&[Packet], usize)> + '_ {
+        self.pool
+            .chunks_exact(self.batch)
+            .zip(self.expected.iter().copied())
+            .cycle()
+    }
 }
 
 /// How many of `verdicts` let their packet through: the answer each timed run checks.

@@ -125,12 +125,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             packet,
             json,
         } => cmd_explain(&config, module.as_deref(), &packet, json),
-        Command::Gen {
-            peerings,
-            packets,
-            seed,
-            out,
-        } => cmd_gen(peerings as usize, packets as usize, seed, &out),
+        Command::Gen(args) => cmd_gen(&args),
         Command::Serve(args) => cmd_serve(&args),
         Command::Bench { peerings, module } => cmd_bench(peerings as usize, module.as_deref()),
         Command::Status { admin } => client_answer(admin.client()?.status()?),

@@ -7,6 +7,13 @@
 //! `172.16.0.0/22`, which makes destinations ambiguous; some blocks have ports, some are NATed
 //! to `100.64.0.0/10`, and every twentieth VPC is an external network with a `default: true`
 //! block.
+//!
+//! [`Gateway`] is the other shape, the one the benchmarks measure on: a gateway's many VPCs
+//! and distinct packets spread over all of them.
+
+mod gateway;
+
+pub use gateway::{Gateway, GatewayShape};
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -214,20 +214,40 @@ pub enum Command {
         module: Option<PathBuf>,
     },
     /// Generate a configuration and a trace (how `fixtures/default` was made).
-    Gen {
-        /// Number of peerings.
-        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        peerings: u32,
-        /// Number of packets.
-        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
-        packets: u32,
-        /// Seed of the generator.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Directory to write `config.yaml` and `packets.jsonl` into.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Gen(GenArgs),
+}
+
+#[derive(Args)]
+pub struct GenArgs {
+    /// Number of peerings.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub peerings: u32,
+    /// Number of packets.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+    pub packets: u32,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// `mixed`: every feature of the config language (IPv6, NAT, defaults, shared service
+    /// prefixes), about 20 peers per VPC. `gateway`: a gateway's shape for benchmarks, 100
+    /// VPCs each owning sixteen /24s up to 1,000 peerings (250 up to 5,000), each side
+    /// exposing one to three of them, a quarter of the entries with port ranges; 90 % of the
+    /// packets between exposed prefixes, spread over all VPCs.
+    #[arg(long, value_enum, default_value_t = Shape::Mixed)]
+    pub shape: Shape,
+    /// With `--shape gateway`: no port ranges.
+    #[arg(long)]
+    pub no_ports: bool,
+    /// Directory to write `config.yaml` and `packets.jsonl` into.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The shape of a generated workload.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    Mixed,
+    Gateway,
 }
 
 #[derive(Args)]
