@@ -1,6 +1,7 @@
 //! Reading the table per packet: binary searches with no data-dependent branch, the source
 //! and destination searches in one loop, and one matrix read.
 
+use std::hint::select_unpredictable;
 use std::net::IpAddr;
 
 use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry};
@@ -56,16 +57,8 @@ fn last_at_or_below2<K: Copy + Ord>(a: &[K], key_a: K, b: &[K], key_b: K) -> (us
     let (mut base_a, mut len_a, mut base_b, mut len_b) = (0, a.len(), 0, b.len());
     while len_a > 1 || len_b > 1 {
         let (half_a, half_b) = (len_a / 2, len_b / 2);
-        base_a = if a[base_a + half_a] <= key_a {
-            base_a + half_a
-        } else {
-            base_a
-        };
-        base_b = if b[base_b + half_b] <= key_b {
-            base_b + half_b
-        } else {
-            base_b
-        };
+        base_a = select_unpredictable(a[base_a + half_a] <= key_a, base_a + half_a, base_a);
+        base_b = select_unpredictable(b[base_b + half_b] <= key_b, base_b + half_b, base_b);
         len_a -= half_a;
         len_b -= half_b;
     }
@@ -80,11 +73,7 @@ fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
     let mut len = sorted.len();
     while len > 1 {
         let half = len / 2;
-        base = if sorted[base + half] <= key {
-            base + half
-        } else {
-            base
-        };
+        base = select_unpredictable(sorted[base + half] <= key, base + half, base);
         len -= half;
     }
     base
