@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-use crate::table::{Keys, Table};
+use crate::table::{Keys, LANES, Query, Table};
 
 /// Bytes per packet record.
 pub const PACKET_BYTES: usize = 44;
@@ -92,7 +92,11 @@ pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
             IpAddr::V4([b[0], b[1], b[2], b[3]].into())
         }
     };
-    let (src_vni, _, ports) = decode_keys(rec);
+    let Query {
+        vni: src_vni,
+        ports,
+        ..
+    } = decode_query(rec);
     Packet {
         src_vni,
         src: addr(field::SRC_FAMILY, field::SRC_ADDR),
@@ -152,23 +156,33 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
         return;
     }
     output.reserve(input.len() / PACKET_BYTES * VERDICT_BYTES);
-    for rec in input.chunks_exact(PACKET_BYTES) {
-        let verdict = match (table, <&[u8; PACKET_BYTES]>::try_from(rec)) {
-            (Some(table), Ok(rec)) if mixed(rec) => table.lookup(&decode_packet(rec)),
-            (Some(table), Ok(rec)) => {
-                let (vni, keys, ports) = decode_keys(rec);
-                table.lookup_keys(vni, keys, ports)
+    let Some(table) = table else {
+        for _ in 0..input.len() / PACKET_BYTES {
+            output.extend_from_slice(&encode_verdict(Verdict::Drop(DropReason::UnknownVpc)));
+        }
+        return;
+    };
+    let mut queries = [Query::NONE; LANES];
+    let mut verdicts = [Verdict::default(); LANES];
+    for chunk in input.chunks(PACKET_BYTES * LANES) {
+        let n = chunk.len() / PACKET_BYTES;
+        for (query, rec) in queries.iter_mut().zip(chunk.as_chunks::<PACKET_BYTES>().0) {
+            *query = decode_query(rec);
+        }
+        table.lookup_queries(&queries[..n], &mut verdicts[..n]);
+        for (verdict, rec) in verdicts.iter_mut().zip(chunk.as_chunks::<PACKET_BYTES>().0) {
+            if mixed(rec) {
+                *verdict = table.lookup(&decode_packet(rec));
             }
-            _ => Verdict::Drop(DropReason::UnknownVpc),
-        };
-        output.extend_from_slice(&encode_verdict(verdict));
+            output.extend_from_slice(&encode_verdict(*verdict));
+        }
     }
 }
 
 /// What a lookup needs from a record whose addresses share a family (byte 4 says which),
 /// read without building a [`Packet`]; the round-trip tests pin the reading down.
 #[inline]
-fn decode_keys(rec: &[u8; PACKET_BYTES]) -> (u32, Keys, Option<Ports>) {
+fn decode_query(rec: &[u8; PACKET_BYTES]) -> Query {
     let v4 = |at: std::ops::Range<usize>| {
         u32::from_be_bytes([
             rec[at.start],
@@ -192,11 +206,11 @@ fn decode_keys(rec: &[u8; PACKET_BYTES]) -> (u32, Keys, Option<Ports>) {
         dst: u16_at(field::DST_PORT),
     });
     let vni = field::SRC_VNI.start;
-    (
-        u32::from_le_bytes([rec[vni], rec[vni + 1], rec[vni + 2], rec[vni + 3]]),
+    Query {
+        vni: u32::from_le_bytes([rec[vni], rec[vni + 1], rec[vni + 2], rec[vni + 3]]),
         keys,
         ports,
-    )
+    }
 }
 
 #[cfg(test)]

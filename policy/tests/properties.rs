@@ -50,7 +50,7 @@ proptest! {
         prop_assert_eq!(batch, single);
     }
 
-    /// The packed path (records decoded straight into keys, IPv4 packets looked up four at a
+    /// The packed path (records decoded straight into keys, looked up in stages 32 at a
     /// time) answers what single lookups answer, packets whose two addresses are of different
     /// families included (each address's family travels in the record).
     #[test]

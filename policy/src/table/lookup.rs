@@ -79,6 +79,45 @@ fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
     base
 }
 
+/// Packets a batch lookup takes through its stages together: enough to keep the CPU's
+/// load queue busy, few enough that the stages' state stays in registers and L1.
+pub(crate) const LANES: usize = 32;
+
+/// The VPC index of an unknown VNI.
+const NO_VPC: u32 = u32::MAX;
+
+/// What a lookup needs of one packet whose addresses share a family.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Query {
+    pub(crate) vni: u32,
+    pub(crate) keys: Keys,
+    pub(crate) ports: Option<Ports>,
+}
+
+impl Query {
+    pub(crate) const NONE: Query = Query {
+        vni: 0,
+        keys: Keys::V4(0, 0),
+        ports: None,
+    };
+
+    /// The query of a packet; a mixed-family packet's is a placeholder (its verdict comes
+    /// from [`Table::lookup_mixed`]).
+    #[inline]
+    fn of(packet: &Packet) -> Query {
+        let keys = match (packet.src, packet.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Keys::V4(s.into(), d.into()),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Keys::V6(s.into(), d.into()),
+            _ => Keys::V4(0, 0),
+        };
+        Query {
+            vni: packet.src_vni,
+            keys,
+            ports: packet.ports,
+        }
+    }
+}
+
 impl Table {
     /// The verdict for one packet.
     #[inline]
@@ -126,14 +165,58 @@ impl Table {
         t.verdict(s, d)
     }
 
-    /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`.
+    /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`, computed in stages over
+    /// [`LANES`] packets at a time (see [`Table::lookup_queries`]).
     ///
     /// # Panics
     /// If `out` is not exactly as long as `packets` (a caller's bug, not an input error).
     pub fn lookup_batch(&self, packets: &[Packet], out: &mut [Verdict]) {
         assert_eq!(packets.len(), out.len(), "one verdict slot per packet");
-        for (packet, verdict) in packets.iter().zip(out.iter_mut()) {
-            *verdict = self.lookup(packet);
+        if packets.len() < LANES / 4 {
+            // Too few to overlap: staging would cost more than it hides.
+            for (packet, verdict) in packets.iter().zip(out.iter_mut()) {
+                *verdict = self.lookup(packet);
+            }
+            return;
+        }
+        let mut queries = [Query::NONE; LANES];
+        for (packets, out) in packets.chunks(LANES).zip(out.chunks_mut(LANES)) {
+            for (query, packet) in queries.iter_mut().zip(packets) {
+                *query = Query::of(packet);
+            }
+            self.lookup_queries(&queries[..packets.len()], out);
+            for (verdict, packet) in out.iter_mut().zip(packets) {
+                if packet.src.is_ipv4() != packet.dst.is_ipv4() {
+                    *verdict = self.lookup_mixed(packet);
+                }
+            }
+        }
+    }
+
+    /// The verdicts of up to [`LANES`] queries, in stages: every packet's VPC, then every
+    /// packet's source and destination classes, then every verdict. Within a stage the
+    /// packets' lookups are independent, so the CPU runs many of them at once and their cache
+    /// misses overlap; one packet at a time, each lookup is a chain of dependent loads.
+    pub(crate) fn lookup_queries(&self, queries: &[Query], out: &mut [Verdict]) {
+        debug_assert!(queries.len() <= LANES && queries.len() == out.len());
+        let mut vpcs = [NO_VPC; LANES];
+        for (vpc, query) in vpcs.iter_mut().zip(queries) {
+            *vpc = self.vpc_index(query.vni);
+        }
+        let mut classes = [(0, 0); LANES];
+        for ((pair, query), &vpc) in classes.iter_mut().zip(queries).zip(&vpcs) {
+            if let Some(t) = self.per_vpc.get(vpc as usize) {
+                *pair = match query.keys {
+                    Keys::V4(s, d) => class_pair(&t.src4, s, &t.dst4, d, query.ports),
+                    Keys::V6(s, d) => class_pair(&t.src6, s, &t.dst6, d, query.ports),
+                };
+            }
+        }
+        for ((verdict, &(s, d)), &vpc) in out.iter_mut().zip(&classes).zip(&vpcs) {
+            *verdict = match self.per_vpc.get(vpc as usize) {
+                Some(t) => t.verdict(s, d),
+                None => Verdict::Drop(DropReason::UnknownVpc),
+            };
         }
     }
 
@@ -155,8 +238,16 @@ impl Table {
     /// The VPC whose VNI is `vni`.
     #[inline]
     pub fn vpc_by_vni(&self, vni: u32) -> Option<VpcId> {
+        let vpc = self.vpc_index(vni);
+        (vpc != NO_VPC).then_some(VpcId(vpc))
+    }
+
+    /// The index of the VPC whose VNI is `vni`, or [`NO_VPC`]: no branch on the answer.
+    #[inline]
+    fn vpc_index(&self, vni: u32) -> u32 {
         let i = last_at_or_below(&self.vnis, vni);
-        (self.vnis.get(i) == Some(&vni)).then(|| self.vni_vpcs[i])
+        let found = self.vnis.get(i).copied().unwrap_or(!vni) == vni;
+        select_unpredictable(found, self.vni_vpcs.get(i).map_or(NO_VPC, |v| v.0), NO_VPC)
     }
 
     /// The VPC named `name`.

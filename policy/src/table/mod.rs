@@ -46,6 +46,7 @@ mod catalog;
 mod lookup;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
+pub(crate) use lookup::{LANES, Query};
 
 use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
 
