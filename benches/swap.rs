@@ -1,7 +1,8 @@
 //! Hot swap on a running gateway: how long from `PUT /module` (through the admin API on
 //! loopback) to the first batch judged by the new release, from the artifact cache and
 //! compiling; and what 100 swaps cost the traffic (packets per second, batch latency) against
-//! none.
+//! none; and at the realistic workload's sizes (1,000 and 5,000 peerings), `PUT /config` to
+//! the first batch with both workers busy, with the parts of preparing a release.
 //!
 //! `cargo bench -p flowgate-benches --bench swap`
 
@@ -17,9 +18,9 @@ use flowgate_host::admin::Endpoint;
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::gateway::{Gateway, Options};
 use flowgate_host::io::Trace;
-use flowgate_host::wasm::{Limits, Runtime};
+use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_policy::Packet;
-use flowgate_policy::synth::{self, Scale};
+use flowgate_policy::synth::{self, GatewayShape, Scale};
 use flowgate_test_guests::HONEST_V2;
 
 fn setup() -> (String, Arc<[Packet]>) {
@@ -168,5 +169,70 @@ fn under_load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, to_first_batch, under_load);
+/// `PUT /config` to the first batch judged by the new release, at the realistic workload's
+/// sizes, with two workers busy on its traffic; and the parts of preparing a release, each on
+/// its own: parsing and building the table natively, and configuring one Wasm instance.
+fn config_at_scale(c: &mut Criterion) {
+    let mut group = c.benchmark_group("swap/config");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(10));
+    let configuring = runtime(true);
+    let module = configuring.load(DEFAULT_MODULE).unwrap();
+    for peerings in [1_000, 5_000] {
+        let shape = |seed| GatewayShape::with_peerings(peerings, true, seed);
+        let mut first = synth::Gateway::new(shape(42));
+        let second = synth::Gateway::new(shape(43));
+        let configs = [first.yaml().to_owned(), second.yaml().to_owned()];
+        group.bench_function(BenchmarkId::new("parse-build", peerings), |b| {
+            b.iter(|| {
+                let config = flowgate_policy::parse(&configs[0], None).unwrap();
+                flowgate_policy::Table::build(&config)
+            })
+        });
+        group.bench_function(BenchmarkId::new("configure-one-instance", peerings), |b| {
+            b.iter(|| WasmPolicy::new(&configuring, &module, &configs[0]).unwrap())
+        });
+
+        let packets: Arc<[Packet]> = first.packets(1 << 18).into();
+        let options = Options {
+            workers: 2,
+            ..Options::default()
+        };
+        let gateway = Gateway::new(runtime(true), DEFAULT_MODULE, &configs[0], options).unwrap();
+        let (stop, handles) = start(&gateway, &packets, None);
+        let endpoint = Endpoint::Unix(std::env::temp_dir().join(format!(
+            "flowgate-bench-{}-config-{peerings}.sock",
+            std::process::id()
+        )));
+        let _admin =
+            AdminServer::start(gateway.clone(), AdminOptions::new(endpoint.clone(), None)).unwrap();
+        let client = Client::new(endpoint, None);
+        let mut flip = 0;
+        group.bench_function(BenchmarkId::new("to-first-batch", peerings), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    flip = 1 - flip;
+                    let started = Instant::now();
+                    let answer = client.swap_config(&configs[flip], None).unwrap();
+                    let generation = answer.body["release"]["generation"]
+                        .as_u64()
+                        .expect("the swap went through");
+                    while gateway.judged_generation() < generation {
+                        std::hint::spin_loop();
+                    }
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().for_each(|h| h.join().unwrap());
+    }
+    group.finish();
+}
+
+criterion_group!(benches, to_first_batch, under_load, config_at_scale);
 criterion_main!(benches);

@@ -346,7 +346,7 @@ struct AsSpec {
 }
 
 fn typed<S: for<'de> Deserialize<'de>>(object: &RawObject) -> Result<Object<S>, ConfigError> {
-    serde_path_to_error::deserialize(object.value.clone()).map_err(|e| {
+    serde_path_to_error::deserialize(&object.value).map_err(|e| {
         let field = e.path().to_string();
         let message = e.inner().to_string();
         // serde names an unknown field in backticks: that name is the offending value.
