@@ -234,5 +234,53 @@ fn config_at_scale(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, to_first_batch, under_load, config_at_scale);
+/// Gateway throughput with one worker and with two, on the realistic workload (1,000 peerings,
+/// 262,144 distinct packets replayed by each worker from its own offset): how it scales
+/// across cores. Each run lasts WINDOW; criterion's time is scaled to ELEMENTS packets at the
+/// rate the run reached, so its throughput is the packets per second of the run.
+fn scaling(c: &mut Criterion) {
+    const WINDOW: Duration = Duration::from_millis(1500);
+    const ELEMENTS: u64 = 1_000_000;
+    let mut workload = synth::Gateway::new(GatewayShape::with_peerings(1_000, true, 42));
+    let config = workload.yaml().to_owned();
+    let packets: Arc<[Packet]> = workload.packets(1 << 18).into();
+    let mut group = c.benchmark_group("serve/workers");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(15));
+    group.throughput(Throughput::Elements(ELEMENTS));
+    for workers in [1, 2] {
+        let options = Options {
+            workers,
+            ..Options::default()
+        };
+        let gateway = Gateway::new(runtime(true), DEFAULT_MODULE, &config, options).unwrap();
+        group.bench_function(BenchmarkId::from_parameter(workers), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let before = gateway.counters().packets;
+                    let started = Instant::now();
+                    let (stop, handles) = start(&gateway, &packets, None);
+                    std::thread::sleep(WINDOW);
+                    stop.store(true, Ordering::Relaxed);
+                    handles.into_iter().for_each(|h| h.join().unwrap());
+                    let judged = gateway.counters().packets - before;
+                    total += started.elapsed().mul_f64(ELEMENTS as f64 / judged as f64);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    to_first_batch,
+    under_load,
+    config_at_scale,
+    scaling
+);
 criterion_main!(benches);
