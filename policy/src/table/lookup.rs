@@ -166,7 +166,7 @@ impl Table {
     }
 
     /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`, computed in stages over
-    /// [`LANES`] packets at a time (see [`Table::lookup_queries`]).
+    /// 32 packets at a time: their VPCs, then their classes, then their verdicts.
     ///
     /// # Panics
     /// If `out` is not exactly as long as `packets` (a caller's bug, not an input error).

@@ -35,11 +35,21 @@
 //!   another 8 % (natively the CPU already overlapped them).
 //! - **The packed path** reads lookup keys straight from the record (`Table::lookup_keys`)
 //!   instead of building a [`Packet`](crate::Packet) first.
-//! - **Tried and not kept**: looking IPv4 packets up four at a time, their VNI searches in
-//!   one loop and their eight segment searches in another, to overlap loads across packets.
-//!   It took about 3 % off the Wasm path (70.5 against 72.3 ns a packet at batch 256) and
-//!   nothing natively: in the guest the lanes' state lives in linear memory, so each step
-//!   costs loads and stores of its own. Not worth a second lookup path.
+//! - **Tried and not kept** (then): looking IPv4 packets up four at a time, their VNI
+//!   searches in one loop and their eight segment searches in another. It took about 3 %
+//!   off the Wasm path and nothing natively. That was measured replaying 4,096 packets, a
+//!   best case where the predictor had learned every branch.
+//!
+//! On realistic traffic (issue 14: a gateway's shape, every batch new packets; figures at
+//! 1,000 peerings with ports, native, batch 256):
+//! - **`select_unpredictable`** in the searches: LLVM's x86 cmov-to-branch conversion had
+//!   turned them into ~73 branches a lookup, ~11 mispredicted. With the hint: 99 -> 68 ns.
+//! - **Stages over 32 packets** ([`Table::lookup_batch`]): all VPCs, then all class pairs,
+//!   then all verdicts, so independent lookups overlap their loads: 68 -> 59 ns.
+//! - **Rejected: wide nodes** (15 keys to a cache line, children found by counting keys at
+//!   most the key, so a few hundred segments are two dependent loads). LLVM does not
+//!   vectorize the count on x86-64's SSE2 baseline; the scalar count made it slower than the
+//!   `cmov` binary search (73 against 68 ns). Worth another try with a vector compare.
 
 mod build;
 mod catalog;
