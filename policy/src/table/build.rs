@@ -4,22 +4,42 @@
 use std::collections::BTreeMap;
 
 use super::catalog::{Catalog, VpcEntry};
-use super::{Cell, Seg, SegTable, Table, VpcTable};
+use super::flat::{PortMaps4, Side4, VniIndex};
+use super::{Cell, Seg, SegTable, Table, TableStats, VpcTable};
 use crate::addr::{Family, net_family, net_range};
 use crate::model::{Config, Entry};
 use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
 use crate::ports::PortList;
 
-impl SegTable<u128> {
-    /// The same table keyed by `u32`: for IPv4, whose keys all fit.
-    fn narrow(self) -> SegTable<u32> {
-        SegTable {
-            starts: self.starts.iter().map(|&k| k as u32).collect(),
-            segs: self.segs,
-            port_starts: self.port_starts,
-            port_classes: self.port_classes,
-        }
-    }
+/// One VPC's tables as built, before the IPv4 ones join the padded sides.
+struct Built {
+    src4: SegTable<u128>,
+    src6: SegTable<u128>,
+    dst4: SegTable<u128>,
+    dst6: SegTable<u128>,
+    dst_classes: usize,
+    matrix: Box<[Cell]>,
+}
+
+/// The starts and values of an IPv4 segment table, its port maps added to `ports`.
+fn flat_table(table: &SegTable<u128>, ports: &mut PortMaps4) -> (Vec<u32>, Vec<u32>) {
+    let starts = table.starts.iter().map(|&k| k as u32).collect();
+    let values = table
+        .segs
+        .iter()
+        .map(|seg| {
+            if seg.ports_len == 0 {
+                return seg.portless;
+            }
+            let at = seg.ports_at as usize..(seg.ports_at + seg.ports_len) as usize;
+            ports.add(
+                seg.portless,
+                &table.port_starts[at.clone()],
+                &table.port_classes[at],
+            )
+        })
+        .collect();
+    (starts, values)
 }
 
 impl Table {
@@ -33,16 +53,42 @@ impl Table {
                 vni: v.vni,
             })
             .collect();
-        let mut by_vni: Vec<(u32, VpcId)> = vpcs
+        let mut by_vni: Vec<(u32, u32)> = vpcs
             .iter()
             .enumerate()
-            .map(|(i, v)| (v.vni, VpcId(i as u32)))
+            .map(|(i, v)| (v.vni, i as u32))
             .collect();
         by_vni.sort_unstable();
         let mut candidates = Interner::default();
-        let per_vpc = (0..vpcs.len())
+        let built: Vec<Built> = (0..vpcs.len())
             .map(|i| build_vpc(config, VpcId(i as u32), &mut candidates))
             .collect();
+        let mut stats = TableStats {
+            candidate_sets: candidates.sets.len(),
+            ..TableStats::default()
+        };
+        let mut ports4 = PortMaps4::default();
+        let (mut src4, mut dst4) = (Vec::new(), Vec::new());
+        let mut per_vpc = Vec::with_capacity(built.len());
+        for b in built {
+            for t in [&b.src4, &b.src6, &b.dst4, &b.dst6] {
+                stats.segments += t.segs.len();
+                stats.port_ranges += t.port_starts.len();
+            }
+            stats.destination_classes += b.dst_classes;
+            stats.source_classes += b.matrix.len() / b.dst_classes.max(1);
+            stats.matrix_cells += b.matrix.len();
+            src4.push(flat_table(&b.src4, &mut ports4));
+            dst4.push(flat_table(&b.dst4, &mut ports4));
+            per_vpc.push(VpcTable {
+                src6: b.src6,
+                dst6: b.dst6,
+                dst_classes: b.dst_classes,
+                matrix: b.matrix,
+            });
+        }
+        let (src4, dst4) = (Side4::new(&src4), Side4::new(&dst4));
+        stats.ipv4_bytes = src4.bytes() + dst4.bytes() + ports4.bytes();
         let candidate_sets = candidates
             .sets
             .into_iter()
@@ -53,9 +99,12 @@ impl Table {
                 vpcs,
                 candidate_sets,
             },
-            vnis: by_vni.iter().map(|&(vni, _)| vni).collect(),
-            vni_vpcs: by_vni.iter().map(|&(_, vpc)| vpc).collect(),
+            vnis: VniIndex::new(&by_vni),
+            src4,
+            dst4,
+            ports4,
             per_vpc,
+            stats,
         }
     }
 }
@@ -136,7 +185,7 @@ impl<'a> SideInput<'a> {
     }
 }
 
-fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> VpcTable {
+fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> Built {
     let mut src_classes = Interner::with_empty();
     let mut dst_classes = Interner::with_empty();
     let mut src = Vec::with_capacity(2);
@@ -199,10 +248,10 @@ fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> VpcTable 
     }
     let [src4, src6]: [SegTable<u128>; 2] = src.try_into().unwrap_or_else(|_| unreachable!());
     let [dst4, dst6]: [SegTable<u128>; 2] = dst.try_into().unwrap_or_else(|_| unreachable!());
-    VpcTable {
-        src4: src4.narrow(),
+    Built {
+        src4,
         src6,
-        dst4: dst4.narrow(),
+        dst4,
         dst6,
         dst_classes: dst_sets.len(),
         matrix: matrix.into(),

@@ -27,6 +27,8 @@ pub struct TableStats {
     pub matrix_cells: usize,
     /// Distinct sets of candidates of ambiguous verdicts.
     pub candidate_sets: usize,
+    /// Bytes of the IPv4 lookup structures (padded segment tables and port maps).
+    pub ipv4_bytes: usize,
 }
 
 /// The names behind a table's verdicts: its VPCs and the candidate sets of ambiguous

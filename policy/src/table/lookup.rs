@@ -4,15 +4,11 @@
 use std::hint::select_unpredictable;
 use std::net::IpAddr;
 
-use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry};
+use super::flat::{self, NO_VPC};
+use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 
 impl<K: Copy + Ord> SegTable<K> {
-    /// Segments and port ranges.
-    pub(super) fn sizes(&self) -> (usize, usize) {
-        (self.segs.len(), self.port_starts.len())
-    }
-
     #[inline]
     pub(super) fn class(&self, key: K, port: Option<u16>) -> u32 {
         self.port_class(self.segs[last_at_or_below(&self.starts, key)], port)
@@ -83,9 +79,6 @@ fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
 /// load queue busy, few enough that the stages' state stays in registers and L1.
 pub(crate) const LANES: usize = 32;
 
-/// The VPC index of an unknown VNI.
-const NO_VPC: u32 = u32::MAX;
-
 /// What a lookup needs of one packet whose addresses share a family.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Query {
@@ -134,32 +127,46 @@ impl Table {
     /// [`Packet`] (the packed path reads the keys straight from the record).
     #[inline]
     pub(crate) fn lookup_keys(&self, vni: u32, keys: Keys, ports: Option<Ports>) -> Verdict {
-        let Some(vpc) = self.vpc_by_vni(vni) else {
-            return Verdict::Drop(DropReason::UnknownVpc);
-        };
-        let t = &self.per_vpc[vpc.0 as usize];
-        let (s, d) = match keys {
-            Keys::V4(s, d) => class_pair(&t.src4, s, &t.dst4, d, ports),
+        let vpc = self.vnis.find(vni);
+        match self.per_vpc.get(vpc as usize) {
+            Some(t) => {
+                let (s, d) = self.classes(vpc, t, keys, ports);
+                t.verdict(s, d)
+            }
+            None => Verdict::Drop(DropReason::UnknownVpc),
+        }
+    }
+
+    /// The source and destination classes of a packet of VPC `vpc`, whose tables are `t`.
+    #[inline(always)]
+    fn classes(&self, vpc: u32, t: &VpcTable, keys: Keys, ports: Option<Ports>) -> (u32, u32) {
+        match keys {
+            Keys::V4(s, d) => {
+                let (s, d) = flat::find_pair(&self.src4, &self.dst4, vpc, s, d);
+                (
+                    self.ports4.class(s, ports.map(|p| p.src)),
+                    self.ports4.class(d, ports.map(|p| p.dst)),
+                )
+            }
             Keys::V6(s, d) => class_pair(&t.src6, s, &t.dst6, d, ports),
-        };
-        t.verdict(s, d)
+        }
     }
 
     /// A packet whose source and destination are of different families: no real IP packet,
     /// but a [`Packet`] can say it, and the sets of the spec still give it a verdict.
     #[cold]
     fn lookup_mixed(&self, packet: &Packet) -> Verdict {
-        let Some(vpc) = self.vpc_by_vni(packet.src_vni) else {
+        let vpc = self.vnis.find(packet.src_vni);
+        let Some(t) = self.per_vpc.get(vpc as usize) else {
             return Verdict::Drop(DropReason::UnknownVpc);
         };
-        let t = &self.per_vpc[vpc.0 as usize];
         let (src_port, dst_port) = (packet.ports.map(|p| p.src), packet.ports.map(|p| p.dst));
         let s = match packet.src {
-            IpAddr::V4(a) => t.src4.class(a.into(), src_port),
+            IpAddr::V4(a) => self.ports4.class(self.src4.find(vpc, a.into()), src_port),
             IpAddr::V6(a) => t.src6.class(a.into(), src_port),
         };
         let d = match packet.dst {
-            IpAddr::V4(a) => t.dst4.class(a.into(), dst_port),
+            IpAddr::V4(a) => self.ports4.class(self.dst4.find(vpc, a.into()), dst_port),
             IpAddr::V6(a) => t.dst6.class(a.into(), dst_port),
         };
         t.verdict(s, d)
@@ -199,18 +206,46 @@ impl Table {
     /// misses overlap; one packet at a time, each lookup is a chain of dependent loads.
     pub(crate) fn lookup_queries(&self, queries: &[Query], out: &mut [Verdict]) {
         debug_assert!(queries.len() <= LANES && queries.len() == out.len());
-        let mut vpcs = [NO_VPC; LANES];
-        for (vpc, query) in vpcs.iter_mut().zip(queries) {
-            *vpc = self.vpc_index(query.vni);
+        let n = queries.len();
+        let mut vnis = [0; LANES];
+        for (vni, query) in vnis.iter_mut().zip(queries) {
+            *vni = query.vni;
         }
+        let mut vpcs = [NO_VPC; LANES];
+        self.vnis.find_lanes(&vnis[..n], &mut vpcs[..n]);
+        if self.per_vpc.is_empty() {
+            out.fill(Verdict::Drop(DropReason::UnknownVpc));
+            return;
+        }
+        // IPv4 lanes search their VPC's tables; the others search VPC 0's, for nothing.
+        let (mut lane_vpcs, mut src_keys, mut dst_keys) = ([0; LANES], [0; LANES], [0; LANES]);
+        for (i, query) in queries.iter().enumerate() {
+            let (s, d, v4) = match query.keys {
+                Keys::V4(s, d) => (s, d, true),
+                Keys::V6(..) => (0, 0, false),
+            };
+            (src_keys[i], dst_keys[i]) = (s, d);
+            lane_vpcs[i] = select_unpredictable(v4 && vpcs[i] != NO_VPC, vpcs[i], 0);
+        }
+        let (mut src_at, mut dst_at) = ([0; LANES], [0; LANES]);
+        self.src4
+            .search_lanes(&lane_vpcs[..n], &src_keys[..n], &mut src_at[..n]);
+        self.dst4
+            .search_lanes(&lane_vpcs[..n], &dst_keys[..n], &mut dst_at[..n]);
         let mut classes = [(0, 0); LANES];
-        for ((pair, query), &vpc) in classes.iter_mut().zip(queries).zip(&vpcs) {
-            if let Some(t) = self.per_vpc.get(vpc as usize) {
-                *pair = match query.keys {
-                    Keys::V4(s, d) => class_pair(&t.src4, s, &t.dst4, d, query.ports),
-                    Keys::V6(s, d) => class_pair(&t.src6, s, &t.dst6, d, query.ports),
-                };
-            }
+        for (i, query) in queries.iter().enumerate() {
+            classes[i] = match query.keys {
+                Keys::V4(s, d) => (
+                    self.ports4
+                        .class(self.src4.value(src_at[i], s), query.ports.map(|p| p.src)),
+                    self.ports4
+                        .class(self.dst4.value(dst_at[i], d), query.ports.map(|p| p.dst)),
+                ),
+                Keys::V6(s, d) => match self.per_vpc.get(vpcs[i] as usize) {
+                    Some(t) => class_pair(&t.src6, s, &t.dst6, d, query.ports),
+                    None => (0, 0),
+                },
+            };
         }
         for ((verdict, &(s, d)), &vpc) in out.iter_mut().zip(&classes).zip(&vpcs) {
             *verdict = match self.per_vpc.get(vpc as usize) {
@@ -238,16 +273,8 @@ impl Table {
     /// The VPC whose VNI is `vni`.
     #[inline]
     pub fn vpc_by_vni(&self, vni: u32) -> Option<VpcId> {
-        let vpc = self.vpc_index(vni);
+        let vpc = self.vnis.find(vni);
         (vpc != NO_VPC).then_some(VpcId(vpc))
-    }
-
-    /// The index of the VPC whose VNI is `vni`, or [`NO_VPC`]: no branch on the answer.
-    #[inline]
-    fn vpc_index(&self, vni: u32) -> u32 {
-        let i = last_at_or_below(&self.vnis, vni);
-        let found = self.vnis.get(i).copied().unwrap_or(!vni) == vni;
-        select_unpredictable(found, self.vni_vpcs.get(i).map_or(NO_VPC, |v| v.0), NO_VPC)
     }
 
     /// The VPC named `name`.

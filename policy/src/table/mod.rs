@@ -53,21 +53,26 @@
 
 mod build;
 mod catalog;
+mod flat;
 mod lookup;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
 pub(crate) use lookup::{LANES, Query};
 
-use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
+use crate::packet::Verdict;
 
 /// The flow filter's lookup table. Immutable once built; cheap to share between threads.
 #[derive(Debug, Clone)]
 pub struct Table {
     catalog: Catalog,
-    /// VNIs in ascending order, and the VPC of each.
-    vnis: Box<[u32]>,
-    vni_vpcs: Box<[VpcId]>,
+    /// The VPC of each VNI.
+    vnis: flat::VniIndex,
+    /// Every VPC's IPv4 source and destination segments, and their port maps.
+    src4: flat::Side4,
+    dst4: flat::Side4,
+    ports4: flat::PortMaps4,
     per_vpc: Vec<VpcTable>,
+    stats: TableStats,
 }
 
 /// A packet's two addresses as lookup keys: IPv4 as `u32`, IPv6 as `u128`.
@@ -79,11 +84,9 @@ pub(crate) enum Keys {
 
 #[derive(Debug, Clone)]
 struct VpcTable {
-    /// Source segment tables: IPv4 keyed by `u32`, IPv6 by `u128`.
-    src4: SegTable<u32>,
+    /// IPv6 source and destination segment tables (IPv4's are in [`Table::src4`] and
+    /// [`Table::dst4`]).
     src6: SegTable<u128>,
-    /// Destination segment tables.
-    dst4: SegTable<u32>,
     dst6: SegTable<u128>,
     /// Number of destination classes: the matrix row length.
     dst_classes: usize,
@@ -122,51 +125,22 @@ struct Seg {
 impl Table {
     /// Sizes of the table.
     pub fn stats(&self) -> TableStats {
-        let mut stats = TableStats {
-            candidate_sets: self.catalog.candidate_sets.len(),
-            ..Default::default()
-        };
-        for t in &self.per_vpc {
-            for (segments, port_ranges) in [
-                t.src4.sizes(),
-                t.src6.sizes(),
-                t.dst4.sizes(),
-                t.dst6.sizes(),
-            ] {
-                stats.segments += segments;
-                stats.port_ranges += port_ranges;
-            }
-            stats.destination_classes += t.dst_classes;
-            stats.source_classes += t.matrix.len() / t.dst_classes.max(1);
-            stats.matrix_cells += t.matrix.len();
-        }
-        stats
+        self.stats
     }
 }
 
-/// A verdict in four bytes (half a `Verdict`), so more of the matrix stays in cache:
-/// 0 `source-not-exposed`, 1 `destination-not-exposed`, 2 + 2k `allow(k)`,
-/// 3 + 2k `allow-ambiguous(k)`.
+/// A precomputed verdict, stored whole: decoding a packed form costs a branch on the verdict
+/// per packet, mispredicted on real traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cell(u32);
+struct Cell(Verdict);
 
 impl Cell {
     fn new(verdict: Verdict) -> Cell {
-        Cell(match verdict {
-            Verdict::Drop(DropReason::DestinationNotExposed) => 1,
-            Verdict::Drop(_) => 0,
-            Verdict::Allow(vpc) => 2 + 2 * vpc.0,
-            Verdict::AllowAmbiguous(set) => 3 + 2 * set.0,
-        })
+        Cell(verdict)
     }
 
     #[inline]
     fn verdict(self) -> Verdict {
-        match self.0 {
-            0 => Verdict::Drop(DropReason::SourceNotExposed),
-            1 => Verdict::Drop(DropReason::DestinationNotExposed),
-            n if n % 2 == 0 => Verdict::Allow(VpcId((n - 2) / 2)),
-            n => Verdict::AllowAmbiguous(CandidatesId((n - 3) / 2)),
-        }
+        self.0
     }
 }

@@ -1,0 +1,418 @@
+//! The IPv4 lookup structures, laid out so that a search never branches on the data and
+//! never follows a pointer it could compute:
+//!
+//! - [`Side4`]: one side (source or destination) of every VPC's IPv4 segment table, each
+//!   padded to the same power-of-two length `L`, VPC `v`'s at `v * L` of one array. A search
+//!   is `log2(L)` steps of compare-and-`cmov`, the same count for every packet, so even the
+//!   loop exit is predicted; and the table's address is arithmetic on the VPC index.
+//! - [`PortMap`]: a segment's port ranges, padded to 16, searched in four such steps.
+//! - [`VniIndex`]: the VNIs, padded likewise.
+//!
+//! Padding costs memory only for VPCs with fewer segments than the largest (a few hundred
+//! bytes each). A VPC whose table would make `L` exceed [`MAX_FLAT`] keeps its own table,
+//! marked [`BIG`] in its padded slot and searched on a rare branch; so does a port map of more
+//! than 16 ranges ([`LONG`]).
+
+use std::hint::select_unpredictable;
+
+/// A tree value flag: the rest is an index into the port maps, not a class.
+pub(super) const PORTED: u32 = 1 << 31;
+/// A flag beside [`PORTED`]: the port map is one of the long ones.
+pub(super) const LONG: u32 = 1 << 30;
+/// A value of a padded slot: the VPC's table is in [`Side4::big`] at this index.
+pub(super) const BIG: u32 = 1 << 29;
+const FLAGS: u32 = PORTED | LONG | BIG;
+
+/// The largest padded length: beyond it a VPC's table is kept on its own.
+pub(super) const MAX_FLAT: usize = 1 << 10;
+
+/// The index of the last of `keys` at most `key` (`keys.len()` a power of two, `keys[0]`
+/// at most every key searched for): `log2(len)` compare-and-select steps.
+#[inline(always)]
+fn search_pow2<K: Copy + Ord>(keys: &[K], key: K) -> usize {
+    let mut base = 0;
+    let mut half = keys.len() / 2;
+    while half > 0 {
+        base = select_unpredictable(keys[base + half] <= key, base + half, base);
+        half /= 2;
+    }
+    base
+}
+
+/// [`search_pow2`] in two arrays of the same length at once, so their loads overlap.
+#[inline(always)]
+fn search2_pow2(a: &[u32], key_a: u32, b: &[u32], key_b: u32) -> (usize, usize) {
+    debug_assert_eq!(a.len(), b.len());
+    let (mut base_a, mut base_b) = (0, 0);
+    let mut half = a.len() / 2;
+    while half > 0 {
+        base_a = select_unpredictable(a[base_a + half] <= key_a, base_a + half, base_a);
+        base_b = select_unpredictable(b[base_b + half] <= key_b, base_b + half, base_b);
+        half /= 2;
+    }
+    (base_a, base_b)
+}
+
+/// One side of every VPC's IPv4 segment table, padded to one length.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Side4 {
+    /// log2 of the padded length `L`.
+    log2: u32,
+    /// Segment starts: VPC `v`'s at `v * L ..`, padded with `u32::MAX`.
+    keys: Box<[u32]>,
+    /// The value of each segment: a class, or [`PORTED`] and a port map's index; padding
+    /// repeats the last segment's value. A VPC kept on its own has [`BIG`] and its index.
+    values: Box<[u32]>,
+    /// Tables too long to pad.
+    big: Box<[BigTable]>,
+}
+
+/// A VPC's table too long to pad, searched on its own.
+#[derive(Debug, Clone)]
+struct BigTable {
+    starts: Box<[u32]>,
+    values: Box<[u32]>,
+}
+
+impl Side4 {
+    /// The side of the tables `tables[v]` (each `(starts, values)`, `starts[0] == 0`).
+    pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)]) -> Side4 {
+        let longest = tables.iter().map(|t| t.0.len()).max().unwrap_or(1);
+        let len = longest.next_power_of_two().clamp(1, MAX_FLAT);
+        let mut keys = Vec::with_capacity(tables.len() * len);
+        let mut values = Vec::with_capacity(tables.len() * len);
+        let mut big = Vec::new();
+        for (starts, vals) in tables {
+            if starts.len() > len {
+                keys.push(0);
+                values.push(BIG | big.len() as u32);
+                big.push(BigTable {
+                    starts: starts.clone().into(),
+                    values: vals.clone().into(),
+                });
+                keys.resize(keys.len() + len - 1, u32::MAX);
+                values.resize(values.len() + len - 1, BIG | (big.len() as u32 - 1));
+                continue;
+            }
+            keys.extend_from_slice(starts);
+            values.extend_from_slice(vals);
+            let last = vals.last().copied().unwrap_or(0);
+            keys.resize(keys.len() + len - starts.len(), u32::MAX);
+            values.resize(values.len() + len - vals.len(), last);
+        }
+        Side4 {
+            log2: len.trailing_zeros(),
+            keys: keys.into(),
+            values: values.into(),
+            big: big.into(),
+        }
+    }
+
+    #[inline(always)]
+    fn slot(&self, vpc: u32) -> std::ops::Range<usize> {
+        let at = (vpc as usize) << self.log2;
+        at..at + (1 << self.log2)
+    }
+
+    /// The value of `key` in VPC `vpc`'s table.
+    #[inline]
+    pub(super) fn find(&self, vpc: u32, key: u32) -> u32 {
+        let slot = self.slot(vpc);
+        let value = self.values[slot.start + search_pow2(&self.keys[slot], key)];
+        self.unbig(value, key)
+    }
+
+    /// For each lane `i`, the position in this side of the last key at most `keys[i]` in VPC
+    /// `vpcs[i]`'s table (`vpcs[i]` must be a VPC of the table; resolve the value with
+    /// [`Side4::value`]). The lanes' searches run in lockstep, one step of every lane before
+    /// the next step of any: each step's loads are independent across lanes, so their cache
+    /// misses overlap instead of queueing one packet behind another.
+    #[inline(always)]
+    pub(super) fn search_lanes(&self, vpcs: &[u32], keys: &[u32], at: &mut [usize]) {
+        for (at, &vpc) in at.iter_mut().zip(vpcs) {
+            *at = (vpc as usize) << self.log2;
+        }
+        let mut half = (1usize << self.log2) / 2;
+        while half > 0 {
+            for (at, &key) in at.iter_mut().zip(keys) {
+                *at = select_unpredictable(self.keys[*at + half] <= key, *at + half, *at);
+            }
+            half /= 2;
+        }
+    }
+
+    /// The value at a position [`Side4::search_lanes`] found for `key`.
+    #[inline(always)]
+    pub(super) fn value(&self, at: usize, key: u32) -> u32 {
+        self.unbig(self.values[at], key)
+    }
+
+    /// Resolves a [`BIG`] value by searching the VPC's own table.
+    #[inline(always)]
+    pub(super) fn unbig(&self, value: u32, key: u32) -> u32 {
+        if value & FLAGS == BIG {
+            self.find_big(value, key)
+        } else {
+            value
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn find_big(&self, value: u32, key: u32) -> u32 {
+        let big = &self.big[(value & !BIG) as usize];
+        big.values[big.starts.partition_point(|&k| k <= key) - 1]
+    }
+
+    /// Bytes the side takes.
+    pub(super) fn bytes(&self) -> usize {
+        (self.keys.len() + self.values.len()) * 4
+            + self
+                .big
+                .iter()
+                .map(|t| (t.starts.len() + t.values.len()) * 4)
+                .sum::<usize>()
+    }
+}
+
+/// The values of `src_key` in `src`'s and `dst_key` in `dst`'s table of VPC `vpc`: both
+/// searches in one loop when the sides have the same length (the common case).
+#[inline(always)]
+pub(super) fn find_pair(
+    src: &Side4,
+    dst: &Side4,
+    vpc: u32,
+    src_key: u32,
+    dst_key: u32,
+) -> (u32, u32) {
+    if src.log2 != dst.log2 {
+        return (src.find(vpc, src_key), dst.find(vpc, dst_key));
+    }
+    let (a, b) = (src.slot(vpc), dst.slot(vpc));
+    let (i, j) = search2_pow2(&src.keys[a.clone()], src_key, &dst.keys[b.clone()], dst_key);
+    (
+        src.unbig(src.values[a.start + i], src_key),
+        dst.unbig(dst.values[b.start + j], dst_key),
+    )
+}
+
+/// Port ranges of one segment, padded to 16: searched in four steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PortMap {
+    /// First port of each range; `starts[0] == 0`, padding `u16::MAX`.
+    starts: [u16; 16],
+    /// The class of each range; padding repeats the last.
+    classes: [u32; 16],
+    /// The class of packets without ports.
+    portless: u32,
+}
+
+/// Port maps of the IPv4 segments whose class depends on the port.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PortMaps4 {
+    maps: Vec<PortMap>,
+    /// Maps of more than 16 ranges.
+    long: Vec<LongMap>,
+}
+
+/// A port map of more than 16 ranges, searched on its own.
+#[derive(Debug, Clone)]
+struct LongMap {
+    portless: u32,
+    starts: Box<[u16]>,
+    classes: Box<[u32]>,
+}
+
+impl PortMaps4 {
+    /// The value of a segment whose port ranges `starts` (from 0) have `classes`.
+    pub(super) fn add(&mut self, portless: u32, starts: &[u16], classes: &[u32]) -> u32 {
+        if starts.len() > 16 {
+            self.long.push(LongMap {
+                portless,
+                starts: starts.into(),
+                classes: classes.into(),
+            });
+            return PORTED | LONG | (self.long.len() as u32 - 1);
+        }
+        let mut map = PortMap {
+            starts: [u16::MAX; 16],
+            classes: [classes.last().copied().unwrap_or(portless); 16],
+            portless,
+        };
+        map.starts[..starts.len()].copy_from_slice(starts);
+        map.classes[..classes.len()].copy_from_slice(classes);
+        self.maps.push(map);
+        PORTED | (self.maps.len() as u32 - 1)
+    }
+
+    /// The class of a segment value for a packet with `port` (or none): the value itself,
+    /// unless it names a port map. No branch on the data, except for long maps.
+    #[inline(always)]
+    pub(super) fn class(&self, value: u32, port: Option<u16>) -> u32 {
+        if value & (PORTED | LONG) == PORTED | LONG {
+            return self.long_class(value, port);
+        }
+        let ported = value & PORTED != 0;
+        let Some(map) = self
+            .maps
+            .get(select_unpredictable(ported, (value & !PORTED) as usize, 0))
+        else {
+            return value;
+        };
+        let by_port = map.classes[search_pow2(&map.starts, port.unwrap_or(0))];
+        let ported_class = select_unpredictable(port.is_some(), by_port, map.portless);
+        select_unpredictable(ported, ported_class, value)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn long_class(&self, value: u32, port: Option<u16>) -> u32 {
+        let map = &self.long[(value & !(PORTED | LONG)) as usize];
+        match port {
+            Some(port) => map.classes[map.starts.partition_point(|&p| p <= port) - 1],
+            None => map.portless,
+        }
+    }
+
+    /// Bytes the maps take.
+    pub(super) fn bytes(&self) -> usize {
+        self.maps.len() * size_of::<PortMap>()
+            + self
+                .long
+                .iter()
+                .map(|m| m.starts.len() * 2 + m.classes.len() * 4 + 4)
+                .sum::<usize>()
+    }
+}
+
+/// The VNIs in ascending order, padded to a power of two, with the VPC of each.
+#[derive(Debug, Clone, Default)]
+pub(super) struct VniIndex {
+    vnis: Box<[u32]>,
+    vpcs: Box<[u32]>,
+}
+
+/// The VPC of a VNI no VPC has.
+pub(super) const NO_VPC: u32 = u32::MAX;
+
+impl VniIndex {
+    /// The index of `(vni, vpc)` pairs, sorted by VNI.
+    pub(super) fn new(sorted: &[(u32, u32)]) -> VniIndex {
+        // Slot 0 holds VNI 0 (a VPC's, or none), so every VNI searched for is at least it.
+        let mut pairs = Vec::with_capacity(sorted.len() + 1);
+        if sorted.first().is_none_or(|&(vni, _)| vni != 0) {
+            pairs.push((0, NO_VPC));
+        }
+        pairs.extend_from_slice(sorted);
+        let len = pairs.len().next_power_of_two();
+        pairs.resize(len, (u32::MAX, NO_VPC));
+        VniIndex {
+            vnis: pairs.iter().map(|p| p.0).collect(),
+            vpcs: pairs.iter().map(|p| p.1).collect(),
+        }
+    }
+
+    /// [`VniIndex::find`] of every lane, in lockstep (see [`Side4::search_lanes`]).
+    #[inline(always)]
+    pub(super) fn find_lanes(&self, vnis: &[u32], vpcs: &mut [u32]) {
+        let mut at = [0usize; super::LANES];
+        let at = &mut at[..vnis.len()];
+        let mut half = self.vnis.len() / 2;
+        while half > 0 {
+            for (at, &vni) in at.iter_mut().zip(vnis) {
+                *at = select_unpredictable(self.vnis[*at + half] <= vni, *at + half, *at);
+            }
+            half /= 2;
+        }
+        for ((vpc, &at), &vni) in vpcs.iter_mut().zip(at.iter()).zip(vnis) {
+            *vpc = select_unpredictable(self.vnis[at] == vni, self.vpcs[at], NO_VPC);
+        }
+    }
+
+    /// The index of the VPC whose VNI is `vni`, or [`NO_VPC`].
+    #[inline(always)]
+    pub(super) fn find(&self, vni: u32) -> u32 {
+        let i = search_pow2(&self.vnis, vni);
+        select_unpredictable(self.vnis[i] == vni, self.vpcs[i], NO_VPC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(starts: &[u32], values: &[u32], key: u32) -> u32 {
+        values[starts.partition_point(|&k| k <= key) - 1]
+    }
+
+    #[test]
+    fn padded_sides_answer_like_their_tables_big_ones_included() {
+        let table = |n: u32, step: u32| -> (Vec<u32>, Vec<u32>) {
+            (
+                (0..n).map(|i| i * step).collect(),
+                (0..n).map(|i| i + 7).collect(),
+            )
+        };
+        let mut tables = vec![table(1, 1), table(3, 1000), table(16, 77), table(17, 3)];
+        tables.push(table(MAX_FLAT as u32 + 5, 11));
+        tables.push((vec![0, u32::MAX - 1, u32::MAX], vec![1, 2, 3]));
+        let side = Side4::new(&tables);
+        assert!(side.big.len() == 1 && side.log2 == MAX_FLAT.trailing_zeros());
+        for (vpc, (starts, values)) in tables.iter().enumerate() {
+            let probes = starts
+                .iter()
+                .flat_map(|&k| [k, k.wrapping_sub(1), k.saturating_add(1)])
+                .chain([0, 1, u32::MAX, u32::MAX - 1, 123_456]);
+            for key in probes {
+                let want = reference(starts, values, key);
+                assert_eq!(side.find(vpc as u32, key), want, "vpc {vpc}, key {key}");
+                let (a, b) = find_pair(&side, &side, vpc as u32, key, key / 2);
+                assert_eq!((a, b), (want, reference(starts, values, key / 2)));
+            }
+        }
+    }
+
+    #[test]
+    fn port_maps_answer_by_port_and_without() {
+        let mut maps = PortMaps4::default();
+        let short = maps.add(9, &[0, 22, 23, 80, 91], &[1, 2, 1, 3, 1]);
+        let starts: Vec<u16> = (0..40).map(|i| i * 1000).collect();
+        let classes: Vec<u32> = (0..40).map(|i| 100 + i).collect();
+        let long = maps.add(8, &starts, &classes);
+        assert_eq!(long & LONG, LONG);
+        for (port, want) in [
+            (0, 1),
+            (21, 1),
+            (22, 2),
+            (23, 1),
+            (79, 1),
+            (80, 3),
+            (90, 3),
+            (91, 1),
+            (65535, 1),
+        ] {
+            assert_eq!(maps.class(short, Some(port)), want, "port {port}");
+        }
+        assert_eq!(maps.class(short, None), 9);
+        assert_eq!(maps.class(long, Some(38_999)), 138);
+        assert_eq!(maps.class(long, Some(39_000)), 139);
+        assert_eq!(maps.class(long, Some(65_535)), 139);
+        assert_eq!(maps.class(long, None), 8);
+        // A plain class passes through, with or without ports.
+        assert_eq!(maps.class(5, Some(80)), 5);
+        assert_eq!(maps.class(5, None), 5);
+    }
+
+    #[test]
+    fn vnis_are_found_exactly() {
+        let index = VniIndex::new(&[(5, 0), (7, 1), (1000, 2), (u32::MAX - 1, 3)]);
+        for (vni, want) in [(5, 0), (7, 1), (1000, 2), (u32::MAX - 1, 3)] {
+            assert_eq!(index.find(vni), want);
+        }
+        for vni in [0, 4, 6, 8, 999, 1001, u32::MAX] {
+            assert_eq!(index.find(vni), NO_VPC, "vni {vni}");
+        }
+        assert_eq!(VniIndex::new(&[(0, 4)]).find(0), 4);
+        assert_eq!(VniIndex::new(&[]).find(0), NO_VPC);
+    }
+}
