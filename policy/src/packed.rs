@@ -114,13 +114,26 @@ fn mixed(rec: &[u8; PACKET_BYTES]) -> bool {
 
 /// The record of a verdict.
 pub fn encode_verdict(verdict: Verdict) -> [u8; VERDICT_BYTES] {
-    let word = match verdict {
+    verdict_word(verdict).to_le_bytes()
+}
+
+/// A verdict record as a word: the table's matrix stores verdicts in this form, so the packed
+/// path copies them out without a branch on the verdict.
+pub(crate) fn verdict_word(verdict: Verdict) -> u32 {
+    match verdict {
         Verdict::Drop(reason) => reason_code(reason),
         Verdict::Allow(VpcId(vpc)) => (1 << KIND_SHIFT) | (vpc & VALUE_MASK),
         Verdict::AllowAmbiguous(CandidatesId(set)) => (2 << KIND_SHIFT) | (set & VALUE_MASK),
-    };
-    word.to_le_bytes()
+    }
 }
+
+/// The drop reasons by code.
+const REASONS: [DropReason; 4] = [
+    DropReason::UnknownVpc,
+    DropReason::SourceNotExposed,
+    DropReason::DestinationNotExposed,
+    DropReason::Denied,
+];
 
 fn reason_code(reason: DropReason) -> u32 {
     match reason {
@@ -134,13 +147,15 @@ fn reason_code(reason: DropReason) -> u32 {
 /// Reads one verdict record; `None` for a kind or drop reason that does not exist. The
 /// caller checks VPC and candidate indices against the configuration it knows.
 pub fn decode_verdict(rec: [u8; VERDICT_BYTES]) -> Option<Verdict> {
-    let word = u32::from_le_bytes(rec);
+    word_verdict(u32::from_le_bytes(rec))
+}
+
+/// [`decode_verdict`] of a word.
+#[inline]
+pub(crate) fn word_verdict(word: u32) -> Option<Verdict> {
     let value = word & VALUE_MASK;
     match word >> KIND_SHIFT {
-        0 => DropReason::ALL
-            .into_iter()
-            .find(|&r| reason_code(r) == value)
-            .map(Verdict::Drop),
+        0 => REASONS.get(value as usize).copied().map(Verdict::Drop),
         1 => Some(Verdict::Allow(VpcId(value))),
         2 => Some(Verdict::AllowAmbiguous(CandidatesId(value))),
         _ => None,
@@ -163,18 +178,18 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
         return;
     };
     let mut queries = [Query::NONE; LANES];
-    let mut verdicts = [Verdict::default(); LANES];
+    let mut words = [0; LANES];
     for chunk in input.chunks(PACKET_BYTES * LANES) {
         let n = chunk.len() / PACKET_BYTES;
         for (query, rec) in queries.iter_mut().zip(chunk.as_chunks::<PACKET_BYTES>().0) {
             *query = decode_query(rec);
         }
-        table.lookup_queries(&queries[..n], &mut verdicts[..n]);
-        for (verdict, rec) in verdicts.iter_mut().zip(chunk.as_chunks::<PACKET_BYTES>().0) {
+        table.lookup_queries(&queries[..n], &mut words[..n]);
+        for (word, rec) in words.iter_mut().zip(chunk.as_chunks::<PACKET_BYTES>().0) {
             if mixed(rec) {
-                *verdict = table.lookup(&decode_packet(rec));
+                *word = verdict_word(table.lookup(&decode_packet(rec)));
             }
-            output.extend_from_slice(&encode_verdict(*verdict));
+            output.extend_from_slice(&word.to_le_bytes());
         }
     }
 }
@@ -278,6 +293,16 @@ mod tests {
         );
         assert_eq!(decode_verdict(4u32.to_le_bytes()), None);
         assert_eq!(decode_verdict((3u32 << 30).to_le_bytes()), None);
+    }
+
+    #[test]
+    fn drop_reasons_decode_by_their_code() {
+        for (code, reason) in REASONS.into_iter().enumerate() {
+            assert_eq!(reason_code(reason), code as u32);
+        }
+        assert_eq!(REASONS.len(), DropReason::ALL.len());
+        // The table answers an unknown VNI with word 0 without building a verdict.
+        assert_eq!(verdict_word(Verdict::default()), 0);
     }
 
     #[test]

@@ -15,6 +15,8 @@
 
 use std::hint::select_unpredictable;
 
+use super::LANES;
+
 /// A tree value flag: the rest is an index into the port maps, not a class.
 pub(super) const PORTED: u32 = 1 << 31;
 /// A flag beside [`PORTED`]: the port map is one of the long ones.
@@ -128,7 +130,12 @@ impl Side4 {
     /// the next step of any: each step's loads are independent across lanes, so their cache
     /// misses overlap instead of queueing one packet behind another.
     #[inline(always)]
-    pub(super) fn search_lanes(&self, vpcs: &[u32], keys: &[u32], at: &mut [usize]) {
+    pub(super) fn search_lanes(
+        &self,
+        vpcs: &[u32; LANES],
+        keys: &[u32; LANES],
+        at: &mut [usize; LANES],
+    ) {
         for (at, &vpc) in at.iter_mut().zip(vpcs) {
             *at = (vpc as usize) << self.log2;
         }
@@ -314,9 +321,8 @@ impl VniIndex {
 
     /// [`VniIndex::find`] of every lane, in lockstep (see [`Side4::search_lanes`]).
     #[inline(always)]
-    pub(super) fn find_lanes(&self, vnis: &[u32], vpcs: &mut [u32]) {
-        let mut at = [0usize; super::LANES];
-        let at = &mut at[..vnis.len()];
+    pub(super) fn find_lanes(&self, vnis: &[u32; LANES], vpcs: &mut [u32; LANES]) {
+        let mut at = [0usize; LANES];
         let mut half = self.vnis.len() / 2;
         while half > 0 {
             for (at, &vni) in at.iter_mut().zip(vnis) {

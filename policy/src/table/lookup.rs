@@ -5,7 +5,7 @@ use std::hint::select_unpredictable;
 use std::net::IpAddr;
 
 use super::flat::{self, NO_VPC};
-use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
+use super::{Catalog, Cell, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 
 impl<K: Copy + Ord> SegTable<K> {
@@ -78,6 +78,9 @@ fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
 /// Packets a batch lookup takes through its stages together: enough to keep the CPU's
 /// load queue busy, few enough that the stages' state stays in registers and L1.
 pub(crate) const LANES: usize = 32;
+
+/// The packed word of `drop(unknown-vpc)`.
+const UNKNOWN_VPC: u32 = 0;
 
 /// What a lookup needs of one packet whose addresses share a family.
 #[derive(Debug, Clone, Copy)]
@@ -187,37 +190,42 @@ impl Table {
             return;
         }
         let mut queries = [Query::NONE; LANES];
+        let mut words = [0; LANES];
         for (packets, out) in packets.chunks(LANES).zip(out.chunks_mut(LANES)) {
             for (query, packet) in queries.iter_mut().zip(packets) {
                 *query = Query::of(packet);
             }
-            self.lookup_queries(&queries[..packets.len()], out);
-            for (verdict, packet) in out.iter_mut().zip(packets) {
-                if packet.src.is_ipv4() != packet.dst.is_ipv4() {
-                    *verdict = self.lookup_mixed(packet);
-                }
+            self.lookup_queries(&queries[..packets.len()], &mut words[..packets.len()]);
+            for ((verdict, packet), &word) in out.iter_mut().zip(packets).zip(&words) {
+                *verdict = if packet.src.is_ipv4() != packet.dst.is_ipv4() {
+                    self.lookup_mixed(packet)
+                } else {
+                    Cell::verdict(word)
+                };
             }
         }
     }
 
-    /// The verdicts of up to [`LANES`] queries, in stages: every packet's VPC, then every
-    /// packet's source and destination classes, then every verdict. Within a stage the
-    /// packets' lookups are independent, so the CPU runs many of them at once and their cache
-    /// misses overlap; one packet at a time, each lookup is a chain of dependent loads.
-    pub(crate) fn lookup_queries(&self, queries: &[Query], out: &mut [Verdict]) {
+    /// The verdicts of up to [`LANES`] queries, as packed verdict words, in stages: every
+    /// packet's VPC, then every packet's source and destination classes, then every verdict.
+    /// Within a stage the packets' lookups are independent, so the CPU runs many of them at
+    /// once and their cache misses overlap; one packet at a time, each lookup is a chain of
+    /// dependent loads.
+    pub(crate) fn lookup_queries(&self, queries: &[Query], out: &mut [u32]) {
         debug_assert!(queries.len() <= LANES && queries.len() == out.len());
-        let n = queries.len();
         let mut vnis = [0; LANES];
         for (vni, query) in vnis.iter_mut().zip(queries) {
             *vni = query.vni;
         }
         let mut vpcs = [NO_VPC; LANES];
-        self.vnis.find_lanes(&vnis[..n], &mut vpcs[..n]);
+        self.vnis.find_lanes(&vnis, &mut vpcs);
         if self.per_vpc.is_empty() {
-            out.fill(Verdict::Drop(DropReason::UnknownVpc));
+            out.fill(UNKNOWN_VPC);
             return;
         }
-        // IPv4 lanes search their VPC's tables; the others search VPC 0's, for nothing.
+        // IPv4 lanes search their VPC's tables; the others, and the lanes past `n`, search VPC
+        // 0's for nothing. Every lane runs so that each step's loop has a constant count,
+        // which the compilers unroll (in Wasm, a loop would also pay an epoch check a turn).
         let (mut lane_vpcs, mut src_keys, mut dst_keys) = ([0; LANES], [0; LANES], [0; LANES]);
         for (i, query) in queries.iter().enumerate() {
             let (s, d, v4) = match query.keys {
@@ -228,10 +236,8 @@ impl Table {
             lane_vpcs[i] = select_unpredictable(v4 && vpcs[i] != NO_VPC, vpcs[i], 0);
         }
         let (mut src_at, mut dst_at) = ([0; LANES], [0; LANES]);
-        self.src4
-            .search_lanes(&lane_vpcs[..n], &src_keys[..n], &mut src_at[..n]);
-        self.dst4
-            .search_lanes(&lane_vpcs[..n], &dst_keys[..n], &mut dst_at[..n]);
+        self.src4.search_lanes(&lane_vpcs, &src_keys, &mut src_at);
+        self.dst4.search_lanes(&lane_vpcs, &dst_keys, &mut dst_at);
         let mut classes = [(0, 0); LANES];
         for (i, query) in queries.iter().enumerate() {
             classes[i] = match query.keys {
@@ -247,10 +253,10 @@ impl Table {
                 },
             };
         }
-        for ((verdict, &(s, d)), &vpc) in out.iter_mut().zip(&classes).zip(&vpcs) {
-            *verdict = match self.per_vpc.get(vpc as usize) {
-                Some(t) => t.verdict(s, d),
-                None => Verdict::Drop(DropReason::UnknownVpc),
+        for ((word, &(s, d)), &vpc) in out.iter_mut().zip(&classes).zip(&vpcs) {
+            *word = match self.per_vpc.get(vpc as usize) {
+                Some(t) => t.word(s, d),
+                None => UNKNOWN_VPC,
             };
         }
     }

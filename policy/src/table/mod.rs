@@ -98,7 +98,13 @@ struct VpcTable {
 impl VpcTable {
     #[inline]
     fn verdict(&self, src_class: u32, dst_class: u32) -> Verdict {
-        self.matrix[src_class as usize * self.dst_classes + dst_class as usize].verdict()
+        Cell::verdict(self.word(src_class, dst_class))
+    }
+
+    /// The verdict for a class pair as a packed word.
+    #[inline]
+    fn word(&self, src_class: u32, dst_class: u32) -> u32 {
+        self.matrix[src_class as usize * self.dst_classes + dst_class as usize].0
     }
 }
 
@@ -129,18 +135,19 @@ impl Table {
     }
 }
 
-/// A precomputed verdict, stored whole: decoding a packed form costs a branch on the verdict
-/// per packet, mispredicted on real traffic.
+/// A precomputed verdict in four bytes: the word of a `judge-packed` verdict record (see
+/// [`packed`](crate::packed)), so that the packed path copies it out as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cell(Verdict);
+struct Cell(u32);
 
 impl Cell {
     fn new(verdict: Verdict) -> Cell {
-        Cell(verdict)
+        Cell(crate::packed::verdict_word(verdict))
     }
 
+    /// The verdict of a word the table built (or `drop(unknown-vpc)`, which no cell holds).
     #[inline]
-    fn verdict(self) -> Verdict {
-        self.0
+    fn verdict(word: u32) -> Verdict {
+        crate::packed::word_verdict(word).unwrap_or_default()
     }
 }
