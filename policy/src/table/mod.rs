@@ -16,9 +16,13 @@
 //! Nothing is allocated per packet, and the cost grows with the logarithm of the number of
 //! segments, never with the number of peerings.
 //!
+//! A batch is looked up 32 packets at a time, in stages and in lockstep (see
+//! [`Table::lookup_batch`]); the IPv4 tables are laid out for that in `flat`.
+//!
 //! # Why this structure
-//! Chosen by measurement (`cargo bench -p flowgate-benches`, numbers in `BENCHMARKS.md`), at
-//! 1,000 peerings (100 VPCs, 6,361 segments):
+//! Chosen by measurement (`cargo bench -p flowgate-benches`, numbers in `BENCHMARKS.md`). At
+//! first, replaying the same packets (a best case, 1,000 peerings of the mixed generator, 100
+//! VPCs, 6,361 segments):
 //! - **The straightforward way**, SPEC section 3's set definitions evaluated per packet (the
 //!   property tests' oracle), costs about 1.7 µs a packet: every peering of the source VPC,
 //!   every entry. Precomputing classes and verdicts takes that to tens of nanoseconds.
@@ -40,16 +44,26 @@
 //!   off the Wasm path and nothing natively. That was measured replaying 4,096 packets, a
 //!   best case where the predictor had learned every branch.
 //!
-//! On realistic traffic (issue 14: a gateway's shape, every batch new packets; figures at
-//! 1,000 peerings with ports, native, batch 256):
+//! On realistic traffic (issue 14: a gateway's shape, every batch new packets; native, 1,000
+//! peerings with ports, batch 256; `BENCHMARKS.md` has every figure):
 //! - **`select_unpredictable`** in the searches: LLVM's x86 cmov-to-branch conversion had
 //!   turned them into ~73 branches a lookup, ~11 mispredicted. With the hint: 99 -> 68 ns.
-//! - **Stages over 32 packets** ([`Table::lookup_batch`]): all VPCs, then all class pairs,
-//!   then all verdicts, so independent lookups overlap their loads: 68 -> 59 ns.
-//! - **Rejected: wide nodes** (15 keys to a cache line, children found by counting keys at
+//! - **Stages over 32 packets** ([`Table::lookup_batch`]): all VPCs, then all classes, then
+//!   all verdicts: 68 -> 59 ns.
+//! - **IPv4 tables padded** (`flat`): one array per side, each VPC's table padded to the same
+//!   power-of-two length, so its address is computed, not loaded, and every search takes the
+//!   same steps; port maps padded to 16 ranges and chosen with selects: 59 -> 52.5 ns.
+//! - **Verdicts stored whole**, not decoded from a packed cell with a branch on the verdict
+//!   kind: 52.5 -> 47 ns. Then cells became the packed verdict words of `judge-packed`, which
+//!   the guest copies out without that branch (Wasm 83 -> 76 ns, native 35 -> 37 ns).
+//! - **Lockstep searches**: the 32 lanes take each search step together, so the loads of
+//!   different packets overlap instead of each packet's chain of dependent loads running
+//!   alone: 47 -> 35 ns.
+//! - **Rejected: wide nodes** (15 keys to a cache line, children found by counting the keys at
 //!   most the key, so a few hundred segments are two dependent loads). LLVM does not
 //!   vectorize the count on x86-64's SSE2 baseline; the scalar count made it slower than the
 //!   `cmov` binary search (73 against 68 ns). Worth another try with a vector compare.
+//! - IPv6 keeps the per-VPC binary search (`SegTable<u128>`): the cold family here.
 
 mod build;
 mod catalog;
