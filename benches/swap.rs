@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_host::DEFAULT_MODULE;
 use flowgate_host::admin::Endpoint;
-use flowgate_host::admin::{AdminOptions, AdminServer, Client};
+use flowgate_host::admin::{AdminOptions, AdminServer, Answer, Client};
 use flowgate_host::gateway::{Gateway, Options};
 use flowgate_host::io::Trace;
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
@@ -55,6 +55,34 @@ fn start(
     (stop, handles)
 }
 
+/// An admin API for `gateway` on a Unix socket named after `name`, and a client of it.
+fn admin(gateway: &Arc<Gateway>, name: &str) -> (AdminServer, Client) {
+    let endpoint = Endpoint::Unix(
+        std::env::temp_dir().join(format!("flowgate-bench-{}-{name}.sock", std::process::id())),
+    );
+    let server =
+        AdminServer::start(gateway.clone(), AdminOptions::new(endpoint.clone(), None)).unwrap();
+    (server, Client::new(endpoint, None))
+}
+
+/// Runs `swap` `iters` times; the total time from each request to the first batch judged by
+/// the release it published.
+fn to_first_batches(gateway: &Gateway, iters: u64, mut swap: impl FnMut() -> Answer) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let started = Instant::now();
+        let answer = swap();
+        let generation = answer.body["release"]["generation"]
+            .as_u64()
+            .expect("the swap went through");
+        while gateway.judged_generation() < generation {
+            std::hint::spin_loop();
+        }
+        total += started.elapsed();
+    }
+    total
+}
+
 fn to_first_batch(c: &mut Criterion) {
     let (config, packets) = setup();
     let mut group = c.benchmark_group("swap/to-first-batch");
@@ -69,30 +97,15 @@ fn to_first_batch(c: &mut Criterion) {
         };
         let gateway = Gateway::new(runtime(cached), DEFAULT_MODULE, &config, options).unwrap();
         let (stop, handles) = start(&gateway, &packets, None);
-        let endpoint = Endpoint::Unix(
-            std::env::temp_dir().join(format!("flowgate-bench-{}-{name}.sock", std::process::id())),
-        );
-        let _admin =
-            AdminServer::start(gateway.clone(), AdminOptions::new(endpoint.clone(), None)).unwrap();
-        let client = Client::new(endpoint, None);
+        let (_admin, client) = admin(&gateway, name);
         let mut flip = false;
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
+                to_first_batches(&gateway, iters, || {
                     flip = !flip;
                     let module = if flip { HONEST_V2 } else { DEFAULT_MODULE };
-                    let started = Instant::now();
-                    let answer = client.swap_module(module, None, None).unwrap();
-                    let generation = answer.body["release"]["generation"]
-                        .as_u64()
-                        .expect("the swap went through");
-                    while gateway.judged_generation() < generation {
-                        std::hint::spin_loop();
-                    }
-                    total += started.elapsed();
-                }
-                total
+                    client.swap_module(module, None, None).unwrap()
+                })
             })
         });
         stop.store(true, Ordering::Relaxed);
@@ -202,30 +215,14 @@ fn config_at_scale(c: &mut Criterion) {
         };
         let gateway = Gateway::new(runtime(true), DEFAULT_MODULE, &configs[0], options).unwrap();
         let (stop, handles) = start(&gateway, &packets, None);
-        let endpoint = Endpoint::Unix(std::env::temp_dir().join(format!(
-            "flowgate-bench-{}-config-{peerings}.sock",
-            std::process::id()
-        )));
-        let _admin =
-            AdminServer::start(gateway.clone(), AdminOptions::new(endpoint.clone(), None)).unwrap();
-        let client = Client::new(endpoint, None);
+        let (_admin, client) = admin(&gateway, &format!("config-{peerings}"));
         let mut flip = 0;
         group.bench_function(BenchmarkId::new("to-first-batch", peerings), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
+                to_first_batches(&gateway, iters, || {
                     flip = 1 - flip;
-                    let started = Instant::now();
-                    let answer = client.swap_config(&configs[flip], None).unwrap();
-                    let generation = answer.body["release"]["generation"]
-                        .as_u64()
-                        .expect("the swap went through");
-                    while gateway.judged_generation() < generation {
-                        std::hint::spin_loop();
-                    }
-                    total += started.elapsed();
-                }
-                total
+                    client.swap_config(&configs[flip], None).unwrap()
+                })
             })
         });
         stop.store(true, Ordering::Relaxed);

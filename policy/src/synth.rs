@@ -68,11 +68,7 @@ pub fn config_yaml(scale: Scale) -> String {
     let external = |i: usize| i % 20 == 19;
     let mut public_next: u32 = 0;
     while pairs.len() < peerings {
-        let (a, b) = (rng.usize(..vpcs), rng.usize(..vpcs));
-        let (a, b) = (a.min(b), a.max(b));
-        if a == b || !pairs.insert((a, b)) {
-            continue;
-        }
+        let (a, b) = new_pair(&mut rng, vpcs, &mut pairs);
         let _ = writeln!(
             out,
             "kind: Peering\nmetadata: {{name: {}--{}}}\nspec:\n  peering:",
@@ -113,6 +109,22 @@ pub fn config_yaml(scale: Scale) -> String {
         out.push_str("---\n");
     }
     out
+}
+
+/// A pair of distinct VPCs below `vpcs`, lower first, drawn until it is not in `pairs` (then
+/// added). `pairs` must not hold every pair already.
+fn new_pair(
+    rng: &mut fastrand::Rng,
+    vpcs: usize,
+    pairs: &mut std::collections::HashSet<(usize, usize)>,
+) -> (usize, usize) {
+    loop {
+        let (a, b) = (rng.usize(..vpcs), rng.usize(..vpcs));
+        let (a, b) = (a.min(b), a.max(b));
+        if a != b && pairs.insert((a, b)) {
+            return (a, b);
+        }
+    }
 }
 
 fn vpc_name(i: usize) -> String {

@@ -99,11 +99,7 @@ impl Gateway {
         let mut pairs = std::collections::HashSet::new();
         let mut sides = Vec::with_capacity(peerings * 2);
         while pairs.len() < peerings {
-            let (a, b) = (rng.usize(..vpcs), rng.usize(..vpcs));
-            let (a, b) = (a.min(b), a.max(b));
-            if a == b || !pairs.insert((a, b)) {
-                continue;
-            }
+            let (a, b) = super::new_pair(&mut rng, vpcs, &mut pairs);
             let _ = writeln!(
                 yaml,
                 "kind: Peering\nmetadata: {{name: vpc-{a:04}--vpc-{b:04}}}\nspec:\n  peering:"
