@@ -27,6 +27,10 @@ const FLAGS: u32 = PORTED | LONG | BIG;
 
 /// The largest padded length: beyond it a VPC's table is kept on its own.
 pub(super) const MAX_FLAT: usize = 1 << 10;
+/// Padded sides take at most this many times the bytes of their tables...
+const PAD_FACTOR: usize = 8;
+/// ... or this many bytes, whichever is more.
+const PAD_FLOOR: usize = 1 << 20;
 
 /// The index of the last of `keys` at most `key` (`keys.len()` a power of two, `keys[0]`
 /// at most every key searched for): `log2(len)` compare-and-select steps.
@@ -80,7 +84,15 @@ impl Side4 {
     /// The side of the tables `tables[v]` (each `(starts, values)`, `starts[0] == 0`).
     pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)]) -> Side4 {
         let longest = tables.iter().map(|t| t.0.len()).max().unwrap_or(1);
-        let len = longest.next_power_of_two().clamp(1, MAX_FLAT);
+        // Padding may cost at most PAD_FACTOR times the tables' own size (or PAD_FLOOR
+        // bytes): one VPC with many segments must not pad thousands of small ones to its
+        // length. Tables longer than the chosen length are kept on their own.
+        let own: usize = tables.iter().map(|t| t.0.len() * 8).sum();
+        let budget = (own * PAD_FACTOR).max(PAD_FLOOR);
+        let mut len = longest.next_power_of_two().clamp(1, MAX_FLAT);
+        while len > 1 && tables.len() * len * 8 > budget {
+            len /= 2;
+        }
         let mut keys = Vec::with_capacity(tables.len() * len);
         let mut values = Vec::with_capacity(tables.len() * len);
         let mut big = Vec::new();
@@ -376,6 +388,19 @@ mod tests {
                 assert_eq!((a, b), (want, reference(starts, values, key / 2)));
             }
         }
+    }
+
+    #[test]
+    fn one_long_table_does_not_pad_all_the_others_to_its_length() {
+        let mut tables = vec![(vec![0, 10], vec![1, 2]); 4096];
+        tables.push(((0..1000).map(|i| i * 3).collect(), (0..1000).collect()));
+        let side = Side4::new(&tables);
+        assert!(side.bytes() <= 2 << 20, "{} bytes", side.bytes());
+        assert_eq!(side.big.len(), 1);
+        assert_eq!(side.find(4096, 2_999), 999);
+        assert_eq!(side.find(4096, 1_500), 500);
+        assert_eq!(side.find(17, 9), 1);
+        assert_eq!(side.find(17, 10), 2);
     }
 
     #[test]
