@@ -67,6 +67,20 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// An error about the configuration as a whole, with no place in it.
+    pub fn whole(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: None,
+            document: None,
+            object: None,
+            field: None,
+            value: None,
+            message: message.into(),
+        }
+    }
+}
+
 /// Reads and validates a configuration. `file` names its source in errors and notices.
 pub fn parse(text: &str, file: Option<&str>) -> Result<Config, ConfigError> {
     let objects = read_objects(text, file)?;
@@ -142,11 +156,8 @@ struct RawObject {
 fn read_objects(text: &str, file: Option<&str>) -> Result<Vec<RawObject>, ConfigError> {
     crate::limits::check_text(text).map_err(|e| ConfigError {
         file: file.map(str::to_owned),
-        document: None,
-        object: None,
-        field: None,
         value: e.value,
-        message: e.message,
+        ..ConfigError::whole(e.message)
     })?;
     let yaml_error = |e: serde_yaml_ng::Error, document: usize| {
         let line = e.location().map(|l| l.line());

@@ -16,23 +16,18 @@ use super::*;
 
 pub fn cmd_gen(args: &GenArgs) -> Result<ExitCode> {
     let (peerings, count, seed) = (args.peerings as usize, args.packets as usize, args.seed);
-    let (yaml, packets) = match args.shape {
-        Shape::Mixed => {
-            let yaml = synth::config_yaml(Scale::with_peerings(peerings, seed));
-            let config = flowgate_policy::parse(&yaml, None)
-                .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
-            let packets = synth::packets(&config, count, seed.wrapping_add(1));
-            (yaml, packets)
-        }
-        Shape::Gateway => {
-            let shape = GatewayShape::with_peerings(peerings, !args.no_ports, seed);
-            let mut gateway = Gateway::new(shape);
-            let packets = gateway.packets(count);
-            (gateway.yaml().to_owned(), packets)
-        }
+    let mut gateway = (args.shape == Shape::Gateway)
+        .then(|| Gateway::new(GatewayShape::with_peerings(peerings, !args.no_ports, seed)));
+    let yaml = match &gateway {
+        Some(gateway) => gateway.yaml().to_owned(),
+        None => synth::config_yaml(Scale::with_peerings(peerings, seed)),
     };
     let config = flowgate_policy::parse(&yaml, None)
         .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
+    let packets = match &mut gateway {
+        Some(gateway) => gateway.packets(count),
+        None => synth::packets(&config, count, seed.wrapping_add(1)),
+    };
     let table = flowgate_policy::Table::build(&config);
     let mut lines = String::with_capacity(packets.len() * 120);
     for p in &packets {

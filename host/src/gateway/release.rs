@@ -255,14 +255,9 @@ pub(super) fn prepare(
             .collect();
         let mut spares = vec![WasmPolicy::new(runtime, &module, config)?];
         if spares[0].catalog().vpcs.is_empty() {
-            return Err(SwapError::Config(ConfigError {
-            file: None,
-            document: None,
-                object: None,
-                field: None,
-                value: None,
-                message: "the configuration defines no VPC (an empty or cut-off file?): every packet would be dropped as unknown-vpc".into(),
-            }));
+            return Err(SwapError::Config(ConfigError::whole(
+                "the configuration defines no VPC (an empty or cut-off file?): every packet would be dropped as unknown-vpc",
+            )));
         }
         for handle in extra {
             let more = handle
@@ -299,17 +294,10 @@ pub(super) fn prepare(
 /// Refuses a configuration over `limit` bytes before any work is done on it.
 pub(super) fn check_config_size(config: &str, limit: usize) -> Result<(), SwapError> {
     if config.len() > limit {
-        return Err(SwapError::Config(ConfigError {
-            file: None,
-            document: None,
-            object: None,
-            field: None,
-            value: None,
-            message: format!(
-                "the configuration is {} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)",
-                config.len()
-            ),
-        }));
+        return Err(SwapError::Config(ConfigError::whole(format!(
+            "the configuration is {} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)",
+            config.len()
+        ))));
     }
     Ok(())
 }

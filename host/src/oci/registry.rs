@@ -259,12 +259,7 @@ impl Registry {
             .read_to_vec()
             .map_err(|e| Self::transport(r, what, e))?;
         if status != 200 {
-            return Err(OciError::Status {
-                reference: r.to_string(),
-                what: what.into(),
-                status,
-                body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-            });
+            return Err(Self::status(r, what, status, &body));
         }
         let token: Value = serde_json::from_slice(&body)
             .map_err(|e| refused(format!("the token answer is not JSON: {e}")))?;
@@ -298,17 +293,22 @@ impl Registry {
         }
     }
 
+    /// An answer other than the one expected, with the start of its body.
+    fn status(r: &Reference, what: &str, status: u16, body: &[u8]) -> OciError {
+        OciError::Status {
+            reference: r.to_string(),
+            what: what.into(),
+            status,
+            body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+        }
+    }
+
     /// GETs `url` and reads at most `limit` bytes of the answer, which must be 200.
     fn get(&self, r: &Reference, what: &str, url: &str, limit: u64) -> Result<Vec<u8>, OciError> {
         let Answer { status, body, .. } =
             self.send(r, what, "GET", url, &[("Accept", ACCEPT)], &[], limit)?;
         if status != 200 {
-            return Err(OciError::Status {
-                reference: r.to_string(),
-                what: what.into(),
-                status,
-                body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-            });
+            return Err(Self::status(r, what, status, &body));
         }
         if body.len() as u64 > limit {
             return Err(OciError::Refused(

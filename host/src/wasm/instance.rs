@@ -203,16 +203,7 @@ fn configure(
 /// A configure call that did not return: running out of memory or time on a configuration is
 /// a refusal of that configuration, which names the limit and the flag that raises it.
 fn configure_failed(trap: wasmtime::Error, limits: Limits) -> StartError {
-    let refused = |message: String| {
-        StartError::Config(ConfigError {
-            file: None,
-            document: None,
-            object: None,
-            field: None,
-            value: None,
-            message,
-        })
-    };
+    let refused = |message: String| StartError::Config(ConfigError::whole(message));
     match fault_from_call(trap) {
         PolicyFault::Memory => refused(format!(
             "the module ran out of its {} MiB of memory reading this configuration (raise the cap with {MEMORY_FLAG})",
