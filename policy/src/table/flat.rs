@@ -16,12 +16,13 @@
 use std::hint::select_unpredictable;
 
 use super::LANES;
+use super::trie::Trie;
 
 /// A tree value flag: the rest is an index into the port maps, not a class.
 pub(super) const PORTED: u32 = 1 << 31;
 /// A flag beside [`PORTED`]: the port map is one of the long ones.
 pub(super) const LONG: u32 = 1 << 30;
-/// A value of a padded slot: the VPC's table is in [`Side4::big`] at this index.
+/// A value of a padded slot: the VPC's table is in [`Padded::big`] at this index.
 pub(super) const BIG: u32 = 1 << 29;
 const FLAGS: u32 = PORTED | LONG | BIG;
 
@@ -59,9 +60,99 @@ fn search2_pow2(a: &[u32], key_a: u32, b: &[u32], key_b: u32) -> (usize, usize) 
     (base_a, base_b)
 }
 
+/// One side (source or destination) of every VPC's IPv4 segment table: a [`Trie`] when it
+/// fits its memory budget (the common case), else padded tables searched by compare.
+#[derive(Debug, Clone)]
+pub(super) enum Side4 {
+    Trie(Trie),
+    Padded(Padded),
+}
+
+/// Tries may take this many times the bytes of their tables...
+const TRIE_FACTOR: usize = 32;
+/// ... or this many bytes, whichever is more.
+const TRIE_FLOOR: usize = 4 << 20;
+
+/// The byte budget of a trie of `tables`.
+pub(super) fn trie_budget(tables: &[(Vec<u32>, Vec<u32>)]) -> usize {
+    let own: usize = tables.iter().map(|t| t.0.len() * 8).sum();
+    (own * TRIE_FACTOR).max(TRIE_FLOOR)
+}
+
+impl Side4 {
+    /// The side of the tables `tables[v]` (each `(starts, values)`, `starts[0] == 0`).
+    pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)]) -> Side4 {
+        match Trie::new(tables, trie_budget(tables)) {
+            Some(trie) => Side4::Trie(trie),
+            None => Side4::Padded(Padded::new(tables)),
+        }
+    }
+
+    /// The value of `key` in VPC `vpc`'s table.
+    #[inline]
+    pub(super) fn find(&self, vpc: u32, key: u32) -> u32 {
+        match self {
+            Side4::Trie(trie) => trie.find(vpc, key),
+            Side4::Padded(padded) => padded.find(vpc, key),
+        }
+    }
+
+    /// For each lane `i`, the value of `keys[i]` in VPC `vpcs[i]`'s table (`vpcs[i]` must be
+    /// a VPC of the table).
+    #[inline(always)]
+    pub(super) fn find_lanes(
+        &self,
+        vpcs: &[u32; LANES],
+        keys: &[u32; LANES],
+        out: &mut [u32; LANES],
+    ) {
+        match self {
+            Side4::Trie(trie) => trie_find_lanes(trie, vpcs, keys, out),
+            Side4::Padded(padded) => {
+                let mut at = [0; LANES];
+                padded.search_lanes(vpcs, keys, &mut at);
+                for ((out, &at), &key) in out.iter_mut().zip(&at).zip(keys) {
+                    *out = padded.value(at, key);
+                }
+            }
+        }
+    }
+
+    /// Bytes the side takes.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Side4::Trie(trie) => trie.bytes(),
+            Side4::Padded(padded) => padded.bytes(),
+        }
+    }
+}
+
+/// [`Trie::find`] of every lane, the depth dispatched once.
+#[inline(always)]
+fn trie_find_lanes(trie: &Trie, roots: &[u32; LANES], keys: &[u32; LANES], out: &mut [u32; LANES]) {
+    match trie.depth() {
+        1 => trie_lanes::<1>(trie, roots, keys, out),
+        2 => trie_lanes::<2>(trie, roots, keys, out),
+        3 => trie_lanes::<3>(trie, roots, keys, out),
+        _ => trie_lanes::<4>(trie, roots, keys, out),
+    }
+}
+
+#[inline(always)]
+fn trie_lanes<const D: u32>(
+    trie: &Trie,
+    roots: &[u32; LANES],
+    keys: &[u32; LANES],
+    out: &mut [u32; LANES],
+) {
+    for ((out, &root), &key) in out.iter_mut().zip(roots).zip(keys) {
+        *out = trie.walk::<D>(root, key);
+    }
+}
+
 /// One side of every VPC's IPv4 segment table, padded to one length.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Side4 {
+pub(super) struct Padded {
     /// log2 of the padded length `L`.
     log2: u32,
     /// Segment starts: VPC `v`'s at `v * L ..`, padded with `u32::MAX`.
@@ -80,9 +171,9 @@ struct BigTable {
     values: Box<[u32]>,
 }
 
-impl Side4 {
+impl Padded {
     /// The side of the tables `tables[v]` (each `(starts, values)`, `starts[0] == 0`).
-    pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)]) -> Side4 {
+    pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)]) -> Padded {
         let longest = tables.iter().map(|t| t.0.len()).max().unwrap_or(1);
         // Padding may cost at most PAD_FACTOR times the tables' own size (or PAD_FLOOR
         // bytes): one VPC with many segments must not pad thousands of small ones to its
@@ -114,7 +205,7 @@ impl Side4 {
             keys.resize(keys.len() + len - starts.len(), u32::MAX);
             values.resize(values.len() + len - vals.len(), last);
         }
-        Side4 {
+        Padded {
             log2: len.trailing_zeros(),
             keys: keys.into(),
             values: values.into(),
@@ -138,7 +229,7 @@ impl Side4 {
 
     /// For each lane `i`, the position in this side of the last key at most `keys[i]` in VPC
     /// `vpcs[i]`'s table (`vpcs[i]` must be a VPC of the table; resolve the value with
-    /// [`Side4::value`]). The lanes' searches run in lockstep, one step of every lane before
+    /// [`Padded::value`]). The lanes' searches run in lockstep, one step of every lane before
     /// the next step of any: each step's loads are independent across lanes, so their cache
     /// misses overlap instead of queueing one packet behind another.
     #[inline(always)]
@@ -160,7 +251,7 @@ impl Side4 {
         }
     }
 
-    /// The value at a position [`Side4::search_lanes`] found for `key`.
+    /// The value at a position [`Padded::search_lanes`] found for `key`.
     #[inline(always)]
     pub(super) fn value(&self, at: usize, key: u32) -> u32 {
         self.unbig(self.values[at], key)
@@ -194,8 +285,8 @@ impl Side4 {
     }
 }
 
-/// The values of `src_key` in `src`'s and `dst_key` in `dst`'s table of VPC `vpc`: both
-/// searches in one loop when the sides have the same length (the common case).
+/// The values of `src_key` in `src`'s and `dst_key` in `dst`'s table of VPC `vpc`: padded
+/// searches in one loop when the sides have the same length, so their loads overlap.
 #[inline(always)]
 pub(super) fn find_pair(
     src: &Side4,
@@ -204,6 +295,9 @@ pub(super) fn find_pair(
     src_key: u32,
     dst_key: u32,
 ) -> (u32, u32) {
+    let (Side4::Padded(src), Side4::Padded(dst)) = (src, dst) else {
+        return (src.find(vpc, src_key), dst.find(vpc, dst_key));
+    };
     if src.log2 != dst.log2 {
         return (src.find(vpc, src_key), dst.find(vpc, dst_key));
     }
@@ -304,9 +398,11 @@ impl PortMaps4 {
     }
 }
 
-/// The VNIs in ascending order, padded to a power of two, with the VPC of each.
+/// The VPC of each VNI: a [`Trie`] of one table when it fits its budget, else the VNIs in
+/// ascending order, padded to a power of two, with the VPC of each.
 #[derive(Debug, Clone, Default)]
 pub(super) struct VniIndex {
+    trie: Option<Trie>,
     vnis: Box<[u32]>,
     vpcs: Box<[u32]>,
 }
@@ -323,17 +419,42 @@ impl VniIndex {
             pairs.push((0, NO_VPC));
         }
         pairs.extend_from_slice(sorted);
+        // As one segment table: each VNI a segment of its VPC, the gaps NO_VPC's.
+        let (mut starts, mut values) = (Vec::new(), Vec::new());
+        let mut push = |start: u32, value: u32| {
+            if starts.last() == Some(&start) {
+                starts.pop();
+                values.pop();
+            }
+            if values.last() != Some(&value) {
+                starts.push(start);
+                values.push(value);
+            }
+        };
+        for &(vni, vpc) in &pairs {
+            push(vni, vpc);
+            if let Some(next) = vni.checked_add(1) {
+                push(next, NO_VPC);
+            }
+        }
+        let table = [(starts, values)];
+        let trie = Trie::new(&table, trie_budget(&table));
         let len = pairs.len().next_power_of_two();
         pairs.resize(len, (u32::MAX, NO_VPC));
         VniIndex {
+            trie,
             vnis: pairs.iter().map(|p| p.0).collect(),
             vpcs: pairs.iter().map(|p| p.1).collect(),
         }
     }
 
-    /// [`VniIndex::find`] of every lane, in lockstep (see [`Side4::search_lanes`]).
+    /// [`VniIndex::find`] of every lane, in lockstep (see [`Padded::search_lanes`]).
     #[inline(always)]
     pub(super) fn find_lanes(&self, vnis: &[u32; LANES], vpcs: &mut [u32; LANES]) {
+        if let Some(trie) = &self.trie {
+            trie_find_lanes(trie, &[0; LANES], vnis, vpcs);
+            return;
+        }
         let mut at = [0usize; LANES];
         let mut half = self.vnis.len() / 2;
         while half > 0 {
@@ -350,6 +471,9 @@ impl VniIndex {
     /// The index of the VPC whose VNI is `vni`, or [`NO_VPC`].
     #[inline(always)]
     pub(super) fn find(&self, vni: u32) -> u32 {
+        if let Some(trie) = &self.trie {
+            return trie.find(0, vni);
+        }
         let i = search_pow2(&self.vnis, vni);
         select_unpredictable(self.vnis[i] == vni, self.vpcs[i], NO_VPC)
     }
@@ -374,8 +498,9 @@ mod tests {
         let mut tables = vec![table(1, 1), table(3, 1000), table(16, 77), table(17, 3)];
         tables.push(table(MAX_FLAT as u32 + 5, 11));
         tables.push((vec![0, u32::MAX - 1, u32::MAX], vec![1, 2, 3]));
-        let side = Side4::new(&tables);
-        assert!(side.big.len() == 1 && side.log2 == MAX_FLAT.trailing_zeros());
+        let side = Padded::new(&tables);
+        let (side, padded) = (Side4::Padded(side.clone()), side);
+        assert!(padded.big.len() == 1 && padded.log2 == MAX_FLAT.trailing_zeros());
         for (vpc, (starts, values)) in tables.iter().enumerate() {
             let probes = starts
                 .iter()
@@ -394,7 +519,7 @@ mod tests {
     fn one_long_table_does_not_pad_all_the_others_to_its_length() {
         let mut tables = vec![(vec![0, 10], vec![1, 2]); 4096];
         tables.push(((0..1000).map(|i| i * 3).collect(), (0..1000).collect()));
-        let side = Side4::new(&tables);
+        let side = Padded::new(&tables);
         assert!(side.bytes() <= 2 << 20, "{} bytes", side.bytes());
         assert_eq!(side.big.len(), 1);
         assert_eq!(side.find(4096, 2_999), 999);

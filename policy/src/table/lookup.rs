@@ -235,17 +235,15 @@ impl Table {
             (src_keys[i], dst_keys[i]) = (s, d);
             lane_vpcs[i] = select_unpredictable(v4 && vpcs[i] != NO_VPC, vpcs[i], 0);
         }
-        let (mut src_at, mut dst_at) = ([0; LANES], [0; LANES]);
-        self.src4.search_lanes(&lane_vpcs, &src_keys, &mut src_at);
-        self.dst4.search_lanes(&lane_vpcs, &dst_keys, &mut dst_at);
+        let (mut src_values, mut dst_values) = ([0; LANES], [0; LANES]);
+        self.src4.find_lanes(&lane_vpcs, &src_keys, &mut src_values);
+        self.dst4.find_lanes(&lane_vpcs, &dst_keys, &mut dst_values);
         let mut classes = [(0, 0); LANES];
         for (i, query) in queries.iter().enumerate() {
             classes[i] = match query.keys {
-                Keys::V4(s, d) => (
-                    self.ports4
-                        .class(self.src4.value(src_at[i], s), query.ports.map(|p| p.src)),
-                    self.ports4
-                        .class(self.dst4.value(dst_at[i], d), query.ports.map(|p| p.dst)),
+                Keys::V4(..) => (
+                    self.ports4.class(src_values[i], query.ports.map(|p| p.src)),
+                    self.ports4.class(dst_values[i], query.ports.map(|p| p.dst)),
                 ),
                 Keys::V6(s, d) => match self.per_vpc.get(vpcs[i] as usize) {
                     Some(t) => class_pair(&t.src6, s, &t.dst6, d, query.ports),

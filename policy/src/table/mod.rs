@@ -69,6 +69,7 @@ mod build;
 mod catalog;
 mod flat;
 mod lookup;
+mod trie;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
 pub(crate) use lookup::{LANES, Query};

@@ -1,0 +1,250 @@
+//! Multibit tries over `u32` keys: a table of segments read one key byte at a time, each
+//! byte indexing a node of 256 entries, so a lookup is as many loads as the trie has levels
+//! (one to four) and no compare at all.
+//!
+//! A trie holds many segment tables, one root each (root `r` is node `r`), and every path
+//! has the same length: an entry before the last level is a node's index, an entry of the
+//! last level is a value. The depth is the fewest key bytes that tell every segment apart (3
+//! when every boundary is a multiple of 256, as with /24 and shorter prefixes). A range that
+//! one segment covers whole points at a *uniform* node, one per level and value, shared by
+//! every table.
+//!
+//! Memory grows with the segments' boundaries (a 1 KiB node per level for each, at worst),
+//! so a trie is only built within a byte budget; past it, the caller keeps a search.
+
+use std::collections::HashMap;
+
+/// Entries in a node: one per value of a key byte.
+const FANOUT: usize = 256;
+/// Bytes of one node.
+const NODE_BYTES: usize = FANOUT * 4;
+
+/// Segment tables read a key byte at a time.
+#[derive(Debug, Clone)]
+pub(super) struct Trie {
+    /// Key bytes read, from the most significant: 1 to 4.
+    depth: u32,
+    /// 256-entry nodes; node `r` is table `r`'s root.
+    nodes: Box<[u32]>,
+}
+
+impl Trie {
+    /// The trie of `tables` (each `(starts, values)`, `starts` ascending from 0), or `None`
+    /// when it would take more than `budget` bytes.
+    pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)], budget: usize) -> Option<Trie> {
+        let depth = tables
+            .iter()
+            .flat_map(|t| &t.0)
+            .map(|&start| 4 - start.trailing_zeros().min(32) / 8)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut builder = Builder {
+            depth,
+            nodes: vec![0; tables.len().max(1) * FANOUT],
+            uniform: HashMap::new(),
+            max_nodes: budget / NODE_BYTES,
+        };
+        if tables.len() > builder.max_nodes {
+            return None;
+        }
+        for (root, (starts, values)) in tables.iter().enumerate() {
+            builder.fill(root, 0, 0, starts, values)?;
+        }
+        Some(Trie {
+            depth,
+            nodes: builder.nodes.into(),
+        })
+    }
+
+    /// Key bytes a lookup reads.
+    pub(super) fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// The value of `key` in table `root`.
+    #[inline(always)]
+    pub(super) fn find(&self, root: u32, key: u32) -> u32 {
+        match self.depth {
+            1 => self.walk::<1>(root, key),
+            2 => self.walk::<2>(root, key),
+            3 => self.walk::<3>(root, key),
+            _ => self.walk::<4>(root, key),
+        }
+    }
+
+    /// [`Trie::find`] with the depth known to the compiler: `D` loads, unrolled.
+    #[inline(always)]
+    pub(super) fn walk<const D: u32>(&self, root: u32, key: u32) -> u32 {
+        let mut entry = root;
+        for level in 0..D {
+            let byte = (key >> (24 - 8 * level)) & 0xff;
+            entry = self.nodes[(entry as usize) << 8 | byte as usize];
+        }
+        entry
+    }
+
+    /// Bytes the trie takes.
+    pub(super) fn bytes(&self) -> usize {
+        self.nodes.len() * 4
+    }
+}
+
+struct Builder {
+    depth: u32,
+    nodes: Vec<u32>,
+    /// The uniform node of each (level, value).
+    uniform: HashMap<(u32, u32), u32>,
+    max_nodes: usize,
+}
+
+impl Builder {
+    /// A new node of zeros, or `None` past the budget.
+    fn alloc(&mut self) -> Option<u32> {
+        let index = self.nodes.len() / FANOUT;
+        if index >= self.max_nodes {
+            return None;
+        }
+        self.nodes.resize(self.nodes.len() + FANOUT, 0);
+        Some(index as u32)
+    }
+
+    /// Fills node `node` of `level`, which covers the keys from `base` on, from the segments
+    /// that overlap it (`starts[0]` at most `base`).
+    fn fill(
+        &mut self,
+        node: usize,
+        level: u32,
+        base: u64,
+        starts: &[u32],
+        values: &[u32],
+    ) -> Option<()> {
+        let span = 1u64 << (24 - 8 * level);
+        let mut first = 0;
+        for byte in 0..FANOUT {
+            let lo = base + byte as u64 * span;
+            let hi = lo + span;
+            while first + 1 < starts.len() && u64::from(starts[first + 1]) <= lo {
+                first += 1;
+            }
+            let mut end = first + 1;
+            while end < starts.len() && u64::from(starts[end]) < hi {
+                end += 1;
+            }
+            let entry = if level + 1 == self.depth {
+                // The depth makes every last-level range lie in one segment.
+                debug_assert_eq!(end, first + 1);
+                values[first]
+            } else if end == first + 1 {
+                self.uniform(level + 1, values[first])?
+            } else {
+                let child = self.alloc()?;
+                self.fill(
+                    child as usize,
+                    level + 1,
+                    lo,
+                    &starts[first..end],
+                    &values[first..end],
+                )?;
+                child
+            };
+            self.nodes[node * FANOUT + byte] = entry;
+        }
+        Some(())
+    }
+
+    /// The node of `level` whose every key has `value`.
+    fn uniform(&mut self, level: u32, value: u32) -> Option<u32> {
+        if let Some(&node) = self.uniform.get(&(level, value)) {
+            return Some(node);
+        }
+        let entry = if level + 1 == self.depth {
+            value
+        } else {
+            self.uniform(level + 1, value)?
+        };
+        let node = self.alloc()?;
+        let at = node as usize * FANOUT;
+        self.nodes[at..at + FANOUT].fill(entry);
+        self.uniform.insert((level, value), node);
+        Some(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(starts: &[u32], values: &[u32], key: u32) -> u32 {
+        values[starts.partition_point(|&k| k <= key) - 1]
+    }
+
+    fn probes(starts: &[u32]) -> impl Iterator<Item = u32> + '_ {
+        starts
+            .iter()
+            .flat_map(|&k| [k, k.wrapping_sub(1), k.saturating_add(1), k | 0xff])
+            .chain([0, 1, 255, 256, u32::MAX, u32::MAX - 1, 123_456_789])
+    }
+
+    #[test]
+    fn tries_answer_like_their_tables_at_every_depth() {
+        let slash24: (Vec<u32>, Vec<u32>) = (
+            vec![0, 0x0a00_0100, 0x0a00_0300, 0x0b00_0000],
+            vec![0, 5, 6, 0],
+        );
+        let slash8 = (vec![0, 0x0a00_0000, 0x0b00_0000], vec![1, 2, 1]);
+        let slash16 = (vec![0, 0xc0a8_0000, 0xc0a9_0000], vec![3, 4, 3]);
+        let hosts = (
+            vec![0, 0x0a00_0001, 0x0a00_0002, u32::MAX],
+            vec![7, 8, 7, 9],
+        );
+        let one = (vec![0], vec![42]);
+        for (tables, depth) in [
+            (vec![slash8.clone(), one.clone()], 1),
+            (vec![slash16.clone(), slash8.clone()], 2),
+            (vec![slash24.clone(), slash8.clone(), one.clone()], 3),
+            (vec![hosts, slash24, slash16, one], 4),
+        ] {
+            let trie = Trie::new(&tables, 1 << 20).expect("within budget");
+            assert_eq!(trie.depth(), depth);
+            for (root, (starts, values)) in tables.iter().enumerate() {
+                for key in probes(starts) {
+                    let want = reference(starts, values, key);
+                    assert_eq!(
+                        trie.find(root as u32, key),
+                        want,
+                        "root {root}, key {key:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_nodes_are_shared_and_the_budget_holds() {
+        // Two tables with the same /24s: only their roots and the nodes under 10.0/16 differ.
+        let t = (vec![0, 0x0a00_0100, 0x0a00_0200], vec![0, 1, 0]);
+        let trie = Trie::new(&[t.clone(), t.clone()], 1 << 20).expect("within budget");
+        // 2 roots, 2 nodes for 10/8 and 2 for 10.0/16, uniform nodes for value 0 at levels 1
+        // and 2.
+        assert_eq!(trie.bytes(), 8 * NODE_BYTES);
+        // Every /24 of 10.0/16 its own segment, then value 2 from 10.1.0.0 on: 1 root, 1 node
+        // under 10/8, 1 under 10.0/16, and the uniform nodes of values 0 and 2 at levels 1
+        // and 2.
+        let mut starts = vec![0];
+        starts.extend((0..=256).map(|i| 0x0a00_0000 + (i << 8)));
+        let values: Vec<u32> = (0..starts.len() as u32).map(|i| i % 3).collect();
+        assert_eq!(values.last(), Some(&2));
+        let many = (starts, values);
+        assert!(Trie::new(std::slice::from_ref(&many), 6 * NODE_BYTES).is_none());
+        let trie = Trie::new(std::slice::from_ref(&many), 7 * NODE_BYTES).expect("fits");
+        assert_eq!(trie.bytes(), 7 * NODE_BYTES);
+        for key in probes(&many.0) {
+            assert_eq!(
+                trie.find(0, key),
+                reference(&many.0, &many.1, key),
+                "{key:#x}"
+            );
+        }
+    }
+}
