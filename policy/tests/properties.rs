@@ -166,3 +166,21 @@ fn generated_cases_reach_every_verdict() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(cases(2_000))]
+
+    /// The compare-searched layout, which a table falls back to when a trie would pass its
+    /// memory budget, answers what the tries answer, one packet at a time and in batches.
+    #[test]
+    fn searched_layout_equals_tries((config, packets) in arb::config_and_packets(64)) {
+        let parsed = parse(&config.yaml, None).unwrap();
+        let (tries, searched) = (Table::build(&parsed), Table::build_searched(&parsed));
+        let (mut a, mut b) = (vec![Verdict::default(); packets.len()], vec![Verdict::default(); packets.len()]);
+        tries.lookup_batch(&packets, &mut a);
+        searched.lookup_batch(&packets, &mut b);
+        prop_assert_eq!(&a, &b);
+        let single: Vec<Verdict> = packets.iter().map(|p| searched.lookup(p)).collect();
+        prop_assert_eq!(a, single);
+    }
+}

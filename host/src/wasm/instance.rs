@@ -1,7 +1,7 @@
 //! A module instance with a configuration in force: what judges a worker's batches.
 
 use flowgate_policy::explain::Explanation;
-use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES, decode_verdict, encode_packet};
+use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES, WordDecoder, encode_packet};
 use flowgate_policy::{Catalog, ConfigError, Packet, Verdict};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
@@ -34,6 +34,8 @@ pub struct WasmPolicy {
     instance: Policy,
     info: ModuleInfo,
     catalog: Catalog,
+    /// The verdicts of the words the catalog knows.
+    decoder: WordDecoder,
     config: String,
     peerings: u32,
     notices: Vec<String>,
@@ -68,6 +70,7 @@ impl WasmPolicy {
             instance,
             info,
             catalog: Catalog::default(),
+            decoder: WordDecoder::default(),
             config: config.to_owned(),
             peerings: 0,
             notices: Vec::new(),
@@ -80,6 +83,7 @@ impl WasmPolicy {
     fn set_summary(&mut self, summary: bindings::ConfigSummary) {
         self.peerings = summary.peerings;
         self.catalog = convert::catalog(&summary);
+        self.decoder = WordDecoder::new(&self.catalog);
         self.notices = summary.notices;
     }
 
@@ -244,14 +248,12 @@ impl crate::Policy for WasmPolicy {
         }
         for (index, (slot, rec)) in out
             .iter_mut()
-            .zip(answer.chunks_exact(VERDICT_BYTES))
+            .zip(answer.as_chunks::<VERDICT_BYTES>().0)
             .enumerate()
         {
-            let verdict = rec
-                .try_into()
-                .ok()
-                .and_then(decode_verdict)
-                .filter(|&v| self.catalog.knows(v))
+            let verdict = self
+                .decoder
+                .verdict(u32::from_le_bytes(*rec))
                 .ok_or(PolicyFault::UnknownVerdict { index })?;
             *slot = verdict;
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::catalog::{Catalog, VpcEntry};
 use super::flat::{PortMaps4, Side4, VniIndex};
-use super::{Cell, Seg, SegTable, Table, TableStats, VpcTable};
+use super::{Cell, Matrices, Row, Seg, SegTable, Table, TableStats, VpcTable};
 use crate::addr::{Family, net_family, net_range};
 use crate::model::{Config, Entry};
 use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
@@ -45,6 +45,18 @@ fn flat_table(table: &SegTable<u128>, ports: &mut PortMaps4) -> (Vec<u32>, Vec<u
 impl Table {
     /// Builds the table of a validated configuration.
     pub fn build(config: &Config) -> Table {
+        Table::build_with(config, true)
+    }
+
+    /// [`Table::build`] with the compare-searched layout that a trie falls back to past its
+    /// memory budget, whatever the budget: for tests that check both layouts answer alike.
+    #[cfg(feature = "oracle")]
+    #[doc(hidden)]
+    pub fn build_searched(config: &Config) -> Table {
+        Table::build_with(config, false)
+    }
+
+    fn build_with(config: &Config, tries: bool) -> Table {
         let vpcs: Vec<VpcEntry> = config
             .vpcs
             .iter()
@@ -70,6 +82,7 @@ impl Table {
         let mut ports4 = PortMaps4::default();
         let (mut src4, mut dst4) = (Vec::new(), Vec::new());
         let mut per_vpc = Vec::with_capacity(built.len());
+        let (mut rows, mut cells) = (Vec::with_capacity(built.len()), Vec::new());
         for b in built {
             for t in [&b.src4, &b.src6, &b.dst4, &b.dst6] {
                 stats.segments += t.segs.len();
@@ -83,27 +96,36 @@ impl Table {
             per_vpc.push(VpcTable {
                 src6: b.src6,
                 dst6: b.dst6,
-                dst_classes: b.dst_classes,
-                matrix: b.matrix,
             });
+            rows.push(Row {
+                at: cells.len(),
+                dst_classes: b.dst_classes,
+            });
+            cells.extend_from_slice(&b.matrix);
         }
-        let (src4, dst4) = (Side4::new(&src4), Side4::new(&dst4));
+        let (src4, dst4) = (Side4::new(&src4, tries), Side4::new(&dst4, tries));
         stats.ipv4_bytes = src4.bytes() + dst4.bytes() + ports4.bytes();
         let candidate_sets = candidates
             .sets
             .into_iter()
             .map(|set| set.into_iter().map(VpcId).collect())
             .collect();
+        let catalog = Catalog {
+            vpcs,
+            candidate_sets,
+        };
         Table {
-            catalog: Catalog {
-                vpcs,
-                candidate_sets,
-            },
-            vnis: VniIndex::new(&by_vni),
+            decoder: crate::packed::WordDecoder::new(&catalog),
+            catalog,
+            vnis: VniIndex::new(&by_vni, tries),
             src4,
             dst4,
             ports4,
             per_vpc,
+            matrices: Matrices {
+                rows: rows.into(),
+                cells: cells.into(),
+            },
             stats,
         }
     }

@@ -73,16 +73,21 @@ const TRIE_FACTOR: usize = 32;
 /// ... or this many bytes, whichever is more.
 const TRIE_FLOOR: usize = 4 << 20;
 
-/// The byte budget of a trie of `tables`.
-pub(super) fn trie_budget(tables: &[(Vec<u32>, Vec<u32>)]) -> usize {
+/// The byte budget of a trie of `tables`: none without `tries`.
+pub(super) fn trie_budget(tables: &[(Vec<u32>, Vec<u32>)], tries: bool) -> usize {
     let own: usize = tables.iter().map(|t| t.0.len() * 8).sum();
-    (own * TRIE_FACTOR).max(TRIE_FLOOR)
+    if tries {
+        (own * TRIE_FACTOR).max(TRIE_FLOOR)
+    } else {
+        0
+    }
 }
 
 impl Side4 {
-    /// The side of the tables `tables[v]` (each `(starts, values)`, `starts[0] == 0`).
-    pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)]) -> Side4 {
-        match Trie::new(tables, trie_budget(tables)) {
+    /// The side of the tables `tables[v]` (each `(starts, values)`, `starts[0] == 0`): a trie
+    /// if `tries` and it fits its budget.
+    pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)], tries: bool) -> Side4 {
+        match Trie::new(tables, trie_budget(tables, tries)) {
             Some(trie) => Side4::Trie(trie),
             None => Side4::Padded(Padded::new(tables)),
         }
@@ -411,8 +416,8 @@ pub(super) struct VniIndex {
 pub(super) const NO_VPC: u32 = u32::MAX;
 
 impl VniIndex {
-    /// The index of `(vni, vpc)` pairs, sorted by VNI.
-    pub(super) fn new(sorted: &[(u32, u32)]) -> VniIndex {
+    /// The index of `(vni, vpc)` pairs, sorted by VNI: a trie if `tries` and it fits.
+    pub(super) fn new(sorted: &[(u32, u32)], tries: bool) -> VniIndex {
         // Slot 0 holds VNI 0 (a VPC's, or none), so every VNI searched for is at least it.
         let mut pairs = Vec::with_capacity(sorted.len() + 1);
         if sorted.first().is_none_or(|&(vni, _)| vni != 0) {
@@ -438,7 +443,7 @@ impl VniIndex {
             }
         }
         let table = [(starts, values)];
-        let trie = Trie::new(&table, trie_budget(&table));
+        let trie = Trie::new(&table, trie_budget(&table, tries));
         let len = pairs.len().next_power_of_two();
         pairs.resize(len, (u32::MAX, NO_VPC));
         VniIndex {
@@ -561,14 +566,27 @@ mod tests {
 
     #[test]
     fn vnis_are_found_exactly() {
-        let index = VniIndex::new(&[(5, 0), (7, 1), (1000, 2), (u32::MAX - 1, 3)]);
-        for (vni, want) in [(5, 0), (7, 1), (1000, 2), (u32::MAX - 1, 3)] {
-            assert_eq!(index.find(vni), want);
+        for tries in [true, false] {
+            let index = VniIndex::new(
+                &[(5, 0), (7, 1), (8, 4), (1000, 2), (u32::MAX - 1, 3)],
+                tries,
+            );
+            assert_eq!(index.trie.is_some(), tries);
+            for (vni, want) in [(5, 0), (7, 1), (8, 4), (1000, 2), (u32::MAX - 1, 3)] {
+                assert_eq!(index.find(vni), want);
+            }
+            for vni in [0, 4, 6, 9, 999, 1001, u32::MAX] {
+                assert_eq!(index.find(vni), NO_VPC, "vni {vni}");
+            }
+            let vnis = std::array::from_fn(|i| [5, 6, 7, 8, 9, 1000, u32::MAX][i % 7]);
+            let mut vpcs = [0; LANES];
+            index.find_lanes(&vnis, &mut vpcs);
+            for (vni, vpc) in vnis.iter().zip(vpcs) {
+                assert_eq!(vpc, index.find(*vni), "vni {vni}");
+            }
+            assert_eq!(VniIndex::new(&[(0, 4)], tries).find(0), 4);
+            assert_eq!(VniIndex::new(&[(0, 4)], tries).find(1), NO_VPC);
+            assert_eq!(VniIndex::new(&[], tries).find(0), NO_VPC);
         }
-        for vni in [0, 4, 6, 8, 999, 1001, u32::MAX] {
-            assert_eq!(index.find(vni), NO_VPC, "vni {vni}");
-        }
-        assert_eq!(VniIndex::new(&[(0, 4)]).find(0), 4);
-        assert_eq!(VniIndex::new(&[]).find(0), NO_VPC);
     }
 }

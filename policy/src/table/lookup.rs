@@ -5,7 +5,7 @@ use std::hint::select_unpredictable;
 use std::net::IpAddr;
 
 use super::flat::{self, NO_VPC};
-use super::{Catalog, Cell, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
+use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 
 impl<K: Copy + Ord> SegTable<K> {
@@ -134,7 +134,7 @@ impl Table {
         match self.per_vpc.get(vpc as usize) {
             Some(t) => {
                 let (s, d) = self.classes(vpc, t, keys, ports);
-                t.verdict(s, d)
+                self.matrices.verdict(vpc, s, d)
             }
             None => Verdict::Drop(DropReason::UnknownVpc),
         }
@@ -172,7 +172,7 @@ impl Table {
             IpAddr::V4(a) => self.ports4.class(self.dst4.find(vpc, a.into()), dst_port),
             IpAddr::V6(a) => t.dst6.class(a.into(), dst_port),
         };
-        t.verdict(s, d)
+        self.matrices.verdict(vpc, s, d)
     }
 
     /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`, computed in stages over
@@ -200,7 +200,7 @@ impl Table {
                 *verdict = if packet.src.is_ipv4() != packet.dst.is_ipv4() {
                     self.lookup_mixed(packet)
                 } else {
-                    Cell::verdict(word)
+                    self.decoder.verdict(word).unwrap_or_default()
                 };
             }
         }
@@ -252,10 +252,7 @@ impl Table {
             };
         }
         for ((word, &(s, d)), &vpc) in out.iter_mut().zip(&classes).zip(&vpcs) {
-            *word = match self.per_vpc.get(vpc as usize) {
-                Some(t) => t.word(s, d),
-                None => UNKNOWN_VPC,
-            };
+            *word = self.matrices.word(vpc, s, d).unwrap_or(UNKNOWN_VPC);
         }
     }
 

@@ -80,6 +80,8 @@ use crate::packet::Verdict;
 #[derive(Debug, Clone)]
 pub struct Table {
     catalog: Catalog,
+    /// The verdicts of the matrix's words, for the batch path.
+    decoder: crate::packed::WordDecoder,
     /// The VPC of each VNI.
     vnis: flat::VniIndex,
     /// Every VPC's IPv4 source and destination segments, and their port maps.
@@ -87,6 +89,7 @@ pub struct Table {
     dst4: flat::Side4,
     ports4: flat::PortMaps4,
     per_vpc: Vec<VpcTable>,
+    matrices: Matrices,
     stats: TableStats,
 }
 
@@ -103,23 +106,38 @@ struct VpcTable {
     /// [`Table::dst4`]).
     src6: SegTable<u128>,
     dst6: SegTable<u128>,
-    /// Number of destination classes: the matrix row length.
-    dst_classes: usize,
-    /// Verdict for (source class, destination class) at `src * dst_classes + dst`, as a
-    /// [`Cell`].
-    matrix: Box<[Cell]>,
 }
 
-impl VpcTable {
+/// Every VPC's verdict matrix, in one array: the verdict for (source class, destination
+/// class) of VPC `v` is at `rows[v].at + src * rows[v].dst_classes + dst`, as a [`Cell`].
+#[derive(Debug, Clone, Default)]
+struct Matrices {
+    rows: Box<[Row]>,
+    cells: Box<[Cell]>,
+}
+
+/// Where a VPC's matrix starts, and its row length (its number of destination classes).
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    at: usize,
+    dst_classes: usize,
+}
+
+impl Matrices {
+    /// The verdict of a VPC's class pair as a packed word, or `None` for no VPC.
     #[inline]
-    fn verdict(&self, src_class: u32, dst_class: u32) -> Verdict {
-        Cell::verdict(self.word(src_class, dst_class))
+    fn word(&self, vpc: u32, src_class: u32, dst_class: u32) -> Option<u32> {
+        let row = self.rows.get(vpc as usize)?;
+        let at = row.at + src_class as usize * row.dst_classes + dst_class as usize;
+        Some(self.cells[at].0)
     }
 
-    /// The verdict for a class pair as a packed word.
     #[inline]
-    fn word(&self, src_class: u32, dst_class: u32) -> u32 {
-        self.matrix[src_class as usize * self.dst_classes + dst_class as usize].0
+    fn verdict(&self, vpc: u32, src_class: u32, dst_class: u32) -> Verdict {
+        match self.word(vpc, src_class, dst_class) {
+            Some(word) => Cell::verdict(word),
+            None => Verdict::Drop(crate::packet::DropReason::UnknownVpc),
+        }
     }
 }
 

@@ -45,7 +45,7 @@ impl Trie {
             uniform: HashMap::new(),
             max_nodes: budget / NODE_BYTES,
         };
-        if tables.len() > builder.max_nodes {
+        if tables.len().max(1) > builder.max_nodes {
             return None;
         }
         for (root, (starts, values)) in tables.iter().enumerate() {
