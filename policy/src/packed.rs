@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-use crate::table::{Catalog, Keys, LANES, Query, Table};
+use crate::table::{Catalog, LANES, Lanes, NO_PORT, Table};
 
 /// Bytes per packet record.
 pub const PACKET_BYTES: usize = 44;
@@ -92,11 +92,14 @@ pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
             IpAddr::V4([b[0], b[1], b[2], b[3]].into())
         }
     };
-    let Query {
-        vni: src_vni,
-        ports,
-        ..
-    } = decode_query(rec);
+    let u16_at =
+        |at: std::ops::Range<usize>| u16::from_le_bytes([rec[at.start], rec[at.start + 1]]);
+    let ports = (rec[field::FLAGS] & FLAG_PORTS != 0).then(|| Ports {
+        src: u16_at(field::SRC_PORT),
+        dst: u16_at(field::DST_PORT),
+    });
+    let vni = field::SRC_VNI.start;
+    let src_vni = u32::from_le_bytes([rec[vni], rec[vni + 1], rec[vni + 2], rec[vni + 3]]);
     Packet {
         src_vni,
         src: addr(field::SRC_FAMILY, field::SRC_ADDR),
@@ -104,12 +107,6 @@ pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
         proto: rec[field::PROTO],
         ports,
     }
-}
-
-/// Whether a record's two addresses are of different families (the table's cold path).
-#[inline]
-fn mixed(rec: &[u8; PACKET_BYTES]) -> bool {
-    (rec[field::SRC_FAMILY] == FAMILY_V6) != (rec[field::DST_FAMILY] == FAMILY_V6)
 }
 
 /// The record of a verdict.
@@ -224,55 +221,56 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
         }
         return;
     };
-    let mut queries = [Query::NONE; LANES];
+    let mut lanes = Lanes::EMPTY;
     let mut words = [0; LANES];
     for chunk in input.chunks(PACKET_BYTES * LANES) {
-        let n = chunk.len() / PACKET_BYTES;
-        for (query, rec) in queries.iter_mut().zip(chunk.as_chunks::<PACKET_BYTES>().0) {
-            *query = decode_query(rec);
+        let records = chunk.as_chunks::<PACKET_BYTES>().0;
+        let mut all_v4 = true;
+        for (i, rec) in records.iter().enumerate() {
+            all_v4 &= set_lane(&mut lanes, i, rec);
         }
-        table.lookup_queries(&queries[..n], &mut words[..n]);
-        for (word, rec) in words.iter_mut().zip(chunk.as_chunks::<PACKET_BYTES>().0) {
-            if mixed(rec) {
-                *word = verdict_word(table.lookup(&decode_packet(rec)));
+        table.lookup_lanes(&lanes, &mut words);
+        if !all_v4 {
+            for (word, rec) in words.iter_mut().zip(records) {
+                if !v4(rec) {
+                    *word = verdict_word(table.lookup(&decode_packet(rec)));
+                }
             }
+        }
+        for word in &words[..records.len()] {
             output.extend_from_slice(&word.to_le_bytes());
         }
     }
 }
 
-/// What a lookup needs from a record whose addresses share a family (byte 4 says which),
-/// read without building a [`Packet`]; the round-trip tests pin the reading down.
+/// Whether both of a record's addresses are IPv4: the lanes' family.
 #[inline]
-fn decode_query(rec: &[u8; PACKET_BYTES]) -> Query {
-    let v4 = |at: std::ops::Range<usize>| {
-        u32::from_be_bytes([
-            rec[at.start],
-            rec[at.start + 1],
-            rec[at.start + 2],
-            rec[at.start + 3],
-        ])
-    };
-    let keys = if rec[field::SRC_FAMILY] == FAMILY_V6 {
-        Keys::V6(
-            u128::from_be_bytes(addr_bytes(rec, field::SRC_ADDR)),
-            u128::from_be_bytes(addr_bytes(rec, field::DST_ADDR)),
-        )
+fn v4(rec: &[u8; PACKET_BYTES]) -> bool {
+    rec[field::SRC_FAMILY] != FAMILY_V6 && rec[field::DST_FAMILY] != FAMILY_V6
+}
+
+/// Puts what a lookup needs of a record in lane `i`, read without building a [`Packet`] (the
+/// round-trip tests pin the reading down); `false` when the record is not IPv4 on both
+/// sides, whose lane then holds anything.
+#[inline]
+fn set_lane(lanes: &mut Lanes, i: usize, rec: &[u8; PACKET_BYTES]) -> bool {
+    let word = |at: usize| [rec[at], rec[at + 1], rec[at + 2], rec[at + 3]];
+    let u16_at = |at: usize| u32::from(u16::from_le_bytes([rec[at], rec[at + 1]]));
+    lanes.vni[i] = u32::from_le_bytes(word(field::SRC_VNI.start));
+    lanes.src[i] = u32::from_be_bytes(word(field::SRC_ADDR.start));
+    lanes.dst[i] = u32::from_be_bytes(word(field::DST_ADDR.start));
+    let ports = rec[field::FLAGS] & FLAG_PORTS != 0;
+    lanes.src_port[i] = if ports {
+        u16_at(field::SRC_PORT.start)
     } else {
-        Keys::V4(v4(field::SRC_ADDR), v4(field::DST_ADDR))
+        NO_PORT
     };
-    let u16_at =
-        |at: std::ops::Range<usize>| u16::from_le_bytes([rec[at.start], rec[at.start + 1]]);
-    let ports = (rec[field::FLAGS] & FLAG_PORTS != 0).then(|| Ports {
-        src: u16_at(field::SRC_PORT),
-        dst: u16_at(field::DST_PORT),
-    });
-    let vni = field::SRC_VNI.start;
-    Query {
-        vni: u32::from_le_bytes([rec[vni], rec[vni + 1], rec[vni + 2], rec[vni + 3]]),
-        keys,
-        ports,
-    }
+    lanes.dst_port[i] = if ports {
+        u16_at(field::DST_PORT.start)
+    } else {
+        NO_PORT
+    };
+    v4(rec)
 }
 
 #[cfg(test)]

@@ -127,6 +127,12 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
         config.vpcs.len(),
         pool.len()
     );
+    let stats = table.stats();
+    println!(
+        "  table: {} segments; IPv4 lookup structures {} KiB",
+        stats.segments,
+        stats.ipv4_bytes >> 10
+    );
     println!(
         "  {:>12}  {:>12}  {:>10}",
         "native ns/p", "wasm ns/p", "wasm/native"

@@ -27,7 +27,7 @@ pub struct TableStats {
     pub matrix_cells: usize,
     /// Distinct sets of candidates of ambiguous verdicts.
     pub candidate_sets: usize,
-    /// Bytes of the IPv4 lookup structures (padded segment tables and port maps).
+    /// Bytes of the IPv4 lookup structures (tries or padded segment tables, and port maps).
     pub ipv4_bytes: usize,
 }
 

@@ -150,8 +150,11 @@ fn trie_lanes<const D: u32>(
     keys: &[u32; LANES],
     out: &mut [u32; LANES],
 ) {
-    for ((out, &root), &key) in out.iter_mut().zip(roots).zip(keys) {
-        *out = trie.walk::<D>(root, key);
+    *out = *roots;
+    for level in 0..D {
+        for (out, &key) in out.iter_mut().zip(keys) {
+            *out = trie.step(*out, key, level);
+        }
     }
 }
 
@@ -314,6 +317,9 @@ pub(super) fn find_pair(
     )
 }
 
+/// The port of a lane whose packet has none: past every `u16`.
+pub(crate) const NO_PORT: u32 = 1 << 16;
+
 /// Port ranges of one segment, padded to 16: searched in four steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct PortMap {
@@ -367,8 +373,14 @@ impl PortMaps4 {
     /// unless it names a port map. No branch on the data, except for long maps.
     #[inline(always)]
     pub(super) fn class(&self, value: u32, port: Option<u16>) -> u32 {
+        self.lane_class(value, port.map_or(NO_PORT, u32::from))
+    }
+
+    /// [`PortMaps4::class`] with the port as a lane holds it: [`NO_PORT`] for none.
+    #[inline(always)]
+    pub(super) fn lane_class(&self, value: u32, port: u32) -> u32 {
         if value & (PORTED | LONG) == PORTED | LONG {
-            return self.long_class(value, port);
+            return self.long_class(value, u16::try_from(port).ok());
         }
         let ported = value & PORTED != 0;
         let Some(map) = self
@@ -377,8 +389,8 @@ impl PortMaps4 {
         else {
             return value;
         };
-        let by_port = map.classes[search_pow2(&map.starts, port.unwrap_or(0))];
-        let ported_class = select_unpredictable(port.is_some(), by_port, map.portless);
+        let by_port = map.classes[search_pow2(&map.starts, port as u16)];
+        let ported_class = select_unpredictable(port < NO_PORT, by_port, map.portless);
         select_unpredictable(ported, ported_class, value)
     }
 
@@ -403,85 +415,131 @@ impl PortMaps4 {
     }
 }
 
-/// The VPC of each VNI: a [`Trie`] of one table when it fits its budget, else the VNIs in
-/// ascending order, padded to a power of two, with the VPC of each.
-#[derive(Debug, Clone, Default)]
-pub(super) struct VniIndex {
-    trie: Option<Trie>,
-    vnis: Box<[u32]>,
-    vpcs: Box<[u32]>,
+/// The VPC of each VNI, in the layout that suits the VNIs.
+#[derive(Debug, Clone)]
+pub(super) enum VniIndex {
+    /// VNIs within a short range (the usual numbering): VNI `first + i`'s VPC at `i`, one
+    /// load.
+    Dense { first: u32, vpcs: Box<[u32]> },
+    /// Scattered VNIs: a [`Trie`] of one table, each VNI a segment.
+    Trie(Trie),
+    /// Past the trie's budget: the VNIs in ascending order, padded to a power of two, with
+    /// the VPC of each.
+    Searched { vnis: Box<[u32]>, vpcs: Box<[u32]> },
 }
 
 /// The VPC of a VNI no VPC has.
 pub(super) const NO_VPC: u32 = u32::MAX;
 
+/// A dense VNI index may have this many slots per VNI...
+const DENSE_FACTOR: usize = 16;
+/// ... or this many slots, whichever is more.
+const DENSE_FLOOR: usize = 1 << 12;
+
 impl VniIndex {
-    /// The index of `(vni, vpc)` pairs, sorted by VNI: a trie if `tries` and it fits.
-    pub(super) fn new(sorted: &[(u32, u32)], tries: bool) -> VniIndex {
+    /// The index of `(vni, vpc)` pairs, sorted by VNI: dense or a trie if `fast` and the VNIs
+    /// suit it, else searched.
+    pub(super) fn new(sorted: &[(u32, u32)], fast: bool) -> VniIndex {
+        if let (true, Some(&(first, _)), Some(&(last, _))) = (fast, sorted.first(), sorted.last()) {
+            // In u64: the span of all 2^32 VNIs overflows a 32-bit usize.
+            let span = u64::from(last - first) + 1;
+            let most = (sorted.len().saturating_mul(DENSE_FACTOR)).max(DENSE_FLOOR);
+            if span <= most as u64 {
+                let mut vpcs = vec![NO_VPC; span as usize];
+                for &(vni, vpc) in sorted {
+                    vpcs[(vni - first) as usize] = vpc;
+                }
+                return VniIndex::Dense {
+                    first,
+                    vpcs: vpcs.into(),
+                };
+            }
+        }
         // Slot 0 holds VNI 0 (a VPC's, or none), so every VNI searched for is at least it.
         let mut pairs = Vec::with_capacity(sorted.len() + 1);
         if sorted.first().is_none_or(|&(vni, _)| vni != 0) {
             pairs.push((0, NO_VPC));
         }
         pairs.extend_from_slice(sorted);
-        // As one segment table: each VNI a segment of its VPC, the gaps NO_VPC's.
-        let (mut starts, mut values) = (Vec::new(), Vec::new());
-        let mut push = |start: u32, value: u32| {
-            if starts.last() == Some(&start) {
-                starts.pop();
-                values.pop();
+        if fast {
+            // As one segment table: each VNI a segment of its VPC, the gaps NO_VPC's.
+            let (mut starts, mut values) = (Vec::new(), Vec::new());
+            let mut push = |start: u32, value: u32| {
+                if starts.last() == Some(&start) {
+                    starts.pop();
+                    values.pop();
+                }
+                if values.last() != Some(&value) {
+                    starts.push(start);
+                    values.push(value);
+                }
+            };
+            for &(vni, vpc) in &pairs {
+                push(vni, vpc);
+                if let Some(next) = vni.checked_add(1) {
+                    push(next, NO_VPC);
+                }
             }
-            if values.last() != Some(&value) {
-                starts.push(start);
-                values.push(value);
-            }
-        };
-        for &(vni, vpc) in &pairs {
-            push(vni, vpc);
-            if let Some(next) = vni.checked_add(1) {
-                push(next, NO_VPC);
+            let table = [(starts, values)];
+            if let Some(trie) = Trie::new(&table, trie_budget(&table, true)) {
+                return VniIndex::Trie(trie);
             }
         }
-        let table = [(starts, values)];
-        let trie = Trie::new(&table, trie_budget(&table, tries));
         let len = pairs.len().next_power_of_two();
         pairs.resize(len, (u32::MAX, NO_VPC));
-        VniIndex {
-            trie,
+        VniIndex::Searched {
             vnis: pairs.iter().map(|p| p.0).collect(),
             vpcs: pairs.iter().map(|p| p.1).collect(),
         }
     }
 
-    /// [`VniIndex::find`] of every lane, in lockstep (see [`Padded::search_lanes`]).
+    /// [`VniIndex::find`] of every lane (searches in lockstep, see [`Padded::search_lanes`]).
     #[inline(always)]
-    pub(super) fn find_lanes(&self, vnis: &[u32; LANES], vpcs: &mut [u32; LANES]) {
-        if let Some(trie) = &self.trie {
-            trie_find_lanes(trie, &[0; LANES], vnis, vpcs);
-            return;
-        }
-        let mut at = [0usize; LANES];
-        let mut half = self.vnis.len() / 2;
-        while half > 0 {
-            for (at, &vni) in at.iter_mut().zip(vnis) {
-                *at = select_unpredictable(self.vnis[*at + half] <= vni, *at + half, *at);
+    pub(super) fn find_lanes(&self, vnis: &[u32; LANES], out: &mut [u32; LANES]) {
+        match self {
+            VniIndex::Dense { first, vpcs } => {
+                for (out, &vni) in out.iter_mut().zip(vnis) {
+                    *out = dense(*first, vpcs, vni);
+                }
             }
-            half /= 2;
-        }
-        for ((vpc, &at), &vni) in vpcs.iter_mut().zip(at.iter()).zip(vnis) {
-            *vpc = select_unpredictable(self.vnis[at] == vni, self.vpcs[at], NO_VPC);
+            VniIndex::Trie(trie) => trie_find_lanes(trie, &[0; LANES], vnis, out),
+            VniIndex::Searched { vnis: keys, vpcs } => {
+                let mut at = [0usize; LANES];
+                let mut half = keys.len() / 2;
+                while half > 0 {
+                    for (at, &vni) in at.iter_mut().zip(vnis) {
+                        *at = select_unpredictable(keys[*at + half] <= vni, *at + half, *at);
+                    }
+                    half /= 2;
+                }
+                for ((out, &at), &vni) in out.iter_mut().zip(at.iter()).zip(vnis) {
+                    *out = select_unpredictable(keys[at] == vni, vpcs[at], NO_VPC);
+                }
+            }
         }
     }
 
     /// The index of the VPC whose VNI is `vni`, or [`NO_VPC`].
     #[inline(always)]
     pub(super) fn find(&self, vni: u32) -> u32 {
-        if let Some(trie) = &self.trie {
-            return trie.find(0, vni);
+        match self {
+            VniIndex::Dense { first, vpcs } => dense(*first, vpcs, vni),
+            VniIndex::Trie(trie) => trie.find(0, vni),
+            VniIndex::Searched { vnis, vpcs } => {
+                let i = search_pow2(vnis, vni);
+                select_unpredictable(vnis[i] == vni, vpcs[i], NO_VPC)
+            }
         }
-        let i = search_pow2(&self.vnis, vni);
-        select_unpredictable(self.vnis[i] == vni, self.vpcs[i], NO_VPC)
     }
+}
+
+/// The VPC of `vni` in a dense index from `first`: one load, no branch on the VNI.
+#[inline(always)]
+fn dense(first: u32, vpcs: &[u32], vni: u32) -> u32 {
+    let at = vni.wrapping_sub(first) as usize;
+    let inside = at < vpcs.len();
+    let vpc = vpcs[select_unpredictable(inside, at, 0)];
+    select_unpredictable(inside, vpc, NO_VPC)
 }
 
 #[cfg(test)]
@@ -566,27 +624,39 @@ mod tests {
 
     #[test]
     fn vnis_are_found_exactly() {
-        for tries in [true, false] {
-            let index = VniIndex::new(
-                &[(5, 0), (7, 1), (8, 4), (1000, 2), (u32::MAX - 1, 3)],
-                tries,
-            );
-            assert_eq!(index.trie.is_some(), tries);
-            for (vni, want) in [(5, 0), (7, 1), (8, 4), (1000, 2), (u32::MAX - 1, 3)] {
-                assert_eq!(index.find(vni), want);
+        let scattered = [(5, 0), (7, 1), (8, 4), (1000, 2), (u32::MAX - 1, 3)];
+        let dense = [(5, 0), (7, 1), (8, 4), (1000, 2), (1001, 3)];
+        for (pairs, fast, layout) in [
+            (&scattered, true, "trie"),
+            (&scattered, false, "searched"),
+            (&dense, true, "dense"),
+            (&dense, false, "searched"),
+        ] {
+            let index = VniIndex::new(pairs, fast);
+            let found = match index {
+                VniIndex::Dense { .. } => "dense",
+                VniIndex::Trie(_) => "trie",
+                VniIndex::Searched { .. } => "searched",
+            };
+            assert_eq!(found, layout);
+            for &(vni, want) in pairs {
+                assert_eq!(index.find(vni), want, "{layout}: vni {vni}");
             }
-            for vni in [0, 4, 6, 9, 999, 1001, u32::MAX] {
-                assert_eq!(index.find(vni), NO_VPC, "vni {vni}");
+            for vni in [0, 4, 6, 9, 999, 1002, u32::MAX] {
+                assert_eq!(index.find(vni), NO_VPC, "{layout}: vni {vni}");
             }
-            let vnis = std::array::from_fn(|i| [5, 6, 7, 8, 9, 1000, u32::MAX][i % 7]);
+            let probes = [5, 6, 7, 8, 9, 1000, 1001, u32::MAX - 1, u32::MAX, 0, 4];
+            let vnis = std::array::from_fn(|i| probes[i % probes.len()]);
             let mut vpcs = [0; LANES];
             index.find_lanes(&vnis, &mut vpcs);
             for (vni, vpc) in vnis.iter().zip(vpcs) {
-                assert_eq!(vpc, index.find(*vni), "vni {vni}");
+                assert_eq!(vpc, index.find(*vni), "{layout}: vni {vni}");
             }
-            assert_eq!(VniIndex::new(&[(0, 4)], tries).find(0), 4);
-            assert_eq!(VniIndex::new(&[(0, 4)], tries).find(1), NO_VPC);
-            assert_eq!(VniIndex::new(&[], tries).find(0), NO_VPC);
+        }
+        for fast in [true, false] {
+            assert_eq!(VniIndex::new(&[(0, 4)], fast).find(0), 4);
+            assert_eq!(VniIndex::new(&[(0, 4)], fast).find(1), NO_VPC);
+            assert_eq!(VniIndex::new(&[], fast).find(0), NO_VPC);
         }
     }
 }

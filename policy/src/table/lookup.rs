@@ -4,7 +4,7 @@
 use std::hint::select_unpredictable;
 use std::net::IpAddr;
 
-use super::flat::{self, NO_VPC};
+use super::flat::{self, NO_PORT, NO_VPC};
 use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 
@@ -82,35 +82,41 @@ pub(crate) const LANES: usize = 32;
 /// The packed word of `drop(unknown-vpc)`.
 const UNKNOWN_VPC: u32 = 0;
 
-/// What a lookup needs of one packet whose addresses share a family.
+/// Up to [`LANES`] IPv4 packets of a batch, field by field, as the lookup stages read them.
+/// A lane whose packet is not IPv4 on both sides holds anything: the caller looks that packet
+/// up on its own.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Query {
-    pub(crate) vni: u32,
-    pub(crate) keys: Keys,
-    pub(crate) ports: Option<Ports>,
+pub(crate) struct Lanes {
+    pub(crate) vni: [u32; LANES],
+    pub(crate) src: [u32; LANES],
+    pub(crate) dst: [u32; LANES],
+    /// Source and destination ports, or [`NO_PORT`].
+    pub(crate) src_port: [u32; LANES],
+    pub(crate) dst_port: [u32; LANES],
 }
 
-impl Query {
-    pub(crate) const NONE: Query = Query {
-        vni: 0,
-        keys: Keys::V4(0, 0),
-        ports: None,
+impl Lanes {
+    pub(crate) const EMPTY: Lanes = Lanes {
+        vni: [0; LANES],
+        src: [0; LANES],
+        dst: [0; LANES],
+        src_port: [NO_PORT; LANES],
+        dst_port: [NO_PORT; LANES],
     };
 
-    /// The query of a packet; a mixed-family packet's is a placeholder (its verdict comes
-    /// from [`Table::lookup_mixed`]).
+    /// Puts packet `packet` in lane `i`; `false` when it is not IPv4 on both sides.
     #[inline]
-    fn of(packet: &Packet) -> Query {
-        let keys = match (packet.src, packet.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => Keys::V4(s.into(), d.into()),
-            (IpAddr::V6(s), IpAddr::V6(d)) => Keys::V6(s.into(), d.into()),
-            _ => Keys::V4(0, 0),
+    fn set(&mut self, i: usize, packet: &Packet) -> bool {
+        let (src, dst, v4) = match (packet.src, packet.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (s.into(), d.into(), true),
+            _ => (0, 0, false),
         };
-        Query {
-            vni: packet.src_vni,
-            keys,
-            ports: packet.ports,
-        }
+        (self.vni[i], self.src[i], self.dst[i]) = (packet.src_vni, src, dst);
+        (self.src_port[i], self.dst_port[i]) = match packet.ports {
+            Some(p) => (p.src.into(), p.dst.into()),
+            None => (NO_PORT, NO_PORT),
+        };
+        v4
     }
 }
 
@@ -189,70 +195,58 @@ impl Table {
             }
             return;
         }
-        let mut queries = [Query::NONE; LANES];
+        let mut lanes = Lanes::EMPTY;
         let mut words = [0; LANES];
         for (packets, out) in packets.chunks(LANES).zip(out.chunks_mut(LANES)) {
-            for (query, packet) in queries.iter_mut().zip(packets) {
-                *query = Query::of(packet);
+            let mut all_v4 = true;
+            for (i, packet) in packets.iter().enumerate() {
+                all_v4 &= lanes.set(i, packet);
             }
-            self.lookup_queries(&queries[..packets.len()], &mut words[..packets.len()]);
-            for ((verdict, packet), &word) in out.iter_mut().zip(packets).zip(&words) {
-                *verdict = if packet.src.is_ipv4() != packet.dst.is_ipv4() {
-                    self.lookup_mixed(packet)
-                } else {
-                    self.decoder.verdict(word).unwrap_or_default()
-                };
+            self.lookup_lanes(&lanes, &mut words);
+            for (verdict, &word) in out.iter_mut().zip(&words) {
+                *verdict = self.decoder.verdict(word).unwrap_or_default();
+            }
+            if !all_v4 {
+                for (verdict, packet) in out.iter_mut().zip(packets) {
+                    if !(packet.src.is_ipv4() && packet.dst.is_ipv4()) {
+                        *verdict = self.lookup(packet);
+                    }
+                }
             }
         }
     }
 
-    /// The verdicts of up to [`LANES`] queries, as packed verdict words, in stages: every
+    /// The verdicts of the IPv4 packets in `lanes`, as packed verdict words, in stages: every
     /// packet's VPC, then every packet's source and destination classes, then every verdict.
     /// Within a stage the packets' lookups are independent, so the CPU runs many of them at
     /// once and their cache misses overlap; one packet at a time, each lookup is a chain of
-    /// dependent loads.
-    pub(crate) fn lookup_queries(&self, queries: &[Query], out: &mut [u32]) {
-        debug_assert!(queries.len() <= LANES && queries.len() == out.len());
-        let mut vnis = [0; LANES];
-        for (vni, query) in vnis.iter_mut().zip(queries) {
-            *vni = query.vni;
-        }
+    /// dependent loads. Every lane is looked up, whatever it holds, so that each stage's loop
+    /// has a constant count, which the compilers unroll (in Wasm, a loop would also pay an
+    /// epoch check a turn).
+    pub(crate) fn lookup_lanes(&self, lanes: &Lanes, out: &mut [u32; LANES]) {
         let mut vpcs = [NO_VPC; LANES];
-        self.vnis.find_lanes(&vnis, &mut vpcs);
+        self.vnis.find_lanes(&lanes.vni, &mut vpcs);
         if self.per_vpc.is_empty() {
             out.fill(UNKNOWN_VPC);
             return;
         }
-        // IPv4 lanes search their VPC's tables; the others, and the lanes past `n`, search VPC
-        // 0's for nothing. Every lane runs so that each step's loop has a constant count,
-        // which the compilers unroll (in Wasm, a loop would also pay an epoch check a turn).
-        let (mut lane_vpcs, mut src_keys, mut dst_keys) = ([0; LANES], [0; LANES], [0; LANES]);
-        for (i, query) in queries.iter().enumerate() {
-            let (s, d, v4) = match query.keys {
-                Keys::V4(s, d) => (s, d, true),
-                Keys::V6(..) => (0, 0, false),
-            };
-            (src_keys[i], dst_keys[i]) = (s, d);
-            lane_vpcs[i] = select_unpredictable(v4 && vpcs[i] != NO_VPC, vpcs[i], 0);
+        // Lanes of no VPC search VPC 0's tables for nothing.
+        let mut roots = [0; LANES];
+        for (root, &vpc) in roots.iter_mut().zip(&vpcs) {
+            *root = select_unpredictable(vpc != NO_VPC, vpc, 0);
         }
-        let (mut src_values, mut dst_values) = ([0; LANES], [0; LANES]);
-        self.src4.find_lanes(&lane_vpcs, &src_keys, &mut src_values);
-        self.dst4.find_lanes(&lane_vpcs, &dst_keys, &mut dst_values);
-        let mut classes = [(0, 0); LANES];
-        for (i, query) in queries.iter().enumerate() {
-            classes[i] = match query.keys {
-                Keys::V4(..) => (
-                    self.ports4.class(src_values[i], query.ports.map(|p| p.src)),
-                    self.ports4.class(dst_values[i], query.ports.map(|p| p.dst)),
-                ),
-                Keys::V6(s, d) => match self.per_vpc.get(vpcs[i] as usize) {
-                    Some(t) => class_pair(&t.src6, s, &t.dst6, d, query.ports),
-                    None => (0, 0),
-                },
-            };
+        let (mut src, mut dst) = ([0; LANES], [0; LANES]);
+        self.src4.find_lanes(&roots, &lanes.src, &mut src);
+        self.dst4.find_lanes(&roots, &lanes.dst, &mut dst);
+        for i in 0..LANES {
+            src[i] = self.ports4.lane_class(src[i], lanes.src_port[i]);
+            dst[i] = self.ports4.lane_class(dst[i], lanes.dst_port[i]);
         }
-        for ((word, &(s, d)), &vpc) in out.iter_mut().zip(&classes).zip(&vpcs) {
-            *word = self.matrices.word(vpc, s, d).unwrap_or(UNKNOWN_VPC);
+        for (i, word) in out.iter_mut().enumerate() {
+            *word = self
+                .matrices
+                .word(vpcs[i], src[i], dst[i])
+                .unwrap_or(UNKNOWN_VPC);
         }
     }
 

@@ -72,7 +72,8 @@ mod lookup;
 mod trie;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
-pub(crate) use lookup::{LANES, Query};
+pub(crate) use flat::NO_PORT;
+pub(crate) use lookup::{LANES, Lanes};
 
 use crate::packet::Verdict;
 

@@ -78,10 +78,16 @@ impl Trie {
     pub(super) fn walk<const D: u32>(&self, root: u32, key: u32) -> u32 {
         let mut entry = root;
         for level in 0..D {
-            let byte = (key >> (24 - 8 * level)) & 0xff;
-            entry = self.nodes[(entry as usize) << 8 | byte as usize];
+            entry = self.step(entry, key, level);
         }
         entry
+    }
+
+    /// One level of a walk: the entry that `key` takes in the node `entry` names, at `level`.
+    #[inline(always)]
+    pub(super) fn step(&self, entry: u32, key: u32, level: u32) -> u32 {
+        let byte = (key >> (24 - 8 * level)) & 0xff;
+        self.nodes[(entry as usize) << 8 | byte as usize]
     }
 
     /// Bytes the trie takes.
