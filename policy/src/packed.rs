@@ -52,6 +52,26 @@ const VALUE_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
 /// Appends the record of `packet` to `out`.
 pub fn encode_packet(packet: &Packet, out: &mut Vec<u8>) {
+    out.extend_from_slice(&record(packet));
+}
+
+/// Replaces `out` with the records of `packets`, written in place.
+pub fn encode_packets(packets: &[Packet], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(packets.len() * PACKET_BYTES, 0);
+    for (rec, packet) in out
+        .as_chunks_mut::<PACKET_BYTES>()
+        .0
+        .iter_mut()
+        .zip(packets)
+    {
+        *rec = record(packet);
+    }
+}
+
+/// The record of `packet`.
+#[inline]
+fn record(packet: &Packet) -> [u8; PACKET_BYTES] {
     let mut rec = [0u8; PACKET_BYTES];
     rec[field::SRC_VNI].copy_from_slice(&packet.src_vni.to_le_bytes());
     rec[field::SRC_FAMILY] = family(packet.src);
@@ -64,7 +84,7 @@ pub fn encode_packet(packet: &Packet, out: &mut Vec<u8>) {
     }
     put_addr(&mut rec[field::SRC_ADDR], packet.src);
     put_addr(&mut rec[field::DST_ADDR], packet.dst);
-    out.extend_from_slice(&rec);
+    rec
 }
 
 fn put_addr(slot: &mut [u8], addr: IpAddr) {
@@ -303,6 +323,32 @@ mod tests {
             WordDecoder::new(&Catalog::default()).verdict(1 << KIND_SHIFT),
             None
         );
+    }
+
+    #[test]
+    fn a_batch_is_encoded_as_its_records_whatever_the_buffer_held() {
+        let packets = [
+            Packet::tcp(
+                1,
+                "10.0.0.1".parse().unwrap(),
+                1,
+                "10.0.0.2".parse().unwrap(),
+                2,
+            ),
+            Packet::portless(
+                2,
+                "fd00::1".parse().unwrap(),
+                "fd00::2".parse().unwrap(),
+                58,
+            ),
+        ];
+        let mut one_by_one = Vec::new();
+        packets
+            .iter()
+            .for_each(|p| encode_packet(p, &mut one_by_one));
+        let mut batch = vec![0xff; 3 * PACKET_BYTES];
+        encode_packets(&packets, &mut batch);
+        assert_eq!(batch, one_by_one);
     }
 
     #[test]

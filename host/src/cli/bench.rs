@@ -129,8 +129,9 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     );
     let stats = table.stats();
     println!(
-        "  table: {} segments; IPv4 lookup structures {} KiB",
+        "  table: {} segments, {} verdict cells; IPv4 lookup structures {} KiB",
         stats.segments,
+        stats.matrix_cells,
         stats.ipv4_bytes >> 10
     );
     println!(

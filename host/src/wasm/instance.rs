@@ -1,7 +1,7 @@
 //! A module instance with a configuration in force: what judges a worker's batches.
 
 use flowgate_policy::explain::Explanation;
-use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES, WordDecoder, encode_packet};
+use flowgate_policy::packed::{VERDICT_BYTES, WordDecoder, encode_packets};
 use flowgate_policy::{Catalog, ConfigError, Packet, Verdict};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
@@ -228,11 +228,7 @@ impl crate::Policy for WasmPolicy {
 
     /// Judges a batch through the packed `judge-packed` call: the dataplane's path.
     fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault> {
-        self.packed.clear();
-        self.packed.reserve(packets.len() * PACKET_BYTES);
-        for p in packets {
-            encode_packet(p, &mut self.packed);
-        }
+        encode_packets(packets, &mut self.packed);
         self.store
             .set_epoch_deadline(ticks(self.limits.batch_deadline));
         let answer = self

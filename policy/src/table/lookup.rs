@@ -238,15 +238,10 @@ impl Table {
         let (mut src, mut dst) = ([0; LANES], [0; LANES]);
         self.src4.find_lanes(&roots, &lanes.src, &mut src);
         self.dst4.find_lanes(&roots, &lanes.dst, &mut dst);
-        for i in 0..LANES {
-            src[i] = self.ports4.lane_class(src[i], lanes.src_port[i]);
-            dst[i] = self.ports4.lane_class(dst[i], lanes.dst_port[i]);
-        }
         for (i, word) in out.iter_mut().enumerate() {
-            *word = self
-                .matrices
-                .word(vpcs[i], src[i], dst[i])
-                .unwrap_or(UNKNOWN_VPC);
+            let s = self.ports4.lane_class(src[i], lanes.src_port[i]);
+            let d = self.ports4.lane_class(dst[i], lanes.dst_port[i]);
+            *word = self.matrices.word(vpcs[i], s, d).unwrap_or(UNKNOWN_VPC);
         }
     }
 
