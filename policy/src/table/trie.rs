@@ -127,6 +127,8 @@ impl Builder {
     ) -> Option<()> {
         let span = 1u64 << (24 - 8 * level);
         let mut first = 0;
+        // The last uniform child: runs of entries share one, and hashing each costs.
+        let mut last_uniform = None;
         for byte in 0..FANOUT {
             let lo = base + byte as u64 * span;
             let hi = lo + span;
@@ -142,7 +144,14 @@ impl Builder {
                 debug_assert_eq!(end, first + 1);
                 values[first]
             } else if end == first + 1 {
-                self.uniform(level + 1, values[first])?
+                match last_uniform {
+                    Some((value, node)) if value == values[first] => node,
+                    _ => {
+                        let node = self.uniform(level + 1, values[first])?;
+                        last_uniform = Some((values[first], node));
+                        node
+                    }
+                }
             } else {
                 let child = self.alloc()?;
                 self.fill(
