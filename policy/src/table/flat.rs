@@ -1,13 +1,15 @@
 //! The IPv4 lookup structures, laid out so that a search never branches on the data and
 //! never follows a pointer it could compute:
 //!
-//! - [`Side4`]: one side (source or destination) of every VPC's IPv4 segment table, each
-//!   padded to the same power-of-two length `L`, VPC `v`'s at `v * L` of one array. A search
-//!   is `log2(L)` steps of compare-and-`cmov`, the same count for every packet, so even the
-//!   loop exit is predicted; and the table's address is arithmetic on the VPC index.
+//! - [`Side4`]: one side (source or destination) of every VPC's IPv4 segment table: a
+//!   [`Trie`] (one to four loads) when it fits its memory budget, else [`Padded`]: each VPC's
+//!   table padded to the same power-of-two length `L`, VPC `v`'s at `v * L` of one array. A
+//!   padded search is `log2(L)` steps of compare-and-`cmov`, the same count for every packet,
+//!   so even the loop exit is predicted; and the table's address is arithmetic on the VPC
+//!   index.
 //! - [`PortMap`]: a segment's port ranges, padded to 8 in one cache line, searched in three
 //!   such steps.
-//! - [`VniIndex`]: the VNIs, padded likewise.
+//! - [`VniIndex`]: the VNIs, dense when their numbering is, else a trie, else padded.
 //!
 //! Padding costs memory only for VPCs with fewer segments than the largest (a few hundred
 //! bytes each). A VPC whose table would make `L` exceed [`MAX_FLAT`] keeps its own table,

@@ -12,12 +12,18 @@
 //! remote VPC, and a class is a set of VPCs. The packet's verdict depends only on the pair
 //! (source class, destination class): the intersection of the two sets is M of SPEC section 3.
 //! The table precomputes that verdict for every pair of X's classes into a matrix, so a lookup
-//! is two binary searches, at most two more over a handful of ports, and one matrix read.
-//! Nothing is allocated per packet, and the cost grows with the logarithm of the number of
-//! segments, never with the number of peerings.
+//! is the VPC of the VNI, one search per side, at most two more over a handful of ports, and
+//! one matrix read. Nothing is allocated per packet, and the cost never grows with the number
+//! of peerings.
+//!
+//! For IPv4 the two sides of every VPC are multibit tries (`trie`): a key byte a level, so a
+//! side is three loads for /24 and shorter prefixes, four otherwise, and no compare. A trie is
+//! only built within a memory budget; past it a side falls back to padded segment tables
+//! searched by compare (`flat`). IPv6 keeps per-VPC binary searches.
 //!
 //! A batch is looked up 32 packets at a time, in stages and in lockstep (see
-//! [`Table::lookup_batch`]); the IPv4 tables are laid out for that in `flat`.
+//! [`Table::lookup_batch`]): the packets' fields in lanes, then every lane's VPC, every trie
+//! level of every lane, and every lane's classes and verdict.
 //!
 //! # Why this structure
 //! Chosen by measurement (`cargo bench -p flowgate-benches`, numbers in `BENCHMARKS.md`). At
@@ -37,8 +43,8 @@
 //!   dense array and 4-byte matrix cells, 26 ns; the source and destination searches in one
 //!   loop (`last_at_or_below2`), so their independent loads overlap, took the Wasm path
 //!   another 8 % (natively the CPU already overlapped them).
-//! - **The packed path** reads lookup keys straight from the record (`Table::lookup_keys`)
-//!   instead of building a [`Packet`](crate::Packet) first.
+//! - **The packed path** reads lookup keys straight from the record instead of building a
+//!   [`Packet`](crate::Packet) first.
 //! - **Tried and not kept** (then): looking IPv4 packets up four at a time, their VNI
 //!   searches in one loop and their eight segment searches in another. It took about 3 %
 //!   off the Wasm path and nothing natively. That was measured replaying 4,096 packets, a
@@ -64,6 +70,33 @@
 //!   vectorize the count on x86-64's SSE2 baseline; the scalar count made it slower than the
 //!   `cmov` binary search (73 against 68 ns). Worth another try with a vector compare.
 //! - IPv6 keeps the per-VPC binary search (`SegTable<u128>`): the cold family here.
+//!
+//! Then, from 37 ns native and 76 ns Wasm (same workload; each step measured in one run of
+//! `realistic/{native,wasm}/1000`, native / Wasm):
+//! - **Tries** for the IPv4 sides and the VNIs instead of the padded searches: 7 compare
+//!   steps a side became 3 loads: 29.8 / 59.8 ns. The table grew from ~0.4 to 1.3 MB at
+//!   1,000 peerings (5.4 MB at 5,000); the lines a lookup touches stay few (a VPC's /20 is
+//!   one line of a node). Budget: 32 times the segment tables' bytes, at least 4 MiB.
+//! - **Verdict words decoded through a table** built per catalog (`packed::WordDecoder`),
+//!   not a `match` on the kind that mixed traffic mispredicts, and all matrices in one array:
+//!   27.1 / 54.1 ns.
+//! - **Lanes of IPv4 fields** filled straight from the packets or records, not per-packet
+//!   queries copied into lanes; other families looked up on their own: 26.2 / 49.9 ns.
+//! - **Trie levels in lockstep**, and **VNIs in a dense array** when their numbering is dense
+//!   (one load instead of a four-level trie): 25.3 / 47.2 ns.
+//! - **Port maps of 8 ranges in one aligned cache line** (99 % of the segments of the
+//!   realistic shapes; longer maps are searched on their own), **searched by additions**:
+//!   LLVM had turned a select of the padded port search into a branch (the `select_unpredictable`
+//!   hint does not bind it), mispredicted on mixed traffic: 21.8 / 42 ns.
+//! - **Rejected**, measured: the port search as a count of starts at most the port, which
+//!   LLVM vectorizes natively (27.8 / 61.6 ns: the horizontal sum costs more than 3 steps);
+//!   the guest built with `simd128` (no change: nothing on the path vectorizes); matrix cells
+//!   as 16-bit indices into the distinct words (half the bytes, no change); 16 lanes instead of
+//!   32 (the same at 1,000 peerings, 10 % slower at 5,000).
+//! - What remains, by `perf`: natively the packets themselves (a 48 MB pool streamed from
+//!   memory) and the loads of the trie's last level and of the matrix cell (L2); in the guest
+//!   the same loads, which Cranelift's longer code overlaps less, and the host's record
+//!   encoding (about a fifth of the Wasm time).
 
 mod build;
 mod catalog;
