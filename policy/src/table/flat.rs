@@ -73,14 +73,17 @@ pub(super) enum Side4 {
 
 /// Tries may take this many times the bytes of their tables...
 const TRIE_FACTOR: usize = 32;
-/// ... or this many bytes, whichever is more.
+/// ... or this many bytes, whichever is more...
 const TRIE_FLOOR: usize = 4 << 20;
+/// ... but never more than this: a guest has a few hundred MiB in all (`--module-memory-mib`),
+/// and a configuration that fitted with searched tables must still fit.
+const TRIE_CAP: usize = 32 << 20;
 
 /// The byte budget of a trie of `tables`: none without `tries`.
 pub(super) fn trie_budget(tables: &[(Vec<u32>, Vec<u32>)], tries: bool) -> usize {
     let own: usize = tables.iter().map(|t| t.0.len() * 8).sum();
     if tries {
-        (own * TRIE_FACTOR).max(TRIE_FLOOR)
+        own.saturating_mul(TRIE_FACTOR).clamp(TRIE_FLOOR, TRIE_CAP)
     } else {
         0
     }
@@ -599,6 +602,45 @@ mod tests {
                 assert_eq!((a, b), (want, reference(starts, values, key / 2)));
             }
         }
+    }
+
+    #[test]
+    fn a_side_past_its_trie_budget_is_searched_and_answers_alike() {
+        // 6,000 hosts scattered over the address space: each needs nodes of its own at the
+        // three lower levels, far more than the 4 MiB floor allows for 96 KB of tables.
+        let hosts: Vec<u32> = (0..6_000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let mut starts: Vec<u32> = hosts.iter().flat_map(|&h| [h, h.wrapping_add(1)]).collect();
+        starts.push(0);
+        starts.sort_unstable();
+        starts.dedup();
+        let values: Vec<u32> = (0..starts.len() as u32).map(|i| i % 5).collect();
+        let tables = vec![
+            (starts.clone(), values.clone()),
+            (vec![0, 1 << 24], vec![1, 2]),
+        ];
+        assert!(trie_budget(&tables, true) == TRIE_FLOOR);
+        let side = Side4::new(&tables, true);
+        assert!(
+            matches!(side, Side4::Padded(_)),
+            "the trie should be over budget"
+        );
+        let lanes: [u32; LANES] = std::array::from_fn(|i| hosts[i * 7]);
+        let mut found = [0; LANES];
+        side.find_lanes(&[0; LANES], &lanes, &mut found);
+        for (key, got) in lanes.iter().zip(found) {
+            assert_eq!(got, reference(&starts, &values, *key), "key {key:#x}");
+        }
+        for key in [0, 1, (1 << 24) - 1, 1 << 24, u32::MAX] {
+            assert_eq!(
+                side.find(1, key),
+                reference(&tables[1].0, &tables[1].1, key)
+            );
+        }
+        // Small tables get their trie, unless told otherwise.
+        assert!(matches!(Side4::new(&tables[1..], true), Side4::Trie(_)));
+        assert!(matches!(Side4::new(&tables[1..], false), Side4::Padded(_)));
     }
 
     #[test]

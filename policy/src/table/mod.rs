@@ -76,7 +76,8 @@
 //! - **Tries** for the IPv4 sides and the VNIs instead of the padded searches: 7 compare
 //!   steps a side became 3 loads: 29.8 / 59.8 ns. The table grew from ~0.4 to 1.3 MB at
 //!   1,000 peerings (5.4 MB at 5,000); the lines a lookup touches stay few (a VPC's /20 is
-//!   one line of a node). Budget: 32 times the segment tables' bytes, at least 4 MiB.
+//!   one line of a node). Budget: 32 times the segment tables' bytes, at least 4 MiB, at
+//!   most 32 MiB.
 //! - **Verdict words decoded through a table** built per catalog (`packed::WordDecoder`),
 //!   not a `match` on the kind that mixed traffic mispredicts, and all matrices in one array:
 //!   27.1 / 54.1 ns.
@@ -92,7 +93,9 @@
 //!   LLVM vectorizes natively (27.8 / 61.6 ns: the horizontal sum costs more than 3 steps);
 //!   the guest built with `simd128` (no change: nothing on the path vectorizes); matrix cells
 //!   as 16-bit indices into the distinct words (half the bytes, no change); 16 lanes instead of
-//!   32 (the same at 1,000 peerings, 10 % slower at 5,000).
+//!   32 (the same at 1,000 peerings, 10 % slower at 5,000); padded searches for tables so short
+//!   that they take fewer steps than a trie has levels (the 10-peering best case went from
+//!   16.6 to 18.3 ns: the trie's loads beat as many compare steps).
 //! - What remains, by `perf`: natively the packets themselves (a 48 MB pool streamed from
 //!   memory) and the loads of the trie's last level and of the matrix cell (L2); in the guest
 //!   the same loads, which Cranelift's longer code overlaps less, and the host's record
