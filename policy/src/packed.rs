@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-use crate::table::{Catalog, LANES, Lanes, NO_PORT, Table};
+use crate::table::{Catalog, LANES, Lanes, Table};
 
 /// Bytes per packet record.
 pub const PACKET_BYTES: usize = 44;
@@ -102,6 +102,27 @@ fn addr_bytes(rec: &[u8; PACKET_BYTES], range: std::ops::Range<usize>) -> [u8; 1
     b
 }
 
+/// The 2 bytes of a record at `at`.
+#[inline(always)]
+fn bytes2(rec: &[u8; PACKET_BYTES], at: usize) -> [u8; 2] {
+    [rec[at], rec[at + 1]]
+}
+
+/// The 4 bytes of a record at `at`.
+#[inline(always)]
+fn bytes4(rec: &[u8; PACKET_BYTES], at: usize) -> [u8; 4] {
+    [rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]
+}
+
+/// The ports of a record, if its flags say it has them.
+#[inline(always)]
+fn ports(rec: &[u8; PACKET_BYTES]) -> Option<Ports> {
+    (rec[field::FLAGS] & FLAG_PORTS != 0).then(|| Ports {
+        src: u16::from_le_bytes(bytes2(rec, field::SRC_PORT.start)),
+        dst: u16::from_le_bytes(bytes2(rec, field::DST_PORT.start)),
+    })
+}
+
 /// Reads one packet record. Every 44 bytes are some packet: this cannot fail.
 pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
     let addr = |family: usize, at: std::ops::Range<usize>| -> IpAddr {
@@ -112,20 +133,12 @@ pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
             IpAddr::V4([b[0], b[1], b[2], b[3]].into())
         }
     };
-    let u16_at =
-        |at: std::ops::Range<usize>| u16::from_le_bytes([rec[at.start], rec[at.start + 1]]);
-    let ports = (rec[field::FLAGS] & FLAG_PORTS != 0).then(|| Ports {
-        src: u16_at(field::SRC_PORT),
-        dst: u16_at(field::DST_PORT),
-    });
-    let vni = field::SRC_VNI.start;
-    let src_vni = u32::from_le_bytes([rec[vni], rec[vni + 1], rec[vni + 2], rec[vni + 3]]);
     Packet {
-        src_vni,
+        src_vni: u32::from_le_bytes(bytes4(rec, field::SRC_VNI.start)),
         src: addr(field::SRC_FAMILY, field::SRC_ADDR),
         dst: addr(field::DST_FAMILY, field::DST_ADDR),
         proto: rec[field::PROTO],
-        ports,
+        ports: ports(rec),
     }
 }
 
@@ -169,7 +182,7 @@ pub fn decode_verdict(rec: [u8; VERDICT_BYTES]) -> Option<Verdict> {
 
 /// [`decode_verdict`] of a word.
 #[inline]
-pub(crate) fn word_verdict(word: u32) -> Option<Verdict> {
+fn word_verdict(word: u32) -> Option<Verdict> {
     let value = word & VALUE_MASK;
     match word >> KIND_SHIFT {
         0 => REASONS.get(value as usize).copied().map(Verdict::Drop),
@@ -274,22 +287,15 @@ fn v4(rec: &[u8; PACKET_BYTES]) -> bool {
 /// sides, whose lane then holds anything.
 #[inline]
 fn set_lane(lanes: &mut Lanes, i: usize, rec: &[u8; PACKET_BYTES]) -> bool {
-    let word = |at: usize| [rec[at], rec[at + 1], rec[at + 2], rec[at + 3]];
-    let u16_at = |at: usize| u32::from(u16::from_le_bytes([rec[at], rec[at + 1]]));
-    lanes.vni[i] = u32::from_le_bytes(word(field::SRC_VNI.start));
-    lanes.src[i] = u32::from_be_bytes(word(field::SRC_ADDR.start));
-    lanes.dst[i] = u32::from_be_bytes(word(field::DST_ADDR.start));
-    let ports = rec[field::FLAGS] & FLAG_PORTS != 0;
-    lanes.src_port[i] = if ports {
-        u16_at(field::SRC_PORT.start)
-    } else {
-        NO_PORT
-    };
-    lanes.dst_port[i] = if ports {
-        u16_at(field::DST_PORT.start)
-    } else {
-        NO_PORT
-    };
+    lanes.put(
+        i,
+        u32::from_le_bytes(bytes4(rec, field::SRC_VNI.start)),
+        (
+            u32::from_be_bytes(bytes4(rec, field::SRC_ADDR.start)),
+            u32::from_be_bytes(bytes4(rec, field::DST_ADDR.start)),
+        ),
+        ports(rec),
+    );
     v4(rec)
 }
 

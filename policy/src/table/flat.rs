@@ -119,13 +119,7 @@ impl Side4 {
     ) {
         match self {
             Side4::Trie(trie) => trie_find_lanes(trie, vpcs, keys, out),
-            Side4::Padded(padded) => {
-                let mut at = [0; LANES];
-                padded.search_lanes(vpcs, keys, &mut at);
-                for ((out, &at), &key) in out.iter_mut().zip(&at).zip(keys) {
-                    *out = padded.value(at, key);
-                }
-            }
+            Side4::Padded(padded) => padded.find_lanes(vpcs, keys, out),
         }
     }
 
@@ -241,18 +235,13 @@ impl Padded {
         self.unbig(value, key)
     }
 
-    /// For each lane `i`, the position in this side of the last key at most `keys[i]` in VPC
-    /// `vpcs[i]`'s table (`vpcs[i]` must be a VPC of the table; resolve the value with
-    /// [`Padded::value`]). The lanes' searches run in lockstep, one step of every lane before
+    /// For each lane `i`, the value of `keys[i]` in VPC `vpcs[i]`'s table (`vpcs[i]` must be
+    /// a VPC of the table). The lanes' searches run in lockstep, one step of every lane before
     /// the next step of any: each step's loads are independent across lanes, so their cache
     /// misses overlap instead of queueing one packet behind another.
     #[inline(always)]
-    pub(super) fn search_lanes(
-        &self,
-        vpcs: &[u32; LANES],
-        keys: &[u32; LANES],
-        at: &mut [usize; LANES],
-    ) {
+    fn find_lanes(&self, vpcs: &[u32; LANES], keys: &[u32; LANES], out: &mut [u32; LANES]) {
+        let mut at = [0usize; LANES];
         for (at, &vpc) in at.iter_mut().zip(vpcs) {
             *at = (vpc as usize) << self.log2;
         }
@@ -263,17 +252,14 @@ impl Padded {
             }
             half /= 2;
         }
-    }
-
-    /// The value at a position [`Padded::search_lanes`] found for `key`.
-    #[inline(always)]
-    pub(super) fn value(&self, at: usize, key: u32) -> u32 {
-        self.unbig(self.values[at], key)
+        for ((out, &at), &key) in out.iter_mut().zip(&at).zip(keys) {
+            *out = self.unbig(self.values[at], key);
+        }
     }
 
     /// Resolves a [`BIG`] value by searching the VPC's own table.
     #[inline(always)]
-    pub(super) fn unbig(&self, value: u32, key: u32) -> u32 {
+    fn unbig(&self, value: u32, key: u32) -> u32 {
         if value & FLAGS == BIG {
             self.find_big(value, key)
         } else {
@@ -338,7 +324,7 @@ fn port_index(starts: &[u16; MAP_RANGES], port: u16) -> usize {
 }
 
 /// The port of a lane whose packet has none: past every `u16`.
-pub(crate) const NO_PORT: u32 = 1 << 16;
+pub(super) const NO_PORT: u32 = 1 << 16;
 
 /// Ranges in a [`PortMap`]: 99 % of the segments of the realistic workloads have at most 8
 /// (most have 2 to 5); the others are searched on their own.
@@ -519,7 +505,7 @@ impl VniIndex {
         }
     }
 
-    /// [`VniIndex::find`] of every lane (searches in lockstep, see [`Padded::search_lanes`]).
+    /// [`VniIndex::find`] of every lane (searches in lockstep, see [`Padded::find_lanes`]).
     #[inline(always)]
     pub(super) fn find_lanes(&self, vnis: &[u32; LANES], out: &mut [u32; LANES]) {
         match self {

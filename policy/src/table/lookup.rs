@@ -111,12 +111,18 @@ impl Lanes {
             (IpAddr::V4(s), IpAddr::V4(d)) => (s.into(), d.into(), true),
             _ => (0, 0, false),
         };
-        (self.vni[i], self.src[i], self.dst[i]) = (packet.src_vni, src, dst);
-        (self.src_port[i], self.dst_port[i]) = match packet.ports {
+        self.put(i, packet.src_vni, (src, dst), packet.ports);
+        v4
+    }
+
+    /// Puts a packet's fields in lane `i`.
+    #[inline]
+    pub(crate) fn put(&mut self, i: usize, vni: u32, (src, dst): (u32, u32), ports: Option<Ports>) {
+        (self.vni[i], self.src[i], self.dst[i]) = (vni, src, dst);
+        (self.src_port[i], self.dst_port[i]) = match ports {
             Some(p) => (p.src.into(), p.dst.into()),
             None => (NO_PORT, NO_PORT),
         };
-        v4
     }
 }
 
@@ -129,21 +135,18 @@ impl Table {
             (IpAddr::V6(s), IpAddr::V6(d)) => Keys::V6(s.into(), d.into()),
             _ => return self.lookup_mixed(packet),
         };
-        self.lookup_keys(packet.src_vni, keys, packet.ports)
+        let vpc = self.vnis.find(packet.src_vni);
+        let Some(t) = self.per_vpc.get(vpc as usize) else {
+            return Verdict::Drop(DropReason::UnknownVpc);
+        };
+        let (s, d) = self.classes(vpc, t, keys, packet.ports);
+        self.verdict(self.matrices.word(vpc, s, d).unwrap_or(UNKNOWN_VPC))
     }
 
-    /// The verdict for a packet given as lookup keys: [`Table::lookup`] without building a
-    /// [`Packet`] (the packed path reads the keys straight from the record).
+    /// The verdict of a word of the matrices.
     #[inline]
-    pub(crate) fn lookup_keys(&self, vni: u32, keys: Keys, ports: Option<Ports>) -> Verdict {
-        let vpc = self.vnis.find(vni);
-        match self.per_vpc.get(vpc as usize) {
-            Some(t) => {
-                let (s, d) = self.classes(vpc, t, keys, ports);
-                self.matrices.verdict(vpc, s, d)
-            }
-            None => Verdict::Drop(DropReason::UnknownVpc),
-        }
+    fn verdict(&self, word: u32) -> Verdict {
+        self.decoder.verdict(word).unwrap_or_default()
     }
 
     /// The source and destination classes of a packet of VPC `vpc`, whose tables are `t`.
@@ -178,7 +181,7 @@ impl Table {
             IpAddr::V4(a) => self.ports4.class(self.dst4.find(vpc, a.into()), dst_port),
             IpAddr::V6(a) => t.dst6.class(a.into(), dst_port),
         };
-        self.matrices.verdict(vpc, s, d)
+        self.verdict(self.matrices.word(vpc, s, d).unwrap_or(UNKNOWN_VPC))
     }
 
     /// The verdicts for a batch: `out[i]` is `lookup(&packets[i])`, computed in stages over
@@ -204,7 +207,7 @@ impl Table {
             }
             self.lookup_lanes(&lanes, &mut words);
             for (verdict, &word) in out.iter_mut().zip(&words) {
-                *verdict = self.decoder.verdict(word).unwrap_or_default();
+                *verdict = self.verdict(word);
             }
             if !all_v4 {
                 for (verdict, packet) in out.iter_mut().zip(packets) {

@@ -108,7 +108,6 @@ mod lookup;
 mod trie;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
-pub(crate) use flat::NO_PORT;
 pub(crate) use lookup::{LANES, Lanes};
 
 use crate::packet::Verdict;
@@ -117,7 +116,7 @@ use crate::packet::Verdict;
 #[derive(Debug, Clone)]
 pub struct Table {
     catalog: Catalog,
-    /// The verdicts of the matrix's words, for the batch path.
+    /// The verdicts of the matrices' words.
     decoder: crate::packed::WordDecoder,
     /// The VPC of each VNI.
     vnis: flat::VniIndex,
@@ -147,7 +146,7 @@ struct VpcTable {
 
 /// Every VPC's verdict matrix, in one array: the verdict for (source class, destination
 /// class) of VPC `v` is at `rows[v].at + src * rows[v].dst_classes + dst`, as a [`Cell`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Matrices {
     rows: Box<[Row]>,
     cells: Box<[Cell]>,
@@ -167,14 +166,6 @@ impl Matrices {
         let row = self.rows.get(vpc as usize)?;
         let at = row.at + src_class as usize * row.dst_classes + dst_class as usize;
         Some(self.cells[at].0)
-    }
-
-    #[inline]
-    fn verdict(&self, vpc: u32, src_class: u32, dst_class: u32) -> Verdict {
-        match self.word(vpc, src_class, dst_class) {
-            Some(word) => Cell::verdict(word),
-            None => Verdict::Drop(crate::packet::DropReason::UnknownVpc),
-        }
     }
 }
 
@@ -213,11 +204,5 @@ struct Cell(u32);
 impl Cell {
     fn new(verdict: Verdict) -> Cell {
         Cell(crate::packed::verdict_word(verdict))
-    }
-
-    /// The verdict of a word the table built (or `drop(unknown-vpc)`, which no cell holds).
-    #[inline]
-    fn verdict(word: u32) -> Verdict {
-        crate::packed::word_verdict(word).unwrap_or_default()
     }
 }
