@@ -2,6 +2,8 @@
 //! `wit/policy.wit`): one codec shared by the guest, which decodes packets and encodes
 //! verdicts, and the host, which does the reverse.
 
+#[cfg(target_family = "wasm")]
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
@@ -65,7 +67,7 @@ pub fn encode_packets(packets: &[Packet], out: &mut Vec<u8>) {
         .iter_mut()
         .zip(packets)
     {
-        *rec = record(packet);
+        write_record(rec, packet);
     }
 }
 
@@ -73,18 +75,24 @@ pub fn encode_packets(packets: &[Packet], out: &mut Vec<u8>) {
 #[inline]
 fn record(packet: &Packet) -> [u8; PACKET_BYTES] {
     let mut rec = [0u8; PACKET_BYTES];
+    write_record(&mut rec, packet);
+    rec
+}
+
+/// Writes the record of `packet` over the zeroed `rec`. Whether a packet has ports is a coin
+/// toss on mixed traffic: the flag and the ports are written without a branch on it.
+#[inline(always)]
+fn write_record(rec: &mut [u8; PACKET_BYTES], packet: &Packet) {
+    let (src_port, dst_port) = packet.ports.map_or((0, 0), |p| (p.src, p.dst));
     rec[field::SRC_VNI].copy_from_slice(&packet.src_vni.to_le_bytes());
     rec[field::SRC_FAMILY] = family(packet.src);
     rec[field::PROTO] = packet.proto;
+    rec[field::FLAGS] = u8::from(packet.ports.is_some()) * FLAG_PORTS;
     rec[field::DST_FAMILY] = family(packet.dst);
-    if let Some(ports) = packet.ports {
-        rec[field::FLAGS] = FLAG_PORTS;
-        rec[field::SRC_PORT].copy_from_slice(&ports.src.to_le_bytes());
-        rec[field::DST_PORT].copy_from_slice(&ports.dst.to_le_bytes());
-    }
+    rec[field::SRC_PORT].copy_from_slice(&src_port.to_le_bytes());
+    rec[field::DST_PORT].copy_from_slice(&dst_port.to_le_bytes());
     put_addr(&mut rec[field::SRC_ADDR], packet.src);
     put_addr(&mut rec[field::DST_ADDR], packet.dst);
-    rec
 }
 
 fn put_addr(slot: &mut [u8], addr: IpAddr) {
@@ -254,15 +262,43 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
         }
         return;
     };
-    let mut lanes = Lanes::EMPTY;
-    let mut words = [0; LANES];
+    #[cfg(target_family = "wasm")]
+    {
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::NEW) };
+        }
+        SCRATCH.with_borrow_mut(|s| judge_lanes(table, input, output, s));
+    }
+    #[cfg(not(target_family = "wasm"))]
+    judge_lanes(table, input, output, &mut Scratch::NEW.clone());
+}
+
+/// The working memory of [`judge_packed`]: a chunk's lanes and verdict words. Natively it
+/// lives on the stack; a Wasm guest keeps it in a static, for the reason
+/// `Table::lookup_lanes` keeps its stages in one.
+#[derive(Debug, Clone)]
+struct Scratch {
+    lanes: Lanes,
+    words: [u32; LANES],
+}
+
+impl Scratch {
+    const NEW: Scratch = Scratch {
+        lanes: Lanes::EMPTY,
+        words: [0; LANES],
+    };
+}
+
+#[inline(always)]
+fn judge_lanes(table: &Table, input: &[u8], output: &mut Vec<u8>, s: &mut Scratch) {
     for chunk in input.chunks(PACKET_BYTES * LANES) {
         let records = chunk.as_chunks::<PACKET_BYTES>().0;
         let mut all_v4 = true;
         for (i, rec) in records.iter().enumerate() {
-            all_v4 &= set_lane(&mut lanes, i, rec);
+            all_v4 &= set_lane(&mut s.lanes, i, rec);
         }
-        table.lookup_lanes(&lanes, &mut words);
+        table.lookup_lanes(&s.lanes, &mut s.words);
+        let words = &mut s.words;
         if !all_v4 {
             for (word, rec) in words.iter_mut().zip(records) {
                 if !v4(rec) {
@@ -294,7 +330,11 @@ fn set_lane(lanes: &mut Lanes, i: usize, rec: &[u8; PACKET_BYTES]) -> bool {
             u32::from_be_bytes(bytes4(rec, field::SRC_ADDR.start)),
             u32::from_be_bytes(bytes4(rec, field::DST_ADDR.start)),
         ),
-        ports(rec),
+        rec[field::FLAGS] & FLAG_PORTS != 0,
+        (
+            u16::from_le_bytes(bytes2(rec, field::SRC_PORT.start)),
+            u16::from_le_bytes(bytes2(rec, field::DST_PORT.start)),
+        ),
     );
     v4(rec)
 }
