@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-use crate::table::{Catalog, LANES, Lanes, Table};
+use crate::table::{Catalog, LANES, Lanes, Stages, Table};
 
 /// Bytes per packet record.
 pub const PACKET_BYTES: usize = 44;
@@ -273,18 +273,20 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
     judge_lanes(table, input, output, &mut Scratch::NEW.clone());
 }
 
-/// The working memory of [`judge_packed`]: a chunk's lanes and verdict words. Natively it
-/// lives on the stack; a Wasm guest keeps it in a static, for the reason
-/// `Table::lookup_lanes` keeps its stages in one.
+/// The working memory of [`judge_packed`]: a chunk's lanes, the lookup's stages and the
+/// verdict words. Natively it lives on the stack; a Wasm guest keeps it in a static (see
+/// `Table::lookup_lanes` for why).
 #[derive(Debug, Clone)]
 struct Scratch {
     lanes: Lanes,
+    stages: Stages,
     words: [u32; LANES],
 }
 
 impl Scratch {
     const NEW: Scratch = Scratch {
         lanes: Lanes::EMPTY,
+        stages: Stages::NEW,
         words: [0; LANES],
     };
 }
@@ -297,7 +299,7 @@ fn judge_lanes(table: &Table, input: &[u8], output: &mut Vec<u8>, s: &mut Scratc
         for (i, rec) in records.iter().enumerate() {
             all_v4 &= set_lane(&mut s.lanes, i, rec);
         }
-        table.lookup_lanes(&s.lanes, &mut s.words);
+        table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
         let words = &mut s.words;
         if !all_v4 {
             for (word, rec) in words.iter_mut().zip(records) {

@@ -136,7 +136,7 @@ impl Lanes {
 
 /// Where the stages of [`Table::lookup_lanes`] keep their answers.
 #[derive(Debug, Clone)]
-struct Stages {
+pub(crate) struct Stages {
     vpcs: [u32; LANES],
     roots: [u32; LANES],
     src: [u32; LANES],
@@ -144,7 +144,7 @@ struct Stages {
 }
 
 impl Stages {
-    const NEW: Stages = Stages {
+    pub(crate) const NEW: Stages = Stages {
         vpcs: [NO_VPC; LANES],
         roots: [0; LANES],
         src: [0; LANES],
@@ -224,13 +224,13 @@ impl Table {
             }
             return;
         }
-        let (mut lanes, mut words) = (Lanes::EMPTY, [0; LANES]);
+        let (mut lanes, mut stages, mut words) = (Lanes::EMPTY, Stages::NEW, [0; LANES]);
         for (packets, out) in packets.chunks(LANES).zip(out.chunks_mut(LANES)) {
             let mut all_v4 = true;
             for (i, packet) in packets.iter().enumerate() {
                 all_v4 &= lanes.set(i, packet);
             }
-            self.lookup_lanes(&lanes, &mut words);
+            self.lookup_lanes(&lanes, &mut stages, &mut words);
             for (verdict, &word) in out.iter_mut().zip(&words) {
                 *verdict = self.verdict(word);
             }
@@ -251,28 +251,16 @@ impl Table {
     /// dependent loads. Every lane is looked up, whatever it holds, so that each stage's loop
     /// has a constant count, which the compilers unroll (in Wasm, a loop would also pay an
     /// epoch check a turn).
+    ///
+    /// `st` holds the stages' answers. Natively it is a local of the caller. A Wasm guest's
+    /// packed path keeps it, the lanes and the words in a static: a local array of a guest
+    /// lives on the shadow stack, at an offset from a stack pointer that Cranelift keeps
+    /// reloading from a spill slot, where a static's address is a constant folded into every
+    /// access (this, and the records' ports read without a branch: Wasm 43 -> 35 ns a packet
+    /// at 1,000 peerings). In the guest this is inlined into that path, so that the
+    /// constant addresses reach every stage.
     #[cfg_attr(target_family = "wasm", inline(always))]
-    pub(crate) fn lookup_lanes(&self, lanes: &Lanes, out: &mut [u32; LANES]) {
-        // Natively the stages' arrays are locals. In a Wasm guest a local array lives on the
-        // shadow stack, at an offset from a stack pointer that Cranelift keeps reloading from
-        // a spill slot; a static's address is a constant folded into every access instead
-        // (with the packed path's lanes static too, and its ports read without a branch: Wasm
-        // 43 -> 36 ns a packet at 1,000 peerings).
-        #[cfg(not(target_family = "wasm"))]
-        self.lookup_stages(lanes, &mut Stages::NEW.clone(), out);
-        #[cfg(target_family = "wasm")]
-        {
-            thread_local! {
-                static STAGES: std::cell::RefCell<Stages> =
-                    const { std::cell::RefCell::new(Stages::NEW) };
-            }
-            STAGES.with_borrow_mut(|st| self.lookup_stages(lanes, st, out));
-        }
-    }
-
-    /// [`Table::lookup_lanes`] with the stages' arrays in `st`.
-    #[inline(always)]
-    fn lookup_stages(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
+    pub(crate) fn lookup_lanes(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
         self.vnis.find_lanes(&lanes.vni, &mut st.vpcs);
         if self.per_vpc.is_empty() {
             out.fill(UNKNOWN_VPC);

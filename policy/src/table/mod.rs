@@ -100,11 +100,15 @@
 //!   answers and the verdict words of a Wasm guest live at fixed addresses, not on the shadow
 //!   stack, whose pointer Cranelift kept reloading from a spill slot for every access; and a
 //!   record's ports and flag read without a branch (mixed traffic has ports or not at
-//!   random): Wasm 43 -> 36 ns, native unchanged (it keeps the arrays as locals).
+//!   random): Wasm 43 -> 35 ns, native unchanged (it keeps the arrays as locals). The
+//!   stages' static is the packed path's, so that `lookup_lanes`, inlined there, sees every
+//!   address as a constant: a static of its own behind a closure was 5 % slower.
 //! - **Rejected**, measured in the third session: the matrix cells read in a loop of their own
 //!   after every lane's cell index (so that the 32 cell loads overlap): Wasm 9.6 against
 //!   9.1 us a batch in 8 interleaved runs, worse: the extra loop costs more in Cranelift's
-//!   code than the overlap gains.
+//!   code than the overlap gains. And the port maps' and matrices' slices read into locals
+//!   before the class loop (LLVM reloads them through the table in the guest, not knowing
+//!   the static arrays' stores do not alias it): 9.4 against 9.1 us, no gain.
 //! - What remains, by `perf`: natively the packets themselves (a 48 MB pool streamed from
 //!   memory) and the loads of the trie's last level and of the matrix cell (L2); in the guest
 //!   the same loads, which Cranelift's longer code overlaps less, and the host's record
@@ -117,7 +121,7 @@ mod lookup;
 mod trie;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
-pub(crate) use lookup::{LANES, Lanes};
+pub(crate) use lookup::{LANES, Lanes, Stages};
 
 use crate::packet::Verdict;
 
