@@ -25,11 +25,24 @@ fn main() -> ExitCode {
         run(cli)
     }) {
         Ok(code) => code,
+        // Whoever read the output stopped reading (`flowgate bench | head`): nothing to say.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flowgate: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing a command's output to a closed pipe (and not, say, from a
+/// socket of the gateway's).
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<cli::StdoutClosed>())
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

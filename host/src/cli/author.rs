@@ -24,13 +24,13 @@ pub fn cmd_info(module: Option<&Path>) -> Result<ExitCode> {
     let policy =
         WasmPolicy::new(&runtime, &loaded, "").map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let info = policy.info();
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "name": info.name, "version": info.version, "wit_version": info.wit_version,
             "sha256": hex(&loaded.digest()), "bytes": bytes.len(),
         })
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -72,11 +72,11 @@ pub fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Resu
             let loaded = runtime
                 .load(&bytes)
                 .with_context(|| format!("{} refused", module.display()))?;
-            println!(
+            outln!(
                 "flowgate test: {} on {where_from} ({} cases)",
                 module.display(),
                 cases.len()
-            );
+            )?;
             cases
                 .iter()
                 .map(|case| {
@@ -85,10 +85,10 @@ pub fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Resu
                 .collect()
         }
         None => {
-            println!(
+            outln!(
                 "flowgate test: the policy library, natively, on {where_from} ({} cases)",
                 cases.len()
-            );
+            )?;
             cases
                 .iter()
                 .map(|case| kit::run_case(case, kit::start_native))
@@ -103,18 +103,18 @@ pub fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Resu
             "refusal".to_owned()
         };
         if outcome.passed() {
-            println!("ok    {} ({what})", outcome.name);
+            outln!("ok    {} ({what})", outcome.name)?;
         } else {
             failed += 1;
-            println!("FAIL  {} ({what})", outcome.name);
+            outln!("FAIL  {} ({what})", outcome.name)?;
             for problem in &outcome.problems {
                 for line in problem.lines() {
-                    println!("      {line}");
+                    outln!("      {line}")?;
                 }
             }
         }
     }
-    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    outln!("{} passed, {failed} failed", outcomes.len() - failed)?;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -195,20 +195,20 @@ pub fn cmd_diff(
             "changed": changed,
             "changes": changes,
         });
-        println!("{out}");
+        outln!("{out}")?;
     } else {
-        println!("flowgate diff: {traffic_name}");
-        println!("  old  {}", describe(&a, &old));
-        println!("  new  {}", describe(&b, &new));
-        println!("  {:<50}{:>10}", "packets", diff.packets);
-        println!("  {:<50}{:>10}", "unchanged", diff.unchanged);
-        println!("  {:<50}{:>10}", "changed", changed);
+        outln!("flowgate diff: {traffic_name}")?;
+        outln!("  old  {}", describe(&a, &old))?;
+        outln!("  new  {}", describe(&b, &new))?;
+        outln!("  {:<50}{:>10}", "packets", diff.packets)?;
+        outln!("  {:<50}{:>10}", "unchanged", diff.unchanged)?;
+        outln!("  {:<50}{:>10}", "changed", changed)?;
         let mut changes: Vec<_> = diff.changes.iter().collect();
         changes.sort_by(|x, y| y.1.count.cmp(&x.1.count).then(x.0.cmp(y.0)));
         for ((from, to), change) in changes {
-            println!("  {:<50}{:>10}", format!("{from} -> {to}"), change.count);
+            outln!("  {:<50}{:>10}", format!("{from} -> {to}"), change.count)?;
             for p in &change.samples {
-                println!("      {}", packet_json(a.catalog(), p));
+                outln!("      {}", packet_json(a.catalog(), p))?;
             }
         }
     }
@@ -238,10 +238,10 @@ pub fn cmd_explain(
         .with_context(|| format!("{module_name} failed to explain"))?;
     if json {
         let out = explanation_json(policy.catalog(), &packet, &e);
-        println!("{out}");
+        outln!("{out}")?;
     } else {
-        println!("packet: {text}");
-        print!("{}", e.render(policy.catalog()));
+        outln!("packet: {text}")?;
+        out!("{}", e.render(policy.catalog()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -265,7 +265,7 @@ pub fn cmd_push(module: &Path, reference: &str) -> Result<ExitCode> {
     let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
     let digest = registry.push(&reference, &bytes, config.to_string().as_bytes())?;
     tracing::info!(event = "push", reference = %reference, manifest = %digest, "pushed {name}");
-    println!("{}", reference.pinned(digest));
+    outln!("{}", reference.pinned(digest))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -276,6 +276,6 @@ pub fn cmd_pull(reference: &str, output: &Path) -> Result<ExitCode> {
     let tmp = output.with_extension("part");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
-    println!("{pinned}");
+    outln!("{pinned}")?;
     Ok(ExitCode::SUCCESS)
 }

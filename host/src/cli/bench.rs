@@ -85,7 +85,7 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     let table = flowgate_policy::Table::build(&config);
     let mut wasm = WasmPolicy::new(&runtime, &loaded, gateway.yaml())
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    println!("flowgate bench: {} (median of 7 runs)", wasm.info().name);
+    outln!("flowgate bench: {} (median of 7 runs)", wasm.info().name)?;
     const BATCH: usize = 256;
     let pool = gateway.packets(REALISTIC_POOL);
     let mut native_out = vec![Verdict::default(); BATCH];
@@ -121,27 +121,29 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
         native.as_nanos() as f64 / BATCH as f64,
         sandboxed.as_nanos() as f64 / BATCH as f64,
     );
-    println!(
+    outln!(
         "  realistic: {peerings} peerings over {} VPCs, a quarter of the entries with ports; \
          batches of {BATCH} from {} distinct packets",
         config.vpcs.len(),
         pool.len()
-    );
+    )?;
     let stats = table.stats();
-    println!(
+    outln!(
         "  table: {} segments, {} verdict cells; IPv4 lookup structures {} KiB",
         stats.segments,
         stats.matrix_cells,
         stats.ipv4_bytes >> 10
-    );
-    println!(
+    )?;
+    outln!(
         "  {:>12}  {:>12}  {:>10}",
-        "native ns/p", "wasm ns/p", "wasm/native"
-    );
-    println!(
+        "native ns/p",
+        "wasm ns/p",
+        "wasm/native"
+    )?;
+    outln!(
         "  {native:>12.1}  {sandboxed:>12.1}  {:>10.2}",
         sandboxed / native
-    );
+    )?;
 
     // Then the best case: the same packets again and again, which the CPU learns.
     let yaml = synth::config_yaml(Scale::with_peerings(peerings, 42));
@@ -154,19 +156,22 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     let noop = time_per_call(|| {
         let _ = wasm.judge(&[], &mut []);
     });
-    println!(
+    outln!(
         "  repeat (best case: the same packets each run, which the branch predictor learns): \
          the mixed workload, {peerings} peerings over {} VPCs",
         config.vpcs.len()
-    );
-    println!(
+    )?;
+    outln!(
         "  no-op call (empty judge-packed): {:.0} ns",
         noop.as_nanos()
-    );
-    println!(
+    )?;
+    outln!(
         "  {:>6}  {:>12}  {:>12}  {:>10}",
-        "batch", "native ns/p", "wasm ns/p", "wasm/native"
-    );
+        "batch",
+        "native ns/p",
+        "wasm ns/p",
+        "wasm/native"
+    )?;
     for n in [1usize, 32, 256, 4096] {
         let batch = &packets[..n];
         let mut out = vec![Verdict::default(); n];
@@ -185,10 +190,10 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
             native.as_nanos() as f64 / n as f64,
             sandboxed.as_nanos() as f64 / n as f64,
         );
-        println!(
+        outln!(
             "  {n:>6}  {native:>12.1}  {sandboxed:>12.1}  {:>10.2}",
             sandboxed / native
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ use super::author::cmd_diff;
 use super::*;
 
 pub fn client_answer(answer: admin::Answer) -> Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(&answer.body)?);
+    outln!("{}", serde_json::to_string_pretty(&answer.body)?)?;
     Ok(if (200..300).contains(&answer.status) {
         ExitCode::SUCCESS
     } else {
@@ -203,7 +203,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     }
     served?;
     drop(admin);
-    println!("{}", admin::status(&gateway));
+    outln!("{}", admin::status(&gateway))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -228,7 +228,7 @@ pub fn cmd_swap(
             config: serving_config,
             etag,
         } = client.serving()?;
-        println!("flowgate swap --dry-run: against the release serving, ETag {etag}");
+        outln!("flowgate swap --dry-run: against the release serving, ETag {etag}")?;
         let new_module = match &module {
             Some(path) => read_module(path)?.0,
             None => serving.clone(),

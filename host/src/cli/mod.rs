@@ -11,6 +11,38 @@ use flowgate_host::{NativePolicy, Policy, StartError};
 
 use args::*;
 
+/// `println!` for a command's output that returns an error instead of panicking when standard
+/// output is gone (`flowgate bench | head` closes the pipe early). That error carries
+/// [`StdoutClosed`], on which `main` ends quietly; any other error still fails the command.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::stdout_error)
+    }};
+}
+
+/// `print!` likewise; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*).map_err($crate::cli::stdout_error)
+    }};
+}
+
+/// Standard output's reader went away: the command's output is no longer wanted.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// A failed write to standard output, marked with [`StdoutClosed`] when the pipe is broken.
+pub fn stdout_error(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        e
+    }
+}
+
 pub mod args;
 pub mod author;
 pub mod bench;

@@ -56,33 +56,39 @@ pub fn cmd_run(args: &PolicyArgs, packets: Option<&Path>, json: bool) -> Result<
         out["config"] = config_name.into();
         out["packets_file"] = trace_name.into();
         out["packets_per_second"] = (pps.round() as u64).into();
-        println!("{out}");
+        outln!("{out}")?;
     } else {
-        print_summary(&counters, &loaded.describe, &config_name, &trace_name, pps);
+        print_summary(&counters, &loaded.describe, &config_name, &trace_name, pps)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn print_summary(c: &Counters, policy: &str, config: &str, trace: &str, pps: f64) {
-    println!("flowgate run");
-    println!("  policy   {policy}");
-    println!("  config   {config}");
-    println!("  packets  {trace}");
-    println!();
-    let row = |name: &str, n: u64| println!("  {name:<28}{n:>10}");
-    row("packets", c.packets);
-    row("batches", c.batches);
-    row("allow", c.allowed);
-    row("allow-ambiguous", c.ambiguous);
-    row("drop", c.dropped);
+pub fn print_summary(
+    c: &Counters,
+    policy: &str,
+    config: &str,
+    trace: &str,
+    pps: f64,
+) -> std::io::Result<()> {
+    outln!("flowgate run")?;
+    outln!("  policy   {policy}")?;
+    outln!("  config   {config}")?;
+    outln!("  packets  {trace}")?;
+    outln!()?;
+    let row = |name: &str, n: u64| outln!("  {name:<28}{n:>10}");
+    row("packets", c.packets)?;
+    row("batches", c.batches)?;
+    row("allow", c.allowed)?;
+    row("allow-ambiguous", c.ambiguous)?;
+    row("drop", c.dropped)?;
     for (reason, n) in &c.drops {
-        row(&format!("  {reason}"), *n);
+        row(&format!("  {reason}"), *n)?;
     }
-    println!("  forwarded per destination VPC");
+    outln!("  forwarded per destination VPC")?;
     for (vpc, n) in &c.forwarded {
-        row(&format!("  {vpc}"), *n);
+        row(&format!("  {vpc}"), *n)?;
     }
-    println!("  {:<28}{:>10.0}", "packets per second", pps);
+    outln!("  {:<28}{:>10.0}", "packets per second", pps)
 }
 
 pub fn cmd_check(args: &PolicyArgs, packets: Option<&Path>) -> Result<ExitCode> {
@@ -290,7 +296,7 @@ pub fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCod
             "judge": per_second(report.timings.judge),
             "write": per_second(report.timings.write),
         });
-        println!("{out}");
+        outln!("{out}")?;
     } else {
         print_summary(
             &report.counters,
@@ -298,21 +304,21 @@ pub fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCod
             &config_name,
             &pcap_name,
             pps as f64,
-        );
-        println!("  frames read                 {:>10}", report.frames);
+        )?;
+        outln!("  frames read                 {:>10}", report.frames)?;
         for (name, n) in &written {
-            println!(
+            outln!(
                 "  {:<28}{:>10}",
                 format!("written to --{name}"),
                 n.as_u64().unwrap_or_default()
-            );
+            )?;
         }
-        println!(
+        outln!(
             "  per phase, frames per second: parse {}, judge {}, write {}",
             per_second(report.timings.parse),
             per_second(report.timings.judge),
             per_second(report.timings.write)
-        );
+        )?;
     }
     if let Some(e) = &report.stopped {
         eprintln!(

@@ -167,6 +167,35 @@ fn run_summarises_the_default_fixture_like_the_native_library() {
     assert_eq!(total, 5000);
 }
 
+/// `flowgate run | head` and the like: a reader that stops early closes the pipe, and the
+/// command's next write fails. That ends the command quietly, not with a panic or an error.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [&["run", "--native"][..], &["run", "--native", "--json"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(args)
+            .current_dir(crate::repo())
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            out.status.success(),
+            "{args:?} ended with {}: {stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("flowgate:"),
+            "{args:?} complained: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn serve_with_client_subcommands_and_sighup() {
     let socket = crate::socket_path("serve");
