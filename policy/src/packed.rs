@@ -125,10 +125,21 @@ fn bytes4(rec: &[u8; PACKET_BYTES], at: usize) -> [u8; 4] {
 /// The ports of a record, if its flags say it has them.
 #[inline(always)]
 fn ports(rec: &[u8; PACKET_BYTES]) -> Option<Ports> {
-    (rec[field::FLAGS] & FLAG_PORTS != 0).then(|| Ports {
-        src: u16::from_le_bytes(bytes2(rec, field::SRC_PORT.start)),
-        dst: u16::from_le_bytes(bytes2(rec, field::DST_PORT.start)),
-    })
+    let (has_ports, (src, dst)) = port_fields(rec);
+    has_ports.then_some(Ports { src, dst })
+}
+
+/// A record's ports flag and its two port fields, read whatever the flag says (the lane
+/// filler picks between them without a branch).
+#[inline(always)]
+fn port_fields(rec: &[u8; PACKET_BYTES]) -> (bool, (u16, u16)) {
+    (
+        rec[field::FLAGS] & FLAG_PORTS != 0,
+        (
+            u16::from_le_bytes(bytes2(rec, field::SRC_PORT.start)),
+            u16::from_le_bytes(bytes2(rec, field::DST_PORT.start)),
+        ),
+    )
 }
 
 /// Reads one packet record. Every 44 bytes are some packet: this cannot fail.
@@ -270,7 +281,10 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
         SCRATCH.with_borrow_mut(|s| judge_lanes(table, input, output, s));
     }
     #[cfg(not(target_family = "wasm"))]
-    judge_lanes(table, input, output, &mut Scratch::NEW.clone());
+    {
+        let mut scratch = Scratch::NEW;
+        judge_lanes(table, input, output, &mut scratch);
+    }
 }
 
 /// The working memory of [`judge_packed`]: a chunk's lanes, the lookup's stages and the
@@ -325,6 +339,7 @@ fn v4(rec: &[u8; PACKET_BYTES]) -> bool {
 /// sides, whose lane then holds anything.
 #[inline]
 fn set_lane(lanes: &mut Lanes, i: usize, rec: &[u8; PACKET_BYTES]) -> bool {
+    let (has_ports, ports) = port_fields(rec);
     lanes.put(
         i,
         u32::from_le_bytes(bytes4(rec, field::SRC_VNI.start)),
@@ -332,11 +347,8 @@ fn set_lane(lanes: &mut Lanes, i: usize, rec: &[u8; PACKET_BYTES]) -> bool {
             u32::from_be_bytes(bytes4(rec, field::SRC_ADDR.start)),
             u32::from_be_bytes(bytes4(rec, field::DST_ADDR.start)),
         ),
-        rec[field::FLAGS] & FLAG_PORTS != 0,
-        (
-            u16::from_le_bytes(bytes2(rec, field::SRC_PORT.start)),
-            u16::from_le_bytes(bytes2(rec, field::DST_PORT.start)),
-        ),
+        has_ports,
+        ports,
     );
     v4(rec)
 }
