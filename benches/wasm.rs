@@ -56,21 +56,19 @@ fn batch(c: &mut Criterion) {
                 assert_eq!(allowed(&out), expected);
             })
         });
-        // The guest's own work (decode records, look up, encode verdicts), run natively: what
-        // the packed path costs without the sandbox.
-        let mut records = Vec::new();
-        batch
-            .iter()
-            .for_each(|p| flowgate_policy::packed::encode_packet(p, &mut records));
+        // The guest's own work (read the batch's columns, look up, encode verdicts), run
+        // natively: what the packed path costs without the sandbox.
+        let mut batch_bytes = Vec::new();
+        flowgate_policy::packed::encode_packets(batch, &mut batch_bytes);
         let mut answer = Vec::new();
         group.bench_with_input(
             BenchmarkId::new("native-packed", n),
-            &records,
-            |b, records| {
+            &batch_bytes,
+            |b, batch_bytes| {
                 b.iter(|| {
                     flowgate_policy::packed::judge_packed(
                         Some(&table),
-                        black_box(records),
+                        black_box(batch_bytes),
                         &mut answer,
                     );
                     assert_eq!(answer.len(), 4 * n);
@@ -83,7 +81,7 @@ fn batch(c: &mut Criterion) {
                 assert_eq!(allowed(&out), expected);
             })
         });
-        // The same call into a guest that answers without reading the records: the crossing
+        // The same call into a guest that answers without reading the packets: the crossing
         // alone (encode, copy in, call, copy out, decode).
         group.bench_with_input(BenchmarkId::new("crossing", n), batch, |b, batch| {
             b.iter(|| {

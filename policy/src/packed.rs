@@ -1,163 +1,178 @@
-//! The packed record format of `judge-packed` (its byte layout is documented in
+//! The packed batch format of `judge-packed` (its byte layout is documented in
 //! `wit/policy.wit`): one codec shared by the guest, which decodes packets and encodes
 //! verdicts, and the host, which does the reverse.
+//!
+//! A batch crosses as columns of little-endian `u32` words, one word a packet in each: the
+//! guest's lookup lanes take each field as it lies, with no per-byte decoding, and IPv4
+//! addresses arrive as numbers, so a Wasm guest (which has no byte-swap instruction) never
+//! swaps bytes. IPv6 addresses, the cold family, sit in a list after the columns.
 
 #[cfg(target_family = "wasm")]
 use std::cell::RefCell;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 use crate::table::{Catalog, LANES, Lanes, Stages, Table};
 
-/// Bytes per packet record.
-pub const PACKET_BYTES: usize = 44;
 /// Bytes per verdict record.
 pub const VERDICT_BYTES: usize = 4;
+/// Bytes of one word of a batch.
+const WORD: usize = 4;
+/// Bytes of an IPv6 address in a batch's address list.
+const V6_BYTES: usize = 16;
 
-/// Where each field of a packet record lies, in bytes (`wit/policy.wit` says the same).
-mod field {
-    use std::ops::Range;
-
-    /// Source VNI, u32 little-endian.
-    pub const SRC_VNI: Range<usize> = 0..4;
-    /// Source address family: [`super::FAMILY_V6`], or IPv4.
-    pub const SRC_FAMILY: usize = 4;
-    /// IP protocol number.
-    pub const PROTO: usize = 5;
-    /// Flags: [`super::FLAG_PORTS`].
-    pub const FLAGS: usize = 6;
-    /// Destination address family.
-    pub const DST_FAMILY: usize = 7;
-    /// Source port, u16 little-endian.
-    pub const SRC_PORT: Range<usize> = 8..10;
-    /// Destination port, u16 little-endian.
-    pub const DST_PORT: Range<usize> = 10..12;
-    /// Source address, network order; IPv4 in the first 4 bytes.
-    pub const SRC_ADDR: Range<usize> = 12..28;
+/// The columns of a batch, in order: word `column * n + i` of the columns is packet `i`'s.
+mod column {
+    /// Source VNI.
+    pub const VNI: usize = 0;
+    /// Protocol, ports flag and address families: the `shape` bits.
+    pub const SHAPE: usize = 1;
+    /// Source port in bits 0..16, destination port in bits 16..32.
+    pub const PORTS: usize = 2;
+    /// Source address: IPv4 as a number, or the index of an IPv6 address in the list.
+    pub const SRC: usize = 3;
     /// Destination address, likewise.
-    pub const DST_ADDR: Range<usize> = 28..44;
+    pub const DST: usize = 4;
+    /// Columns in a batch.
+    pub const COUNT: usize = 5;
 }
 
-/// The packet has ports (bit of [`field::FLAGS`]).
-const FLAG_PORTS: u8 = 1;
-/// The family byte of an IPv6 address; any other value is IPv4.
-const FAMILY_V6: u8 = 6;
-const FAMILY_V4: u8 = 4;
-
-fn family(addr: IpAddr) -> u8 {
-    if addr.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 }
+/// Bits of a packet's shape word.
+mod shape {
+    /// The IP protocol number.
+    pub const PROTO: u32 = 0xff;
+    /// The packet has ports.
+    pub const PORTS: u32 = 1 << 8;
+    /// The source address is IPv6.
+    pub const SRC_V6: u32 = 1 << 9;
+    /// The destination address is IPv6.
+    pub const DST_V6: u32 = 1 << 10;
 }
 
 /// A verdict record's kind sits in its top two bits, the value below.
 const KIND_SHIFT: u32 = 30;
 const VALUE_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
-/// Appends the record of `packet` to `out`.
-pub fn encode_packet(packet: &Packet, out: &mut Vec<u8>) {
-    out.extend_from_slice(&record(packet));
-}
-
-/// Replaces `out` with the records of `packets`, written in place.
+/// Replaces `out` with the batch of `packets` (at most `u32::MAX` of them: the count is a
+/// word; no dataplane batch comes near).
 pub fn encode_packets(packets: &[Packet], out: &mut Vec<u8>) {
+    let n = packets.len();
+    let count = u32::try_from(n).unwrap_or(u32::MAX);
     out.clear();
-    out.resize(packets.len() * PACKET_BYTES, 0);
-    for (rec, packet) in out
-        .as_chunks_mut::<PACKET_BYTES>()
-        .0
-        .iter_mut()
-        .zip(packets)
-    {
-        write_record(rec, packet);
-    }
-}
-
-/// The record of `packet`.
-#[inline]
-fn record(packet: &Packet) -> [u8; PACKET_BYTES] {
-    let mut rec = [0u8; PACKET_BYTES];
-    write_record(&mut rec, packet);
-    rec
-}
-
-/// Writes the record of `packet` over the zeroed `rec`. Whether a packet has ports is a coin
-/// toss on mixed traffic: the flag and the ports are written without a branch on it.
-#[inline(always)]
-fn write_record(rec: &mut [u8; PACKET_BYTES], packet: &Packet) {
-    let (src_port, dst_port) = packet.ports.map_or((0, 0), |p| (p.src, p.dst));
-    rec[field::SRC_VNI].copy_from_slice(&packet.src_vni.to_le_bytes());
-    rec[field::SRC_FAMILY] = family(packet.src);
-    rec[field::PROTO] = packet.proto;
-    rec[field::FLAGS] = u8::from(packet.ports.is_some()) * FLAG_PORTS;
-    rec[field::DST_FAMILY] = family(packet.dst);
-    rec[field::SRC_PORT].copy_from_slice(&src_port.to_le_bytes());
-    rec[field::DST_PORT].copy_from_slice(&dst_port.to_le_bytes());
-    put_addr(&mut rec[field::SRC_ADDR], packet.src);
-    put_addr(&mut rec[field::DST_ADDR], packet.dst);
-}
-
-fn put_addr(slot: &mut [u8], addr: IpAddr) {
-    match addr {
-        IpAddr::V4(a) => slot[..4].copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => slot.copy_from_slice(&a.octets()),
-    }
-}
-
-/// The 16 address bytes of `range` in `rec`.
-#[inline]
-fn addr_bytes(rec: &[u8; PACKET_BYTES], range: std::ops::Range<usize>) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&rec[range]);
-    b
-}
-
-/// The 2 bytes of a record at `at`.
-#[inline(always)]
-fn bytes2(rec: &[u8; PACKET_BYTES], at: usize) -> [u8; 2] {
-    [rec[at], rec[at + 1]]
-}
-
-/// The 4 bytes of a record at `at`.
-#[inline(always)]
-fn bytes4(rec: &[u8; PACKET_BYTES], at: usize) -> [u8; 4] {
-    [rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]
-}
-
-/// The ports of a record, if its flags say it has them.
-#[inline(always)]
-fn ports(rec: &[u8; PACKET_BYTES]) -> Option<Ports> {
-    let (has_ports, (src, dst)) = port_fields(rec);
-    has_ports.then_some(Ports { src, dst })
-}
-
-/// A record's ports flag and its two port fields, read whatever the flag says (the lane
-/// filler picks between them without a branch).
-#[inline(always)]
-fn port_fields(rec: &[u8; PACKET_BYTES]) -> (bool, (u16, u16)) {
-    (
-        rec[field::FLAGS] & FLAG_PORTS != 0,
-        (
-            u16::from_le_bytes(bytes2(rec, field::SRC_PORT.start)),
-            u16::from_le_bytes(bytes2(rec, field::DST_PORT.start)),
-        ),
-    )
-}
-
-/// Reads one packet record. Every 44 bytes are some packet: this cannot fail.
-pub fn decode_packet(rec: &[u8; PACKET_BYTES]) -> Packet {
-    let addr = |family: usize, at: std::ops::Range<usize>| -> IpAddr {
-        let b = addr_bytes(rec, at);
-        if rec[family] == FAMILY_V6 {
-            IpAddr::V6(b.into())
-        } else {
-            IpAddr::V4([b[0], b[1], b[2], b[3]].into())
+    out.resize(WORD * (1 + column::COUNT * n), 0);
+    let (header, columns) = out.split_at_mut(WORD);
+    header.copy_from_slice(&count.to_le_bytes());
+    let words = columns.as_chunks_mut::<WORD>().0;
+    let (vni, rest) = words.split_at_mut(n);
+    let (shapes, rest) = rest.split_at_mut(n);
+    let (ports, rest) = rest.split_at_mut(n);
+    let (src, dst) = rest.split_at_mut(n);
+    let mut v6 = 0u32;
+    let mut addr_word = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(_) => {
+            v6 += 1;
+            v6 - 1
         }
     };
-    Packet {
-        src_vni: u32::from_le_bytes(bytes4(rec, field::SRC_VNI.start)),
-        src: addr(field::SRC_FAMILY, field::SRC_ADDR),
-        dst: addr(field::DST_FAMILY, field::DST_ADDR),
-        proto: rec[field::PROTO],
-        ports: ports(rec),
+    for (i, p) in packets.iter().enumerate() {
+        let (src_port, dst_port) = p.ports.map_or((0, 0), |p| (p.src, p.dst));
+        vni[i] = p.src_vni.to_le_bytes();
+        shapes[i] = shape_word(p).to_le_bytes();
+        ports[i] = (u32::from(src_port) | u32::from(dst_port) << 16).to_le_bytes();
+        src[i] = addr_word(p.src).to_le_bytes();
+        dst[i] = addr_word(p.dst).to_le_bytes();
+    }
+    if v6 > 0 {
+        for addr in packets.iter().flat_map(|p| [p.src, p.dst]) {
+            if let IpAddr::V6(a) = addr {
+                out.extend_from_slice(&a.octets());
+            }
+        }
+    }
+}
+
+/// The shape word of a packet. Whether it has ports is a coin toss on mixed traffic: the flag
+/// is computed, not branched on.
+#[inline(always)]
+fn shape_word(p: &Packet) -> u32 {
+    u32::from(p.proto)
+        | (u32::from(p.ports.is_some()) * shape::PORTS)
+        | (u32::from(p.src.is_ipv6()) * shape::SRC_V6)
+        | (u32::from(p.dst.is_ipv6()) * shape::DST_V6)
+}
+
+/// A batch whose layout has been checked: its packet count fits its length, and its address
+/// list is whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Packets in the batch.
+    n: usize,
+    /// The five columns, `n` words each.
+    columns: &'a [[u8; WORD]],
+    /// The IPv6 address list.
+    v6: &'a [[u8; V6_BYTES]],
+}
+
+impl<'a> Batch<'a> {
+    /// Reads a batch's layout, or `None` when `bytes` does not follow it.
+    pub fn parse(bytes: &'a [u8]) -> Option<Batch<'a>> {
+        let (words, partial) = bytes.as_chunks::<WORD>();
+        let (count, body) = words.split_first()?;
+        let n = usize::try_from(u32::from_le_bytes(*count)).ok()?;
+        let column_words = n.checked_mul(column::COUNT)?;
+        if !partial.is_empty() || column_words > body.len() {
+            return None;
+        }
+        let (columns, _) = body.split_at(column_words);
+        let (v6, partial) = bytes[WORD * (1 + column_words)..].as_chunks::<V6_BYTES>();
+        partial.is_empty().then_some(Batch { n, columns, v6 })
+    }
+
+    /// Packets in the batch.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the batch has no packets.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// One column's words.
+    #[inline(always)]
+    fn column(&self, column: usize) -> &'a [[u8; WORD]] {
+        &self.columns[column * self.n..(column + 1) * self.n]
+    }
+
+    /// Packet `i`, or `None` when there is none or an IPv6 address of it is past the list.
+    pub fn packet(&self, i: usize) -> Option<Packet> {
+        let word = |column: usize| self.column(column).get(i).map(|w| u32::from_le_bytes(*w));
+        let (shape, ports) = (word(column::SHAPE)?, word(column::PORTS)?);
+        let addr = |column: usize, v6: bool| -> Option<IpAddr> {
+            let value = word(column)?;
+            Some(if v6 {
+                let at = usize::try_from(value).ok()?;
+                IpAddr::V6(Ipv6Addr::from(*self.v6.get(at)?))
+            } else {
+                IpAddr::V4(value.into())
+            })
+        };
+        Some(Packet {
+            src_vni: word(column::VNI)?,
+            src: addr(column::SRC, shape & shape::SRC_V6 != 0)?,
+            dst: addr(column::DST, shape & shape::DST_V6 != 0)?,
+            proto: (shape & shape::PROTO) as u8,
+            ports: (shape & shape::PORTS != 0).then_some(Ports {
+                src: ports as u16,
+                dst: (ports >> 16) as u16,
+            }),
+        })
+    }
+
+    /// The batch's packets, in order; `None` for one that [`Batch::packet`] refuses.
+    pub fn packets(&self) -> impl Iterator<Item = Option<Packet>> + '_ {
+        (0..self.n).map(|i| self.packet(i))
     }
 }
 
@@ -258,32 +273,36 @@ impl WordDecoder {
     }
 }
 
-/// Judges a packed batch: `output` gets one verdict record per packet record of `input`, or
-/// nothing when `input` is not a whole number of records. With no table, every packet is
-/// `drop(unknown-vpc)`.
+/// Judges a packed batch: `output` gets one verdict record per packet of `input`, or nothing
+/// when `input` does not follow the batch layout (an IPv6 address past the list included).
+/// With no table, every packet is `drop(unknown-vpc)`.
 pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
     output.clear();
-    if !input.len().is_multiple_of(PACKET_BYTES) {
+    let Some(batch) = Batch::parse(input) else {
         return;
-    }
-    output.reserve(input.len() / PACKET_BYTES * VERDICT_BYTES);
+    };
     let Some(table) = table else {
-        for _ in 0..input.len() / PACKET_BYTES {
-            output.extend_from_slice(&encode_verdict(Verdict::Drop(DropReason::UnknownVpc)));
+        if batch.packets().all(|p| p.is_some()) {
+            // Word 0 is drop(unknown-vpc).
+            output.resize(batch.len() * VERDICT_BYTES, 0);
         }
         return;
     };
+    output.resize(batch.len() * VERDICT_BYTES, 0);
     #[cfg(target_family = "wasm")]
-    {
+    let judged = {
         thread_local! {
             static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::NEW) };
         }
-        SCRATCH.with_borrow_mut(|s| judge_lanes(table, input, output, s));
-    }
+        SCRATCH.with_borrow_mut(|s| judge_lanes(table, &batch, output, s))
+    };
     #[cfg(not(target_family = "wasm"))]
-    {
+    let judged = {
         let mut scratch = Scratch::NEW;
-        judge_lanes(table, input, output, &mut scratch);
+        judge_lanes(table, &batch, output, &mut scratch)
+    };
+    if judged.is_err() {
+        output.clear();
     }
 }
 
@@ -305,52 +324,65 @@ impl Scratch {
     };
 }
 
+/// Judges `batch` into `output` (one verdict record a packet) [`LANES`] packets at a time:
+/// their columns' words straight into the lanes, the lanes looked up in stages, and packets
+/// that are not IPv4 on both sides on their own. `Err` for an IPv6 address past the list.
 #[inline(always)]
-fn judge_lanes(table: &Table, input: &[u8], output: &mut Vec<u8>, s: &mut Scratch) {
-    for chunk in input.chunks(PACKET_BYTES * LANES) {
-        let records = chunk.as_chunks::<PACKET_BYTES>().0;
-        let mut all_v4 = true;
-        for (i, rec) in records.iter().enumerate() {
-            all_v4 &= set_lane(&mut s.lanes, i, rec);
+fn judge_lanes(
+    table: &Table,
+    batch: &Batch<'_>,
+    output: &mut [u8],
+    s: &mut Scratch,
+) -> Result<(), ()> {
+    let word = |w: &[u8; WORD]| u32::from_le_bytes(*w);
+    let columns = [
+        column::VNI,
+        column::SHAPE,
+        column::PORTS,
+        column::SRC,
+        column::DST,
+    ]
+    .map(|c| batch.column(c).chunks(LANES));
+    let [vnis, shapes, ports, srcs, dsts] = columns;
+    let chunks = vnis.zip(shapes).zip(ports).zip(srcs.zip(dsts));
+    let outs = output.as_chunks_mut::<VERDICT_BYTES>().0.chunks_mut(LANES);
+    for ((first, (((vni, shape), ports), (src, dst))), out) in
+        (0..).step_by(LANES).zip(chunks).zip(outs)
+    {
+        let mut families = 0;
+        for (i, ((vni, shape), (ports, (src, dst)))) in vni
+            .iter()
+            .zip(shape)
+            .zip(ports.iter().zip(src.iter().zip(dst)))
+            .enumerate()
+        {
+            let (shape, ports) = (word(shape), word(ports));
+            families |= shape;
+            s.lanes.put(
+                i,
+                word(vni),
+                (word(src), word(dst)),
+                shape & shape::PORTS != 0,
+                (ports as u16, (ports >> 16) as u16),
+            );
         }
         table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
-        let words = &mut s.words;
-        if !all_v4 {
-            for (word, rec) in words.iter_mut().zip(records) {
-                if !v4(rec) {
-                    *word = verdict_word(table.lookup(&decode_packet(rec)));
+        let words = &mut s.words[..vni.len()];
+        if families & (shape::SRC_V6 | shape::DST_V6) != 0 {
+            for (i, (word, shape)) in words.iter_mut().zip(shape).enumerate() {
+                if u32::from_le_bytes(*shape) & (shape::SRC_V6 | shape::DST_V6) != 0 {
+                    let Some(packet) = batch.packet(first + i) else {
+                        return Err(());
+                    };
+                    *word = verdict_word(table.lookup(&packet));
                 }
             }
         }
-        for word in &words[..records.len()] {
-            output.extend_from_slice(&word.to_le_bytes());
+        for (out, word) in out.iter_mut().zip(words.iter()) {
+            *out = word.to_le_bytes();
         }
     }
-}
-
-/// Whether both of a record's addresses are IPv4: the lanes' family.
-#[inline]
-fn v4(rec: &[u8; PACKET_BYTES]) -> bool {
-    rec[field::SRC_FAMILY] != FAMILY_V6 && rec[field::DST_FAMILY] != FAMILY_V6
-}
-
-/// Puts what a lookup needs of a record in lane `i`, read without building a [`Packet`] (the
-/// round-trip tests pin the reading down); `false` when the record is not IPv4 on both
-/// sides, whose lane then holds anything.
-#[inline]
-fn set_lane(lanes: &mut Lanes, i: usize, rec: &[u8; PACKET_BYTES]) -> bool {
-    let (has_ports, ports) = port_fields(rec);
-    lanes.put(
-        i,
-        u32::from_le_bytes(bytes4(rec, field::SRC_VNI.start)),
-        (
-            u32::from_be_bytes(bytes4(rec, field::SRC_ADDR.start)),
-            u32::from_be_bytes(bytes4(rec, field::DST_ADDR.start)),
-        ),
-        has_ports,
-        ports,
-    );
-    v4(rec)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -385,71 +417,110 @@ mod tests {
         );
     }
 
+    /// The words of a batch, read back.
+    fn words(batch: &[u8]) -> Vec<u32> {
+        let (words, partial) = batch.as_chunks::<4>();
+        assert!(partial.is_empty());
+        words.iter().map(|w| u32::from_le_bytes(*w)).collect()
+    }
+
     #[test]
-    fn a_batch_is_encoded_as_its_records_whatever_the_buffer_held() {
+    fn batches_follow_the_documented_layout_and_round_trip() {
         let packets = [
             Packet::tcp(
-                1,
+                0x0102_0304,
                 "10.0.0.1".parse().unwrap(),
-                1,
-                "10.0.0.2".parse().unwrap(),
-                2,
+                0x1234,
+                "1.0.0.9".parse().unwrap(),
+                80,
             ),
             Packet::portless(
-                2,
+                7,
                 "fd00::1".parse().unwrap(),
                 "fd00::2".parse().unwrap(),
                 58,
             ),
+            // Each address carries its own family.
+            Packet::portless(
+                8,
+                "10.0.0.1".parse().unwrap(),
+                "fd00::3".parse().unwrap(),
+                1,
+            ),
         ];
-        let mut one_by_one = Vec::new();
-        packets
+        // Whatever the buffer held is replaced.
+        let mut buf = vec![0xff; 500];
+        encode_packets(&packets, &mut buf);
+        let w = words(&buf[..4 * 16]);
+        assert_eq!(w[0], 3, "the packet count");
+        assert_eq!(&w[1..4], &[0x0102_0304, 7, 8], "the VNIs");
+        // TCP with ports; ICMPv6 with both addresses IPv6; ICMP from IPv4 to IPv6.
+        assert_eq!(&w[4..7], &[6 | 1 << 8, 58 | 1 << 9 | 1 << 10, 1 | 1 << 10]);
+        assert_eq!(&w[7..10], &[0x1234 | 80 << 16, 0, 0], "the ports");
+        // IPv4 addresses as numbers; IPv6 ones as their place in the address list.
+        assert_eq!(&w[10..13], &[0x0a00_0001, 0, 0x0a00_0001], "the sources");
+        assert_eq!(&w[13..16], &[0x0100_0009, 1, 2], "the destinations");
+        assert_eq!(buf.len(), 4 * 16 + 3 * 16);
+        let list: Vec<Ipv6Addr> = buf[4 * 16..]
+            .as_chunks::<16>()
+            .0
             .iter()
-            .for_each(|p| encode_packet(p, &mut one_by_one));
-        let mut batch = vec![0xff; 3 * PACKET_BYTES];
-        encode_packets(&packets, &mut batch);
-        assert_eq!(batch, one_by_one);
+            .map(|a| Ipv6Addr::from(*a))
+            .collect();
+        let want: Vec<Ipv6Addr> = ["fd00::1", "fd00::2", "fd00::3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(list, want);
+
+        let batch = Batch::parse(&buf).expect("a batch as encoded");
+        assert_eq!(batch.len(), 3);
+        let decoded: Vec<Option<Packet>> = batch.packets().collect();
+        assert_eq!(decoded, packets.map(Some));
+        assert_eq!(batch.packet(3), None);
+
+        encode_packets(&[], &mut buf);
+        assert_eq!(buf, [0; 4]);
+        assert!(Batch::parse(&buf).is_some_and(|b| b.is_empty()));
     }
 
     #[test]
-    fn packets_round_trip_with_the_documented_layout() {
-        let p = Packet::tcp(
-            0x0102_0304,
-            "10.0.0.1".parse().unwrap(),
-            0x1234,
-            "1.0.0.9".parse().unwrap(),
-            80,
-        );
-        let mut buf = Vec::new();
-        encode_packet(&p, &mut buf);
-        assert_eq!(buf.len(), PACKET_BYTES);
-        assert_eq!(&buf[0..8], &[4, 3, 2, 1, 4, 6, 1, 4]);
-        assert_eq!(&buf[8..12], &[0x34, 0x12, 80, 0]);
-        assert_eq!(&buf[12..17], &[10, 0, 0, 1, 0]);
-        assert_eq!(&buf[28..32], &[1, 0, 0, 9]);
-        assert_eq!(decode_packet(buf.as_slice().try_into().unwrap()), p);
-
-        let q = Packet::portless(
-            7,
+    fn a_batch_off_its_layout_gets_no_verdicts() {
+        let packet = Packet::portless(
+            1,
             "fd00::1".parse().unwrap(),
-            "fd00::2".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
             58,
         );
-        buf.clear();
-        encode_packet(&q, &mut buf);
-        assert_eq!((buf[4], buf[6], buf[7], buf[27], buf[43]), (6, 0, 6, 1, 2));
-        assert_eq!(decode_packet(buf.as_slice().try_into().unwrap()), q);
+        let mut good = Vec::new();
+        encode_packets(&[packet; 2], &mut good);
+        let mut out = vec![1, 2, 3];
+        judge_packed(None, &good, &mut out);
+        assert_eq!(out, [0; 8], "drop(unknown-vpc) without a table");
 
-        // Each address carries its own family.
-        for (src, dst, families) in [
-            ("10.0.0.1", "fd00::2", (4, 6)),
-            ("fd00::1", "10.0.0.2", (6, 4)),
+        let mut more = good.clone();
+        more[0] = 3;
+        let mut index_past_the_list = good.clone();
+        // Packet 1's source address index (word 1 + 3n + 1) is 2 of a list of 2.
+        index_past_the_list[4 * 8..4 * 9].copy_from_slice(&2u32.to_le_bytes());
+        for (bad, why) in [
+            (&good[..good.len() - 1], "a partial word"),
+            (&good[..good.len() - 4], "a partial address list"),
+            (&good[..3], "no packet count"),
+            (&more[..], "more packets than the columns hold"),
+            (&[0xff; 4][..], "a count whose columns overflow"),
         ] {
-            let m = Packet::portless(7, src.parse().unwrap(), dst.parse().unwrap(), 1);
-            buf.clear();
-            encode_packet(&m, &mut buf);
-            assert_eq!((buf[4], buf[7]), families);
-            assert_eq!(decode_packet(buf.as_slice().try_into().unwrap()), m);
+            assert!(Batch::parse(bad).is_none(), "{why}");
+            judge_packed(None, bad, &mut out);
+            assert!(out.is_empty(), "{why}");
+        }
+        assert!(Batch::parse(&index_past_the_list).is_some());
+        let table = Table::build(&crate::Config::default());
+        for table in [None, Some(&table)] {
+            judge_packed(table, &good, &mut out);
+            assert_eq!(out.len(), 8);
+            judge_packed(table, &index_past_the_list, &mut out);
+            assert!(out.is_empty(), "an IPv6 address past the list");
         }
     }
 
@@ -482,14 +553,5 @@ mod tests {
         assert_eq!(REASONS.len(), DropReason::ALL.len());
         // The table answers an unknown VNI with word 0 without building a verdict.
         assert_eq!(verdict_word(Verdict::default()), 0);
-    }
-
-    #[test]
-    fn a_partial_record_gets_no_verdicts() {
-        let mut out = vec![1, 2, 3];
-        judge_packed(None, &[0; PACKET_BYTES + 1], &mut out);
-        assert!(out.is_empty());
-        judge_packed(None, &[0; 2 * PACKET_BYTES], &mut out);
-        assert_eq!(out, [0; 8]);
     }
 }

@@ -50,23 +50,64 @@ proptest! {
         prop_assert_eq!(batch, single);
     }
 
-    /// The packed path (records decoded straight into keys, looked up in stages 32 at a
-    /// time) answers what single lookups answer, packets whose two addresses are of different
-    /// families included (each address's family travels in the record).
+    /// The packed path (a batch's columns read straight into lanes, looked up in stages 32 at
+    /// a time) answers what single lookups answer, packets whose two addresses are of
+    /// different families included (each address's family travels in the batch).
     #[test]
     fn packed_equals_single((config, packets) in arb::config_and_packets(64)) {
-        use flowgate_policy::packed::{decode_verdict, encode_packet, judge_packed};
+        use flowgate_policy::packed::{decode_verdict, encode_packets, judge_packed};
         let table = Table::build(&parse(&config.yaml, None).unwrap());
-        let mut records = Vec::new();
-        packets.iter().for_each(|p| encode_packet(p, &mut records));
+        let mut batch = Vec::new();
+        encode_packets(&packets, &mut batch);
         let mut answer = Vec::new();
-        judge_packed(Some(&table), &records, &mut answer);
+        judge_packed(Some(&table), &batch, &mut answer);
         let packed: Vec<Option<Verdict>> = answer
             .chunks_exact(4)
             .map(|r| decode_verdict(r.try_into().unwrap()))
             .collect();
         let single: Vec<Option<Verdict>> = packets.iter().map(|p| Some(table.lookup(p))).collect();
         prop_assert_eq!(packed, single);
+    }
+
+    /// Whatever bytes the packed path is given (here a batch with words overwritten and its
+    /// end cut anywhere), it never panics, and it answers exactly what single lookups of the
+    /// packets the batch decodes to answer, or nothing for a batch off its layout. Shape bits,
+    /// port flags and address words the encoder never writes included.
+    #[test]
+    fn packed_path_answers_any_bytes_as_it_decodes_them(
+        (config, packets) in arb::config_and_packets(40),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u32>()), 0..6),
+        cut in any::<prop::sample::Index>(),
+        cut_some in any::<bool>(),
+    ) {
+        use flowgate_policy::packed::{Batch, decode_verdict, encode_packets, judge_packed};
+        let table = Table::build(&parse(&config.yaml, None).unwrap());
+        let mut bytes = Vec::new();
+        encode_packets(&packets, &mut bytes);
+        let words = bytes.len() / 4;
+        for (at, value) in edits {
+            let at = 4 * at.index(words);
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        if cut_some {
+            bytes.truncate(cut.index(bytes.len() + 1));
+        }
+        let mut answer = vec![7; 3];
+        judge_packed(Some(&table), &bytes, &mut answer);
+        let decoded: Option<Vec<flowgate_policy::Packet>> =
+            Batch::parse(&bytes).and_then(|b| b.packets().collect());
+        match decoded {
+            None => prop_assert!(answer.is_empty()),
+            Some(decoded) => {
+                let packed: Vec<Option<Verdict>> = answer
+                    .chunks_exact(4)
+                    .map(|r| decode_verdict(r.try_into().unwrap()))
+                    .collect();
+                let single: Vec<Option<Verdict>> =
+                    decoded.iter().map(|p| Some(table.lookup(p))).collect();
+                prop_assert_eq!(packed, single);
+            }
+        }
     }
 
     /// An explanation agrees with the verdict it explains: the peerings it says admit the

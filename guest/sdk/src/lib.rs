@@ -32,7 +32,7 @@
 use std::cell::RefCell;
 use std::marker::PhantomData;
 
-pub use flowgate_policy::packed::{PACKET_BYTES, VERDICT_BYTES};
+pub use flowgate_policy::packed::{Batch, VERDICT_BYTES};
 pub use flowgate_policy::{Config, DropReason, Packet, Table, Verdict};
 
 #[doc(hidden)]
@@ -60,7 +60,7 @@ pub trait Module: 'static {
     /// The module's version, as `info` reports it.
     const VERSION: &'static str;
     /// Whether [`Module::review`] may change a verdict. When false (the default), the packed
-    /// path never decodes a record for it.
+    /// path never decodes a packet for it.
     const REVIEWS: bool = false;
 
     /// The module's own rule over the peering filter's verdict for one packet from a known
@@ -82,7 +82,7 @@ pub trait Module: 'static {
         )
     }
 
-    /// Judges a packed batch into `out` (4 bytes a verdict for 44 bytes a packet, as
+    /// Judges a packed batch into `out` (4 bytes a verdict, one per packet of the batch, as
     /// `wit/policy.wit` lays them out). By default: [`judge_packed`].
     fn judge_packed(table: Option<&Table>, packets: &[u8], out: &mut Vec<u8>) {
         judge_packed::<Self>(table, packets, out);
@@ -90,34 +90,32 @@ pub trait Module: 'static {
 }
 
 /// The peering filter over a packed batch, then [`Module::review`] on each packet from a
-/// known VPC when the module reviews. Modules that override [`Module::judge_packed`] call this for the verdicts.
+/// known VPC when the module reviews. Modules that override [`Module::judge_packed`] call this
+/// for the verdicts.
 pub fn judge_packed<M: Module + ?Sized>(table: Option<&Table>, packets: &[u8], out: &mut Vec<u8>) {
-    use flowgate_policy::packed::{decode_packet, decode_verdict, encode_verdict};
+    use flowgate_policy::packed::{decode_verdict, encode_verdict};
     flowgate_policy::packed::judge_packed(table, packets, out);
-    if !M::REVIEWS {
+    // A batch off its layout got no verdicts, and so nothing to review.
+    let Some(batch) = Batch::parse(packets).filter(|_| M::REVIEWS && !out.is_empty()) else {
         return;
-    }
-    for (rec, verdict) in packets
-        .chunks_exact(PACKET_BYTES)
-        .zip(out.chunks_exact_mut(VERDICT_BYTES))
-    {
-        if let (Ok(rec), Ok(word)) = (
-            <&[u8; PACKET_BYTES]>::try_from(rec),
-            <[u8; VERDICT_BYTES]>::try_from(&*verdict),
-        ) && let Some(before) = decode_verdict(word)
+    };
+    for (packet, verdict) in batch.packets().zip(out.chunks_exact_mut(VERDICT_BYTES)) {
+        if let (Some(packet), Ok(word)) = (packet, <[u8; VERDICT_BYTES]>::try_from(&*verdict))
+            && let Some(before) = decode_verdict(word)
             && before != Verdict::Drop(DropReason::UnknownVpc)
         {
-            verdict.copy_from_slice(&encode_verdict(M::review(&decode_packet(rec), before)));
+            verdict.copy_from_slice(&encode_verdict(M::review(&packet, before)));
         }
     }
 }
 
-/// The packets of a packed batch, decoded (for modules that look at them before judging).
+/// The packets of a packed batch, decoded (for modules that look at them before judging):
+/// none when the batch does not follow the layout, and none from a packet whose IPv6 address
+/// is past the batch's address list on.
 pub fn packets(packed: &[u8]) -> impl Iterator<Item = Packet> + '_ {
-    packed
-        .chunks_exact(PACKET_BYTES)
-        .filter_map(|rec| <&[u8; PACKET_BYTES]>::try_from(rec).ok())
-        .map(flowgate_policy::packed::decode_packet)
+    Batch::parse(packed)
+        .into_iter()
+        .flat_map(|batch| (0..batch.len()).map_while(move |i| batch.packet(i)))
 }
 
 /// The configuration in force and its table.

@@ -424,7 +424,7 @@ fn sixty_four_workers_swap_roll_back_and_auto_revert() {
 }
 
 /// Item 6: a packet whose addresses are of different families gets the native verdict through
-/// the module (the packed record carries each address's family).
+/// the module (the packed batch carries each address's family).
 #[test]
 fn mixed_family_packets_get_the_native_verdict_through_the_module() {
     let config = std::fs::read_to_string(crate::repo().join(SPEC_3_1)).unwrap();

@@ -1,7 +1,7 @@
-//! Judges nothing: `drop(unknown-vpc)` (all zero bytes) for every record, records unread. What
-//! a call costs without the policy's work.
+//! Judges nothing: `drop(unknown-vpc)` (all zero bytes) for every packet, packets unread
+//! (only the batch's count). What a call costs without the policy's work.
 
-use flowgate_guest_sdk::{Module, PACKET_BYTES, Table, VERDICT_BYTES};
+use flowgate_guest_sdk::{Batch, Module, Table, VERDICT_BYTES};
 
 struct Null;
 
@@ -11,7 +11,8 @@ impl Module for Null {
 
     fn judge_packed(_: Option<&Table>, input: &[u8], out: &mut Vec<u8>) {
         out.clear();
-        out.resize(input.len() / PACKET_BYTES * VERDICT_BYTES, 0);
+        let packets = Batch::parse(input).map_or(0, |b| b.len());
+        out.resize(packets * VERDICT_BYTES, 0);
     }
 }
 
