@@ -109,6 +109,20 @@
 //!   code than the overlap gains. And the port maps' and matrices' slices read into locals
 //!   before the class loop (LLVM reloads them through the table in the guest, not knowing
 //!   the static arrays' stores do not alias it): 9.4 against 9.1 us, no gain.
+//! - **The batch as columns** (fourth session, WIT 0.4.0): the guest's lanes take a batch's
+//!   VNIs, shapes, ports and IPv4 addresses as the host laid them out, u32 words with IPv4
+//!   addresses as numbers, instead of decoding 44-byte records whose addresses were in network
+//!   order (Wasm has no byte swap: six instructions an address): Wasm 40.9 -> 35.3 ns a packet
+//!   at 1,000 peerings and 50.8 -> 41.8 at 5,000 in one A/B (`BENCHMARKS.md`, step 16), native
+//!   unchanged.
+//! - **Rejected**, measured in the fourth session (A/B, pinned, interleaved rounds): matrix
+//!   cells of one byte naming one of the VPC's distinct verdict words (a quarter of the bytes;
+//!   a cell L1-resident by construction had shown up to 10 % to gain): 3 % slower natively and
+//!   7-9 % in Wasm, the extra dependent load costs more than the cache saves; the guest built
+//!   with LLVM's unroll threshold raised so that every 32-lane loop unrolls (no epoch check a
+//!   turn, constant addresses): 9 % slower, and the component 25 % larger; the class loop
+//!   unrolled by hand two or four lanes a turn: no difference beyond noise; touching every
+//!   packet of a batch before its lookup, so that their cache misses overlap: no gain.
 //! - What remains, by `perf`: natively the packets themselves (a 48 MB pool streamed from
 //!   memory) and the loads of the trie's last level and of the matrix cell (L2); in the guest
 //!   the same loads, which Cranelift's longer code overlaps less, and the host's record
