@@ -47,6 +47,14 @@ mod shape {
     pub const SRC_V6: u32 = 1 << 9;
     /// The destination address is IPv6.
     pub const DST_V6: u32 = 1 << 10;
+    /// Either address is IPv6: the packet is not one for the IPv4 lanes.
+    pub const V6: u32 = SRC_V6 | DST_V6;
+}
+
+/// The source and destination ports of a ports word.
+#[inline(always)]
+fn split_ports(word: u32) -> (u16, u16) {
+    (word as u16, (word >> 16) as u16)
 }
 
 /// A verdict record's kind sits in its top two bits, the value below.
@@ -148,7 +156,8 @@ impl<'a> Batch<'a> {
     /// Packet `i`, or `None` when there is none or an IPv6 address of it is past the list.
     pub fn packet(&self, i: usize) -> Option<Packet> {
         let word = |column: usize| self.column(column).get(i).map(|w| u32::from_le_bytes(*w));
-        let (shape, ports) = (word(column::SHAPE)?, word(column::PORTS)?);
+        let (shape, (src_port, dst_port)) =
+            (word(column::SHAPE)?, split_ports(word(column::PORTS)?));
         let addr = |column: usize, v6: bool| -> Option<IpAddr> {
             let value = word(column)?;
             Some(if v6 {
@@ -164,15 +173,15 @@ impl<'a> Batch<'a> {
             dst: addr(column::DST, shape & shape::DST_V6 != 0)?,
             proto: (shape & shape::PROTO) as u8,
             ports: (shape & shape::PORTS != 0).then_some(Ports {
-                src: ports as u16,
-                dst: (ports >> 16) as u16,
+                src: src_port,
+                dst: dst_port,
             }),
         })
     }
 
     /// The batch's packets, in order; `None` for one that [`Batch::packet`] refuses.
-    pub fn packets(&self) -> impl Iterator<Item = Option<Packet>> + '_ {
-        (0..self.n).map(|i| self.packet(i))
+    pub fn packets(self) -> impl Iterator<Item = Option<Packet>> + 'a {
+        (0..self.n).map(move |i| self.packet(i))
     }
 }
 
@@ -356,25 +365,25 @@ fn judge_lanes(
             .zip(ports.iter().zip(src.iter().zip(dst)))
             .enumerate()
         {
-            let (shape, ports) = (word(shape), word(ports));
+            let shape = word(shape);
             families |= shape;
             s.lanes.put(
                 i,
                 word(vni),
                 (word(src), word(dst)),
                 shape & shape::PORTS != 0,
-                (ports as u16, (ports >> 16) as u16),
+                split_ports(word(ports)),
             );
         }
         table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
         let words = &mut s.words[..vni.len()];
-        if families & (shape::SRC_V6 | shape::DST_V6) != 0 {
-            for (i, (word, shape)) in words.iter_mut().zip(shape).enumerate() {
-                if u32::from_le_bytes(*shape) & (shape::SRC_V6 | shape::DST_V6) != 0 {
+        if families & shape::V6 != 0 {
+            for (i, (verdict, shape)) in words.iter_mut().zip(shape).enumerate() {
+                if word(shape) & shape::V6 != 0 {
                     let Some(packet) = batch.packet(first + i) else {
                         return Err(());
                     };
-                    *word = verdict_word(table.lookup(&packet));
+                    *verdict = verdict_word(table.lookup(&packet));
                 }
             }
         }

@@ -96,7 +96,10 @@ pub fn judge_packed<M: Module + ?Sized>(table: Option<&Table>, packets: &[u8], o
     use flowgate_policy::packed::{decode_verdict, encode_verdict};
     flowgate_policy::packed::judge_packed(table, packets, out);
     // A batch off its layout got no verdicts, and so nothing to review.
-    let Some(batch) = Batch::parse(packets).filter(|_| M::REVIEWS && !out.is_empty()) else {
+    if !M::REVIEWS || out.is_empty() {
+        return;
+    }
+    let Some(batch) = Batch::parse(packets) else {
         return;
     };
     for (packet, verdict) in batch.packets().zip(out.chunks_exact_mut(VERDICT_BYTES)) {
@@ -115,7 +118,7 @@ pub fn judge_packed<M: Module + ?Sized>(table: Option<&Table>, packets: &[u8], o
 pub fn packets(packed: &[u8]) -> impl Iterator<Item = Packet> + '_ {
     Batch::parse(packed)
         .into_iter()
-        .flat_map(|batch| (0..batch.len()).map_while(move |i| batch.packet(i)))
+        .flat_map(|batch| batch.packets().map_while(|packet| packet))
 }
 
 /// The configuration in force and its table.
