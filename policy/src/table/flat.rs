@@ -343,6 +343,15 @@ pub(super) struct PortMap {
     portless: u32,
 }
 
+impl PortMap {
+    /// The class of `port` ([`NO_PORT`] for none), chosen without a branch.
+    #[inline(always)]
+    fn class(&self, port: u32) -> u32 {
+        let by_port = self.classes[port_index(&self.starts, port as u16)];
+        select_unpredictable(port < NO_PORT, by_port, self.portless)
+    }
+}
+
 /// Port maps of the IPv4 segments whose class depends on the port.
 #[derive(Debug, Clone, Default)]
 pub(super) struct PortMaps4 {
@@ -385,14 +394,9 @@ impl PortMaps4 {
     /// unless it names a port map. No branch on the data, except for long maps.
     #[inline(always)]
     pub(super) fn class(&self, value: u32, port: Option<u16>) -> u32 {
-        self.lane_class(value, port.map_or(NO_PORT, u32::from))
-    }
-
-    /// [`PortMaps4::class`] with the port as a lane holds it: [`NO_PORT`] for none.
-    #[inline(always)]
-    pub(super) fn lane_class(&self, value: u32, port: u32) -> u32 {
+        let port = port.map_or(NO_PORT, u32::from);
         if value & (PORTED | LONG) == PORTED | LONG {
-            return self.long_class(value, u16::try_from(port).ok());
+            return self.long_class(value, port);
         }
         let ported = value & PORTED != 0;
         let Some(map) = self
@@ -401,18 +405,25 @@ impl PortMaps4 {
         else {
             return value;
         };
-        let by_port = map.classes[port_index(&map.starts, port as u16)];
-        let ported_class = select_unpredictable(port < NO_PORT, by_port, map.portless);
-        select_unpredictable(ported, ported_class, value)
+        select_unpredictable(ported, map.class(port), value)
+    }
+
+    /// The class of a [`PORTED`] value for a lane's port ([`NO_PORT`] for none).
+    #[inline(always)]
+    pub(super) fn ported_class(&self, value: u32, port: u32) -> u32 {
+        if value & LONG != 0 {
+            return self.long_class(value, port);
+        }
+        self.maps[(value & !PORTED) as usize].class(port)
     }
 
     #[cold]
     #[inline(never)]
-    fn long_class(&self, value: u32, port: Option<u16>) -> u32 {
+    fn long_class(&self, value: u32, port: u32) -> u32 {
         let map = &self.long[(value & !(PORTED | LONG)) as usize];
-        match port {
-            Some(port) => map.classes[map.starts.partition_point(|&p| p <= port) - 1],
-            None => map.portless,
+        match u16::try_from(port) {
+            Ok(port) => map.classes[map.starts.partition_point(|&p| p <= port) - 1],
+            Err(_) => map.portless,
         }
     }
 

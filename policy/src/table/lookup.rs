@@ -90,9 +90,8 @@ pub(crate) struct Lanes {
     pub(crate) vni: [u32; LANES],
     pub(crate) src: [u32; LANES],
     pub(crate) dst: [u32; LANES],
-    /// Source and destination ports, or [`NO_PORT`].
-    pub(crate) src_port: [u32; LANES],
-    pub(crate) dst_port: [u32; LANES],
+    /// Source ports, then destination ports, or [`NO_PORT`].
+    pub(crate) ports: [[u32; LANES]; 2],
 }
 
 impl Lanes {
@@ -100,8 +99,7 @@ impl Lanes {
         vni: [0; LANES],
         src: [0; LANES],
         dst: [0; LANES],
-        src_port: [NO_PORT; LANES],
-        dst_port: [NO_PORT; LANES],
+        ports: [[NO_PORT; LANES]; 2],
     };
 
     /// Puts packet `packet` in lane `i`; `false` when it is not IPv4 on both sides.
@@ -129,8 +127,8 @@ impl Lanes {
         (src_port, dst_port): (u16, u16),
     ) {
         (self.vni[i], self.src[i], self.dst[i]) = (vni, src, dst);
-        self.src_port[i] = select_unpredictable(has_ports, src_port.into(), NO_PORT);
-        self.dst_port[i] = select_unpredictable(has_ports, dst_port.into(), NO_PORT);
+        self.ports[0][i] = select_unpredictable(has_ports, src_port.into(), NO_PORT);
+        self.ports[1][i] = select_unpredictable(has_ports, dst_port.into(), NO_PORT);
     }
 }
 
@@ -139,16 +137,19 @@ impl Lanes {
 pub(crate) struct Stages {
     vpcs: [u32; LANES],
     roots: [u32; LANES],
-    src: [u32; LANES],
-    dst: [u32; LANES],
+    /// Each lane's source value, then its destination value: a class, or a port map to
+    /// resolve.
+    sides: [[u32; LANES]; 2],
+    /// The indices in `sides` of the values that name a port map.
+    ported: [u8; 2 * LANES],
 }
 
 impl Stages {
     pub(crate) const NEW: Stages = Stages {
         vpcs: [NO_VPC; LANES],
         roots: [0; LANES],
-        src: [0; LANES],
-        dst: [0; LANES],
+        sides: [[0; LANES]; 2],
+        ported: [0; 2 * LANES],
     };
 }
 
@@ -245,12 +246,15 @@ impl Table {
     }
 
     /// The verdicts of the IPv4 packets in `lanes`, as packed verdict words, in stages: every
-    /// packet's VPC, then every packet's source and destination classes, then every verdict.
-    /// Within a stage the packets' lookups are independent, so the CPU runs many of them at
-    /// once and their cache misses overlap; one packet at a time, each lookup is a chain of
-    /// dependent loads. Every lane is looked up, whatever it holds, so that each stage's loop
-    /// has a constant count, which the compilers unroll (in Wasm, a loop would also pay an
-    /// epoch check a turn).
+    /// packet's VPC, then every packet's source and destination segment values, then the
+    /// port classes of the values that name a port map, then every verdict. Within a stage
+    /// the packets' lookups are independent, so the CPU runs many of them at once and their
+    /// cache misses overlap; one packet at a time, each lookup is a chain of dependent loads.
+    /// Every lane is looked up, whatever it holds, so that each stage's loop has a constant
+    /// count, which the compilers unroll (in Wasm, a loop would also pay an epoch check a
+    /// turn). The port stage is the exception: only the values that name a port map (about
+    /// two in five on the realistic workloads) are listed, and only they pay for a map's
+    /// load and search.
     ///
     /// `st` holds the stages' answers. Natively it is a local of the caller. A Wasm guest's
     /// packed path keeps it, the lanes and the words in a static: a local array of a guest
@@ -270,12 +274,26 @@ impl Table {
         for (root, &vpc) in st.roots.iter_mut().zip(&st.vpcs) {
             *root = select_unpredictable(vpc != NO_VPC, vpc, 0);
         }
-        self.src4.find_lanes(&st.roots, &lanes.src, &mut st.src);
-        self.dst4.find_lanes(&st.roots, &lanes.dst, &mut st.dst);
+        let [src, dst] = &mut st.sides;
+        self.src4.find_lanes(&st.roots, &lanes.src, src);
+        self.dst4.find_lanes(&st.roots, &lanes.dst, dst);
+        // The values that name a port map, listed without a branch; only they are resolved.
+        let mut ported = 0;
+        for (k, &value) in st.sides.as_flattened().iter().enumerate() {
+            st.ported[ported] = k as u8;
+            ported += (value & flat::PORTED != 0) as usize;
+        }
+        let (sides, ports) = (st.sides.as_flattened_mut(), lanes.ports.as_flattened());
+        for &k in &st.ported[..ported] {
+            let k = usize::from(k);
+            sides[k] = self.ports4.ported_class(sides[k], ports[k]);
+        }
+        let [src, dst] = &st.sides;
         for (i, word) in out.iter_mut().enumerate() {
-            let s = self.ports4.lane_class(st.src[i], lanes.src_port[i]);
-            let d = self.ports4.lane_class(st.dst[i], lanes.dst_port[i]);
-            *word = self.matrices.word(st.vpcs[i], s, d).unwrap_or(UNKNOWN_VPC);
+            *word = self
+                .matrices
+                .word(st.vpcs[i], src[i], dst[i])
+                .unwrap_or(UNKNOWN_VPC);
         }
     }
 
