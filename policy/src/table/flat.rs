@@ -427,6 +427,11 @@ impl PortMaps4 {
         }
     }
 
+    /// Whether there are no maps: no IPv4 segment's class depends on the port.
+    pub(super) fn is_empty(&self) -> bool {
+        self.maps.is_empty() && self.long.is_empty()
+    }
+
     /// Bytes the maps take.
     pub(super) fn bytes(&self) -> usize {
         self.maps.len() * size_of::<PortMap>()

@@ -278,15 +278,18 @@ impl Table {
         self.src4.find_lanes(&st.roots, &lanes.src, src);
         self.dst4.find_lanes(&st.roots, &lanes.dst, dst);
         // The values that name a port map, listed without a branch; only they are resolved.
-        let mut ported = 0;
-        for (k, &value) in st.sides.as_flattened().iter().enumerate() {
-            st.ported[ported] = k as u8;
-            ported += (value & flat::PORTED != 0) as usize;
-        }
-        let (sides, ports) = (st.sides.as_flattened_mut(), lanes.ports.as_flattened());
-        for &k in &st.ported[..ported] {
-            let k = usize::from(k);
-            sides[k] = self.ports4.ported_class(sides[k], ports[k]);
+        // A table without port maps skips the stage (a branch every batch takes alike).
+        if !self.ports4.is_empty() {
+            let mut ported = 0;
+            for (k, &value) in st.sides.as_flattened().iter().enumerate() {
+                st.ported[ported] = k as u8;
+                ported += (value & flat::PORTED != 0) as usize;
+            }
+            let (sides, ports) = (st.sides.as_flattened_mut(), lanes.ports.as_flattened());
+            for &k in &st.ported[..ported] {
+                let k = usize::from(k);
+                sides[k] = self.ports4.ported_class(sides[k], ports[k]);
+            }
         }
         let [src, dst] = &st.sides;
         for (i, word) in out.iter_mut().enumerate() {

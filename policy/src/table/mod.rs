@@ -127,16 +127,27 @@
 //!   every lane's two values up in a port map, map 0 standing in for the values that name
 //!   none (three in five), so that no lane branched. Now a stage lists, without a branch, the
 //!   values that name a map, and only those load a map and search it; a last loop reads the
-//!   verdicts. An ablation had put the port stage at a third of the native time. A/B, 4
-//!   interleaved rounds: native 5.78 -> 5.18 us a batch at 1,000 peerings (-10 %), 8.16 ->
-//!   7.80 at 5,000; Wasm 8.34 -> 7.85 (-6 %) and 10.72 -> 10.46.
-//! - **Rejected** (fifth session): each trie level of both sides in one loop, so that the
-//!   source's and the destination's loads are in flight together: no change beyond noise
-//!   (the CPU already overlapped the two sides' loops).
-//! - What remains, by `perf`: natively the packets themselves (a 48 MB pool streamed from
-//!   memory) and the loads of the trie's last level and of the matrix cell (L2); in the guest
-//!   the same loads, which Cranelift's longer code overlaps less, and the host's record
-//!   encoding (about a fifth of the Wasm time).
+//!   verdicts; a table without port maps skips the stage. An ablation had put the port
+//!   stage at up to a third of the native time. A/B against the fourth session's build, 4
+//!   interleaved rounds: native 21.7 -> 19.4 ns a packet at 1,000 peerings, 30.2 -> 27.5 at
+//!   5,000; Wasm 31.0 -> 29.6 and 39.7 -> 38.3; without port ranges 3-6 % faster natively,
+//!   1-2 % in Wasm; the best case (repeat) 6-23 % faster (`BENCHMARKS.md`, step 17).
+//! - **Rejected**, measured in the fifth session (A/B, 4 rounds): each trie level of both
+//!   sides in one loop, so that the source's and the destination's loads are in flight
+//!   together: no change beyond noise (the CPU already overlapped the two sides' loops); a
+//!   sentinel VPC after the others for unknown VNIs (one segment a side, one cell that
+//!   drops), so that the lanes need no root select and no `Option` on the row: no change
+//!   beyond noise, and an invariant every user of the sides would have to keep; 64 lanes
+//!   instead of 32: native 5 % faster at 5,000 peerings but 3 % slower at 1,000, Wasm 1-2 %
+//!   slower at both.
+//! - What remains, by `perf` and by ablation (fifth session, before the port change: builds
+//!   with one stage cut out, their verdicts wrong and unchecked): without the trie walks
+//!   native takes half the time and Wasm 31 % less, without the matrix read native 13 % less
+//!   and Wasm the same. The packets themselves (a 48 MB pool streamed from memory) are about
+//!   an eighth of the native time. In Wasm the host's column encoding is about a fifth (two
+//!   thirds of it waiting on the same pool), the crossing's calls, copies and decoding about
+//!   a tenth, and the guest's lookup the rest, about 1.45 times what the same stages take
+//!   natively.
 
 mod build;
 mod catalog;
