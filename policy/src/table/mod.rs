@@ -129,8 +129,8 @@
 //!   values that name a map, and only those load a map and search it; a last loop reads the
 //!   verdicts; a table without port maps skips the stage. An ablation had put the port
 //!   stage at up to a third of the native time. A/B against the fourth session's build, 4
-//!   interleaved rounds: native 21.7 -> 19.4 ns a packet at 1,000 peerings, 30.2 -> 27.5 at
-//!   5,000; Wasm 31.0 -> 29.6 and 39.7 -> 38.3; without port ranges 3-6 % faster natively,
+//!   interleaved rounds: native 21.7 -> 19.4 ns a packet at 1,000 peerings, 30.2 -> 27.6 at
+//!   5,000; Wasm 31.0 -> 29.6 and 39.7 -> 38.4; without port ranges 5-6 % faster natively,
 //!   1-2 % in Wasm; the best case (repeat) 6-23 % faster (`BENCHMARKS.md`, step 17).
 //! - **Rejected**, measured in the fifth session (A/B, 4 rounds): each trie level of both
 //!   sides in one loop, so that the source's and the destination's loads are in flight
