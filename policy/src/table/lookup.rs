@@ -144,6 +144,9 @@ pub(crate) struct Stages {
     ported: [u8; 2 * LANES],
 }
 
+// Every index into `Stages::sides` fits the `u8` of `Stages::ported`.
+const _: () = assert!(2 * LANES <= 1 << u8::BITS);
+
 impl Stages {
     pub(crate) const NEW: Stages = Stages {
         vpcs: [NO_VPC; LANES],
