@@ -141,7 +141,9 @@
 //!   instead of 32: native 5 % faster at 5,000 peerings but 3 % slower at 1,000, Wasm 1-2 %
 //!   slower at both; the tries' last level with 16-bit entries (a prototype: half the leaf
 //!   bytes, the two flag bits moved to bits 14-15 and back on every read): native 5 % slower
-//!   at 1,000 peerings and 3 % faster at 5,000, Wasm 2-5 % slower at both.
+//!   at 1,000 peerings and 3 % faster at 5,000, Wasm 2-5 % slower at both; and a batch
+//!   grouped by VPC, whose upper bound (the benchmark's batches sorted beforehand, the sort
+//!   not timed) was 1-4 %, about what a counting sort would cost.
 //! - What remains, by `perf` and by ablation (fifth session, before the port change: builds
 //!   with one stage cut out, their verdicts wrong and unchecked): without the trie walks
 //!   native takes half the time and Wasm 31 % less, without the matrix read native 13 % less
