@@ -53,7 +53,7 @@ fn build_guests(root: &std::path::Path, packages: &[&str], target_dir: &std::pat
 
 /// Everything a guest build depends on, for `rerun-if-changed`.
 fn watch_guests(root: &std::path::Path) {
-    for watched in ["guest", "policy/src", "policy/Cargo.toml", "wit", "host/guest_build.rs"] {
+    for watched in ["guest", "policy/src", "policy/Cargo.toml", "wit", "host/guest_build.rs", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 }

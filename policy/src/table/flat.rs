@@ -312,6 +312,7 @@ pub(super) fn find_pair(
 /// The index of the last of a map's `starts` at most `port`: [`search_pow2`] with each step
 /// an addition, not a select (LLVM's x86 backend turned a select of this search into a
 /// branch, which mixed traffic mispredicts).
+#[cfg(not(all(target_family = "wasm", target_feature = "simd128")))]
 #[inline(always)]
 fn port_index(starts: &[u16; MAP_RANGES], port: u16) -> usize {
     let mut base = 0;
@@ -321,6 +322,17 @@ fn port_index(starts: &[u16; MAP_RANGES], port: u16) -> usize {
         half /= 2;
     }
     base
+}
+
+/// [`port_index`] in Wasm's vector instructions: the count of starts at most `port`, less one
+/// (`starts[0]` is 0), from one compare of all eight.
+#[cfg(all(target_family = "wasm", target_feature = "simd128"))]
+#[inline(always)]
+fn port_index(starts: &[u16; MAP_RANGES], port: u16) -> usize {
+    use core::arch::wasm32::{i16x8_bitmask, u16x8, u16x8_le, u16x8_splat};
+    let [a, b, c, d, e, f, g, h] = *starts;
+    let at_most = u16x8_le(u16x8(a, b, c, d, e, f, g, h), u16x8_splat(port));
+    i16x8_bitmask(at_most).count_ones() as usize - 1
 }
 
 /// The port of a lane whose packet has none: past every `u16`.

@@ -140,19 +140,41 @@ pub(crate) struct Stages {
     /// Each lane's source value, then its destination value: a class, or a port map to
     /// resolve.
     sides: [[u32; LANES]; 2],
-    /// The indices in `sides` of the values that name a port map.
-    ported: [u8; 2 * LANES],
 }
 
-// Every index into `Stages::sides` fits the `u8` of `Stages::ported`.
-const _: () = assert!(2 * LANES <= 1 << u8::BITS);
+// Every index into `Stages::sides` has its bit in a `ported_mask`, which reads the flag as
+// the sign bit.
+const _: () = assert!(2 * LANES <= u64::BITS as usize && flat::PORTED == 1 << 31);
+
+/// Bit `k` set when value `k` of `sides` (flattened) names a port map.
+#[cfg(not(all(target_family = "wasm", target_feature = "simd128")))]
+#[inline(always)]
+fn ported_mask(sides: &[[u32; LANES]; 2]) -> u64 {
+    let mut mask = 0;
+    for (k, &value) in sides.as_flattened().iter().enumerate() {
+        mask |= u64::from(value >> 31) << k;
+    }
+    mask
+}
+
+/// [`ported_mask`] in Wasm's vector instructions: the flags of four values at a time, as the
+/// sign bits of four lanes.
+#[cfg(all(target_family = "wasm", target_feature = "simd128"))]
+#[inline(always)]
+fn ported_mask(sides: &[[u32; LANES]; 2]) -> u64 {
+    use core::arch::wasm32::{i32x4_bitmask, u32x4};
+    let mut mask = 0;
+    for (i, &[a, b, c, d]) in sides.as_flattened().as_chunks::<4>().0.iter().enumerate() {
+        mask |= u64::from(i32x4_bitmask(u32x4(a, b, c, d))) << (4 * i);
+    }
+    mask
+}
 
 impl Stages {
     pub(crate) const NEW: Stages = Stages {
         vpcs: [NO_VPC; LANES],
         roots: [0; LANES],
         sides: [[0; LANES]; 2],
-        ported: [0; 2 * LANES],
     };
 }
 
@@ -256,8 +278,8 @@ impl Table {
     /// Every lane is looked up, whatever it holds, so that each stage's loop has a constant
     /// count, which the compilers unroll (in Wasm, a loop would also pay an epoch check a
     /// turn). The port stage is the exception: only the values that name a port map (about
-    /// two in five on the realistic workloads) are listed, and only they pay for a map's
-    /// load and search.
+    /// two in five on the realistic workloads) are marked in a mask, and only they pay for a
+    /// map's load and search.
     ///
     /// `st` holds the stages' answers. Natively it is a local of the caller. A Wasm guest's
     /// packed path keeps it, the lanes and the words in a static: a local array of a guest
@@ -280,17 +302,15 @@ impl Table {
         let [src, dst] = &mut st.sides;
         self.src4.find_lanes(&st.roots, &lanes.src, src);
         self.dst4.find_lanes(&st.roots, &lanes.dst, dst);
-        // The values that name a port map, listed without a branch; only they are resolved.
+        // The values that name a port map, as a mask built without a branch; only they are
+        // resolved, lowest bit first.
         // A table without port maps skips the stage (a branch every batch takes alike).
         if !self.ports4.is_empty() {
-            let mut ported = 0;
-            for (k, &value) in st.sides.as_flattened().iter().enumerate() {
-                st.ported[ported] = k as u8;
-                ported += (value & flat::PORTED != 0) as usize;
-            }
+            let mut ported = ported_mask(&st.sides);
             let (sides, ports) = (st.sides.as_flattened_mut(), lanes.ports.as_flattened());
-            for &k in &st.ported[..ported] {
-                let k = usize::from(k);
+            while ported != 0 {
+                let k = ported.trailing_zeros() as usize;
+                ported &= ported - 1;
                 sides[k] = self.ports4.ported_class(sides[k], ports[k]);
             }
         }

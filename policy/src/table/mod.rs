@@ -144,6 +144,16 @@
 //!   at 1,000 peerings and 3 % faster at 5,000, Wasm 2-5 % slower at both; and a batch
 //!   grouped by VPC, whose upper bound (the benchmark's batches sorted beforehand, the sort
 //!   not timed) was 1-4 %, about what a counting sort would cost.
+//! - **Wasm's vector instructions** (sixth session): the guests are built with `simd128`
+//!   (`.cargo/config.toml`), which wasmtime compiles to SSE/AVX. LLVM then fills the guest's
+//!   lanes from the batch's columns four at a time (that loop had been an eighth of the
+//!   guest's samples); a port map is searched by one compare of its eight starts and a
+//!   count of the bits (`flat::port_index`), not three dependent steps; and the ported
+//!   values are found as a 64-bit mask built from the values' sign bits, four values an
+//!   instruction, then visited bit by bit (`ported_mask`), instead of a 64-turn listing loop
+//!   (natively the mask is built by a scalar loop, which measured the same as the listing).
+//!   Before the columns (fourth session) `simd128` had changed nothing: the lane filler
+//!   decoded records then. Measured in `BENCHMARKS.md`, step 18.
 //! - What remains, by `perf` and by ablation (fifth session, before the port change: builds
 //!   with one stage cut out, their verdicts wrong and unchecked): without the trie walks
 //!   native takes half the time and Wasm 31 % less, without the matrix read native 13 % less
