@@ -18,8 +18,8 @@
 
 use std::hint::select_unpredictable;
 
-use super::LANES;
 use super::trie::Trie;
+use super::{LANES, TURN};
 
 /// A tree value flag: the rest is an index into the port maps, not a class.
 pub(super) const PORTED: u32 = 1 << 31;
@@ -152,8 +152,11 @@ fn trie_lanes<const D: u32>(
 ) {
     *out = *roots;
     for level in 0..D {
-        for (out, &key) in out.iter_mut().zip(keys) {
-            *out = trie.step(*out, key, level);
+        let (outs, keys) = (out.as_chunks_mut::<TURN>().0, keys.as_chunks::<TURN>().0);
+        for (out, keys) in outs.iter_mut().zip(keys) {
+            for (out, &key) in out.iter_mut().zip(keys) {
+                *out = trie.step(*out, key, level);
+            }
         }
     }
 }

@@ -154,6 +154,10 @@
 //!   (natively the mask is built by a scalar loop, which measured the same as the listing).
 //!   Before the columns (fourth session) `simd128` had changed nothing: the lane filler
 //!   decoded records then. Measured in `BENCHMARKS.md`, step 18.
+//! - **Trie levels eight lanes a turn** (sixth session, `lookup::TURN`): each level's
+//!   32-lane loop cut into chunks of eight, each unrolled whole, so that a Wasm guest pays
+//!   the loop's count and its epoch check once per eight lanes, not per two (LLVM's own
+//!   unrolling). Step 19 in `BENCHMARKS.md`.
 //! - What remains, by `perf` and by ablation (fifth session, before the port change: builds
 //!   with one stage cut out, their verdicts wrong and unchecked): without the trie walks
 //!   native takes half the time and Wasm 31 % less, without the matrix read native 13 % less
@@ -170,6 +174,7 @@ mod lookup;
 mod trie;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
+use lookup::TURN;
 pub(crate) use lookup::{LANES, Lanes, Stages};
 
 use crate::packet::Verdict;
