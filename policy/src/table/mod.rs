@@ -153,11 +153,21 @@
 //!   instruction, then visited bit by bit (`ported_mask`), instead of a 64-turn listing loop
 //!   (natively the mask is built by a scalar loop, which measured the same as the listing).
 //!   Before the columns (fourth session) `simd128` had changed nothing: the lane filler
-//!   decoded records then. Measured in `BENCHMARKS.md`, step 18.
+//!   decoded records then. The flag alone took 8 % off Wasm, the two paths 8 % more
+//!   (`BENCHMARKS.md`, step 18).
 //! - **Trie levels eight lanes a turn** (sixth session, `lookup::TURN`): each level's
 //!   32-lane loop cut into chunks of eight, each unrolled whole, so that a Wasm guest pays
 //!   the loop's count and its epoch check once per eight lanes, not per two (LLVM's own
-//!   unrolling). Step 19 in `BENCHMARKS.md`.
+//!   unrolling): Wasm -7 % at 1,000 peerings and -10 % at 5,000, native -1 to -3 %. With
+//!   both steps, A/B against the fifth session's build (4 rounds): Wasm 30.4 -> 24.6 ns a
+//!   packet at 1,000 peerings and 39.6 -> 33.2 at 5,000, 1.18x native (step 19).
+//! - **Rejected**, measured in the sixth session: every IPv4 source value carrying its
+//!   matrix row's start, so that a verdict is one load at `source + destination` (Wasm 2-3 %
+//!   faster, native the same, but the cell count would have to stay below the values' flag
+//!   bits, which nothing bounds yet); trie nodes padded to a power of two so that a masked
+//!   index needs no bounds check (no change); one loop walking a lane's three levels (4-5 %
+//!   slower: the lockstep levels' misses overlap); the native port search as a count, which
+//!   LLVM vectorizes with SSE2 (-2 % at 1,000 peerings, +4 % at 5,000).
 //! - What remains, by `perf` and by ablation (fifth session, before the port change: builds
 //!   with one stage cut out, their verdicts wrong and unchecked): without the trie walks
 //!   native takes half the time and Wasm 31 % less, without the matrix read native 13 % less
