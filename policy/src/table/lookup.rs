@@ -79,15 +79,6 @@ fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
 /// load queue busy, few enough that the stages' state stays in registers and L1.
 pub(crate) const LANES: usize = 32;
 
-/// Lanes a turn of a trie level's loop takes (the loop over [`LANES`] cut in chunks, each
-/// unrolled whole). In Wasm every turn of a loop begins with an epoch check (two loads, a
-/// compare and a branch, the pointer reloaded from a spill slot) and the loop's own count,
-/// and LLVM had unrolled these loops by two: eight lanes a turn took 7-10 % off the Wasm
-/// lookup, 1-3 % natively. (The VNI and verdict loops cut the same way gained nothing.)
-pub(crate) const TURN: usize = 8;
-
-const _: () = assert!(LANES.is_multiple_of(TURN));
-
 /// The packed word of `drop(unknown-vpc)`.
 const UNKNOWN_VPC: u32 = 0;
 

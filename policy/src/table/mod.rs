@@ -155,7 +155,7 @@
 //!   Before the columns (fourth session) `simd128` had changed nothing: the lane filler
 //!   decoded records then. The flag alone took 8 % off Wasm, the two paths 8 % more
 //!   (`BENCHMARKS.md`, step 18).
-//! - **Trie levels eight lanes a turn** (sixth session, `lookup::TURN`): each level's
+//! - **Trie levels eight lanes a turn** (sixth session, `flat::TURN`): each level's
 //!   32-lane loop cut into chunks of eight, each unrolled whole, so that a Wasm guest pays
 //!   the loop's count and its epoch check once per eight lanes, not per two (LLVM's own
 //!   unrolling): Wasm -7 % at 1,000 peerings and -10 % at 5,000, native -1 to -3 %. With
@@ -184,7 +184,6 @@ mod lookup;
 mod trie;
 
 pub use catalog::{Catalog, TableStats, VpcEntry};
-use lookup::TURN;
 pub(crate) use lookup::{LANES, Lanes, Stages};
 
 use crate::packet::Verdict;
