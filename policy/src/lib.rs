@@ -14,6 +14,7 @@ pub mod oracle;
 pub mod packed;
 pub mod packet;
 pub mod ports;
+mod prefetch;
 #[cfg(feature = "synth")]
 pub mod synth;
 pub mod table;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use super::flat::{self, NO_PORT, NO_VPC};
 use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
+use crate::prefetch::prefetch;
 
 impl<K: Copy + Ord> SegTable<K> {
     #[inline]
@@ -251,7 +252,13 @@ impl Table {
             return;
         }
         let (mut lanes, mut stages, mut words) = (Lanes::EMPTY, Stages::NEW, [0; LANES]);
+        let mut ahead = packets.chunks(LANES).skip(1);
         for (packets, out) in packets.chunks(LANES).zip(out.chunks_mut(LANES)) {
+            // The pool of a busy gateway is far larger than the caches: the next lanes'
+            // packets are fetched while these are looked up.
+            if let Some(next) = ahead.next() {
+                prefetch(next);
+            }
             let mut all_v4 = true;
             for (i, packet) in packets.iter().enumerate() {
                 all_v4 &= lanes.set(i, packet);
