@@ -357,6 +357,11 @@ struct AsSpec {
 }
 
 fn typed<S: for<'de> Deserialize<'de>>(object: &RawObject) -> Result<Object<S>, ConfigError> {
+    // Tracking the path costs an allocation per field: it is only done again for an object
+    // that failed, to say where.
+    if let Ok(typed) = Object::deserialize(&object.value) {
+        return Ok(typed);
+    }
     serde_path_to_error::deserialize(&object.value).map_err(|e| {
         let field = e.path().to_string();
         let message = e.inner().to_string();
