@@ -56,7 +56,8 @@ impl Realistic {
         let mut gateway = Gateway::new(GatewayShape::with_peerings(peerings, ports, 42));
         let config = flowgate_policy::parse(gateway.yaml(), None)
             .unwrap_or_else(|e| panic!("generated config refused: {e}"));
-        let table = Table::build(&config);
+        let table =
+            Table::build(&config).unwrap_or_else(|e| panic!("generated table refused: {e}"));
         let pool = gateway.packets(POOL);
         let mut verdicts = vec![Verdict::default(); batch];
         let expected = pool

@@ -73,7 +73,7 @@ fn repeat(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     for peerings in SIZES {
         let (yaml, config, packets) = setup(peerings);
-        let table = Table::build(&config);
+        let table = Table::build(&config).expect("the table builds");
         let mut verdicts = vec![Verdict::default(); packets.len()];
         // The answer every timed run must reproduce: allowed packets in the batch.
         let single: Vec<Verdict> = packets.iter().map(|p| table.lookup(p)).collect();
@@ -118,7 +118,7 @@ fn build(c: &mut Criterion) {
             &config,
             |b, config| {
                 b.iter(|| {
-                    let table = Table::build(black_box(config));
+                    let table = Table::build(black_box(config)).expect("the table builds");
                     assert_eq!(table.vpcs().len(), config.vpcs.len());
                     table
                 })

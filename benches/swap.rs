@@ -201,7 +201,7 @@ fn config_at_scale(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("parse-build", peerings), |b| {
             b.iter(|| {
                 let config = flowgate_policy::parse(&configs[0], None).unwrap();
-                flowgate_policy::Table::build(&config)
+                flowgate_policy::Table::build(&config).unwrap()
             })
         });
         group.bench_function(BenchmarkId::new("configure-one-instance", peerings), |b| {

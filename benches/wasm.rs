@@ -38,7 +38,7 @@ fn call(c: &mut Criterion) {
 
 fn batch(c: &mut Criterion) {
     let (yaml, config, packets) = setup(1_000);
-    let table = Table::build(&config);
+    let table = Table::build(&config).expect("the table builds");
     let runtime = runtime(EngineOptions::default());
     let module = runtime.load(DEFAULT_MODULE).unwrap();
     let mut wasm = WasmPolicy::new(&runtime, &module, &yaml).unwrap();
@@ -101,7 +101,7 @@ fn batch(c: &mut Criterion) {
 
 fn epoch(c: &mut Criterion) {
     let (yaml, config, packets) = setup(1_000);
-    let table = Table::build(&config);
+    let table = Table::build(&config).expect("the table builds");
     let batch = &packets[..256];
     let expected = allowed(&batch.iter().map(|p| table.lookup(p)).collect::<Vec<_>>());
     let with = |epoch_interruption, pooling| EngineOptions {
@@ -172,7 +172,7 @@ fn straightforward(c: &mut Criterion) {
     group.sample_size(10);
     for peerings in [10, 100, 1_000] {
         let (_, config, packets) = setup(peerings);
-        let table = Table::build(&config);
+        let table = Table::build(&config).expect("the table builds");
         let batch = &packets[..256];
         let expected: Vec<oracle::Expected> = batch
             .iter()

@@ -101,7 +101,7 @@ fn live_bench(c: &mut Criterion) {
         .collect();
     // With the policy call skipped, each packet gets the verdict the policy would give
     // (computed beforehand), so the same packets are forwarded: only the call is missing.
-    let table = flowgate_policy::Table::build(&config);
+    let table = flowgate_policy::Table::build(&config).expect("the table builds");
     let precomputed: Vec<Verdict> = packets.iter().map(|p| table.lookup(p)).collect();
 
     // Every VPC's endpoint is one receiver, which only drains its socket.

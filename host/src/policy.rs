@@ -23,7 +23,12 @@ impl NativePolicy {
     /// Parses, validates and builds `config`; `file` names it in errors.
     pub fn new(config: &str, file: Option<&str>) -> Result<Self, flowgate_policy::ConfigError> {
         Ok(NativePolicy {
-            table: Table::build(&flowgate_policy::parse(config, file)?),
+            table: Table::build(&flowgate_policy::parse(config, file)?).map_err(|e| {
+                flowgate_policy::ConfigError {
+                    file: file.map(str::to_owned),
+                    ..e
+                }
+            })?,
         })
     }
 

@@ -247,6 +247,7 @@ mod tests {
     fn table() -> Catalog {
         let yaml = "kind: VPCInfo\nmetadata: {name: a}\nspec: {vni: 7}\n";
         crate::Table::build(&crate::parse(yaml, None).unwrap())
+            .unwrap()
             .catalog()
             .clone()
     }

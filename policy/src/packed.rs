@@ -532,7 +532,7 @@ mod tests {
             assert!(out.is_empty(), "{why}");
         }
         assert!(Batch::parse(&index_past_the_list).is_some());
-        let table = Table::build(&crate::Config::default());
+        let table = Table::build(&crate::Config::default()).unwrap();
         for table in [None, Some(&table)] {
             judge_packed(table, &good, &mut out);
             assert_eq!(out.len(), 8);

@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(yaml, config_yaml(scale));
         let config = crate::parse(&yaml, None).unwrap();
         assert_eq!(config.peerings.len(), 300);
-        let table = Table::build(&config);
+        let table = Table::build(&config).unwrap();
         let packets = packets(&config, 5000, 1);
         assert_eq!(packets, super::packets(&config, 5000, 1));
         let mut kinds = [0usize; 3];

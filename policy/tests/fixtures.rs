@@ -23,7 +23,7 @@ fn every_fixture_case_gets_its_expected_verdicts() {
         let problems = match parse(&case.config, Some("config.yaml")) {
             Err(e) => case.check_error(Some(&e)),
             Ok(config) => {
-                let table = Table::build(&config);
+                let table = Table::build(&config).unwrap();
                 case.check_verdicts(table.catalog(), |packets| {
                     packets.iter().map(|p| table.lookup(p)).collect()
                 })

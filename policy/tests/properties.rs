@@ -29,7 +29,7 @@ proptest! {
     #[test]
     fn table_equals_oracle((config, packets) in arb::config_and_packets(32)) {
         let parsed = parse(&config.yaml, None).map_err(|e| TestCaseError::fail(format!("generated config refused: {e}\n{}", config.yaml)))?;
-        let table = Table::build(&parsed);
+        let table = Table::build(&parsed).unwrap();
         for packet in &packets {
             let expected = oracle::verdict(&parsed, packet);
             let got = oracle::from_table(&table, table.lookup(packet));
@@ -43,7 +43,7 @@ proptest! {
 
     #[test]
     fn batch_equals_single((config, packets) in arb::config_and_packets(64)) {
-        let table = Table::build(&parse(&config.yaml, None).unwrap());
+        let table = Table::build(&parse(&config.yaml, None).unwrap()).unwrap();
         let mut batch = vec![Verdict::default(); packets.len()];
         table.lookup_batch(&packets, &mut batch);
         let single: Vec<Verdict> = packets.iter().map(|p| table.lookup(p)).collect();
@@ -56,7 +56,7 @@ proptest! {
     #[test]
     fn packed_equals_single((config, packets) in arb::config_and_packets(64)) {
         use flowgate_policy::packed::{decode_verdict, encode_packets, judge_packed};
-        let table = Table::build(&parse(&config.yaml, None).unwrap());
+        let table = Table::build(&parse(&config.yaml, None).unwrap()).unwrap();
         let mut batch = Vec::new();
         encode_packets(&packets, &mut batch);
         let mut answer = Vec::new();
@@ -81,7 +81,7 @@ proptest! {
         cut_some in any::<bool>(),
     ) {
         use flowgate_policy::packed::{Batch, decode_verdict, encode_packets, judge_packed};
-        let table = Table::build(&parse(&config.yaml, None).unwrap());
+        let table = Table::build(&parse(&config.yaml, None).unwrap()).unwrap();
         let mut bytes = Vec::new();
         encode_packets(&packets, &mut bytes);
         let words = bytes.len() / 4;
@@ -116,7 +116,7 @@ proptest! {
     fn explanations_agree_with_verdicts((config, packets) in arb::config_and_packets(32)) {
         use flowgate_policy::DropReason;
         let parsed = parse(&config.yaml, None).unwrap();
-        let table = Table::build(&parsed);
+        let table = Table::build(&parsed).unwrap();
         for packet in &packets {
             let e = flowgate_policy::explain(&parsed, &table, packet);
             prop_assert_eq!(e.verdict, table.lookup(packet));
@@ -155,7 +155,7 @@ proptest! {
         }
         if let Ok(parsed) = parse(&text, Some("mangled.yaml")) {
             // Whatever is accepted must build and answer.
-            let table = Table::build(&parsed);
+            let table = Table::build(&parsed).unwrap();
             for vni in config.vnis {
                 let p = flowgate_policy::Packet::portless(vni, "10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), 1);
                 let _ = table.lookup(&p);
@@ -181,7 +181,7 @@ fn generated_cases_reach_every_verdict() {
             .flat_map(|p| &p.sides)
             .flat_map(|s| &s.blocks)
             .any(|b| b.default);
-        let table = Table::build(&parsed);
+        let table = Table::build(&parsed).unwrap();
         for packet in &packets {
             let kind = match oracle::verdict(&parsed, packet) {
                 oracle::Expected::Allow(_) if defaults => "allow (config with a default block)",
@@ -216,7 +216,7 @@ proptest! {
     #[test]
     fn searched_layout_equals_tries((config, packets) in arb::config_and_packets(64)) {
         let parsed = parse(&config.yaml, None).unwrap();
-        let (tries, searched) = (Table::build(&parsed), Table::build_searched(&parsed));
+        let (tries, searched) = (Table::build(&parsed).unwrap(), Table::build_searched(&parsed).unwrap());
         let (mut a, mut b) = (vec![Verdict::default(); packets.len()], vec![Verdict::default(); packets.len()]);
         tries.lookup_batch(&packets, &mut a);
         searched.lookup_batch(&packets, &mut b);

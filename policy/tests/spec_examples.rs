@@ -8,7 +8,7 @@ use flowgate_policy::{Packet, Table, parse};
 
 fn table(yaml: &str) -> Table {
     let config = parse(yaml, None).unwrap_or_else(|e| panic!("config refused: {e}"));
-    Table::build(&config)
+    Table::build(&config).unwrap_or_else(|e| panic!("table refused: {e}"))
 }
 
 /// `"B 2.0.0.7:1000 -> 1.0.1.9:80 tcp"`, `"B 2.0.0.7 -> 1.0.1.9 icmp"`.
@@ -372,7 +372,7 @@ fn ipv6_and_unknown_vpc() {
 /// Explains `text` under `yaml`: the rendered peering lines, and the notes.
 fn explained(yaml: &str, text: &str) -> flowgate_policy::Explanation {
     let config = parse(yaml, None).unwrap();
-    let t = Table::build(&config);
+    let t = Table::build(&config).unwrap();
     flowgate_policy::explain(&config, &t, &packet(&t, text))
 }
 

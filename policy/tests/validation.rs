@@ -446,7 +446,7 @@ fn accepts_every_spelling_the_spec_allows() {
     assert_eq!(side.blocks[0].ips.len(), 3);
     assert_eq!(side.blocks[0].ips[2].subnet.as_deref(), Some("web"));
     assert_eq!(side.blocks[0].ips[2].net.to_string(), "10.100.1.0/24");
-    Table::build(&config);
+    Table::build(&config).unwrap();
 }
 
 #[test]

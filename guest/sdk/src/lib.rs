@@ -158,7 +158,7 @@ impl<M: Module> Guest for Filter<M> {
 
     fn configure(config: String) -> Result<wit::ConfigSummary, wit::ConfigError> {
         let parsed = flowgate_policy::parse(&config, None).map_err(convert::config_error)?;
-        let table = Table::build(&parsed);
+        let table = Table::build(&parsed).map_err(convert::config_error)?;
         let summary = convert::summary(&parsed, &table);
         STATE.with(|s| {
             *s.borrow_mut() = Some(State {

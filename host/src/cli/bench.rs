@@ -28,7 +28,8 @@ pub fn cmd_gen(args: &GenArgs) -> Result<ExitCode> {
         Some(gateway) => gateway.packets(count),
         None => synth::packets(&config, count, seed.wrapping_add(1)),
     };
-    let table = flowgate_policy::Table::build(&config);
+    let table = flowgate_policy::Table::build(&config)
+        .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
     let mut lines = String::with_capacity(packets.len() * 120);
     for p in &packets {
         lines.push_str(&packet_json(table.catalog(), p).to_string());
@@ -82,7 +83,8 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     let mut gateway = Gateway::new(GatewayShape::with_peerings(peerings, true, 42));
     let config = flowgate_policy::parse(gateway.yaml(), None)
         .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
-    let table = flowgate_policy::Table::build(&config);
+    let table = flowgate_policy::Table::build(&config)
+        .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
     let mut wasm = WasmPolicy::new(&runtime, &loaded, gateway.yaml())
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     outln!("flowgate bench: {} (median of 7 runs)", wasm.info().name)?;
@@ -149,7 +151,8 @@ pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     let yaml = synth::config_yaml(Scale::with_peerings(peerings, 42));
     let config = flowgate_policy::parse(&yaml, None)
         .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
-    let table = flowgate_policy::Table::build(&config);
+    let table = flowgate_policy::Table::build(&config)
+        .map_err(|e| anyhow::anyhow!("generated config refused: {e}"))?;
     let packets = synth::packets(&config, 4096, 7);
     let mut wasm =
         WasmPolicy::new(&runtime, &loaded, &yaml).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;

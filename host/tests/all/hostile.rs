@@ -572,6 +572,52 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     assert!(err.contains("--max-config-bytes"), "{err}");
 }
 
+/// Item 9, the table: a configuration well within the text limits whose verdict matrix would
+/// be quadratic in its peerings (a hub peered with 8,200 VPCs, each side a prefix of its
+/// own: 8,201 source classes times 8,201 destination classes, past the 2^26 cells a table
+/// may have) is refused naming the VPC, natively, by the module and by a gateway, before
+/// the matrix is allocated; the running release keeps serving.
+#[test]
+fn a_configuration_whose_table_would_be_too_large_is_refused() {
+    let mut yaml = String::from("kind: VPCInfo\nmetadata: {name: hub}\nspec: {vni: 1}\n");
+    for i in 0..8_200u32 {
+        let (hi, lo) = (i / 256, i % 256);
+        yaml += &format!(
+            "---\nkind: VPCInfo\nmetadata: {{name: s{i}}}\nspec: {{vni: {}}}\n---\nkind: Peering\nmetadata: {{name: hub--s{i}}}\nspec: {{peering: {{hub: {{expose: [{{ips: [{{cidr: 10.0.{hi}.{lo}/32}}]}}]}}, s{i}: {{expose: [{{ips: [{{cidr: 20.{hi}.{lo}.0/24}}]}}]}}}}}}\n",
+            i + 2
+        );
+    }
+    assert!(yaml.len() < 4 << 20, "{} bytes", yaml.len());
+    let refused = |e: &str| e.contains("VPCInfo `hub`") && e.contains("too large");
+
+    let dir = std::env::temp_dir().join(format!("flowgate-test-hub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hub.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = flowgate(
+        &["check", "--native", "--config", path.to_str().unwrap()],
+        b"",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && refused(&err), "{err}");
+    assert!(err.contains("hub.yaml"), "the file is named: {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let runtime = crate::runtime();
+    let module = runtime.load(DEFAULT_MODULE).unwrap();
+    let e = flowgate_host::wasm::WasmPolicy::new(&runtime, &module, &yaml)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused(&e), "{e}");
+
+    let gateway = gateway(&config(), 1);
+    let e = gateway.swap(None, Some(&yaml), None).err().unwrap();
+    assert_eq!(e.reason(), "config-refused");
+    assert!(refused(&e.to_string()), "{e}");
+    assert_eq!(gateway.current().generation, 1);
+}
+
 /// Items 6 and 11: `check` judges every readable line, answers a non-UTF-8 line with an error
 /// line, and gives the native verdict on mixed-family packets.
 #[test]

@@ -122,7 +122,7 @@ fn diff_reports_exactly_the_changes_the_example_readme_promises() {
         None,
     )
     .unwrap();
-    let table = Table::build(&config);
+    let table = Table::build(&config).unwrap();
     let packets = diff_traffic(&config);
     let catalog = table.catalog();
     let trace: String = packets

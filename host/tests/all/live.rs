@@ -23,7 +23,7 @@ const CONFIG: &str = "fixtures/pcap/config.yaml";
 fn live_gateway_forwards_what_check_allows() {
     let yaml = std::fs::read_to_string(crate::repo().join(CONFIG)).unwrap();
     let config = parse(&yaml, None).unwrap();
-    let table = Table::build(&config);
+    let table = Table::build(&config).unwrap();
     let mut packets = synth::packets(&config, 3_000, 11);
     packets
         .iter_mut()

@@ -215,7 +215,7 @@ mod tests {
             entries.len()
         );
 
-        let table = Table::build(&config);
+        let table = Table::build(&config).unwrap();
         let packets = gateway.packets(20_000);
         let distinct: std::collections::HashSet<_> = packets.iter().collect();
         assert!(distinct.len() > 19_900, "{} distinct", distinct.len());

@@ -7,9 +7,86 @@ use super::catalog::{Catalog, VpcEntry};
 use super::flat::{PortMaps4, Side4, VniIndex};
 use super::{Cell, Matrices, Row, Seg, SegTable, Table, TableStats, VpcTable};
 use crate::addr::{Family, net_family, net_range};
+use crate::config::ConfigError;
 use crate::model::{Config, Entry};
 use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
 use crate::ports::PortList;
+
+/// Most verdict cells a table may have, over all VPCs (4 bytes each: 256 MiB). A VPC's matrix
+/// is its source classes times its destination classes, which a configuration within the
+/// text limits can make quadratic in its entries.
+pub const MAX_MATRIX_CELLS: usize = 1 << 26;
+/// Most VPC indices the class sets of a table may hold in all (4 bytes each): a set per
+/// class, which overlapping prefixes can make as large as the VPC's peers.
+pub const MAX_CLASS_MEMBERS: usize = 1 << 26;
+/// Most steps of work a build may take (a step: an active range looked at while cutting
+/// segments, a port bound looked at while cutting port maps, a member looked at while
+/// intersecting two classes), about a second natively. Overlapping ranges make the cutting
+/// quadratic.
+pub const MAX_BUILD_STEPS: usize = 1 << 30;
+
+/// What building a table may still take, against the bounds above: a hostile configuration
+/// is refused early instead of taking the machine's memory or time (the realistic workload
+/// at 5,000 peerings takes well under a hundredth of each; see the tests).
+struct Budget {
+    cells: usize,
+    members: usize,
+    steps: usize,
+}
+
+/// The bound a build ran past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exhausted {
+    Cells,
+    Members,
+    Steps,
+}
+
+impl Budget {
+    const FULL: Budget = Budget {
+        cells: MAX_MATRIX_CELLS,
+        members: MAX_CLASS_MEMBERS,
+        steps: MAX_BUILD_STEPS,
+    };
+
+    fn take(left: &mut usize, n: usize, bound: Exhausted) -> Result<(), Exhausted> {
+        *left = left.checked_sub(n).ok_or(bound)?;
+        Ok(())
+    }
+
+    fn cells(&mut self, n: usize) -> Result<(), Exhausted> {
+        Budget::take(&mut self.cells, n, Exhausted::Cells)
+    }
+
+    fn members(&mut self, n: usize) -> Result<(), Exhausted> {
+        Budget::take(&mut self.members, n, Exhausted::Members)
+    }
+
+    fn steps(&mut self, n: usize) -> Result<(), Exhausted> {
+        Budget::take(&mut self.steps, n, Exhausted::Steps)
+    }
+}
+
+impl Exhausted {
+    /// The refusal of a configuration whose VPC `vpc` ran past this bound.
+    fn refusal(self, vpc: &str) -> ConfigError {
+        let what = match self {
+            Exhausted::Cells => format!(
+                "verdict cells (source classes times destination classes, {MAX_MATRIX_CELLS} at most over all VPCs)"
+            ),
+            Exhausted::Members => {
+                format!("class members ({MAX_CLASS_MEMBERS} at most over all VPCs)")
+            }
+            Exhausted::Steps => format!("steps of work ({MAX_BUILD_STEPS} at most)"),
+        };
+        ConfigError {
+            object: Some(format!("VPCInfo `{vpc}`")),
+            ..ConfigError::whole(format!(
+                "the peerings of this VPC make the lookup table too large: it runs out of {what}; peerings whose exposed prefixes overlap less, or fewer of them, make it smaller"
+            ))
+        }
+    }
+}
 
 /// One VPC's tables as built, before the IPv4 ones join the padded sides.
 struct Built {
@@ -43,20 +120,22 @@ fn flat_table(table: &SegTable<u128>, ports: &mut PortMaps4) -> (Vec<u32>, Vec<u
 }
 
 impl Table {
-    /// Builds the table of a validated configuration.
-    pub fn build(config: &Config) -> Table {
-        Table::build_with(config, true)
+    /// Builds the table of a validated configuration, or refuses one that would make it
+    /// larger than [`MAX_MATRIX_CELLS`], [`MAX_CLASS_MEMBERS`] or [`MAX_BUILD_STEPS`] allow,
+    /// naming the VPC whose peerings ran past the bound.
+    pub fn build(config: &Config) -> Result<Table, ConfigError> {
+        Table::build_with(config, true, Budget::FULL)
     }
 
     /// [`Table::build`] with the compare-searched layout that a trie falls back to past its
     /// memory budget, whatever the budget: for tests that check both layouts answer alike.
     #[cfg(feature = "oracle")]
     #[doc(hidden)]
-    pub fn build_searched(config: &Config) -> Table {
-        Table::build_with(config, false)
+    pub fn build_searched(config: &Config) -> Result<Table, ConfigError> {
+        Table::build_with(config, false, Budget::FULL)
     }
 
-    fn build_with(config: &Config, tries: bool) -> Table {
+    fn build_with(config: &Config, tries: bool, mut budget: Budget) -> Result<Table, ConfigError> {
         let vpcs: Vec<VpcEntry> = config
             .vpcs
             .iter()
@@ -73,8 +152,11 @@ impl Table {
         by_vni.sort_unstable();
         let mut candidates = Interner::default();
         let built: Vec<Built> = (0..vpcs.len())
-            .map(|i| build_vpc(config, VpcId(i as u32), &mut candidates))
-            .collect();
+            .map(|i| {
+                build_vpc(config, VpcId(i as u32), &mut candidates, &mut budget)
+                    .map_err(|e| e.refusal(&vpcs[i].name))
+            })
+            .collect::<Result<_, _>>()?;
         let mut stats = TableStats {
             candidate_sets: candidates.sets.len(),
             ..TableStats::default()
@@ -114,7 +196,7 @@ impl Table {
             vpcs,
             candidate_sets,
         };
-        Table {
+        Ok(Table {
             decoder: crate::packed::WordDecoder::new(&catalog),
             catalog,
             vnis: VniIndex::new(&by_vni, tries),
@@ -127,7 +209,7 @@ impl Table {
                 cells: cells.into(),
             },
             stats,
-        }
+        })
     }
 }
 
@@ -141,18 +223,21 @@ struct Interner {
 impl Interner {
     fn with_empty() -> Self {
         let mut interner = Self::default();
-        interner.intern(Vec::new());
+        interner.ids.insert(Vec::new(), 0);
+        interner.sets.push(Vec::new());
         interner
     }
 
-    fn intern(&mut self, set: Vec<u32>) -> u32 {
+    /// The id of `set`; a new set's members (kept twice) are taken from `budget`.
+    fn intern(&mut self, set: Vec<u32>, budget: &mut Budget) -> Result<u32, Exhausted> {
         if let Some(&id) = self.ids.get(&set) {
-            return id;
+            return Ok(id);
         }
+        budget.members(2 * set.len() + 1)?;
         let id = self.sets.len() as u32;
         self.sets.push(set.clone());
         self.ids.insert(set, id);
-        id
+        Ok(id)
     }
 }
 
@@ -207,7 +292,12 @@ impl<'a> SideInput<'a> {
     }
 }
 
-fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> Built {
+fn build_vpc(
+    config: &Config,
+    me: VpcId,
+    candidates: &mut Interner,
+    budget: &mut Budget,
+) -> Result<Built, Exhausted> {
     let mut src_classes = Interner::with_empty();
     let mut dst_classes = Interner::with_empty();
     let mut src = Vec::with_capacity(2);
@@ -246,11 +336,13 @@ fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> Built {
                 block_id += 1;
             }
         }
-        src.push(segment(family, s, &mut src_classes));
-        dst.push(segment(family, d, &mut dst_classes));
+        src.push(segment(family, s, &mut src_classes, budget)?);
+        dst.push(segment(family, d, &mut dst_classes, budget)?);
     }
     let src_sets = &src_classes.sets;
     let dst_sets = &dst_classes.sets;
+    // Taken before the matrix is allocated.
+    budget.cells(src_sets.len().saturating_mul(dst_sets.len()))?;
     let mut matrix = Vec::with_capacity(src_sets.len() * dst_sets.len());
     let mut both = Vec::new();
     for (s, src_set) in src_sets.iter().enumerate() {
@@ -258,11 +350,14 @@ fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> Built {
             let verdict = if s == 0 {
                 Verdict::Drop(DropReason::SourceNotExposed)
             } else {
+                budget.steps(src_set.len() + dst_set.len())?;
                 intersect(src_set, dst_set, &mut both);
                 match both.as_slice() {
                     [] => Verdict::Drop(DropReason::DestinationNotExposed),
                     [only] => Verdict::Allow(VpcId(*only)),
-                    _ => Verdict::AllowAmbiguous(CandidatesId(candidates.intern(both.clone()))),
+                    _ => Verdict::AllowAmbiguous(CandidatesId(
+                        candidates.intern(both.clone(), budget)?,
+                    )),
                 }
             };
             matrix.push(Cell::new(verdict));
@@ -270,14 +365,14 @@ fn build_vpc(config: &Config, me: VpcId, candidates: &mut Interner) -> Built {
     }
     let [src4, src6]: [SegTable<u128>; 2] = src.try_into().unwrap_or_else(|_| unreachable!());
     let [dst4, dst6]: [SegTable<u128>; 2] = dst.try_into().unwrap_or_else(|_| unreachable!());
-    Built {
+    Ok(Built {
         src4,
         src6,
         dst4,
         dst6,
         dst_classes: dst_sets.len(),
         matrix: matrix.into(),
-    }
+    })
 }
 
 fn intersect(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
@@ -300,7 +395,12 @@ fn intersect(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
 type Segment = (u128, u32, Vec<(u16, u32)>);
 
 /// Cuts one family's key space into segments of constant membership and interns their classes.
-fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> SegTable<u128> {
+fn segment(
+    family: Family,
+    mut input: SideInput<'_>,
+    classes: &mut Interner,
+    budget: &mut Budget,
+) -> Result<SegTable<u128>, Exhausted> {
     let max = family.max_key();
     let mut bounds: Vec<u128> = vec![0];
     for (lo, hi) in input
@@ -327,6 +427,8 @@ fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> 
     let mut portless: Vec<u32> = Vec::new();
     let mut ported: Vec<&Include<'_>> = Vec::new();
     for &start in &bounds {
+        // Each active range is looked at once, and against each open hole.
+        budget.steps((active.len() + 1) * (holes.len() + 1))?;
         active.retain(|i| i.hi >= start);
         holes.retain(|h| h.hi >= start);
         while next_include < input.includes.len() && input.includes[next_include].lo <= start {
@@ -353,8 +455,8 @@ fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> 
         }
         portless.sort_unstable();
         portless.dedup();
-        let portless_class = classes.intern(portless.clone());
-        let port_map = port_map(&portless, &ported, portless_class, classes);
+        let portless_class = classes.intern(portless.clone(), budget)?;
+        let port_map = port_map(&portless, &ported, portless_class, classes, budget)?;
         match segments.last() {
             Some((_, c, map)) if *c == portless_class && *map == port_map => {}
             _ => segments.push((start, portless_class, port_map)),
@@ -383,7 +485,7 @@ fn segment(family: Family, mut input: SideInput<'_>, classes: &mut Interner) -> 
     table.segs = segs.into();
     table.port_starts = port_starts.into();
     table.port_classes = port_classes.into();
-    table
+    Ok(table)
 }
 
 /// The port ranges of one segment with their classes; empty when every port has the port-less
@@ -393,9 +495,10 @@ fn port_map(
     ported: &[&Include<'_>],
     portless_class: u32,
     classes: &mut Interner,
-) -> Vec<(u16, u32)> {
+    budget: &mut Budget,
+) -> Result<Vec<(u16, u32)>, Exhausted> {
     if ported.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut bounds: Vec<u16> = vec![0];
     for include in ported {
@@ -411,6 +514,7 @@ fn port_map(
     let mut map: Vec<(u16, u32)> = Vec::new();
     let mut members = Vec::new();
     for port in bounds {
+        budget.steps(portless.len() + ported.len())?;
         members.clear();
         members.extend_from_slice(portless);
         members.extend(
@@ -421,7 +525,7 @@ fn port_map(
         );
         members.sort_unstable();
         members.dedup();
-        let class = classes.intern(members.clone());
+        let class = classes.intern(members.clone(), budget)?;
         if map.last().is_none_or(|&(_, c)| c != class) {
             map.push((port, class));
         }
@@ -429,5 +533,101 @@ fn port_map(
     if map.len() == 1 && map[0].1 == portless_class {
         map.clear();
     }
-    map
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub peered with `spokes` VPCs: in each peering the hub exposes host `i` of its /16
+    /// on ports 1000 to 1000+i, and the spoke its own /24; the hub's side also has a /8 in
+    /// every peering, with a `not` of its host. Source classes, destination classes, their
+    /// members and the segments' active ranges all grow with `spokes`.
+    fn hub(spokes: usize) -> Config {
+        let mut yaml = String::from("kind: VPCInfo\nmetadata: {name: hub}\nspec: {vni: 1}\n");
+        for i in 0..spokes {
+            yaml += &format!(
+                "---\nkind: VPCInfo\nmetadata: {{name: s{i}}}\nspec: {{vni: {}}}\n",
+                i + 2
+            );
+            yaml += &format!(
+                "---\nkind: Peering\nmetadata: {{name: hub--s{i}}}\nspec:\n  peering:\n    hub:\n      expose:\n        - ips: [{{cidr: 10.0.{}.{}/32, ports: 1000-{}}}]\n        - ips: [{{cidr: 11.0.0.0/8}}, {{not: 11.0.{}.{}/32}}]\n    s{i}:\n      expose: [{{ips: [{{cidr: 20.{}.{}.0/24}}]}}]\n",
+                i / 256,
+                i % 256,
+                1000 + i,
+                i / 256,
+                i % 256,
+                i / 256,
+                i % 256
+            );
+        }
+        crate::parse(&yaml, None).unwrap()
+    }
+
+    #[test]
+    fn a_table_past_a_bound_is_refused_naming_the_vpc() {
+        let config = hub(40);
+        let full = Table::build(&config).unwrap();
+        let stats = full.stats();
+        assert!(stats.matrix_cells > 40 * 40, "{stats:?}");
+        for (budget, bound) in [
+            (
+                Budget {
+                    cells: 40 * 40,
+                    ..Budget::FULL
+                },
+                "verdict cells",
+            ),
+            (
+                Budget {
+                    members: 40 * 40,
+                    ..Budget::FULL
+                },
+                "class members",
+            ),
+            (
+                Budget {
+                    steps: 40 * 40,
+                    ..Budget::FULL
+                },
+                "steps of work",
+            ),
+        ] {
+            let e = Table::build_with(&config, true, budget).err().unwrap();
+            assert_eq!(e.object.as_deref(), Some("VPCInfo `hub`"), "{e}");
+            assert!(
+                e.message.contains("too large") && e.message.contains(bound),
+                "{e}"
+            );
+        }
+        // Each bound is what it says: the full table fits in exactly its own size.
+        let cells = Budget {
+            cells: stats.matrix_cells,
+            ..Budget::FULL
+        };
+        assert!(Table::build_with(&config, true, cells).is_ok());
+        let fewer = Budget {
+            cells: stats.matrix_cells - 1,
+            ..Budget::FULL
+        };
+        assert!(Table::build_with(&config, true, fewer).is_err());
+    }
+
+    #[cfg(feature = "synth")]
+    #[test]
+    fn the_realistic_workload_takes_a_small_part_of_each_bound() {
+        use crate::synth::{Gateway, GatewayShape};
+        let gateway = Gateway::new(GatewayShape::with_peerings(5_000, true, 42));
+        let config = crate::parse(gateway.yaml(), None).unwrap();
+        let mut budget = Budget::FULL;
+        let mut candidates = Interner::default();
+        for i in 0..config.vpcs.len() {
+            build_vpc(&config, VpcId(i as u32), &mut candidates, &mut budget).unwrap();
+        }
+        let used = |left: usize, all: usize| (all - left) as f64 / all as f64;
+        assert!(used(budget.cells, MAX_MATRIX_CELLS) < 0.01, "cells");
+        assert!(used(budget.members, MAX_CLASS_MEMBERS) < 0.01, "members");
+        assert!(used(budget.steps, MAX_BUILD_STEPS) < 0.01, "steps");
+    }
 }

@@ -183,6 +183,7 @@ mod flat;
 mod lookup;
 mod trie;
 
+pub use build::{MAX_BUILD_STEPS, MAX_CLASS_MEMBERS, MAX_MATRIX_CELLS};
 pub use catalog::{Catalog, TableStats, VpcEntry};
 pub(crate) use lookup::{LANES, Lanes, Stages};
 
