@@ -12,7 +12,6 @@ use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr};
 
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-use crate::prefetch::prefetch;
 use crate::table::{Catalog, LANES, Lanes, Stages, Table};
 
 /// Bytes per verdict record.
@@ -85,13 +84,6 @@ pub fn encode_packets(packets: &[Packet], out: &mut Vec<u8>) {
         }
     };
     for (i, p) in packets.iter().enumerate() {
-        // The next lanes' packets are fetched while these are encoded (see
-        // `Table::lookup_batch`).
-        if i % LANES == 0
-            && let Some(next) = packets.chunks(LANES).nth(i / LANES + 1)
-        {
-            prefetch(next);
-        }
         let (src_port, dst_port) = p.ports.map_or((0, 0), |p| (p.src, p.dst));
         vni[i] = p.src_vni.to_le_bytes();
         shapes[i] = shape_word(p).to_le_bytes();

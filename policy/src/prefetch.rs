@@ -2,8 +2,10 @@
 //! far larger than the caches (the realistic benchmarks cycle a pool of a million, 44 MB):
 //! a batch lookup that reads each packet only when it gets to it waits on every cache line.
 //! Natively, fetching the next lanes' packets while the current ones are looked up took
-//! 6-8 % off a lookup (`BENCHMARKS.md`, seventh session). Wasm has no prefetch instruction;
-//! there the host's encoder, which reads the packets, prefetches for it.
+//! 13-16 % off a lookup (`BENCHMARKS.md`, seventh session). Wasm has no prefetch instruction,
+//! and a guest reads its batch from the columns the host has just written. The host's
+//! encoder, which reads the packets for it, gained nothing from prefetching: it has no
+//! lookup work to hide the fetches under.
 
 /// Asks for every cache line of `items` to be brought into the caches, without waiting for
 /// them. A hint: it changes no value and never faults.
