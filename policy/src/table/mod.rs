@@ -168,6 +168,20 @@
 //!   index needs no bounds check (no change); one loop walking a lane's three levels (4-5 %
 //!   slower: the lockstep levels' misses overlap); the native port search as a count, which
 //!   LLVM vectorizes with SSE2 (-2 % at 1,000 peerings, +4 % at 5,000).
+//! - **The next lanes' packets prefetched** (seventh session, `prefetch`): a batch's packets
+//!   come from memory far larger than the caches (the benchmark's pool of a million is 44
+//!   MB), and `perf` put 15 % of the native time on the first read of each packet. While
+//!   one chunk of 32 lanes is looked up, the next chunk's packets are fetched
+//!   (`_mm_prefetch`, the one `unsafe` of the library): native -7 to -16 % (three A/Bs of 4
+//!   to 6 rounds: 19.4-20.1 -> 16.8-18.8 ns a packet at 1,000 peerings, 28.2-29.3 ->
+//!   24.5-25.8 at 5,000; step 20). A Wasm guest has no prefetch and reads its batch from the
+//!   columns the host has just written.
+//! - **Rejected**, measured in the seventh session: the host's column encoder prefetching
+//!   the same way (Wasm unchanged within noise over 4 rounds: the encoder has no lookup work
+//!   to hide the fetches under); the non-temporal hint, so that the streamed packets evict
+//!   less of the table (no change beyond noise); fetching two chunks ahead (no change).
+//!   Since the same session `Table::build` bounds the matrices below 2^26 cells, so the
+//!   "row start in the source value" above would now be safe; not retried.
 //! - What remains, by `perf` and by ablation (fifth session, before the port change: builds
 //!   with one stage cut out, their verdicts wrong and unchecked): without the trie walks
 //!   native takes half the time and Wasm 31 % less, without the matrix read native 13 % less
