@@ -178,8 +178,9 @@
 //!   columns the host has just written.
 //! - **Rejected**, measured in the seventh session: the host's column encoder prefetching
 //!   the same way (Wasm unchanged within noise over 4 rounds: the encoder has no lookup work
-//!   to hide the fetches under); the non-temporal hint, so that the streamed packets evict
-//!   less of the table (no change beyond noise); fetching two chunks ahead (no change).
+//!   to hide the fetches under), or asking for the whole batch at its start (Wasm 8-10 %
+//!   slower); the non-temporal hint, so that the streamed packets evict less of the table
+//!   (no change beyond noise); fetching two chunks ahead (no change).
 //!   Since the same session `Table::build` bounds the matrices below 2^26 cells, so the
 //!   "row start in the source value" above would now be safe; not retried.
 //! - What remains, by `perf` and by ablation (fifth session, before the port change: builds
