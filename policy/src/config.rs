@@ -268,12 +268,7 @@ fn collect_objects(
             if let (true, Some(items)) = (kind.ends_with("List"), map.get("items")) {
                 return collect_objects(items.clone(), ctx, &field_at(at, "items"), out);
             }
-            let name = map
-                .get("metadata")
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned);
+            let name = map.get("metadata").and_then(object_name);
             let object = Some(match &name {
                 Some(name) => format!("{kind} `{name}`"),
                 None if at.is_empty() => kind.clone(),
@@ -297,6 +292,15 @@ fn collect_objects(
             "expected an object with `kind`",
         )),
     }
+}
+
+/// The name an object's `metadata` gives it: a non-empty string, or none.
+fn object_name(metadata: &Value) -> Option<String> {
+    metadata
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
 }
 
 fn field_at(at: &str, field: &str) -> String {

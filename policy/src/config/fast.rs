@@ -26,7 +26,7 @@ use serde_yaml_ng::Value;
 
 use super::{
     AsSpec, BlockSpec, Config, Ctx, IpSpec, Named, PeeringSpec, SideSpec, SubnetSpec, VpcSpec,
-    check_default_blocks, validate_peerings, validate_vpcs,
+    check_default_blocks, object_name, validate_peerings, validate_vpcs,
 };
 
 /// The configuration in `text`, or `None` where the general path must decide.
@@ -43,20 +43,20 @@ pub(super) fn parse(text: &str, file: Option<&str>) -> Option<Config> {
         };
         let name = object.name;
         match object.spec {
-            Spec::Vpc(spec) => vpcs.push(Ok(Named {
+            Spec::Vpc(spec) => vpcs.push(Named {
                 name,
                 spec: spec.into(),
                 ctx,
-            })),
-            Spec::Peering(spec) => peerings.push(Ok(Named {
+            }),
+            Spec::Peering(spec) => peerings.push(Named {
                 name,
                 spec: spec.into(),
                 ctx,
-            })),
+            }),
         }
     }
-    let vpcs = validate_vpcs(vpcs).ok()?;
-    let (peerings, contexts) = validate_peerings(peerings, &vpcs).ok()?;
+    let vpcs = validate_vpcs(vpcs.into_iter().map(Ok)).ok()?;
+    let (peerings, contexts) = validate_peerings(peerings.into_iter().map(Ok), &vpcs).ok()?;
     check_default_blocks(&vpcs, &peerings, &contexts).ok()?;
     Some(Config {
         vpcs: vpcs.into_iter().map(|(v, _)| v).collect(),
@@ -107,15 +107,7 @@ impl<'de> Visitor<'de> for ObjectVisitor {
             seen |= 1 << field;
             match FIELDS[field] {
                 "kind" => kind = Some(map.next_value::<Text>()?.0),
-                "metadata" => {
-                    // As the general path names an object: a non-empty string, or none.
-                    let metadata: Value = map.next_value()?;
-                    name = metadata
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .filter(|n| !n.is_empty())
-                        .map(str::to_owned);
-                }
+                "metadata" => name = object_name(&map.next_value::<Value>()?),
                 "spec" => {
                     spec = Some(match kind.as_deref() {
                         Some("VPCInfo") => Spec::Vpc(map.next_value()?),
