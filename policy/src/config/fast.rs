@@ -13,6 +13,9 @@
 //!   tagged one (the general path's tree keeps their types);
 //! - a key written twice anywhere (the general path's tree refuses it).
 //!
+//! A property test (`tests::never_reads_otherwise_than_the_general_path`) edits the fixtures'
+//! configurations at random, line by line, and holds the two paths to this on every edit.
+//!
 //! The values the general path keeps as YAML trees (`vni`, `ports`, `nat`, `metadata`,
 //! `apiVersion`, `status`) are read as trees here too, so that both read them alike.
 
@@ -464,6 +467,138 @@ metadata: {name: a--b}
             let general = parse_general(text, None);
             assert!(general.is_ok(), "{general:?}");
             assert_eq!(parse_any(text, None), general);
+        }
+    }
+
+    /// Configurations the mutations below start from: the fixtures' cases, which between
+    /// them write every field the fast path reads, in block and flow style.
+    const SEEDS: [&str; 6] = [
+        include_str!("../../../fixtures/cases/spec-3.2-nat/config.yaml"),
+        include_str!("../../../fixtures/cases/spec-3.2-ports/config.yaml"),
+        include_str!("../../../fixtures/cases/spec-3.3-default/config.yaml"),
+        include_str!("../../../fixtures/cases/not-and-subnets/config.yaml"),
+        include_str!("../../../fixtures/cases/ipv6-default-and-not/config.yaml"),
+        include_str!("../../../fixtures/cases/spec-3.1-overlap/config.yaml"),
+    ];
+
+    /// What a mutation may write in place of a value: YAML's other types, tags, anchors,
+    /// empty and repeated keys, and values of the spec's fields in the wrong place.
+    const VALUES: [&str; 30] = [
+        "1",
+        "07",
+        "0x1F",
+        "1e3",
+        "-1",
+        "4294967296",
+        ".nan",
+        "true",
+        "yes",
+        "~",
+        "null",
+        "''",
+        "'10'",
+        "\"X\"",
+        "!tag X",
+        "!!str 5",
+        "[]",
+        "{}",
+        "[1, 2]",
+        "{a: 1, a: 2}",
+        "&a X",
+        "*a",
+        "10.0.0.0/8",
+        "80-90",
+        "22,443",
+        "fd00::/64",
+        "X",
+        "Y",
+        "front",
+        "{vpcSubnet: front}",
+    ];
+
+    /// One edit of a line of a configuration.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// The value after the line's first `: ` (or its `- `) replaced.
+        Value(usize, usize),
+        /// The line written twice: keys repeated, list items added.
+        Repeat(usize),
+        /// The line removed.
+        Remove(usize),
+        /// The line swapped with the next: `kind` after `spec`, keys moved between maps.
+        Swap(usize),
+        /// The line moved two columns right or left.
+        Indent(usize, bool),
+    }
+
+    fn apply(text: &str, edits: &[Edit]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for edit in edits {
+            let at = |i: usize| i % lines.len().max(1);
+            match *edit {
+                _ if lines.is_empty() => {}
+                Edit::Value(i, v) => {
+                    let (i, line) = (at(i), &lines[at(i)]);
+                    let cut = line
+                        .find(": ")
+                        .map(|c| c + 2)
+                        .or_else(|| line.find("- ").map(|c| c + 2));
+                    if let Some(cut) = cut {
+                        lines[i] = format!("{}{}", &line[..cut], VALUES[v % VALUES.len()]);
+                    }
+                }
+                Edit::Repeat(i) => {
+                    let line = lines[at(i)].clone();
+                    lines.insert(at(i), line);
+                }
+                Edit::Remove(i) => {
+                    lines.remove(at(i));
+                }
+                Edit::Swap(i) => {
+                    let (i, j) = (at(i), at(i + 1));
+                    lines.swap(i, j);
+                }
+                Edit::Indent(i, right) => {
+                    let i = at(i);
+                    lines[i] = if right {
+                        format!("  {}", lines[i])
+                    } else {
+                        lines[i].strip_prefix("  ").unwrap_or(&lines[i]).to_owned()
+                    };
+                }
+            }
+        }
+        lines.join("\n")
+    }
+
+    fn edit() -> impl proptest::strategy::Strategy<Value = Edit> {
+        use proptest::prelude::*;
+        let line = 0..200usize;
+        prop_oneof![
+            4 => (line.clone(), 0..VALUES.len()).prop_map(|(i, v)| Edit::Value(i, v)),
+            1 => line.clone().prop_map(Edit::Repeat),
+            1 => line.clone().prop_map(Edit::Remove),
+            1 => line.clone().prop_map(Edit::Swap),
+            1 => (line, any::<bool>()).prop_map(|(i, r)| Edit::Indent(i, r)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8192))]
+
+        /// On any edit of a valid configuration, the fast path either gives up or returns
+        /// exactly what the general path returns, and `parse` answers as the general path.
+        #[test]
+        fn never_reads_otherwise_than_the_general_path(
+            seed in 0..SEEDS.len(),
+            edits in proptest::collection::vec(edit(), 1..4),
+        ) {
+            let text = apply(SEEDS[seed], &edits);
+            let general = parse_general(&text, Some("c.yaml"));
+            if let Some(fast) = parse(&text, Some("c.yaml")) {
+                proptest::prop_assert_eq!(Ok(fast), general.clone(), "{}", text);
+            }
+            proptest::prop_assert_eq!(parse_any(&text, Some("c.yaml")), general, "{}", text);
         }
     }
 }
