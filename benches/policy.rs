@@ -4,6 +4,8 @@
 //! - `realistic/{native,wasm}/{1000,5000}[-noports]`: the gateway-shaped workload (100 VPCs
 //!   and 1,000 peerings, 250 and 5,000), each timed batch the next 256 of a pool of a million
 //!   distinct packets: what a gateway sees, and the figure to quote.
+//! - `realistic/crossing/...`: the same batches into a guest that answers without reading
+//!   them: what crossing into the sandbox costs on this traffic, the floor of the Wasm path.
 //! - `repeat/{native,wasm}/{10,100,1000,5000}`: the same 4,096 packets (the mixed generator,
 //!   `synth::config_yaml`) judged again and again. The branch predictor learns them: a best
 //!   case.
@@ -35,6 +37,9 @@ fn realistic(c: &mut Criterion) {
     let module = runtime
         .load(DEFAULT_MODULE)
         .expect("the default module loads");
+    let null = runtime
+        .load(flowgate_test_guests::NULL)
+        .expect("the null guest loads");
     let mut group = c.benchmark_group("realistic");
     group.throughput(Throughput::Elements(GUEST_BATCH as u64));
     for (peerings, ports) in REALISTIC {
@@ -58,6 +63,18 @@ fn realistic(c: &mut Criterion) {
                 wasm.judge(black_box(batch), &mut verdicts)
                     .expect("the module judges");
                 assert_eq!(allowed(&verdicts), expected);
+            })
+        });
+        // A guest that answers without reading the packets, on the same batches: the
+        // crossing alone (encode, copy in, call, copy out, decode), the floor under `wasm`.
+        let mut null = WasmPolicy::new(&runtime, &null, &work.yaml).expect("the guest starts");
+        let mut batches = work.batches();
+        group.bench_function(BenchmarkId::new("crossing", &name), |b| {
+            b.iter(|| {
+                let (batch, _) = batches.next().expect("batches cycle");
+                null.judge(black_box(batch), &mut verdicts)
+                    .expect("the guest answers");
+                assert_eq!(allowed(&verdicts), 0);
             })
         });
     }
