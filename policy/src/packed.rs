@@ -63,6 +63,10 @@ const VALUE_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
 /// Replaces `out` with the batch of `packets` (at most `u32::MAX` of them: the count is a
 /// word; no dataplane batch comes near).
+///
+/// On a gateway's traffic this loop waits on memory, not on its instructions: a branch-free
+/// version without bounds checks measured the same, and fetching the next batch ahead gained
+/// 2-3 % (`BENCHMARKS.md`, eighth session).
 pub fn encode_packets(packets: &[Packet], out: &mut Vec<u8>) {
     let n = packets.len();
     let count = u32::try_from(n).unwrap_or(u32::MAX);
