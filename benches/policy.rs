@@ -37,7 +37,7 @@ fn realistic(c: &mut Criterion) {
     let module = runtime
         .load(DEFAULT_MODULE)
         .expect("the default module loads");
-    let null = runtime
+    let null_module = runtime
         .load(flowgate_test_guests::NULL)
         .expect("the null guest loads");
     let mut group = c.benchmark_group("realistic");
@@ -67,7 +67,8 @@ fn realistic(c: &mut Criterion) {
         });
         // A guest that answers without reading the packets, on the same batches: the
         // crossing alone (encode, copy in, call, copy out, decode), the floor under `wasm`.
-        let mut null = WasmPolicy::new(&runtime, &null, &work.yaml).expect("the guest starts");
+        let mut null =
+            WasmPolicy::new(&runtime, &null_module, &work.yaml).expect("the guest starts");
         let mut batches = work.batches();
         group.bench_function(BenchmarkId::new("crossing", &name), |b| {
             b.iter(|| {

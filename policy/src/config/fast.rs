@@ -534,11 +534,14 @@ metadata: {name: a--b}
     fn apply(text: &str, edits: &[Edit]) -> String {
         let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
         for edit in edits {
-            let at = |i: usize| i % lines.len().max(1);
+            if lines.is_empty() {
+                break;
+            }
+            let at = |i: usize| i % lines.len();
             match *edit {
-                _ if lines.is_empty() => {}
                 Edit::Value(i, v) => {
-                    let (i, line) = (at(i), &lines[at(i)]);
+                    let i = at(i);
+                    let line = &lines[i];
                     let cut = line
                         .find(": ")
                         .map(|c| c + 2)
