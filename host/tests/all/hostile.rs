@@ -23,11 +23,11 @@ use crate::cli::flowgate;
 
 const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap/config.yaml";
 
-fn config() -> String {
+pub(crate) fn config() -> String {
     synth::config_yaml(Scale::with_peerings(30, 5))
 }
 
-fn gateway(config: &str, workers: usize) -> Arc<Gateway> {
+pub(crate) fn gateway(config: &str, workers: usize) -> Arc<Gateway> {
     let runtime =
         Runtime::with_engine(Limits::default(), None, EngineOptions::for_workers(workers)).unwrap();
     Gateway::new(
@@ -44,7 +44,7 @@ fn gateway(config: &str, workers: usize) -> Arc<Gateway> {
 
 /// Sends `raw` on a new connection to `endpoint`, then half-closes (or, with `hold`, keeps the
 /// connection open that long), and returns the status line of the answer, if any.
-fn raw(endpoint: &Endpoint, raw: &[u8], hold: Option<Duration>) -> String {
+pub(crate) fn raw(endpoint: &Endpoint, raw: &[u8], hold: Option<Duration>) -> String {
     let mut s = Stream::connect(endpoint, Duration::from_secs(5)).unwrap();
     s.set_timeouts(Duration::from_secs(30), Duration::from_secs(30))
         .unwrap();

@@ -3,9 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 #![allow(missing_docs)]
 
+mod authority;
 mod cli;
+mod faults;
 mod fixtures;
 mod hostile;
+mod hostile_admin;
+mod hostile_cache;
+mod hostile_registry;
 mod kit;
 mod live;
 mod oci;

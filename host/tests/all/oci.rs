@@ -15,10 +15,10 @@ use crate::cli::{flowgate, stdout};
 const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap/config.yaml";
 
 /// A registry process on loopback, stopped when dropped.
-struct TestRegistry {
+pub(crate) struct TestRegistry {
     child: Child,
-    port: u16,
-    storage: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) storage: PathBuf,
 }
 
 impl Drop for TestRegistry {
@@ -30,7 +30,7 @@ impl Drop for TestRegistry {
 }
 
 /// A helper process (file server, token service), stopped when dropped, even on a panic.
-struct Helper(Child);
+pub(crate) struct Helper(Child);
 
 impl Drop for Helper {
     fn drop(&mut self) {
@@ -39,7 +39,7 @@ impl Drop for Helper {
     }
 }
 
-fn installed(tool: &str) -> bool {
+pub(crate) fn installed(tool: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
@@ -56,12 +56,12 @@ fn installed(tool: &str) -> bool {
 }
 
 /// Starts a registry, or `None` when it is not installed (outside CI).
-fn start() -> Option<TestRegistry> {
+pub(crate) fn start() -> Option<TestRegistry> {
     start_with("")
 }
 
 /// Starts a registry whose config has `extra` appended (top-level YAML).
-fn start_with(extra: &str) -> Option<TestRegistry> {
+pub(crate) fn start_with(extra: &str) -> Option<TestRegistry> {
     if !installed("docker-registry") {
         return None;
     }
@@ -104,12 +104,12 @@ fn start_with(extra: &str) -> Option<TestRegistry> {
 }
 
 impl TestRegistry {
-    fn reference(&self, repo_and_tag: &str) -> String {
+    pub(crate) fn reference(&self, repo_and_tag: &str) -> String {
         format!("oci://127.0.0.1:{}/{repo_and_tag}", self.port)
     }
 
     /// The file the registry keeps a blob in.
-    fn blob_file(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_file(&self, digest: &Digest) -> PathBuf {
         let hex = digest.to_string()["sha256:".len()..].to_owned();
         self.storage
             .join("data/docker/registry/v2/blobs/sha256")
@@ -119,18 +119,18 @@ impl TestRegistry {
     }
 }
 
-fn client() -> Registry {
+pub(crate) fn client() -> Registry {
     Registry::new(RegistryOptions::default())
 }
 
 /// Pushes `module` under `r` with the library's client and a minimal artifact config.
-fn push(r: &Reference, module: &[u8]) -> Digest {
+pub(crate) fn push(r: &Reference, module: &[u8]) -> Digest {
     client()
         .push(r, module, br#"{"architecture":"wasm","os":"wasip2"}"#)
         .unwrap()
 }
 
-fn write_module(name: &str, bytes: &[u8]) -> PathBuf {
+pub(crate) fn write_module(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
@@ -140,7 +140,7 @@ fn write_module(name: &str, bytes: &[u8]) -> PathBuf {
 
 /// Pushes `module` with skopeo, an independent client, from a `dir:` layout with the given
 /// config and layer media types.
-fn skopeo_push(reference: &str, module: &[u8], config_type: &str, layer_type: &str) {
+pub(crate) fn skopeo_push(reference: &str, module: &[u8], config_type: &str, layer_type: &str) {
     let dir = std::env::temp_dir().join(format!(
         "flowgate-skopeo-{}-{}",
         std::process::id(),
@@ -470,7 +470,7 @@ fn a_registry_with_a_basic_login() {
 }
 
 /// A registry behind htpasswd Basic auth: user `fleet`, password `s3cret`.
-fn start_with_login() -> Option<TestRegistry> {
+pub(crate) fn start_with_login() -> Option<TestRegistry> {
     let dir = std::env::temp_dir().join(format!("flowgate-htpasswd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("htpasswd");
@@ -487,7 +487,7 @@ fn start_with_login() -> Option<TestRegistry> {
 }
 
 /// A gateway on a 60-peering configuration, one worker, with traffic until `stop`.
-fn gateway_with_traffic(
+pub(crate) fn gateway_with_traffic(
     source: Option<String>,
 ) -> (
     std::sync::Arc<flowgate_host::gateway::Gateway>,
@@ -526,7 +526,7 @@ fn gateway_with_traffic(
 }
 
 /// A port that counts the packets it hands out.
-struct Counted {
+pub(crate) struct Counted {
     inner: flowgate_host::io::Trace,
     sent: u64,
 }
@@ -539,7 +539,7 @@ impl flowgate_host::io::Port for Counted {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -1,0 +1,1 @@
+//! One authority over the running release: the operator, the tag watch and auto-revert, and the rule between them.
