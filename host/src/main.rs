@@ -158,5 +158,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             &admin,
         ),
         Command::Rollback { admin } => client_answer(admin.client()?.rollback()?),
+        Command::Watch { action, admin } => {
+            let client = admin.client()?;
+            client_answer(match action {
+                WatchAction::Resume => client.watch("resume")?,
+                WatchAction::Pause => client.watch("pause")?,
+            })
+        }
     }
 }

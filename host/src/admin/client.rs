@@ -180,6 +180,11 @@ impl Client {
     pub fn rollback(&self) -> anyhow::Result<Answer> {
         self.answer("POST", "/rollback", Vec::new(), &[])
     }
+
+    /// `POST /watch/resume` or `POST /watch/pause` (`action`).
+    pub fn watch(&self, action: &str) -> anyhow::Result<Answer> {
+        self.answer("POST", &format!("/watch/{action}"), Vec::new(), &[])
+    }
 }
 
 /// `If-Match` with the ETag quoted, whether or not it was given quoted.

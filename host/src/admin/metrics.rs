@@ -107,8 +107,14 @@ pub fn render(gateway: &Gateway) -> String {
             (
                 "flowgate_pulls_total",
                 "result",
-                "Registry pulls, by result (swapped, unchanged, failed, refused).",
+                "Registry pulls, by result (swapped, unchanged, failed, refused, quarantined).",
                 &events.pulls,
+            ),
+            (
+                "flowgate_host_faults_total",
+                "reason",
+                "Faults that were not the module's own (they do not count toward an auto-revert), by reason.",
+                &events.host_faults,
             ),
             (
                 "flowgate_admin_refusals_total",
@@ -154,15 +160,42 @@ pub fn render(gateway: &Gateway) -> String {
     );
     let _ = writeln!(
         out,
-        "flowgate_module_info{{name=\"{}\",version=\"{}\",wit_version=\"{}\",sha256=\"{}\",config_sha256=\"{}\",generation=\"{}\",reference=\"{}\"}} 1",
+        "flowgate_module_info{{name=\"{}\",version=\"{}\",wit_version=\"{}\",sha256=\"{}\",config_sha256=\"{}\",generation=\"{}\",reference=\"{}\",origin=\"{}\"}} 1",
         label(&release.info.name),
         label(&release.info.version),
         label(&release.info.wit_version),
         release.module_digest(),
         release.config_digest,
         release.generation,
-        label(release.source.as_deref().unwrap_or_default())
+        label(release.source.as_deref().unwrap_or_default()),
+        release.origin
     );
+    if let Some(watch) = gateway.watch_status() {
+        family(
+            &mut out,
+            "flowgate_watch_paused",
+            "gauge",
+            "1 while the tag watch is paused (an operator's change pinned the gateway), else 0.",
+        );
+        let _ = writeln!(
+            out,
+            "flowgate_watch_paused{{reference=\"{}\"}} {}",
+            label(&watch.reference),
+            u8::from(watch.paused.is_some())
+        );
+        family(
+            &mut out,
+            "flowgate_watch_quarantined",
+            "gauge",
+            "Digests the tag watch will not take again until the tag moves.",
+        );
+        let _ = writeln!(
+            out,
+            "flowgate_watch_quarantined{{reference=\"{}\"}} {}",
+            label(&watch.reference),
+            watch.quarantined.len()
+        );
+    }
     family(
         &mut out,
         "flowgate_generation",

@@ -9,6 +9,7 @@
 //! | `POST /rollback` | goes back to the previous good release |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /module`, `GET /config` | the module and the configuration in force, with `X-Generation` and `ETag` headers: what `flowgate swap --dry-run` compares against |
+//! | `POST /watch/resume`, `POST /watch/pause` | the tag watch follows its tag again, or stops following it until resumed |
 //!
 //! The `ETag` names the release as a whole: its generation, module and configuration. A swap
 //! with `If-Match: <etag>` goes through only while that release is the one serving, so two
@@ -29,7 +30,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::{Gateway, Release, SwapError};
+use crate::gateway::{Change, Gateway, Release, SwapError, WatchError, WatchStatus};
 mod client;
 mod http;
 pub mod metrics;
@@ -368,9 +369,9 @@ fn route(shared: &Shared, request: Request) -> Response {
                 }
             };
             // A reference instead of a module: the gateway pulls it itself, verified.
-            let (module, source) = match (module, by_reference) {
+            let (module, pulled) = match (module, by_reference) {
                 (Some(text), true) => match pull(shared, &text) {
-                    Ok((bytes, pinned)) => (Some(bytes), Some(pinned)),
+                    Ok((bytes, asked, digest)) => (Some(bytes), Some((asked, digest))),
                     Err(e) => {
                         gateway.note_pull("failed");
                         return json_response(
@@ -381,25 +382,28 @@ fn route(shared: &Shared, request: Request) -> Response {
                 },
                 (module, _) => (module, None),
             };
-            let pulled = source.is_some();
-            let result = gateway.swap_from(
-                module.as_deref(),
-                config.as_deref(),
-                if_match.as_deref(),
-                source,
-            );
-            if pulled {
+            let result = gateway.change(Change {
+                module: module.as_deref(),
+                config: config.as_deref(),
+                if_match: if_match.as_deref(),
+                pulled: pulled.as_ref().map(|(asked, digest)| (asked, *digest)),
+            });
+            if pulled.is_some() {
                 gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
             }
             answer_swap(result)
         }
         ("POST", "/rollback") => answer_swap(gateway.rollback_if(false, if_match.as_deref())),
-        (_, "/status" | "/metrics" | "/module" | "/config" | "/rollback") => {
-            json_response(405, json!({"error": "method not allowed"}))
-        }
+        ("POST", "/watch/resume") => answer_watch(gateway.resume_watch()),
+        ("POST", "/watch/pause") => answer_watch(gateway.pause_watch("POST /watch/pause")),
+        (
+            _,
+            "/status" | "/metrics" | "/module" | "/config" | "/rollback" | "/watch/resume"
+            | "/watch/pause",
+        ) => json_response(405, json!({"error": "method not allowed"})),
         _ => json_response(
             404,
-            json!({"error": "no such endpoint: /status, /metrics, /module, /config, /rollback"}),
+            json!({"error": "no such endpoint: /status, /metrics, /module, /config, /rollback, /watch/resume, /watch/pause"}),
         ),
     }
 }
@@ -407,8 +411,12 @@ fn route(shared: &Shared, request: Request) -> Response {
 /// The content type of a `PUT /module` whose body is an `oci://` reference, not a module.
 pub const REFERENCE_TYPE: &str = "application/vnd.flowgate.module-reference";
 
-/// Pulls the module a reference names (the body of a reference swap).
-fn pull(shared: &Shared, body: &[u8]) -> Result<(Vec<u8>, String), String> {
+/// Pulls the module a reference names (the body of a reference swap): the module, the
+/// reference as asked, and the manifest's digest it resolved to.
+fn pull(
+    shared: &Shared,
+    body: &[u8],
+) -> Result<(Vec<u8>, crate::oci::Reference, crate::oci::Digest), String> {
     let text = std::str::from_utf8(body)
         .map_err(|_| "the reference is not UTF-8 text".to_owned())?
         .trim();
@@ -417,7 +425,34 @@ fn pull(shared: &Shared, body: &[u8]) -> Result<(Vec<u8>, String), String> {
         .registry
         .pull_or_cached(&reference, shared.cache.as_ref())
         .map_err(|e| e.to_string())?;
-    Ok((pulled.module, reference.pinned(pulled.manifest).to_string()))
+    Ok((pulled.module, reference, pulled.manifest))
+}
+
+fn answer_watch(result: Result<WatchStatus, WatchError>) -> Response {
+    match result {
+        Ok(watch) => json_response(200, json!({"watch": watch_json(&watch)})),
+        Err(e) => json_response(409, json!({"error": e.to_string()})),
+    }
+}
+
+/// A tag watch in `/status`: its state, the digest it last acted on, its quarantine.
+fn watch_json(watch: &WatchStatus) -> Value {
+    let quarantined: Vec<Value> = watch
+        .quarantined
+        .iter()
+        .map(|q| json!({"digest": q.digest.to_string(), "reason": q.reason, "generation": q.generation}))
+        .collect();
+    let mut out = json!({
+        "reference": watch.reference,
+        "state": if watch.paused.is_some() { "paused" } else { "active" },
+        "digest": watch.acted.map(|d| d.to_string()),
+        "quarantined": quarantined,
+    });
+    if let Some(pause) = &watch.paused {
+        out["since_generation"] = json!(pause.since_generation);
+        out["reason"] = json!(pause.reason);
+    }
+    out
 }
 
 fn answer_swap(result: Result<Arc<Release>, SwapError>) -> Response {
@@ -445,6 +480,8 @@ fn release_json(release: &Release) -> Value {
         "generation": release.generation,
         "etag": release.etag(),
         "cause": release.cause.as_str(),
+        "origin": release.origin.as_str(),
+        "why": release.why,
         "module": {
             "name": release.info.name,
             "version": release.info.version,
@@ -465,6 +502,9 @@ pub fn status(gateway: &Gateway) -> Value {
     out["uptime_seconds"] = json!(gateway.uptime().as_secs_f64());
     out["workers"] = json!(gateway.options().workers);
     out["good_generations"] = json!(gateway.good_generations());
+    if let Some(watch) = gateway.watch_status() {
+        out["watch"] = watch_json(&watch);
+    }
     out["counters"] = gateway.counters().to_json();
     let events = gateway.events();
     out["events"] = json!({
@@ -473,6 +513,7 @@ pub fn status(gateway: &Gateway) -> Value {
         "revert_failures": events.revert_failures,
         "admin_refusals": events.admin_refusals,
         "pulls": events.pulls,
+        "host_faults": events.host_faults,
     });
     drop(events);
     out["batch_latency"] = json!({

@@ -203,6 +203,14 @@ pub enum Command {
         #[command(flatten)]
         admin: ClientArgs,
     },
+    /// A running gateway's tag watch: `resume` it after an operator's change paused it (it
+    /// then acts when the tag moves), or `pause` it by hand.
+    Watch {
+        /// `resume` or `pause`.
+        action: WatchAction,
+        #[command(flatten)]
+        admin: ClientArgs,
+    },
     /// Measure, in under a minute, what the sandbox costs: a no-op call, and native against
     /// Wasm per packet at batch sizes 1, 32, 256 and 4096 on a generated table.
     Bench {
@@ -313,6 +321,15 @@ pub struct ServeArgs {
     pub no_cache: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// What `flowgate watch` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchAction {
+    /// Follow the tag again (`POST /watch/resume`).
+    Resume,
+    /// Stop following the tag until resumed (`POST /watch/pause`).
+    Pause,
 }
 
 /// How to reach a running gateway's admin API.

@@ -168,6 +168,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
                     "--pull-interval watches a tag; {text} is pinned to a digest and never moves"
                 );
             }
+            gateway.watch_tag(&reference)?;
             let (gateway, stop) = (gateway.clone(), watching.clone());
             let registry =
                 flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
@@ -197,12 +198,23 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         args.duration.map(std::time::Duration::from_secs_f64),
         &mut reread,
     );
-    watching.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Shutdown does not wait on the registry: the watch stops at once, or, in the middle of a
+    // request, is left behind (it publishes nothing once `watching` is set) and ends with the
+    // process. The admin socket goes first, so a gateway started meanwhile can take it.
+    watching.store(true, std::sync::atomic::Ordering::Release);
+    drop(admin);
     if let Some(watcher) = watcher {
-        let _ = watcher.join();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        while !watcher.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if watcher.is_finished() {
+            let _ = watcher.join();
+        } else {
+            tracing::info!("the tag watch is waiting on its registry: not waiting for it");
+        }
     }
     served?;
-    drop(admin);
     outln!("{}", admin::status(&gateway))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,9 @@
 //! Each worker checks the published generation at its batch boundary and moves to the new
 //! release there, so no batch is judged by two releases; the old release is freed when the
 //! last worker lets go of it. The last three good releases are kept for rollback.
+//!
+//! Every release records who made it ([`Origin`]): the operator, the tag watch or auto-revert.
+//! `authority.rs` holds the rule between them: the operator's changes pin the gateway.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,13 +17,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use crate::PolicyFault;
 use crate::dataplane::{Counters, Histogram};
+use crate::oci::{Digest, Reference};
 use crate::wasm::Runtime;
 pub use crate::wasm::instances_needed;
 
+mod authority;
 mod release;
 pub mod serve;
 pub mod watch;
@@ -28,7 +33,8 @@ mod worker;
 
 pub use worker::{Burst, Worker};
 
-pub use release::{Cause, Refusal, Release, SwapError};
+pub use authority::{Decision, Pause, Quarantined, WatchError, WatchStatus};
+pub use release::{Cause, Origin, Refusal, Release, SwapError};
 use release::{check_config_size, check_if_match, prepare};
 
 /// How many good releases are kept for rollback (the current one included).
@@ -97,6 +103,20 @@ pub struct BatchRecord {
     pub latency: Duration,
 }
 
+/// A change an operator asks of the gateway: a new module, a new configuration or both.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Change<'a> {
+    /// The new module (`None` keeps the running one).
+    pub module: Option<&'a [u8]>,
+    /// The new configuration (`None` keeps the running one).
+    pub config: Option<&'a str>,
+    /// An `If-Match` value: the change goes through only while that release serves.
+    pub if_match: Option<&'a str>,
+    /// Where the module was pulled from: the reference as the operator gave it, and the
+    /// manifest's digest it resolved to. A reference by the watched tag resumes the watch.
+    pub pulled: Option<(&'a Reference, Digest)>,
+}
+
 /// Counters of the gateway's own events.
 #[derive(Debug, Default)]
 pub struct Events {
@@ -113,8 +133,11 @@ pub struct Events {
     /// Admin requests refused before they reached the gateway, by reason.
     pub admin_refusals: BTreeMap<&'static str, u64>,
     /// Registry pulls by result: `swapped`, `unchanged`, `failed` (the registry), `refused`
-    /// (the module or its configuration).
+    /// (the module or its configuration), `quarantined` (the tag names a digest that failed
+    /// before: not pulled).
     pub pulls: BTreeMap<&'static str, u64>,
+    /// Faults that did not count toward an auto-revert (not the module's own), by reason.
+    pub host_faults: BTreeMap<&'static str, u64>,
 }
 
 /// The gateway.
@@ -129,7 +152,10 @@ pub struct Gateway {
     next_generation: AtomicU64,
     counters: Vec<Mutex<Counters>>,
     events: Mutex<Events>,
-    recent_faults: Mutex<VecDeque<Instant>>,
+    /// The module's own faults in the fault window, with their reasons.
+    recent_faults: Mutex<VecDeque<(Instant, &'static str)>>,
+    /// The tag the gateway follows, when it follows one.
+    watch: Mutex<Option<authority::TagWatch>>,
     reverting: AtomicBool,
     /// No auto-revert is tried before this instant, and the wait after the next failure:
     /// the backoff of failed auto-reverts.
@@ -179,7 +205,16 @@ impl Gateway {
         }
         check_config_size(config, options.max_config_bytes)?;
         let module = runtime.load(module)?;
-        let mut release = prepare(&runtime, module, config, None, workers, 1, Cause::Start)?;
+        let mut release = prepare(
+            &runtime,
+            module,
+            config,
+            None,
+            workers,
+            1,
+            (Cause::Start, Origin::Start),
+        )?;
+        release.why = "the gateway started".into();
         release.source = source;
         let release = Arc::new(release);
         let gateway = Gateway {
@@ -194,6 +229,7 @@ impl Gateway {
                 .collect(),
             events: Mutex::new(Events::default()),
             recent_faults: Mutex::new(VecDeque::new()),
+            watch: Mutex::new(None),
             reverting: AtomicBool::new(false),
             next_revert: Mutex::new((Instant::now(), REVERT_BACKOFF.0)),
             records: Mutex::new(Vec::new()),
@@ -219,18 +255,24 @@ impl Gateway {
         self.started.elapsed()
     }
 
-    /// Swaps in a new module, a new configuration, or both (`None` keeps the running one).
-    /// `if_match` makes it a compare-and-swap against the running module's sha256.
+    /// An operator's swap: a new module, a new configuration, or both (`None` keeps the running
+    /// one). `if_match` makes it a compare-and-swap against the running release's ETag.
     pub fn swap(
         &self,
         module: Option<&[u8]>,
         config: Option<&str>,
         if_match: Option<&str>,
     ) -> Result<Arc<Release>, SwapError> {
-        self.swap_from(module, config, if_match, None)
+        self.change(Change {
+            module,
+            config,
+            if_match,
+            pulled: None,
+        })
     }
 
-    /// [`Gateway::swap`] with a module pulled from `source` (its pinned reference).
+    /// [`Gateway::swap`] with a module pulled from `source` (its reference, pinned to the
+    /// manifest's digest).
     pub fn swap_from(
         &self,
         module: Option<&[u8]>,
@@ -238,32 +280,79 @@ impl Gateway {
         if_match: Option<&str>,
         source: Option<String>,
     ) -> Result<Arc<Release>, SwapError> {
+        let pinned = source.as_deref().and_then(|s| Reference::parse(s).ok());
+        let pulled = pinned.as_ref().and_then(|r| Some((r, r.digest?)));
+        self.change(Change {
+            module,
+            config,
+            if_match,
+            pulled,
+        })
+    }
+
+    /// An operator's change. A published one pins the gateway: a tag watch pauses (unless the
+    /// module is the watched tag itself, by tag, which resumes it).
+    pub fn change(&self, change: Change<'_>) -> Result<Arc<Release>, SwapError> {
+        let origin = match change.pulled {
+            Some(_) => Origin::OperatorReference,
+            None => Origin::OperatorUpload,
+        };
+        let why = match change.pulled {
+            Some((asked, digest)) => format!("an operator named {asked} ({digest})"),
+            None => "an operator's upload".to_owned(),
+        };
         let _one_at_a_time = lock(&self.swap_lock);
-        let result = self.try_swap(module, config, if_match, source);
+        self.swap_locked(change, origin, why)
+    }
+
+    /// Publishes `change` (the swap lock held), logging it or its refusal.
+    fn swap_locked(
+        &self,
+        change: Change<'_>,
+        origin: Origin,
+        why: String,
+    ) -> Result<Arc<Release>, SwapError> {
+        let result = self.try_swap(change, origin, why);
         match &result {
             Ok(release) => tracing::info!(
                 event = "swap",
                 generation = release.generation,
                 cause = %release.cause,
+                origin = %release.origin,
+                why = %release.why,
                 module = %format_args!("{} {}", release.info.name, release.info.version),
                 module_sha256 = %release.module_digest(),
                 config_sha256 = %release.config_digest,
-                "swap: generation {} is live ({})",
+                "swap: generation {} is live ({}) by {}: {}",
                 release.generation,
                 release.cause,
+                release.origin,
+                release.why,
             ),
-            Err(e) => self.note_refusal("swap", e),
+            Err(e) => {
+                let what = match origin {
+                    Origin::TagWatch => "the tag watch's swap",
+                    Origin::Sighup => "SIGHUP's swap",
+                    _ => "swap",
+                };
+                self.note_refusal(what, e)
+            }
         }
         result
     }
 
     fn try_swap(
         &self,
-        module: Option<&[u8]>,
-        config: Option<&str>,
-        if_match: Option<&str>,
-        source: Option<String>,
+        change: Change<'_>,
+        origin: Origin,
+        why: String,
     ) -> Result<Arc<Release>, SwapError> {
+        let Change {
+            module,
+            config,
+            if_match,
+            pulled,
+        } = change;
         let running = self.current();
         check_if_match(&running, if_match)?;
         if let Some(config) = config {
@@ -289,30 +378,68 @@ impl Gateway {
             canary,
             self.options.workers,
             generation,
-            cause,
+            (cause, origin),
         )?;
-        release.source = match module {
-            Some(_) => source,
-            None => running.source.clone(),
+        release.why = why;
+        release.source = match (module, pulled) {
+            (Some(_), Some((asked, digest))) => Some(asked.pinned(digest).to_string()),
+            (Some(_), None) => None,
+            (None, _) => running.source.clone(),
         };
-        Ok(self.publish(release, false))
+        Ok(self.publish(release, false, pulled))
+    }
+
+    /// The tag watch's swap to `digest`, which `tag` resolves to: taken only if the watch
+    /// still decides to take it once the swap lock is held (an operator may have changed the
+    /// release, or paused the watch, while the module was pulled) and `stop` is not set. A
+    /// refused module is quarantined. `Ok(None)`: nothing was done.
+    pub fn swap_by_watch(
+        &self,
+        module: &[u8],
+        tag: &Reference,
+        digest: Digest,
+        stop: &AtomicBool,
+    ) -> Result<Option<Arc<Release>>, SwapError> {
+        let _one_at_a_time = lock(&self.swap_lock);
+        if stop.load(Ordering::Acquire) || self.watch_decision(&digest) != Decision::Take {
+            return Ok(None);
+        }
+        let change = Change {
+            module: Some(module),
+            pulled: Some((tag, digest)),
+            ..Change::default()
+        };
+        let why = format!("the tag {tag} moved to {digest}");
+        match self.swap_locked(change, Origin::TagWatch, why) {
+            Ok(release) => Ok(Some(release)),
+            Err(e) => {
+                self.quarantine_refused(digest, e.reason().as_str());
+                Err(e)
+            }
+        }
     }
 
     /// SIGHUP: swaps in `module` (when given) and `config` read again from their files, unless
     /// both are what the running release already has: then nothing is published and `None`
-    /// is returned.
+    /// is returned. A published reload pins the gateway as an operator's swap does.
     pub fn reload(
         &self,
         module: Option<&[u8]>,
         config: &str,
     ) -> Result<Option<Arc<Release>>, SwapError> {
+        let _one_at_a_time = lock(&self.swap_lock);
         let running = self.current();
         let same_module = module.is_none_or(|m| Sha256::digest(m)[..] == running.module.digest());
         if same_module && *running.config == *config {
             return Ok(None);
         }
-        let module = module.filter(|_| !same_module);
-        self.swap(module, Some(config), None).map(Some)
+        let change = Change {
+            module: module.filter(|_| !same_module),
+            config: Some(config),
+            ..Change::default()
+        };
+        let why = "SIGHUP: the module and configuration files read again".to_owned();
+        self.swap_locked(change, Origin::Sighup, why).map(Some)
     }
 
     /// Counts and logs a refused swap or rollback (`what`); the running release keeps serving.
@@ -346,7 +473,13 @@ impl Gateway {
     }
 
     /// Publishes a prepared release; `rollback` leaves the good list as the caller set it.
-    fn publish(&self, release: Release, rollback: bool) -> Arc<Release> {
+    /// `follows`: the reference the module was pulled by, for the watch's rule.
+    fn publish(
+        &self,
+        release: Release,
+        rollback: bool,
+        follows: Option<(&Reference, Digest)>,
+    ) -> Arc<Release> {
         self.next_generation.fetch_add(1, Ordering::Relaxed);
         let release = Arc::new(release);
         // Workers that have not moved to the outgoing release yet will skip it: its unused
@@ -364,6 +497,7 @@ impl Gateway {
             .entry(release.cause.as_str())
             .or_default() += 1;
         self.current.store(release.clone());
+        self.after_publish(&release, follows);
         release
     }
 
@@ -378,16 +512,43 @@ impl Gateway {
         auto: bool,
         if_match: Option<&str>,
     ) -> Result<Arc<Release>, SwapError> {
+        let why = match auto {
+            true => "asked for as an auto-revert".to_owned(),
+            false => "an operator's rollback".to_owned(),
+        };
+        self.roll_back(auto, if_match, why, None)
+    }
+
+    /// Rolls back; an auto-revert only while `only_from` (when given) is the generation serving.
+    fn roll_back(
+        &self,
+        auto: bool,
+        if_match: Option<&str>,
+        why: String,
+        only_from: Option<u64>,
+    ) -> Result<Arc<Release>, SwapError> {
         let _one_at_a_time = lock(&self.swap_lock);
         let cause = if auto { "auto" } else { "operator" };
-        let result = self.try_rollback(auto, if_match);
-        if let Err(e) = &result {
-            self.note_refusal(&format!("rollback ({cause})"), e);
+        let from = self.current();
+        if only_from.is_some_and(|g| g != from.generation) {
+            // Someone else published meanwhile: the faulty release is already gone.
+            return Ok(from);
+        }
+        let result = self.try_rollback(auto, if_match, why);
+        match &result {
+            Ok(_) if auto => self.quarantine_reverted(&from),
+            Ok(_) => {}
+            Err(e) => self.note_refusal(&format!("rollback ({cause})"), e),
         }
         result
     }
 
-    fn try_rollback(&self, auto: bool, if_match: Option<&str>) -> Result<Arc<Release>, SwapError> {
+    fn try_rollback(
+        &self,
+        auto: bool,
+        if_match: Option<&str>,
+        why: String,
+    ) -> Result<Arc<Release>, SwapError> {
         check_if_match(&self.current(), if_match)?;
         let cause = if auto { "auto" } else { "operator" };
         let target = {
@@ -398,6 +559,10 @@ impl Gateway {
             good[good.len() - 2].clone()
         };
         let generation = self.next_generation.load(Ordering::Relaxed);
+        let (release_cause, origin) = match auto {
+            true => (Cause::AutoRevert, Origin::AutoRevert),
+            false => (Cause::Rollback, Origin::Rollback),
+        };
         let mut release = prepare(
             &self.runtime,
             target.module.clone(),
@@ -405,19 +570,19 @@ impl Gateway {
             Some(target.canary.clone()),
             self.options.workers,
             generation,
-            if auto {
-                Cause::AutoRevert
-            } else {
-                Cause::Rollback
-            },
+            (release_cause, origin),
         )?;
         release.source = target.source.clone();
+        release.why = format!(
+            "{why}: back to the release of generation {}",
+            target.generation
+        );
         {
             // The release rolled back from is no longer good; the target takes its place.
             let mut good = lock(&self.good);
             good.pop_back();
         }
-        let release = self.publish(release, true);
+        let release = self.publish(release, true, None);
         {
             let mut good = lock(&self.good);
             good.pop_back();
@@ -428,53 +593,73 @@ impl Gateway {
             event = if auto { "auto-revert" } else { "rollback" },
             generation = release.generation,
             cause,
+            origin = %release.origin,
+            why = %release.why,
             from_generation = target.generation,
             module = %format_args!("{} {}", release.info.name, release.info.version),
             module_sha256 = %release.module_digest(),
             config_sha256 = %release.config_digest,
-            "rollback ({cause}): generation {} is live, the release of generation {}",
+            "rollback ({cause}): generation {} is live: {}",
             release.generation,
-            target.generation
+            release.why
         );
         Ok(release)
     }
 
-    /// Counts a fault; after `fault_limit` within `fault_window`, reverts in the background.
-    /// A revert that fails is logged, counted and tried again after a backoff, as long as
-    /// the faulty release serves and faults go on.
+    /// Counts a fault. The module's own faults (see [`module_made`]) count toward an
+    /// auto-revert: after `fault_limit` of them within `fault_window`, the gateway reverts in
+    /// the background, naming the faults. A revert that fails is logged, counted and tried
+    /// again after a backoff, as long as the faulty release serves and its faults go on.
     fn note_fault(self: &Arc<Self>, fault: &PolicyFault, generation: u64) {
-        *lock(&self.events).faults.entry(fault.reason()).or_default() += 1;
+        let own = module_made(fault);
+        {
+            let mut events = lock(&self.events);
+            *events.faults.entry(fault.reason()).or_default() += 1;
+            if !own {
+                *events.host_faults.entry(fault.reason()).or_default() += 1;
+            }
+        }
         tracing::warn!(
             event = "fault",
             generation,
             reason = fault.reason(),
+            module_made = own,
             error = %fault,
-            "fault in generation {generation}"
+            "fault in generation {generation}{}",
+            if own { "" } else { " (not the module's own: it does not count toward an auto-revert)" }
         );
+        if !own {
+            return;
+        }
         let now = Instant::now();
         if now < lock(&self.next_revert).0 {
             return;
         }
         let trip = {
             let mut recent = lock(&self.recent_faults);
-            recent.push_back(now);
+            recent.push_back((now, fault.reason()));
             while recent
                 .front()
-                .is_some_and(|&t| now.duration_since(t) > self.options.fault_window)
+                .is_some_and(|&(t, _)| now.duration_since(t) > self.options.fault_window)
             {
                 recent.pop_front();
             }
-            recent.len() >= self.options.fault_limit && self.current().generation == generation
+            (recent.len() >= self.options.fault_limit && self.current().generation == generation)
+                .then(|| authority::faults_sentence(&recent))
         };
-        if trip && !self.reverting.swap(true, Ordering::AcqRel) {
+        let Some(faults) = trip else { return };
+        if !self.reverting.swap(true, Ordering::AcqRel) {
             let gateway = self.clone();
+            let why = format!(
+                "{faults} in {:?} in generation {generation}",
+                self.options.fault_window
+            );
             let spawned = std::thread::Builder::new()
                 .name("flowgate-revert".into())
                 .spawn(move || {
-                    let failed = match gateway.current().generation == generation {
-                        true => gateway.rollback(true).err(),
-                        false => None,
-                    };
+                    let failed = gateway
+                        .roll_back(true, None, why, Some(generation))
+                        .err();
                     let mut next = lock(&gateway.next_revert);
                     match failed {
                         Some(e) => {
@@ -532,4 +717,12 @@ impl Gateway {
     pub fn good_generations(&self) -> Vec<u64> {
         lock(&self.good).iter().map(|r| r.generation).collect()
     }
+}
+
+/// Whether the module made `fault` itself, so that it counts toward an auto-revert: a trap, its
+/// own time over the deadline, its memory cap, or an answer it got wrong. A worker that could
+/// not start an instance, or has none, is the host's trouble (the instance pool, the machine)
+/// as much as the module's: it drops its batches fail-closed but does not undo a release.
+pub fn module_made(fault: &PolicyFault) -> bool {
+    !matches!(fault, PolicyFault::Start(_) | PolicyFault::NoInstance)
 }

@@ -16,9 +16,15 @@ use crate::{Policy, hex};
 pub struct Release {
     /// Increases by one with every publication (swap or rollback).
     pub generation: u64,
-    /// What the release was made by: `start`, `module`, `config`, `module+config`,
+    /// What the release changed: `start`, `module`, `config`, `module+config`,
     /// `reload` (a swap that changes neither), `rollback` or `auto-revert`.
     pub cause: Cause,
+    /// Who made it: the operator (an upload, a reference, a rollback, SIGHUP), the tag watch,
+    /// auto-revert, or the gateway's start.
+    pub origin: Origin,
+    /// Why, in a sentence for logs and `/status`: the tag and digest the watch followed, the
+    /// faults an auto-revert answered, the generation a rollback went back to.
+    pub why: String,
     /// The module.
     pub module: LoadedModule,
     /// Where the module came from, when from a registry: its reference, pinned to the
@@ -167,6 +173,52 @@ labels! {
 }
 
 labels! {
+    /// Who made a release. The operator's changes pin the gateway: a tag watch pauses until the
+    /// operator resumes it (see `authority.rs`).
+    Origin {
+        /// The gateway started with it.
+        Start => "start",
+        /// An operator uploaded a module, a configuration or both (`PUT /module`, `PUT /config`,
+        /// [`crate::gateway::Gateway::swap`]).
+        OperatorUpload => "operator-upload",
+        /// An operator named a module in a registry (`PUT /module` with a reference); the
+        /// gateway pulled it.
+        OperatorReference => "operator-reference",
+        /// An operator's rollback.
+        Rollback => "rollback",
+        /// SIGHUP: the module and configuration files read again.
+        Sighup => "sighup",
+        /// The tag watch, when the tag moved to a digest it had not acted on.
+        TagWatch => "tag-watch",
+        /// The gateway's own rollback after repeated faults of the module.
+        AutoRevert => "auto-revert",
+    }
+}
+
+impl Origin {
+    /// Who, in words: "an operator's upload", "the tag watch".
+    pub fn who(self) -> &'static str {
+        match self {
+            Origin::Start => "the gateway's start",
+            Origin::OperatorUpload => "an operator's upload",
+            Origin::OperatorReference => "an operator's reference",
+            Origin::Rollback => "an operator's rollback",
+            Origin::Sighup => "SIGHUP (the files read again)",
+            Origin::TagWatch => "the tag watch",
+            Origin::AutoRevert => "auto-revert",
+        }
+    }
+
+    /// Whether a person asked for it: such a release pins the gateway.
+    pub fn is_operator(self) -> bool {
+        matches!(
+            self,
+            Origin::OperatorUpload | Origin::OperatorReference | Origin::Rollback | Origin::Sighup
+        )
+    }
+}
+
+labels! {
     /// Why a swap or rollback was refused.
     Refusal {
         /// `If-Match` named another release than the one serving.
@@ -235,7 +287,7 @@ pub(super) fn prepare(
     canary: Option<Arc<[Packet]>>,
     workers: usize,
     generation: u64,
-    cause: Cause,
+    (cause, origin): (Cause, Origin),
 ) -> Result<Release, SwapError> {
     // The instances for workers 1.. are prepared by as many threads as there are cores, while
     // this thread prepares and checks the first.
@@ -279,6 +331,8 @@ pub(super) fn prepare(
     Ok(Release {
         generation,
         cause,
+        origin,
+        why: String::new(),
         module,
         source: None,
         info,
@@ -302,17 +356,26 @@ pub(super) fn check_config_size(config: &str, limit: usize) -> Result<(), SwapEr
     Ok(())
 }
 
-/// Refuses a change made against another release than the one serving: `if_match` is the
-/// ETag the caller read (quotes allowed), or `*` for any.
+/// Refuses a change made against another release than the one serving: `if_match` is an
+/// `If-Match` value, `*` for any release or a list of ETags (RFC 9110: quoted, separated by
+/// commas; quotes may be left out), one of which must be the running release's. Weak tags
+/// (`W/"..."`) never match: `If-Match` compares strongly.
 pub(super) fn check_if_match(running: &Release, if_match: Option<&str>) -> Result<(), SwapError> {
-    let Some(expected) = if_match.map(|e| e.trim().trim_matches('"')) else {
+    let Some(expected) = if_match.map(str::trim) else {
         return Ok(());
     };
-    if expected == "*" || expected == running.etag() {
+    let etag = running.etag();
+    let matches = expected == "*"
+        || expected
+            .split(',')
+            .map(str::trim)
+            .filter(|tag| !tag.starts_with("W/"))
+            .any(|tag| tag.trim_matches('"') == etag);
+    if matches {
         return Ok(());
     }
     Err(SwapError::Stale {
         expected: expected.to_owned(),
-        running: running.etag(),
+        running: etag,
     })
 }

@@ -1,19 +1,26 @@
-//! Watching a tag: the gateway polls the manifest digest a tag resolves to, and when it moves,
-//! pulls the module by that digest, verifies it and swaps it in as for an upload. A failed
-//! pull or a refused module keeps the current release, is logged and counted
-//! (`flowgate_pulls_total{result}`), and is tried again after a capped exponential backoff.
+//! Watching a tag: the gateway polls the manifest digest a tag resolves to, and when it moves to
+//! a digest the watch has not acted on, pulls the module by that digest, verifies it and swaps
+//! it in as for an upload. The rule it follows (paused by the operator's changes, digests that
+//! failed quarantined) is in `authority.rs`. A failed pull keeps the current release, is logged
+//! and counted (`flowgate_pulls_total{result}`), and is tried again after a capped exponential
+//! backoff. Every wait ends as soon as `stop` is set.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Gateway;
+use super::{Decision, Gateway};
 use crate::oci::{Cache, Digest, Reference, Registry};
 
 /// The longest wait between two tries after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Polls `reference` (a tag) every `interval` until `stop`, swapping when the tag moves.
+/// How often a waiting watch looks at `stop`.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
+/// Polls `reference` (a tag) every `interval` until `stop`, swapping when the tag moves. The
+/// gateway follows the tag from the start ([`Gateway::watch_tag`], unless the caller made it
+/// follow it before); while its watch is paused nothing is pulled.
 pub fn watch(
     gateway: &Arc<Gateway>,
     registry: &Registry,
@@ -22,14 +29,20 @@ pub fn watch(
     interval: Duration,
     stop: &AtomicBool,
 ) {
+    if gateway.watch_status().is_none()
+        && let Err(e) = gateway.watch_tag(reference)
+    {
+        tracing::error!(event = "pull", reference = %reference, error = %e, "not watching {reference}: {e}");
+        return;
+    }
     let mut wait = interval;
     let mut next = Instant::now() + interval;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(20).min(interval));
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(STOP_CHECK.min(interval));
         if Instant::now() < next {
             continue;
         }
-        let failed = !poll(gateway, registry, cache, reference);
+        let failed = !poll(gateway, registry, cache, reference, stop);
         wait = if failed {
             (wait * 2).min(MAX_BACKOFF.max(interval))
         } else {
@@ -40,13 +53,20 @@ pub fn watch(
 }
 
 /// One poll; false when it failed (the registry, or a refused module).
-fn poll(gateway: &Gateway, registry: &Registry, cache: Option<&Cache>, r: &Reference) -> bool {
-    let serving = gateway
-        .current()
-        .source
-        .as_deref()
-        .and_then(|s| Reference::parse(s).ok())
-        .and_then(|s| s.digest);
+fn poll(
+    gateway: &Gateway,
+    registry: &Registry,
+    cache: Option<&Cache>,
+    r: &Reference,
+    stop: &AtomicBool,
+) -> bool {
+    // A paused watch asks the registry nothing.
+    if gateway
+        .watch_status()
+        .is_none_or(|status| status.paused.is_some())
+    {
+        return true;
+    }
     let digest = match registry.manifest(r) {
         Ok((_, digest)) => digest,
         Err(e) => {
@@ -55,11 +75,14 @@ fn poll(gateway: &Gateway, registry: &Registry, cache: Option<&Cache>, r: &Refer
             return false;
         }
     };
-    if serving == Some(digest) {
-        gateway.note_pull("unchanged");
-        return true;
+    match gateway.watch_decision(&digest) {
+        Decision::Take => swap_to(gateway, registry, cache, r, digest, stop),
+        Decision::Paused => true,
+        decision @ (Decision::Unchanged | Decision::Quarantined) => {
+            gateway.note_pull(decision.as_str());
+            true
+        }
     }
-    swap_to(gateway, registry, cache, r, digest)
 }
 
 fn swap_to(
@@ -68,6 +91,7 @@ fn swap_to(
     cache: Option<&Cache>,
     r: &Reference,
     digest: Digest,
+    stop: &AtomicBool,
 ) -> bool {
     let pinned = r.pinned(digest);
     let pulled = match registry.pull_or_cached(&pinned, cache) {
@@ -78,13 +102,16 @@ fn swap_to(
             return false;
         }
     };
-    match gateway.swap_from(Some(&pulled.module), None, None, Some(pinned.to_string())) {
-        Ok(_) => {
+    match gateway.swap_by_watch(&pulled.module, r, digest, stop) {
+        Ok(Some(_)) => {
             gateway.note_pull("swapped");
             true
         }
+        // The operator changed the release or paused the watch while it pulled, or serving
+        // stops: nothing was published.
+        Ok(None) => true,
         Err(_) => {
-            // The gateway logged and counted the refusal.
+            // The gateway logged and counted the refusal, and quarantined the digest.
             gateway.note_pull("refused");
             false
         }

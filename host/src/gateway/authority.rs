@@ -1,0 +1,319 @@
+//! One authority over the running release. Three writers can publish one: the operator
+//! (uploads, references, rollbacks, SIGHUP), the tag watch and auto-revert. The rule between
+//! them:
+//!
+//! - **The operator wins.** A release an operator made pins the gateway: the tag watch pauses
+//!   (logged, in `/status` and the metrics) and resumes only when an operator asks for it
+//!   ([`Gateway::resume_watch`]), or swaps to the watched tag itself (a reference by tag, no
+//!   digest), which is asking to follow the tag again.
+//! - **The watch follows moves, never restores.** It acts only when the tag resolves to a
+//!   digest it has not acted on: an unmoved tag is never pulled again, whatever serves.
+//! - **A digest that failed is not taken again.** One the gateway refused (the module, its
+//!   configuration or its canary) or auto-reverted is quarantined: the watch skips it until
+//!   the tag moves to another digest.
+//!
+//! Every decision is taken under the gateway's swap lock, so an operator's change and a
+//! watch's swap cannot interleave: the watch checks its state again after its pull, before it
+//! publishes.
+
+use std::collections::VecDeque;
+
+use super::{Gateway, Origin, Release, lock};
+use crate::oci::{Digest, Reference};
+
+/// The most digests kept in quarantine; the oldest leaves first.
+const MAX_QUARANTINED: usize = 64;
+
+/// A tag the gateway follows, and the state of following it.
+#[derive(Debug, Clone)]
+pub(super) struct TagWatch {
+    status: WatchStatus,
+}
+
+/// What `/status` shows of a tag watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchStatus {
+    /// The tag, as `oci://HOST/REPO:TAG`.
+    pub reference: String,
+    /// Why the watch is paused, when it is.
+    pub paused: Option<Pause>,
+    /// The digest the tag resolved to when the watch last acted on it (or when the gateway
+    /// started from it): the watch acts again only when the tag moves away from it.
+    pub acted: Option<Digest>,
+    /// Digests the watch will not take, oldest first.
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// Why a watch is paused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    /// The generation serving when it paused: the operator's release, when one paused it.
+    pub since_generation: u64,
+    /// What paused it, in a sentence.
+    pub reason: String,
+}
+
+/// A digest the watch will not take until its tag moves to another one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Why: a refusal's reason, or `auto-revert`.
+    pub reason: String,
+    /// The generation it served as, when it was published before it failed.
+    pub generation: Option<u64>,
+}
+
+/// What the watch does with the digest its tag resolves to now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The watch is paused: nothing is pulled.
+    Paused,
+    /// The tag has not moved since the watch last acted.
+    Unchanged,
+    /// The digest failed before: it is not taken again.
+    Quarantined,
+    /// A digest the watch has not acted on: pull it and swap.
+    Take,
+}
+
+impl Decision {
+    /// The result in `flowgate_pulls_total{result}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Paused => "paused",
+            Decision::Unchanged => "unchanged",
+            Decision::Quarantined => "quarantined",
+            Decision::Take => "take",
+        }
+    }
+}
+
+/// Why the watch could not be paused or resumed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// The gateway follows no tag.
+    #[error(
+        "this gateway watches no tag (serve --module oci://HOST/REPO:TAG --pull-interval SECS)"
+    )]
+    NotWatching,
+    /// A watch is given a reference pinned to a digest, which never moves.
+    #[error("{0} is pinned to a digest and never moves: a watch follows a tag")]
+    Pinned(String),
+}
+
+/// The tag of `r` without its digest: what two references of the same tag share.
+fn same_tag(a: &Reference, b: &Reference) -> bool {
+    a.tag.is_some() && a.registry == b.registry && a.repository == b.repository && a.tag == b.tag
+}
+
+impl TagWatch {
+    fn decide(&self, digest: &Digest) -> Decision {
+        if self.status.paused.is_some() {
+            Decision::Paused
+        } else if self.status.quarantined.iter().any(|q| q.digest == *digest) {
+            Decision::Quarantined
+        } else if self.status.acted.as_ref() == Some(digest) {
+            Decision::Unchanged
+        } else {
+            Decision::Take
+        }
+    }
+
+    fn quarantine(&mut self, digest: Digest, reason: String, generation: Option<u64>) {
+        self.status.quarantined.retain(|q| q.digest != digest);
+        if self.status.quarantined.len() >= MAX_QUARANTINED {
+            self.status.quarantined.remove(0);
+        }
+        tracing::warn!(
+            event = "quarantine",
+            reference = %self.status.reference,
+            digest = %digest,
+            reason = %reason,
+            "watching {}: {digest} is quarantined ({reason}); the watch will not take it again until the tag moves",
+            self.status.reference
+        );
+        self.status.quarantined.push(Quarantined {
+            digest,
+            reason,
+            generation,
+        });
+    }
+}
+
+/// The digest a release's module was pulled as, when it came from `tag`'s repository.
+fn pulled_digest(release: &Release, tag: &Reference) -> Option<Digest> {
+    let source = Reference::parse(release.source.as_deref()?).ok()?;
+    (source.registry == tag.registry && source.repository == tag.repository)
+        .then_some(source.digest)
+        .flatten()
+}
+
+impl Gateway {
+    /// Follows `tag` from now on: the gateway's tag watch ([`super::watch::watch`]) asks here
+    /// before it pulls and swaps. The serving release counts as acted on when it was pulled
+    /// from the tag's repository.
+    pub fn watch_tag(&self, tag: &Reference) -> Result<(), WatchError> {
+        if tag.digest.is_some() || tag.tag.is_none() {
+            return Err(WatchError::Pinned(tag.to_string()));
+        }
+        let acted = pulled_digest(&self.current(), tag);
+        *lock(&self.watch) = Some(TagWatch {
+            status: WatchStatus {
+                reference: tag.to_string(),
+                paused: None,
+                acted,
+                quarantined: Vec::new(),
+            },
+        });
+        Ok(())
+    }
+
+    /// The tag watch's state, when the gateway follows a tag.
+    pub fn watch_status(&self) -> Option<WatchStatus> {
+        lock(&self.watch).as_ref().map(|w| w.status.clone())
+    }
+
+    /// What the watch does with `digest`, the one its tag resolves to now.
+    pub fn watch_decision(&self, digest: &Digest) -> Decision {
+        lock(&self.watch)
+            .as_ref()
+            .map_or(Decision::Paused, |w| w.decide(digest))
+    }
+
+    /// Pauses the watch at an operator's request (`POST /watch/pause`), without a new release.
+    pub fn pause_watch(&self, reason: &str) -> Result<WatchStatus, WatchError> {
+        let _one_at_a_time = lock(&self.swap_lock);
+        let generation = self.current().generation;
+        let mut watch = lock(&self.watch);
+        let watch = watch.as_mut().ok_or(WatchError::NotWatching)?;
+        if watch.status.paused.is_none() {
+            pause(
+                watch,
+                generation,
+                format!("the operator paused it: {reason}"),
+            );
+        }
+        Ok(watch.status.clone())
+    }
+
+    /// Resumes a paused watch at an operator's request (`POST /watch/resume`). It acts again
+    /// when the tag moves to a digest it has not acted on; it never swaps back to the module
+    /// the tag already named.
+    pub fn resume_watch(&self) -> Result<WatchStatus, WatchError> {
+        let _one_at_a_time = lock(&self.swap_lock);
+        let mut watch = lock(&self.watch);
+        let watch = watch.as_mut().ok_or(WatchError::NotWatching)?;
+        if let Some(pause) = watch.status.paused.take() {
+            tracing::info!(
+                event = "watch-resumed",
+                reference = %watch.status.reference,
+                paused_since = pause.since_generation,
+                "watching {}: resumed by the operator (paused since generation {}); the watch acts when the tag moves",
+                watch.status.reference,
+                pause.since_generation
+            );
+        }
+        Ok(watch.status.clone())
+    }
+
+    /// After a publication (under the swap lock): an operator's release pauses the watch, or
+    /// resumes it when it follows the watched tag itself (`follows`: the reference the operator
+    /// named, by tag).
+    pub(super) fn after_publish(&self, release: &Release, follows: Option<(&Reference, Digest)>) {
+        let mut watch = lock(&self.watch);
+        let Some(watch) = watch.as_mut() else { return };
+        let Ok(tag) = Reference::parse(&watch.status.reference) else {
+            return;
+        };
+        if let Some((asked, digest)) = follows
+            && asked.digest.is_none()
+            && same_tag(asked, &tag)
+        {
+            watch.status.acted = Some(digest);
+            if let Some(pause) = watch.status.paused.take() {
+                tracing::info!(
+                    event = "watch-resumed",
+                    reference = %watch.status.reference,
+                    generation = release.generation,
+                    paused_since = pause.since_generation,
+                    "watching {}: resumed, the operator swapped to the tag itself (generation {})",
+                    watch.status.reference,
+                    release.generation
+                );
+            }
+            return;
+        }
+        if release.origin.is_operator() {
+            let reason = format!(
+                "{} made generation {} ({})",
+                release.origin.who(),
+                release.generation,
+                release.cause
+            );
+            match &mut watch.status.paused {
+                None => pause(watch, release.generation, reason),
+                // Still paused; the latest operator change is the one to report.
+                Some(pause) => {
+                    pause.since_generation = release.generation;
+                    pause.reason = reason;
+                }
+            }
+        }
+    }
+
+    /// A digest the watch pulled was refused: quarantined until the tag moves.
+    pub(super) fn quarantine_refused(&self, digest: Digest, reason: &str) {
+        if let Some(watch) = lock(&self.watch).as_mut() {
+            watch.status.acted = Some(digest);
+            watch.quarantine(digest, format!("refused: {reason}"), None);
+        }
+    }
+
+    /// `from` was auto-reverted: when the watch brought it, its digest is quarantined.
+    pub(super) fn quarantine_reverted(&self, from: &Release) {
+        let mut watch = lock(&self.watch);
+        let Some(watch) = watch.as_mut() else { return };
+        let Ok(tag) = Reference::parse(&watch.status.reference) else {
+            return;
+        };
+        if from.origin == Origin::TagWatch
+            && let Some(digest) = pulled_digest(from, &tag)
+        {
+            watch.quarantine(digest, "auto-revert".into(), Some(from.generation));
+        }
+    }
+}
+
+fn pause(watch: &mut TagWatch, generation: u64, reason: String) {
+    tracing::warn!(
+        event = "watch-paused",
+        reference = %watch.status.reference,
+        generation,
+        reason = %reason,
+        "watching {}: paused, {reason}; the watch will not override it (resume with `flowgate watch resume`, or swap to the tag itself)",
+        watch.status.reference
+    );
+    watch.status.paused = Some(Pause {
+        since_generation: generation,
+        reason,
+    });
+}
+
+/// The recent faults behind an auto-revert, in a sentence: "5 faults of the module in 10 s
+/// (3 trap, 2 deadline)".
+pub(super) fn faults_sentence(faults: &VecDeque<(std::time::Instant, &'static str)>) -> String {
+    let mut by_reason: Vec<(&str, usize)> = Vec::new();
+    for (_, reason) in faults {
+        match by_reason.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, n)) => *n += 1,
+            None => by_reason.push((reason, 1)),
+        }
+    }
+    let list: Vec<String> = by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    format!(
+        "{} faults of the module ({})",
+        faults.len(),
+        list.join(", ")
+    )
+}
