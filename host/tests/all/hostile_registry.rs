@@ -293,7 +293,6 @@ fn a_cached_module_starts_serve_when_the_registry_answers_5xx() {
     let tagged = registry.reference("fleet/static:v1");
     let reference = Reference::parse(&tagged).unwrap();
     let digest = push(&reference, DEFAULT_MODULE);
-    let pinned = reference.pinned(digest).to_string();
     let pinned_only = registry.reference(&format!("fleet/static@{digest}"));
     let dir = scratch("5xx");
     let run = |args: &[&str]| {
@@ -367,7 +366,6 @@ fn a_cached_module_starts_serve_when_the_registry_answers_5xx() {
         !failing.seen().is_empty(),
         "serve asked the failing registry"
     );
-    let _ = pinned;
 }
 
 #[test]
@@ -393,6 +391,13 @@ fn answers_that_fail_a_check_are_errors_never_served_from_the_cache() {
             }
             "endless" if is_manifest => Reply::Endless,
             "loop" => answer(307, &[("Location", request.path.as_str())], b""),
+            // To plain HTTP on a host neither loopback nor named insecure (a reserved name
+            // that never resolves): refused before anything is sent there.
+            "downgrade" => answer(
+                307,
+                &[("Location", "http://registry.invalid/v2/downgrade/manifests/t")],
+                b"",
+            ),
             "short" if is_manifest => {
                 let mut raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n".to_vec();
                 raw.extend_from_slice(&artifact.manifest[..40]);
@@ -444,6 +449,7 @@ fn answers_that_fail_a_check_are_errors_never_served_from_the_cache() {
             "more than 1048576 bytes",
         ),
         (hostile.reference("loop:t"), false, "redirect loop"),
+        (hostile.reference("downgrade:t"), false, "plain HTTP"),
         (hostile.reference("short:t"), false, "does not read whole"),
         (hostile.reference("long:t"), false, longer.as_str()),
         (hostile.reference("index:t"), false, "image.index"),
