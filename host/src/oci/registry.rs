@@ -736,7 +736,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| OciError::Refused("an upload without a Location".into(), r.to_string()))?
             .to_owned();
-        // The session may live on another host (a storage service): the PUT goes there
+        // The upload may live on another host (a storage service): the PUT goes there
         // without the registry's login (`send` sends it to the registry's origin only).
         let location = resolve(&url, &location).ok_or_else(|| {
             OciError::Refused(
