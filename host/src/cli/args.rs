@@ -28,13 +28,17 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     /// A registry (HOST:PORT) spoken to over plain HTTP; loopback ones always are, every
-    /// other one over HTTPS. Repeatable.
+    /// other one over HTTPS. Also the only plain-HTTP token services a login is sent to.
+    /// Repeatable.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
-    /// A file holding `user:password`, the registry login used where Docker's config.json
-    /// ($DOCKER_CONFIG/config.json or ~/.docker/config.json) has none for the registry.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub registry_credentials: Option<PathBuf>,
+    /// The login for one registry, named as references name it: HOST[:PORT]=FILE, the file
+    /// holding `user:password`. It is sent to that registry only (and to the token service it
+    /// names), never to another; it replaces what Docker's config.json
+    /// ($DOCKER_CONFIG/config.json or ~/.docker/config.json) has for that registry.
+    /// Repeatable, once per registry.
+    #[arg(long, global = true, value_name = "HOST[:PORT]=FILE")]
+    pub registry_credentials: Vec<String>,
     /// The largest module pulled from a registry, in bytes.
     #[arg(long, global = true, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
     pub max_module_bytes: u64,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use flowgate_host::hex;
-use flowgate_host::oci::{Reference, Registry, RegistryOptions};
+use flowgate_host::oci::{Reference, Registry, RegistryOptions, check_registry};
 use flowgate_host::wasm::{Limits, LoadedModule, Runtime, WasmPolicy};
 use flowgate_host::{NativePolicy, Policy, StartError};
 
@@ -109,7 +109,7 @@ pub fn module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
 }
 
 /// Registry options from the global flags, with logins from Docker's `config.json` and
-/// `--registry-credentials`.
+/// `--registry-credentials`, each for the registry it names.
 pub fn registry_options(cli: &Cli) -> Result<RegistryOptions> {
     let mut credentials = std::collections::BTreeMap::new();
     let docker = std::env::var_os("DOCKER_CONFIG")
@@ -124,14 +124,26 @@ pub fn registry_options(cli: &Cli) -> Result<RegistryOptions> {
             }
         }
     }
-    if let Some(path) = &cli.registry_credentials {
+    for given in &cli.registry_credentials {
+        let (registry, path) = given
+            .split_once('=')
+            .filter(|(registry, _)| check_registry(registry).is_ok())
+            .with_context(|| {
+                format!(
+                    "--registry-credentials {given}: name the registry the login is for, as HOST[:PORT]=FILE (a login is sent to its own registry only)"
+                )
+            })?;
+        let path = Path::new(path);
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let (user, password) = text
             .trim()
             .split_once(':')
             .with_context(|| format!("{}: expected one line `user:password`", path.display()))?;
-        credentials.insert("*".to_owned(), (user.to_owned(), password.to_owned()));
+        credentials.insert(
+            registry.to_ascii_lowercase(),
+            (user.to_owned(), password.to_owned()),
+        );
     }
     Ok(RegistryOptions {
         insecure: cli.insecure_registries.clone(),
@@ -141,7 +153,8 @@ pub fn registry_options(cli: &Cli) -> Result<RegistryOptions> {
     })
 }
 
-/// The logins of Docker's `config.json` (`auths`: registry to base64 `user:password`).
+/// The logins of Docker's `config.json` (`auths`: registry to base64 `user:password`), keyed
+/// by the registry's `HOST[:PORT]` (a scheme and a path, as in `https://host/v1/`, dropped).
 fn docker_logins(path: &Path) -> Result<Vec<(String, (String, String))>> {
     use base64::Engine as _;
     let meta = std::fs::metadata(path)?;
@@ -165,9 +178,16 @@ fn docker_logins(path: &Path) -> Result<Vec<(String, (String, String))>> {
                 .with_context(|| format!("auths.{registry}.auth is not user:password"))?;
             let host = registry
                 .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/');
-            logins.push((host.to_owned(), (user.to_owned(), password.to_owned())));
+                .trim_start_matches("http://");
+            let host = host.split('/').next().unwrap_or_default();
+            if check_registry(host).is_err() {
+                tracing::warn!(path = %path.display(), registry = %registry, "a login in Docker's config.json for no registry host: not used");
+                continue;
+            }
+            logins.push((
+                host.to_ascii_lowercase(),
+                (user.to_owned(), password.to_owned()),
+            ));
         }
     }
     Ok(logins)

@@ -131,21 +131,100 @@ impl fmt::Display for Reference {
     }
 }
 
-fn check_registry(host: &str) -> Result<(), String> {
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) if !name.ends_with(']') || name.starts_with('[') => (name, Some(port)),
-        _ => (host, None),
-    };
-    let name_ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+/// Checks a registry as references and logins name it: `HOST` or `HOST:PORT`, where `HOST` is
+/// a name (letters, digits, `.` and `-`), an IPv4 address, or an IPv6 address in brackets.
+pub fn check_registry(registry: &str) -> Result<(), String> {
+    let (name, port) = split_registry(registry);
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    let name_ok = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(inside) => {
+            if inside.parse::<std::net::Ipv6Addr>().is_err() {
+                let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                return Err(format!(
+                    "`{registry}`: brackets hold an IPv6 address, and `{inside}` is not one (an IPv4 address or a name goes without them: `{inside}{port}`)"
+                ));
+            }
+            true
+        }
+        None => {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        }
+    };
     if name_ok && port_ok {
         Ok(())
     } else {
-        Err(format!("`{host}` is not a registry host[:port]"))
+        Err(format!("`{registry}` is not a registry host[:port]"))
     }
+}
+
+/// `HOST[:PORT]` split into the host (an IPv6 address keeps its brackets) and the port text.
+pub(crate) fn split_registry(registry: &str) -> (&str, Option<&str>) {
+    if registry.starts_with('[') {
+        return match registry.find(']') {
+            Some(end) => {
+                let (host, rest) = registry.split_at(end + 1);
+                (host, rest.strip_prefix(':'))
+            }
+            None => (registry, None),
+        };
+    }
+    match registry.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (registry, None),
+    }
+}
+
+/// Whether `host` (without its port) names this machine's loopback interface by itself,
+/// without asking DNS: `localhost` in any case, an IPv6 loopback address in brackets (IPv4
+/// mapped ones too), or an IPv4 address in 127.0.0.0/8, also in the short forms the C
+/// library's resolver reads as one (`127.1` is 127.0.0.1). Only decimal parts are read, so
+/// that every form counted here is read the same way by the resolver that connects.
+pub fn is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Some(inside) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inside.parse::<std::net::Ipv6Addr>().is_ok_and(|ip| {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        });
+    }
+    ipv4(host).is_some_and(|ip| ip.is_loopback())
+}
+
+/// An IPv4 address in dotted form, with one to four decimal parts as `inet_aton` reads them
+/// (the last part fills the bytes left); no leading zeros, which `inet_aton` reads as octal.
+fn ipv4(text: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        if part.is_empty()
+            || part.len() > 10
+            || !part.bytes().all(|b| b.is_ascii_digit())
+            || (part.len() > 1 && part.starts_with('0'))
+        {
+            return None;
+        }
+        values.push(part.parse::<u64>().ok()?);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|&v| v > 255) {
+        return None;
+    }
+    let room = 8 * (4 - leading.len() as u32);
+    if room < 64 && *last >= 1u64 << room {
+        return None;
+    }
+    let mut address = *last;
+    for (i, &v) in leading.iter().enumerate() {
+        address |= v << (24 - 8 * i as u32);
+    }
+    u32::try_from(address).ok().map(std::net::Ipv4Addr::from)
 }
 
 /// Path components of lowercase letters and digits, joined by `.`, `_`, `__` or `-`s
@@ -231,5 +310,50 @@ mod tests {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
         assert!(Digest::parse(&format!("sha256:{}", "AB".repeat(32))).is_err());
+        for bad in [
+            "oci://[127.0.0.1]:5000/p:t",
+            "oci://::1:5000/p:t",
+            "oci://[::1/p:t",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_by_name_and_by_every_form_of_its_address() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.1",
+            "127.0.1",
+            "2130706433",
+            "127.255.255.254",
+            "[::1]",
+            "[0:0:0:0:0:0:0:1]",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "localhost.example",
+            "128.0.0.1",
+            "0127.1",
+            "0x7f.1",
+            "127.256.0.0.1",
+            "4294967296",
+            "[::2]",
+            "[127.0.0.1]",
+            "10.0.0.1",
+            "",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+        assert_eq!(ipv4("127.1"), Some(std::net::Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(ipv4("10.16777216"), None);
+        assert_eq!(
+            ipv4("10.65535"),
+            Some(std::net::Ipv4Addr::new(10, 0, 255, 255))
+        );
     }
 }

@@ -1,11 +1,19 @@
 //! A read-and-push client of an OCI distribution registry, for policy modules only: pull a
 //! module by tag or digest, every manifest and blob hashed and sized here (a registry does not
 //! verify what it serves), and push one in the CNCF Wasm artifact layout.
+//!
+//! A login belongs to one registry (`HOST[:PORT]`, as references name it) and goes only to
+//! that registry's own origin, and to the token service its Bearer challenge names when that
+//! service is HTTPS, the registry's own origin, or a host named insecure. Redirects are
+//! followed here, not by the HTTP client, so that each hop is checked: no login leaves the
+//! registry's origin, no hop drops to plain HTTP towards a host that is not loopback or named
+//! insecure, and a loop is an error.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::reference::{is_loopback, split_registry};
 use super::{Cache, Digest, Reference};
 
 /// The manifest media type this client asks for and writes.
@@ -14,6 +22,10 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 /// The largest manifest read.
 const MAX_MANIFEST: u64 = 1 << 20;
+/// The largest token-service answer read.
+const MAX_TOKEN: u64 = 1 << 16;
+/// Redirects followed for one request (a registry sends its blobs to storage in one).
+const MAX_REDIRECTS: usize = 5;
 
 /// The CNCF Wasm OCI artifact layout (wasm-pkg-tools): its config and its one layer.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
@@ -32,9 +44,14 @@ const TAR_GZIP_LAYERS: [&str; 2] = [
 const ACCEPTED: &str = "a CNCF Wasm artifact (config application/vnd.wasm.config.v0+json, one application/wasm layer), Istio's oci variant (config application/vnd.module.wasm.config.v1+json, one application/vnd.module.wasm.content.layer.v1+wasm layer) or Istio's compat variant (one tar+gzip layer holding plugin.wasm)";
 
 /// Why a pull or push failed. Nothing of a failed pull is used.
+///
+/// Only an unreachable registry ([`OciError::unreachable`]: a [`OciError::Transport`], or a
+/// [`OciError::Status`] in the 5xx) may be stood in for by a cached module; an answer that
+/// fails a check is a [`OciError::Refused`] and is never masked.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    /// The registry could not be reached, or the exchange broke off.
+    /// The registry could not be reached: no connection, no name, no answer in time, or the
+    /// connection was cut.
     #[error("{reference}: {what}: {message}")]
     Transport {
         /// The reference.
@@ -44,7 +61,8 @@ pub enum OciError {
         /// What went wrong.
         message: String,
     },
-    /// The registry answered, but not with what was asked for.
+    /// The registry answered, but not with what was asked for. A 5xx says it is failing,
+    /// which counts as unreachable.
     #[error("{reference}: {what}: the registry answered {status}: {body}")]
     Status {
         /// The reference.
@@ -56,18 +74,35 @@ pub enum OciError {
         /// The start of the answer's body.
         body: String,
     },
-    /// What the registry served does not match its digest or size, or is not a module.
+    /// What the registry served failed a check (its digest, size, media type or layout, its
+    /// framing, a body longer than announced or than the limit, a redirect loop), or it asked
+    /// for something refused (a login sent where it does not belong, plain HTTP to a host not
+    /// named insecure).
     #[error("{reference}: {0}", reference = .1)]
     Refused(String, String),
+}
+
+impl OciError {
+    /// Whether the registry is down rather than wrong: it could not be reached, did not
+    /// answer in time, or answered 5xx. Only then may a cached module stand in.
+    pub fn unreachable(&self) -> bool {
+        match self {
+            OciError::Transport { .. } => true,
+            OciError::Status { status, .. } => (500..600).contains(status),
+            OciError::Refused(..) => false,
+        }
+    }
 }
 
 /// What a registry may be trusted with.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
-    /// Registries (`HOST:PORT`) spoken to over plain HTTP besides loopback ones.
+    /// Hosts (`HOST:PORT`, or `HOST` for the scheme's port) spoken to over plain HTTP besides
+    /// loopback ones; also the only plain-HTTP token services a login may be sent to.
     pub insecure: Vec<String>,
-    /// Logins by registry (`HOST[:PORT]` as in references): user and password, from Docker's
-    /// `config.json` or given; `*` applies to every registry without one of its own.
+    /// Logins by registry, keyed `HOST[:PORT]` exactly as references name it (compared
+    /// without regard to case): user and password, from Docker's `config.json` or given. A
+    /// login goes to its own registry only; no key stands for every registry.
     pub credentials: std::collections::BTreeMap<String, (String, String)>,
     /// The largest module pulled, in bytes.
     pub max_module_bytes: u64,
@@ -101,7 +136,8 @@ pub struct Pulled {
 pub struct Registry {
     agent: ureq::Agent,
     options: RegistryOptions,
-    /// The `Authorization` each registry accepted last (a Basic login or a Bearer token).
+    /// The `Authorization` each registry accepted last (a Basic login or a Bearer token), by
+    /// the registry's `HOST[:PORT]` in lower case; sent to that registry's origin only.
     authorized: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
@@ -112,11 +148,59 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// Where a URL points: scheme, host (lower case, an IPv6 address in brackets) and port (the
+/// scheme's own when none is written). Two URLs with the same origin reach the same server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an absolute `http` or `https` URL without user information.
+    fn of(url: &str) -> Option<Origin> {
+        let uri: ureq::http::Uri = url.parse().ok()?;
+        let https = match uri.scheme_str()? {
+            s if s.eq_ignore_ascii_case("https") => true,
+            s if s.eq_ignore_ascii_case("http") => false,
+            _ => return None,
+        };
+        let authority = uri.authority()?;
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        let host = authority.host().to_ascii_lowercase();
+        if host.is_empty() {
+            return None;
+        }
+        Some(Origin {
+            https,
+            host,
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        })
+    }
+
+    /// `scheme://host:port`, to put an absolute path after.
+    fn base(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+
+    /// Whether `name` (`HOST:PORT`, or `HOST` for the scheme's own port) names this host.
+    fn named(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let default = self.port == if self.https { 443 } else { 80 };
+        name == format!("{}:{}", self.host, self.port) || (default && name == self.host)
+    }
+}
+
 impl Registry {
     /// A client with `options`.
     pub fn new(options: RegistryOptions) -> Registry {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_global(Some(options.timeout))
             .build()
             .new_agent();
@@ -127,9 +211,29 @@ impl Registry {
         }
     }
 
-    /// Sends a request, reading at most `limit` bytes of the answer. A 401 with a challenge
-    /// is answered once: Basic with the registry's login, or Bearer with a token fetched from
-    /// the challenge's realm; what worked is used for the registry's next requests.
+    /// Whether plain HTTP may be spoken to `origin`: a loopback host, or one named insecure.
+    fn plain_allowed(&self, origin: &Origin) -> bool {
+        is_loopback(&origin.host) || self.named_insecure(origin)
+    }
+
+    fn named_insecure(&self, origin: &Origin) -> bool {
+        self.options.insecure.iter().any(|name| origin.named(name))
+    }
+
+    /// The login given for `r`'s registry, if any.
+    fn login(&self, r: &Reference) -> Option<&(String, String)> {
+        self.options
+            .credentials
+            .iter()
+            .find(|(registry, _)| registry.eq_ignore_ascii_case(&r.registry))
+            .map(|(_, login)| login)
+    }
+
+    /// Sends a request, reading at most `limit` bytes of the answer. Redirects of a GET are
+    /// followed (at most [`MAX_REDIRECTS`], never in a loop); a request to the registry's own
+    /// origin carries what it accepted last, and a 401 from it with a challenge is answered
+    /// once: Basic with the registry's login, or Bearer with a token fetched from the
+    /// challenge's realm. A request anywhere else carries no `Authorization`.
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -141,42 +245,80 @@ impl Registry {
         body: &[u8],
         limit: u64,
     ) -> Result<Answer, OciError> {
-        let attempt = |auth: Option<&str>| -> Result<Answer, OciError> {
-            let mut request = ureq::http::Request::builder().method(method).uri(url);
-            for (name, value) in headers {
-                request = request.header(*name, *value);
+        let refused = |m: String| OciError::Refused(m, r.to_string());
+        let home = self.home(r)?;
+        let mut url = url.to_owned();
+        let mut visited: Vec<String> = Vec::new();
+        loop {
+            let here = Origin::of(&url)
+                .ok_or_else(|| refused(format!("{what}: `{url}` is not an http(s) URL")))?;
+            if !here.https && !self.plain_allowed(&here) {
+                return Err(refused(format!(
+                    "{what}: `{url}` is plain HTTP to a host that is neither loopback nor named with --insecure-registry: refused"
+                )));
             }
-            if let Some(auth) = auth {
-                request = request.header("Authorization", auth);
+            let answer = if here == home {
+                self.send_home(r, what, method, &url, headers, body, limit)?
+            } else {
+                self.exchange(r, what, method, &url, headers, body, None, limit)?
+            };
+            if !matches!(answer.status, 301 | 302 | 303 | 307 | 308) || method != "GET" {
+                return Ok(answer);
             }
-            let request = request
-                .body(body.to_vec())
-                .map_err(|e| Self::transport(r, what, e))?;
-            let mut response = self
-                .agent
-                .run(request)
-                .map_err(|e| Self::transport(r, what, e))?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response
-                .body_mut()
-                .with_config()
-                .limit(limit + 1)
-                .read_to_vec()
-                .map_err(|e| Self::transport(r, what, e))?;
-            Ok(Answer {
-                status,
-                headers,
-                body,
-            })
-        };
+            let location = answer
+                .headers
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    refused(format!(
+                        "{what}: a redirect ({}) without a Location",
+                        answer.status
+                    ))
+                })?;
+            let next = resolve(&url, location).ok_or_else(|| {
+                refused(format!(
+                    "{what}: a redirect to `{location}`, which is not an http(s) URL or path"
+                ))
+            })?;
+            visited.push(url);
+            if visited.contains(&next) {
+                return Err(refused(format!(
+                    "{what}: a redirect loop ({} -> {next})",
+                    visited.join(" -> ")
+                )));
+            }
+            if visited.len() > MAX_REDIRECTS {
+                return Err(refused(format!(
+                    "{what}: more than {MAX_REDIRECTS} redirects ({} -> {next})",
+                    visited.join(" -> ")
+                )));
+            }
+            tracing::debug!(reference = %r, what, to = %next, "following a redirect");
+            url = next;
+        }
+    }
+
+    /// One request to the registry's own origin, with what it accepted last, answering one
+    /// challenge.
+    #[allow(clippy::too_many_arguments)]
+    fn send_home(
+        &self,
+        r: &Reference,
+        what: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: u64,
+    ) -> Result<Answer, OciError> {
+        let key = r.registry.to_ascii_lowercase();
         let known = self
             .authorized
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&r.registry)
+            .get(&key)
             .cloned();
-        let answer = attempt(known.as_deref())?;
+        let answer = self.exchange(r, what, method, url, headers, body, known.as_deref(), limit)?;
         if answer.status != 401 {
             return Ok(answer);
         }
@@ -188,24 +330,79 @@ impl Registry {
             return Ok(answer);
         };
         let auth = self.authorize(r, challenge)?;
-        let retried = attempt(Some(&auth))?;
+        let retried = self.exchange(r, what, method, url, headers, body, Some(&auth), limit)?;
         if retried.status != 401 {
             self.authorized
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(r.registry.clone(), auth);
+                .insert(key, auth);
         }
         Ok(retried)
+    }
+
+    /// One HTTP exchange, no redirect followed, reading at most `limit` bytes of the body.
+    /// Failing to get an answer (no connection, no name, a timeout, the connection cut before
+    /// the answer) is a [`OciError::Transport`]; an answer that breaks its framing, is cut
+    /// short, or runs past `limit` is [`OciError::Refused`]. A timeout while the body comes is
+    /// still a timeout.
+    #[allow(clippy::too_many_arguments)]
+    fn exchange(
+        &self,
+        r: &Reference,
+        what: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        auth: Option<&str>,
+        limit: u64,
+    ) -> Result<Answer, OciError> {
+        let mut request = ureq::http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let request = request
+            .body(body.to_vec())
+            .map_err(|e| OciError::Refused(format!("{what}: `{url}`: {e}"), r.to_string()))?;
+        let mut response = self.agent.run(request).map_err(|e| {
+            if unreachable(&e) {
+                Self::transport(r, what, e)
+            } else {
+                OciError::Refused(format!("{what}: {e}"), r.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(limit.saturating_add(1))
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::Timeout(_) => Self::transport(r, what, e),
+                ureq::Error::BodyExceedsLimit(_) => OciError::Refused(
+                    format!("{what}: the answer is more than {limit} bytes"),
+                    r.to_string(),
+                ),
+                e => OciError::Refused(
+                    format!("{what}: the answer's body does not read whole: {e}"),
+                    r.to_string(),
+                ),
+            })?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// The `Authorization` that answers a registry's `WWW-Authenticate` challenge.
     fn authorize(&self, r: &Reference, challenge: &str) -> Result<String, OciError> {
         let refused = |m: String| OciError::Refused(m, r.to_string());
-        let login = self
-            .options
-            .credentials
-            .get(&r.registry)
-            .or_else(|| self.options.credentials.get("*"));
+        let login = self.login(r);
         let basic = login.map(|(user, password)| {
             use base64::Engine as _;
             let pair = format!("{user}:{password}");
@@ -218,8 +415,8 @@ impl Registry {
         if scheme.eq_ignore_ascii_case("basic") {
             return basic.ok_or_else(|| {
                 refused(format!(
-                    "the registry {} asks for a login, and none is known for it (Docker's config.json or --registry-credentials)",
-                    r.registry
+                    "the registry {} asks for a login, and none is known for it (Docker's config.json, or --registry-credentials {}=FILE)",
+                    r.registry, r.registry
                 ))
             });
         }
@@ -237,6 +434,23 @@ impl Registry {
         };
         let realm =
             param("realm").ok_or_else(|| refused("a Bearer challenge without a realm".into()))?;
+        let service = Origin::of(&realm).ok_or_else(|| {
+            refused(format!(
+                "the Bearer challenge's realm `{realm}` is not an http(s) URL"
+            ))
+        })?;
+        // The login goes to the token service the registry names over HTTPS, as Docker's does;
+        // over plain HTTP only to the registry's own origin or to a host named insecure.
+        if basic.is_some()
+            && !service.https
+            && service != self.home(r)?
+            && !self.named_insecure(&service)
+        {
+            return Err(refused(format!(
+                "the registry {} sends its login to the token service {realm}, plain HTTP on another host: the login is not sent there (name that host with --insecure-registry {}:{} if it is meant)",
+                r.registry, service.host, service.port
+            )));
+        }
         let mut url = realm.clone();
         let mut sep = if realm.contains('?') { '&' } else { '?' };
         for key in ["service", "scope"] {
@@ -245,44 +459,50 @@ impl Registry {
                 sep = '&';
             }
         }
-        let mut request = self.agent.get(&url);
-        if let Some(basic) = &basic {
-            request = request.header("Authorization", basic);
-        }
         let what = "GET token";
-        let mut response = request.call().map_err(|e| Self::transport(r, what, e))?;
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(1 << 16)
-            .read_to_vec()
-            .map_err(|e| Self::transport(r, what, e))?;
-        if status != 200 {
-            return Err(Self::status(r, what, status, &body));
+        let answer = self.exchange(r, what, "GET", &url, &[], &[], basic.as_deref(), MAX_TOKEN)?;
+        if answer.status != 200 {
+            return Err(Self::status(r, what, answer.status, &answer.body));
         }
-        let token: Value = serde_json::from_slice(&body)
+        if answer.body.len() as u64 > MAX_TOKEN {
+            return Err(refused(format!(
+                "{what}: the answer is more than {MAX_TOKEN} bytes"
+            )));
+        }
+        let token: Value = serde_json::from_slice(&answer.body)
             .map_err(|e| refused(format!("the token answer is not JSON: {e}")))?;
         let token = token["token"]
             .as_str()
             .or_else(|| token["access_token"].as_str())
             .ok_or_else(|| refused("the token answer holds no token".into()))?;
+        if token.bytes().any(|b| b.is_ascii_control()) {
+            return Err(refused("the token holds control characters".into()));
+        }
         Ok(format!("Bearer {token}"))
     }
 
+    /// `r`'s repository on its registry: over HTTPS, or plain HTTP for a loopback registry
+    /// or one named insecure.
     fn base(&self, r: &Reference) -> String {
-        let host = r
-            .registry
-            .rsplit_once(':')
-            .map_or(r.registry.as_str(), |(h, _)| h);
-        let loopback = host == "localhost"
-            || host
-                .trim_matches(|c| c == '[' || c == ']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        let plain = loopback || self.options.insecure.iter().any(|h| h == &r.registry);
+        let (host, _) = split_registry(&r.registry);
+        let plain = is_loopback(host)
+            || self
+                .options
+                .insecure
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&r.registry));
         let scheme = if plain { "http" } else { "https" };
         format!("{scheme}://{}/v2/{}", r.registry, r.repository)
+    }
+
+    /// The origin of `r`'s registry: the only one its login and tokens are sent to.
+    fn home(&self, r: &Reference) -> Result<Origin, OciError> {
+        Origin::of(&self.base(r)).ok_or_else(|| {
+            OciError::Refused(
+                format!("`{}` is not a registry host[:port]", r.registry),
+                r.to_string(),
+            )
+        })
     }
 
     fn transport(r: &Reference, what: &str, e: impl std::fmt::Display) -> OciError {
@@ -312,7 +532,7 @@ impl Registry {
         }
         if body.len() as u64 > limit {
             return Err(OciError::Refused(
-                format!("{what}: more than {limit} bytes"),
+                format!("{what}: the answer is more than {limit} bytes"),
                 r.to_string(),
             ));
         }
@@ -355,10 +575,16 @@ impl Registry {
         }
         let url = format!("{}/blobs/{digest}", self.base(r));
         let bytes = self.get(r, "GET blob", &url, size)?;
-        if bytes.len() as u64 != size || Digest::of(&bytes) != digest {
+        if bytes.len() as u64 != size {
             return Err(refused(format!(
-                "blob {digest} as served ({} bytes) does not match its digest and size ({size} bytes): refused",
+                "blob {digest} as served does not match its size: {} bytes, where its descriptor says {size}: refused",
                 bytes.len()
+            )));
+        }
+        let served = Digest::of(&bytes);
+        if served != digest {
+            return Err(refused(format!(
+                "blob {digest} as served does not match its digest: it hashes to {served}: refused"
             )));
         }
         Ok(bytes)
@@ -406,9 +632,10 @@ impl Registry {
         })
     }
 
-    /// [`Registry::pull`], keeping what it pulls in `cache`; when the registry cannot be
-    /// reached at all (not when it answers with an error or with bytes that fail their
-    /// checks), the module `r` was last pulled as, from the cache. The flag says which.
+    /// [`Registry::pull`], keeping what it pulls in `cache`; when the registry is unreachable
+    /// ([`OciError::unreachable`]: no connection, no answer in time, or a 5xx), the module
+    /// `r` was last pulled as, from the cache, and the log says so. An answer that fails a
+    /// check is an error, cache or not. The flag says whether the cache stood in.
     pub fn pull_or_cached(
         &self,
         r: &Reference,
@@ -423,14 +650,14 @@ impl Registry {
                 }
                 Ok((pulled, false))
             }
-            Err(e @ OciError::Transport { .. }) => match cache.and_then(|c| c.load(r)) {
+            Err(e) if e.unreachable() => match cache.and_then(|c| c.load(r)) {
                 Some((manifest, module)) => {
                     tracing::warn!(
                         event = "pull",
                         reference = %r,
                         manifest = %manifest,
                         error = %e,
-                        "the registry cannot be reached: using the module cached for {r}"
+                        "the registry is unreachable or failing: using the module cached for {r} ({manifest})"
                     );
                     Ok((
                         Pulled {
@@ -509,12 +736,16 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| OciError::Refused("an upload without a Location".into(), r.to_string()))?
             .to_owned();
-        let location = if location.starts_with('/') {
-            let origin = base.split("/v2/").next().unwrap_or_default();
-            format!("{origin}{location}")
-        } else {
-            location
-        };
+        // The upload may live on another host (a storage service): the PUT goes there
+        // without the registry's login (`send` sends it to the registry's origin only).
+        let location = resolve(&url, &location).ok_or_else(|| {
+            OciError::Refused(
+                format!(
+                    "{what}: an upload Location `{location}` that is not an http(s) URL or path"
+                ),
+                r.to_string(),
+            )
+        })?;
         let join = if location.contains('?') { '&' } else { '?' };
         let what = "PUT blob";
         let url = format!("{location}{join}digest={digest}");
@@ -525,6 +756,40 @@ impl Registry {
         }
         Ok(digest)
     }
+}
+
+/// Whether a failure to get an answer's head says the registry is unreachable (no name, no
+/// connection, a timeout, the connection cut) rather than that what it sent fails a check
+/// (broken framing, an oversized head, a TLS handshake that fails: rustls reports those as
+/// I/O errors of kind `InvalidData`).
+fn unreachable(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        ureq::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
+}
+
+/// Where a `Location` sent in answer to `from` points: an absolute http(s) URL, a
+/// scheme-relative one, or an absolute path on `from`'s origin. Relative paths and other
+/// schemes are not followed.
+fn resolve(from: &str, location: &str) -> Option<String> {
+    let lower = location.to_ascii_lowercase();
+    let absolute = if lower.starts_with("http://") || lower.starts_with("https://") {
+        location.to_owned()
+    } else if location.starts_with("//") {
+        let scheme = if Origin::of(from)?.https {
+            "https:"
+        } else {
+            "http:"
+        };
+        format!("{scheme}{location}")
+    } else if location.starts_with('/') {
+        format!("{}{location}", Origin::of(from)?.base())
+    } else {
+        return None;
+    };
+    Origin::of(&absolute).map(|_| absolute)
 }
 
 /// `plugin.wasm` out of a tar+gzip layer, at most `limit` bytes unpacked.
@@ -609,5 +874,60 @@ mod tests {
             ]
         );
         assert_eq!(challenge_params("realm=x, service=y")[1].1, "y");
+    }
+
+    #[test]
+    fn a_failed_handshake_or_broken_framing_is_not_an_unreachable_registry() {
+        use std::io::{Error, ErrorKind};
+        for down in [
+            ureq::Error::ConnectionFailed,
+            ureq::Error::HostNotFound,
+            ureq::Error::Timeout(ureq::Timeout::Connect),
+            ureq::Error::Io(Error::from(ErrorKind::ConnectionRefused)),
+            ureq::Error::Io(Error::from(ErrorKind::ConnectionReset)),
+        ] {
+            assert!(unreachable(&down), "{down}");
+        }
+        for wrong in [
+            ureq::Error::Io(Error::new(
+                ErrorKind::InvalidData,
+                "invalid peer certificate",
+            )),
+            ureq::Error::LargeResponseHeader(1 << 20, 64 << 10),
+            ureq::Error::BodyExceedsLimit(1 << 20),
+            ureq::Error::TooManyRedirects,
+        ] {
+            assert!(!unreachable(&wrong), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn locations_resolve_on_the_origin_they_came_from() {
+        let from = "http://127.0.0.1:5000/v2/p/blobs/uploads/";
+        assert_eq!(
+            resolve(from, "/v2/p/blobs/uploads/1?s=x").as_deref(),
+            Some("http://127.0.0.1:5000/v2/p/blobs/uploads/1?s=x")
+        );
+        assert_eq!(
+            resolve(from, "//storage:9000/b").as_deref(),
+            Some("http://storage:9000/b")
+        );
+        assert_eq!(
+            resolve(from, "HTTPS://storage/b").as_deref(),
+            Some("HTTPS://storage/b")
+        );
+        for refused in [
+            "uploads/1",
+            "ftp://storage/b",
+            "http://user:pw@storage/b",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(resolve(from, refused), None, "{refused}");
+        }
+        let a = Origin::of("http://LocalHost:80/x").unwrap();
+        assert_eq!(a, Origin::of("http://localhost/y").unwrap());
+        assert_ne!(a, Origin::of("https://localhost:80/x").unwrap());
+        assert_ne!(a, Origin::of("http://localhost:81/x").unwrap());
+        assert!(a.named("localhost") && a.named("LOCALHOST:80") && !a.named("localhost:81"));
     }
 }

@@ -408,7 +408,11 @@ fn a_registry_with_a_basic_login() {
     assert!(e.contains("asks for a login"), "{e}");
     let login = |password: &str| {
         Registry::new(RegistryOptions {
-            credentials: [("*".to_owned(), ("fleet".to_owned(), password.to_owned()))].into(),
+            credentials: [(
+                format!("127.0.0.1:{}", registry.port),
+                ("fleet".to_owned(), password.to_owned()),
+            )]
+            .into(),
             ..RegistryOptions::default()
         })
     };
@@ -429,7 +433,7 @@ fn a_registry_with_a_basic_login() {
     let out = flowgate(
         &[
             "--registry-credentials",
-            creds.to_str().unwrap(),
+            &format!("127.0.0.1:{}={}", registry.port, creds.display()),
             "info",
             "--module",
             &tagged,
@@ -836,8 +840,15 @@ fn a_registry_with_bearer_tokens() {
     let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
     // No login: the token service refuses, and so the push.
     assert!(client().push(&reference, DEFAULT_MODULE, config).is_err());
+    // The token service is plain HTTP on another port: the login goes there only when that
+    // host is named insecure.
     let login = Registry::new(RegistryOptions {
-        credentials: [("*".to_owned(), ("fleet".to_owned(), "s3cret".to_owned()))].into(),
+        credentials: [(
+            format!("127.0.0.1:{}", registry.port),
+            ("fleet".to_owned(), "s3cret".to_owned()),
+        )]
+        .into(),
+        insecure: vec![format!("127.0.0.1:{token_port}")],
         ..RegistryOptions::default()
     });
     let digest = login.push(&reference, DEFAULT_MODULE, config).unwrap();
