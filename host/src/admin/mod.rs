@@ -421,10 +421,23 @@ fn pull(
         .map_err(|_| "the reference is not UTF-8 text".to_owned())?
         .trim();
     let reference = crate::oci::Reference::parse(text)?;
-    let (pulled, _) = shared
-        .registry
-        .pull_or_cached(&reference, shared.cache.as_ref())
-        .map_err(|e| e.to_string())?;
+    // A digest names the same bytes in the cache as in the registry; a tag's last digest in
+    // the cache is only what it was: an operator naming a tag gets what it names now, or an
+    // error.
+    let pulled = match reference.digest {
+        Some(_) => shared
+            .registry
+            .pull_or_cached(&reference, shared.cache.as_ref())
+            .map(|(pulled, _)| pulled),
+        None => shared.registry.pull(&reference).inspect(|pulled| {
+            if let Some(cache) = &shared.cache
+                && let Err(e) = cache.store(&reference, &pulled.manifest, &pulled.module)
+            {
+                tracing::warn!(error = %e, "the pulled module could not be cached");
+            }
+        }),
+    }
+    .map_err(|e| e.to_string())?;
     Ok((pulled.module, reference, pulled.manifest))
 }
 

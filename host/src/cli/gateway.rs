@@ -136,6 +136,23 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
             rate: args.rate,
         },
     };
+    // The tag is followed from before the admin API answers, so that no operator's change can
+    // come before the watch that it must pause.
+    let watched = match (&from_registry, args.pull_interval) {
+        (Some(text), Some(_)) => {
+            let reference =
+                flowgate_host::oci::Reference::parse(text).map_err(anyhow::Error::msg)?;
+            if reference.digest.is_some() {
+                bail!(
+                    "--pull-interval watches a tag; {text} is pinned to a digest and never moves"
+                );
+            }
+            gateway.watch_tag(&reference)?;
+            Some(reference)
+        }
+        (None, Some(_)) => bail!("--pull-interval needs --module oci://HOST/REPO:TAG"),
+        _ => None,
+    };
     let admin = admin::AdminServer::start(
         gateway.clone(),
         admin::AdminOptions {
@@ -149,9 +166,13 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         gateway.options().workers,
         admin.endpoint()
     );
+    // SIGHUP reads the files again: the configuration, and the module when it is a file. A
+    // module from a registry is not pulled again here: its tag is the watch's to follow, and
+    // the operator's to change (`flowgate swap oci://...`).
     let mut reread = || -> Result<(Option<Vec<u8>>, String)> {
         let config = read_config()?;
         let module = match &args.module {
+            Some(_) if from_registry.is_some() => None,
             Some(path) => Some(read_module(path)?.0),
             None => None,
         };
@@ -159,16 +180,8 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     };
     // Watching a tag: in a thread of its own, off the packet path, until serving stops.
     let watching = Arc::new(AtomicBool::new(false));
-    let watcher = match (&from_registry, args.pull_interval) {
-        (Some(text), Some(interval)) => {
-            let reference =
-                flowgate_host::oci::Reference::parse(text).map_err(anyhow::Error::msg)?;
-            if reference.digest.is_some() {
-                bail!(
-                    "--pull-interval watches a tag; {text} is pinned to a digest and never moves"
-                );
-            }
-            gateway.watch_tag(&reference)?;
+    let watcher = match (watched, args.pull_interval) {
+        (Some(reference), Some(interval)) => {
             let (gateway, stop) = (gateway.clone(), watching.clone());
             let registry =
                 flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
@@ -189,7 +202,6 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
                     })?,
             )
         }
-        (None, Some(_)) => bail!("--pull-interval needs --module oci://HOST/REPO:TAG"),
         _ => None,
     };
     let served = serve(
@@ -199,7 +211,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         &mut reread,
     );
     // Shutdown does not wait on the registry: the watch stops at once, or, in the middle of a
-    // request, is left behind (it publishes nothing once `watching` is set) and ends with the
+    // request, is left behind (it starts no swap once `watching` is set) and ends with the
     // process. The admin socket goes first, so a gateway started meanwhile can take it.
     watching.store(true, std::sync::atomic::Ordering::Release);
     drop(admin);

@@ -125,14 +125,13 @@ pub fn registry_options(cli: &Cli) -> Result<RegistryOptions> {
         }
     }
     for given in &cli.registry_credentials {
-        let (registry, path) = given
-            .split_once('=')
-            .filter(|(registry, _)| check_registry(registry).is_ok())
-            .with_context(|| {
-                format!(
-                    "--registry-credentials {given}: name the registry the login is for, as HOST[:PORT]=FILE (a login is sent to its own registry only)"
-                )
-            })?;
+        let (registry, path) = given.split_once('=').with_context(|| {
+            format!(
+                "--registry-credentials {given}: name the registry the login is for, as HOST[:PORT]=FILE (a login is sent to its own registry only)"
+            )
+        })?;
+        check_registry(registry)
+            .map_err(|e| anyhow::anyhow!("--registry-credentials {given}: {e}"))?;
         let path = Path::new(path);
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

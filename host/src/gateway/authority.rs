@@ -8,13 +8,17 @@
 //!   digest), which is asking to follow the tag again.
 //! - **The watch follows moves, never restores.** It acts only when the tag resolves to a
 //!   digest it has not acted on: an unmoved tag is never pulled again, whatever serves.
-//! - **A digest that failed is not taken again.** One the gateway refused (the module, its
-//!   configuration or its canary) or auto-reverted is quarantined: the watch skips it until
-//!   the tag moves to another digest.
+//! - **A digest that failed is not taken again.** One the gateway refused for what the module
+//!   is (not a component, the wrong world, its configuration or its canary refused) or
+//!   auto-reverted is quarantined: the watch never takes it again (the last
+//!   [`MAX_QUARANTINED`] such digests), whatever the tag does; an operator still can.
 //!
-//! Every decision is taken under the gateway's swap lock, so an operator's change and a
-//! watch's swap cannot interleave: the watch checks its state again after its pull, before it
-//! publishes.
+//! Every change of the state is made under the gateway's swap lock, so an operator's change
+//! and a watch's swap cannot interleave: the watch asks before it pulls (so that a paused watch
+//! asks the registry nothing) and again, under the lock, before it publishes.
+//!
+//! The state lives in the process: a gateway restarted follows its tag afresh (its
+//! `--module` is what an operator chose for it at start).
 
 use std::collections::VecDeque;
 
@@ -27,6 +31,7 @@ const MAX_QUARANTINED: usize = 64;
 /// A tag the gateway follows, and the state of following it.
 #[derive(Debug, Clone)]
 pub(super) struct TagWatch {
+    tag: Reference,
     status: WatchStatus,
 }
 
@@ -100,11 +105,19 @@ pub enum WatchError {
     /// A watch is given a reference pinned to a digest, which never moves.
     #[error("{0} is pinned to a digest and never moves: a watch follows a tag")]
     Pinned(String),
+    /// The gateway follows a tag already.
+    #[error("this gateway follows {0} already")]
+    AlreadyWatching(String),
 }
 
-/// The tag of `r` without its digest: what two references of the same tag share.
+/// Whether `a` and `b` name one repository of one registry (host names compare without case).
+fn same_repository(a: &Reference, b: &Reference) -> bool {
+    a.registry.eq_ignore_ascii_case(&b.registry) && a.repository == b.repository
+}
+
+/// Whether `a` and `b` name one tag (digests aside).
 fn same_tag(a: &Reference, b: &Reference) -> bool {
-    a.tag.is_some() && a.registry == b.registry && a.repository == b.repository && a.tag == b.tag
+    a.tag.is_some() && same_repository(a, b) && a.tag == b.tag
 }
 
 impl TagWatch {
@@ -144,7 +157,7 @@ impl TagWatch {
 /// The digest a release's module was pulled as, when it came from `tag`'s repository.
 fn pulled_digest(release: &Release, tag: &Reference) -> Option<Digest> {
     let source = Reference::parse(release.source.as_deref()?).ok()?;
-    (source.registry == tag.registry && source.repository == tag.repository)
+    same_repository(&source, tag)
         .then_some(source.digest)
         .flatten()
 }
@@ -157,8 +170,16 @@ impl Gateway {
         if tag.digest.is_some() || tag.tag.is_none() {
             return Err(WatchError::Pinned(tag.to_string()));
         }
+        let _one_at_a_time = lock(&self.swap_lock);
+        let mut watch = lock(&self.watch);
+        if let Some(watching) = watch.as_ref() {
+            return Err(WatchError::AlreadyWatching(
+                watching.status.reference.clone(),
+            ));
+        }
         let acted = pulled_digest(&self.current(), tag);
-        *lock(&self.watch) = Some(TagWatch {
+        *watch = Some(TagWatch {
+            tag: tag.clone(),
             status: WatchStatus {
                 reference: tag.to_string(),
                 paused: None,
@@ -223,12 +244,9 @@ impl Gateway {
     pub(super) fn after_publish(&self, release: &Release, follows: Option<(&Reference, Digest)>) {
         let mut watch = lock(&self.watch);
         let Some(watch) = watch.as_mut() else { return };
-        let Ok(tag) = Reference::parse(&watch.status.reference) else {
-            return;
-        };
         if let Some((asked, digest)) = follows
             && asked.digest.is_none()
-            && same_tag(asked, &tag)
+            && same_tag(asked, &watch.tag)
         {
             watch.status.acted = Some(digest);
             if let Some(pause) = watch.status.paused.take() {
@@ -274,11 +292,8 @@ impl Gateway {
     pub(super) fn quarantine_reverted(&self, from: &Release) {
         let mut watch = lock(&self.watch);
         let Some(watch) = watch.as_mut() else { return };
-        let Ok(tag) = Reference::parse(&watch.status.reference) else {
-            return;
-        };
         if from.origin == Origin::TagWatch
-            && let Some(digest) = pulled_digest(from, &tag)
+            && let Some(digest) = pulled_digest(from, &watch.tag)
         {
             watch.quarantine(digest, "auto-revert".into(), Some(from.generation));
         }

@@ -152,7 +152,8 @@ pub struct Gateway {
     next_generation: AtomicU64,
     counters: Vec<Mutex<Counters>>,
     events: Mutex<Events>,
-    /// The module's own faults in the fault window, with their reasons.
+    /// The serving release's own faults in the fault window, with their reasons (cleared at
+    /// every publication: a release answers only for its own faults).
     recent_faults: Mutex<VecDeque<(Instant, &'static str)>>,
     /// The tag the gateway follows, when it follows one.
     watch: Mutex<Option<authority::TagWatch>>,
@@ -268,25 +269,6 @@ impl Gateway {
             config,
             if_match,
             pulled: None,
-        })
-    }
-
-    /// [`Gateway::swap`] with a module pulled from `source` (its reference, pinned to the
-    /// manifest's digest).
-    pub fn swap_from(
-        &self,
-        module: Option<&[u8]>,
-        config: Option<&str>,
-        if_match: Option<&str>,
-        source: Option<String>,
-    ) -> Result<Arc<Release>, SwapError> {
-        let pinned = source.as_deref().and_then(|s| Reference::parse(s).ok());
-        let pulled = pinned.as_ref().and_then(|r| Some((r, r.digest?)));
-        self.change(Change {
-            module,
-            config,
-            if_match,
-            pulled,
         })
     }
 
@@ -413,7 +395,11 @@ impl Gateway {
         match self.swap_locked(change, Origin::TagWatch, why) {
             Ok(release) => Ok(Some(release)),
             Err(e) => {
-                self.quarantine_refused(digest, e.reason().as_str());
+                // What the module is, not what the machine had to spare: a capacity or start
+                // failure is tried again after the backoff.
+                if !matches!(e.reason(), Refusal::Capacity | Refusal::StartFailed) {
+                    self.quarantine_refused(digest, e.reason().as_str());
+                }
                 Err(e)
             }
         }
@@ -497,6 +483,7 @@ impl Gateway {
             .entry(release.cause.as_str())
             .or_default() += 1;
         self.current.store(release.clone());
+        lock(&self.recent_faults).clear();
         self.after_publish(&release, follows);
         release
     }
@@ -637,18 +624,25 @@ impl Gateway {
         }
         let trip = {
             let mut recent = lock(&self.recent_faults);
+            // A batch of a release no longer serving (workers move at their next batch) says
+            // nothing about the one that serves now.
+            if self.current().generation != generation {
+                return;
+            }
             recent.push_back((now, fault.reason()));
+            while recent.len() > self.options.fault_limit.max(1) {
+                recent.pop_front();
+            }
             while recent
                 .front()
                 .is_some_and(|&(t, _)| now.duration_since(t) > self.options.fault_window)
             {
                 recent.pop_front();
             }
-            (recent.len() >= self.options.fault_limit && self.current().generation == generation)
-                .then(|| authority::faults_sentence(&recent))
+            recent.len() >= self.options.fault_limit
         };
-        let Some(faults) = trip else { return };
-        if !self.reverting.swap(true, Ordering::AcqRel) {
+        if trip && !self.reverting.swap(true, Ordering::AcqRel) {
+            let faults = authority::faults_sentence(&lock(&self.recent_faults));
             let gateway = self.clone();
             let why = format!(
                 "{faults} in {:?} in generation {generation}",

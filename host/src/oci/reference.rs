@@ -166,7 +166,12 @@ pub(crate) fn split_registry(registry: &str) -> (&str, Option<&str>) {
         return match registry.find(']') {
             Some(end) => {
                 let (host, rest) = registry.split_at(end + 1);
-                (host, rest.strip_prefix(':'))
+                match rest.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    // Text after the brackets that is no port: the whole is no host.
+                    None if !rest.is_empty() => (registry, None),
+                    None => (host, None),
+                }
             }
             None => (registry, None),
         };
@@ -314,6 +319,8 @@ mod tests {
             "oci://[127.0.0.1]:5000/p:t",
             "oci://::1:5000/p:t",
             "oci://[::1/p:t",
+            "oci://[::1]x/p:t",
+            "oci://[::1]x:5000/p:t",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }

@@ -376,6 +376,20 @@ impl Registry {
         })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        if status >= 500 {
+            // The registry failed: the status says what matters (fail-static may stand in), so
+            // its error page is read only in part, and may be cut or overlong.
+            let mut page = Vec::new();
+            let _ = std::io::Read::read_to_end(
+                &mut std::io::Read::take(response.body_mut().as_reader(), 4096),
+                &mut page,
+            );
+            return Ok(Answer {
+                status,
+                headers,
+                body: page,
+            });
+        }
         let body = response
             .body_mut()
             .with_config()
