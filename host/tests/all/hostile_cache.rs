@@ -398,3 +398,68 @@ fn a_cache_below_a_folder_another_user_can_write_is_not_used() {
     assert!(entries(&target) > 0, "the artifact was cached");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `replay`'s outputs never share a file, however they are named: `--drops` a dangling
+/// symlink to `--out` (directly, through `..`, or through another dangling symlink) is
+/// refused and nothing is left behind; existing files named twice are refused unchanged.
+#[test]
+fn replay_never_loses_the_drops_to_a_symlink() {
+    let dir = scratch("replay");
+    let input = crate::repo().join("fixtures/pcap/gateway.pcap");
+    let config = crate::repo().join("fixtures/pcap/config.yaml");
+    let replay = |extra: &[&Path]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
+        command
+            .current_dir(crate::repo())
+            .args(["replay", "--no-cache", "--config"])
+            .arg(&config)
+            .arg("--pcap")
+            .arg(&input);
+        for (flag, path) in ["--out", "--drops", "--ambiguous"].iter().zip(extra) {
+            command.arg(flag).arg(path);
+        }
+        command.output().unwrap()
+    };
+    let out = dir.join("out.pcap");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let cases: [(&str, PathBuf); 3] = [
+        ("out.pcap", dir.join("drops.pcap")),
+        ("sub/../out.pcap", dir.join("drops-up.pcap")),
+        ("hop.pcap", dir.join("drops-hop.pcap")),
+    ];
+    symlink("out.pcap", dir.join("hop.pcap")).unwrap();
+    for (target, drops) in &cases {
+        symlink(target, drops).unwrap();
+        let result = replay(&[&out, drops]);
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{target}: {err}");
+        assert!(
+            err.contains("--drops") && err.contains("is the same file as --out"),
+            "{target}: {err}"
+        );
+        assert!(!out.exists(), "{target}: nothing is left behind");
+    }
+    // Existing outputs named twice (one through a symlink) keep their bytes.
+    std::fs::write(&out, b"an earlier capture").unwrap();
+    let ambiguous = dir.join("ambiguous.pcap");
+    std::fs::write(&ambiguous, b"another").unwrap();
+    let result = replay(&[&ambiguous, &dir.join("drops.pcap"), &out]);
+    assert!(!result.status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), b"an earlier capture");
+    assert_eq!(std::fs::read(&ambiguous).unwrap(), b"another");
+    // Distinct outputs are written, the existing ones from their start.
+    std::fs::remove_file(dir.join("drops.pcap")).unwrap();
+    let drops = dir.join("drops.pcap");
+    let result = replay(&[&out, &drops]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let frames = |path: &Path| {
+        let mut reader = flowgate_host::io::pcap::CaptureReader::open(path).unwrap();
+        std::iter::from_fn(|| reader.next_frame()).count()
+    };
+    assert!(frames(&out) > 0 && frames(&drops) > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
