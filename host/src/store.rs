@@ -205,7 +205,7 @@ impl PrivateDir {
 /// Writes `path`, in `dir`, whole or not at all: the bytes go to a temporary file made
 /// exclusively (`O_EXCL`, mode 0600, a random name: never through a symlink) and are synced,
 /// then the file is renamed over `path` (which replaces a symlink there, never its target).
-pub fn write_whole(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+fn write_whole(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp")
         .tempfile_in(dir)
