@@ -2,6 +2,8 @@
 //! `wit/policy.wit`) with wasmtime, feeds them batches of packets and applies the verdicts.
 //!
 //! By layer, each leaning only on the ones above it:
+//! - [`store`]: private folders for what flowgate made itself (its caches): checked, sealed
+//!   with a key of their own, written whole.
 //! - [`policy`]: what judges a batch ([`Policy`]): the library natively ([`NativePolicy`]) or
 //!   a module; the [`PolicyFault`] a batch ends with.
 //! - [`wasm`]: wasmtime set up for a dataplane ([`wasm::Runtime`]); loading, checking and
@@ -64,6 +66,7 @@ pub mod io;
 pub mod kit;
 pub mod oci;
 pub mod policy;
+pub mod store;
 pub mod wasm;
 
 pub use policy::{NativePolicy, Policy, PolicyFault};

@@ -273,9 +273,20 @@ pub fn cmd_push(module: &Path, reference: &str) -> Result<ExitCode> {
 /// all).
 pub fn cmd_pull(reference: &str, output: &Path) -> Result<ExitCode> {
     let (bytes, pinned) = read_module(Path::new(reference))?;
-    let tmp = output.with_extension("part");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
+    // A temporary file made exclusively under a random name beside the output (never through a
+    // symlink left at a name it might take), with the usual permissions, then renamed.
+    let dir = output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let writing = || format!("writing {}", output.display());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".flowgate-pull")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .with_context(writing)?;
+    std::io::Write::write_all(&mut tmp, &bytes).with_context(writing)?;
+    tmp.persist(output).with_context(writing)?;
     outln!("{pinned}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -221,20 +221,26 @@ pub fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCod
         }
         (None, vni) => vni,
     };
-    distinct_paths(
+    let mut files = open_outputs(
         &args.pcap,
         &[
             ("--out", args.out.as_deref()),
             ("--drops", args.drops.as_deref()),
             ("--ambiguous", args.ambiguous.as_deref()),
         ],
-    )?;
+    )?
+    .into_iter();
     let mut input = CaptureReader::open(&args.pcap)?;
-    let create = |p: &Option<PathBuf>| p.as_deref().map(CaptureWriter::create).transpose();
+    let mut create = |p: &Option<PathBuf>| -> Result<Option<CaptureWriter>> {
+        match (files.next().flatten(), p) {
+            (Some(file), Some(path)) => Ok(Some(CaptureWriter::new(file, path)?)),
+            _ => Ok(None),
+        }
+    };
     let mut outputs = Outputs {
         allowed: create(&args.out)?,
-        ambiguous: create(&args.ambiguous)?,
         dropped: create(&args.drops)?,
+        ambiguous: create(&args.ambiguous)?,
     };
     // A progress bar for long captures, on a terminal only.
     let size = fs::metadata(&args.pcap).map(|m| m.len()).unwrap_or(0);
@@ -330,36 +336,63 @@ pub fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// Refuses outputs that would overwrite the input or each other: the same path, however
-/// written, or another name of the same file.
-pub fn distinct_paths(input: &Path, outputs: &[(&str, Option<&Path>)]) -> Result<()> {
+/// Opens the outputs, in order, refusing any that is the input or another output however it
+/// is named (a symlink, even one to a file that does not exist yet, a hard link, `..`):
+/// each is opened first (created when absent, nothing truncated) and the files compared by
+/// device and inode. Only when all are distinct are existing ones emptied; on a refusal the
+/// files this made are removed, and nothing else was changed.
+pub fn open_outputs(
+    input: &Path,
+    outputs: &[(&str, Option<&Path>)],
+) -> Result<Vec<Option<fs::File>>> {
     use std::os::unix::fs::MetadataExt;
-    // A file's identity: device and inode when it exists, else its resolved path.
-    let identity = |path: &Path| -> (Option<(u64, u64)>, PathBuf) {
-        let meta = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-        let resolved = fs::canonicalize(path).unwrap_or_else(|_| {
-            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-            let dir = parent.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            fs::canonicalize(&dir)
-                .unwrap_or(dir)
-                .join(path.file_name().unwrap_or_default())
-        });
-        (meta, resolved)
-    };
-    let same = |a: &(Option<(u64, u64)>, PathBuf), b: &(Option<(u64, u64)>, PathBuf)| {
-        matches!((a.0, b.0), (Some(x), Some(y)) if x == y) || a.1 == b.1
-    };
-    let mut seen = vec![("--pcap", identity(input))];
-    for (flag, path) in outputs {
-        let Some(path) = path else { continue };
-        let id = identity(path);
-        if let Some((other, _)) = seen.iter().find(|(_, s)| same(s, &id)) {
-            bail!(
-                "{flag} {} is the same file as {other}: refused, nothing was written",
-                path.display()
-            );
-        }
-        seen.push((flag, id));
+    let identity = |m: &fs::Metadata| (m.dev(), m.ino());
+    let mut seen: Vec<(&str, (u64, u64))> = Vec::new();
+    if let Ok(meta) = fs::metadata(input) {
+        seen.push(("--pcap", identity(&meta)));
     }
-    Ok(())
+    let mut made: Vec<PathBuf> = Vec::new();
+    let mut files = Vec::with_capacity(outputs.len());
+    let opened = (|| -> Result<()> {
+        for &(flag, path) in outputs {
+            let Some(path) = path else {
+                files.push(None);
+                continue;
+            };
+            let existed = fs::metadata(path).is_ok();
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .with_context(|| format!("{flag} {}: cannot be written", path.display()))?;
+            if !existed {
+                // Where it was made: a symlink's target, not the link.
+                made.push(fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()));
+            }
+            let id = identity(&file.metadata()?);
+            if let Some((other, _)) = seen.iter().find(|(_, s)| *s == id) {
+                bail!(
+                    "{flag} {} is the same file as {other}: refused, nothing was written",
+                    path.display()
+                );
+            }
+            seen.push((flag, id));
+            files.push(Some(file));
+        }
+        for file in files.iter().flatten() {
+            // Pipes and terminals (`/dev/stdout`) have nothing to empty.
+            if file.metadata()?.is_file() {
+                file.set_len(0)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = opened {
+        for path in &made {
+            let _ = fs::remove_file(path);
+        }
+        return Err(e);
+    }
+    Ok(files)
 }

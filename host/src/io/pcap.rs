@@ -175,11 +175,16 @@ pub struct CaptureWriter {
 impl CaptureWriter {
     /// Creates `path`.
     pub fn create(path: &Path) -> Result<CaptureWriter, CaptureError> {
-        let file = path.display().to_string();
         let out = File::create(path).map_err(|source| CaptureError::Io {
-            file: file.clone(),
+            file: path.display().to_string(),
             source,
         })?;
+        CaptureWriter::new(out, path)
+    }
+
+    /// Writes to `out`, already open (and empty), named `path` in errors.
+    pub fn new(out: File, path: &Path) -> Result<CaptureWriter, CaptureError> {
+        let file = path.display().to_string();
         let header = PcapHeader {
             snaplen: 262_144,
             ..PcapHeader::default()

@@ -1,11 +1,18 @@
 //! Pulled modules kept on disk by manifest digest, so that a gateway restarted while its
-//! registry is down starts from the module it last pulled (fail-static). An entry is the
-//! module followed by sha256(manifest digest ++ module): an entry copied, altered or cut is
-//! not loaded. A tag remembers the digest it last resolved to.
+//! registry is down starts from the module it last pulled (fail-static). The folder is a
+//! [`PrivateDir`]: one another user could change is refused and never read. An entry is the
+//! module followed by its seal under the folder's key, bound to the manifest digest; a tag
+//! remembers the digest it last resolved to, sealed with the tag's name. An entry copied,
+//! altered, cut or made without the key is not loaded.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{Digest, Reference};
+use crate::store::{PrivateDir, SEAL_BYTES, StoreError};
+
+/// The largest entry read back: a module over it could not have been pulled (the registry's
+/// limit is far below), so it is not read.
+const MAX_ENTRY_BYTES: u64 = 1 << 30;
 
 /// The cache folder (created 0700).
 #[derive(Debug, Clone)]
@@ -14,66 +21,93 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// A cache in `dir`.
+    /// A cache in `dir`, checked each time it is used.
     pub fn new(dir: PathBuf) -> Cache {
         Cache { dir }
     }
 
-    fn entry(&self, manifest: &Digest) -> PathBuf {
-        self.dir.join(format!(
-            "{}.module",
-            &manifest.to_string()["sha256:".len()..]
-        ))
+    fn entry(manifest: &Digest) -> String {
+        format!("{}.module", &manifest.to_string()["sha256:".len()..])
     }
 
-    fn tag_file(&self, r: &Reference) -> Option<PathBuf> {
+    fn tag_key(r: &Reference) -> Option<String> {
         let tag = r.tag.as_ref()?;
-        let key = Digest::of(format!("{}/{}:{tag}", r.registry, r.repository).as_bytes());
-        Some(
-            self.dir
-                .join("tags")
-                .join(&key.to_string()["sha256:".len()..]),
-        )
+        Some(format!("{}/{}:{tag}", r.registry, r.repository))
     }
 
-    fn seal(manifest: &Digest, module: &[u8]) -> Digest {
-        let mut bytes = manifest.0.to_vec();
-        bytes.extend_from_slice(module);
-        Digest::of(&bytes)
+    fn tag_file(key: &str) -> String {
+        Digest::of(key.as_bytes()).to_string()["sha256:".len()..].to_owned()
     }
 
     /// Keeps `module`, pulled as `manifest` for `r` (whose tag now resolves to it).
-    pub fn store(&self, r: &Reference, manifest: &Digest, module: &[u8]) -> std::io::Result<()> {
-        crate::wasm::create_private_dir(&self.dir.join("tags"))?;
+    pub fn store(&self, r: &Reference, manifest: &Digest, module: &[u8]) -> Result<(), StoreError> {
+        let dir = PrivateDir::open(&self.dir)?;
         let mut entry = module.to_vec();
-        entry.extend_from_slice(&Self::seal(manifest, module).0);
-        write_whole(&self.entry(manifest), &entry)?;
-        if let Some(tag_file) = self.tag_file(r) {
-            write_whole(&tag_file, manifest.to_string().as_bytes())?;
+        entry.extend_from_slice(&dir.seal(&[b"module".as_slice(), &manifest.0, module]));
+        dir.write(&Self::entry(manifest), &entry)?;
+        if let Some(key) = Self::tag_key(r) {
+            let text = manifest.to_string();
+            let mut tag = text.as_bytes().to_vec();
+            tag.extend_from_slice(&dir.seal(&[b"tag".as_slice(), key.as_bytes(), text.as_bytes()]));
+            dir.subdir("tags")?.write(&Self::tag_file(&key), &tag)?;
         }
         Ok(())
     }
 
     /// The module `r` was last pulled as, when the cache has it intact: by its pinned digest,
-    /// or by the digest its tag last resolved to.
+    /// or by the digest its tag last resolved to. A refused folder, or an entry this cache did
+    /// not seal, gives nothing, with a warning.
     pub fn load(&self, r: &Reference) -> Option<(Digest, Vec<u8>)> {
+        let dir = match PrivateDir::open(&self.dir) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(
+                    event = "cache-refused",
+                    error = %e,
+                    "the module cache is not used: no module is taken from it"
+                );
+                return None;
+            }
+        };
         let manifest = match r.digest {
             Some(d) => d,
             None => {
-                let text = std::fs::read_to_string(self.tag_file(r)?).ok()?;
-                Digest::parse(text.trim()).ok()?
+                let key = Self::tag_key(r)?;
+                let tags = dir.subdir("tags").map_err(warn_unread).ok()?;
+                let tag = tags
+                    .read(&Self::tag_file(&key), 1024)
+                    .map_err(warn_unread)
+                    .ok()??;
+                let (text, seal) = tag.split_at(tag.len().checked_sub(SEAL_BYTES)?);
+                if !dir.verify(&[b"tag".as_slice(), key.as_bytes(), text], seal) {
+                    warn_unsealed(&tags.path().join(Self::tag_file(&key)));
+                    return None;
+                }
+                Digest::parse(std::str::from_utf8(text).ok()?).ok()?
             }
         };
-        let entry = std::fs::read(self.entry(&manifest)).ok()?;
-        let split = entry.len().checked_sub(32)?;
-        let (module, seal) = entry.split_at(split);
-        (Self::seal(&manifest, module).0[..] == *seal).then(|| (manifest, module.to_vec()))
+        let name = Self::entry(&manifest);
+        let entry = dir
+            .read(&name, MAX_ENTRY_BYTES)
+            .map_err(warn_unread)
+            .ok()??;
+        let (module, seal) = entry.split_at(entry.len().checked_sub(SEAL_BYTES)?);
+        if !dir.verify(&[b"module".as_slice(), &manifest.0, module], seal) {
+            warn_unsealed(&dir.path().join(name));
+            return None;
+        }
+        Some((manifest, module.to_vec()))
     }
 }
 
-/// Writes `path` whole or not at all.
-fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+fn warn_unread(e: StoreError) {
+    tracing::warn!(event = "cache-unreadable", error = %e, "a module cache entry is not read");
+}
+
+fn warn_unsealed(path: &std::path::Path) {
+    tracing::warn!(
+        event = "cache-unsealed",
+        path = %path.display(),
+        "a module cache entry does not carry this cache's seal (altered, copied in, or made without its key): ignored"
+    );
 }

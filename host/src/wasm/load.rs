@@ -3,9 +3,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -15,6 +13,7 @@ use super::bindings::PolicyPre;
 use super::instance::{HostState, instantiate};
 use super::{FILTER_INTERFACE, Runtime, WIT_VERSION};
 use crate::hex;
+use crate::store::{PrivateDir, SEAL_BYTES};
 
 /// Why a file was refused as a policy module.
 #[derive(Debug, thiserror::Error)]
@@ -85,67 +84,104 @@ impl Runtime {
 
     /// The component compiled, from the cache when an entry for it is there and intact.
     ///
-    /// An entry is `artifact ++ sha256(key ++ artifact)`, where the key is the component's
-    /// sha256 and the engine's compatibility hash: an artifact copied over another module's
-    /// entry, altered, or cut short fails the check, is counted as a miss and recompiled.
+    /// The cache folder is a [`PrivateDir`]: one another user could change is refused (with a
+    /// warning) and the module compiled without it. An entry is `artifact ++ seal`, the seal
+    /// taken under the folder's own key over the component's sha256, the engine's
+    /// compatibility hash and the artifact: an artifact made without the key, copied over
+    /// another module's entry, altered, or cut short fails it, is ignored with a warning and
+    /// compiled again. Nothing else is ever deserialized: an artifact is native code.
     fn compile_cached(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, ModuleError> {
         let Some(dir) = &self.cache_dir else {
             return Component::new(&self.engine, bytes)
                 .map_err(|e| ModuleError::Invalid(format!("{e:#}")));
         };
+        let store = match PrivateDir::open(dir) {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::warn!(
+                    event = "cache-refused",
+                    error = %e,
+                    "the artifact cache is not used: the module is compiled and nothing is cached"
+                );
+                return Component::new(&self.engine, bytes)
+                    .map_err(|e| ModuleError::Invalid(format!("{e:#}")));
+            }
+        };
         let mut hasher = DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        let engine_hash = hasher.finish();
-        let path = dir.join(format!("{}-{engine_hash:016x}.cwasm", hex(digest)));
-        let seal = |artifact: &[u8]| -> [u8; 32] {
-            let mut h = Sha256::new();
-            h.update(digest);
-            h.update(engine_hash.to_le_bytes());
-            h.update(artifact);
-            h.finalize().into()
-        };
-        if path.is_file() {
-            match std::fs::read(&path) {
-                Ok(entry) if entry.len() > 32 => {
-                    let (artifact, sum) = entry.split_at(entry.len() - 32);
-                    if seal(artifact)[..] == *sum {
-                        // SAFETY: the artifact is the one this engine wrote for exactly this
-                        // component: its checksum, bound to the component's digest and the
-                        // engine's compatibility hash, matches.
-                        #[allow(unsafe_code)]
-                        if let Ok(component) =
-                            unsafe { Component::deserialize(&self.engine, artifact) }
-                        {
-                            return Ok(component);
-                        }
+        let engine_hash = hasher.finish().to_le_bytes();
+        let name = format!(
+            "{}-{:016x}.cwasm",
+            hex(digest),
+            u64::from_le_bytes(engine_hash)
+        );
+        let path = store.path().join(&name);
+        match store.read(&name, MAX_ARTIFACT_BYTES) {
+            Ok(None) => {}
+            Ok(Some(entry)) if entry.len() > SEAL_BYTES => {
+                let (artifact, seal) = entry.split_at(entry.len() - SEAL_BYTES);
+                if store.verify(&sealed(digest, &engine_hash, artifact), seal) {
+                    // SAFETY: the artifact is one this cache wrote for exactly this component
+                    // with this engine: its seal, under the private folder's own key and bound
+                    // to the component's digest and the engine's compatibility hash, matches.
+                    #[allow(unsafe_code)]
+                    match unsafe { Component::deserialize(&self.engine, artifact) } {
+                        Ok(component) => return Ok(component),
+                        Err(e) => tracing::warn!(
+                            event = "cache-unusable",
+                            path = %path.display(),
+                            error = %format!("{e:#}"),
+                            "cache entry is sealed but not loadable: the module is compiled again"
+                        ),
                     }
+                } else {
                     tracing::warn!(
+                        event = "cache-unsealed",
                         path = %path.display(),
-                        "cache entry does not match its checksum: ignored, the module is compiled again"
+                        "cache entry does not carry this cache's seal (altered, copied in, or made without its key): ignored, the module is compiled again"
                     );
                 }
-                _ => tracing::warn!(
-                    path = %path.display(),
-                    "cache entry is unreadable or too short: ignored, the module is compiled again"
-                ),
             }
+            Ok(Some(_)) => tracing::warn!(
+                event = "cache-unsealed",
+                path = %path.display(),
+                "cache entry is too short to be sealed: ignored, the module is compiled again"
+            ),
+            Err(e) => tracing::warn!(
+                event = "cache-unreadable",
+                error = %e,
+                "cache entry is not read: the module is compiled again"
+            ),
         }
         let artifact = self
             .engine
             .precompile_component(bytes)
             .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
         let mut entry = artifact.clone();
-        entry.extend_from_slice(&seal(&artifact));
+        entry.extend_from_slice(&store.seal(&sealed(digest, &engine_hash, &artifact)));
         // A cache that cannot be written is no reason to refuse the module.
-        let _ = write_atomically(dir, &path, &entry);
+        if let Err(e) = store.write(&name, &entry) {
+            tracing::warn!(event = "cache-unwritten", error = %e, "the compiled module is not cached");
+        }
         // SAFETY: `artifact` was produced just now by this engine.
         #[allow(unsafe_code)]
         unsafe { Component::deserialize(&self.engine, &artifact) }
             .map_err(|e| ModuleError::Invalid(format!("{e:#}")))
     }
 }
+
+/// What an artifact's seal covers: what it is, the component it was compiled from, the
+/// engine that compiled it, and the artifact (each with its length, so none can be shifted
+/// into another).
+fn sealed<'a>(digest: &'a [u8; 32], engine_hash: &'a [u8; 8], artifact: &'a [u8]) -> [&'a [u8]; 4] {
+    [b"artifact", digest, engine_hash, artifact]
+}
+
+/// The largest artifact read back from the cache (compiled code is a few times the size of
+/// its component; components are limited far below this).
+const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
 /// Rust's `HashMap` (and so most YAML parsers) asks `wasi:random/insecure-seed` for a seed
 /// when the module starts. The host answers with a constant: hashing stays deterministic and
@@ -171,26 +207,6 @@ fn grant_insecure_seed(
             .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
     }
     Ok(())
-}
-
-/// Writes `path` whole or not at all: readers (other threads, other processes) never see a
-/// partial artifact.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    create_private_dir(dir)?;
-    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{}-{unique}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Creates `dir` (and missing parents) readable by its owner only.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), ModuleError> {

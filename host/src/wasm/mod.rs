@@ -9,9 +9,10 @@ mod instance;
 mod load;
 mod runtime;
 
+pub use crate::store::create_private_dir;
 pub use flowgate_policy::ConfigError;
 pub use instance::{ModuleInfo, StartError, WasmPolicy};
-pub use load::{LoadedModule, ModuleError, compatible, create_private_dir};
+pub use load::{LoadedModule, ModuleError, compatible};
 pub use runtime::{CONFIGURE_FLAG, EngineOptions, Limits, MEMORY_FLAG, Runtime, instances_needed};
 
 /// The WIT package this host speaks.

@@ -45,7 +45,10 @@ fn cached_artifacts_judge_the_same() {
     for round in 0..2 {
         let runtime = Runtime::new(Limits::default(), Some(dir.clone())).unwrap();
         let module = runtime.load(DEFAULT_MODULE).unwrap();
-        let cached = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        let cached = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("cwasm".as_ref()))
+            .count();
         assert_eq!(cached, 1, "round {round}: one artifact in the cache");
         let mut policy = WasmPolicy::new(&runtime, &module, &config).unwrap();
         let p = flowgate_policy::Packet::tcp(
