@@ -91,7 +91,7 @@ pub enum PolicyFault {
     Start(String),
     /// The host failed, not the module: it had no room for a fresh instance (its pool is
     /// full), could not map its memory, or could not read the thread's CPU clock.
-    #[error("the host failed the module: {0}")]
+    #[error("the host failed, not the module: {0}")]
     Host(String),
     /// The worker has no instance (its last start failed): the batch is not judged.
     #[error("no instance to judge with")]

@@ -113,7 +113,9 @@ impl Runtime {
         options: EngineOptions,
     ) -> anyhow::Result<Self> {
         thread_cpu_time().map_err(|e| {
-            anyhow::anyhow!("{e}: deadlines measure a module's CPU time, and this host cannot")
+            anyhow::anyhow!(
+                "this host cannot measure a module's CPU time, which its deadlines count: {e}"
+            )
         })?;
         let instances = options.instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
