@@ -322,3 +322,74 @@ fn faults_say_whether_the_module_made_them() {
     assert!(!restarted.is_module_fault());
     assert!(!PolicyFault::NoInstance.is_module_fault());
 }
+
+/// A gateway of 8 workers on 2 cores, every one of them fed batches that make the module loop:
+/// each batch is stopped after its own deadline of CPU time, and the gateway reverts from the
+/// module within a bounded time.
+#[test]
+fn a_looping_module_on_busy_workers_is_still_reverted() {
+    let workers = 8;
+    let config = synth::config_yaml(Scale::with_peerings(30, 5));
+    let mut packets = synth::packets(&flowgate_policy::parse(&config, None).unwrap(), 4096, 9);
+    for (i, p) in packets.iter_mut().enumerate() {
+        if i % 512 == 7 {
+            *p = Packet::tcp(p.src_vni, p.src, guests::trigger::SPIN, p.dst, 80);
+        }
+    }
+    let packets: Arc<[Packet]> = packets.into();
+    let runtime = Runtime::with_engine(
+        Limits {
+            memory_bytes: 64 << 20,
+            batch_deadline: Duration::from_millis(100),
+            ..Limits::default()
+        },
+        None,
+        EngineOptions::for_workers(workers),
+    )
+    .unwrap();
+    let gateway = Gateway::new(
+        runtime,
+        DEFAULT_MODULE,
+        &config,
+        Options {
+            workers,
+            fault_limit: 3,
+            fault_window: Duration::from_secs(60),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let looping = gateway.swap(Some(guests::SPIN), None, None).unwrap();
+    let swapped = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..workers)
+        .map(|id| {
+            let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
+            std::thread::spawn(move || {
+                let mut source = Trace::new(packets, id * 512, 0, None);
+                gateway.run_worker(id, &mut source, &stop);
+            })
+        })
+        .collect();
+    let bound = swapped + Duration::from_secs(60);
+    while gateway.current().generation == looping.generation && Instant::now() < bound {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reverted = swapped.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(
+        gateway.current().generation > looping.generation,
+        "still on the looping module after {reverted:?}"
+    );
+    assert_eq!(gateway.current().info.name, "flowgate-guest");
+    let events = gateway.events();
+    assert!(
+        events.faults.get("deadline").copied().unwrap_or(0) >= 3,
+        "{:?}",
+        events.faults
+    );
+    eprintln!("reverted from the looping module {reverted:?} after the swap");
+}
