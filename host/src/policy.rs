@@ -10,8 +10,9 @@ pub trait Policy {
     fn catalog(&self) -> &Catalog;
     /// Judges `packets` into `out` (same length). On error `out` is unspecified.
     fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault>;
-    /// Starts over after a fault, with the same configuration.
-    fn restart(&mut self) -> anyhow::Result<()>;
+    /// Starts over after a fault, with the same configuration. On error, the fault the new
+    /// start ended with ([`PolicyFault::Start`] or [`PolicyFault::Host`]).
+    fn restart(&mut self) -> Result<(), PolicyFault>;
 }
 
 /// The policy library called directly: no sandbox, no crossing.
@@ -48,19 +49,22 @@ impl Policy for NativePolicy {
         Ok(())
     }
 
-    fn restart(&mut self) -> anyhow::Result<()> {
+    fn restart(&mut self) -> Result<(), PolicyFault> {
         Ok(())
     }
 }
 
 /// A batch the module failed to judge. The batch's packets are dropped as `policy-fault`.
+/// Most faults are the module's doing; [`PolicyFault::is_module_fault`] tells them from those
+/// of the host.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyFault {
     /// The guest trapped.
     #[error("the module trapped: {0}")]
     Trap(String),
-    /// The guest ran past the batch deadline (an endless loop, or far too slow).
-    #[error("the module ran past its deadline")]
+    /// The guest ran its batch deadline of CPU time (an endless loop, or far too slow). Only
+    /// the time its thread ran counts, not the time it waited for a core.
+    #[error("the module ran past its deadline of CPU time")]
     Deadline,
     /// The guest tried to grow its memory past the cap.
     #[error("the module hit its memory cap")]
@@ -80,9 +84,15 @@ pub enum PolicyFault {
         /// Position of the packet in the batch.
         index: usize,
     },
-    /// A fresh instance could not be started (after a fault, or for a worker that had none).
+    /// A fresh instance (after a fault, or for a worker that had none) failed as it started:
+    /// it trapped, ran out of its CPU time or memory, or refused the configuration it had
+    /// accepted before.
     #[error("a fresh instance could not be started: {0}")]
     Start(String),
+    /// The host failed, not the module: it had no room for a fresh instance (its pool is
+    /// full), could not map its memory, or could not read the thread's CPU clock.
+    #[error("the host failed, not the module: {0}")]
+    Host(String),
     /// The worker has no instance (its last start failed): the batch is not judged.
     #[error("no instance to judge with")]
     NoInstance,
@@ -98,7 +108,28 @@ impl PolicyFault {
             PolicyFault::WrongLength { .. } => "wrong-length",
             PolicyFault::UnknownVerdict { .. } => "unknown-verdict",
             PolicyFault::Start(_) => "start-failed",
+            PolicyFault::Host(_) => "host",
             PolicyFault::NoInstance => "no-instance",
+        }
+    }
+
+    /// Whether the module made the fault, and so whether it counts against the module (toward
+    /// an auto-revert). The module's: a trap; its own CPU time past the deadline (waiting for
+    /// a core does not count, so a busy machine never makes this fault); its memory cap; an
+    /// answer of the wrong length or with an unknown verdict; a fresh instance of it that
+    /// trapped, ran out of CPU time or memory, or refused its configuration. Not the module's:
+    /// the host's failures ([`PolicyFault::Host`]: no room in the instance pool, memory that
+    /// could not be mapped, the CPU clock) and a worker with no instance
+    /// ([`PolicyFault::NoInstance`], which follows a start failure already counted).
+    pub fn is_module_fault(&self) -> bool {
+        match self {
+            PolicyFault::Trap(_)
+            | PolicyFault::Deadline
+            | PolicyFault::Memory
+            | PolicyFault::WrongLength { .. }
+            | PolicyFault::UnknownVerdict { .. }
+            | PolicyFault::Start(_) => true,
+            PolicyFault::Host(_) | PolicyFault::NoInstance => false,
         }
     }
 }

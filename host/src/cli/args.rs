@@ -371,7 +371,8 @@ pub struct LimitArgs {
     /// The most memory a module instance may use, in MiB.
     #[arg(long, default_value_t = (Limits::default().memory_bytes >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub module_memory_mib: u32,
-    /// The longest a module may take to read a configuration, in seconds.
+    /// The most CPU time a module may run reading a configuration, in seconds (time it waits
+    /// for a core does not count).
     #[arg(long, default_value_t = Limits::default().configure_deadline.as_secs_f64(), value_parser = seconds)]
     pub configure_timeout: f64,
 }

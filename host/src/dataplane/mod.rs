@@ -36,7 +36,8 @@ pub struct Step {
     /// The policy's fault, when it failed.
     pub fault: Option<PolicyFault>,
     /// The policy could not be restarted after its fault: the caller must not call it again.
-    pub restart_failed: Option<anyhow::Error>,
+    /// The fault the restart ended with.
+    pub restart_failed: Option<PolicyFault>,
 }
 
 /// Judges one batch: phases one and two of the step.
@@ -121,7 +122,7 @@ pub fn judge_all(
             sink(packet, judged.then_some(verdict));
         }
         if let (Some(fault), Some(e)) = (done.fault, done.restart_failed) {
-            anyhow::bail!("the policy failed ({fault}) and could not be restarted: {e:#}");
+            anyhow::bail!("the policy failed ({fault}) and could not be restarted: {e}");
         }
     }
     Ok(())

@@ -713,10 +713,11 @@ impl Gateway {
     }
 }
 
-/// Whether the module made `fault` itself, so that it counts toward an auto-revert: a trap, its
-/// own time over the deadline, its memory cap, or an answer it got wrong. A worker that could
-/// not start an instance, or has none, is the host's trouble (the instance pool, the machine)
-/// as much as the module's: it drops its batches fail-closed but does not undo a release.
+/// Whether the module made `fault` itself, so that it counts toward an auto-revert
+/// ([`PolicyFault::is_module_fault`]: a trap, its own CPU time over the deadline, its memory
+/// cap, an answer it got wrong, a fresh instance that failed as it started). A worker the host
+/// could not give an instance (no room in the pool, no memory to map), or that has none, drops
+/// its batches fail-closed but does not undo a release.
 pub fn module_made(fault: &PolicyFault) -> bool {
-    !matches!(fault, PolicyFault::Start(_) | PolicyFault::NoInstance)
+    fault.is_module_fault()
 }

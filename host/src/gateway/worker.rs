@@ -88,10 +88,10 @@ impl Gateway {
         if let Some(spare) = lock(&release.spares).get_mut(id).and_then(Option::take) {
             return Some(spare);
         }
-        match WasmPolicy::new(&self.runtime, &release.module, &release.config) {
+        match WasmPolicy::start(&self.runtime, &release.module, &release.config) {
             Ok(policy) => Some(policy),
-            Err(e) => {
-                self.note_fault(&PolicyFault::Start(e.to_string()), release.generation);
+            Err(fault) => {
+                self.note_fault(&fault, release.generation);
                 None
             }
         }
@@ -137,8 +137,8 @@ impl Worker {
         {
             gateway.note_fault(fault, generation);
         }
-        if let Some(e) = &done.restart_failed {
-            gateway.note_fault(&PolicyFault::Start(format!("{e:#}")), generation);
+        if let Some(fault) = &done.restart_failed {
+            gateway.note_fault(fault, generation);
             self.policy = None;
             self.last_start = Instant::now();
         }

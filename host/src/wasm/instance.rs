@@ -1,18 +1,23 @@
 //! A module instance with a configuration in force: what judges a worker's batches.
 
+use std::time::Duration;
+
 use flowgate_policy::explain::Explanation;
 use flowgate_policy::packed::{VERDICT_BYTES, WordDecoder, encode_packets};
 use flowgate_policy::{Catalog, ConfigError, Packet, Verdict};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
 use super::bindings::{self, Policy};
-use super::runtime::{CONFIGURE_FLAG, Limits, MEMORY_FLAG, ticks};
+use super::budget::{ClockError, CpuBudget, thread_cpu_time};
+use super::runtime::{CONFIGURE_FLAG, Limits, MEMORY_FLAG};
 use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, compatible, convert};
 use crate::PolicyFault;
 
 /// What a store holds for its instance.
 pub struct HostState {
     limits: StoreLimits,
+    /// The CPU time the call under way may run.
+    budget: CpuBudget,
 }
 
 /// What a module says about itself.
@@ -45,24 +50,43 @@ pub struct WasmPolicy {
 impl WasmPolicy {
     /// Instantiates `module` and hands it `config`.
     pub fn new(runtime: &Runtime, module: &LoadedModule, config: &str) -> Result<Self, StartError> {
-        let (mut store, instance) = instantiate(runtime.engine(), module, runtime.limits)?;
-        store.set_epoch_deadline(ticks(runtime.limits.configure_deadline));
+        Self::start_checked(runtime, module, config).map_err(|failed| failed.error)
+    }
+
+    /// [`WasmPolicy::new`] for a worker of a release whose module has already accepted
+    /// `config`: a failure is the fault it stands for, the module's
+    /// ([`PolicyFault::Start`]) or the host's ([`PolicyFault::Host`]).
+    pub fn start(
+        runtime: &Runtime,
+        module: &LoadedModule,
+        config: &str,
+    ) -> Result<Self, PolicyFault> {
+        Self::start_checked(runtime, module, config).map_err(StartFailure::fault)
+    }
+
+    fn start_checked(
+        runtime: &Runtime,
+        module: &LoadedModule,
+        config: &str,
+    ) -> Result<Self, StartFailure> {
+        let limits = runtime.limits;
+        let (mut store, instance) = new_store(runtime.engine(), module, limits)?;
+        arm(&mut store, limits.configure_deadline);
         let info = instance
             .flowgate_policy_filter()
             .call_info(&mut store)
-            .map_err(|e| ModuleError::Start(format!("{e:#}")))?;
+            .map_err(|e| StartFailure::from_call(e, ModuleError::Start))?;
         if !compatible(&info.wit_version) {
-            return Err(ModuleError::IncompatibleVersion {
+            return Err(StartFailure::module(ModuleError::IncompatibleVersion {
                 found: format!("{FILTER_INTERFACE}@{}", info.wit_version),
-            }
-            .into());
+            }));
         }
         let info = ModuleInfo {
             name: info.name,
             version: info.version,
             wit_version: info.wit_version,
         };
-        let summary = configure(&mut store, &instance, config, runtime.limits)?;
+        let summary = configure(&mut store, &instance, config, limits)?;
         let mut policy = WasmPolicy {
             module: module.clone(),
             limits: runtime.limits,
@@ -100,8 +124,12 @@ impl WasmPolicy {
     /// Starts over from a fresh instance with the same configuration: after a fault, the old
     /// instance may be poisoned.
     pub fn restart(&mut self) -> Result<(), StartError> {
-        let (mut store, instance) = instantiate(self.store.engine(), &self.module, self.limits)?;
-        store.set_epoch_deadline(ticks(self.limits.configure_deadline));
+        self.restart_checked().map_err(|failed| failed.error)
+    }
+
+    fn restart_checked(&mut self) -> Result<(), StartFailure> {
+        let (mut store, instance) = new_store(self.store.engine(), &self.module, self.limits)?;
+        arm(&mut store, self.limits.configure_deadline);
         let summary = configure(&mut store, &instance, &self.config, self.limits)?;
         (self.store, self.instance) = (store, instance);
         self.set_summary(summary);
@@ -110,13 +138,12 @@ impl WasmPolicy {
 
     /// Asks the module why `packet` gets its verdict (`explain`).
     pub fn explain(&mut self, packet: &Packet) -> Result<Explanation, PolicyFault> {
-        self.store
-            .set_epoch_deadline(ticks(self.limits.batch_deadline));
+        arm(&mut self.store, self.limits.batch_deadline);
         let e = self
             .instance
             .flowgate_policy_filter()
             .call_explain(&mut self.store, convert::to_wit_packet(packet))
-            .map_err(fault_from_call)?;
+            .map_err(|e| fault_from_call(&e))?;
         let e = convert::explanation(e);
         if !self.catalog.knows(e.verdict) {
             return Err(PolicyFault::UnknownVerdict { index: 0 });
@@ -131,13 +158,12 @@ impl WasmPolicy {
         out: &mut [Verdict],
     ) -> Result<(), PolicyFault> {
         let wit: Vec<bindings::Packet> = packets.iter().map(convert::to_wit_packet).collect();
-        self.store
-            .set_epoch_deadline(ticks(self.limits.batch_deadline));
+        arm(&mut self.store, self.limits.batch_deadline);
         let verdicts = self
             .instance
             .flowgate_policy_filter()
             .call_judge(&mut self.store, &wit)
-            .map_err(fault_from_call)?;
+            .map_err(|e| fault_from_call(&e))?;
         if verdicts.len() != packets.len() {
             return Err(PolicyFault::WrongLength {
                 expected: packets.len(),
@@ -166,26 +192,101 @@ pub enum StartError {
     Config(#[from] ConfigError),
 }
 
-pub(super) fn instantiate(
+/// A start that failed, and whether the host is to blame: the module is when it trapped, ran
+/// out of its CPU time or memory, refused the configuration or is incompatible; the host is
+/// when it had no room for the instance (its pool is full), could not map its memory, or
+/// could not read the CPU clock.
+struct StartFailure {
+    error: StartError,
+    host: bool,
+}
+
+impl StartFailure {
+    fn module(error: impl Into<StartError>) -> Self {
+        StartFailure {
+            error: error.into(),
+            host: false,
+        }
+    }
+
+    /// An instantiation that failed: the module's only if it trapped (in a start function)
+    /// or hit its memory cap, since the same module was instantiated before.
+    fn from_instantiate(e: wasmtime::Error) -> Self {
+        let host = !(e.is::<wasmtime::Trap>() || hit_memory_cap(&e));
+        StartFailure {
+            error: ModuleError::Start(format!("{e:#}")).into(),
+            host,
+        }
+    }
+
+    /// A call that did not return, as `error` says it.
+    fn from_call(e: wasmtime::Error, error: impl FnOnce(String) -> ModuleError) -> Self {
+        let host = matches!(fault_from_call(&e), PolicyFault::Host(_));
+        StartFailure {
+            error: error(format!("{e:#}")).into(),
+            host,
+        }
+    }
+
+    fn fault(self) -> PolicyFault {
+        match self.host {
+            true => PolicyFault::Host(self.error.to_string()),
+            false => PolicyFault::Start(self.error.to_string()),
+        }
+    }
+}
+
+impl From<StartFailure> for StartError {
+    fn from(failed: StartFailure) -> Self {
+        failed.error
+    }
+}
+
+/// A store with `module` instantiated in it, limited by `limits`, its calls stopped by their
+/// budget of CPU time (see [`super::budget`]).
+fn new_store(
     engine: &Engine,
     module: &LoadedModule,
     limits: Limits,
-) -> Result<(Store<HostState>, Policy), ModuleError> {
+) -> Result<(Store<HostState>, Policy), StartFailure> {
     let state = HostState {
         limits: StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .trap_on_grow_failure(true)
             .build(),
+        budget: CpuBudget::new(limits.configure_deadline),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(ticks(limits.configure_deadline));
+    store.epoch_deadline_callback(|mut cx| {
+        let now = thread_cpu_time()?;
+        Ok(cx.data_mut().budget.on_deadline(now))
+    });
+    arm(&mut store, limits.configure_deadline);
     let instance = module
         .pre
         .instantiate(&mut store)
-        .map_err(|e| ModuleError::Start(format!("{e:#}")))?;
+        .map_err(StartFailure::from_instantiate)?;
     Ok((store, instance))
+}
+
+/// Instantiates `module` in a fresh store (what loading a module checks).
+pub(super) fn instantiate(
+    engine: &Engine,
+    module: &LoadedModule,
+    limits: Limits,
+) -> Result<(Store<HostState>, Policy), ModuleError> {
+    new_store(engine, module, limits).map_err(|failed| match failed.error {
+        StartError::Module(e) => e,
+        StartError::Config(e) => ModuleError::Start(e.to_string()),
+    })
+}
+
+/// Gives the next call into `store` a budget of `limit` of CPU time. Its epoch deadline is
+/// the next tick, where the callback takes over: per call, no clock is read.
+fn arm(store: &mut Store<HostState>, limit: Duration) {
+    store.data_mut().budget = CpuBudget::new(limit);
+    store.set_epoch_deadline(1);
 }
 
 fn configure(
@@ -193,31 +294,37 @@ fn configure(
     instance: &Policy,
     config: &str,
     limits: Limits,
-) -> Result<bindings::ConfigSummary, StartError> {
+) -> Result<bindings::ConfigSummary, StartFailure> {
+    arm(store, limits.configure_deadline);
     match instance
         .flowgate_policy_filter()
         .call_configure(&mut *store, config)
     {
         Ok(Ok(summary)) => Ok(summary),
-        Ok(Err(e)) => Err(convert::config_error(e).into()),
+        Ok(Err(e)) => Err(StartFailure::module(convert::config_error(e))),
         Err(trap) => Err(configure_failed(trap, limits)),
     }
 }
 
-/// A configure call that did not return: running out of memory or time on a configuration is
-/// a refusal of that configuration, which names the limit and the flag that raises it.
-fn configure_failed(trap: wasmtime::Error, limits: Limits) -> StartError {
-    let refused = |message: String| StartError::Config(ConfigError::whole(message));
-    match fault_from_call(trap) {
+/// A configure call that did not return: running out of memory or CPU time on a
+/// configuration is a refusal of that configuration, which names the limit and the flag that
+/// raises it.
+fn configure_failed(trap: wasmtime::Error, limits: Limits) -> StartFailure {
+    let refused = |message: String| StartFailure::module(ConfigError::whole(message));
+    match fault_from_call(&trap) {
         PolicyFault::Memory => refused(format!(
             "the module ran out of its {} MiB of memory reading this configuration (raise the cap with {MEMORY_FLAG})",
             limits.memory_bytes >> 20
         )),
         PolicyFault::Deadline => refused(format!(
-            "the module took longer than its {:?} to read this configuration (raise the limit with {CONFIGURE_FLAG})",
+            "the module ran longer than its {:?} of CPU time reading this configuration (raise the limit with {CONFIGURE_FLAG})",
             limits.configure_deadline
         )),
-        other => ModuleError::Start(format!("configure: {other}")).into(),
+        PolicyFault::Host(e) => StartFailure {
+            error: ModuleError::Start(format!("configure: {e}")).into(),
+            host: true,
+        },
+        other => StartFailure::module(ModuleError::Start(format!("configure: {other}"))),
     }
 }
 
@@ -229,13 +336,12 @@ impl crate::Policy for WasmPolicy {
     /// Judges a batch through the packed `judge-packed` call: the dataplane's path.
     fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault> {
         encode_packets(packets, &mut self.packed);
-        self.store
-            .set_epoch_deadline(ticks(self.limits.batch_deadline));
+        arm(&mut self.store, self.limits.batch_deadline);
         let answer = self
             .instance
             .flowgate_policy_filter()
             .call_judge_packed(&mut self.store, &self.packed)
-            .map_err(fault_from_call)?;
+            .map_err(|e| fault_from_call(&e))?;
         if answer.len() != packets.len() * VERDICT_BYTES {
             return Err(PolicyFault::WrongLength {
                 expected: packets.len(),
@@ -256,23 +362,30 @@ impl crate::Policy for WasmPolicy {
         Ok(())
     }
 
-    fn restart(&mut self) -> anyhow::Result<()> {
-        WasmPolicy::restart(self).map_err(Into::into)
+    fn restart(&mut self) -> Result<(), PolicyFault> {
+        self.restart_checked().map_err(StartFailure::fault)
     }
 }
 
-/// The fault a call that did not return stands for.
-pub(crate) fn fault_from_call(e: wasmtime::Error) -> PolicyFault {
-    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+/// The fault a call that did not return stands for. Only the CPU clock failing is the
+/// host's; anything else that stops a call is the module's doing (an interrupt is its budget
+/// of CPU time run out).
+pub(crate) fn fault_from_call(e: &wasmtime::Error) -> PolicyFault {
+    if let Some(clock) = e.downcast_ref::<ClockError>() {
+        PolicyFault::Host(clock.to_string())
+    } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         PolicyFault::Deadline
-    } else if e
-        .chain()
-        .any(|c| c.to_string().contains("forcing trap when growing memory"))
-    {
+    } else if hit_memory_cap(e) {
         PolicyFault::Memory
     } else {
-        PolicyFault::Trap(one_line(&e))
+        PolicyFault::Trap(one_line(e))
     }
+}
+
+/// The store's limiter refused to grow a memory past its cap (`trap_on_grow_failure`).
+fn hit_memory_cap(e: &wasmtime::Error) -> bool {
+    e.chain()
+        .any(|c| c.to_string().contains("forcing trap when growing memory"))
 }
 
 /// An error's message without wasmtime's multi-line backtrace: the trap, then the causes.

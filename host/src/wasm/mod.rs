@@ -1,9 +1,11 @@
 //! Policy modules in wasmtime: the engine set up for a dataplane ([`Runtime`]), loading and
 //! checking modules with a cache of precompiled artifacts ([`LoadedModule`]), and configured
-//! instances that judge batches ([`WasmPolicy`]). The generated bindings stay in this module;
-//! `convert` turns them into the policy library's types.
+//! instances that judge batches ([`WasmPolicy`]) under deadlines of their own CPU time
+//! (`budget`). The generated bindings stay in this module; `convert` turns them into the
+//! policy library's types.
 
 mod bindings;
+mod budget;
 mod convert;
 mod instance;
 mod load;

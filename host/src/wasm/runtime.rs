@@ -1,6 +1,7 @@
 //! The wasmtime engine set up for a dataplane: the pooling allocator sized for the workers,
-//! epoch interruption with its ticker thread, no component-model concurrency (a plain call
-//! costs less), and the limits instances run under.
+//! epoch interruption with its ticker thread (the deadlines of [`super::budget`] are checked
+//! on its ticks), no component-model concurrency (a plain call costs less), and the limits
+//! instances run under.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::budget::{EPOCH_TICK, thread_cpu_time};
 
 /// The flag that raises [`Limits::memory_bytes`].
 pub const MEMORY_FLAG: &str = "--module-memory-mib";
@@ -20,9 +23,10 @@ pub const CONFIGURE_FLAG: &str = "--configure-timeout";
 pub struct Limits {
     /// Most linear memory an instance may have.
     pub memory_bytes: usize,
-    /// Longest a batch may run before it is stopped.
+    /// Most CPU time a batch may run before it is stopped. It is the CPU time of the thread
+    /// running the module: time spent waiting for a core does not count.
     pub batch_deadline: Duration,
-    /// Longest `configure` may run (it parses the whole configuration).
+    /// Most CPU time `configure` may run (it parses the whole configuration), likewise.
     pub configure_deadline: Duration,
 }
 
@@ -85,9 +89,6 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
 
-/// How often the epoch advances: the resolution of deadlines.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
-
 /// The wasmtime engine, set up for a dataplane, with its epoch ticker.
 pub struct Runtime {
     pub(super) engine: Engine,
@@ -111,6 +112,11 @@ impl Runtime {
         cache_dir: Option<PathBuf>,
         options: EngineOptions,
     ) -> anyhow::Result<Self> {
+        thread_cpu_time().map_err(|e| {
+            anyhow::anyhow!(
+                "this host cannot measure a module's CPU time, which its deadlines count: {e}"
+            )
+        })?;
         let instances = options.instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(instances)
@@ -200,21 +206,5 @@ impl Drop for Runtime {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
         }
-    }
-}
-
-/// A deadline in epoch ticks (at least one, plus the tick in progress).
-pub(crate) fn ticks(d: Duration) -> u64 {
-    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_in_epoch_ticks() {
-        assert_eq!(ticks(Duration::ZERO), 2);
-        assert_eq!(ticks(Duration::from_millis(500)), 101);
     }
 }
