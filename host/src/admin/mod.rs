@@ -313,7 +313,15 @@ async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
         let id = ticket.id();
         let task = tokio::spawn(serve_connection(shared.clone(), stream, ticket));
         // The task has not run yet (one thread): it is held before it can authenticate.
-        for _ in 0..shared.gate.admit(id, peer, task.abort_handle()) {
+        let evicted = shared.gate.admit(id, peer, task.abort_handle());
+        if evicted > 0 {
+            tracing::debug!(
+                evicted,
+                ?peer,
+                "admin API: anonymous connections let go to make room for a new one"
+            );
+        }
+        for _ in 0..evicted {
             shared.gateway.note_admin_refusal("evicted");
         }
         // Let the connections already accepted read their heads before the next one comes.

@@ -120,22 +120,27 @@ impl Stream {
                 format!("{} is not a socket", path.display()),
             ));
         }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(dir_meta) = std::fs::metadata(dir)
+            && dir_meta.mode() & 0o022 != 0
+        {
+            // Once a process: a command makes several requests.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    folder = %dir.display(),
+                    mode = format!("{:o}", dir_meta.mode() & 0o7777),
+                    "the admin socket's folder can be written by others, who could put a socket of their own there: keep the socket in a folder only its user can write"
+                );
+            }
+        }
         if meta.uid() != me && meta.uid() != 0 {
             return Err(foreign(format!(
                 "{} is owned by uid {}, not by this user (uid {me}) or root: refusing to send it a token or a module",
                 path.display(),
                 meta.uid()
             )));
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(dir_meta) = std::fs::metadata(dir)
-            && dir_meta.mode() & 0o022 != 0
-        {
-            tracing::warn!(
-                folder = %dir.display(),
-                mode = format!("{:o}", dir_meta.mode() & 0o7777),
-                "the admin socket's folder can be written by others, who could put a socket of their own there: keep the socket in a folder only its user can write"
-            );
         }
         let stream = UnixStream::connect(path)?;
         let peer =

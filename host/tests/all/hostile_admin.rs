@@ -479,6 +479,10 @@ fn a_squatted_socket_gets_neither_token_nor_module() {
             crate::cli::stdout(out)
         );
         assert!(stderr.contains("owned by uid 65534"), "{what}: {stderr}");
+        assert!(
+            stderr.contains("can be written by others"),
+            "{what}: {stderr}"
+        );
     }
     assert!(
         got.is_empty(),
