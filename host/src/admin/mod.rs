@@ -449,109 +449,162 @@ fn with_release_headers(mut response: Response, release: &Release, content_type:
     response
 }
 
+/// What answers one endpoint.
+type Handler = fn(&Shared, Request) -> Response;
+
+/// Every endpoint of the admin API, in one place: a new endpoint is a line here and its
+/// handler. A known path asked with another method is answered 405 (with `Allow`), any other
+/// path 404.
+const ROUTES: &[(&str, &str, Handler)] = &[
+    ("GET", "/status", get_status),
+    ("GET", "/metrics", get_metrics),
+    ("GET", "/module", get_module),
+    ("GET", "/config", get_config),
+    ("PUT", "/module", put_release),
+    ("PUT", "/config", put_release),
+    ("POST", "/rollback", post_rollback),
+];
+
 fn route(shared: &Shared, request: Request) -> Response {
+    let path = request.path.as_str();
+    if let Some((_, _, handler)) = ROUTES
+        .iter()
+        .find(|(method, p, _)| *method == request.method && *p == path)
+    {
+        return handler(shared, request);
+    }
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, p, _)| *p == path)
+        .map(|(method, _, _)| *method)
+        .collect();
+    if !allowed.is_empty() {
+        let allowed = allowed.join(", ");
+        let mut response = json_response(
+            405,
+            json!({"error": format!("{} {path}: method not allowed (allowed: {allowed})", request.method)}),
+        );
+        response.headers.push(("Allow", allowed));
+        return response;
+    }
+    let mut paths: Vec<&str> = Vec::new();
+    for (_, p, _) in ROUTES {
+        if !paths.contains(p) {
+            paths.push(p);
+        }
+    }
+    json_response(
+        404,
+        json!({"error": format!("no such endpoint: {}", paths.join(", "))}),
+    )
+}
+
+fn get_status(shared: &Shared, _: Request) -> Response {
+    let gateway = &shared.gateway;
+    let release = gateway.current();
+    with_release_headers(
+        json_response(200, status(gateway)),
+        &release,
+        "application/json",
+    )
+}
+
+fn get_metrics(shared: &Shared, _: Request) -> Response {
+    Response {
+        status: 200,
+        headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
+        body: metrics::render(&shared.gateway).into_bytes(),
+    }
+}
+
+/// The module in force, for `flowgate swap --dry-run`; its generation and ETag in headers, so
+/// a client can swap with If-Match against exactly what it compared.
+fn get_module(shared: &Shared, _: Request) -> Response {
+    let release = shared.gateway.current();
+    let response = Response {
+        status: 200,
+        headers: Vec::new(),
+        body: release.module.bytes().to_vec(),
+    };
+    with_release_headers(response, &release, "application/wasm")
+}
+
+/// The configuration in force, as [`get_module`].
+fn get_config(shared: &Shared, _: Request) -> Response {
+    let release = shared.gateway.current();
+    let response = Response {
+        status: 200,
+        headers: Vec::new(),
+        body: release.config.as_bytes().to_vec(),
+    };
+    with_release_headers(response, &release, "application/yaml")
+}
+
+/// `PUT /module` (a module, or a reference to pull, with a configuration when
+/// `X-Config-Length` says so) and `PUT /config`.
+fn put_release(shared: &Shared, request: Request) -> Response {
     let gateway = &shared.gateway;
     let if_match = request.header("if-match").map(str::to_owned);
     let by_reference = request
         .header("content-type")
         .is_some_and(|t| t.eq_ignore_ascii_case(REFERENCE_TYPE));
-    match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/status") => {
-            let release = gateway.current();
-            with_release_headers(
-                json_response(200, status(gateway)),
-                &release,
-                "application/json",
-            )
-        }
-        ("GET", "/metrics") => Response {
-            status: 200,
-            headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: metrics::render(gateway).into_bytes(),
-        },
-        // The release in force, for `flowgate swap --dry-run`; its generation and ETag in
-        // headers, so a client can swap with If-Match against exactly what it compared.
-        ("GET", "/module") => {
-            let release = gateway.current();
-            let response = Response {
-                status: 200,
-                headers: Vec::new(),
-                body: release.module.bytes().to_vec(),
-            };
-            with_release_headers(response, &release, "application/wasm")
-        }
-        ("GET", "/config") => {
-            let release = gateway.current();
-            let response = Response {
-                status: 200,
-                headers: Vec::new(),
-                body: release.config.as_bytes().to_vec(),
-            };
-            with_release_headers(response, &release, "application/yaml")
-        }
-        ("PUT", "/module") | ("PUT", "/config") => {
-            let config_len_header = request.header("x-config-length").map(str::to_owned);
-            let mut body = request.body;
-            let (module, config) = if request.path == "/module" {
-                let config_len = match config_len_header.as_deref().map(str::parse::<usize>) {
-                    None => 0,
-                    Some(Ok(n)) if n <= body.len() => n,
-                    Some(_) => {
-                        return json_response(
-                            400,
-                            json!({"error": "X-Config-Length is not a length within the body"}),
-                        );
-                    }
-                };
-                let config = body.split_off(body.len() - config_len);
-                (Some(body), (config_len > 0).then_some(config))
-            } else {
-                (None, Some(body))
-            };
-            let config = match config.map(String::from_utf8).transpose() {
-                Ok(c) => c,
-                Err(_) => {
-                    return json_response(
-                        400,
-                        json!({"error": "the configuration is not UTF-8 text"}),
-                    );
-                }
-            };
-            // A reference instead of a module: the gateway pulls it itself, verified.
-            let (module, source) = match (module, by_reference) {
-                (Some(text), true) => match pull(shared, &text) {
-                    Ok((bytes, pinned)) => (Some(bytes), Some(pinned)),
-                    Err(e) => {
-                        gateway.note_pull("failed");
-                        return json_response(
-                            422,
-                            json!({"swapped": false, "reason": "pull-failed", "error": e}),
-                        );
-                    }
-                },
-                (module, _) => (module, None),
-            };
-            let pulled = source.is_some();
-            let result = gateway.swap_from(
-                module.as_deref(),
-                config.as_deref(),
-                if_match.as_deref(),
-                source,
-            );
-            if pulled {
-                gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
+    let config_len_header = request.header("x-config-length").map(str::to_owned);
+    let mut body = request.body;
+    let (module, config) = if request.path == "/module" {
+        let config_len = match config_len_header.as_deref().map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(n)) if n <= body.len() => n,
+            Some(_) => {
+                return json_response(
+                    400,
+                    json!({"error": "X-Config-Length is not a length within the body"}),
+                );
             }
-            answer_swap(result)
+        };
+        let config = body.split_off(body.len() - config_len);
+        (Some(body), (config_len > 0).then_some(config))
+    } else {
+        (None, Some(body))
+    };
+    let config = match config.map(String::from_utf8).transpose() {
+        Ok(c) => c,
+        Err(_) => {
+            return json_response(400, json!({"error": "the configuration is not UTF-8 text"}));
         }
-        ("POST", "/rollback") => answer_swap(gateway.rollback_if(false, if_match.as_deref())),
-        (_, "/status" | "/metrics" | "/module" | "/config" | "/rollback") => {
-            json_response(405, json!({"error": "method not allowed"}))
-        }
-        _ => json_response(
-            404,
-            json!({"error": "no such endpoint: /status, /metrics, /module, /config, /rollback"}),
-        ),
+    };
+    // A reference instead of a module: the gateway pulls it itself, verified.
+    let (module, source) = match (module, by_reference) {
+        (Some(text), true) => match pull(shared, &text) {
+            Ok((bytes, pinned)) => (Some(bytes), Some(pinned)),
+            Err(e) => {
+                gateway.note_pull("failed");
+                return json_response(
+                    422,
+                    json!({"swapped": false, "reason": "pull-failed", "error": e}),
+                );
+            }
+        },
+        (module, _) => (module, None),
+    };
+    let pulled = source.is_some();
+    let result = gateway.swap_from(
+        module.as_deref(),
+        config.as_deref(),
+        if_match.as_deref(),
+        source,
+    );
+    if pulled {
+        gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
     }
+    answer_swap(result)
+}
+
+fn post_rollback(shared: &Shared, request: Request) -> Response {
+    answer_swap(
+        shared
+            .gateway
+            .rollback_if(false, request.header("if-match")),
+    )
 }
 
 /// The content type of a `PUT /module` whose body is an `oci://` reference, not a module.

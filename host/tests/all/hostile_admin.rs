@@ -553,3 +553,33 @@ fn short_tokens_and_readable_token_files_are_refused() {
     assert!(format!("{e:#}").contains("at least 16 bytes"), "{e:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every endpoint is listed once: a known path with another method is 405 with `Allow`, and
+/// an unknown path is 404 naming the endpoints there are.
+#[test]
+fn unknown_paths_and_methods_are_named() {
+    let config = config();
+    let gateway = gateway(&config, 1);
+    let (admin, _) = crate::admin_on_socket(&gateway);
+    let answer = ask(
+        admin.endpoint(),
+        b"DELETE /module HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: get, put"),
+        "{answer}"
+    );
+    let answer = ask(
+        admin.endpoint(),
+        b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.contains("/status, /metrics, /module, /config, /rollback"),
+        "{answer}"
+    );
+    assert_eq!(gateway.current().generation, 1);
+}
