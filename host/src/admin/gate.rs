@@ -3,8 +3,12 @@
 //! arrived); anonymous connections are capped per peer and overall, and one arriving at a cap
 //! makes room by letting the oldest anonymous connection go. So clients that never finish
 //! their head cannot keep the operator out: the operator's connection is the newest when it
-//! arrives, and it authenticates as soon as its head is read. Authenticated connections are
-//! capped apart ([`Gate::authenticate`] says no past the cap, and the request is answered 503).
+//! arrives, and it authenticates as soon as its head is read. A connection younger than
+//! [`GateLimits::grace`] is not let go for the per-peer cap (a peer may then hold more, up to
+//! the overall cap), so that a storm of reconnections from one address cannot push out the
+//! operator's connection before its head is read; at the overall cap the oldest goes, whatever
+//! its age. Authenticated connections are capped apart ([`Ticket::authenticate`] says no past
+//! the cap, and the request is answered 503).
 //!
 //! A cap per address alone would not do: on loopback an attacker on the same host shares
 //! 127.0.0.1 with the operator.
@@ -13,6 +17,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::task::AbortHandle;
 
@@ -36,10 +41,13 @@ pub struct GateLimits {
     pub anonymous: usize,
     /// Authenticated connections (requests being served) in all.
     pub authenticated: usize,
+    /// How long a new anonymous connection is safe from the per-peer cap.
+    pub grace: Duration,
 }
 
 struct Anonymous {
     peer: Peer,
+    since: Instant,
     task: AbortHandle,
 }
 
@@ -72,6 +80,7 @@ impl Gate {
                 anonymous_per_peer: limits.anonymous_per_peer.max(1),
                 anonymous: limits.anonymous.max(1),
                 authenticated: limits.authenticated.max(1),
+                grace: limits.grace,
             },
             next: AtomicU64::new(0),
             state: Mutex::new(State::default()),
@@ -97,6 +106,7 @@ impl Gate {
     /// Holds the anonymous connection `id` from `peer`, served by `task`. Returns how many
     /// older anonymous connections were let go (their tasks aborted) to make room.
     pub fn admit(&self, id: u64, peer: Peer, task: AbortHandle) -> usize {
+        let now = Instant::now();
         let mut state = self.state();
         let mut evicted = 0;
         let from_peer = state.anonymous.values().filter(|a| a.peer == peer).count();
@@ -104,7 +114,7 @@ impl Gate {
             let oldest = state
                 .anonymous
                 .iter()
-                .find(|(_, a)| a.peer == peer)
+                .find(|(_, a)| a.peer == peer && now.duration_since(a.since) >= self.limits.grace)
                 .map(|(id, _)| *id);
             if let Some(old) = oldest.and_then(|id| state.anonymous.remove(&id)) {
                 old.task.abort();
@@ -118,7 +128,14 @@ impl Gate {
             old.task.abort();
             evicted += 1;
         }
-        state.anonymous.insert(id, Anonymous { peer, task });
+        state.anonymous.insert(
+            id,
+            Anonymous {
+                peer,
+                since: now,
+                task,
+            },
+        );
         evicted
     }
 
@@ -173,6 +190,7 @@ mod tests {
             anonymous_per_peer: 2,
             anonymous: 3,
             authenticated: 1,
+            grace: Duration::ZERO,
         }
     }
 
@@ -205,6 +223,32 @@ mod tests {
             assert_eq!(gate.admit(tickets[4].id(), b, tasks[4].abort_handle()), 0);
             drop(tickets);
             assert_eq!(gate.held(), (0, 0));
+        });
+    }
+
+    #[test]
+    fn a_young_connection_is_safe_from_the_per_peer_cap_but_not_the_overall_one() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let gate = Arc::new(Gate::new(GateLimits {
+                grace: Duration::from_secs(60),
+                ..limits()
+            }));
+            let a = Peer::Uid(1);
+            let tasks: Vec<_> = (0..4)
+                .map(|_| tokio::spawn(std::future::pending::<()>()))
+                .collect();
+            let tickets: Vec<_> = (0..4).map(|_| gate.ticket()).collect();
+            for i in 0..3 {
+                assert_eq!(gate.admit(tickets[i].id(), a, tasks[i].abort_handle()), 0);
+            }
+            assert_eq!(gate.held(), (3, 0));
+            assert_eq!(gate.admit(tickets[3].id(), a, tasks[3].abort_handle()), 1);
+            tokio::task::yield_now().await;
+            assert!(tasks[0].is_finished());
+            assert_eq!(gate.held(), (3, 0));
         });
     }
 }

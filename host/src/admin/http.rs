@@ -146,7 +146,7 @@ fn body_error(e: &hyper::Error) -> BadRequest {
 /// idle timeout and all of it by `deadline`. The sum of what arrived is checked before it is
 /// kept, so neither a header nor a chunk size can make room for more than the limit.
 pub async fn read_body(
-    mut body: IncomingBody,
+    body: &mut IncomingBody,
     limits: &RequestLimits,
     deadline: Instant,
 ) -> Result<Vec<u8>, BadRequest> {
@@ -191,6 +191,14 @@ pub async fn read_body(
             _ => return Err(too_large(&format_args!("over {}", limits.max_body))),
         }
     }
+}
+
+/// Reads and drops what is left of a body that was refused unread, for at most `limit`, so
+/// that the client, still sending, reads the answer before the connection closes (closing
+/// with unread bytes resets it, and the answer is lost). Nothing is kept.
+pub async fn drain(mut body: IncomingBody, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, body.frame()).await {}
 }
 
 /// An answer: status, headers and body. Sent with its `Content-Length`, and the connection

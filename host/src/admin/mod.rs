@@ -49,6 +49,12 @@ use transport::{Listener, TokioListener, TokioStream};
 pub const MAX_BODY: u64 = 64 << 20;
 /// The environment variable clients read the bearer token from.
 pub const TOKEN_ENV: &str = "FLOWGATE_ADMIN_TOKEN";
+/// How long the rest of a refused body is read and dropped, so that the client reads the
+/// refusal (see [`http::drain`]).
+const DRAIN: Duration = Duration::from_secs(2);
+/// How long a new connection is safe from being let go for another from the same peer: time
+/// enough to read its head (see `gate.rs`).
+const ANONYMOUS_GRACE: Duration = Duration::from_millis(250);
 /// The shortest bearer token accepted, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -76,7 +82,7 @@ pub struct AdminOptions {
 
 impl AdminOptions {
     /// Defaults for `endpoint`: 32 requests served at once, 16 anonymous connections per
-    /// peer and 64 in all, 16 KiB heads within 5 s, [`MAX_BODY`] bodies, 10 s between reads
+    /// peer and 256 in all, 16 KiB heads within 5 s, [`MAX_BODY`] bodies, 10 s between reads
     /// and 120 s for a whole request.
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
         AdminOptions {
@@ -84,7 +90,7 @@ impl AdminOptions {
             token,
             max_connections: 32,
             max_anonymous_per_peer: 16,
-            max_anonymous: 64,
+            max_anonymous: 256,
             limits: RequestLimits {
                 max_head: 16 << 10,
                 max_body: MAX_BODY,
@@ -241,6 +247,7 @@ impl AdminServer {
                 anonymous_per_peer: options.max_anonymous_per_peer,
                 anonymous: options.max_anonymous,
                 authenticated: options.max_connections,
+                grace: ANONYMOUS_GRACE,
             })),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -402,28 +409,49 @@ async fn answer(
     request: hyper::Request<hyper::body::Incoming>,
     started: Instant,
 ) -> Response {
-    let (head, body) = request.into_parts();
+    let (head, mut body) = request.into_parts();
     let mut request = Request::from_head(&head);
+    // A client that waits for `100 Continue` sends no body after a refusal: nothing to drain.
+    let waits = request
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let refused = |response: Response, body| {
+        if !waits {
+            tokio::spawn(http::drain(body, DRAIN));
+        }
+        response
+    };
     if let Some(expected) = &shared.token
         && !authorized(request.header("authorization"), expected)
     {
-        return refuse(
+        let response = refuse(
             shared,
             401,
             "unauthorized",
             "this admin API needs `Authorization: Bearer <token>` with the gateway's token".into(),
         );
+        return refused(response, body);
     }
     if !ticket.authenticate() {
-        return refuse(
+        let response = refuse(
             shared,
             503,
             "too-many-connections",
             "the admin API is serving as many requests as it takes at once; try again".into(),
         );
+        return refused(response, body);
     }
     let limits = shared.limits;
-    match http::read_body(body, &limits, started + limits.total).await {
+    if let Some(declared) = hyper::body::Body::size_hint(&body).exact()
+        && declared > limits.max_body
+    {
+        let message = format!(
+            "the body is {declared} bytes, over the limit of {} bytes",
+            limits.max_body
+        );
+        return refused(refuse(shared, 413, "body-too-large", message), body);
+    }
+    match http::read_body(&mut body, &limits, started + limits.total).await {
         Err(e) => return refuse(shared, e.status, e.reason, e.message),
         Ok(bytes) => request.body = bytes,
     }

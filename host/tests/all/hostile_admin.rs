@@ -583,3 +583,25 @@ fn unknown_paths_and_methods_are_named() {
     );
     assert_eq!(gateway.current().generation, 1);
 }
+
+/// A refusal that comes before the body (a wrong token, a length over the limit) reaches the
+/// client as an answer, though it was still sending.
+#[test]
+fn refusals_before_the_body_reach_the_client() {
+    let config = config();
+    let gateway = gateway(&config, 1);
+    let server = on_tcp(&gateway, |o| o.limits.max_body = 1 << 20);
+    let big = vec![b'#'; 8 << 20];
+    let wrong = Client::new(
+        server.endpoint().clone(),
+        Some("not-the-token-of-this-gateway".into()),
+    );
+    let answer = wrong
+        .swap_module(&big, None, None)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    let right = Client::new(server.endpoint().clone(), Some(TOKEN.into()));
+    let answer = right.swap_module(&big, None, None).unwrap();
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert_eq!(gateway.current().generation, 1);
+}
