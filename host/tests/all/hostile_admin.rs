@@ -311,8 +311,9 @@ while time.time() < end and not os.path.exists(stop):
 "#;
 
 /// Under `umask 000` the gateway's socket is never connectable by another user, not even for
-/// an instant: a `nobody` process that connects in a loop while the gateway starts, ten
-/// times, never gets in. (The folder the socket is in lets others through, as /run does.)
+/// an instant: two `nobody` processes that connect in a loop while the gateway starts, thirty
+/// times, never get in. (The folder the socket is in lets others through, as /run does. A
+/// socket bound with the umask and made 0600 after let them in 9 to 16 times in thirty starts.)
 #[test]
 fn the_socket_is_private_from_its_first_instant() {
     if !second_user("the_socket_is_private_from_its_first_instant") {
@@ -322,9 +323,11 @@ fn the_socket_is_private_from_its_first_instant() {
     let socket = dir.join("admin.sock");
     let admin = format!("unix:{}", socket.display());
     let mut connected = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..30 {
         let _ = std::fs::remove_file(dir.join("stop"));
-        let looper = as_nobody(CONNECT_LOOP, &[socket.to_str().unwrap()]);
+        let loopers: Vec<_> = (0..2)
+            .map(|_| as_nobody(CONNECT_LOOP, &[socket.to_str().unwrap()]))
+            .collect();
         std::thread::sleep(Duration::from_millis(100));
         let mut server = Command::new("sh")
             .arg("-c")
@@ -363,13 +366,15 @@ fn the_socket_is_private_from_its_first_instant() {
             .args(["-TERM", &server.id().to_string()])
             .status();
         let _ = server.wait();
-        let out = looper.wait_with_output().unwrap();
+        for looper in loopers {
+            let out = looper.wait_with_output().unwrap();
+            connected.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
         assert!(up, "the gateway did not come up");
-        connected.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_owned),
-        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
