@@ -19,19 +19,21 @@
 //! Swaps answer 200 with the new release, 412 for a stale `If-Match`, 422 for a refused module
 //! or configuration (with the reason), 409 when there is nothing to roll back to. Requests the
 //! transport refuses (see `http.rs`) answer 400, 401, 408, 413, 431 or 503 and change
-//! nothing; they are counted in `flowgate_admin_refusals_total`.
+//! nothing; they are counted in `flowgate_admin_refusals_total`, with connections let go
+//! before their head arrived (`head-timeout`, `evicted`: see `gate.rs`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::{Change, Gateway, Release, SwapError, WatchError, WatchStatus};
 mod client;
+mod gate;
 mod http;
 pub mod metrics;
 mod transport;
@@ -40,13 +42,22 @@ pub use client::{Answer, Client, Serving};
 pub use http::RequestLimits;
 pub use transport::{Endpoint, Stream};
 
+use gate::{Gate, GateLimits, Ticket};
 use http::{Request, Response};
-use transport::Listener;
+use transport::{Listener, TokioListener, TokioStream};
 
 /// The largest request body accepted (a module with its configuration).
 pub const MAX_BODY: u64 = 64 << 20;
 /// The environment variable clients read the bearer token from.
 pub const TOKEN_ENV: &str = "FLOWGATE_ADMIN_TOKEN";
+/// How long the rest of a refused body is read and dropped, so that the client reads the
+/// refusal (see [`http::drain`]).
+const DRAIN: Duration = Duration::from_secs(2);
+/// How long a new connection is safe from being let go for another from the same peer: time
+/// enough to read its head (see `gate.rs`).
+const ANONYMOUS_GRACE: Duration = Duration::from_millis(250);
+/// The shortest bearer token accepted, in bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// How the admin API listens.
 #[derive(Debug, Clone)]
@@ -55,8 +66,13 @@ pub struct AdminOptions {
     pub endpoint: Endpoint,
     /// The bearer token every request must carry; required on TCP.
     pub token: Option<String>,
-    /// Connections served at once; more are answered 503.
+    /// Authenticated requests served at once; more are answered 503.
     pub max_connections: usize,
+    /// Connections whose head (and token) has not arrived yet, from one peer (an address on
+    /// TCP, a user on a Unix socket); past it, that peer's oldest such connection is let go.
+    pub max_anonymous_per_peer: usize,
+    /// Connections whose head has not arrived yet, in all; past it, the oldest is let go.
+    pub max_anonymous: usize,
     /// Size and time limits of one request.
     pub limits: RequestLimits,
     /// How the gateway pulls the modules it is given as references.
@@ -66,16 +82,20 @@ pub struct AdminOptions {
 }
 
 impl AdminOptions {
-    /// Defaults for `endpoint`: 32 connections, 16 KiB heads, [`MAX_BODY`] bodies, 10 s
-    /// between reads and 120 s for a whole request.
+    /// Defaults for `endpoint`: 32 requests served at once, 16 anonymous connections per
+    /// peer and 256 in all, 16 KiB heads within 5 s, [`MAX_BODY`] bodies, 10 s between reads
+    /// and 120 s for a whole request.
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
         AdminOptions {
             endpoint,
             token,
             max_connections: 32,
+            max_anonymous_per_peer: 16,
+            max_anonymous: 256,
             limits: RequestLimits {
                 max_head: 16 << 10,
                 max_body: MAX_BODY,
+                head: Duration::from_secs(5),
                 idle: Duration::from_secs(10),
                 total: Duration::from_secs(120),
             },
@@ -85,28 +105,81 @@ impl AdminOptions {
     }
 }
 
-/// Reads a bearer token from `path`: the file's text, trimmed; an empty file is refused.
-pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.len() > 4096 {
-        bail!(
-            "{}: a token file holds one token, not {} bytes",
-            path.display(),
-            meta.len()
-        );
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let token = text.trim();
+/// A bearer token that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Fewer than [`MIN_TOKEN_LEN`] bytes.
+    #[error(
+        "the admin token is {0} bytes: a token must be at least 16 bytes (for example `head -c 32 /dev/urandom | base64`)"
+    )]
+    TooShort(usize),
+    /// Not one word of printable characters.
+    #[error("a token is one word of printable characters")]
+    NotOneWord,
+    /// Empty.
+    #[error("the token is empty")]
+    Empty,
+    /// A token file others can read.
+    #[error(
+        "{path}: the token file is readable by others (mode {mode:o}): make it private with `chmod 600 {path}`"
+    )]
+    Readable {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A token file of more than one token.
+    #[error("{path}: a token file holds one token, not {len} bytes")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size.
+        len: u64,
+    },
+}
+
+/// Checks a bearer token: one word of printable characters, at least [`MIN_TOKEN_LEN`] bytes.
+pub fn check_token(token: &str) -> Result<(), TokenError> {
     if token.is_empty() {
-        bail!("{}: the token file is empty", path.display());
+        return Err(TokenError::Empty);
     }
-    if token.chars().any(|c| c.is_control() || c == ' ') {
-        bail!(
-            "{}: a token is one word of printable characters",
-            path.display()
-        );
+    if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(TokenError::NotOneWord);
     }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(TokenError::TooShort(token.len()));
+    }
+    Ok(())
+}
+
+/// Reads a bearer token from `path`: the file's text, trimmed. As ssh does with keys, a file
+/// that its group or others can read is refused, and so is a token [`check_token`] refuses.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let shown = path.display().to_string();
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Readable { path: shown, mode }.into());
+    }
+    if meta.len() > 4096 {
+        return Err(TokenError::TooLarge {
+            path: shown,
+            len: meta.len(),
+        }
+        .into());
+    }
+    let mut text = String::new();
+    file.take(4097)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let token = text.trim();
+    check_token(token).with_context(|| path.display().to_string())?;
     Ok(token.to_owned())
 }
 
@@ -116,31 +189,39 @@ struct Shared {
     cache: Option<crate::oci::Cache>,
     token: Option<[u8; 32]>,
     limits: RequestLimits,
-    open: AtomicUsize,
-    max_connections: usize,
+    gate: Arc<Gate>,
 }
 
-/// The admin API's listening thread; each connection gets a thread of its own.
+/// The admin API: a thread running a small current-thread runtime that serves every
+/// connection; swaps and pulls, which block, run on its blocking threads.
 pub struct AdminServer {
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     endpoint: Endpoint,
 }
 
 impl AdminServer {
     /// Listens as `options` say and serves requests for `gateway`. TCP without a token is
-    /// refused; TCP beyond loopback is allowed, with a warning.
+    /// refused, and so is a token [`check_token`] refuses; TCP beyond loopback is allowed,
+    /// with a warning.
     pub fn start(gateway: Arc<Gateway>, options: AdminOptions) -> anyhow::Result<AdminServer> {
         if let Endpoint::Tcp(addr) = &options.endpoint
             && options.token.is_none()
         {
-            {
-                bail!(
-                    "the admin API on TCP ({addr}) needs a bearer token: give --admin-token-file FILE, or listen on a Unix socket (--admin unix:PATH)"
-                );
-            }
+            bail!(
+                "the admin API on TCP ({addr}) needs a bearer token: give --admin-token-file FILE, or listen on a Unix socket (--admin unix:PATH)"
+            );
         }
-        let listener = Listener::bind(&options.endpoint)
+        if let Some(token) = &options.token {
+            check_token(token)?;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("flowgate-admin-work")
+            .max_blocking_threads(options.max_connections.max(1))
+            .build()
+            .context("the admin API's runtime")?;
+        let mut listener = Listener::bind(&options.endpoint)
             .with_context(|| format!("admin API on {}", options.endpoint))?;
         if let Some(addr) = listener.tcp_addr()
             && !addr.ip().is_loopback()
@@ -150,25 +231,41 @@ impl AdminServer {
                 "the admin API listens beyond loopback: anyone who can reach it with the token can change the policy"
             );
         }
-        let endpoint = listener.endpoint()?;
+        let endpoint = listener.endpoint().clone();
+        let accepting = {
+            let _entered = runtime.enter();
+            listener
+                .take_tokio()
+                .with_context(|| format!("admin API on {endpoint}"))?
+        };
         let shared = Arc::new(Shared {
             gateway,
             registry: crate::oci::Registry::new(options.registry.clone()),
             cache: options.cache.clone(),
             token: options.token.as_deref().map(digest),
             limits: options.limits,
-            open: AtomicUsize::new(0),
-            max_connections: options.max_connections.max(1),
+            gate: Arc::new(Gate::new(GateLimits {
+                anonymous_per_peer: options.max_anonymous_per_peer,
+                anonymous: options.max_anonymous,
+                authenticated: options.max_connections,
+                grace: ANONYMOUS_GRACE,
+            })),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("flowgate-admin".into())
-                .spawn(move || accept_loop(&listener, &shared, &stop))?
-        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("flowgate-admin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let accept = tokio::spawn(accept_loop(accepting, shared));
+                    let _ = stopped.await;
+                    accept.abort();
+                });
+                // Connections in flight are dropped; a swap under way finishes on its own.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                drop(listener);
+            })?;
         Ok(AdminServer {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
             endpoint,
         })
@@ -182,9 +279,9 @@ impl AdminServer {
 
 impl Drop for AdminServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the accept loop; connections in flight end by their own deadlines.
-        let _ = Stream::connect(&self.endpoint, Duration::from_secs(1));
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -200,43 +297,43 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn accept_loop(listener: &Listener, shared: &Arc<Shared>, stop: &AtomicBool) {
-    while !stop.load(Ordering::Acquire) {
-        let mut stream = match listener.accept() {
+/// Whether an `Authorization` value carries the token: the scheme `Bearer` in any case
+/// (RFC 9110, 11.1), then the token.
+fn authorized(value: Option<&str>, expected: &[u8; 32]) -> bool {
+    let Some((scheme, token)) = value.and_then(|v| v.trim().split_once(' ')) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer") && same(&digest(token.trim()), expected)
+}
+
+async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
                 tracing::warn!(error = %e, "admin API: accept failed");
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        if shared.open.load(Ordering::Acquire) >= shared.max_connections {
-            shared.gateway.note_admin_refusal("too-many-connections");
-            let _ = stream.set_timeouts(Duration::from_secs(1), Duration::from_secs(1));
-            let _ = http::send(
-                &mut stream,
-                &json_response(
-                    503,
-                    json!({"error": format!("the admin API serves {} connections at once; try again", shared.max_connections)}),
-                ),
+        let ticket = shared.gate.ticket();
+        let id = ticket.id();
+        let task = tokio::spawn(serve_connection(shared.clone(), stream, ticket));
+        // The task has not run yet (one thread): it is held before it can authenticate.
+        let evicted = shared.gate.admit(id, peer, task.abort_handle());
+        if evicted > 0 {
+            tracing::debug!(
+                evicted,
+                ?peer,
+                "admin API: anonymous connections let go to make room for a new one"
             );
-            continue;
         }
-        shared.open.fetch_add(1, Ordering::AcqRel);
-        let conn = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("flowgate-admin-conn".into())
-            .spawn(move || {
-                serve_connection(&conn, stream);
-                conn.open.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            shared.open.fetch_sub(1, Ordering::AcqRel);
+        for _ in 0..evicted {
+            shared.gateway.note_admin_refusal("evicted");
         }
+        // Let the connections already accepted read their heads before the next one comes.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -259,36 +356,117 @@ fn refuse(shared: &Shared, status: u16, reason: &'static str, message: String) -
     response
 }
 
-fn serve_connection(shared: &Shared, mut stream: Stream) {
-    let limits = shared.limits;
-    let _ = stream.set_timeouts(limits.idle, limits.idle);
+/// Serves the one request of a connection. A head that hyper refused (400, 431), or that did
+/// not arrive within the head deadline, is counted here; everything after the head is
+/// counted where it is refused.
+async fn serve_connection(shared: Arc<Shared>, stream: TokioStream, ticket: Ticket) {
     let started = Instant::now();
-    let response = match http::read_head(&mut stream, &limits, started) {
-        Err(e) => refuse(shared, e.status, e.reason, e.message),
-        Ok((mut request, early)) => {
-            if let Some(expected) = &shared.token {
-                let given = request
-                    .header("authorization")
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(|t| digest(t.trim()));
-                if !given.is_some_and(|g| same(&g, expected)) {
-                    let response = refuse(
-                        shared,
-                        401,
-                        "unauthorized",
-                        "this admin API needs `Authorization: Bearer <token>` with the gateway's token".into(),
-                    );
-                    let _ = http::send(&mut stream, &response);
-                    return;
-                }
+    let limits = shared.limits;
+    let ticket = Arc::new(ticket);
+    let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .max_buf_size(limits.max_head.max(8192))
+        .keep_alive(false)
+        .half_close(true)
+        .auto_date_header(false);
+    let service = {
+        let (shared, ticket, reached) = (shared.clone(), ticket.clone(), reached.clone());
+        hyper::service::service_fn(move |request| {
+            reached.store(true, std::sync::atomic::Ordering::Release);
+            let (shared, ticket) = (shared.clone(), ticket.clone());
+            async move {
+                let response = answer(&shared, &ticket, request, started).await;
+                Ok::<_, std::convert::Infallible>(response.into_hyper())
             }
-            match http::read_body(&mut stream, &mut request, early, &limits, started) {
-                Err(e) => refuse(shared, e.status, e.reason, e.message),
-                Ok(()) => route(shared, request),
-            }
-        }
+        })
     };
-    let _ = http::send(&mut stream, &response);
+    let served = match stream {
+        TokioStream::Tcp(s) => builder.serve_connection(TokioIo::new(s), service).await,
+        TokioStream::Unix(s) => builder.serve_connection(TokioIo::new(s), service).await,
+    };
+    if let Err(e) = served
+        && !reached.load(std::sync::atomic::Ordering::Acquire)
+    {
+        let reason = if e.is_timeout() {
+            "head-timeout"
+        } else if e.is_parse_too_large() {
+            "head-too-large"
+        } else {
+            "bad-request"
+        };
+        tracing::debug!(error = %e, reason, "admin API: a request head refused");
+        shared.gateway.note_admin_refusal(reason);
+    }
+}
+
+/// The answer to one request: the token first, then the cap on requests served, then the
+/// body, and only then the gateway.
+async fn answer(
+    shared: &Arc<Shared>,
+    ticket: &Ticket,
+    request: hyper::Request<hyper::body::Incoming>,
+    started: Instant,
+) -> Response {
+    let (head, mut body) = request.into_parts();
+    let mut request = Request::from_head(&head);
+    // A client that waits for `100 Continue` sends no body after a refusal: nothing to drain.
+    let waits = request
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let refused = |response: Response, body| {
+        if !waits {
+            tokio::spawn(http::drain(body, DRAIN));
+        }
+        response
+    };
+    if let Some(expected) = &shared.token
+        && !authorized(request.header("authorization"), expected)
+    {
+        let response = refuse(
+            shared,
+            401,
+            "unauthorized",
+            "this admin API needs `Authorization: Bearer <token>` with the gateway's token".into(),
+        );
+        return refused(response, body);
+    }
+    if !ticket.authenticate() {
+        let response = refuse(
+            shared,
+            503,
+            "too-many-connections",
+            "the admin API is serving as many requests as it takes at once; try again".into(),
+        );
+        return refused(response, body);
+    }
+    let limits = shared.limits;
+    if let Some(declared) = hyper::body::Body::size_hint(&body).exact()
+        && declared > limits.max_body
+    {
+        let message = format!(
+            "the body is {declared} bytes, over the limit of {} bytes",
+            limits.max_body
+        );
+        return refused(refuse(shared, 413, "body-too-large", message), body);
+    }
+    match http::read_body(&mut body, &limits, started + limits.total).await {
+        Err(e) => return refuse(shared, e.status, e.reason, e.message),
+        Ok(bytes) => request.body = bytes,
+    }
+    let work = shared.clone();
+    match tokio::task::spawn_blocking(move || route(&work, request)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "admin API: a request's handler failed");
+            json_response(
+                500,
+                json!({"error": "the request failed inside the gateway"}),
+            )
+        }
+    }
 }
 
 fn with_release_headers(mut response: Response, release: &Release, content_type: &str) -> Response {
@@ -300,112 +478,163 @@ fn with_release_headers(mut response: Response, release: &Release, content_type:
     response
 }
 
+/// What answers one endpoint.
+type Handler = fn(&Shared, Request) -> Response;
+
+/// Every endpoint of the admin API, in one place: a new endpoint is a line here and its
+/// handler. A known path asked with another method is answered 405 (with `Allow`), any other
+/// path 404.
+const ROUTES: &[(&str, &str, Handler)] = &[
+    ("GET", "/status", get_status),
+    ("GET", "/metrics", get_metrics),
+    ("GET", "/module", get_module),
+    ("GET", "/config", get_config),
+    ("PUT", "/module", put_release),
+    ("PUT", "/config", put_release),
+    ("POST", "/rollback", post_rollback),
+    ("POST", "/watch/resume", post_watch_resume),
+    ("POST", "/watch/pause", post_watch_pause),
+];
+
 fn route(shared: &Shared, request: Request) -> Response {
+    let path = request.path.as_str();
+    if let Some((_, _, handler)) = ROUTES
+        .iter()
+        .find(|(method, p, _)| *method == request.method && *p == path)
+    {
+        return handler(shared, request);
+    }
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, p, _)| *p == path)
+        .map(|(method, _, _)| *method)
+        .collect();
+    if !allowed.is_empty() {
+        let allowed = allowed.join(", ");
+        let mut response = json_response(
+            405,
+            json!({"error": format!("{} {path}: method not allowed (allowed: {allowed})", request.method)}),
+        );
+        response.headers.push(("Allow", allowed));
+        return response;
+    }
+    let mut paths: Vec<&str> = Vec::new();
+    for (_, p, _) in ROUTES {
+        if !paths.contains(p) {
+            paths.push(p);
+        }
+    }
+    json_response(
+        404,
+        json!({"error": format!("no such endpoint: {}", paths.join(", "))}),
+    )
+}
+
+fn get_status(shared: &Shared, _: Request) -> Response {
+    let gateway = &shared.gateway;
+    let release = gateway.current();
+    with_release_headers(
+        json_response(200, status(gateway)),
+        &release,
+        "application/json",
+    )
+}
+
+fn get_metrics(shared: &Shared, _: Request) -> Response {
+    Response {
+        status: 200,
+        headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
+        body: metrics::render(&shared.gateway).into_bytes(),
+    }
+}
+
+/// The module in force, for `flowgate swap --dry-run`; its generation and ETag in headers, so
+/// a client can swap with If-Match against exactly what it compared.
+fn get_module(shared: &Shared, _: Request) -> Response {
+    let release = shared.gateway.current();
+    let response = Response {
+        status: 200,
+        headers: Vec::new(),
+        body: release.module.bytes().to_vec(),
+    };
+    with_release_headers(response, &release, "application/wasm")
+}
+
+/// The configuration in force, as [`get_module`].
+fn get_config(shared: &Shared, _: Request) -> Response {
+    let release = shared.gateway.current();
+    let response = Response {
+        status: 200,
+        headers: Vec::new(),
+        body: release.config.as_bytes().to_vec(),
+    };
+    with_release_headers(response, &release, "application/yaml")
+}
+
+/// `PUT /module` (a module, or a reference to pull, with a configuration when
+/// `X-Config-Length` says so) and `PUT /config`.
+fn put_release(shared: &Shared, request: Request) -> Response {
     let gateway = &shared.gateway;
     let if_match = request.header("if-match").map(str::to_owned);
     let by_reference = request
         .header("content-type")
         .is_some_and(|t| t.eq_ignore_ascii_case(REFERENCE_TYPE));
-    match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/status") => {
-            let release = gateway.current();
-            with_release_headers(
-                json_response(200, status(gateway)),
-                &release,
-                "application/json",
-            )
-        }
-        ("GET", "/metrics") => Response {
-            status: 200,
-            headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: metrics::render(gateway).into_bytes(),
-        },
-        // The release in force, for `flowgate swap --dry-run`; its generation and ETag in
-        // headers, so a client can swap with If-Match against exactly what it compared.
-        ("GET", "/module") => {
-            let release = gateway.current();
-            let response = Response {
-                status: 200,
-                headers: Vec::new(),
-                body: release.module.bytes().to_vec(),
-            };
-            with_release_headers(response, &release, "application/wasm")
-        }
-        ("GET", "/config") => {
-            let release = gateway.current();
-            let response = Response {
-                status: 200,
-                headers: Vec::new(),
-                body: release.config.as_bytes().to_vec(),
-            };
-            with_release_headers(response, &release, "application/yaml")
-        }
-        ("PUT", "/module") | ("PUT", "/config") => {
-            let config_len_header = request.header("x-config-length").map(str::to_owned);
-            let mut body = request.body;
-            let (module, config) = if request.path == "/module" {
-                let config_len = match config_len_header.as_deref().map(str::parse::<usize>) {
-                    None => 0,
-                    Some(Ok(n)) if n <= body.len() => n,
-                    Some(_) => {
-                        return json_response(
-                            400,
-                            json!({"error": "X-Config-Length is not a length within the body"}),
-                        );
-                    }
-                };
-                let config = body.split_off(body.len() - config_len);
-                (Some(body), (config_len > 0).then_some(config))
-            } else {
-                (None, Some(body))
-            };
-            let config = match config.map(String::from_utf8).transpose() {
-                Ok(c) => c,
-                Err(_) => {
-                    return json_response(
-                        400,
-                        json!({"error": "the configuration is not UTF-8 text"}),
-                    );
-                }
-            };
-            // A reference instead of a module: the gateway pulls it itself, verified.
-            let (module, pulled) = match (module, by_reference) {
-                (Some(text), true) => match pull(shared, &text) {
-                    Ok((bytes, asked, digest)) => (Some(bytes), Some((asked, digest))),
-                    Err(e) => {
-                        gateway.note_pull("failed");
-                        return json_response(
-                            422,
-                            json!({"swapped": false, "reason": "pull-failed", "error": e}),
-                        );
-                    }
-                },
-                (module, _) => (module, None),
-            };
-            let result = gateway.change(Change {
-                module: module.as_deref(),
-                config: config.as_deref(),
-                if_match: if_match.as_deref(),
-                pulled: pulled.as_ref().map(|(asked, digest)| (asked, *digest)),
-            });
-            if pulled.is_some() {
-                gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
+    let config_len_header = request.header("x-config-length").map(str::to_owned);
+    let mut body = request.body;
+    let (module, config) = if request.path == "/module" {
+        let config_len = match config_len_header.as_deref().map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(n)) if n <= body.len() => n,
+            Some(_) => {
+                return json_response(
+                    400,
+                    json!({"error": "X-Config-Length is not a length within the body"}),
+                );
             }
-            answer_swap(result)
+        };
+        let config = body.split_off(body.len() - config_len);
+        (Some(body), (config_len > 0).then_some(config))
+    } else {
+        (None, Some(body))
+    };
+    let config = match config.map(String::from_utf8).transpose() {
+        Ok(c) => c,
+        Err(_) => {
+            return json_response(400, json!({"error": "the configuration is not UTF-8 text"}));
         }
-        ("POST", "/rollback") => answer_swap(gateway.rollback_if(false, if_match.as_deref())),
-        ("POST", "/watch/resume") => answer_watch(gateway.resume_watch()),
-        ("POST", "/watch/pause") => answer_watch(gateway.pause_watch("POST /watch/pause")),
-        (
-            _,
-            "/status" | "/metrics" | "/module" | "/config" | "/rollback" | "/watch/resume"
-            | "/watch/pause",
-        ) => json_response(405, json!({"error": "method not allowed"})),
-        _ => json_response(
-            404,
-            json!({"error": "no such endpoint: /status, /metrics, /module, /config, /rollback, /watch/resume, /watch/pause"}),
-        ),
+    };
+    // A reference instead of a module: the gateway pulls it itself, verified.
+    let (module, pulled) = match (module, by_reference) {
+        (Some(text), true) => match pull(shared, &text) {
+            Ok((bytes, asked, digest)) => (Some(bytes), Some((asked, digest))),
+            Err(e) => {
+                gateway.note_pull("failed");
+                return json_response(
+                    422,
+                    json!({"swapped": false, "reason": "pull-failed", "error": e}),
+                );
+            }
+        },
+        (module, _) => (module, None),
+    };
+    let result = gateway.change(Change {
+        module: module.as_deref(),
+        config: config.as_deref(),
+        if_match: if_match.as_deref(),
+        pulled: pulled.as_ref().map(|(asked, digest)| (asked, *digest)),
+    });
+    if pulled.is_some() {
+        gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
     }
+    answer_swap(result)
+}
+
+fn post_rollback(shared: &Shared, request: Request) -> Response {
+    answer_swap(
+        shared
+            .gateway
+            .rollback_if(false, request.header("if-match")),
+    )
 }
 
 /// The content type of a `PUT /module` whose body is an `oci://` reference, not a module.
@@ -439,6 +668,14 @@ fn pull(
     }
     .map_err(|e| e.to_string())?;
     Ok((pulled.module, reference, pulled.manifest))
+}
+
+fn post_watch_resume(shared: &Shared, _: Request) -> Response {
+    answer_watch(shared.gateway.resume_watch())
+}
+
+fn post_watch_pause(shared: &Shared, _: Request) -> Response {
+    answer_watch(shared.gateway.pause_watch("POST /watch/pause"))
 }
 
 fn answer_watch(result: Result<WatchStatus, WatchError>) -> Response {

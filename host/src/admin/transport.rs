@@ -1,12 +1,20 @@
-//! Where the admin API listens and how a client reaches it: a Unix domain socket (0600, in a
-//! 0700 folder when the gateway makes it) or TCP, behind one [`Stream`] and [`Listener`].
+//! Where the admin API listens and how a client reaches it: a Unix domain socket or TCP,
+//! behind one [`Stream`] and [`Listener`].
+//!
+//! A Unix socket is private from its first instant: it is bound inside a fresh folder only
+//! its user can enter, made 0600 there, and only then renamed into place, so no umask and no
+//! race lets another user connect. A client checks the other side before it sends anything
+//! (a token, a module): a socket file owned by another user, or a server process running as
+//! another user, is refused (root excepted), and a folder others can write is warned about.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use super::gate::Peer;
 
 /// Where an admin API listens, or where a client finds it: `unix:PATH` or `HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,20 +104,84 @@ impl Stream {
         }
     }
 
-    pub(super) fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
-        let d = Some(d.max(Duration::from_millis(1)));
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(d),
-            Stream::Unix(s) => s.set_read_timeout(d),
+    /// Connects to `endpoint` as [`Stream::connect`] does, and on a Unix socket checks whom
+    /// it reached before anything is sent: the socket file and the process serving it must
+    /// belong to this user or to root. A folder others can write (where another user could
+    /// have put the socket) is warned about.
+    pub fn connect_private(endpoint: &Endpoint, timeout: Duration) -> io::Result<Stream> {
+        let Endpoint::Unix(path) = endpoint else {
+            return Stream::connect(endpoint, timeout);
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        let meta = std::fs::symlink_metadata(path)?;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a socket", path.display()),
+            ));
         }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(dir_meta) = std::fs::metadata(dir)
+            && dir_meta.mode() & 0o022 != 0
+        {
+            // Once a process: a command makes several requests.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    folder = %dir.display(),
+                    mode = format!("{:o}", dir_meta.mode() & 0o7777),
+                    "the admin socket's folder can be written by others, who could put a socket of their own there: keep the socket in a folder only its user can write"
+                );
+            }
+        }
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(foreign(format!(
+                "{} is owned by uid {}, not by this user (uid {me}) or root: refusing to send it a token or a module",
+                path.display(),
+                meta.uid()
+            )));
+        }
+        let stream = UnixStream::connect(path)?;
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(io::Error::from)?;
+        if peer.uid() != me && peer.uid() != 0 {
+            return Err(foreign(format!(
+                "{} is served by a process of uid {}, not of this user (uid {me}) or root: refusing to send it a token or a module",
+                path.display(),
+                peer.uid()
+            )));
+        }
+        Ok(Stream::Unix(stream))
     }
 
-    pub(super) fn shutdown_write(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
-            Stream::Unix(s) => s.shutdown(Shutdown::Write),
-        };
+    /// The stream for a tokio runtime (it must be called inside one).
+    pub(super) fn into_tokio(self) -> io::Result<TokioStream> {
+        Ok(match self {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                TokioStream::Tcp(tokio::net::TcpStream::from_std(s)?)
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                TokioStream::Unix(tokio::net::UnixStream::from_std(s)?)
+            }
+        })
     }
+}
+
+fn foreign(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, message)
+}
+
+/// A connection on a tokio runtime, either kind.
+#[derive(Debug)]
+pub(super) enum TokioStream {
+    /// TCP.
+    Tcp(tokio::net::TcpStream),
+    /// Unix domain socket.
+    Unix(tokio::net::UnixStream),
 }
 
 impl Read for Stream {
@@ -139,24 +211,47 @@ impl Write for Stream {
 
 /// A listening socket, either kind. A Unix socket's file is removed when it is dropped.
 #[derive(Debug)]
-pub enum Listener {
-    /// TCP.
+pub struct Listener {
+    bound: Option<Bound>,
+    /// The Unix socket's path, removed on drop.
+    path: Option<PathBuf>,
+    endpoint: Endpoint,
+}
+
+#[derive(Debug)]
+enum Bound {
     Tcp(TcpListener),
-    /// A Unix domain socket, and its path.
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener),
+}
+
+/// A listening socket on a tokio runtime.
+pub(super) enum TokioListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
 }
 
 impl Listener {
-    /// Listens on `endpoint`. A Unix socket's directory is created 0700 when missing and the
-    /// socket is made 0600; a socket file left by a gateway that is gone is replaced, one a
-    /// live gateway answers on is not.
+    /// Listens on `endpoint`. A Unix socket's folder is created 0700 when missing; the socket
+    /// is bound in a private folder beside it, made 0600 and renamed into place (see the
+    /// module's doc). A socket file left by a gateway that is gone is replaced, one a live
+    /// gateway answers on is not.
     pub fn bind(endpoint: &Endpoint) -> io::Result<Listener> {
         match endpoint {
-            Endpoint::Tcp(addr) => TcpListener::bind(addr).map(Listener::Tcp),
+            Endpoint::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)?;
+                let endpoint = Endpoint::Tcp(listener.local_addr()?.to_string());
+                Ok(Listener {
+                    bound: Some(Bound::Tcp(listener)),
+                    path: None,
+                    endpoint,
+                })
+            }
             Endpoint::Unix(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-                    && !dir.exists()
-                {
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if !dir.exists() {
                     std::fs::DirBuilder::new()
                         .recursive(true)
                         .mode(0o700)
@@ -175,43 +270,115 @@ impl Listener {
                             format!("a gateway already answers on {}", path.display()),
                         ));
                     }
-                    std::fs::remove_file(path)?;
                 }
-                let listener = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                Ok(Listener::Unix(listener, path.clone()))
+                if let Ok(meta) = std::fs::metadata(dir)
+                    && meta.mode() & 0o022 != 0
+                {
+                    tracing::warn!(
+                        folder = %dir.display(),
+                        mode = format!("{:o}", meta.mode() & 0o7777),
+                        "the admin socket's folder can be written by others: they could replace the socket, or put one there while the gateway is down"
+                    );
+                }
+                let listener = bind_privately(dir, path)?;
+                Ok(Listener {
+                    bound: Some(Bound::Unix(listener)),
+                    path: Some(path.clone()),
+                    endpoint: endpoint.clone(),
+                })
             }
         }
     }
 
-    /// Waits for the next connection.
-    pub fn accept(&self) -> io::Result<Stream> {
-        match self {
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
-        }
-    }
-
     /// Where it listens (the port the system picked, for `HOST:0`).
-    pub fn endpoint(&self) -> io::Result<Endpoint> {
-        match self {
-            Listener::Tcp(l) => Ok(Endpoint::Tcp(l.local_addr()?.to_string())),
-            Listener::Unix(_, path) => Ok(Endpoint::Unix(path.clone())),
-        }
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The TCP address, for a TCP listener.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.bound {
+            Some(Bound::Tcp(l)) => l.local_addr().ok(),
+            _ => None,
+        }
+    }
+
+    /// The listening socket for a tokio runtime (it must be called inside one); the file of
+    /// a Unix socket stays this listener's to remove.
+    pub(super) fn take_tokio(&mut self) -> io::Result<TokioListener> {
+        match self.bound.take() {
+            Some(Bound::Tcp(l)) => {
+                l.set_nonblocking(true)?;
+                Ok(TokioListener::Tcp(tokio::net::TcpListener::from_std(l)?))
+            }
+            Some(Bound::Unix(l)) => {
+                l.set_nonblocking(true)?;
+                Ok(TokioListener::Unix(tokio::net::UnixListener::from_std(l)?))
+            }
+            None => Err(io::Error::other("the listener was already taken")),
+        }
+    }
+}
+
+/// Binds a Unix socket at `path` so that no other user can connect to it at any instant: in
+/// a new folder beside it that only this user can enter (created exclusively, so nobody can
+/// have prepared it), 0600, then renamed into place.
+fn bind_privately(dir: &Path, path: &Path) -> io::Result<UnixListener> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no file", path.display()),
+        )
+    })?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mut attempt = 0u32;
+    let private = loop {
+        let candidate = dir.join(format!(".fg{}-{stamp:x}-{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
+            Ok(()) => break candidate,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let inside = private.join(name);
+    let bound = (|| {
+        // The umask may have taken bits from 0700; none can have been added.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let listener = UnixListener::bind(&inside)?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inside, path)?;
+        Ok(listener)
+    })();
+    if bound.is_err() {
+        let _ = std::fs::remove_file(&inside);
+    }
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
+impl TokioListener {
+    /// Waits for the next connection, and says who it is from.
+    pub(super) async fn accept(&self) -> io::Result<(TokioStream, Peer)> {
         match self {
-            Listener::Tcp(l) => l.local_addr().ok(),
-            Listener::Unix(..) => None,
+            TokioListener::Tcp(l) => {
+                let (s, addr) = l.accept().await?;
+                Ok((TokioStream::Tcp(s), Peer::Ip(addr.ip())))
+            }
+            TokioListener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                let peer = s.peer_cred().map_or(Peer::Unknown, |c| Peer::Uid(c.uid()));
+                Ok((TokioStream::Unix(s), peer))
+            }
         }
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
+        if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -301,7 +301,8 @@ pub struct ServeArgs {
     /// 0600), or `HOST:PORT`, which needs --admin-token-file.
     #[arg(long, value_parser = endpoint)]
     pub admin: Option<Endpoint>,
-    /// A file holding the bearer token every admin request must carry (required on TCP).
+    /// A file holding the bearer token every admin request must carry (required on TCP): at
+    /// least 16 bytes, in a file only its owner can read (mode 0600 or 0400).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
     /// What to do with a batch the module fails on.
@@ -343,7 +344,8 @@ pub struct ClientArgs {
     /// $XDG_RUNTIME_DIR/flowgate/admin.sock, else /run/flowgate/admin.sock) or `HOST:PORT`.
     #[arg(long, value_parser = endpoint)]
     pub admin: Option<Endpoint>,
-    /// A file holding the gateway's bearer token; else the FLOWGATE_ADMIN_TOKEN variable.
+    /// A file holding the gateway's bearer token (only its owner may read it); else the
+    /// FLOWGATE_ADMIN_TOKEN variable.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
 }
@@ -352,10 +354,17 @@ impl ClientArgs {
     pub fn client(&self) -> Result<admin::Client> {
         let token = match &self.token_file {
             Some(path) => Some(admin::read_token_file(path)?),
-            None => std::env::var(admin::TOKEN_ENV)
+            None => match std::env::var(admin::TOKEN_ENV)
                 .ok()
                 .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty()),
+                .filter(|t| !t.is_empty())
+            {
+                Some(token) => {
+                    admin::check_token(&token).with_context(|| admin::TOKEN_ENV.to_owned())?;
+                    Some(token)
+                }
+                None => None,
+            },
         };
         let endpoint = self.admin.clone().unwrap_or_else(Endpoint::default_socket);
         Ok(admin::Client::new(endpoint, token))
