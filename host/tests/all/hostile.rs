@@ -1,6 +1,6 @@
 //! The hostile-input regression suite: what an attacker or a careless operator sends, and
 //! what must happen. Every refusal leaves the running release serving, and traffic flowing.
-//! Each test names the item of issue 11 it pins down. What registries answer (altered blobs
+//! What registries answer (altered blobs
 //! and manifests, oversize modules, unknown layouts, missing tags, logins refused, a registry
 //! gone) is pinned down against a real registry in `oci.rs`.
 
@@ -70,7 +70,7 @@ fn generation(client: &Client) -> u64 {
         .unwrap()
 }
 
-/// Item 1: a body shorter than its Content-Length (a client that died mid-upload) is refused
+/// A body shorter than its Content-Length (a client that died mid-upload) is refused
 /// and nothing goes live; so is an unfinished chunked body.
 #[test]
 fn a_truncated_upload_never_goes_live() {
@@ -105,7 +105,7 @@ fn a_truncated_upload_never_goes_live() {
     assert_eq!(events.swaps.get("config"), Some(&1));
 }
 
-/// Item 5: an empty configuration, or a length that is not one, is refused; so is SIGHUP on
+/// An empty configuration, or a length that is not one, is refused; so is SIGHUP on
 /// an empty file. SIGHUP on unchanged files publishes nothing.
 #[test]
 fn an_empty_configuration_is_no_blackhole() {
@@ -147,7 +147,7 @@ fn an_empty_configuration_is_no_blackhole() {
     assert_eq!(gateway.current().catalog.vpcs.len(), 10);
 }
 
-/// Item 3: on TCP every request needs the token; a missing or wrong one is 401 and changes
+/// On TCP every request needs the token; a missing or wrong one is 401 and changes
 /// nothing. TCP without a token does not start. The Unix socket is 0600.
 #[test]
 fn the_admin_api_needs_its_token_on_tcp_and_its_socket_is_private() {
@@ -207,7 +207,7 @@ fn the_admin_api_needs_its_token_on_tcp_and_its_socket_is_private() {
     assert!(format!("{e:#}").contains("already answers"), "{e:#}");
 }
 
-/// Item 4: a client that stops sending holds only its own connection, until its deadline;
+/// A client that stops sending holds only its own connection, until its deadline;
 /// other requests are answered meanwhile, shutdown does not wait for it, and requests
 /// beyond the cap are turned away.
 #[test]
@@ -275,7 +275,7 @@ fn a_slow_client_blocks_nothing() {
     );
 }
 
-/// Item 7: If-Match names the release (generation, module, configuration): two changes from
+/// If-Match names the release (generation, module, configuration): two changes from
 /// the same stale read cannot both win, and re-uploading the same module makes a new ETag.
 #[test]
 fn if_match_guards_the_whole_release() {
@@ -339,7 +339,7 @@ fn if_match_guards_the_whole_release() {
     );
 }
 
-/// Item 2: a gateway with 64 workers on this small machine starts, takes 10 swaps and a
+/// A gateway with 64 workers on this small machine starts, takes 10 swaps and a
 /// rollback, and reverts by itself from a trapping module.
 #[test]
 fn sixty_four_workers_swap_roll_back_and_auto_revert() {
@@ -420,7 +420,7 @@ fn sixty_four_workers_swap_roll_back_and_auto_revert() {
         events.refusals
     );
     assert_eq!(events.revert_failures, 0);
-    // Item 10: faults are counted in the counters /status shows, not only in events.
+    // Faults are counted in the counters /status shows, not only in events.
     assert!(counters.faults >= 3, "{counters:?}");
     assert_eq!(
         counters.faults * 256,
@@ -430,7 +430,7 @@ fn sixty_four_workers_swap_roll_back_and_auto_revert() {
     assert!(instances_needed(workers) >= 4 * 64);
 }
 
-/// Item 6: a packet whose addresses are of different families gets the native verdict through
+/// A packet whose addresses are of different families gets the native verdict through
 /// the module (the packed batch carries each address's family).
 #[test]
 fn mixed_family_packets_get_the_native_verdict_through_the_module() {
@@ -471,7 +471,7 @@ fn mixed_family_packets_get_the_native_verdict_through_the_module() {
     assert!(matches!(n[0], Verdict::Drop(_)), "{:?}", n[0]);
 }
 
-/// Item 8: a cache entry copied over another module's is refused by its checksum: the right
+/// A cache entry copied over another module's is refused by its checksum: the right
 /// module is compiled again and judges. The cache folder is private.
 #[test]
 fn a_forged_cache_entry_is_not_loaded() {
@@ -517,7 +517,7 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-/// Item 9: a configuration that runs the module out of memory or time is refused with a
+/// A configuration that runs the module out of memory or time is refused with a
 /// sentence naming the limit and its flag; nesting is refused before parsing; over-long
 /// configurations are refused before they are read.
 #[test]
@@ -579,7 +579,7 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     assert!(err.contains("--max-config-bytes"), "{err}");
 }
 
-/// Item 9, the table: a configuration well within the text limits whose verdict matrix would
+/// A configuration well within the text limits whose verdict matrix would
 /// be quadratic in its peerings (a hub peered with 8,200 VPCs, each side a prefix of its
 /// own: 8,201 source classes times 8,201 destination classes, past the 2^26 cells a table
 /// may have) is refused naming the VPC, natively, by the module and by a gateway, before
@@ -715,7 +715,7 @@ fn replay_never_writes_over_its_input() {
     }
 }
 
-/// Item 12: numbers that are not finite or not in range are refused by the parser.
+/// Numbers that are not finite or not in range are refused by the parser.
 #[test]
 fn bad_numbers_are_refused_by_the_parser() {
     for args in [
@@ -736,7 +736,7 @@ fn bad_numbers_are_refused_by_the_parser() {
     }
 }
 
-/// Item 11: on a pipe, `check` answers a line while its input stays open (it does not wait
+/// On a pipe, `check` answers a line while its input stays open (it does not wait
 /// for a whole batch or for the end of input).
 #[test]
 fn check_answers_promptly_on_a_pipe() {
