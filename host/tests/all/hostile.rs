@@ -1,8 +1,9 @@
 //! The hostile-input regression suite: what an attacker or a careless operator sends, and
 //! what must happen. Every refusal leaves the running release serving, and traffic flowing.
-//! What registries answer (altered blobs
-//! and manifests, oversize modules, unknown layouts, missing tags, logins refused, a registry
-//! gone) is pinned down against a real registry in `oci.rs`.
+//! What registries answer (altered blobs and manifests, oversize modules, unknown layouts,
+//! missing tags, logins refused, a registry gone) is pinned down against a real registry in
+//! `oci.rs` and `hostile_registry.rs`; the admin API's transport, the socket and the token in
+//! `hostile_admin.rs`; caches and files in `hostile_cache.rs`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
