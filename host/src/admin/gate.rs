@@ -154,8 +154,8 @@ impl Ticket {
     }
 
     /// The connection proved itself: it is no longer anonymous and cannot be let go for
-    /// another. False when the authenticated connections are at their cap (it is then let
-    /// go as anonymous would be, when it ends).
+    /// another. False when the authenticated connections are at their cap: it is then
+    /// answered 503 and counts toward neither cap while that answer is written.
     pub fn authenticate(&self) -> bool {
         let mut state = self.gate.state();
         state.anonymous.remove(&self.id);

@@ -1,5 +1,6 @@
 //! The gateway's admin API and a client for it. It listens on a Unix domain socket by default
-//! (0600, in a 0700 directory); on TCP every request must carry the bearer token.
+//! (0600 from its first instant, served to the gateway's user and root only); on TCP every
+//! request must carry the bearer token.
 //!
 //! | request | what it does |
 //! |---|---|
@@ -69,7 +70,8 @@ pub struct AdminOptions {
     /// Authenticated requests served at once; more are answered 503.
     pub max_connections: usize,
     /// Connections whose head (and token) has not arrived yet, from one peer (an address on
-    /// TCP, a user on a Unix socket); past it, that peer's oldest such connection is let go.
+    /// TCP, a user on a Unix socket); past it, that peer's oldest such connection is let go
+    /// (once it has had its grace, `GateLimits::grace`).
     pub max_anonymous_per_peer: usize,
     /// Connections whose head has not arrived yet, in all; past it, the oldest is let go.
     pub max_anonymous: usize,
@@ -121,7 +123,7 @@ pub enum TokenError {
     Empty,
     /// A token file others can read.
     #[error(
-        "{path}: the token file is readable by others (mode {mode:o}): make it private with `chmod 600 {path}`"
+        "{path}: the token file is open to its group or others (mode {mode:o}): make it private with `chmod 600 {path}`"
     )]
     Readable {
         /// The file.
@@ -317,6 +319,23 @@ async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // The socket is the gateway's user's (0600); a peer of another user (root aside)
+        // can only have come in through a mistake elsewhere, and is served nothing.
+        if let gate::Peer::Unknown = peer {
+            shared.gateway.note_admin_refusal("foreign-user");
+            continue;
+        }
+        if let gate::Peer::Uid(uid) = peer
+            && uid != 0
+            && uid != nix::unistd::geteuid().as_raw()
+        {
+            tracing::warn!(
+                uid,
+                "admin API: a connection from another user on the socket is refused"
+            );
+            shared.gateway.note_admin_refusal("foreign-user");
+            continue;
+        }
         let ticket = shared.gate.ticket();
         let id = ticket.id();
         let task = tokio::spawn(serve_connection(shared.clone(), stream, ticket));
@@ -372,20 +391,35 @@ async fn serve_connection(shared: Arc<Shared>, stream: TokioStream, ticket: Tick
         .keep_alive(false)
         .half_close(true)
         .auto_date_header(false);
+    let answered = Arc::new(tokio::sync::Notify::new());
     let service = {
         let (shared, ticket, reached) = (shared.clone(), ticket.clone(), reached.clone());
+        let answered = answered.clone();
         hyper::service::service_fn(move |request| {
             reached.store(true, std::sync::atomic::Ordering::Release);
-            let (shared, ticket) = (shared.clone(), ticket.clone());
+            let (shared, ticket, answered) = (shared.clone(), ticket.clone(), answered.clone());
             async move {
                 let response = answer(&shared, &ticket, request, started).await;
+                answered.notify_one();
                 Ok::<_, std::convert::Infallible>(response.into_hyper())
             }
         })
     };
+    // An answer the client does not read holds its place for `total` at the most.
     let served = match stream {
-        TokioStream::Tcp(s) => builder.serve_connection(TokioIo::new(s), service).await,
-        TokioStream::Unix(s) => builder.serve_connection(TokioIo::new(s), service).await,
+        TokioStream::Tcp(s) => {
+            let conn = builder.serve_connection(TokioIo::new(s), service);
+            until_written(conn, &answered, limits.total).await
+        }
+        TokioStream::Unix(s) => {
+            let conn = builder.serve_connection(TokioIo::new(s), service);
+            until_written(conn, &answered, limits.total).await
+        }
+    };
+    let Some(served) = served else {
+        shared.gateway.note_admin_refusal("timeout");
+        tracing::debug!("admin API: an answer not read in time, its connection let go");
+        return;
     };
     if let Err(e) = served
         && !reached.load(std::sync::atomic::Ordering::Acquire)
@@ -400,6 +434,27 @@ async fn serve_connection(shared: Arc<Shared>, stream: TokioStream, ticket: Tick
         tracing::debug!(error = %e, reason, "admin API: a request head refused");
         shared.gateway.note_admin_refusal(reason);
     }
+}
+
+/// Runs `conn` until it ends, or until `limit` has passed since `answered` was notified (the
+/// answer was made, and is being written): `None` then.
+async fn until_written<F: std::future::Future>(
+    conn: F,
+    answered: &tokio::sync::Notify,
+    limit: Duration,
+) -> Option<F::Output> {
+    let mut conn = std::pin::pin!(conn);
+    let mut deadline = std::pin::pin!(async {
+        answered.notified().await;
+        tokio::time::sleep(limit).await;
+    });
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = conn.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        deadline.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// The answer to one request: the token first, then the cap on requests served, then the

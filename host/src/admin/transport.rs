@@ -213,8 +213,9 @@ impl Write for Stream {
 #[derive(Debug)]
 pub struct Listener {
     bound: Option<Bound>,
-    /// The Unix socket's path, removed on drop.
-    path: Option<PathBuf>,
+    /// The Unix socket's path and the file it bound there (device, inode), removed on drop
+    /// while it is still that file.
+    path: Option<(PathBuf, (u64, u64))>,
     endpoint: Endpoint,
 }
 
@@ -272,6 +273,21 @@ impl Listener {
                     }
                 }
                 if let Ok(meta) = std::fs::metadata(dir)
+                    && meta.mode() & 0o002 != 0
+                    && meta.mode() & 0o1000 == 0
+                {
+                    // Others could rename the private folder the socket is bound in, or
+                    // the socket itself, and put their own in its place.
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{}: others can write this folder (mode {:o}, no sticky bit): the admin socket cannot be made private in it; use a folder only the gateway's user can write",
+                            dir.display(),
+                            meta.mode() & 0o7777
+                        ),
+                    ));
+                }
+                if let Ok(meta) = std::fs::metadata(dir)
                     && meta.mode() & 0o022 != 0
                 {
                     tracing::warn!(
@@ -281,9 +297,10 @@ impl Listener {
                     );
                 }
                 let listener = bind_privately(dir, path)?;
+                let bound = std::fs::symlink_metadata(path)?;
                 Ok(Listener {
                     bound: Some(Bound::Unix(listener)),
-                    path: Some(path.clone()),
+                    path: Some((path.clone(), (bound.dev(), bound.ino()))),
                     endpoint: endpoint.clone(),
                 })
             }
@@ -378,7 +395,10 @@ impl TokioListener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some(path) = &self.path {
+        // A gateway started since may have put its own socket at the path: that one stays.
+        if let Some((path, (dev, ino))) = &self.path
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino)
+        {
             let _ = std::fs::remove_file(path);
         }
     }

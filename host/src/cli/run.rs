@@ -221,6 +221,8 @@ pub fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCod
         }
         (None, vni) => vni,
     };
+    // The input first: a capture that cannot be read leaves every output as it was.
+    let mut input = CaptureReader::open(&args.pcap)?;
     let mut files = open_outputs(
         &args.pcap,
         &[
@@ -230,7 +232,6 @@ pub fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCod
         ],
     )?
     .into_iter();
-    let mut input = CaptureReader::open(&args.pcap)?;
     let mut create = |p: &Option<PathBuf>| -> Result<Option<CaptureWriter>> {
         match (files.next().flatten(), p) {
             (Some(file), Some(path)) => Ok(Some(CaptureWriter::new(file, path)?)),

@@ -12,8 +12,13 @@
 //! left (a call cannot run more CPU time than passes on the clock, so it is not late to check
 //! again then). A call is never stopped before it has run its budget; it may run up to about
 //! two ticks more (the time before the baseline, and the last tick).
+//!
+//! A configure call also has a backstop on the clock, [`CONFIGURE_WALL_FACTOR`] times its
+//! budget: it runs while a swap holds the gateway's one swap lock, so an operator's rollback
+//! waits behind it, and on a machine starved enough that its CPU time crawls, that wait must
+//! still end.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::UpdateDeadline;
 
@@ -31,6 +36,9 @@ pub(super) fn thread_cpu_time() -> Result<Duration, ClockError> {
     Ok(now.into())
 }
 
+/// How many times its CPU budget a configure call may take on the clock.
+pub(super) const CONFIGURE_WALL_FACTOR: u32 = 4;
+
 /// The CPU time the call under way may run.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct CpuBudget {
@@ -38,18 +46,39 @@ pub(super) struct CpuBudget {
     /// The thread's CPU time when the call first crossed its epoch deadline (`None`: it has
     /// not yet).
     since: Option<Duration>,
+    /// When the call started, and how long it may take on the clock, for a call with a
+    /// backstop.
+    backstop: Option<(Instant, Duration)>,
 }
 
 impl CpuBudget {
     /// A budget of `limit` for a call about to start.
     pub(super) fn new(limit: Duration) -> Self {
-        CpuBudget { limit, since: None }
+        CpuBudget {
+            limit,
+            since: None,
+            backstop: None,
+        }
+    }
+
+    /// A budget of `limit` for a configure call about to start, with its backstop on the clock.
+    pub(super) fn configure(limit: Duration) -> Self {
+        CpuBudget {
+            backstop: Some((Instant::now(), limit.saturating_mul(CONFIGURE_WALL_FACTOR))),
+            ..Self::new(limit)
+        }
     }
 
     /// What the epoch-deadline callback answers when the call crosses its deadline with the
     /// thread at CPU time `now`: the first crossing takes the baseline; a later one stops the
-    /// call once it has run its budget since, or extends the deadline by the ticks left.
+    /// call once it has run its budget since (or, with a backstop, once the clock passed it),
+    /// or extends the deadline by the ticks left.
     pub(super) fn on_deadline(&mut self, now: Duration) -> UpdateDeadline {
+        if let Some((started, wall)) = self.backstop
+            && started.elapsed() >= wall
+        {
+            return UpdateDeadline::Interrupt;
+        }
         let since = *self.since.get_or_insert(now);
         match self.limit.checked_sub(now.saturating_sub(since)) {
             Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
@@ -92,6 +121,20 @@ mod tests {
         assert_eq!(extended(budget.on_deadline(7_499 * MS)), Some(1));
         assert!(extended(budget.on_deadline(7_500 * MS)).is_none());
         assert!(extended(budget.on_deadline(9_000 * MS)).is_none());
+    }
+
+    #[test]
+    fn a_configure_call_ends_at_its_backstop_whatever_its_cpu_time() {
+        let mut budget = CpuBudget::configure(MS);
+        // Starved: no CPU time at all, but the clock passes four times the budget.
+        assert_eq!(extended(budget.on_deadline(7_000 * MS)), Some(1));
+        std::thread::sleep(CONFIGURE_WALL_FACTOR * MS + MS);
+        assert!(extended(budget.on_deadline(7_000 * MS)).is_none());
+        // A batch has no backstop.
+        let mut batch = CpuBudget::new(MS);
+        assert_eq!(extended(batch.on_deadline(7_000 * MS)), Some(1));
+        std::thread::sleep(CONFIGURE_WALL_FACTOR * MS + MS);
+        assert_eq!(extended(batch.on_deadline(7_000 * MS)), Some(1));
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl WasmPolicy {
     ) -> Result<Self, StartFailure> {
         let limits = runtime.limits;
         let (mut store, instance) = new_store(runtime.engine(), module, limits)?;
-        arm(&mut store, limits.configure_deadline);
+        arm_configure(&mut store, limits.configure_deadline);
         let info = instance
             .flowgate_policy_filter()
             .call_info(&mut store)
@@ -129,7 +129,7 @@ impl WasmPolicy {
 
     fn restart_checked(&mut self) -> Result<(), StartFailure> {
         let (mut store, instance) = new_store(self.store.engine(), &self.module, self.limits)?;
-        arm(&mut store, self.limits.configure_deadline);
+        arm_configure(&mut store, self.limits.configure_deadline);
         let summary = configure(&mut store, &instance, &self.config, self.limits)?;
         (self.store, self.instance) = (store, instance);
         self.set_summary(summary);
@@ -262,7 +262,7 @@ fn new_store(
         let now = thread_cpu_time()?;
         Ok(cx.data_mut().budget.on_deadline(now))
     });
-    arm(&mut store, limits.configure_deadline);
+    arm_configure(&mut store, limits.configure_deadline);
     let instance = module
         .pre
         .instantiate(&mut store)
@@ -289,13 +289,20 @@ fn arm(store: &mut Store<HostState>, limit: Duration) {
     store.set_epoch_deadline(1);
 }
 
+/// [`arm`] for a configure call: a budget of `limit` of CPU time, with its backstop on the
+/// clock.
+fn arm_configure(store: &mut Store<HostState>, limit: Duration) {
+    store.data_mut().budget = CpuBudget::configure(limit);
+    store.set_epoch_deadline(1);
+}
+
 fn configure(
     store: &mut Store<HostState>,
     instance: &Policy,
     config: &str,
     limits: Limits,
 ) -> Result<bindings::ConfigSummary, StartFailure> {
-    arm(store, limits.configure_deadline);
+    arm_configure(store, limits.configure_deadline);
     match instance
         .flowgate_policy_filter()
         .call_configure(&mut *store, config)

@@ -514,8 +514,8 @@ fn short_tokens_and_readable_token_files_are_refused() {
     let group = token_file(&dir, "group", TOKEN, 0o640);
     let cases = [
         (&short, "at least 16 bytes"),
-        (&readable, "readable by others"),
-        (&group, "readable by others"),
+        (&readable, "open to its group or others"),
+        (&group, "open to its group or others"),
     ];
     let socket = dir.join("admin.sock");
     let unix = format!("unix:{}", socket.display());

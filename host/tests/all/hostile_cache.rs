@@ -73,7 +73,10 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// and the engine's compatibility hash), as an attacker watching the folder learns it: from
 /// a cache of its own that compiled the module once.
 fn artifact_entry_name(module: &[u8]) -> String {
-    let dir = scratch("learn-name");
+    // A folder of its own per call: tests run at once.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = scratch(&format!("learn-name-{n}"));
     let cache = dir.join("cache");
     Runtime::new(Limits::default(), Some(cache.clone()))
         .unwrap()
