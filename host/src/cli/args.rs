@@ -315,7 +315,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub fault_window: f64,
     /// With --module oci://HOST/REPO:TAG: poll the tag every this many seconds and swap
-    /// when it moves (a failed or refused pull is retried with a capped backoff).
+    /// when it moves to a digest not yet acted on (a failed pull is retried with a capped
+    /// backoff; a refused module is quarantined). An operator's change pauses the watch
+    /// until `flowgate watch resume`.
     #[arg(long, value_parser = seconds)]
     pub pull_interval: Option<f64>,
     /// Stop after this many seconds (run until SIGINT or SIGTERM when absent).
