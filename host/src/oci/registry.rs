@@ -250,11 +250,13 @@ impl Registry {
         let mut url = url.to_owned();
         let mut visited: Vec<String> = Vec::new();
         loop {
-            let here = Origin::of(&url)
-                .ok_or_else(|| refused(format!("{what}: `{url}` is not an http(s) URL")))?;
+            let here = Origin::of(&url).ok_or_else(|| {
+                refused(format!("{what}: `{}` is not an http(s) URL", shown(&url)))
+            })?;
             if !here.https && !self.plain_allowed(&here) {
                 return Err(refused(format!(
-                    "{what}: `{url}` is plain HTTP to a host that is neither loopback nor named with --insecure-registry: refused"
+                    "{what}: `{}` is plain HTTP to a host that is neither loopback nor named with --insecure-registry: refused",
+                    shown(&url)
                 )));
             }
             let answer = if here == home {
@@ -277,23 +279,25 @@ impl Registry {
                 })?;
             let next = resolve(&url, location).ok_or_else(|| {
                 refused(format!(
-                    "{what}: a redirect to `{location}`, which is not an http(s) URL or path"
+                    "{what}: a redirect to `{}`, which is not an http(s) URL or path",
+                    shown(location)
                 ))
             })?;
             visited.push(url);
+            let path = || {
+                let hops: Vec<&str> = visited.iter().map(|u| shown(u)).collect();
+                format!("{} -> {}", hops.join(" -> "), shown(&next))
+            };
             if visited.contains(&next) {
-                return Err(refused(format!(
-                    "{what}: a redirect loop ({} -> {next})",
-                    visited.join(" -> ")
-                )));
+                return Err(refused(format!("{what}: a redirect loop ({})", path())));
             }
             if visited.len() > MAX_REDIRECTS {
                 return Err(refused(format!(
-                    "{what}: more than {MAX_REDIRECTS} redirects ({} -> {next})",
-                    visited.join(" -> ")
+                    "{what}: more than {MAX_REDIRECTS} redirects ({})",
+                    path()
                 )));
             }
-            tracing::debug!(reference = %r, what, to = %next, "following a redirect");
+            tracing::debug!(reference = %r, what, to = %shown(&next), "following a redirect");
             url = next;
         }
     }
@@ -364,9 +368,9 @@ impl Registry {
         if let Some(auth) = auth {
             request = request.header("Authorization", auth);
         }
-        let request = request
-            .body(body.to_vec())
-            .map_err(|e| OciError::Refused(format!("{what}: `{url}`: {e}"), r.to_string()))?;
+        let request = request.body(body.to_vec()).map_err(|e| {
+            OciError::Refused(format!("{what}: `{}`: {e}", shown(url)), r.to_string())
+        })?;
         let mut response = self.agent.run(request).map_err(|e| {
             if unreachable(&e) {
                 Self::transport(r, what, e)
@@ -755,7 +759,8 @@ impl Registry {
         let location = resolve(&url, &location).ok_or_else(|| {
             OciError::Refused(
                 format!(
-                    "{what}: an upload Location `{location}` that is not an http(s) URL or path"
+                    "{what}: an upload Location `{}` that is not an http(s) URL or path",
+                    shown(&location)
                 ),
                 r.to_string(),
             )
@@ -837,6 +842,12 @@ fn plugin_wasm(archive: &[u8], limit: u64) -> Result<Vec<u8>, String> {
 }
 
 /// Percent-encodes a query value (a token scope such as `repository:p:pull`).
+/// `url` as errors and logs show it: without its query or fragment, which may hold a signature
+/// (a storage service's presigned URL) or an upload's state.
+fn shown(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
 fn encode(value: &str) -> String {
     value
         .bytes()
@@ -873,6 +884,18 @@ fn challenge_params(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_query() {
+        assert_eq!(
+            shown("https://s3.example/b/blob?X-Amz-Signature=secret#f"),
+            "https://s3.example/b/blob"
+        );
+        assert_eq!(
+            shown("http://r/v2/a/b/blobs/uploads/1"),
+            "http://r/v2/a/b/blobs/uploads/1"
+        );
+    }
 
     #[test]
     fn challenge_parameters_keep_commas_inside_quotes() {

@@ -390,7 +390,13 @@ fn answers_that_fail_a_check_are_errors_never_served_from_the_cache() {
                 answer(200, &manifest_type, &vec![b' '; (1 << 20) + 4096])
             }
             "endless" if is_manifest => Reply::Endless,
-            "loop" => answer(307, &[("Location", request.path.as_str())], b""),
+            // To itself, with what a storage service's presigned URL carries: a signature
+            // that errors and logs must not show.
+            "loop" => {
+                let path = request.path.split('?').next().unwrap_or_default();
+                let location = format!("{path}?X-Amz-Signature=s3cr3t");
+                answer(307, &[("Location", location.as_str())], b"")
+            }
             // To plain HTTP on a host neither loopback nor named insecure (a reserved name
             // that never resolves): refused before anything is sent there.
             "downgrade" => answer(
@@ -466,7 +472,10 @@ fn answers_that_fail_a_check_are_errors_never_served_from_the_cache() {
         );
         match (&got, from_cache) {
             (Ok((pulled, true)), true) if pulled.manifest == cached_manifest => {}
-            (Err(e), false) if !e.unreachable() && e.to_string().contains(says) => {}
+            (Err(e), false)
+                if !e.unreachable()
+                    && e.to_string().contains(says)
+                    && !e.to_string().contains("s3cr3t") => {}
             _ => wrong.push(format!(
                 "{text}: {}",
                 match got {
