@@ -15,7 +15,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Bytes, Incoming as IncomingBody};
+use hyper::body::{Bytes, Incoming as IncomingBody};
 use hyper_util::rt::TokioIo;
 
 use super::transport::{Endpoint, Stream};
@@ -144,28 +144,14 @@ fn body_error(e: &hyper::Error) -> BadRequest {
 
 /// Reads the whole body of a request, at most `limits.max_body` bytes, each frame within the
 /// idle timeout and all of it by `deadline`. The sum of what arrived is checked before it is
-/// kept, so neither a header nor a chunk size can make room for more than the limit.
+/// kept, so neither a header nor a chunk size can make room for more than the limit (a
+/// declared length over it is refused by the caller before a byte is read, so that it can
+/// drain the body and the client read the answer).
 pub async fn read_body(
     body: &mut IncomingBody,
     limits: &RequestLimits,
     deadline: Instant,
 ) -> Result<Vec<u8>, BadRequest> {
-    let too_large = |size: &dyn std::fmt::Display| {
-        bad(
-            413,
-            "body-too-large",
-            format!(
-                "the body is {size} bytes, over the limit of {} bytes",
-                limits.max_body
-            ),
-        )
-    };
-    // A declared length over the limit is refused before a byte of it is read.
-    if let Some(declared) = body.size_hint().exact()
-        && declared > limits.max_body
-    {
-        return Err(too_large(&declared));
-    }
     let mut out = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -188,7 +174,16 @@ pub async fn read_body(
         let total = (out.len() as u64).checked_add(data.len() as u64);
         match total {
             Some(total) if total <= limits.max_body => out.extend_from_slice(&data),
-            _ => return Err(too_large(&format_args!("over {}", limits.max_body))),
+            _ => {
+                return Err(bad(
+                    413,
+                    "body-too-large",
+                    format!(
+                        "the body is over {0} bytes, over the limit of {0} bytes",
+                        limits.max_body
+                    ),
+                ));
+            }
         }
     }
 }

@@ -139,7 +139,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     // The tag is followed from before the admin API answers, so that no operator's change can
     // come before the watch that it must pause.
     let watched = match (&from_registry, args.pull_interval) {
-        (Some(text), Some(_)) => {
+        (Some(text), Some(interval)) => {
             let reference =
                 flowgate_host::oci::Reference::parse(text).map_err(anyhow::Error::msg)?;
             if reference.digest.is_some() {
@@ -148,7 +148,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
                 );
             }
             gateway.watch_tag(&reference)?;
-            Some(reference)
+            Some((reference, interval))
         }
         (None, Some(_)) => bail!("--pull-interval needs --module oci://HOST/REPO:TAG"),
         _ => None,
@@ -180,8 +180,8 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     };
     // Watching a tag: in a thread of its own, off the packet path, until serving stops.
     let watching = Arc::new(AtomicBool::new(false));
-    let watcher = match (watched, args.pull_interval) {
-        (Some(reference), Some(interval)) => {
+    let watcher = match watched {
+        Some((reference, interval)) => {
             let (gateway, stop) = (gateway.clone(), watching.clone());
             let registry =
                 flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
@@ -202,7 +202,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
                     })?,
             )
         }
-        _ => None,
+        None => None,
     };
     let served = serve(
         &gateway,

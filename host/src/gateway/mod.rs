@@ -593,12 +593,12 @@ impl Gateway {
         Ok(release)
     }
 
-    /// Counts a fault. The module's own faults (see [`module_made`]) count toward an
+    /// Counts a fault. The module's own faults ([`PolicyFault::is_module_fault`]) count toward an
     /// auto-revert: after `fault_limit` of them within `fault_window`, the gateway reverts in
     /// the background, naming the faults. A revert that fails is logged, counted and tried
     /// again after a backoff, as long as the faulty release serves and its faults go on.
     fn note_fault(self: &Arc<Self>, fault: &PolicyFault, generation: u64) {
-        let own = module_made(fault);
+        let own = fault.is_module_fault();
         {
             let mut events = lock(&self.events);
             *events.faults.entry(fault.reason()).or_default() += 1;
@@ -711,13 +711,4 @@ impl Gateway {
     pub fn good_generations(&self) -> Vec<u64> {
         lock(&self.good).iter().map(|r| r.generation).collect()
     }
-}
-
-/// Whether the module made `fault` itself, so that it counts toward an auto-revert
-/// ([`PolicyFault::is_module_fault`]: a trap, its own CPU time over the deadline, its memory
-/// cap, an answer it got wrong, a fresh instance that failed as it started). A worker the host
-/// could not give an instance (no room in the pool, no memory to map), or that has none, drops
-/// its batches fail-closed but does not undo a release.
-pub fn module_made(fault: &PolicyFault) -> bool {
-    fault.is_module_fault()
 }

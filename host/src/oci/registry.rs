@@ -141,6 +141,48 @@ pub struct Registry {
     authorized: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
+/// One request of a registry operation: what it is for (errors name it), its method, URL,
+/// headers and body, and the most bytes of its answer that are read.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    what: &'a str,
+    method: &'a str,
+    url: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    body: &'a [u8],
+    limit: u64,
+}
+
+/// The most bytes read of the answer to a PUT or POST (a registry answers them with a status
+/// and a few headers).
+const MAX_WRITE_ANSWER: u64 = 1 << 16;
+
+impl<'a> Call<'a> {
+    /// A GET.
+    fn get(what: &'a str, url: &'a str, headers: &'a [(&'a str, &'a str)], limit: u64) -> Self {
+        Call {
+            what,
+            method: "GET",
+            url,
+            headers,
+            body: &[],
+            limit,
+        }
+    }
+
+    /// A PUT of `body`.
+    fn put(what: &'a str, url: &'a str, headers: &'a [(&'a str, &'a str)], body: &'a [u8]) -> Self {
+        Call {
+            what,
+            method: "PUT",
+            url,
+            headers,
+            body,
+            limit: MAX_WRITE_ANSWER,
+        }
+    }
+}
+
 /// An answer: status, headers, body.
 struct Answer {
     status: u16,
@@ -229,25 +271,16 @@ impl Registry {
             .map(|(_, login)| login)
     }
 
-    /// Sends a request, reading at most `limit` bytes of the answer. Redirects of a GET are
+    /// Sends `call`, reading at most `call.limit` bytes of the answer. Redirects of a GET are
     /// followed (at most [`MAX_REDIRECTS`], never in a loop); a request to the registry's own
     /// origin carries what it accepted last, and a 401 from it with a challenge is answered
     /// once: Basic with the registry's login, or Bearer with a token fetched from the
     /// challenge's realm. A request anywhere else carries no `Authorization`.
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        r: &Reference,
-        what: &str,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        limit: u64,
-    ) -> Result<Answer, OciError> {
+    fn send(&self, r: &Reference, call: Call<'_>) -> Result<Answer, OciError> {
+        let Call { what, method, .. } = call;
         let refused = |m: String| OciError::Refused(m, r.to_string());
         let home = self.home(r)?;
-        let mut url = url.to_owned();
+        let mut url = call.url.to_owned();
         let mut visited: Vec<String> = Vec::new();
         loop {
             let here = Origin::of(&url).ok_or_else(|| {
@@ -259,10 +292,11 @@ impl Registry {
                     shown(&url)
                 )));
             }
+            let hop = Call { url: &url, ..call };
             let answer = if here == home {
-                self.send_home(r, what, method, &url, headers, body, limit)?
+                self.send_home(r, hop)?
             } else {
-                self.exchange(r, what, method, &url, headers, body, None, limit)?
+                self.exchange(r, hop, None)?
             };
             if !matches!(answer.status, 301 | 302 | 303 | 307 | 308) || method != "GET" {
                 return Ok(answer);
@@ -304,17 +338,7 @@ impl Registry {
 
     /// One request to the registry's own origin, with what it accepted last, answering one
     /// challenge.
-    #[allow(clippy::too_many_arguments)]
-    fn send_home(
-        &self,
-        r: &Reference,
-        what: &str,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        limit: u64,
-    ) -> Result<Answer, OciError> {
+    fn send_home(&self, r: &Reference, call: Call<'_>) -> Result<Answer, OciError> {
         let key = r.registry.to_ascii_lowercase();
         let known = self
             .authorized
@@ -322,7 +346,7 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .cloned();
-        let answer = self.exchange(r, what, method, url, headers, body, known.as_deref(), limit)?;
+        let answer = self.exchange(r, call, known.as_deref())?;
         if answer.status != 401 {
             return Ok(answer);
         }
@@ -334,7 +358,7 @@ impl Registry {
             return Ok(answer);
         };
         let auth = self.authorize(r, challenge)?;
-        let retried = self.exchange(r, what, method, url, headers, body, Some(&auth), limit)?;
+        let retried = self.exchange(r, call, Some(&auth))?;
         if retried.status != 401 {
             self.authorized
                 .lock()
@@ -344,23 +368,25 @@ impl Registry {
         Ok(retried)
     }
 
-    /// One HTTP exchange, no redirect followed, reading at most `limit` bytes of the body.
-    /// Failing to get an answer (no connection, no name, a timeout, the connection cut before
-    /// the answer) is a [`OciError::Transport`]; an answer that breaks its framing, is cut
-    /// short, or runs past `limit` is [`OciError::Refused`]. A timeout while the body comes is
-    /// still a timeout.
-    #[allow(clippy::too_many_arguments)]
+    /// One HTTP exchange with `auth` as its `Authorization`, no redirect followed, reading at
+    /// most `call.limit` bytes of the body. Failing to get an answer (no connection, no name, a
+    /// timeout, the connection cut before the answer) is a [`OciError::Transport`]; an answer
+    /// that breaks its framing, is cut short, or runs past the limit is [`OciError::Refused`]. A
+    /// timeout while the body comes is still a timeout.
     fn exchange(
         &self,
         r: &Reference,
-        what: &str,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
+        call: Call<'_>,
         auth: Option<&str>,
-        limit: u64,
     ) -> Result<Answer, OciError> {
+        let Call {
+            what,
+            method,
+            url,
+            headers,
+            body,
+            limit,
+        } = call;
         let mut request = ureq::http::Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -478,7 +504,7 @@ impl Registry {
             }
         }
         let what = "GET token";
-        let answer = self.exchange(r, what, "GET", &url, &[], &[], basic.as_deref(), MAX_TOKEN)?;
+        let answer = self.exchange(r, Call::get(what, &url, &[], MAX_TOKEN), basic.as_deref())?;
         if answer.status != 200 {
             return Err(Self::status(r, what, answer.status, &answer.body));
         }
@@ -544,7 +570,7 @@ impl Registry {
     /// GETs `url` and reads at most `limit` bytes of the answer, which must be 200.
     fn get(&self, r: &Reference, what: &str, url: &str, limit: u64) -> Result<Vec<u8>, OciError> {
         let Answer { status, body, .. } =
-            self.send(r, what, "GET", url, &[("Accept", ACCEPT)], &[], limit)?;
+            self.send(r, Call::get(what, url, &[("Accept", ACCEPT)], limit))?;
         if status != 200 {
             return Err(Self::status(r, what, status, &body));
         }
@@ -712,15 +738,8 @@ impl Registry {
         let bytes = serde_json::to_vec(&manifest).map_err(|e| Self::transport(r, "manifest", e))?;
         let url = format!("{}/manifests/{tag}", self.base(r));
         let what = "PUT manifest";
-        let answer = self.send(
-            r,
-            what,
-            "PUT",
-            &url,
-            &[("Content-Type", OCI_MANIFEST)],
-            &bytes,
-            1 << 16,
-        )?;
+        let headers = [("Content-Type", OCI_MANIFEST)];
+        let answer = self.send(r, Call::put(what, &url, &headers, &bytes))?;
         if answer.status != 201 {
             return Err(OciError::Status {
                 reference: r.to_string(),
@@ -744,7 +763,13 @@ impl Registry {
         };
         let what = "POST blob upload";
         let url = format!("{base}/blobs/uploads/");
-        let response = self.send(r, what, "POST", &url, &[], &[], 1 << 16)?;
+        let response = self.send(
+            r,
+            Call {
+                method: "POST",
+                ..Call::put(what, &url, &[], &[])
+            },
+        )?;
         if response.status != 202 {
             return Err(status_error(what, response.status));
         }
@@ -769,7 +794,7 @@ impl Registry {
         let what = "PUT blob";
         let url = format!("{location}{join}digest={digest}");
         let headers = [("Content-Type", "application/octet-stream")];
-        let response = self.send(r, what, "PUT", &url, &headers, bytes, 1 << 16)?;
+        let response = self.send(r, Call::put(what, &url, &headers, bytes))?;
         if response.status != 201 {
             return Err(status_error(what, response.status));
         }

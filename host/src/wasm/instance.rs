@@ -129,7 +129,6 @@ impl WasmPolicy {
 
     fn restart_checked(&mut self) -> Result<(), StartFailure> {
         let (mut store, instance) = new_store(self.store.engine(), &self.module, self.limits)?;
-        arm_configure(&mut store, self.limits.configure_deadline);
         let summary = configure(&mut store, &instance, &self.config, self.limits)?;
         (self.store, self.instance) = (store, instance);
         self.set_summary(summary);

@@ -91,9 +91,11 @@ impl Runtime {
     /// another module's entry, altered, or cut short fails it, is ignored with a warning and
     /// compiled again. Nothing else is ever deserialized: an artifact is native code.
     fn compile_cached(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, ModuleError> {
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|e| ModuleError::Invalid(format!("{e:#}")))
+        };
         let Some(dir) = &self.cache_dir else {
-            return Component::new(&self.engine, bytes)
-                .map_err(|e| ModuleError::Invalid(format!("{e:#}")));
+            return compile();
         };
         let store = match PrivateDir::open(dir) {
             Ok(store) => store,
@@ -103,20 +105,16 @@ impl Runtime {
                     error = %e,
                     "the artifact cache is not used: the module is compiled and nothing is cached"
                 );
-                return Component::new(&self.engine, bytes)
-                    .map_err(|e| ModuleError::Invalid(format!("{e:#}")));
+                return compile();
             }
         };
         let mut hasher = DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        let engine_hash = hasher.finish().to_le_bytes();
-        let name = format!(
-            "{}-{:016x}.cwasm",
-            hex(digest),
-            u64::from_le_bytes(engine_hash)
-        );
+        let engine_hash = hasher.finish();
+        let name = format!("{}-{engine_hash:016x}.cwasm", hex(digest));
+        let engine_hash = engine_hash.to_le_bytes();
         let path = store.path().join(&name);
         match store.read(&name, MAX_ARTIFACT_BYTES) {
             Ok(None) => {}
