@@ -29,10 +29,14 @@ fn second_user(test: &str) -> bool {
     false
 }
 
-/// A folder of its own for a test, made afresh by the user running the tests, 0755.
+/// A folder of its own for a test, made afresh by the user running the tests, 0755. It is in
+/// the system's temporary folder, not below the checkout: `nobody` must reach it, and a
+/// checkout may lie below a folder only its owner can enter (`mktemp -d` makes them 0700).
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("hostile-cache-{}-{name}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "flowgate-hostile-cache-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
