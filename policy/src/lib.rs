@@ -7,6 +7,7 @@ pub mod config;
 pub mod explain;
 #[cfg(feature = "json")]
 pub mod json;
+mod labels;
 pub mod limits;
 pub mod model;
 #[cfg(feature = "oracle")]

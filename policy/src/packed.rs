@@ -196,28 +196,11 @@ pub fn encode_verdict(verdict: Verdict) -> [u8; VERDICT_BYTES] {
 
 /// A verdict record as a word: the table's matrix stores verdicts in this form, so the packed
 /// path copies them out without a branch on the verdict.
-pub(crate) fn verdict_word(verdict: Verdict) -> u32 {
+pub(crate) const fn verdict_word(verdict: Verdict) -> u32 {
     match verdict {
-        Verdict::Drop(reason) => reason_code(reason),
+        Verdict::Drop(reason) => reason.code() as u32,
         Verdict::Allow(VpcId(vpc)) => (1 << KIND_SHIFT) | (vpc & VALUE_MASK),
         Verdict::AllowAmbiguous(CandidatesId(set)) => (2 << KIND_SHIFT) | (set & VALUE_MASK),
-    }
-}
-
-/// The drop reasons by code.
-const REASONS: [DropReason; 4] = [
-    DropReason::UnknownVpc,
-    DropReason::SourceNotExposed,
-    DropReason::DestinationNotExposed,
-    DropReason::Denied,
-];
-
-fn reason_code(reason: DropReason) -> u32 {
-    match reason {
-        DropReason::UnknownVpc => 0,
-        DropReason::SourceNotExposed => 1,
-        DropReason::DestinationNotExposed => 2,
-        DropReason::Denied => 3,
     }
 }
 
@@ -232,7 +215,10 @@ pub fn decode_verdict(rec: [u8; VERDICT_BYTES]) -> Option<Verdict> {
 fn word_verdict(word: u32) -> Option<Verdict> {
     let value = word & VALUE_MASK;
     match word >> KIND_SHIFT {
-        0 => REASONS.get(value as usize).copied().map(Verdict::Drop),
+        0 => u8::try_from(value)
+            .ok()
+            .and_then(DropReason::from_code)
+            .map(Verdict::Drop),
         1 => Some(Verdict::Allow(VpcId(value))),
         2 => Some(Verdict::AllowAmbiguous(CandidatesId(value))),
         _ => None,
@@ -256,7 +242,7 @@ impl WordDecoder {
     /// The decoder of the verdicts `catalog` knows.
     pub fn new(catalog: &Catalog) -> WordDecoder {
         let (vpcs, sets) = (catalog.vpcs.len(), catalog.candidate_sets.len());
-        let verdicts: Box<[Verdict]> = REASONS
+        let verdicts: Box<[Verdict]> = DropReason::ALL
             .into_iter()
             .map(Verdict::Drop)
             .chain((0..vpcs).map(|v| Verdict::Allow(VpcId(v as u32))))
@@ -264,7 +250,7 @@ impl WordDecoder {
             .collect();
         // A catalog with more entries than a word's value can name is cut to what it can.
         let fit = |n: usize| n.min(VALUE_MASK as usize) as u32;
-        let count = [fit(REASONS.len()), fit(vpcs), fit(sets), 0];
+        let count = [fit(DropReason::COUNT), fit(vpcs), fit(sets), 0];
         let base = [0, count[0], count[0] + fit(vpcs), 0];
         WordDecoder {
             verdicts,
@@ -560,11 +546,11 @@ mod tests {
 
     #[test]
     fn drop_reasons_decode_by_their_code() {
-        for (code, reason) in REASONS.into_iter().enumerate() {
-            assert_eq!(reason_code(reason), code as u32);
+        for reason in DropReason::ALL {
+            let word = verdict_word(Verdict::Drop(reason));
+            assert_eq!(word, u32::from(reason.code()));
+            assert_eq!(word_verdict(word), Some(Verdict::Drop(reason)));
         }
-        assert_eq!(REASONS.len(), DropReason::ALL.len());
-        // The table answers an unknown VNI with word 0 without building a verdict.
-        assert_eq!(verdict_word(Verdict::default()), 0);
+        assert_eq!(word_verdict(DropReason::COUNT as u32), None);
     }
 }

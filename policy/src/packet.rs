@@ -1,6 +1,5 @@
 //! What the policy is asked about (a packet's source VNI and 5-tuple) and what it answers.
 
-use std::fmt;
 use std::net::IpAddr;
 
 /// IP protocol numbers the policy and its tools name.
@@ -90,48 +89,19 @@ pub struct VpcId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CandidatesId(pub u32);
 
-/// Why a packet was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DropReason {
-    /// The packet's source VNI names no VPC.
-    UnknownVpc,
-    /// No peering of the source VPC offers the source address and port.
-    SourceNotExposed,
-    /// The source is offered, but no peering admits the destination too.
-    DestinationNotExposed,
-    /// A module's own rule refused the packet, whatever the peerings say (a deny-list in
-    /// front of the peering filter, for example). The peering filter itself never says it.
-    Denied,
-}
-
-impl DropReason {
-    /// Every drop reason, in a stable order.
-    pub const ALL: [DropReason; 4] = [
-        DropReason::UnknownVpc,
-        DropReason::SourceNotExposed,
-        DropReason::DestinationNotExposed,
-        DropReason::Denied,
-    ];
-
-    /// The reason's name in verdicts and reports, for example `source-not-exposed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::UnknownVpc => "unknown-vpc",
-            DropReason::SourceNotExposed => "source-not-exposed",
-            DropReason::DestinationNotExposed => "destination-not-exposed",
-            DropReason::Denied => "denied",
-        }
-    }
-
-    /// The reason named `name`, if any.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == name)
-    }
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+crate::labels! {
+    /// Why a packet was dropped. The codes are the WIT `drop-reason`'s order and the drop
+    /// values of the packed verdict word (`wit/policy.wit`, `judge-packed`).
+    pub enum DropReason {
+        /// The packet's source VNI names no VPC.
+        UnknownVpc = 0 => "unknown-vpc",
+        /// No peering of the source VPC offers the source address and port.
+        SourceNotExposed = 1 => "source-not-exposed",
+        /// The source is offered, but no peering admits the destination too.
+        DestinationNotExposed = 2 => "destination-not-exposed",
+        /// A module's own rule refused the packet, whatever the peerings say (a deny-list in
+        /// front of the peering filter, for example). The peering filter itself never says it.
+        Denied = 3 => "denied",
     }
 }
 

@@ -78,7 +78,7 @@ impl Counters {
 pub fn apply(packets: &[Packet], verdicts: &[Verdict], catalog: &Catalog, counters: &mut Counters) {
     // Forwarded packets per destination VPC in this batch (batches go to few VPCs).
     let mut per_vpc: Vec<(VpcId, u64)> = Vec::new();
-    let mut drops = [0u64; DropReason::ALL.len()];
+    let mut drops = [0u64; DropReason::COUNT];
     let mut passed = 0;
     for &verdict in verdicts.iter().take(packets.len()) {
         match verdict {
@@ -94,7 +94,7 @@ pub fn apply(packets: &[Packet], verdicts: &[Verdict], catalog: &Catalog, counte
                 passed += 1;
                 counters.ambiguous += 1;
             }
-            Verdict::Drop(reason) => drops[reason as usize] += 1,
+            Verdict::Drop(reason) => drops[reason.index()] += 1,
         }
     }
     counters.packets += passed;

@@ -120,41 +120,9 @@ impl SwapError {
     }
 }
 
-/// An enum of names, each with the text logs, counters and metrics show.
-macro_rules! labels {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)*
-        }
-
-        impl $name {
-            /// The name in logs, counters and metrics.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text,)*
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-    };
-}
-
-labels! {
+flowgate_policy::labels! {
     /// What a release was made by.
-    Cause {
+    pub enum Cause {
         /// The gateway started with it.
         Start => "start",
         /// A new module.
@@ -172,10 +140,10 @@ labels! {
     }
 }
 
-labels! {
+flowgate_policy::labels! {
     /// Who made a release. The operator's changes pin the gateway: a tag watch pauses until the
     /// operator resumes it (see `authority.rs`).
-    Origin {
+    pub enum Origin {
         /// The gateway started with it.
         Start => "start",
         /// An operator uploaded a module, a configuration or both (`PUT /module`, `PUT /config`,
@@ -218,9 +186,9 @@ impl Origin {
     }
 }
 
-labels! {
+flowgate_policy::labels! {
     /// Why a swap or rollback was refused.
-    Refusal {
+    pub enum Refusal {
         /// `If-Match` named another release than the one serving.
         StaleDigest => "stale-digest",
         /// Not a Wasm component.

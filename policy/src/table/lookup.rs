@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use super::flat::{self, NO_PORT, NO_VPC};
 use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
+use crate::packed::verdict_word;
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 use crate::prefetch::prefetch;
 
@@ -81,7 +82,7 @@ fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
 pub(crate) const LANES: usize = 32;
 
 /// The packed word of `drop(unknown-vpc)`.
-const UNKNOWN_VPC: u32 = 0;
+const UNKNOWN_VPC: u32 = verdict_word(Verdict::Drop(DropReason::UnknownVpc));
 
 /// Up to [`LANES`] IPv4 packets of a batch, field by field, as the lookup stages read them.
 /// A lane whose packet is not IPv4 on both sides holds anything: the caller looks that packet
