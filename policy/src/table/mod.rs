@@ -194,23 +194,26 @@
 //!   natively.
 
 mod build;
-mod catalog;
 mod flat;
-mod lookup;
+pub(crate) mod lookup;
 mod trie;
 
+pub use crate::catalog::{Catalog, VpcEntry};
 pub use build::{MAX_BUILD_STEPS, MAX_CLASS_MEMBERS, MAX_MATRIX_CELLS};
-pub use catalog::{Catalog, TableStats, VpcEntry};
-pub(crate) use lookup::{LANES, Lanes, Stages};
 
 use crate::packet::Verdict;
+use crate::word::{WordDecoder, verdict_word};
+
+/// Packets a batch lookup takes through its stages together: enough to keep the CPU's
+/// load queue busy, few enough that the stages' state stays in registers and L1.
+const LANES: usize = 32;
 
 /// The flow filter's lookup table. Immutable once built; cheap to share between threads.
 #[derive(Debug, Clone)]
 pub struct Table {
     catalog: Catalog,
     /// The verdicts of the matrices' words.
-    decoder: crate::packed::WordDecoder,
+    decoder: WordDecoder,
     /// The VPC of each VNI.
     vnis: flat::VniIndex,
     /// Every VPC's IPv4 source and destination segments, and their port maps.
@@ -282,6 +285,25 @@ struct Seg {
     ports_len: u32,
 }
 
+/// Sizes of a built table, for reports and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Address segments over all source and destination tables.
+    pub segments: usize,
+    /// Port ranges stored within segments.
+    pub port_ranges: usize,
+    /// Source classes over all VPCs.
+    pub source_classes: usize,
+    /// Destination classes over all VPCs.
+    pub destination_classes: usize,
+    /// Precomputed verdicts over all VPCs.
+    pub matrix_cells: usize,
+    /// Distinct sets of candidates of ambiguous verdicts.
+    pub candidate_sets: usize,
+    /// Bytes of the IPv4 lookup structures (tries or padded segment tables, and port maps).
+    pub ipv4_bytes: usize,
+}
+
 impl Table {
     /// Sizes of the table.
     pub fn stats(&self) -> TableStats {
@@ -296,6 +318,6 @@ struct Cell(u32);
 
 impl Cell {
     fn new(verdict: Verdict) -> Cell {
-        Cell(crate::packed::verdict_word(verdict))
+        Cell(verdict_word(verdict))
     }
 }
