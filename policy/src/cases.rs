@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::catalog::Catalog;
 use crate::config::ConfigError;
 use crate::json::{parse_packet, verdict_json};
 use crate::packet::Verdict;
-use crate::table::Catalog;
 
 /// One case.
 #[derive(Debug, Clone)]

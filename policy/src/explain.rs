@@ -8,9 +8,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::catalog::Catalog;
 use crate::model::{Block, Config, Entry, Side};
 use crate::packet::{Packet, Verdict, VpcId};
-use crate::table::{Catalog, Table};
+use crate::table::Table;
 
 /// One expose entry whose prefix holds the address being explained.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::catalog::Catalog;
 use crate::packet::{Packet, Ports, Verdict, proto};
-use crate::table::Catalog;
 
 /// A packet line or text that does not read as a packet, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

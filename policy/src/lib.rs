@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 mod addr;
+mod batch;
 #[cfg(feature = "json")]
 pub mod cases;
+mod catalog;
 pub mod config;
 pub mod explain;
 #[cfg(feature = "json")]
@@ -19,9 +21,11 @@ mod prefetch;
 #[cfg(feature = "synth")]
 pub mod synth;
 pub mod table;
+mod word;
 
+pub use catalog::{Catalog, VpcEntry};
 pub use config::{ConfigError, parse};
 pub use explain::{Explanation, explain};
 pub use model::Config;
 pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
-pub use table::{Catalog, Table, TableStats, VpcEntry};
+pub use table::{Table, TableStats};

@@ -2,8 +2,8 @@
 //! far larger than the caches (the realistic benchmarks cycle a pool of a million 48-byte
 //! packets, 48 MiB): a batch lookup that reads each packet only when it gets to it waits on
 //! every cache line.
-//! Natively, fetching the next lanes' packets while the current ones are looked up took
-//! 7-16 % off a lookup (`BENCHMARKS.md`, seventh session). Wasm has no prefetch instruction,
+//! Natively, fetching the next lanes' packets while the current ones are looked up takes
+//! 7-16 % off a lookup (`BENCHMARKS.md`, design decisions). Wasm has no prefetch instruction,
 //! and a guest reads its batch from the columns the host has just written. The host's
 //! encoder, which reads the packets for it, gained nothing from prefetching: it has no
 //! lookup work to hide the fetches under.

@@ -52,6 +52,21 @@ fn header_vni(header: &[u8; VXLAN_HEADER]) -> u32 {
     u32::from_be_bytes(word)
 }
 
+flowgate_policy::labels! {
+    /// The kinds of [`FrameError`]: the dataplane's drop reasons for frames that do not reach
+    /// the policy, counted under these names.
+    pub enum FrameFault {
+        /// Neither IPv4 nor IPv6 inside.
+        NotIp => "not-ip",
+        /// The frame ends before the headers it announces.
+        Truncated => "truncated",
+        /// A header that breaks its protocol's rules.
+        Malformed => "malformed",
+        /// Not VXLAN, and no source VPC was given for such frames.
+        NoVni => "no-vni",
+    }
+}
+
 /// Why a frame does not reach the policy. [`FrameError::reason`] names the dataplane's drop
 /// reason for it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,24 +80,22 @@ pub enum FrameError {
     /// A header that breaks its protocol's rules.
     #[error("malformed: {0}")]
     Malformed(String),
-    /// Not VXLAN, and no source VPC was given for such frames.
-    #[error("not VXLAN, and no --src-vpc or --vni says which VPC it comes from")]
+    /// Not VXLAN, and no source VPC was given for such frames (see [`parse_frame`]'s
+    /// `default_vni`).
+    #[error("not VXLAN, and nothing says which VPC it comes from")]
     NoVni,
 }
 
 impl FrameError {
-    /// The drop reason: `not-ip`, `truncated`, `malformed` or `no-vni`.
-    pub fn reason(&self) -> &'static str {
+    /// The drop reason.
+    pub fn reason(&self) -> FrameFault {
         match self {
-            FrameError::NotIp(_) => "not-ip",
-            FrameError::Truncated(_) => "truncated",
-            FrameError::Malformed(_) => "malformed",
-            FrameError::NoVni => "no-vni",
+            FrameError::NotIp(_) => FrameFault::NotIp,
+            FrameError::Truncated(_) => FrameFault::Truncated,
+            FrameError::Malformed(_) => FrameFault::Malformed,
+            FrameError::NoVni => FrameFault::NoVni,
         }
     }
-
-    /// Every reason, in a stable order.
-    pub const REASONS: [&'static str; 4] = ["not-ip", "truncated", "malformed", "no-vni"];
 }
 
 /// Where a frame's VXLAN header sits, to rewrite its VNI.
@@ -523,7 +536,9 @@ mod tests {
         assert_eq!(parse_vxlan(cut).unwrap_err().reason(), "truncated");
         // A frame outside VXLAN needs a VNI from elsewhere.
         let plain = inner();
-        assert_eq!(parse_frame(&plain, None).unwrap_err(), FrameError::NoVni);
+        let no_vni = parse_frame(&plain, None).unwrap_err();
+        assert_eq!(no_vni, FrameError::NoVni);
+        assert_eq!(no_vni.reason(), "no-vni");
         assert_eq!(parse_frame(&plain, Some(3)).unwrap().packet.src_vni, 3);
     }
 }

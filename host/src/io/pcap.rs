@@ -336,7 +336,7 @@ pub fn replay(
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(e) => {
-                    report.counters.count_drop(e.reason(), 1);
+                    report.counters.count_drop(e.reason().as_str(), 1);
                     write(&mut outputs.dropped, record)?;
                     continue;
                 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use flowgate_policy::{Catalog, Packet, Verdict};
-use flowgate_wire::{parse_vxlan, set_payload_vni};
+use flowgate_wire::{FrameFault, parse_vxlan, set_payload_vni};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 
 use crate::dataplane::Counters;
@@ -84,7 +84,7 @@ pub struct VxlanPort {
     /// For each packet of the current batch, the datagram it came from.
     origin: Vec<usize>,
     /// Unreadable datagrams since the last `deliver`, by reason.
-    unreadable: BTreeMap<&'static str, u64>,
+    unreadable: [u64; FrameFault::COUNT],
 }
 
 impl VxlanPort {
@@ -107,7 +107,7 @@ impl VxlanPort {
             buffers: vec![vec![0; MAX_DATAGRAM]; batch],
             lengths: Vec::with_capacity(batch),
             origin: Vec::with_capacity(batch),
-            unreadable: BTreeMap::new(),
+            unreadable: [0; FrameFault::COUNT],
         })
     }
 
@@ -149,7 +149,7 @@ impl Port for VxlanPort {
                     batch.push(packet);
                     self.origin.push(i);
                 }
-                Err(e) => *self.unreadable.entry(e.reason()).or_default() += 1,
+                Err(e) => self.unreadable[e.reason().index()] += 1,
             }
         }
         self.origin.len()
@@ -165,8 +165,11 @@ impl Port for VxlanPort {
         catalog: &Catalog,
         counters: &mut Counters,
     ) {
-        for (reason, n) in std::mem::take(&mut self.unreadable) {
-            counters.count_drop(reason, n);
+        let unreadable = std::mem::take(&mut self.unreadable);
+        for (reason, n) in FrameFault::ALL.into_iter().zip(unreadable) {
+            if n > 0 {
+                counters.count_drop(reason.as_str(), n);
+            }
         }
         let Some(verdicts) = verdicts else {
             return;

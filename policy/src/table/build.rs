@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::catalog::{Catalog, VpcEntry};
 use super::flat::{PortMaps4, Side4, VniIndex};
 use super::{Cell, Matrices, Row, Seg, SegTable, Table, TableStats, VpcTable};
 use crate::addr::{Family, net_family, net_range};
+use crate::catalog::{Catalog, VpcEntry};
 use crate::config::ConfigError;
 use crate::model::{Config, Entry};
 use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
@@ -197,7 +197,7 @@ impl Table {
             candidate_sets,
         };
         Ok(Table {
-            decoder: crate::packed::WordDecoder::new(&catalog),
+            decoder: crate::word::WordDecoder::new(&catalog),
             catalog,
             vnis: VniIndex::new(&by_vni, tries),
             src4,

@@ -1,14 +1,20 @@
-//! Reading the table per packet: binary searches with no data-dependent branch, the source
-//! and destination searches in one loop, and one matrix read.
+//! Reading the table: per packet, binary searches with no data-dependent branch, the source
+//! and destination searches in one loop, and one matrix read; per batch, [`LANES`] packets
+//! at a time in stages ([`Table::lookup_batch`]), and the packed path's driver
+//! ([`judge_packed`]), which fills the same lanes straight from a batch's columns.
 
 use std::hint::select_unpredictable;
 use std::net::IpAddr;
 
+#[cfg(target_family = "wasm")]
+use std::cell::RefCell;
+
 use super::flat::{self, NO_PORT, NO_VPC};
-use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
-use crate::packed::verdict_word;
+use super::{Catalog, Keys, LANES, Seg, SegTable, Table, VpcEntry, VpcTable};
+use crate::batch::{Batch, column, shape, split_ports};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 use crate::prefetch::prefetch;
+use crate::word::{UNKNOWN_VPC, VERDICT_BYTES, verdict_word};
 
 impl<K: Copy + Ord> SegTable<K> {
     #[inline]
@@ -77,27 +83,20 @@ fn last_at_or_below<K: Copy + Ord>(sorted: &[K], key: K) -> usize {
     base
 }
 
-/// Packets a batch lookup takes through its stages together: enough to keep the CPU's
-/// load queue busy, few enough that the stages' state stays in registers and L1.
-pub(crate) const LANES: usize = 32;
-
-/// The packed word of `drop(unknown-vpc)`.
-const UNKNOWN_VPC: u32 = verdict_word(Verdict::Drop(DropReason::UnknownVpc));
-
 /// Up to [`LANES`] IPv4 packets of a batch, field by field, as the lookup stages read them.
 /// A lane whose packet is not IPv4 on both sides holds anything: the caller looks that packet
 /// up on its own.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Lanes {
-    pub(crate) vni: [u32; LANES],
-    pub(crate) src: [u32; LANES],
-    pub(crate) dst: [u32; LANES],
+struct Lanes {
+    vni: [u32; LANES],
+    src: [u32; LANES],
+    dst: [u32; LANES],
     /// Source ports, then destination ports, or [`NO_PORT`].
-    pub(crate) ports: [[u32; LANES]; 2],
+    ports: [[u32; LANES]; 2],
 }
 
 impl Lanes {
-    pub(crate) const EMPTY: Lanes = Lanes {
+    const EMPTY: Lanes = Lanes {
         vni: [0; LANES],
         src: [0; LANES],
         dst: [0; LANES],
@@ -120,7 +119,7 @@ impl Lanes {
     /// [`NO_PORT`]. Mixed traffic has and lacks ports at random, so this is chosen without a
     /// branch.
     #[inline(always)]
-    pub(crate) fn put(
+    fn put(
         &mut self,
         i: usize,
         vni: u32,
@@ -136,7 +135,7 @@ impl Lanes {
 
 /// Where the stages of [`Table::lookup_lanes`] keep their answers.
 #[derive(Debug, Clone)]
-pub(crate) struct Stages {
+struct Stages {
     vpcs: [u32; LANES],
     roots: [u32; LANES],
     /// Each lane's source value, then its destination value: a class, or a port map to
@@ -173,7 +172,7 @@ fn ported_mask(sides: &[[u32; LANES]; 2]) -> u64 {
 }
 
 impl Stages {
-    pub(crate) const NEW: Stages = Stages {
+    const NEW: Stages = Stages {
         vpcs: [NO_VPC; LANES],
         roots: [0; LANES],
         sides: [[0; LANES]; 2],
@@ -297,7 +296,7 @@ impl Table {
     /// at 1,000 peerings). In the guest this is inlined into that path, so that the
     /// constant addresses reach every stage.
     #[cfg_attr(target_family = "wasm", inline(always))]
-    pub(crate) fn lookup_lanes(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
+    fn lookup_lanes(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
         self.vnis.find_lanes(&lanes.vni, &mut st.vpcs);
         if self.per_vpc.is_empty() {
             out.fill(UNKNOWN_VPC);
@@ -366,5 +365,162 @@ impl Table {
     /// The verdict in the notation of the spec; see [`Catalog::verdict_text`].
     pub fn verdict_text(&self, verdict: Verdict) -> String {
         self.catalog.verdict_text(verdict)
+    }
+}
+
+/// Judges a packed batch: `output` gets one verdict record per packet of `input`, or nothing
+/// when `input` does not follow the batch layout (an IPv6 address past the list included).
+/// With no table, every packet is `drop(unknown-vpc)`.
+pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
+    output.clear();
+    let Some(batch) = Batch::parse(input) else {
+        return;
+    };
+    let Some(table) = table else {
+        if batch.packets().all(|p| p.is_some()) {
+            let record = UNKNOWN_VPC.to_le_bytes();
+            output.extend(std::iter::repeat_n(record, batch.len()).flatten());
+        }
+        return;
+    };
+    output.resize(batch.len() * VERDICT_BYTES, 0);
+    #[cfg(target_family = "wasm")]
+    let judged = {
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::NEW) };
+        }
+        SCRATCH.with_borrow_mut(|s| judge_lanes(table, &batch, output, s))
+    };
+    #[cfg(not(target_family = "wasm"))]
+    let judged = {
+        let mut scratch = Scratch::NEW;
+        judge_lanes(table, &batch, output, &mut scratch)
+    };
+    if judged.is_err() {
+        output.clear();
+    }
+}
+
+/// The working memory of [`judge_packed`]: a chunk's lanes, the lookup's stages and the
+/// verdict words. Natively it lives on the stack; a Wasm guest keeps it in a static (see
+/// `Table::lookup_lanes` for why).
+#[derive(Debug, Clone)]
+struct Scratch {
+    lanes: Lanes,
+    stages: Stages,
+    words: [u32; LANES],
+}
+
+impl Scratch {
+    const NEW: Scratch = Scratch {
+        lanes: Lanes::EMPTY,
+        stages: Stages::NEW,
+        words: [0; LANES],
+    };
+}
+
+/// Judges `batch` into `output` (one verdict record a packet) [`LANES`] packets at a time:
+/// their columns' words straight into the lanes, the lanes looked up in stages, and packets
+/// that are not IPv4 on both sides on their own. `Err` for an IPv6 address past the list.
+#[inline(always)]
+fn judge_lanes(
+    table: &Table,
+    batch: &Batch<'_>,
+    output: &mut [u8],
+    s: &mut Scratch,
+) -> Result<(), ()> {
+    let word = |w: &[u8; 4]| u32::from_le_bytes(*w);
+    let columns = [
+        column::VNI,
+        column::SHAPE,
+        column::PORTS,
+        column::SRC,
+        column::DST,
+    ]
+    .map(|c| batch.column(c).chunks(LANES));
+    let [vnis, shapes, ports, srcs, dsts] = columns;
+    let chunks = vnis.zip(shapes).zip(ports).zip(srcs.zip(dsts));
+    let outs = output.as_chunks_mut::<VERDICT_BYTES>().0.chunks_mut(LANES);
+    for ((first, (((vni, shape), ports), (src, dst))), out) in
+        (0..).step_by(LANES).zip(chunks).zip(outs)
+    {
+        let mut families = 0;
+        for (i, ((vni, shape), (ports, (src, dst)))) in vni
+            .iter()
+            .zip(shape)
+            .zip(ports.iter().zip(src.iter().zip(dst)))
+            .enumerate()
+        {
+            let shape = word(shape);
+            families |= shape;
+            s.lanes.put(
+                i,
+                word(vni),
+                (word(src), word(dst)),
+                shape & shape::PORTS != 0,
+                split_ports(word(ports)),
+            );
+        }
+        table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
+        let words = &mut s.words[..vni.len()];
+        if families & shape::V6 != 0 {
+            for (i, (verdict, shape)) in words.iter_mut().zip(shape).enumerate() {
+                if word(shape) & shape::V6 != 0 {
+                    let Some(packet) = batch.packet(first + i) else {
+                        return Err(());
+                    };
+                    *verdict = verdict_word(table.lookup(&packet));
+                }
+            }
+        }
+        for (out, word) in out.iter_mut().zip(words.iter()) {
+            *out = word.to_le_bytes();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_off_its_layout_gets_no_verdicts() {
+        let packet = Packet::portless(
+            1,
+            "fd00::1".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            58,
+        );
+        let mut good = Vec::new();
+        crate::batch::encode_packets(&[packet; 2], &mut good);
+        let mut out = vec![1, 2, 3];
+        judge_packed(None, &good, &mut out);
+        assert_eq!(out, [0; 8], "drop(unknown-vpc) without a table");
+
+        let mut more = good.clone();
+        more[0] = 3;
+        let mut index_past_the_list = good.clone();
+        // Packet 1's source address index (word 1 + 3n + 1) is 2 of a list of 2.
+        index_past_the_list[4 * 8..4 * 9].copy_from_slice(&2u32.to_le_bytes());
+        for (bad, why) in [
+            (&good[..good.len() - 1], "a partial word"),
+            (&good[..good.len() - 4], "a partial address list"),
+            (&good[..3], "no packet count"),
+            (&more[..], "more packets than the columns hold"),
+            (&[0xff; 4][..], "a count whose columns overflow"),
+        ] {
+            assert!(Batch::parse(bad).is_none(), "{why}");
+            judge_packed(None, bad, &mut out);
+            assert!(out.is_empty(), "{why}");
+        }
+        assert!(Batch::parse(&index_past_the_list).is_some());
+        let table = Table::build(&crate::Config::default()).unwrap();
+        for table in [None, Some(&table)] {
+            judge_packed(table, &good, &mut out);
+            assert_eq!(out.len(), 8);
+            judge_packed(table, &index_past_the_list, &mut out);
+            assert!(out.is_empty(), "an IPv6 address past the list");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The names behind a table's verdicts: the VPCs by index and the candidate sets of
-//! ambiguous verdicts.
+//! ambiguous verdicts. A host that runs the policy as a module holds only this part of a
+//! table, rebuilt from the module's summary, to name and check the module's answers.
 
 use crate::packet::{CandidatesId, Verdict, VpcId};
 
@@ -10,25 +11,6 @@ pub struct VpcEntry {
     pub name: String,
     /// Its VNI.
     pub vni: u32,
-}
-
-/// Sizes of a built table, for reports and benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TableStats {
-    /// Address segments over all source and destination tables.
-    pub segments: usize,
-    /// Port ranges stored within segments.
-    pub port_ranges: usize,
-    /// Source classes over all VPCs.
-    pub source_classes: usize,
-    /// Destination classes over all VPCs.
-    pub destination_classes: usize,
-    /// Precomputed verdicts over all VPCs.
-    pub matrix_cells: usize,
-    /// Distinct sets of candidates of ambiguous verdicts.
-    pub candidate_sets: usize,
-    /// Bytes of the IPv4 lookup structures (tries or padded segment tables, and port maps).
-    pub ipv4_bytes: usize,
 }
 
 /// The names behind a table's verdicts: its VPCs and the candidate sets of ambiguous
