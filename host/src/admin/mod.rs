@@ -1040,6 +1040,36 @@ mod tests {
         assert_eq!(documented(include_str!("mod.rs")), rows);
     }
 
+    /// The requests README's admin table names (the backquoted `METHOD PATH`s of its first
+    /// column), in order.
+    fn readme_requests(readme: &str) -> Vec<String> {
+        let mut lines = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| request | what it does |"))
+            .skip(2);
+        let mut requests = Vec::new();
+        while let Some(row) = lines.next().filter(|l| l.starts_with('|')) {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            requests.extend(first.split('`').skip(1).step_by(2).map(str::to_owned));
+        }
+        requests
+    }
+
+    /// README's admin table names every route, and nothing else.
+    #[test]
+    fn the_readme_names_every_route() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let mut named = readme_requests(&readme);
+        let mut routes: Vec<String> = routes()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        named.sort();
+        routes.sort();
+        assert_eq!(named, routes, "README's admin table and the routes differ");
+    }
+
     /// No two routes answer the same request, and every description is there.
     #[test]
     fn every_route_is_one_request_and_described() {
