@@ -782,29 +782,19 @@ fn get_config(shared: &Shared, _: Request) -> Response {
 /// `PUT /module`: a module, or a reference to pull, with a configuration when
 /// `X-Config-Length` says so.
 fn put_module(shared: &Shared, request: Request) -> Response {
-    let by_reference = request
-        .header("content-type")
-        .is_some_and(|t| t.eq_ignore_ascii_case(REFERENCE_TYPE));
-    let (module, config) = match split_config(&request) {
+    let (head, config) = match split_config(&request) {
         Ok(parts) => parts,
         Err(response) => return response,
     };
-    let config = match config.map(config_text).transpose() {
-        Ok(config) => config,
-        Err(response) => return response,
-    };
+    let by_reference = request
+        .header("content-type")
+        .is_some_and(|t| t.eq_ignore_ascii_case(REFERENCE_TYPE));
     if !by_reference {
-        return answer_swap(change(
-            shared,
-            &request,
-            Some(module),
-            config.as_deref(),
-            None,
-        ));
+        return answer_swap(change(shared, &request, Some(head), config, None));
     }
     // A reference instead of a module: the gateway pulls it itself, verified.
     let gateway = &shared.gateway;
-    let (module, asked, digest) = match pull(shared, module) {
+    let (module, asked, digest) = match pull(shared, head) {
         Ok(pulled) => pulled,
         Err(e) => {
             gateway.note_pull("failed");
@@ -814,8 +804,13 @@ fn put_module(shared: &Shared, request: Request) -> Response {
             );
         }
     };
-    let pulled = Some((&asked, digest));
-    let result = change(shared, &request, Some(&module), config.as_deref(), pulled);
+    let result = change(
+        shared,
+        &request,
+        Some(&module),
+        config,
+        Some((&asked, digest)),
+    );
     gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
     answer_swap(result)
 }
@@ -823,14 +818,15 @@ fn put_module(shared: &Shared, request: Request) -> Response {
 /// `PUT /config`: the configuration in the body.
 fn put_config(shared: &Shared, request: Request) -> Response {
     match config_text(&request.body) {
-        Ok(config) => answer_swap(change(shared, &request, None, Some(&config), None)),
+        Ok(config) => answer_swap(change(shared, &request, None, Some(config), None)),
         Err(response) => response,
     }
 }
 
 /// A `PUT /module` body split where `X-Config-Length` says: the module (or reference), and
-/// the configuration when there is one; 400 when the length is not one within the body.
-fn split_config(request: &Request) -> Result<(&[u8], Option<&[u8]>), Response> {
+/// the configuration when there is one. 400 when the length is not one within the body, or
+/// the configuration is not text.
+fn split_config(request: &Request) -> Result<(&[u8], Option<&str>), Response> {
     let body = request.body.as_slice();
     let config_len = match request.header("x-config-length").map(str::parse::<usize>) {
         None => 0,
@@ -842,13 +838,14 @@ fn split_config(request: &Request) -> Result<(&[u8], Option<&[u8]>), Response> {
             ));
         }
     };
-    let (module, config) = body.split_at(body.len() - config_len);
-    Ok((module, (config_len > 0).then_some(config)))
+    let (head, config) = body.split_at(body.len() - config_len);
+    let config = (config_len > 0).then_some(config).map(config_text);
+    Ok((head, config.transpose()?))
 }
 
 /// A configuration as text; 400 when it is not UTF-8.
-fn config_text(config: &[u8]) -> Result<String, Response> {
-    String::from_utf8(config.to_vec())
+fn config_text(config: &[u8]) -> Result<&str, Response> {
+    std::str::from_utf8(config)
         .map_err(|_| json_response(400, json!({"error": "the configuration is not UTF-8 text"})))
 }
 

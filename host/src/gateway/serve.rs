@@ -79,7 +79,7 @@ pub fn serve<E: std::fmt::Display>(
     controls: &Controls,
     reread: &mut Reread<'_, E>,
 ) -> Result<(), ServeError> {
-    let Controls { stop, reload: hup } = controls;
+    let Controls { stop, reload } = controls;
 
     let workers = gateway.options().workers;
     let batch = gateway.options().batch;
@@ -122,7 +122,7 @@ pub fn serve<E: std::fmt::Display>(
         if duration.is_some_and(|d| started.elapsed() >= d) {
             stop.store(true, Ordering::Relaxed);
         }
-        if hup.swap(false, Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
             tracing::info!(
                 event = "sighup",
                 "SIGHUP: re-reading the module and configuration files"
