@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::http;
@@ -16,9 +15,47 @@ pub struct Client {
     timeout: Duration,
 }
 
-/// An answer of the admin API: its status code, JSON body and ETag.
+/// What a request to the admin API can fail with. A refusal the gateway answers (401, 412,
+/// 422, ...) is not an error of the client: it is a [`Reply`] with its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request was not exchanged: the gateway is not there, or went silent, or its answer
+    /// is not HTTP.
+    #[error("{method} {path} on {endpoint}: {error}")]
+    Exchange {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+        /// Where it was sent.
+        endpoint: Endpoint,
+        /// Why it failed.
+        error: std::io::Error,
+    },
+    /// The gateway answered a request that has no refusal to show with another status than
+    /// 200.
+    #[error("{method} {path}: the gateway answered {status}")]
+    Status {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+        /// The status answered.
+        status: u16,
+        /// The body answered, as text.
+        body: String,
+    },
+    /// The configuration in force is not UTF-8 text.
+    #[error("GET /config: not UTF-8: {0}")]
+    ConfigNotText(std::string::FromUtf8Error),
+    /// A swap landed between the reads of the module and the configuration, every time.
+    #[error("the gateway's release kept changing while it was read")]
+    Unsettled,
+}
+
+/// A reply of the admin API: its status code, JSON body and ETag.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub struct Reply {
     /// HTTP status.
     pub status: u16,
     /// The body.
@@ -54,7 +91,7 @@ impl Client {
         path: &str,
         mut headers: Vec<(&str, String)>,
         body: &[u8],
-    ) -> anyhow::Result<http::Incoming> {
+    ) -> Result<http::Incoming, ClientError> {
         if let Some(token) = &self.token {
             headers.push(("Authorization", format!("Bearer {token}")));
         }
@@ -64,21 +101,41 @@ impl Client {
             headers,
             body,
         };
-        http::exchange(&self.endpoint, &request, MAX_BODY, self.timeout)
-            .with_context(|| format!("{method} {path} on {}", self.endpoint))
+        http::exchange(&self.endpoint, &request, MAX_BODY, self.timeout).map_err(|error| {
+            ClientError::Exchange {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                endpoint: self.endpoint.clone(),
+                error,
+            }
+        })
     }
 
-    fn answer(
+    /// `GET path`, answered 200: its body.
+    fn get(&self, path: &str) -> Result<http::Incoming, ClientError> {
+        let got = self.exchange("GET", path, Vec::new(), &[])?;
+        if got.status != 200 {
+            return Err(ClientError::Status {
+                method: "GET".into(),
+                path: path.to_owned(),
+                status: got.status,
+                body: String::from_utf8_lossy(&got.body).into_owned(),
+            });
+        }
+        Ok(got)
+    }
+
+    fn reply(
         &self,
         method: &str,
         path: &str,
         headers: Vec<(&str, String)>,
         body: &[u8],
-    ) -> anyhow::Result<Answer> {
+    ) -> Result<Reply, ClientError> {
         let got = self.exchange(method, path, headers, body)?;
         let text = String::from_utf8_lossy(&got.body);
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()));
-        Ok(Answer {
+        Ok(Reply {
             status: got.status,
             etag: got.header("etag").map(|e| e.trim_matches('"').to_owned()),
             body,
@@ -86,35 +143,29 @@ impl Client {
     }
 
     /// `GET /status`.
-    pub fn status(&self) -> anyhow::Result<Answer> {
-        self.answer("GET", "/status", Vec::new(), &[])
+    pub fn status(&self) -> Result<Reply, ClientError> {
+        self.reply("GET", "/status", Vec::new(), &[])
     }
 
     /// `GET /metrics`, as text.
-    pub fn metrics(&self) -> anyhow::Result<String> {
-        let got = self.exchange("GET", "/metrics", Vec::new(), &[])?;
-        if got.status != 200 {
-            bail!("GET /metrics: the gateway answered {}", got.status);
-        }
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        let got = self.get("/metrics")?;
         Ok(String::from_utf8_lossy(&got.body).into_owned())
     }
 
     /// `GET /module` and `GET /config`: the module and configuration in force. Both must
     /// come from one release; if a swap lands between the two reads, they are read again.
-    pub fn serving(&self) -> anyhow::Result<Serving> {
+    pub fn serving(&self) -> Result<Serving, ClientError> {
         for _ in 0..5 {
-            let get = |path: &str| -> anyhow::Result<(Vec<u8>, String)> {
-                let got = self.exchange("GET", path, Vec::new(), &[])?;
-                if got.status != 200 {
-                    bail!("GET {path}: the gateway answered {}", got.status);
-                }
+            let get = |path: &str| -> Result<(Vec<u8>, String), ClientError> {
+                let got = self.get(path)?;
                 let etag = got.header("etag").unwrap_or_default().trim_matches('"');
                 Ok((got.body.clone(), etag.to_owned()))
             };
             let (module, etag) = get("/module")?;
             let (config, config_etag) = get("/config")?;
             if etag == config_etag {
-                let config = String::from_utf8(config).context("GET /config: not UTF-8")?;
+                let config = String::from_utf8(config).map_err(ClientError::ConfigNotText)?;
                 return Ok(Serving {
                     module,
                     config,
@@ -122,7 +173,7 @@ impl Client {
                 });
             }
         }
-        bail!("the gateway's release kept changing while it was read")
+        Err(ClientError::Unsettled)
     }
 
     /// `PUT /module`, with a configuration when given.
@@ -131,7 +182,7 @@ impl Client {
         module: &[u8],
         config: Option<&str>,
         if_match: Option<&str>,
-    ) -> anyhow::Result<Answer> {
+    ) -> Result<Reply, ClientError> {
         self.put_module(module, None, config, if_match)
     }
 
@@ -141,7 +192,7 @@ impl Client {
         reference: &str,
         config: Option<&str>,
         if_match: Option<&str>,
-    ) -> anyhow::Result<Answer> {
+    ) -> Result<Reply, ClientError> {
         let content_type = Some(super::REFERENCE_TYPE);
         self.put_module(reference.as_bytes(), content_type, config, if_match)
     }
@@ -154,7 +205,7 @@ impl Client {
         content_type: Option<&str>,
         config: Option<&str>,
         if_match: Option<&str>,
-    ) -> anyhow::Result<Answer> {
+    ) -> Result<Reply, ClientError> {
         let mut body = head.to_vec();
         let mut headers: Vec<(&str, String)> = content_type
             .map(|t| ("Content-Type", t.to_owned()))
@@ -165,25 +216,25 @@ impl Client {
             body.extend_from_slice(config.as_bytes());
             headers.push(("X-Config-Length", config.len().to_string()));
         }
-        self.answer("PUT", "/module", headers, &body)
+        self.reply("PUT", "/module", headers, &body)
     }
 
     /// `PUT /config`.
-    pub fn swap_config(&self, config: &str, if_match: Option<&str>) -> anyhow::Result<Answer> {
+    pub fn swap_config(&self, config: &str, if_match: Option<&str>) -> Result<Reply, ClientError> {
         let headers = if_match
             .map(|tag| vec![if_match_header(tag)])
             .unwrap_or_default();
-        self.answer("PUT", "/config", headers, config.as_bytes())
+        self.reply("PUT", "/config", headers, config.as_bytes())
     }
 
     /// `POST /rollback`.
-    pub fn rollback(&self) -> anyhow::Result<Answer> {
-        self.answer("POST", "/rollback", Vec::new(), &[])
+    pub fn rollback(&self) -> Result<Reply, ClientError> {
+        self.reply("POST", "/rollback", Vec::new(), &[])
     }
 
     /// `POST /watch/resume` or `POST /watch/pause` (`action`).
-    pub fn watch(&self, action: &str) -> anyhow::Result<Answer> {
-        self.answer("POST", &format!("/watch/{action}"), Vec::new(), &[])
+    pub fn watch(&self, action: &str) -> Result<Reply, ClientError> {
+        self.reply("POST", &format!("/watch/{action}"), Vec::new(), &[])
     }
 }
 

@@ -2,15 +2,19 @@
 //! (0600 from its first instant, served to the gateway's user and root only); on TCP every
 //! request must carry the bearer token.
 //!
-//! | request | what it does |
-//! |---|---|
-//! | `GET /status` | the release being served (module name, version, sha256, WIT version, config sha256, generation, ETag), uptime, counters |
-//! | `PUT /module` | swaps in the component in the body; with `X-Config-Length: N`, the body's last N bytes are a configuration swapped in with it |
-//! | `PUT /config` | swaps in the configuration in the body (YAML or JSON) |
-//! | `POST /rollback` | goes back to the previous good release |
-//! | `GET /metrics` | Prometheus text format |
-//! | `GET /module`, `GET /config` | the module and the configuration in force, with `X-Generation` and `ETag` headers: what `flowgate swap --dry-run` compares against |
-//! | `POST /watch/resume`, `POST /watch/pause` | the tag watch follows its tag again, or stops following it until resumed |
+//! The endpoints, as [`routes`] lists them (a test holds this table to it):
+//!
+//! | request | what it does | answers |
+//! |---|---|---|
+//! | `GET /status` | the release being served (module name, version, sha256, WIT version, config sha256, generation, ETag, cause, origin), uptime, workers, counters, event counts | 200, JSON |
+//! | `GET /metrics` | Prometheus text format | 200 |
+//! | `GET /module` | the module in force, with `X-Generation` and `ETag` headers: what `flowgate swap --dry-run` compares against | 200 |
+//! | `GET /config` | the configuration in force, with `X-Generation` and `ETag` headers | 200 |
+//! | `PUT /module` | swaps in the component in the body, or the one an `oci://` reference in the body names (`Content-Type: application/vnd.flowgate.module-reference`); with `X-Config-Length: N`, the body's last N bytes are a configuration swapped in with it | 200 with the new release; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
+//! | `PUT /config` | swaps in the configuration in the body (YAML or JSON) | 200 with the new release; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
+//! | `POST /rollback` | goes back to the previous good release | 200 with the release; 412 stale `If-Match`; 409 when there is none |
+//! | `POST /watch/resume` | the tag watch follows its tag again | 200 with the watch; 409 when the gateway watches no tag |
+//! | `POST /watch/pause` | the tag watch stops following its tag until resumed | 200 with the watch; 409 when the gateway watches no tag |
 //!
 //! The `ETag` names the release as a whole: its generation, module and configuration. A swap
 //! with `If-Match: <etag>` goes through only while that release is the one serving, so two
@@ -23,11 +27,11 @@
 //! nothing; they are counted in `flowgate_admin_refusals_total`, with connections let go
 //! before their head arrived (`head-timeout`, `evicted`: see `gate.rs`).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -39,7 +43,7 @@ mod http;
 pub mod metrics;
 mod transport;
 
-pub use client::{Answer, Client, Serving};
+pub use client::{Client, ClientError, Reply, Serving};
 pub use http::RequestLimits;
 pub use transport::{Endpoint, Stream};
 
@@ -84,6 +88,21 @@ pub struct AdminOptions {
 }
 
 impl AdminOptions {
+    /// Whether the admin API can listen so: TCP needs a bearer token, and a token must be one
+    /// [`check_token`] accepts.
+    pub fn check(&self) -> Result<(), ListenError> {
+        if let Endpoint::Tcp(addr) = &self.endpoint
+            && self.token.is_none()
+        {
+            let addr = addr.clone();
+            return Err(ListenError::NoToken { addr });
+        }
+        if let Some(token) = &self.token {
+            check_token(token)?;
+        }
+        Ok(())
+    }
+
     /// Defaults for `endpoint`: 32 requests served at once, 16 anonymous connections per
     /// peer and 256 in all, 16 KiB heads within 5 s, [`MAX_BODY`] bodies, 10 s between reads
     /// and 120 s for a whole request.
@@ -121,23 +140,78 @@ pub enum TokenError {
     /// Empty.
     #[error("the token is empty")]
     Empty,
+}
+
+/// A token file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file could not be read.
+    #[error("reading {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
     /// A token file others can read.
     #[error(
-        "{path}: the token file is open to its group or others (mode {mode:o}): make it private with `chmod 600 {path}`"
+        "{}: the token file is open to its group or others (mode {mode:o}): make it private with `chmod 600 {}`",
+        path.display(),
+        path.display()
     )]
     Readable {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// Its permission bits.
         mode: u32,
     },
     /// A token file of more than one token.
-    #[error("{path}: a token file holds one token, not {len} bytes")]
+    #[error("{}: a token file holds one token, not {len} bytes", path.display())]
     TooLarge {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// Its size.
         len: u64,
+    },
+    /// The file's token is refused.
+    #[error("{}: {token}", path.display())]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why the token is refused.
+        token: TokenError,
+    },
+}
+
+/// Why the admin API did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A TCP listener without a bearer token: anyone who can reach the address could change
+    /// the policy.
+    #[error("the admin API on TCP ({addr}) needs a bearer token (or a Unix socket instead)")]
+    NoToken {
+        /// The TCP address asked for.
+        addr: String,
+    },
+    /// The token given is refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The endpoint could not be listened on (a Unix socket another gateway answers on, an
+    /// address in use, ...).
+    #[error("admin API on {endpoint}: {error}")]
+    Listen {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The admin API's runtime or thread could not be made.
+    #[error("the admin API's {what}: {error}")]
+    Start {
+        /// `runtime` or `thread`.
+        what: &'static str,
+        /// Why.
+        error: std::io::Error,
     },
 }
 
@@ -157,31 +231,31 @@ pub fn check_token(token: &str) -> Result<(), TokenError> {
 
 /// Reads a bearer token from `path`: the file's text, trimmed. As ssh does with keys, a file
 /// that its group or others can read is refused, and so is a token [`check_token`] refuses.
-pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+pub fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?;
-    let shown = path.display().to_string();
+    let read = |error| TokenFileError::Read {
+        path: path.to_owned(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(TokenError::Readable { path: shown, mode }.into());
+        let path = path.to_owned();
+        return Err(TokenFileError::Readable { path, mode });
     }
     if meta.len() > 4096 {
-        return Err(TokenError::TooLarge {
-            path: shown,
-            len: meta.len(),
-        }
-        .into());
+        let (path, len) = (path.to_owned(), meta.len());
+        return Err(TokenFileError::TooLarge { path, len });
     }
     let mut text = String::new();
-    file.take(4097)
-        .read_to_string(&mut text)
-        .with_context(|| format!("reading {}", path.display()))?;
+    file.take(4097).read_to_string(&mut text).map_err(read)?;
     let token = text.trim();
-    check_token(token).with_context(|| path.display().to_string())?;
+    check_token(token).map_err(|token| TokenFileError::Token {
+        path: path.to_owned(),
+        token,
+    })?;
     Ok(token.to_owned())
 }
 
@@ -203,28 +277,25 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Listens as `options` say and serves requests for `gateway`. TCP without a token is
-    /// refused, and so is a token [`check_token`] refuses; TCP beyond loopback is allowed,
-    /// with a warning.
-    pub fn start(gateway: Arc<Gateway>, options: AdminOptions) -> anyhow::Result<AdminServer> {
-        if let Endpoint::Tcp(addr) = &options.endpoint
-            && options.token.is_none()
-        {
-            bail!(
-                "the admin API on TCP ({addr}) needs a bearer token: give --admin-token-file FILE, or listen on a Unix socket (--admin unix:PATH)"
-            );
-        }
-        if let Some(token) = &options.token {
-            check_token(token)?;
-        }
+    /// Listens as `options` say and serves requests for `gateway`. What
+    /// [`AdminOptions::check`] refuses is refused; TCP beyond loopback is allowed, with a
+    /// warning.
+    pub fn start(gateway: Arc<Gateway>, options: AdminOptions) -> Result<AdminServer, ListenError> {
+        options.check()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("flowgate-admin-work")
             .max_blocking_threads(options.max_connections.max(1))
             .build()
-            .context("the admin API's runtime")?;
-        let mut listener = Listener::bind(&options.endpoint)
-            .with_context(|| format!("admin API on {}", options.endpoint))?;
+            .map_err(|error| ListenError::Start {
+                what: "runtime",
+                error,
+            })?;
+        let listen = |endpoint: &Endpoint| {
+            let endpoint = endpoint.clone();
+            move |error| ListenError::Listen { endpoint, error }
+        };
+        let mut listener = Listener::bind(&options.endpoint).map_err(listen(&options.endpoint))?;
         if let Some(addr) = listener.tcp_addr()
             && !addr.ip().is_loopback()
         {
@@ -236,9 +307,7 @@ impl AdminServer {
         let endpoint = listener.endpoint().clone();
         let accepting = {
             let _entered = runtime.enter();
-            listener
-                .take_tokio()
-                .with_context(|| format!("admin API on {endpoint}"))?
+            listener.take_tokio().map_err(listen(&endpoint))?
         };
         let shared = Arc::new(Shared {
             gateway,
@@ -265,6 +334,10 @@ impl AdminServer {
                 // Connections in flight are dropped; a swap under way finishes on its own.
                 runtime.shutdown_timeout(Duration::from_secs(1));
                 drop(listener);
+            })
+            .map_err(|error| ListenError::Start {
+                what: "thread",
+                error,
             })?;
         Ok(AdminServer {
             stop: Some(stop),
@@ -536,33 +609,113 @@ fn with_release_headers(mut response: Response, release: &Release, content_type:
 /// What answers one endpoint.
 type Handler = fn(&Shared, Request) -> Response;
 
-/// Every endpoint of the admin API, in one place: a new endpoint is a line here and its
-/// handler. A known path asked with another method is answered 405 (with `Allow`), any other
-/// path 404.
-const ROUTES: &[(&str, &str, Handler)] = &[
-    ("GET", "/status", get_status),
-    ("GET", "/metrics", get_metrics),
-    ("GET", "/module", get_module),
-    ("GET", "/config", get_config),
-    ("PUT", "/module", put_release),
-    ("PUT", "/config", put_release),
-    ("POST", "/rollback", post_rollback),
-    ("POST", "/watch/resume", post_watch_resume),
-    ("POST", "/watch/pause", post_watch_pause),
+/// One endpoint of the admin API: how it is asked for, what it does and answers (the module
+/// documentation's table says the same, row for row), and its handler.
+pub struct Route {
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path.
+    pub path: &'static str,
+    /// What it does.
+    pub does: &'static str,
+    /// What it answers.
+    pub answers: &'static str,
+    handler: Handler,
+}
+
+/// What a swap answers.
+const SWAP_ANSWERS: &str =
+    "200 with the new release; 412 stale `If-Match`; 422 refused, with `reason` and `error`";
+/// What a change to the tag watch answers.
+const WATCH_ANSWERS: &str = "200 with the watch; 409 when the gateway watches no tag";
+
+/// Every endpoint of the admin API, in one place: a new endpoint is a row here and its
+/// handler. Routing, the 404 and 405 answers and the module documentation's table come from
+/// it: a known path asked with another method is answered 405 (with `Allow`), any other path
+/// 404 naming the paths there are.
+const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/status",
+        does: "the release being served (module name, version, sha256, WIT version, config sha256, generation, ETag, cause, origin), uptime, workers, counters, event counts",
+        answers: "200, JSON",
+        handler: get_status,
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+        does: "Prometheus text format",
+        answers: "200",
+        handler: get_metrics,
+    },
+    Route {
+        method: "GET",
+        path: "/module",
+        does: "the module in force, with `X-Generation` and `ETag` headers: what `flowgate swap --dry-run` compares against",
+        answers: "200",
+        handler: get_module,
+    },
+    Route {
+        method: "GET",
+        path: "/config",
+        does: "the configuration in force, with `X-Generation` and `ETag` headers",
+        answers: "200",
+        handler: get_config,
+    },
+    Route {
+        method: "PUT",
+        path: "/module",
+        does: "swaps in the component in the body, or the one an `oci://` reference in the body names (`Content-Type: application/vnd.flowgate.module-reference`); with `X-Config-Length: N`, the body's last N bytes are a configuration swapped in with it",
+        answers: SWAP_ANSWERS,
+        handler: put_module,
+    },
+    Route {
+        method: "PUT",
+        path: "/config",
+        does: "swaps in the configuration in the body (YAML or JSON)",
+        answers: SWAP_ANSWERS,
+        handler: put_config,
+    },
+    Route {
+        method: "POST",
+        path: "/rollback",
+        does: "goes back to the previous good release",
+        answers: "200 with the release; 412 stale `If-Match`; 409 when there is none",
+        handler: post_rollback,
+    },
+    Route {
+        method: "POST",
+        path: "/watch/resume",
+        does: "the tag watch follows its tag again",
+        answers: WATCH_ANSWERS,
+        handler: post_watch_resume,
+    },
+    Route {
+        method: "POST",
+        path: "/watch/pause",
+        does: "the tag watch stops following its tag until resumed",
+        answers: WATCH_ANSWERS,
+        handler: post_watch_pause,
+    },
 ];
+
+/// Every endpoint of the admin API, in the order of the documentation's table.
+pub fn routes() -> &'static [Route] {
+    ROUTES
+}
 
 fn route(shared: &Shared, request: Request) -> Response {
     let path = request.path.as_str();
-    if let Some((_, _, handler)) = ROUTES
+    if let Some(route) = ROUTES
         .iter()
-        .find(|(method, p, _)| *method == request.method && *p == path)
+        .find(|r| r.method == request.method && r.path == path)
     {
-        return handler(shared, request);
+        return (route.handler)(shared, request);
     }
     let allowed: Vec<&str> = ROUTES
         .iter()
-        .filter(|(_, p, _)| *p == path)
-        .map(|(method, _, _)| *method)
+        .filter(|r| r.path == path)
+        .map(|r| r.method)
         .collect();
     if !allowed.is_empty() {
         let allowed = allowed.join(", ");
@@ -574,9 +727,9 @@ fn route(shared: &Shared, request: Request) -> Response {
         return response;
     }
     let mut paths: Vec<&str> = Vec::new();
-    for (_, p, _) in ROUTES {
-        if !paths.contains(p) {
-            paths.push(p);
+    for r in ROUTES {
+        if !paths.contains(&r.path) {
+            paths.push(r.path);
         }
     }
     json_response(
@@ -626,62 +779,90 @@ fn get_config(shared: &Shared, _: Request) -> Response {
     with_release_headers(response, &release, "application/yaml")
 }
 
-/// `PUT /module` (a module, or a reference to pull, with a configuration when
-/// `X-Config-Length` says so) and `PUT /config`.
-fn put_release(shared: &Shared, request: Request) -> Response {
-    let gateway = &shared.gateway;
-    let if_match = request.header("if-match").map(str::to_owned);
+/// `PUT /module`: a module, or a reference to pull, with a configuration when
+/// `X-Config-Length` says so.
+fn put_module(shared: &Shared, request: Request) -> Response {
+    let (head, config) = match split_config(&request) {
+        Ok(parts) => parts,
+        Err(response) => return response,
+    };
     let by_reference = request
         .header("content-type")
         .is_some_and(|t| t.eq_ignore_ascii_case(REFERENCE_TYPE));
-    let config_len_header = request.header("x-config-length").map(str::to_owned);
-    let mut body = request.body;
-    let (module, config) = if request.path == "/module" {
-        let config_len = match config_len_header.as_deref().map(str::parse::<usize>) {
-            None => 0,
-            Some(Ok(n)) if n <= body.len() => n,
-            Some(_) => {
-                return json_response(
-                    400,
-                    json!({"error": "X-Config-Length is not a length within the body"}),
-                );
-            }
-        };
-        let config = body.split_off(body.len() - config_len);
-        (Some(body), (config_len > 0).then_some(config))
-    } else {
-        (None, Some(body))
-    };
-    let config = match config.map(String::from_utf8).transpose() {
-        Ok(c) => c,
-        Err(_) => {
-            return json_response(400, json!({"error": "the configuration is not UTF-8 text"}));
+    if !by_reference {
+        return answer_swap(change(shared, &request, Some(head), config, None));
+    }
+    // A reference instead of a module: the gateway pulls it itself, verified.
+    let gateway = &shared.gateway;
+    let (module, asked, digest) = match pull(shared, head) {
+        Ok(pulled) => pulled,
+        Err(e) => {
+            gateway.note_pull("failed");
+            return json_response(
+                422,
+                json!({"swapped": false, "reason": "pull-failed", "error": e}),
+            );
         }
     };
-    // A reference instead of a module: the gateway pulls it itself, verified.
-    let (module, pulled) = match (module, by_reference) {
-        (Some(text), true) => match pull(shared, &text) {
-            Ok((bytes, asked, digest)) => (Some(bytes), Some((asked, digest))),
-            Err(e) => {
-                gateway.note_pull("failed");
-                return json_response(
-                    422,
-                    json!({"swapped": false, "reason": "pull-failed", "error": e}),
-                );
-            }
-        },
-        (module, _) => (module, None),
-    };
-    let result = gateway.change(Change {
-        module: module.as_deref(),
-        config: config.as_deref(),
-        if_match: if_match.as_deref(),
-        pulled: pulled.as_ref().map(|(asked, digest)| (asked, *digest)),
-    });
-    if pulled.is_some() {
-        gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
-    }
+    let result = change(
+        shared,
+        &request,
+        Some(&module),
+        config,
+        Some((&asked, digest)),
+    );
+    gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
     answer_swap(result)
+}
+
+/// `PUT /config`: the configuration in the body.
+fn put_config(shared: &Shared, request: Request) -> Response {
+    match config_text(&request.body) {
+        Ok(config) => answer_swap(change(shared, &request, None, Some(config), None)),
+        Err(response) => response,
+    }
+}
+
+/// A `PUT /module` body split where `X-Config-Length` says: the module (or reference), and
+/// the configuration when there is one. 400 when the length is not one within the body, or
+/// the configuration is not text.
+fn split_config(request: &Request) -> Result<(&[u8], Option<&str>), Response> {
+    let body = request.body.as_slice();
+    let config_len = match request.header("x-config-length").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) if n <= body.len() => n,
+        Some(_) => {
+            return Err(json_response(
+                400,
+                json!({"error": "X-Config-Length is not a length within the body"}),
+            ));
+        }
+    };
+    let (head, config) = body.split_at(body.len() - config_len);
+    let config = (config_len > 0).then_some(config).map(config_text);
+    Ok((head, config.transpose()?))
+}
+
+/// A configuration as text; 400 when it is not UTF-8.
+fn config_text(config: &[u8]) -> Result<&str, Response> {
+    std::str::from_utf8(config)
+        .map_err(|_| json_response(400, json!({"error": "the configuration is not UTF-8 text"})))
+}
+
+/// Swaps in what a request brings, against the release its `If-Match` names.
+fn change(
+    shared: &Shared,
+    request: &Request,
+    module: Option<&[u8]>,
+    config: Option<&str>,
+    pulled: Option<(&crate::oci::Reference, crate::oci::Digest)>,
+) -> Result<Arc<Release>, SwapError> {
+    shared.gateway.change(Change {
+        module,
+        config,
+        if_match: request.header("if-match"),
+        pulled,
+    })
 }
 
 fn post_rollback(shared: &Shared, request: Request) -> Response {
@@ -811,19 +992,91 @@ pub fn status(gateway: &Gateway) -> Value {
         out["watch"] = watch_json(&watch);
     }
     out["counters"] = gateway.counters().to_json();
+    out["events"] = events_json(gateway);
+    out["batch_latency"] = json!({
+        "batches": gateway.batch_latency.count(),
+        "max_seconds": gateway.batch_latency.max().as_secs_f64(),
+    });
+    out
+}
+
+/// The gateway's own events in `/status`: swaps, refusals, rollbacks, faults, pulls.
+fn events_json(gateway: &Gateway) -> Value {
     let events = gateway.events();
-    out["events"] = json!({
+    json!({
         "swaps": events.swaps, "refusals": events.refusals,
         "rollbacks": events.rollbacks, "faults": events.faults,
         "revert_failures": events.revert_failures,
         "admin_refusals": events.admin_refusals,
         "pulls": events.pulls,
         "host_faults": events.host_faults,
-    });
-    drop(events);
-    out["batch_latency"] = json!({
-        "batches": gateway.batch_latency.count(),
-        "max_seconds": gateway.batch_latency.max().as_secs_f64(),
-    });
-    out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows of a markdown table of requests (`| `METHOD PATH` | ... |`) in `doc`.
+    fn documented(doc: &str) -> Vec<String> {
+        doc.lines()
+            .filter_map(|line| line.strip_prefix("//! "))
+            .filter(|line| line.starts_with("| `"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The module documentation's table is the route table: a route added, removed or changed
+    /// without its documentation line fails here.
+    #[test]
+    fn the_documented_requests_are_the_routes() {
+        let rows: Vec<String> = routes()
+            .iter()
+            .map(|r| format!("| `{} {}` | {} | {} |", r.method, r.path, r.does, r.answers))
+            .collect();
+        assert_eq!(documented(include_str!("mod.rs")), rows);
+    }
+
+    /// The requests README's admin table names (the backquoted `METHOD PATH`s of its first
+    /// column), in order.
+    fn readme_requests(readme: &str) -> Vec<String> {
+        let mut lines = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| request | what it does |"))
+            .skip(2);
+        let mut requests = Vec::new();
+        while let Some(row) = lines.next().filter(|l| l.starts_with('|')) {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            requests.extend(first.split('`').skip(1).step_by(2).map(str::to_owned));
+        }
+        requests
+    }
+
+    /// README's admin table names every route, and nothing else.
+    #[test]
+    fn the_readme_names_every_route() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let mut named = readme_requests(&readme);
+        let mut routes: Vec<String> = routes()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        named.sort();
+        routes.sort();
+        assert_eq!(named, routes, "README's admin table and the routes differ");
+    }
+
+    /// No two routes answer the same request, and every description is there.
+    #[test]
+    fn every_route_is_one_request_and_described() {
+        for (i, r) in routes().iter().enumerate() {
+            assert!(!r.does.is_empty() && !r.answers.is_empty(), "{}", r.path);
+            assert!(r.path.starts_with('/'), "{}", r.path);
+            let twin = routes()[i + 1..]
+                .iter()
+                .find(|o| o.method == r.method && o.path == r.path);
+            assert!(twin.is_none(), "{} {} twice", r.method, r.path);
+        }
+    }
 }

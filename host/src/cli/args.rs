@@ -44,191 +44,267 @@ pub struct Cli {
     pub max_module_bytes: u64,
 }
 
+/// A command; each one's arguments carry its `execute`.
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a whole trace through the dataplane loop and print a summary. With no arguments,
     /// runs the bundled default fixture.
-    Run {
-        #[command(flatten)]
-        policy: PolicyArgs,
-        /// The packets, as JSON lines (the `check` input format).
-        #[arg(long, requires = "config")]
-        packets: Option<PathBuf>,
-        /// Print the summary as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Run(RunArgs),
     /// Judge packets given as JSON lines (stdin by default) and print one verdict per line.
-    Check {
-        #[command(flatten)]
-        policy: PolicyArgs,
-        /// The packets, as JSON lines; stdin when absent.
-        #[arg(long)]
-        packets: Option<PathBuf>,
-    },
+    Check(CheckArgs),
     /// Run conformance cases (the fixtures/cases format) against a module: pass or fail per
     /// case, with expected against actual for every difference. Exits 1 when a case fails.
-    Test {
-        /// The module (a Wasm component); with --native, leave it out.
-        #[arg(required_unless_present = "native", value_name = "MODULE")]
-        module: Option<PathBuf>,
-        /// Case folders: a case (holding config.yaml), or a folder of cases. The bundled
-        /// fixtures/cases when absent.
-        #[arg(value_name = "CASES_DIR")]
-        cases: Vec<PathBuf>,
-        /// Run the cases through the policy library natively, with no module: every path
-        /// given is a case folder.
-        #[arg(long)]
-        native: bool,
-        /// Do not read or write the cache of precompiled modules.
-        #[arg(long)]
-        no_cache: bool,
-    },
+    Test(TestArgs),
     /// Run the same traffic through two modules and show how the verdicts change.
-    Diff {
-        /// The module before (for example the one in production).
-        old: PathBuf,
-        /// The module after.
-        new: PathBuf,
-        /// The configuration both modules get.
-        #[arg(long)]
-        config: PathBuf,
-        #[command(flatten)]
-        traffic: TrafficArgs,
-        /// Print the diff as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Diff(DiffArgs),
     /// Explain a packet's verdict: which peerings admit it, through which expose entries, and
     /// for a drop the nearest misses. The module explains its own verdict.
-    Explain {
-        /// The configuration.
-        #[arg(long)]
-        config: PathBuf,
-        /// The module; the bundled default when absent.
-        #[arg(long)]
-        module: Option<PathBuf>,
-        /// The packet: `VPC SRC[:PORT] -> DST[:PORT] PROTO`, for example
-        /// `vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp`; IPv6 with ports as `[fd00::1]:53`; the
-        /// source VPC by name or as vni:N.
-        packet: String,
-        /// Print the explanation as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(ExplainArgs),
     /// Replay a capture (pcap or pcapng): frames are parsed, judged a batch per policy call,
     /// and written out: allowed ones with the VXLAN VNI of their destination VPC, ambiguous
     /// and dropped ones to their own captures. Prints the `run` summary.
-    Replay {
-        #[command(flatten)]
-        policy: PolicyArgs,
-        /// The capture to replay: Ethernet frames, VXLAN (UDP 4789) or, with --src-vpc or
-        /// --vni, plain.
-        #[arg(long)]
-        pcap: PathBuf,
-        /// Where allowed frames go (pcap), VNI rewritten to the destination VPC's.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Where dropped frames go (pcap), unchanged: by the policy or unreadable.
-        #[arg(long)]
-        drops: Option<PathBuf>,
-        /// Where frames allowed with an ambiguous destination go (pcap), unchanged; without
-        /// it they are counted but not written.
-        #[arg(long)]
-        ambiguous: Option<PathBuf>,
-        /// The source VPC of frames that are not VXLAN.
-        #[arg(long, conflicts_with = "vni")]
-        src_vpc: Option<String>,
-        /// The source VNI of frames that are not VXLAN.
-        #[arg(long)]
-        vni: Option<u32>,
-        /// Skip the policy call: every readable frame goes to --out unchanged (measures what
-        /// the rest of the path costs).
-        #[arg(long)]
-        skip_policy: bool,
-        /// Print the summary as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Replay(ReplayArgs),
     /// Push a module to an OCI registry under a tag, in the CNCF Wasm artifact layout (the
     /// config filled from the component itself); prints the manifest's digest, which pins it.
-    Push {
-        /// The module (a Wasm component).
-        module: PathBuf,
-        /// Where: `oci://HOST[:PORT]/REPO:TAG`.
-        reference: String,
-    },
+    Push(PushArgs),
     /// Pull a module from an OCI registry, by tag or pinned digest, verified byte for byte,
     /// into a file.
-    Pull {
-        /// `oci://HOST[:PORT]/REPO:TAG` or `oci://HOST[:PORT]/REPO@sha256:DIGEST`.
-        reference: String,
-        /// The file to write.
-        #[arg(short = 'o', long)]
-        output: PathBuf,
-    },
+    Pull(PullArgs),
     /// Print what a module says about itself.
-    Info {
-        /// The module (a Wasm component); the bundled default when absent.
-        #[arg(long)]
-        module: Option<PathBuf>,
-    },
+    Info(InfoArgs),
     /// Run a long-lived gateway: worker threads judge traffic while modules and configurations
     /// are swapped through the admin API (or SIGHUP, which re-reads the files given here).
     Serve(ServeArgs),
     /// Show the status of a running gateway.
-    Status {
-        #[command(flatten)]
-        admin: ClientArgs,
-    },
+    Status(StatusArgs),
     /// Swap a running gateway's module (and configuration), or only its configuration.
-    Swap {
-        /// The new module (a Wasm component); absent: swap only the configuration.
-        module: Option<PathBuf>,
-        /// The new configuration.
-        #[arg(long, required_unless_present = "module")]
-        config: Option<PathBuf>,
-        /// Swap only if the release serving is this one (its ETag, from `flowgate status`).
-        /// Without it, the ETag of the release serving when the command starts is sent, so a
-        /// change made by someone else meanwhile is not overwritten.
-        #[arg(long)]
-        if_match: Option<String>,
-        /// Swap nothing: fetch the module and configuration in force, run traffic through
-        /// them and through the new ones, and show how the verdicts would change.
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        traffic: TrafficArgs,
-        #[command(flatten)]
-        admin: ClientArgs,
-    },
+    Swap(SwapArgs),
     /// Roll a running gateway back to its previous good release.
-    Rollback {
-        #[command(flatten)]
-        admin: ClientArgs,
-    },
+    Rollback(RollbackArgs),
     /// A running gateway's tag watch: `resume` it after an operator's change paused it (it
     /// then acts when the tag moves), or `pause` it by hand.
-    Watch {
-        /// `resume` or `pause`.
-        action: WatchAction,
-        #[command(flatten)]
-        admin: ClientArgs,
-    },
+    Watch(WatchArgs),
     /// Measure, in under a minute, what the sandbox costs: a no-op call, and native against
     /// Wasm per packet at batch sizes 1, 32, 256 and 4096 on a generated table.
-    Bench {
-        /// Peerings of the generated table.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        peerings: u32,
-        /// The module to measure; the bundled default when absent.
-        #[arg(long)]
-        module: Option<PathBuf>,
-    },
+    Bench(BenchArgs),
     /// Generate a configuration and a trace (how `fixtures/default` was made).
     Gen(GenArgs),
 }
 
+/// `run` on the bundled fixture: what `flowgate` with no command does.
+impl Default for Command {
+    fn default() -> Self {
+        Command::Run(RunArgs {
+            policy: PolicyArgs {
+                config: None,
+                module: None,
+                native: false,
+                batch: dataplane::DEFAULT_BATCH as u32,
+                no_cache: false,
+                limits: LimitArgs::default(),
+            },
+            packets: None,
+            json: false,
+        })
+    }
+}
+
+/// `flowgate run`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The packets, as JSON lines (the `check` input format).
+    #[arg(long, requires = "config")]
+    pub packets: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flowgate check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The packets, as JSON lines; stdin when absent.
+    #[arg(long)]
+    pub packets: Option<PathBuf>,
+}
+
+/// `flowgate test`.
+#[derive(Args)]
+pub struct TestArgs {
+    /// The module (a Wasm component); with --native, leave it out.
+    #[arg(required_unless_present = "native", value_name = "MODULE")]
+    pub module: Option<PathBuf>,
+    /// Case folders: a case (holding config.yaml), or a folder of cases. The bundled
+    /// fixtures/cases when absent.
+    #[arg(value_name = "CASES_DIR")]
+    pub cases: Vec<PathBuf>,
+    /// Run the cases through the policy library natively, with no module: every path
+    /// given is a case folder.
+    #[arg(long)]
+    pub native: bool,
+    /// Do not read or write the cache of precompiled modules.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// `flowgate diff`.
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The module before (for example the one in production).
+    pub old: PathBuf,
+    /// The module after.
+    pub new: PathBuf,
+    /// The configuration both modules get.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+    /// Print the diff as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flowgate explain`.
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// The configuration.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The module; the bundled default when absent.
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+    /// The packet: `VPC SRC[:PORT] -> DST[:PORT] PROTO`, for example
+    /// `vpc-1 10.0.0.5:1234 -> 1.0.0.9:80 tcp`; IPv6 with ports as `[fd00::1]:53`; the
+    /// source VPC by name or as vni:N.
+    pub packet: String,
+    /// Print the explanation as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flowgate replay`.
+#[derive(Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The capture to replay: Ethernet frames, VXLAN (UDP 4789) or, with --src-vpc or
+    /// --vni, plain.
+    #[arg(long)]
+    pub pcap: PathBuf,
+    /// Where allowed frames go (pcap), VNI rewritten to the destination VPC's.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where dropped frames go (pcap), unchanged: by the policy or unreadable.
+    #[arg(long)]
+    pub drops: Option<PathBuf>,
+    /// Where frames allowed with an ambiguous destination go (pcap), unchanged; without
+    /// it they are counted but not written.
+    #[arg(long)]
+    pub ambiguous: Option<PathBuf>,
+    /// The source VPC of frames that are not VXLAN.
+    #[arg(long, conflicts_with = "vni")]
+    pub src_vpc: Option<String>,
+    /// The source VNI of frames that are not VXLAN.
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// Skip the policy call: every readable frame goes to --out unchanged (measures what
+    /// the rest of the path costs).
+    #[arg(long)]
+    pub skip_policy: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flowgate push`.
+#[derive(Args)]
+pub struct PushArgs {
+    /// The module (a Wasm component).
+    pub module: PathBuf,
+    /// Where: `oci://HOST[:PORT]/REPO:TAG`.
+    pub reference: String,
+}
+
+/// `flowgate pull`.
+#[derive(Args)]
+pub struct PullArgs {
+    /// `oci://HOST[:PORT]/REPO:TAG` or `oci://HOST[:PORT]/REPO@sha256:DIGEST`.
+    pub reference: String,
+    /// The file to write.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+}
+
+/// `flowgate info`.
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The module (a Wasm component); the bundled default when absent.
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+}
+
+/// `flowgate status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate swap`.
+#[derive(Args)]
+pub struct SwapArgs {
+    /// The new module (a Wasm component); absent: swap only the configuration.
+    pub module: Option<PathBuf>,
+    /// The new configuration.
+    #[arg(long, required_unless_present = "module")]
+    pub config: Option<PathBuf>,
+    /// Swap only if the release serving is this one (its ETag, from `flowgate status`).
+    /// Without it, the ETag of the release serving when the command starts is sent, so a
+    /// change made by someone else meanwhile is not overwritten.
+    #[arg(long)]
+    pub if_match: Option<String>,
+    /// Swap nothing: fetch the module and configuration in force, run traffic through
+    /// them and through the new ones, and show how the verdicts would change.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate rollback`.
+#[derive(Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate watch`.
+#[derive(Args)]
+pub struct WatchArgs {
+    /// `resume` or `pause`.
+    pub action: WatchAction,
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Peerings of the generated table.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub peerings: u32,
+    /// The module to measure; the bundled default when absent.
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+}
+
+/// `flowgate gen`.
 #[derive(Args)]
 pub struct GenArgs {
     /// Number of peerings.
@@ -262,6 +338,7 @@ pub enum Shape {
     Gateway,
 }
 
+/// `flowgate serve`.
 #[derive(Args)]
 pub struct ServeArgs {
     /// The configuration; the bundled demo one when absent.

@@ -15,7 +15,13 @@ use flowgate_policy::synth::{self};
 
 use super::*;
 
-pub fn cmd_info(module: Option<&Path>) -> Result<ExitCode> {
+impl InfoArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        info(self.module.as_deref())
+    }
+}
+
+fn info(module: Option<&Path>) -> Result<ExitCode> {
     let runtime = runtime(false)?;
     let (bytes, name) = module_bytes(module)?;
     let loaded = runtime
@@ -55,7 +61,19 @@ pub fn collect_cases(dirs: &[PathBuf]) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-pub fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Result<ExitCode> {
+impl TestArgs {
+    /// With `--native`, every path given is a case folder.
+    pub fn execute(self) -> Result<ExitCode> {
+        if self.native {
+            let dirs: Vec<PathBuf> = self.module.into_iter().chain(self.cases).collect();
+            test(None, &dirs, self.no_cache)
+        } else {
+            test(self.module.as_deref(), &self.cases, self.no_cache)
+        }
+    }
+}
+
+fn test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Result<ExitCode> {
     let cases = collect_cases(dirs)?;
     let where_from = if dirs.is_empty() {
         "the bundled cases".to_owned()
@@ -122,15 +140,38 @@ pub fn cmd_test(module: Option<&Path>, dirs: &[PathBuf], no_cache: bool) -> Resu
     })
 }
 
-pub fn cmd_diff(
-    old: Side<'_>,
-    new: Side<'_>,
+impl DiffArgs {
+    /// Both modules get the same configuration.
+    pub fn execute(self) -> Result<ExitCode> {
+        let config = LimitArgs::default().read_config(&self.config)?;
+        let config_name = self.config.display().to_string();
+        let (old, old_name) = read_module(&self.old)?;
+        let (new, new_name) = read_module(&self.new)?;
+        let contender = |module, module_name| Contender {
+            module,
+            module_name,
+            config: &config,
+            config_name: &config_name,
+        };
+        diff(
+            contender(&old, &old_name),
+            contender(&new, &new_name),
+            &self.traffic,
+            self.json,
+        )
+    }
+}
+
+/// Runs the same traffic through `old` and `new` and prints how the verdicts change.
+pub fn diff(
+    old: Contender<'_>,
+    new: Contender<'_>,
     traffic: &TrafficArgs,
     json: bool,
 ) -> Result<ExitCode> {
     let runtime = runtime(false)?;
-    let mut a = start_side(&runtime, &load_side(&runtime, &old)?, &old)?;
-    let mut b = start_side(&runtime, &load_side(&runtime, &new)?, &new)?;
+    let mut a = old.start(&runtime, &old.load(&runtime)?)?;
+    let mut b = new.start(&runtime, &new.load(&runtime)?)?;
     // Traffic: a trace, or packets generated from the old side's configuration.
     let (packets, traffic_name) = match &traffic.packets {
         Some(path) => {
@@ -163,13 +204,13 @@ pub fn cmd_diff(
         traffic.samples,
     )
     .context("a module failed while judging the traffic")?;
-    let describe = |p: &WasmPolicy, side: &Side<'_>| {
+    let describe = |p: &WasmPolicy, contender: &Contender<'_>| {
         format!(
             "{} ({} {}) with {}",
-            side.module_name,
+            contender.module_name,
             p.info().name,
             p.info().version,
-            side.config_name
+            contender.config_name
         )
     };
     let changed = diff.packets - diff.unchanged;
@@ -215,23 +256,29 @@ pub fn cmd_diff(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn cmd_explain(
-    config: &Path,
-    module: Option<&Path>,
-    text: &str,
-    json: bool,
-) -> Result<ExitCode> {
+impl ExplainArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        explain(
+            &self.config,
+            self.module.as_deref(),
+            &self.packet,
+            self.json,
+        )
+    }
+}
+
+fn explain(config: &Path, module: Option<&Path>, text: &str, json: bool) -> Result<ExitCode> {
     let config_text = LimitArgs::default().read_config(config)?;
     let (bytes, module_name) = module_bytes(module)?;
     let runtime = runtime(false)?;
     let config_name = config.display().to_string();
-    let side = Side {
+    let contender = Contender {
         module: &bytes,
         module_name: &module_name,
         config: &config_text,
         config_name: &config_name,
     };
-    let mut policy = start_side(&runtime, &load_side(&runtime, &side)?, &side)?;
+    let mut policy = contender.start(&runtime, &contender.load(&runtime)?)?;
     let packet = parse_packet_text(text, policy.catalog())?;
     let e = policy
         .explain(&packet)
@@ -246,8 +293,14 @@ pub fn cmd_explain(
     Ok(ExitCode::SUCCESS)
 }
 
+impl PushArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        push(&self.module, &self.reference)
+    }
+}
+
 /// `flowgate push`: the module checked as a flowgate module, then pushed in the CNCF layout.
-pub fn cmd_push(module: &Path, reference: &str) -> Result<ExitCode> {
+fn push(module: &Path, reference: &str) -> Result<ExitCode> {
     use flowgate_host::oci::{Digest, Reference, Registry};
     let reference = Reference::parse(reference).map_err(anyhow::Error::msg)?;
     let (bytes, name) = read_module(module)?;
@@ -269,9 +322,15 @@ pub fn cmd_push(module: &Path, reference: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+impl PullArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        pull(&self.reference, &self.output)
+    }
+}
+
 /// `flowgate pull`: a module from a registry, verified, into a file (written whole or not at
 /// all).
-pub fn cmd_pull(reference: &str, output: &Path) -> Result<ExitCode> {
+fn pull(reference: &str, output: &Path) -> Result<ExitCode> {
     let (bytes, pinned) = read_module(Path::new(reference))?;
     // A temporary file made exclusively under a random name beside the output (never through a
     // symlink left at a name it might take), with the usual permissions, then renamed.

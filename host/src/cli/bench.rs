@@ -14,7 +14,13 @@ use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale};
 
 use super::*;
 
-pub fn cmd_gen(args: &GenArgs) -> Result<ExitCode> {
+impl GenArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        generate(&self)
+    }
+}
+
+fn generate(args: &GenArgs) -> Result<ExitCode> {
     let (peerings, count, seed) = (args.peerings as usize, args.packets as usize, args.seed);
     let mut gateway = (args.shape == Shape::Gateway)
         .then(|| Gateway::new(GatewayShape::with_peerings(peerings, !args.no_ports, seed)));
@@ -72,7 +78,13 @@ pub fn time_per_call(mut f: impl FnMut()) -> std::time::Duration {
     runs[runs.len() / 2]
 }
 
-pub fn cmd_bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
+impl BenchArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        bench(self.peerings as usize, self.module.as_deref())
+    }
+}
+
+fn bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     let runtime = Runtime::new(Limits::default(), None)?;
     let (bytes, name) = module_bytes(module)?;
     let loaded = runtime

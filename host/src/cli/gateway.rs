@@ -6,26 +6,66 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, bail};
 use flowgate_host::admin;
 use flowgate_host::admin::Endpoint;
-use flowgate_host::gateway::serve::{Traffic, serve};
+use flowgate_host::gateway::serve::{Controls, Traffic, serve};
 use flowgate_host::gateway::{Gateway, OnFault, Options};
 use flowgate_host::wasm::{EngineOptions, Runtime};
 use flowgate_policy::Packet;
 use flowgate_policy::json::parse_packet;
 use flowgate_policy::synth::{self};
 
-use super::author::cmd_diff;
+use super::author::diff;
 use super::*;
 
-pub fn client_answer(answer: admin::Answer) -> Result<ExitCode> {
-    outln!("{}", serde_json::to_string_pretty(&answer.body)?)?;
-    Ok(if (200..300).contains(&answer.status) {
+/// Prints the gateway's reply; a refusal fails the command.
+fn print_reply(reply: admin::Reply) -> Result<ExitCode> {
+    outln!("{}", serde_json::to_string_pretty(&reply.body)?)?;
+    Ok(if (200..300).contains(&reply.status) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
+impl StatusArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        print_reply(self.admin.client()?.status()?)
+    }
+}
+
+impl RollbackArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        print_reply(self.admin.client()?.rollback()?)
+    }
+}
+
+impl WatchArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        let client = self.admin.client()?;
+        print_reply(match self.action {
+            WatchAction::Resume => client.watch("resume")?,
+            WatchAction::Pause => client.watch("pause")?,
+        })
+    }
+}
+
+/// The admin API's refusal to listen, in the command line's words: the flags that change it.
+fn admin_refused(e: admin::ListenError) -> anyhow::Error {
+    match e {
+        admin::ListenError::NoToken { addr } => anyhow::anyhow!(
+            "--admin {} is TCP: it needs --admin-token-file FILE (or listen on a Unix socket, --admin unix:PATH)",
+            Endpoint::Tcp(addr)
+        ),
+        e => e.into(),
+    }
+}
+
+impl ServeArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        serve_gateway(&self)
+    }
+}
+
+fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
     use std::sync::Arc;
 
     let read_config = || -> Result<String> {
@@ -47,11 +87,12 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         .map(admin::read_token_file)
         .transpose()?;
     let admin_endpoint = args.admin.clone().unwrap_or_else(Endpoint::default_socket);
-    if matches!(admin_endpoint, Endpoint::Tcp(_)) && admin_token.is_none() {
-        bail!(
-            "--admin {admin_endpoint} is TCP: it needs --admin-token-file FILE (or listen on a Unix socket, --admin unix:PATH)"
-        );
-    }
+    let admin_options = admin::AdminOptions {
+        registry: REGISTRY.get().cloned().unwrap_or_default(),
+        cache: oci_cache(),
+        ..admin::AdminOptions::new(admin_endpoint, admin_token)
+    };
+    admin_options.check().map_err(admin_refused)?;
     let runtime = Runtime::with_engine(
         args.limits.limits(),
         cache_dir(args.no_cache),
@@ -153,14 +194,7 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         (None, Some(_)) => bail!("--pull-interval needs --module oci://HOST/REPO:TAG"),
         _ => None,
     };
-    let admin = admin::AdminServer::start(
-        gateway.clone(),
-        admin::AdminOptions {
-            registry: REGISTRY.get().cloned().unwrap_or_default(),
-            cache: oci_cache(),
-            ..admin::AdminOptions::new(admin_endpoint, admin_token)
-        },
-    )?;
+    let admin = admin::AdminServer::start(gateway.clone(), admin_options).map_err(admin_refused)?;
     tracing::info!(
         "serving generation 1 with {} worker(s); admin API on {}",
         gateway.options().workers,
@@ -204,10 +238,20 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    // SIGINT and SIGTERM stop serving; SIGHUP reloads.
+    let controls = Controls::default();
+    for (signal, flag) in [
+        (signal_hook::consts::SIGHUP, &controls.reload),
+        (signal_hook::consts::SIGINT, &controls.stop),
+        (signal_hook::consts::SIGTERM, &controls.stop),
+    ] {
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
     let served = serve(
         &gateway,
         traffic,
         args.duration.map(std::time::Duration::from_secs_f64),
+        &controls,
         &mut reread,
     );
     // Shutdown does not wait on the registry: the watch stops at once, or, in the middle of a
@@ -231,95 +275,99 @@ pub fn cmd_serve(args: &ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `flowgate swap`: a new module, configuration or both to a running gateway, made against the
-/// release this command saw; with `dry_run`, the diff of the verdicts instead.
-pub fn cmd_swap(
-    module: Option<&Path>,
-    config: Option<&Path>,
-    if_match: Option<String>,
-    dry_run: bool,
-    traffic: &TrafficArgs,
-    admin: &ClientArgs,
-) -> Result<ExitCode> {
-    let client = admin.client()?;
-    let config_name = config.as_ref().map(|c| c.display().to_string());
-    let config = config
-        .map(|p| LimitArgs::default().read_config(p))
-        .transpose()?;
-    if dry_run {
-        let admin::Serving {
-            module: serving,
-            config: serving_config,
-            etag,
-        } = client.serving()?;
-        outln!("flowgate swap --dry-run: against the release serving, ETag {etag}")?;
-        let new_module = match &module {
-            Some(path) => read_module(path)?.0,
-            None => serving.clone(),
-        };
-        let new_module_name = match &module {
-            Some(path) => path.display().to_string(),
-            None => "the module in force".to_owned(),
-        };
-        let (new_config, new_config_name) = match (config, config_name) {
-            (Some(text), Some(name)) => (text, name),
-            _ => (
-                serving_config.clone(),
-                "the configuration in force".to_owned(),
-            ),
-        };
-        return cmd_diff(
-            Side {
-                module: &serving,
-                module_name: "the module in force",
-                config: &serving_config,
-                config_name: "the configuration in force",
-            },
-            Side {
-                module: &new_module,
-                module_name: &new_module_name,
-                config: &new_config,
-                config_name: &new_config_name,
-            },
+impl SwapArgs {
+    /// A new module, configuration or both to a running gateway, made against the release
+    /// this command saw; with `--dry-run`, the diff of the verdicts instead.
+    pub fn execute(self) -> Result<ExitCode> {
+        let SwapArgs {
+            module,
+            config,
+            if_match,
+            dry_run,
             traffic,
-            false,
-        );
-    }
-    // A reference goes to the gateway as it is: the gateway pulls and verifies it itself.
-    let reference = module
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| flowgate_host::oci::Reference::is_reference(p));
-    let module = match reference {
-        Some(_) => None,
-        None => module
-            .map(|path| read_module(path).map(|(bytes, _)| bytes))
-            .transpose()?,
-    };
-    // Swap against the release this command saw: a change made meanwhile by someone
-    // else is refused (412), not silently overwritten.
-    let if_match = match if_match {
-        Some(tag) => tag,
-        None => {
-            let status = client.status()?;
-            match status.etag {
-                Some(tag) if status.status == 200 => tag,
-                _ => return client_answer(status),
+            admin,
+        } = self;
+        let (module, config) = (module.as_deref(), config.as_deref());
+        let client = admin.client()?;
+        let config_name = config.as_ref().map(|c| c.display().to_string());
+        let config = config
+            .map(|p| LimitArgs::default().read_config(p))
+            .transpose()?;
+        if dry_run {
+            let admin::Serving {
+                module: serving,
+                config: serving_config,
+                etag,
+            } = client.serving()?;
+            outln!("flowgate swap --dry-run: against the release serving, ETag {etag}")?;
+            let new_module = match &module {
+                Some(path) => read_module(path)?.0,
+                None => serving.clone(),
+            };
+            let new_module_name = match &module {
+                Some(path) => path.display().to_string(),
+                None => "the module in force".to_owned(),
+            };
+            let (new_config, new_config_name) = match (config, config_name) {
+                (Some(text), Some(name)) => (text, name),
+                _ => (
+                    serving_config.clone(),
+                    "the configuration in force".to_owned(),
+                ),
+            };
+            return diff(
+                Contender {
+                    module: &serving,
+                    module_name: "the module in force",
+                    config: &serving_config,
+                    config_name: "the configuration in force",
+                },
+                Contender {
+                    module: &new_module,
+                    module_name: &new_module_name,
+                    config: &new_config,
+                    config_name: &new_config_name,
+                },
+                &traffic,
+                false,
+            );
+        }
+        // A reference goes to the gateway as it is: the gateway pulls and verifies it itself.
+        let reference = module
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| flowgate_host::oci::Reference::is_reference(p));
+        let module = match reference {
+            Some(_) => None,
+            None => module
+                .map(|path| read_module(path).map(|(bytes, _)| bytes))
+                .transpose()?,
+        };
+        // Swap against the release this command saw: a change made meanwhile by someone
+        // else is refused (412), not silently overwritten.
+        let if_match = match if_match {
+            Some(tag) => tag,
+            None => {
+                let status = client.status()?;
+                match status.etag {
+                    Some(tag) if status.status == 200 => tag,
+                    _ => return print_reply(status),
+                }
             }
+        };
+        if let Some(reference) = reference {
+            return print_reply(client.swap_reference(
+                &reference,
+                config.as_deref(),
+                Some(&if_match),
+            )?);
         }
-    };
-    if let Some(reference) = reference {
-        return client_answer(client.swap_reference(
-            &reference,
-            config.as_deref(),
-            Some(&if_match),
-        )?);
-    }
-    match module {
-        Some(bytes) => {
-            client_answer(client.swap_module(&bytes, config.as_deref(), Some(&if_match))?)
+        match module {
+            Some(bytes) => {
+                print_reply(client.swap_module(&bytes, config.as_deref(), Some(&if_match))?)
+            }
+            None => print_reply(
+                client.swap_config(config.as_deref().unwrap_or_default(), Some(&if_match))?,
+            ),
         }
-        None => client_answer(
-            client.swap_config(config.as_deref().unwrap_or_default(), Some(&if_match))?,
-        ),
     }
 }

@@ -74,14 +74,14 @@ pub fn load_policy(args: &PolicyArgs, config: &str, config_name: &str) -> Result
     }
     let runtime = Runtime::new(args.limits.limits(), cache_dir(args.no_cache))?;
     let (bytes, module_name) = module_bytes(args.module.as_deref())?;
-    let side = Side {
+    let contender = Contender {
         module: &bytes,
         module_name: &module_name,
         config,
         config_name,
     };
-    let module = load_side(&runtime, &side)?;
-    let policy = start_side(&runtime, &module, &side)?;
+    let module = contender.load(&runtime)?;
+    let policy = contender.start(&runtime, &module)?;
     let info = policy.info();
     let describe = format!(
         "module {} {} (WIT {}, sha256 {})",
@@ -235,30 +235,35 @@ pub fn runtime(no_cache: bool) -> Result<Runtime> {
     Runtime::new(Limits::default(), cache_dir(no_cache))
 }
 
-/// One side of a diff: a module and the configuration it gets.
-pub struct Side<'a> {
+/// A module and the configuration it gets, each named as the user gave it: what `explain`
+/// starts, and each of the two a diff compares.
+pub struct Contender<'a> {
     pub module: &'a [u8],
     pub module_name: &'a str,
     pub config: &'a str,
     pub config_name: &'a str,
 }
 
-pub fn load_side(runtime: &Runtime, side: &Side<'_>) -> Result<LoadedModule> {
-    runtime
-        .load(side.module)
-        .with_context(|| format!("{} refused", side.module_name))
-}
+impl Contender<'_> {
+    /// The module compiled; a refused one is named.
+    pub fn load(&self, runtime: &Runtime) -> Result<LoadedModule> {
+        runtime
+            .load(self.module)
+            .with_context(|| format!("{} refused", self.module_name))
+    }
 
-/// A configured instance of `module`; a refused configuration names the file and the module.
-pub fn start_side(runtime: &Runtime, module: &LoadedModule, side: &Side<'_>) -> Result<WasmPolicy> {
-    match WasmPolicy::new(runtime, module, side.config) {
-        Ok(policy) => Ok(policy),
-        Err(StartError::Config(e)) => bail!(
-            "{}: configuration refused by {}: {}",
-            side.config_name,
-            side.module_name,
-            e
-        ),
-        Err(e) => Err(e).with_context(|| format!("{} refused", side.module_name)),
+    /// A configured instance of `module`; a refused configuration names the file and the
+    /// module.
+    pub fn start(&self, runtime: &Runtime, module: &LoadedModule) -> Result<WasmPolicy> {
+        match WasmPolicy::new(runtime, module, self.config) {
+            Ok(policy) => Ok(policy),
+            Err(StartError::Config(e)) => bail!(
+                "{}: configuration refused by {}: {}",
+                self.config_name,
+                self.module_name,
+                e
+            ),
+            Err(e) => Err(e).with_context(|| format!("{} refused", self.module_name)),
+        }
     }
 }

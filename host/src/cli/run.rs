@@ -15,7 +15,18 @@ use flowgate_policy::{Packet, Verdict};
 
 use super::*;
 
-pub fn cmd_run(args: &PolicyArgs, packets: Option<&Path>, json: bool) -> Result<ExitCode> {
+impl RunArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        let RunArgs {
+            policy,
+            packets,
+            json,
+        } = self;
+        run(&policy, packets.as_deref(), json)
+    }
+}
+
+fn run(args: &PolicyArgs, packets: Option<&Path>, json: bool) -> Result<ExitCode> {
     let (config, config_name, trace, trace_name) = match (&args.config, packets) {
         (Some(config), Some(packets)) => (
             args.limits.read_config(config)?,
@@ -91,7 +102,13 @@ pub fn print_summary(
     outln!("  {:<28}{:>10.0}", "packets per second", pps)
 }
 
-pub fn cmd_check(args: &PolicyArgs, packets: Option<&Path>) -> Result<ExitCode> {
+impl CheckArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        check(&self.policy, self.packets.as_deref())
+    }
+}
+
+fn check(args: &PolicyArgs, packets: Option<&Path>) -> Result<ExitCode> {
     let Some(config_path) = &args.config else {
         bail!("check needs --config FILE")
     };
@@ -190,21 +207,17 @@ pub fn flush_check(
     Ok(())
 }
 
-pub struct ReplayArgs {
-    pub pcap: PathBuf,
-    pub out: Option<PathBuf>,
-    pub drops: Option<PathBuf>,
-    pub ambiguous: Option<PathBuf>,
-    pub src_vpc: Option<String>,
-    pub vni: Option<u32>,
-    pub skip_policy: bool,
-    pub json: bool,
+impl ReplayArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        replay(&self)
+    }
 }
 
-pub fn cmd_replay(policy_args: &PolicyArgs, args: &ReplayArgs) -> Result<ExitCode> {
+fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     use flowgate_host::io::pcap::{self, CaptureReader, CaptureWriter, Outputs};
     use std::io::IsTerminal;
 
+    let policy_args = &args.policy;
     let Some(config_path) = &policy_args.config else {
         bail!("replay needs --config FILE")
     };

@@ -1,5 +1,7 @@
-//! Serving: a gateway's worker threads on their ports, until SIGINT or SIGTERM (or a time
-//! limit), with SIGHUP re-reading the module and configuration files.
+//! Serving: a gateway's worker threads on their ports, until the caller's stop flag is raised
+//! (or a time limit), re-reading the module and configuration when its reload flag is. The
+//! library registers no signal handler: `flowgate serve` raises the stop flag on SIGINT and
+//! SIGTERM and the reload flag on SIGHUP; an embedder raises them however it likes.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -32,23 +34,52 @@ pub enum Traffic {
     },
 }
 
-/// What SIGHUP reads again: the module (when it came from a file) and the configuration.
-pub type Reread<'a> = dyn FnMut() -> anyhow::Result<(Option<Vec<u8>>, String)> + 'a;
+/// What a reload reads again: the module (when it came from a file) and the configuration;
+/// an error of the caller's own type, logged, leaves the running release serving.
+pub type Reread<'a, E> = dyn FnMut() -> Result<(Option<Vec<u8>>, String), E> + 'a;
 
-/// Runs one worker thread per worker of `gateway` on `traffic` until SIGINT, SIGTERM or
-/// `duration`; on SIGHUP, `reread` gives the files' contents and the gateway reloads them
-/// (publishing nothing when they are unchanged). Returns when every worker has stopped.
-pub fn serve(
+/// The flags a caller steers serving with (`flowgate serve` raises them from signals).
+#[derive(Debug, Clone, Default)]
+pub struct Controls {
+    /// Raised: the workers finish the batch in hand and serving returns.
+    pub stop: Arc<AtomicBool>,
+    /// Raised: the module and configuration are read again and reloaded; lowered once seen.
+    pub reload: Arc<AtomicBool>,
+}
+
+/// Why serving did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A worker's copy of the shared socket could not be made.
+    #[error("worker {worker}'s socket: {error}")]
+    Socket {
+        /// The worker.
+        worker: usize,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A worker's thread could not be started.
+    #[error("worker {worker}'s thread: {error}")]
+    Thread {
+        /// The worker.
+        worker: usize,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// Runs one worker thread per worker of `gateway` on `traffic` until `controls.stop` is
+/// raised or `duration` has passed (which raises it); when `controls.reload` is raised,
+/// `reread` gives the files' contents and the gateway reloads them (publishing nothing when
+/// they are unchanged). Returns when every worker has stopped.
+pub fn serve<E: std::fmt::Display>(
     gateway: &Arc<Gateway>,
     traffic: Traffic,
     duration: Option<Duration>,
-    reread: &mut Reread<'_>,
-) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    controls: &Controls,
+    reread: &mut Reread<'_, E>,
+) -> Result<(), ServeError> {
+    let Controls { stop, reload } = controls;
 
     let workers = gateway.options().workers;
     let batch = gateway.options().batch;
@@ -63,7 +94,10 @@ pub fn serve(
                 Box::new(move || gateway.run_worker(id, &mut port, &stop))
             }
             Traffic::Vxlan { socket, endpoints } => {
-                let (socket, endpoints) = (socket.try_clone()?, endpoints.clone());
+                let socket = socket
+                    .try_clone()
+                    .map_err(|error| ServeError::Socket { worker: id, error })?;
+                let endpoints = endpoints.clone();
                 Box::new(
                     move || match VxlanPort::new(socket, endpoints, stop.clone(), batch) {
                         Ok(mut port) => gateway.run_worker(id, &mut port, &stop),
@@ -77,7 +111,8 @@ pub fn serve(
         handles.push(
             std::thread::Builder::new()
                 .name(format!("flowgate-worker-{id}"))
-                .spawn(work)?,
+                .spawn(work)
+                .map_err(|error| ServeError::Thread { worker: id, error })?,
         );
     }
 
@@ -87,7 +122,7 @@ pub fn serve(
         if duration.is_some_and(|d| started.elapsed() >= d) {
             stop.store(true, Ordering::Relaxed);
         }
-        if hup.swap(false, Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
             tracing::info!(
                 event = "sighup",
                 "SIGHUP: re-reading the module and configuration files"

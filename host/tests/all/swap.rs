@@ -387,7 +387,7 @@ fn refusals_through_the_admin_api_leave_the_old_release_serving() {
         c.finish()
     };
     let bad_config = "kind: VPCInfo\nmetadata: {name: a}\nspec: {vni: 0}\n";
-    let cases: Vec<(flowgate_host::admin::Answer, u16, &str)> = vec![
+    let cases: Vec<(flowgate_host::admin::Reply, u16, &str)> = vec![
         (
             client.swap_module(b"not a component", None, None).unwrap(),
             422,
