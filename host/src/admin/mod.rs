@@ -32,7 +32,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::{Change, Gateway, Release, SwapError, WatchError, WatchStatus};
+use crate::gateway::{
+    Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest, WatchError, WatchStatus,
+};
 mod client;
 mod gate;
 mod http;
@@ -663,7 +665,7 @@ fn put_release(shared: &Shared, request: Request) -> Response {
         (Some(text), true) => match pull(shared, &text) {
             Ok((bytes, asked, digest)) => (Some(bytes), Some((asked, digest))),
             Err(e) => {
-                gateway.note_pull("failed");
+                gateway.note_pull(Pull::Failed);
                 return json_response(
                     422,
                     json!({"swapped": false, "reason": "pull-failed", "error": e}),
@@ -672,24 +674,26 @@ fn put_release(shared: &Shared, request: Request) -> Response {
         },
         (module, _) => (module, None),
     };
-    let result = gateway.change(Change {
-        module: module.as_deref(),
+    let result = gateway.swap(SwapRequest {
+        module: module.as_deref().map(|bytes| ModuleBytes {
+            bytes,
+            pulled: pulled.as_ref().map(|(asked, digest)| (asked, *digest)),
+        }),
         config: config.as_deref(),
         if_match: if_match.as_deref(),
-        pulled: pulled.as_ref().map(|(asked, digest)| (asked, *digest)),
     });
     if pulled.is_some() {
-        gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
+        gateway.note_pull(if result.is_ok() {
+            Pull::Swapped
+        } else {
+            Pull::Refused
+        });
     }
     answer_swap(result)
 }
 
 fn post_rollback(shared: &Shared, request: Request) -> Response {
-    answer_swap(
-        shared
-            .gateway
-            .rollback_if(false, request.header("if-match")),
-    )
+    answer_swap(shared.gateway.rollback(request.header("if-match")))
 }
 
 /// The content type of a `PUT /module` whose body is an `oci://` reference, not a module.
