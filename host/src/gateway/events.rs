@@ -150,3 +150,25 @@ impl Gateway {
         self.events.admin_refusal(reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts are kept under the published metric labels, whatever the variants are
+    /// called in the code.
+    #[test]
+    fn counts_are_kept_under_their_published_labels() {
+        let recorder = Recorder::default();
+        recorder.refusal(Refusal::StaleRelease);
+        recorder.pull(Pull::Quarantined);
+        recorder.pull(Pull::Quarantined);
+        recorder.rollback(RollbackCause::Auto);
+        recorder.swap(Cause::ModuleAndConfig);
+        let counts = recorder.counts();
+        assert_eq!(counts.refusals.get("stale-digest"), Some(&1));
+        assert_eq!(counts.pulls.get("quarantined"), Some(&2));
+        assert_eq!(counts.rollbacks.get("auto"), Some(&1));
+        assert_eq!(counts.swaps.get("module+config"), Some(&1));
+    }
+}
