@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use flowgate_host::DEFAULT_MODULE;
 use flowgate_host::admin::Endpoint;
 use flowgate_host::admin::{AdminOptions, AdminServer, Answer, Client};
-use flowgate_host::gateway::{Gateway, Options};
+use flowgate_host::gateway::{Gateway, Options, SwapRequest};
 use flowgate_host::io::Trace;
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_policy::Packet;
@@ -150,7 +150,7 @@ fn under_load(c: &mut Criterion) {
                         } else {
                             DEFAULT_MODULE
                         };
-                        gateway.swap(Some(module), None, None).unwrap();
+                        gateway.swap(SwapRequest::module(module)).unwrap();
                     }
                     std::thread::sleep(
                         (started + WINDOW).saturating_duration_since(Instant::now()),

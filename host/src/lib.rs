@@ -25,7 +25,7 @@
 //! up at its next burst with one atomic load (the reader), so no burst is judged by two.
 //!
 //! ```
-//! use flowgate_host::gateway::{Gateway, Options};
+//! use flowgate_host::gateway::{Gateway, Options, SwapRequest};
 //! use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
 //! use flowgate_policy::{Packet, Verdict};
 //!
@@ -53,7 +53,7 @@
 //! assert_eq!(judged.generation, 1);
 //!
 //! // The control plane, from any thread: a new release; the stage takes it at its next burst.
-//! gateway.swap(None, Some(config), None)?;
+//! gateway.swap(SwapRequest::config(config))?;
 //! assert_eq!(stage.judge(&burst, &mut verdicts).generation, 2);
 //! # Ok(())
 //! # }

@@ -36,7 +36,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::{Change, Gateway, Release, SwapError, WatchError, WatchStatus};
+use crate::gateway::{
+    Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest, WatchError, WatchStatus,
+};
 mod client;
 mod gate;
 mod http;
@@ -797,7 +799,7 @@ fn put_module(shared: &Shared, request: Request) -> Response {
     let (module, asked, digest) = match pull(shared, head) {
         Ok(pulled) => pulled,
         Err(e) => {
-            gateway.note_pull("failed");
+            gateway.note_pull(Pull::Failed);
             return json_response(
                 422,
                 json!({"swapped": false, "reason": "pull-failed", "error": e}),
@@ -811,7 +813,11 @@ fn put_module(shared: &Shared, request: Request) -> Response {
         config,
         Some((&asked, digest)),
     );
-    gateway.note_pull(if result.is_ok() { "swapped" } else { "refused" });
+    gateway.note_pull(if result.is_ok() {
+        Pull::Swapped
+    } else {
+        Pull::Refused
+    });
     answer_swap(result)
 }
 
@@ -857,20 +863,15 @@ fn change(
     config: Option<&str>,
     pulled: Option<(&crate::oci::Reference, crate::oci::Digest)>,
 ) -> Result<Arc<Release>, SwapError> {
-    shared.gateway.change(Change {
-        module,
+    shared.gateway.swap(SwapRequest {
+        module: module.map(|bytes| ModuleBytes { bytes, pulled }),
         config,
         if_match: request.header("if-match"),
-        pulled,
     })
 }
 
 fn post_rollback(shared: &Shared, request: Request) -> Response {
-    answer_swap(
-        shared
-            .gateway
-            .rollback_if(false, request.header("if-match")),
-    )
+    answer_swap(shared.gateway.rollback(request.header("if-match")))
 }
 
 /// The content type of a `PUT /module` whose body is an `oci://` reference, not a module.

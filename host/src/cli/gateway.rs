@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use flowgate_host::admin;
 use flowgate_host::admin::Endpoint;
 use flowgate_host::gateway::serve::{Controls, Traffic, serve};
-use flowgate_host::gateway::{Gateway, OnFault, Options};
+use flowgate_host::gateway::{Gateway, ModuleBytes, OnFault, Options};
 use flowgate_host::wasm::{EngineOptions, Runtime};
 use flowgate_policy::Packet;
 use flowgate_policy::json::parse_packet;
@@ -115,8 +115,17 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
         .as_ref()
         .map(|m| m.to_string_lossy().into_owned())
         .filter(|m| flowgate_host::oci::Reference::is_reference(m));
-    let source = from_registry.as_ref().map(|_| module_name.clone());
-    let gateway = Gateway::new_from(runtime, &module, &config, options, source)
+    // A pulled module's name is its reference, pinned to the digest it was pulled as.
+    let pinned = from_registry
+        .as_ref()
+        .map(|_| flowgate_host::oci::Reference::parse(&module_name))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let start = ModuleBytes {
+        bytes: &module,
+        pulled: pinned.as_ref().and_then(|r| Some((r, r.digest?))),
+    };
+    let gateway = Gateway::new(runtime, start, &config, options)
         .with_context(|| format!("starting with {module_name}"))?;
 
     // The traffic: a trace, or packets generated from the configuration's prefixes, or a

@@ -20,8 +20,6 @@
 //! The state lives in the process: a gateway restarted follows its tag afresh (its
 //! `--module` is what an operator chose for it at start).
 
-use std::collections::VecDeque;
-
 use super::{Gateway, Origin, Release, lock};
 use crate::oci::{Digest, Reference};
 
@@ -69,28 +67,17 @@ pub struct Quarantined {
     pub generation: Option<u64>,
 }
 
-/// What the watch does with the digest its tag resolves to now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// The watch is paused: nothing is pulled.
-    Paused,
-    /// The tag has not moved since the watch last acted.
-    Unchanged,
-    /// The digest failed before: it is not taken again.
-    Quarantined,
-    /// A digest the watch has not acted on: pull it and swap.
-    Take,
-}
-
-impl Decision {
-    /// The result in `flowgate_pulls_total{result}`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Paused => "paused",
-            Decision::Unchanged => "unchanged",
-            Decision::Quarantined => "quarantined",
-            Decision::Take => "take",
-        }
+flowgate_policy::labels! {
+    /// What the watch does with the digest its tag resolves to now.
+    pub enum Decision {
+        /// The watch is paused: nothing is pulled.
+        Paused => "paused",
+        /// The tag has not moved since the watch last acted.
+        Unchanged => "unchanged",
+        /// The digest failed before: it is not taken again.
+        Quarantined => "quarantined",
+        /// A digest the watch has not acted on: pull it and swap.
+        Take => "take",
     }
 }
 
@@ -313,22 +300,4 @@ fn pause(watch: &mut TagWatch, generation: u64, reason: String) {
         since_generation: generation,
         reason,
     });
-}
-
-/// The recent faults behind an auto-revert, in a sentence: "5 faults of the module in 10 s
-/// (3 trap, 2 deadline)".
-pub(super) fn faults_sentence(faults: &VecDeque<(std::time::Instant, &'static str)>) -> String {
-    let mut by_reason: Vec<(&str, usize)> = Vec::new();
-    for (_, reason) in faults {
-        match by_reason.iter_mut().find(|(r, _)| r == reason) {
-            Some((_, n)) => *n += 1,
-            None => by_reason.push((reason, 1)),
-        }
-    }
-    let list: Vec<String> = by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
-    format!(
-        "{} faults of the module ({})",
-        faults.len(),
-        list.join(", ")
-    )
 }

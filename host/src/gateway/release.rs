@@ -98,7 +98,7 @@ impl SwapError {
     /// The refusal's reason in logs, counters and metrics.
     pub fn reason(&self) -> Refusal {
         match self {
-            SwapError::Stale { .. } => Refusal::StaleDigest,
+            SwapError::Stale { .. } => Refusal::StaleRelease,
             SwapError::Module(
                 ModuleError::NotWasm
                 | ModuleError::CoreModule
@@ -189,8 +189,9 @@ impl Origin {
 flowgate_policy::labels! {
     /// Why a swap or rollback was refused.
     pub enum Refusal {
-        /// `If-Match` named another release than the one serving.
-        StaleDigest => "stale-digest",
+        /// `If-Match` named another release (by its ETag) than the one serving. Its label,
+        /// `stale-digest`, is published (`flowgate_swap_refusals_total{reason}`) and kept.
+        StaleRelease => "stale-digest",
         /// Not a Wasm component.
         NotAComponent => "not-a-component",
         /// A component that is no flowgate policy module.

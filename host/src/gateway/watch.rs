@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Decision, Gateway};
+use super::{Decision, Gateway, Pull};
 use crate::oci::{Cache, Digest, Reference, Registry};
 
 /// The longest wait between two tries after failures.
@@ -70,7 +70,7 @@ fn poll(
     let digest = match registry.manifest(r) {
         Ok((_, digest)) => digest,
         Err(e) => {
-            gateway.note_pull("failed");
+            gateway.note_pull(Pull::Failed);
             tracing::warn!(event = "pull", result = "failed", reference = %r, error = %e, "watching {r}: the registry failed; the running release keeps serving");
             return false;
         }
@@ -78,8 +78,12 @@ fn poll(
     match gateway.watch_decision(&digest) {
         Decision::Take => swap_to(gateway, registry, cache, r, digest, stop),
         Decision::Paused => true,
-        decision @ (Decision::Unchanged | Decision::Quarantined) => {
-            gateway.note_pull(decision.as_str());
+        Decision::Unchanged => {
+            gateway.note_pull(Pull::Unchanged);
+            true
+        }
+        Decision::Quarantined => {
+            gateway.note_pull(Pull::Quarantined);
             true
         }
     }
@@ -97,14 +101,14 @@ fn swap_to(
     let pulled = match registry.pull_or_cached(&pinned, cache) {
         Ok((pulled, _)) => pulled,
         Err(e) => {
-            gateway.note_pull("failed");
+            gateway.note_pull(Pull::Failed);
             tracing::warn!(event = "pull", result = "failed", reference = %pinned, error = %e, "watching {r}: the pull failed; the running release keeps serving");
             return false;
         }
     };
     match gateway.swap_by_watch(&pulled.module, r, digest, stop) {
         Ok(Some(_)) => {
-            gateway.note_pull("swapped");
+            gateway.note_pull(Pull::Swapped);
             true
         }
         // The operator changed the release or paused the watch while it pulled, or serving
@@ -112,7 +116,7 @@ fn swap_to(
         Ok(None) => true,
         Err(_) => {
             // The gateway logged and counted the refusal, and quarantined the digest.
-            gateway.note_pull("refused");
+            gateway.note_pull(Pull::Refused);
             false
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use flowgate_policy::{Catalog, Packet, Verdict};
 
 use super::{BatchRecord, Gateway, OnFault, Release, lock};
-use crate::dataplane::{self, Judged};
+use crate::dataplane::{self, Counters, Judged};
 use crate::wasm::WasmPolicy;
 use crate::{Policy, PolicyFault};
 
@@ -81,6 +81,20 @@ impl Gateway {
         }
     }
 
+    /// The sum of every worker's counters.
+    pub fn counters(&self) -> Counters {
+        let mut total = Counters::default();
+        for c in &self.counters {
+            total.merge(&lock(c));
+        }
+        total
+    }
+
+    /// The highest generation that has judged a batch so far.
+    pub fn judged_generation(&self) -> u64 {
+        self.judged.load(Ordering::Acquire)
+    }
+
     /// This worker's prepared instance of `release`, or a new one if it has none. A failure
     /// is a fault like any other: logged, counted, and toward an auto-revert; the worker
     /// drops its batches as `policy-fault` and tries again.
@@ -148,7 +162,7 @@ impl Worker {
         };
         done.count(packets, out, catalog, &mut lock(&gateway.counters[self.id]));
         if gateway.options.record_batches {
-            lock(&gateway.records).push(BatchRecord {
+            gateway.events.batch(BatchRecord {
                 worker: self.id,
                 generation,
                 packets: packets.len(),

@@ -376,22 +376,15 @@ fn sigterm_does_not_wait_for_a_slow_registry() {
 /// A one-worker gateway on the SPEC 3.1 configuration, following `oci://127.0.0.1:1/t/p:prod`
 /// (no registry needed: the rule is the gateway's).
 fn following() -> (Arc<flowgate_host::gateway::Gateway>, Reference) {
-    use flowgate_host::gateway::{Gateway, Options};
+    use flowgate_host::gateway::{Gateway, ModuleBytes, Options};
     let options = Options {
         workers: 1,
         ..Options::default()
     };
     let config = std::fs::read_to_string(crate::repo().join(SPEC_3_1).join("config.yaml")).unwrap();
     let tag = Reference::parse("oci://127.0.0.1:1/t/p:prod").unwrap();
-    let start = tag.pinned(Digest::of(b"v1")).to_string();
-    let gateway = Gateway::new_from(
-        crate::runtime(),
-        DEFAULT_MODULE,
-        &config,
-        options,
-        Some(start),
-    )
-    .unwrap();
+    let start = ModuleBytes::pulled(DEFAULT_MODULE, &tag, Digest::of(b"v1"));
+    let gateway = Gateway::new(crate::runtime(), start, &config, options).unwrap();
     gateway.watch_tag(&tag).unwrap();
     (gateway, tag)
 }
@@ -444,7 +437,7 @@ fn the_watch_acts_only_on_digests_it_has_not_acted_on() {
 
 #[test]
 fn every_operator_change_pins_the_gateway_and_only_the_operator_unpins_it() {
-    use flowgate_host::gateway::{Decision, Origin};
+    use flowgate_host::gateway::{Decision, Origin, SwapRequest};
     let (gateway, tag) = following();
     let config = gateway.current().config.to_string();
     let never = AtomicBool::new(false);
@@ -470,8 +463,10 @@ fn every_operator_change_pins_the_gateway_and_only_the_operator_unpins_it() {
     assert_eq!(gateway.current().generation, reloaded.generation);
 
     // An upload and a rollback keep it pinned, to the latest change.
-    let uploaded = gateway.swap(Some(guests::DENY_LIST), None, None).unwrap();
-    let back = gateway.rollback(false).unwrap();
+    let uploaded = gateway
+        .swap(SwapRequest::module(guests::DENY_LIST))
+        .unwrap();
+    let back = gateway.rollback(None).unwrap();
     assert_eq!(back.origin, Origin::Rollback);
     let paused = gateway.watch_status().unwrap().paused.unwrap();
     assert!(paused.since_generation > uploaded.generation);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
-use flowgate_host::gateway::{Gateway, Options};
+use flowgate_host::gateway::{Gateway, Options, SwapRequest};
 use flowgate_host::io::Trace;
 use flowgate_host::wasm::{EngineOptions, Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, NativePolicy, Policy, PolicyFault};
@@ -93,7 +93,7 @@ fn busy_workers_never_fault_an_honest_module_or_undo_the_operator() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
-    let swapped = gateway.swap(None, Some(&fewer), None).unwrap();
+    let swapped = gateway.swap(SwapRequest::config(&fewer)).unwrap();
     assert_eq!(swapped.generation, 2);
     std::thread::sleep(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
@@ -359,7 +359,7 @@ fn a_looping_module_on_busy_workers_is_still_reverted() {
         },
     )
     .unwrap();
-    let looping = gateway.swap(Some(guests::SPIN), None, None).unwrap();
+    let looping = gateway.swap(SwapRequest::module(guests::SPIN)).unwrap();
     let swapped = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..workers)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::admin::{Endpoint, Stream};
-use flowgate_host::gateway::{Gateway, Options, SwapError, instances_needed};
+use flowgate_host::gateway::{Gateway, Options, SwapError, SwapRequest, instances_needed};
 use flowgate_host::io::Trace;
 use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
 use flowgate_host::{DEFAULT_MODULE, Policy};
@@ -333,7 +333,7 @@ fn if_match_guards_the_whole_release() {
     assert_eq!(client.swap_config(&b, None).unwrap().status, 200);
     assert_eq!(
         gateway
-            .rollback_if(false, Some(&stale))
+            .rollback(Some(&stale))
             .err()
             .map(|e| e.reason().as_str()),
         Some("stale-digest")
@@ -393,12 +393,12 @@ fn sixty_four_workers_swap_roll_back_and_auto_revert() {
         } else {
             DEFAULT_MODULE
         };
-        gateway.swap(Some(module), None, None).unwrap();
+        gateway.swap(SwapRequest::module(module)).unwrap();
     }
     assert_eq!(gateway.current().generation, 11);
-    let back = gateway.rollback(false).unwrap();
+    let back = gateway.rollback(None).unwrap();
     assert_eq!((back.generation, back.cause.as_str()), (12, "rollback"));
-    let faulty = gateway.swap(Some(guests::TRAP), None, None).unwrap();
+    let faulty = gateway.swap(SwapRequest::module(guests::TRAP)).unwrap();
     assert_eq!(faulty.generation, 13);
     // Bounded wait for the revert.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -562,7 +562,7 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     let config = config();
     let gateway = gateway(&config, 1);
     let nested = format!("{}1{}", "{a: ".repeat(50_000), "}".repeat(50_000));
-    let e = gateway.swap(None, Some(&nested), None).err().unwrap();
+    let e = gateway.swap(SwapRequest::config(&nested)).err().unwrap();
     assert_eq!(e.reason(), "config-refused");
     assert!(e.to_string().contains("nested deeper"), "{e}");
     let mut options = gateway.options().clone();
@@ -620,7 +620,7 @@ fn a_configuration_whose_table_would_be_too_large_is_refused() {
     assert!(refused(&e), "{e}");
 
     let gateway = gateway(&config(), 1);
-    let e = gateway.swap(None, Some(&yaml), None).err().unwrap();
+    let e = gateway.swap(SwapRequest::config(&yaml)).err().unwrap();
     assert_eq!(e.reason(), "config-refused");
     assert!(refused(&e.to_string()), "{e}");
     assert_eq!(gateway.current().generation, 1);

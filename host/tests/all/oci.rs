@@ -492,26 +492,29 @@ pub(crate) fn start_with_login() -> Option<TestRegistry> {
 
 /// A gateway on a 60-peering configuration, one worker, with traffic until `stop`.
 pub(crate) fn gateway_with_traffic(
-    source: Option<String>,
+    pulled: Option<(&Reference, Digest)>,
 ) -> (
     std::sync::Arc<flowgate_host::gateway::Gateway>,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     std::thread::JoinHandle<u64>,
 ) {
-    use flowgate_host::gateway::{Gateway, Options};
+    use flowgate_host::gateway::{Gateway, ModuleBytes, Options};
     use flowgate_policy::synth::{self, Scale};
     let config = synth::config_yaml(Scale::with_peerings(20, 3));
     let packets: std::sync::Arc<[flowgate_policy::Packet]> =
         synth::packets(&flowgate_policy::parse(&config, None).unwrap(), 4096, 5).into();
-    let gateway = Gateway::new_from(
+    let module = ModuleBytes {
+        bytes: DEFAULT_MODULE,
+        pulled,
+    };
+    let gateway = Gateway::new(
         crate::runtime(),
-        DEFAULT_MODULE,
+        module,
         &config,
         Options {
             workers: 1,
             ..Options::default()
         },
-        source,
     )
     .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -559,7 +562,7 @@ fn a_gateway_pulls_references_itself_and_a_watched_tag_swaps_once_when_it_moves(
     let reference = Reference::parse(&tagged).unwrap();
     let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
     let v1 = client().push(&reference, DEFAULT_MODULE, config).unwrap();
-    let (gateway, stop, worker) = gateway_with_traffic(Some(reference.pinned(v1).to_string()));
+    let (gateway, stop, worker) = gateway_with_traffic(Some((&reference, v1)));
 
     // The admin API takes a reference, not bytes; /status and the metrics show it.
     let (_admin, admin) = crate::admin_on_socket(&gateway);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use flowgate_host::dataplane::Counters;
-use flowgate_host::gateway::{Gateway, OnFault, Options, SwapError};
+use flowgate_host::gateway::{Gateway, OnFault, Options, SwapError, SwapRequest};
 use flowgate_host::io::{Port, Trace};
 use flowgate_host::wasm::{Limits, Runtime};
 use flowgate_host::{DEFAULT_MODULE, NativePolicy};
@@ -151,7 +151,7 @@ fn a_hundred_swaps_under_load_lose_nothing_and_mix_nothing() {
             } else {
                 DEFAULT_MODULE
             };
-            let release = gateway.swap(Some(module), None, None).unwrap();
+            let release = gateway.swap(SwapRequest::module(module)).unwrap();
             assert_eq!(
                 release.info.version,
                 if i % 2 == 0 { "0.2.0" } else { "0.1.0" }
@@ -236,7 +236,7 @@ fn faulty_guest_is_contained(guest: &[u8], trigger: u16, fault: &str, runtime: R
     };
     let gateway = Gateway::new(runtime, DEFAULT_MODULE, &config, options).unwrap();
     let faulty = gateway
-        .swap(Some(guest), None, None)
+        .swap(SwapRequest::module(guest))
         .expect("the faulty guest passes its canary");
     assert_ne!(faulty.info.name, "flowgate-guest");
     let sent: u64 = with_traffic(&gateway, &packets, Some(256 * 200), 0, || {})
@@ -328,7 +328,7 @@ fn on_fault_previous_rejudges_with_the_last_good_release() {
     // traffic goes on until the trapping module has faulted a few times.
     let sent: u64 = with_traffic(&gateway, &packets, None, 20_000, || {
         until_judged_by(&gateway, 1);
-        gateway.swap(Some(guests::TRAP), None, None).unwrap();
+        gateway.swap(SwapRequest::module(guests::TRAP)).unwrap();
         for _ in 0..3000 {
             if gateway.events().faults.get("trap").copied().unwrap_or(0) >= 3 {
                 break;
@@ -366,7 +366,10 @@ fn one_worker_gateway(config: &str) -> Arc<Gateway> {
 fn a_short_answering_guest_is_refused_by_the_canary() {
     let config = config();
     let gateway = one_worker_gateway(&config);
-    let e = gateway.swap(Some(guests::SHORT), None, None).err().unwrap();
+    let e = gateway
+        .swap(SwapRequest::module(guests::SHORT))
+        .err()
+        .unwrap();
     assert!(matches!(e, SwapError::Canary(_)), "{e}");
     assert_eq!(gateway.current().generation, 1);
     assert_eq!(gateway.events().refusals.get("canary-failed"), Some(&1));
