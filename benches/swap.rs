@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_host::DEFAULT_MODULE;
 use flowgate_host::admin::Endpoint;
-use flowgate_host::admin::{AdminOptions, AdminServer, Answer, Client};
+use flowgate_host::admin::{AdminOptions, AdminServer, Reply, Client};
 use flowgate_host::gateway::{Gateway, Options, SwapRequest};
 use flowgate_host::io::Trace;
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
@@ -67,7 +67,7 @@ fn admin(gateway: &Arc<Gateway>, name: &str) -> (AdminServer, Client) {
 
 /// Runs `swap` `iters` times; the total time from each request to the first batch judged by
 /// the release it published.
-fn to_first_batches(gateway: &Gateway, iters: u64, mut swap: impl FnMut() -> Answer) -> Duration {
+fn to_first_batches(gateway: &Gateway, iters: u64, mut swap: impl FnMut() -> Reply) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let started = Instant::now();
