@@ -19,6 +19,7 @@ use hyper::body::{Bytes, Incoming as IncomingBody};
 use hyper_util::rt::TokioIo;
 
 use super::transport::{Endpoint, Stream};
+use crate::gateway::AdminRefusal;
 
 /// How much a request may be, and how long it may take.
 #[derive(Debug, Clone, Copy)]
@@ -95,10 +96,10 @@ pub struct BadRequest {
     /// What was wrong, for the answer's body.
     pub message: String,
     /// The reason in the refusal counters.
-    pub reason: &'static str,
+    pub reason: AdminRefusal,
 }
 
-fn bad(status: u16, reason: &'static str, message: impl Into<String>) -> BadRequest {
+fn bad(status: u16, reason: AdminRefusal, message: impl Into<String>) -> BadRequest {
     BadRequest {
         status,
         reason,
@@ -124,12 +125,16 @@ fn body_error(e: &hyper::Error) -> BadRequest {
     if e.is_incomplete_message() || io.is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof) {
         return bad(
             400,
-            "truncated-body",
+            AdminRefusal::TruncatedBody,
             "the body ended before its length or its last chunk: nothing was changed",
         );
     }
     if e.is_timeout() {
-        return bad(408, "timeout", "the client was too slow sending the body");
+        return bad(
+            408,
+            AdminRefusal::Timeout,
+            "the client was too slow sending the body",
+        );
     }
     let detail = io.map_or_else(|| e.to_string(), ToString::to_string);
     // hyper reads a chunk's data, then wants its CR: anything else there is more data than
@@ -139,7 +144,7 @@ fn body_error(e: &hyper::Error) -> BadRequest {
     } else {
         format!("the body is malformed: {detail}")
     };
-    bad(400, "bad-request", message)
+    bad(400, AdminRefusal::BadRequest, message)
 }
 
 /// Reads the whole body of a request, at most `limits.max_body` bytes, each frame within the
@@ -160,7 +165,7 @@ pub async fn read_body(
             Err(_) => {
                 return Err(bad(
                     408,
-                    "timeout",
+                    AdminRefusal::Timeout,
                     "the client was too slow sending the body",
                 ));
             }
@@ -177,7 +182,7 @@ pub async fn read_body(
             _ => {
                 return Err(bad(
                     413,
-                    "body-too-large",
+                    AdminRefusal::BodyTooLarge,
                     format!(
                         "the body is over {0} bytes, over the limit of {0} bytes",
                         limits.max_body

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::gateway::Gateway;
+use crate::gateway::{AdminRefusal, Cause, Gateway, Pull, Refusal, RollbackCause};
 
 /// A label value, escaped as the exposition format wants.
 fn label(value: &str) -> String {
@@ -11,6 +11,12 @@ fn label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// A label set's names, for a help text: "a, b, c".
+fn names<L: std::fmt::Display>(all: &[L]) -> String {
+    let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -83,43 +89,48 @@ pub fn render(gateway: &Gateway) -> String {
             (
                 "flowgate_swaps_total",
                 "cause",
-                "Releases published, by cause.",
+                &format!("Releases published, by cause ({}).", names(&Cause::ALL)),
                 &events.swaps,
             ),
             (
                 "flowgate_swap_refusals_total",
                 "reason",
-                "Swaps refused, by reason.",
+                &format!("Swaps refused, by reason ({}).", names(&Refusal::ALL)),
                 &events.refusals,
             ),
             (
                 "flowgate_rollbacks_total",
                 "cause",
-                "Rollbacks, by cause (operator or auto).",
+                &format!("Rollbacks, by cause ({}).", names(&RollbackCause::ALL)),
                 &events.rollbacks,
             ),
             (
                 "flowgate_faults_total",
                 "reason",
-                "Batches a module failed on, by reason.",
+                &String::from("Batches a module failed on, by reason."),
                 &events.faults,
             ),
             (
                 "flowgate_pulls_total",
                 "result",
-                "Registry pulls, by result (swapped, unchanged, failed, refused, quarantined).",
+                &format!("Registry pulls, by result ({}).", names(&Pull::ALL)),
                 &events.pulls,
             ),
             (
                 "flowgate_host_faults_total",
                 "reason",
-                "Faults that were not the module's own (they do not count toward an auto-revert), by reason.",
+                &String::from(
+                    "Faults that were not the module's own (they do not count toward an auto-revert), by reason.",
+                ),
                 &events.host_faults,
             ),
             (
                 "flowgate_admin_refusals_total",
                 "reason",
-                "Admin requests refused before they reached the gateway (unauthorized, truncated-body, timeout, ...).",
+                &format!(
+                    "Admin requests refused before they reached the gateway, by reason ({}).",
+                    names(&AdminRefusal::ALL)
+                ),
                 &events.admin_refusals,
             ),
         ];

@@ -37,7 +37,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::{
-    Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest, WatchError, WatchStatus,
+    AdminRefusal, Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest, WatchError,
+    WatchStatus,
 };
 mod client;
 mod gate;
@@ -397,7 +398,7 @@ async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
         // The socket is the gateway's user's (0600); a peer of another user (root aside)
         // can only have come in through a mistake elsewhere, and is served nothing.
         if let gate::Peer::Unknown = peer {
-            shared.gateway.note_admin_refusal("foreign-user");
+            shared.gateway.note_admin_refusal(AdminRefusal::ForeignUser);
             continue;
         }
         if let gate::Peer::Uid(uid) = peer
@@ -408,7 +409,7 @@ async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
                 uid,
                 "admin API: a connection from another user on the socket is refused"
             );
-            shared.gateway.note_admin_refusal("foreign-user");
+            shared.gateway.note_admin_refusal(AdminRefusal::ForeignUser);
             continue;
         }
         let ticket = shared.gate.ticket();
@@ -424,7 +425,7 @@ async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
             );
         }
         for _ in 0..evicted {
-            shared.gateway.note_admin_refusal("evicted");
+            shared.gateway.note_admin_refusal(AdminRefusal::Evicted);
         }
         // Let the connections already accepted read their heads before the next one comes.
         tokio::task::yield_now().await;
@@ -439,7 +440,7 @@ fn json_response(status: u16, body: Value) -> Response {
     }
 }
 
-fn refuse(shared: &Shared, status: u16, reason: &'static str, message: String) -> Response {
+fn refuse(shared: &Shared, status: u16, reason: AdminRefusal, message: String) -> Response {
     shared.gateway.note_admin_refusal(reason);
     let mut response = json_response(status, json!({"error": message}));
     if status == 401 {
@@ -492,7 +493,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TokioStream, ticket: Tick
         }
     };
     let Some(served) = served else {
-        shared.gateway.note_admin_refusal("timeout");
+        shared.gateway.note_admin_refusal(AdminRefusal::Timeout);
         tracing::debug!("admin API: an answer not read in time, its connection let go");
         return;
     };
@@ -500,13 +501,13 @@ async fn serve_connection(shared: Arc<Shared>, stream: TokioStream, ticket: Tick
         && !reached.load(std::sync::atomic::Ordering::Acquire)
     {
         let reason = if e.is_timeout() {
-            "head-timeout"
+            AdminRefusal::HeadTimeout
         } else if e.is_parse_too_large() {
-            "head-too-large"
+            AdminRefusal::HeadTooLarge
         } else {
-            "bad-request"
+            AdminRefusal::BadRequest
         };
-        tracing::debug!(error = %e, reason, "admin API: a request head refused");
+        tracing::debug!(error = %e, %reason, "admin API: a request head refused");
         shared.gateway.note_admin_refusal(reason);
     }
 }
@@ -558,7 +559,7 @@ async fn answer(
         let response = refuse(
             shared,
             401,
-            "unauthorized",
+            AdminRefusal::Unauthorized,
             "this admin API needs `Authorization: Bearer <token>` with the gateway's token".into(),
         );
         return refused(response, body);
@@ -567,7 +568,7 @@ async fn answer(
         let response = refuse(
             shared,
             503,
-            "too-many-connections",
+            AdminRefusal::TooManyConnections,
             "the admin API is serving as many requests as it takes at once; try again".into(),
         );
         return refused(response, body);
@@ -580,7 +581,10 @@ async fn answer(
             "the body is {declared} bytes, over the limit of {} bytes",
             limits.max_body
         );
-        return refused(refuse(shared, 413, "body-too-large", message), body);
+        return refused(
+            refuse(shared, 413, AdminRefusal::BodyTooLarge, message),
+            body,
+        );
     }
     match http::read_body(&mut body, &limits, started + limits.total).await {
         Err(e) => return refuse(shared, e.status, e.reason, e.message),

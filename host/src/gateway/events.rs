@@ -25,7 +25,7 @@ pub struct Events {
     pub faults: BTreeMap<&'static str, u64>,
     /// Auto-reverts that failed (each is retried).
     pub revert_failures: u64,
-    /// Admin requests refused before they reached the gateway, by reason.
+    /// Admin requests refused before they reached the gateway, by reason ([`AdminRefusal`]).
     pub admin_refusals: BTreeMap<&'static str, u64>,
     /// Registry pulls by result ([`Pull`]).
     pub pulls: BTreeMap<&'static str, u64>,
@@ -46,6 +46,33 @@ flowgate_policy::labels! {
         Refused => "refused",
         /// The tag names a digest that failed before: not pulled.
         Quarantined => "quarantined",
+    }
+}
+
+flowgate_policy::labels! {
+    /// Why the admin API refused a request before it reached the gateway
+    /// (`flowgate_admin_refusals_total{reason}`).
+    pub enum AdminRefusal {
+        /// A connection on the socket from another user than the gateway's (root aside).
+        ForeignUser => "foreign-user",
+        /// An anonymous connection let go to make room for a new one.
+        Evicted => "evicted",
+        /// The request's head did not arrive within the head deadline.
+        HeadTimeout => "head-timeout",
+        /// The request's head was over the size limit.
+        HeadTooLarge => "head-too-large",
+        /// A request that is not HTTP/1.1 as the admin API reads it, or a malformed body.
+        BadRequest => "bad-request",
+        /// No bearer token, or not the gateway's.
+        Unauthorized => "unauthorized",
+        /// As many requests under way as the admin API takes at once.
+        TooManyConnections => "too-many-connections",
+        /// A body over the size limit.
+        BodyTooLarge => "body-too-large",
+        /// A body that ended before its length or its last chunk.
+        TruncatedBody => "truncated-body",
+        /// A body sent too slowly, or an answer not read in time.
+        Timeout => "timeout",
     }
 }
 
@@ -116,8 +143,12 @@ impl Recorder {
         *self.counts().pulls.entry(result.as_str()).or_default() += 1;
     }
 
-    pub(super) fn admin_refusal(&self, reason: &'static str) {
-        *self.counts().admin_refusals.entry(reason).or_default() += 1;
+    pub(super) fn admin_refusal(&self, reason: AdminRefusal) {
+        *self
+            .counts()
+            .admin_refusals
+            .entry(reason.as_str())
+            .or_default() += 1;
     }
 
     pub(super) fn batch(&self, record: BatchRecord) {
@@ -146,7 +177,7 @@ impl Gateway {
     }
 
     /// Counts a request the admin API refused before it reached the gateway.
-    pub fn note_admin_refusal(&self, reason: &'static str) {
+    pub fn note_admin_refusal(&self, reason: AdminRefusal) {
         self.events.admin_refusal(reason);
     }
 }

@@ -40,7 +40,7 @@ pub use worker::{Burst, Worker};
 
 pub use authority::{Decision, Pause, Quarantined, WatchError, WatchStatus};
 use events::Recorder;
-pub use events::{BatchRecord, Events, Pull, RollbackCause};
+pub use events::{AdminRefusal, BatchRecord, Events, Pull, RollbackCause};
 use faults::FaultWindow;
 pub use release::{Cause, Origin, Refusal, Release, SwapError};
 use release::{check_config_size, check_if_match, prepare};
