@@ -17,6 +17,10 @@
 //! - [`admin`]: the gateway's admin API (server, client, Prometheus metrics).
 //! - [`kit`]: the policy author's tools: conformance cases against a module, verdict diffs.
 //!
+//! Errors are typed. Those a setting of the embedder's can cause (a size limit, the memory
+//! cap, a registry allowed plain HTTP) carry the [`Setting`], for the program that chose it to
+//! say how to change it.
+//!
 //! # Embedding
 //!
 //! A dataplane with its own packet I/O (a DPDK or AF_XDP pipeline) loads a module once,
@@ -29,7 +33,7 @@
 //! use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
 //! use flowgate_policy::{Packet, Verdict};
 //!
-//! # fn main() -> anyhow::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = flowgate_host::DEFAULT_CONFIG;
 //! // Once: an engine with room for the workers, the module checked, compiled, configured.
 //! let runtime = Runtime::with_engine(Limits::default(), None, EngineOptions::for_workers(2))?;
@@ -66,10 +70,12 @@ pub mod io;
 pub mod kit;
 pub mod oci;
 pub mod policy;
+pub mod setting;
 pub mod store;
 pub mod wasm;
 
-pub use policy::{NativePolicy, Policy, PolicyFault};
+pub use policy::{FaultKind, NativePolicy, Policy, PolicyFault};
+pub use setting::{OverLimit, Setting};
 pub use wasm::{ConfigError, ModuleError, StartError};
 
 /// The default policy module, built from `guest/default` when the host is built.
