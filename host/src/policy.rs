@@ -90,11 +90,11 @@ pub enum PolicyFault {
     /// it trapped, ran out of its CPU time or memory, or refused the configuration it had
     /// accepted before.
     #[error("a fresh instance could not be started: {0}")]
-    Start(#[source] Box<StartError>),
+    Start(Box<StartError>),
     /// The host failed, not the module: it had no room for a fresh instance (its pool is
     /// full), could not map its memory, or could not read the thread's CPU clock.
     #[error("the host failed, not the module: {0}")]
-    Host(#[source] HostFault),
+    Host(HostFault),
     /// The worker has no instance (its last start failed): the batch is not judged.
     #[error("no instance to judge with")]
     NoInstance,

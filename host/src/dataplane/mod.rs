@@ -111,7 +111,6 @@ pub struct RestartFailed {
     /// The fault on the batch.
     pub fault: PolicyFault,
     /// The fault the restart ended with.
-    #[source]
     pub restart: PolicyFault,
 }
 

@@ -90,7 +90,7 @@ pub enum SwapError {
     OverLimit(OverLimit),
     /// The canary batch failed.
     #[error("canary batch failed: {0}")]
-    Canary(#[source] PolicyFault),
+    Canary(PolicyFault),
     /// There is no earlier good release.
     #[error("no earlier good release to roll back to")]
     NothingToRollBack,

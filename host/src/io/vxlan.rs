@@ -62,14 +62,14 @@ pub enum EndpointError {
         place: Place,
     },
     /// Not an address and port.
-    #[error("{place}: `{addr}` is not an address and port such as 127.0.0.1:4789: {source}")]
+    #[error("{place}: `{addr}` is not an address and port such as 127.0.0.1:4789: {error}")]
     Address {
         /// Where.
         place: Place,
         /// What was written.
         addr: String,
         /// Why it does not parse.
-        source: std::net::AddrParseError,
+        error: std::net::AddrParseError,
     },
     /// A VPC given two endpoints.
     #[error("{place}: VPC `{vpc}` has two endpoints")]
@@ -105,11 +105,11 @@ impl Endpoints {
         let mut add = |name: &str, addr: &str, place: Place| -> Result<(), EndpointError> {
             let addr: SocketAddr = match addr.trim().parse() {
                 Ok(addr) => addr,
-                Err(source) => {
+                Err(error) => {
                     return Err(EndpointError::Address {
                         place,
                         addr: addr.trim().to_owned(),
-                        source,
+                        error,
                     });
                 }
             };
@@ -153,6 +153,11 @@ impl Endpoints {
     }
 }
 
+/// A socket a worker could not set up.
+#[derive(Debug, thiserror::Error)]
+#[error("setting the socket's read timeout: {0}")]
+pub struct SocketError(pub std::io::Error);
+
 /// One worker's share of a VXLAN socket.
 pub struct VxlanPort {
     socket: UdpSocket,
@@ -174,8 +179,8 @@ impl VxlanPort {
         endpoints: Arc<Endpoints>,
         stop: Arc<AtomicBool>,
         batch: usize,
-    ) -> std::io::Result<VxlanPort> {
-        socket.set_read_timeout(Some(POLL))?;
+    ) -> Result<VxlanPort, SocketError> {
+        socket.set_read_timeout(Some(POLL)).map_err(SocketError)?;
         let batch = batch.max(1);
         Ok(VxlanPort {
             socket,

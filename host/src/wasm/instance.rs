@@ -250,7 +250,13 @@ pub enum StartError {
     /// Reading the configuration ran the module out of its memory or CPU time: a refusal of
     /// that configuration, for a limit of the host's.
     #[error("configuration refused: {0}")]
-    OverLimit(#[from] OverLimit),
+    OverLimit(OverLimit),
+}
+
+impl From<OverLimit> for StartError {
+    fn from(e: OverLimit) -> Self {
+        StartError::OverLimit(e)
+    }
 }
 
 impl StartError {

@@ -90,10 +90,10 @@ const TABLES_PER_COMPONENT: u32 = 4;
 pub enum RuntimeError {
     /// The thread's CPU clock cannot be read, and the deadlines count CPU time.
     #[error("this host cannot measure a module's CPU time, which its deadlines count: {0}")]
-    Clock(#[source] ClockError),
+    Clock(ClockError),
     /// wasmtime could not reserve the pool's address space.
     #[error(
-        "setting up wasmtime with room for {instances} module instances of up to {} MiB: {source:#}; this machine cannot reserve that much address space: run fewer workers or lower the memory cap",
+        "setting up wasmtime with room for {instances} module instances of up to {} MiB: {error:#}; this machine cannot reserve that much address space: run fewer workers or lower the memory cap",
         .memory_bytes >> 20
     )]
     Engine {
@@ -102,11 +102,11 @@ pub enum RuntimeError {
         /// The memory cap of each ([`Limits::memory_bytes`]).
         memory_bytes: usize,
         /// wasmtime's reason.
-        source: wasmtime::Error,
+        error: wasmtime::Error,
     },
     /// The epoch ticker's thread could not be started.
     #[error("starting the epoch ticker thread: {0}")]
-    Ticker(#[source] std::io::Error),
+    Ticker(std::io::Error),
 }
 
 impl RuntimeError {
@@ -168,10 +168,10 @@ impl Runtime {
         if options.pooling {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine = Engine::new(&config).map_err(|source| RuntimeError::Engine {
+        let engine = Engine::new(&config).map_err(|error| RuntimeError::Engine {
             instances,
             memory_bytes: limits.memory_bytes,
-            source,
+            error,
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
