@@ -298,3 +298,55 @@ impl Port for VxlanPort {
         counters.unsent += (out.len() - sent.min(out.len())) as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_from_pairs_and_a_file_and_the_errors_that_say_where() {
+        let file = "# tunnels\nalpha 127.0.0.1:4789\n\nbeta 127.0.0.2:4789 # the second\n";
+        let endpoints =
+            Endpoints::parse(&["gamma=127.0.0.3:4789".into()], Some(("tunnels", file))).unwrap();
+        assert_eq!(
+            endpoints.get("beta"),
+            Some("127.0.0.2:4789".parse().unwrap())
+        );
+        assert_eq!(
+            endpoints.get("gamma"),
+            Some("127.0.0.3:4789".parse().unwrap())
+        );
+
+        let e = Endpoints::parse(&["alpha".into()], None).unwrap_err();
+        assert_eq!(
+            e,
+            EndpointError::NotAPair {
+                place: Place::Pair("alpha".into())
+            }
+        );
+        assert_eq!(e.setting(), Some(Setting::Endpoint));
+        assert_eq!(e.to_string(), "endpoint alpha: write NAME=HOST:PORT");
+
+        let e =
+            Endpoints::parse(&["alpha=127.0.0.9:1".into()], Some(("tunnels", file))).unwrap_err();
+        assert_eq!(
+            e,
+            EndpointError::Twice {
+                place: Place::Pair("alpha=127.0.0.9:1".into()),
+                vpc: "alpha".into()
+            }
+        );
+
+        let e = Endpoints::parse(&[], Some(("tunnels", "alpha nowhere\n"))).unwrap_err();
+        assert!(
+            matches!(&e, EndpointError::Address { place: Place::Line { line: 1, .. }, addr, .. } if addr == "nowhere"),
+            "{e}"
+        );
+        assert_eq!(e.setting(), None, "a file's line is named by the file");
+        assert!(
+            e.to_string()
+                .starts_with("tunnels:1: `nowhere` is not an address"),
+            "{e}"
+        );
+    }
+}
