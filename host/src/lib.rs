@@ -4,8 +4,12 @@
 //! By layer, each leaning only on the ones above it:
 //! - [`store`]: private folders for what flowgate made itself (its caches): checked, sealed
 //!   with a key of their own, written whole.
+//! - [`setting`]: the settings an error can name as its cause ([`Setting`]), and the limits a
+//!   configuration can be refused for ([`OverLimit`]).
 //! - [`policy`]: what judges a batch ([`Policy`]): the library natively ([`NativePolicy`]) or
-//!   a module; the [`PolicyFault`] a batch ends with.
+//!   a module; the [`PolicyFault`] a batch ends with. The only types it names from a layer
+//!   below are the errors a fresh module instance failed with ([`wasm::StartError`],
+//!   [`wasm::HostFault`]), which a fault keeps.
 //! - [`wasm`]: wasmtime set up for a dataplane ([`wasm::Runtime`]); loading, checking and
 //!   caching modules; a configured instance ([`wasm::WasmPolicy`]).
 //! - [`dataplane`]: the one batch step ([`dataplane::step`]: judge, handle a fault, count),
