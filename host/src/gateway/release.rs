@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::setting::{OverLimit, Setting};
 use crate::wasm::{
-    ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, WasmPolicy,
+    ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, StartStep, WasmPolicy,
 };
 use crate::{Policy, PolicyFault, hex};
 
@@ -125,7 +125,7 @@ impl SwapError {
             SwapError::Module(ModuleError::IncompatibleVersion { .. }) => {
                 Refusal::IncompatibleVersion
             }
-            SwapError::Module(ModuleError::Start(_)) => Refusal::StartFailed,
+            SwapError::Module(ModuleError::Start { .. }) => Refusal::StartFailed,
             SwapError::Config(_) | SwapError::OverLimit(_) => Refusal::ConfigRefused,
             SwapError::Canary(_) => Refusal::CanaryFailed,
             SwapError::NothingToRollBack => Refusal::NothingToRollBack,
@@ -303,9 +303,9 @@ pub(super) fn prepare(
             )));
         }
         for handle in extra {
-            let more = handle
-                .join()
-                .map_err(|_| ModuleError::Start("preparing an instance panicked".into()))?;
+            let more = handle.join().map_err(|_| {
+                ModuleError::start(StartStep::Prepare, "preparing an instance panicked")
+            })?;
             spares.extend(more?);
         }
         Ok::<_, SwapError>(spares)

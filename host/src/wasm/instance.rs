@@ -10,7 +10,7 @@ use wasmtime::{Engine, ResourceLimiter, Store};
 use super::bindings::{self, Policy};
 use super::budget::{ClockError, CpuBudget, thread_cpu_time};
 use super::runtime::Limits;
-use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, compatible, convert};
+use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, StartStep, compatible, convert};
 use crate::PolicyFault;
 use crate::setting::{OverLimit, Setting};
 
@@ -133,7 +133,7 @@ impl WasmPolicy {
         let info = instance
             .flowgate_policy_filter()
             .call_info(&mut store)
-            .map_err(|e| StartFailure::from_call(e, &store, ModuleError::Start))?;
+            .map_err(|e| StartFailure::from_call(e, &store, StartStep::Info))?;
         if !compatible(&info.wit_version) {
             return Err(StartFailure::module(ModuleError::IncompatibleVersion {
                 found: format!("{FILTER_INTERFACE}@{}", info.wit_version),
@@ -303,20 +303,16 @@ impl StartFailure {
     fn from_instantiate(e: wasmtime::Error, store: &Store<HostState>) -> Self {
         let host = !(e.is::<wasmtime::Trap>() || store.data().memory.hit);
         StartFailure {
-            error: ModuleError::Start(format!("{e:#}")).into(),
+            error: ModuleError::start(StartStep::Instantiate, format_args!("{e:#}")).into(),
             host,
         }
     }
 
-    /// A call into `store` that did not return, as `error` says it.
-    fn from_call(
-        e: wasmtime::Error,
-        store: &Store<HostState>,
-        error: impl FnOnce(String) -> ModuleError,
-    ) -> Self {
+    /// A call into `store` at `step` that did not return.
+    fn from_call(e: wasmtime::Error, store: &Store<HostState>, step: StartStep) -> Self {
         let host = matches!(fault_from_call(&e, store), PolicyFault::Host(_));
         StartFailure {
-            error: error(format!("{e:#}")).into(),
+            error: ModuleError::start(step, format_args!("{e:#}")).into(),
             host,
         }
     }
@@ -371,7 +367,9 @@ pub(super) fn instantiate(
 ) -> Result<(Store<HostState>, Policy), ModuleError> {
     new_store(engine, module, limits).map_err(|failed| match failed.error {
         StartError::Module(e) => e,
-        e @ (StartError::Config(_) | StartError::OverLimit(_)) => ModuleError::Start(e.to_string()),
+        e @ (StartError::Config(_) | StartError::OverLimit(_)) => {
+            ModuleError::start(StartStep::Instantiate, e)
+        }
     })
 }
 
@@ -422,10 +420,10 @@ fn configure_failed(fault: PolicyFault, limits: Limits) -> StartFailure {
             deadline: limits.configure_deadline,
         }),
         PolicyFault::Host(e) => StartFailure {
-            error: ModuleError::Start(format!("configure: {e}")).into(),
+            error: ModuleError::start(StartStep::Configure, e).into(),
             host: true,
         },
-        other => StartFailure::module(ModuleError::Start(format!("configure: {other}"))),
+        other => StartFailure::module(ModuleError::start(StartStep::Configure, other)),
     }
 }
 

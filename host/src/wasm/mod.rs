@@ -15,7 +15,7 @@ pub use crate::store::create_private_dir;
 pub use budget::ClockError;
 pub use flowgate_policy::ConfigError;
 pub use instance::{HostFault, ModuleInfo, StartError, WasmPolicy};
-pub use load::{LoadedModule, ModuleError, compatible};
+pub use load::{LoadedModule, ModuleError, StartStep, compatible};
 pub use runtime::{EngineOptions, Limits, Runtime, RuntimeError, instances_needed};
 
 /// The WIT package this host speaks.
