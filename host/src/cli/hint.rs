@@ -39,9 +39,9 @@ fn advice(setting: Setting, error: &(dyn std::error::Error + 'static)) -> String
         },
         Setting::RegistryLogin => match error.downcast_ref::<OciError>() {
             Some(OciError::NoLogin { registry, .. }) => {
-                format!("give one with {flag} {registry}=FILE")
+                format!("Docker's config.json, or {flag} {registry}=FILE")
             }
-            _ => format!("give one with {flag} HOST=FILE"),
+            _ => format!("Docker's config.json, or {flag} HOST=FILE"),
         },
         Setting::Endpoint => format!("given with {flag}"),
     }

@@ -110,7 +110,7 @@ pub enum OciError {
     /// The registry sends its login to a token service over plain HTTP on another host, not
     /// named insecure: the login is not sent.
     #[error(
-        "{reference}: the registry {registry} sends its login to the token service {realm}, plain HTTP on another host: the login is not sent there (name {host}:{port} insecure if it is meant)"
+        "{reference}: the registry {registry} sends its login to the token service {realm}, plain HTTP on another host: the login is not sent there"
     )]
     PlainTokenService {
         /// The reference.
@@ -126,9 +126,7 @@ pub enum OciError {
     },
     /// The registry asks for a Basic login and none is known for it
     /// ([`RegistryOptions::credentials`]).
-    #[error(
-        "{reference}: the registry {registry} asks for a login, and none is known for it (Docker's config.json, or one given for {registry})"
-    )]
+    #[error("{reference}: the registry {registry} asks for a login, and none is known for it")]
     NoLogin {
         /// The reference.
         reference: String,

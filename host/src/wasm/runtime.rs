@@ -93,7 +93,7 @@ pub enum RuntimeError {
     Clock(ClockError),
     /// wasmtime could not reserve the pool's address space.
     #[error(
-        "setting up wasmtime with room for {instances} module instances of up to {} MiB: {error:#}; this machine cannot reserve that much address space: run fewer workers or lower the memory cap",
+        "setting up wasmtime with room for {instances} module instances of up to {} MiB: {error:#}; this machine cannot reserve that much address space",
         .memory_bytes >> 20
     )]
     Engine {
@@ -111,7 +111,7 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// The setting to change, when one would help: the memory cap, for an engine that could
-    /// not reserve its pool.
+    /// not reserve its pool (else fewer instances: fewer workers).
     pub fn setting(&self) -> Option<Setting> {
         matches!(self, RuntimeError::Engine { .. }).then_some(Setting::ModuleMemory)
     }

@@ -560,7 +560,7 @@ fn a_login_on_the_command_line_names_its_registry_and_goes_nowhere_else() {
     assert!(!out.status.success());
     assert!(
         stderr.contains(&format!(
-            "(give one with --registry-credentials {}=FILE)",
+            "(Docker's config.json, or --registry-credentials {}=FILE)",
             hostile.host
         )),
         "{stderr}"
