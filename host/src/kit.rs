@@ -47,6 +47,7 @@ pub fn start_wasm(
 ) -> Result<WasmPolicy, Refusal> {
     WasmPolicy::new(runtime, module, config).map_err(|e| match e {
         StartError::Config(e) => Refusal::Config(e),
+        StartError::OverLimit(e) => Refusal::Config(ConfigError::whole(e.to_string())),
         StartError::Module(e) => Refusal::Failed(format!("the module failed to start: {e}")),
     })
 }

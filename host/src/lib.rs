@@ -4,8 +4,12 @@
 //! By layer, each leaning only on the ones above it:
 //! - [`store`]: private folders for what flowgate made itself (its caches): checked, sealed
 //!   with a key of their own, written whole.
+//! - [`setting`]: the settings an error can name as its cause ([`Setting`]), and the limits a
+//!   configuration can be refused for ([`OverLimit`]).
 //! - [`policy`]: what judges a batch ([`Policy`]): the library natively ([`NativePolicy`]) or
-//!   a module; the [`PolicyFault`] a batch ends with.
+//!   a module; the [`PolicyFault`] a batch ends with. The only types it names from a layer
+//!   below are the errors a fresh module instance failed with ([`wasm::StartError`],
+//!   [`wasm::HostFault`]), which a fault keeps.
 //! - [`wasm`]: wasmtime set up for a dataplane ([`wasm::Runtime`]); loading, checking and
 //!   caching modules; a configured instance ([`wasm::WasmPolicy`]).
 //! - [`dataplane`]: the one batch step ([`dataplane::step`]: judge, handle a fault, count),
@@ -16,6 +20,10 @@
 //!   workers on their ports.
 //! - [`admin`]: the gateway's admin API (server, client, Prometheus metrics).
 //! - [`kit`]: the policy author's tools: conformance cases against a module, verdict diffs.
+//!
+//! Errors are typed. Those a setting of the embedder's can cause (a size limit, the memory
+//! cap, a registry allowed plain HTTP) carry the [`Setting`], for the program that chose it to
+//! say how to change it.
 //!
 //! # Embedding
 //!
@@ -29,7 +37,7 @@
 //! use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
 //! use flowgate_policy::{Packet, Verdict};
 //!
-//! # fn main() -> anyhow::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = flowgate_host::DEFAULT_CONFIG;
 //! // Once: an engine with room for the workers, the module checked, compiled, configured.
 //! let runtime = Runtime::with_engine(Limits::default(), None, EngineOptions::for_workers(2))?;
@@ -66,10 +74,12 @@ pub mod io;
 pub mod kit;
 pub mod oci;
 pub mod policy;
+pub mod setting;
 pub mod store;
 pub mod wasm;
 
-pub use policy::{NativePolicy, Policy, PolicyFault};
+pub use policy::{FaultKind, NativePolicy, Policy, PolicyFault};
+pub use setting::{OverLimit, Setting};
 pub use wasm::{ConfigError, ModuleError, StartError};
 
 /// The default policy module, built from `guest/default` when the host is built.

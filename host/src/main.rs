@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         // Whoever read the output stopped reading (`flowgate bench | head`): nothing to say.
         Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("flowgate: {e:#}");
+            eprintln!("flowgate: {}", cli::hint::with_hint(&e));
             ExitCode::FAILURE
         }
     }

@@ -4,6 +4,8 @@
 
 use flowgate_policy::{Catalog, Packet, Table, Verdict};
 
+use crate::wasm::{HostFault, StartError};
+
 /// Something that judges batches of packets: a Wasm module or the native library.
 pub trait Policy {
     /// The names behind the verdicts.
@@ -88,29 +90,56 @@ pub enum PolicyFault {
     /// it trapped, ran out of its CPU time or memory, or refused the configuration it had
     /// accepted before.
     #[error("a fresh instance could not be started: {0}")]
-    Start(String),
+    Start(Box<StartError>),
     /// The host failed, not the module: it had no room for a fresh instance (its pool is
     /// full), could not map its memory, or could not read the thread's CPU clock.
     #[error("the host failed, not the module: {0}")]
-    Host(String),
+    Host(HostFault),
     /// The worker has no instance (its last start failed): the batch is not judged.
     #[error("no instance to judge with")]
     NoInstance,
 }
 
+flowgate_policy::labels! {
+    /// The kinds of [`PolicyFault`], as counters and metrics name them.
+    pub enum FaultKind {
+        /// [`PolicyFault::Trap`].
+        Trap => "trap",
+        /// [`PolicyFault::Deadline`].
+        Deadline => "deadline",
+        /// [`PolicyFault::Memory`].
+        Memory => "memory",
+        /// [`PolicyFault::WrongLength`].
+        WrongLength => "wrong-length",
+        /// [`PolicyFault::UnknownVerdict`].
+        UnknownVerdict => "unknown-verdict",
+        /// [`PolicyFault::Start`].
+        StartFailed => "start-failed",
+        /// [`PolicyFault::Host`].
+        Host => "host",
+        /// [`PolicyFault::NoInstance`].
+        NoInstance => "no-instance",
+    }
+}
+
 impl PolicyFault {
-    /// The fault's reason in counters and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// The fault's kind.
+    pub fn kind(&self) -> FaultKind {
         match self {
-            PolicyFault::Trap(_) => "trap",
-            PolicyFault::Deadline => "deadline",
-            PolicyFault::Memory => "memory",
-            PolicyFault::WrongLength { .. } => "wrong-length",
-            PolicyFault::UnknownVerdict { .. } => "unknown-verdict",
-            PolicyFault::Start(_) => "start-failed",
-            PolicyFault::Host(_) => "host",
-            PolicyFault::NoInstance => "no-instance",
+            PolicyFault::Trap(_) => FaultKind::Trap,
+            PolicyFault::Deadline => FaultKind::Deadline,
+            PolicyFault::Memory => FaultKind::Memory,
+            PolicyFault::WrongLength { .. } => FaultKind::WrongLength,
+            PolicyFault::UnknownVerdict { .. } => FaultKind::UnknownVerdict,
+            PolicyFault::Start(_) => FaultKind::StartFailed,
+            PolicyFault::Host(_) => FaultKind::Host,
+            PolicyFault::NoInstance => FaultKind::NoInstance,
         }
+    }
+
+    /// The fault's reason in counters and metrics: its kind's name.
+    pub fn reason(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// Whether the module made the fault, and so whether it counts against the module (toward

@@ -47,6 +47,7 @@ pub mod args;
 pub mod author;
 pub mod bench;
 pub mod gateway;
+pub mod hint;
 pub mod logs;
 pub mod run;
 
@@ -232,7 +233,7 @@ pub fn cache_dir(no_cache: bool) -> Option<PathBuf> {
 
 /// The engine, with the artifact cache unless `no_cache`.
 pub fn runtime(no_cache: bool) -> Result<Runtime> {
-    Runtime::new(Limits::default(), cache_dir(no_cache))
+    Ok(Runtime::new(Limits::default(), cache_dir(no_cache))?)
 }
 
 /// A module and the configuration it gets, each named as the user gave it: what `explain`
@@ -263,6 +264,10 @@ impl Contender<'_> {
                 self.module_name,
                 e
             ),
+            Err(StartError::OverLimit(e)) => Err(anyhow::Error::new(e).context(format!(
+                "{}: configuration refused by {}",
+                self.config_name, self.module_name
+            ))),
             Err(e) => Err(e).with_context(|| format!("{} refused", self.module_name)),
         }
     }

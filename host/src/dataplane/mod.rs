@@ -103,6 +103,27 @@ impl Step {
     }
 }
 
+/// A policy that failed on a batch and could not be restarted after it: nothing more can be
+/// judged with it.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy failed ({fault}) and could not be restarted: {restart}")]
+pub struct RestartFailed {
+    /// The fault on the batch.
+    pub fault: PolicyFault,
+    /// The fault the restart ended with.
+    pub restart: PolicyFault,
+}
+
+impl Step {
+    /// The policy's fault with its restart's, when it failed and could not be restarted.
+    pub fn restart_error(self) -> Result<(), RestartFailed> {
+        match (self.fault, self.restart_failed) {
+            (Some(fault), Some(restart)) => Err(RestartFailed { fault, restart }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Judges `packets` in batches of `batch` through [`step`], calling `sink` with each packet
 /// and its verdict (`None`: the policy failed on its batch, dropped as `policy-fault`).
 /// Returns an error only when the policy cannot be restarted.
@@ -112,7 +133,7 @@ pub fn judge_all(
     batch: usize,
     counters: &mut Counters,
     mut sink: impl FnMut(&Packet, Option<Verdict>),
-) -> anyhow::Result<()> {
+) -> Result<(), RestartFailed> {
     let mut verdicts = vec![Verdict::default(); batch.max(1)];
     for chunk in packets.chunks(batch.max(1)) {
         let done = step(Some(&mut *policy), None, chunk, &mut verdicts);
@@ -121,9 +142,7 @@ pub fn judge_all(
         for (packet, &verdict) in chunk.iter().zip(verdicts.iter()) {
             sink(packet, judged.then_some(verdict));
         }
-        if let (Some(fault), Some(e)) = (done.fault, done.restart_failed) {
-            anyhow::bail!("the policy failed ({fault}) and could not be restarted: {e}");
-        }
+        done.restart_error()?;
     }
     Ok(())
 }

@@ -228,9 +228,11 @@ impl Gateway {
         if let Some(capacity) = runtime.instance_capacity()
             && capacity < needed
         {
-            return Err(SwapError::Capacity(format!(
-                "the runtime's instance pool holds {capacity} module instances, and a gateway with {workers} workers may need {needed}: size it with EngineOptions::for_workers({workers})"
-            )));
+            return Err(SwapError::Capacity {
+                capacity,
+                workers,
+                needed,
+            });
         }
         check_config_size(config, options.max_config_bytes)?;
         let loaded = runtime.load(module.bytes)?;

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
 
+use crate::setting::{OverLimit, Setting};
 use crate::wasm::{
-    ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, WasmPolicy,
+    ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, StartStep, WasmPolicy,
 };
-use crate::{Policy, hex};
+use crate::{Policy, PolicyFault, hex};
 
 /// A module with a configuration, published under a generation number.
 pub struct Release {
@@ -83,15 +84,28 @@ pub enum SwapError {
     /// The module refused the configuration.
     #[error("configuration refused: {0}")]
     Config(ConfigError),
+    /// The configuration was refused for a limit of the host's: its size, or the memory or
+    /// CPU time the module ran out of reading it.
+    #[error("configuration refused: {0}")]
+    OverLimit(OverLimit),
     /// The canary batch failed.
     #[error("canary batch failed: {0}")]
-    Canary(String),
+    Canary(PolicyFault),
     /// There is no earlier good release.
     #[error("no earlier good release to roll back to")]
     NothingToRollBack,
-    /// The runtime cannot hold the instances the gateway needs.
-    #[error("{0}")]
-    Capacity(String),
+    /// The runtime's instance pool is too small for the gateway's workers.
+    #[error(
+        "the runtime's instance pool holds {capacity} module instances, and a gateway with {workers} workers may need {needed}: size it with EngineOptions::for_workers({workers})"
+    )]
+    Capacity {
+        /// Module instances the pool holds.
+        capacity: u32,
+        /// The gateway's workers.
+        workers: usize,
+        /// Module instances they may need ([`crate::wasm::instances_needed`]).
+        needed: u32,
+    },
 }
 
 impl SwapError {
@@ -111,11 +125,19 @@ impl SwapError {
             SwapError::Module(ModuleError::IncompatibleVersion { .. }) => {
                 Refusal::IncompatibleVersion
             }
-            SwapError::Module(ModuleError::Start(_)) => Refusal::StartFailed,
-            SwapError::Config(_) => Refusal::ConfigRefused,
+            SwapError::Module(ModuleError::Start { .. }) => Refusal::StartFailed,
+            SwapError::Config(_) | SwapError::OverLimit(_) => Refusal::ConfigRefused,
             SwapError::Canary(_) => Refusal::CanaryFailed,
             SwapError::NothingToRollBack => Refusal::NothingToRollBack,
-            SwapError::Capacity(_) => Refusal::Capacity,
+            SwapError::Capacity { .. } => Refusal::Capacity,
+        }
+    }
+
+    /// The setting that would have let the change in, when a limit refused it.
+    pub fn setting(&self) -> Option<Setting> {
+        match self {
+            SwapError::OverLimit(e) => Some(e.setting()),
+            _ => None,
         }
     }
 }
@@ -216,6 +238,7 @@ impl From<StartError> for SwapError {
         match e {
             StartError::Module(e) => SwapError::Module(e),
             StartError::Config(e) => SwapError::Config(e),
+            StartError::OverLimit(e) => SwapError::OverLimit(e),
         }
     }
 }
@@ -281,9 +304,9 @@ pub(super) fn prepare(
             )));
         }
         for handle in extra {
-            let more = handle
-                .join()
-                .map_err(|_| ModuleError::Start("preparing an instance panicked".into()))?;
+            let more = handle.join().map_err(|_| {
+                ModuleError::start(StartStep::Prepare, "preparing an instance panicked")
+            })?;
             spares.extend(more?);
         }
         Ok::<_, SwapError>(spares)
@@ -291,9 +314,7 @@ pub(super) fn prepare(
     let first = &mut spares[0];
     let canary = canary.unwrap_or_else(|| canary_packets(first.catalog()).into());
     let mut out = vec![Verdict::default(); canary.len()];
-    first
-        .judge(&canary, &mut out)
-        .map_err(|e| SwapError::Canary(e.to_string()))?;
+    first.judge(&canary, &mut out).map_err(SwapError::Canary)?;
     let info = first.info().clone();
     let catalog = first.catalog().clone();
     let (peerings, _) = first.config_summary();
@@ -317,10 +338,10 @@ pub(super) fn prepare(
 /// Refuses a configuration over `limit` bytes before any work is done on it.
 pub(super) fn check_config_size(config: &str, limit: usize) -> Result<(), SwapError> {
     if config.len() > limit {
-        return Err(SwapError::Config(ConfigError::whole(format!(
-            "the configuration is {} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)",
-            config.len()
-        ))));
+        return Err(SwapError::OverLimit(OverLimit::ConfigBytes {
+            size: config.len(),
+            limit,
+        }));
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 use crate::Policy;
-use crate::dataplane::{self, Counters, Judged};
+use crate::dataplane::{self, Counters, Judged, RestartFailed};
 
 /// One captured frame.
 #[derive(Debug, Clone)]
@@ -283,7 +283,7 @@ pub fn replay(
     outputs: &mut Outputs,
     options: Options,
     mut progress: impl FnMut(u64),
-) -> anyhow::Result<Report> {
+) -> Result<Report, ReplayError> {
     let batch_size = options.batch.max(1);
     let mut report = Report::default();
     let mut records: Vec<Record> = Vec::with_capacity(batch_size);
@@ -321,10 +321,9 @@ pub fn replay(
         } else {
             let done = dataplane::step(Some(&mut *policy), None, &packets, &mut verdicts);
             done.count(&packets, &verdicts, policy.catalog(), &mut report.counters);
-            if let (Some(fault), Some(e)) = (&done.fault, done.restart_failed) {
-                anyhow::bail!("the policy failed ({fault}) and could not be restarted: {e:#}");
-            }
-            Some(done.judged != Judged::Dropped)
+            let judged = done.judged != Judged::Dropped;
+            done.restart_error()?;
+            Some(judged)
         };
         let ok = outcome.unwrap_or(true);
         let out = &verdicts[..packets.len()];
@@ -362,6 +361,23 @@ pub fn replay(
         progress(input.bytes);
     }
     Ok(report)
+}
+
+/// Why a replay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// An output could not be written.
+    #[error(transparent)]
+    Write(#[from] CaptureError),
+    /// The policy failed and could not be restarted.
+    #[error(transparent)]
+    Restart(Box<RestartFailed>),
+}
+
+impl From<RestartFailed> for ReplayError {
+    fn from(e: RestartFailed) -> Self {
+        ReplayError::Restart(Box::new(e))
+    }
 }
 
 fn write(out: &mut Option<CaptureWriter>, record: &Record) -> Result<(), CaptureError> {

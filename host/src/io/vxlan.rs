@@ -10,38 +10,114 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use flowgate_policy::{Catalog, Packet, Verdict};
 use flowgate_wire::{FrameFault, parse_vxlan, set_payload_vni};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 
 use crate::dataplane::Counters;
 use crate::io::Port;
+use crate::setting::Setting;
 
 /// The largest datagram taken: a jumbo frame.
 const MAX_DATAGRAM: usize = 9216;
 /// How long a worker waits on a quiet socket before it looks at the stop flag again.
 const POLL: Duration = Duration::from_millis(50);
 
+/// Where an endpoint was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// A `NAME=HOST:PORT` pair, as given.
+    Pair(String),
+    /// A line of an endpoints file.
+    Line {
+        /// The file's name.
+        file: String,
+        /// The line number, from 1.
+        line: usize,
+    },
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Pair(pair) => write!(f, "endpoint {pair}"),
+            Place::Line { file, line } => write!(f, "{file}:{line}"),
+        }
+    }
+}
+
+/// Why endpoints were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// A pair without `=`.
+    #[error("{place}: write NAME=HOST:PORT")]
+    NotAPair {
+        /// Where.
+        place: Place,
+    },
+    /// A line of a file without a VPC name and an address.
+    #[error("{place}: write `VPC-NAME HOST:PORT`")]
+    NotALine {
+        /// Where.
+        place: Place,
+    },
+    /// Not an address and port.
+    #[error("{place}: `{addr}` is not an address and port such as 127.0.0.1:4789: {error}")]
+    Address {
+        /// Where.
+        place: Place,
+        /// What was written.
+        addr: String,
+        /// Why it does not parse.
+        error: std::net::AddrParseError,
+    },
+    /// A VPC given two endpoints.
+    #[error("{place}: VPC `{vpc}` has two endpoints")]
+    Twice {
+        /// Where the second is.
+        place: Place,
+        /// The VPC's name.
+        vpc: String,
+    },
+}
+
+impl EndpointError {
+    /// The setting at fault: [`Setting::Endpoint`], when the error is in a pair (a file's
+    /// lines are named by the file).
+    pub fn setting(&self) -> Option<Setting> {
+        let (EndpointError::NotAPair { place }
+        | EndpointError::NotALine { place }
+        | EndpointError::Address { place, .. }
+        | EndpointError::Twice { place, .. }) = self;
+        matches!(place, Place::Pair(_)).then_some(Setting::Endpoint)
+    }
+}
+
 /// Where each VPC's tunnel endpoint is, by VPC name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoints(BTreeMap<String, SocketAddr>);
 
 impl Endpoints {
-    /// Reads `NAME=HOST:PORT` pairs (`--endpoint`) and the lines of an endpoints file, one
-    /// `NAME HOST:PORT` per line (`#` starts a comment); `file` names the file in errors.
-    pub fn parse(pairs: &[String], file: Option<(&str, &str)>) -> anyhow::Result<Endpoints> {
+    /// Reads `NAME=HOST:PORT` pairs and the lines of an endpoints file, one `NAME HOST:PORT`
+    /// per line (`#` starts a comment); `file` names the file in errors.
+    pub fn parse(pairs: &[String], file: Option<(&str, &str)>) -> Result<Endpoints, EndpointError> {
         let mut map = BTreeMap::new();
-        let mut add = |name: &str, addr: &str, place: &dyn Fn() -> String| -> anyhow::Result<()> {
-            let addr: SocketAddr = addr.trim().parse().with_context(|| {
-                format!(
-                    "{}: `{}` is not an address and port such as 127.0.0.1:4789",
-                    place(),
-                    addr.trim()
-                )
-            })?;
+        let mut add = |name: &str, addr: &str, place: Place| -> Result<(), EndpointError> {
+            let addr: SocketAddr = match addr.trim().parse() {
+                Ok(addr) => addr,
+                Err(error) => {
+                    return Err(EndpointError::Address {
+                        place,
+                        addr: addr.trim().to_owned(),
+                        error,
+                    });
+                }
+            };
             if map.insert(name.trim().to_owned(), addr).is_some() {
-                bail!("{}: VPC `{}` has two endpoints", place(), name.trim());
+                return Err(EndpointError::Twice {
+                    place,
+                    vpc: name.trim().to_owned(),
+                });
             }
             Ok(())
         };
@@ -51,19 +127,22 @@ impl Endpoints {
                 if line.is_empty() {
                     continue;
                 }
-                let place = || format!("{name}:{}", n + 1);
-                let Some((vpc, addr)) = line.split_once(char::is_whitespace) else {
-                    bail!("{}: write `VPC-NAME HOST:PORT`", place());
+                let place = Place::Line {
+                    file: name.to_owned(),
+                    line: n + 1,
                 };
-                add(vpc, addr, &place)?;
+                let Some((vpc, addr)) = line.split_once(char::is_whitespace) else {
+                    return Err(EndpointError::NotALine { place });
+                };
+                add(vpc, addr, place)?;
             }
         }
         for pair in pairs {
-            let place = || format!("--endpoint {pair}");
+            let place = Place::Pair(pair.clone());
             let Some((vpc, addr)) = pair.split_once('=') else {
-                bail!("{}: write NAME=HOST:PORT", place());
+                return Err(EndpointError::NotAPair { place });
             };
-            add(vpc, addr, &place)?;
+            add(vpc, addr, place)?;
         }
         Ok(Endpoints(map))
     }
@@ -73,6 +152,11 @@ impl Endpoints {
         self.0.get(name).copied()
     }
 }
+
+/// A socket a worker could not set up.
+#[derive(Debug, thiserror::Error)]
+#[error("setting the socket's read timeout: {0}")]
+pub struct SocketError(pub std::io::Error);
 
 /// One worker's share of a VXLAN socket.
 pub struct VxlanPort {
@@ -95,10 +179,8 @@ impl VxlanPort {
         endpoints: Arc<Endpoints>,
         stop: Arc<AtomicBool>,
         batch: usize,
-    ) -> anyhow::Result<VxlanPort> {
-        socket
-            .set_read_timeout(Some(POLL))
-            .context("setting the socket's read timeout")?;
+    ) -> Result<VxlanPort, SocketError> {
+        socket.set_read_timeout(Some(POLL)).map_err(SocketError)?;
         let batch = batch.max(1);
         Ok(VxlanPort {
             socket,
@@ -217,5 +299,57 @@ impl Port for VxlanPort {
         .map(|results| results.count())
         .unwrap_or(0);
         counters.unsent += (out.len() - sent.min(out.len())) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_from_pairs_and_a_file_and_the_errors_that_say_where() {
+        let file = "# tunnels\nalpha 127.0.0.1:4789\n\nbeta 127.0.0.2:4789 # the second\n";
+        let endpoints =
+            Endpoints::parse(&["gamma=127.0.0.3:4789".into()], Some(("tunnels", file))).unwrap();
+        assert_eq!(
+            endpoints.get("beta"),
+            Some("127.0.0.2:4789".parse().unwrap())
+        );
+        assert_eq!(
+            endpoints.get("gamma"),
+            Some("127.0.0.3:4789".parse().unwrap())
+        );
+
+        let e = Endpoints::parse(&["alpha".into()], None).unwrap_err();
+        assert_eq!(
+            e,
+            EndpointError::NotAPair {
+                place: Place::Pair("alpha".into())
+            }
+        );
+        assert_eq!(e.setting(), Some(Setting::Endpoint));
+        assert_eq!(e.to_string(), "endpoint alpha: write NAME=HOST:PORT");
+
+        let e =
+            Endpoints::parse(&["alpha=127.0.0.9:1".into()], Some(("tunnels", file))).unwrap_err();
+        assert_eq!(
+            e,
+            EndpointError::Twice {
+                place: Place::Pair("alpha=127.0.0.9:1".into()),
+                vpc: "alpha".into()
+            }
+        );
+
+        let e = Endpoints::parse(&[], Some(("tunnels", "alpha nowhere\n"))).unwrap_err();
+        assert!(
+            matches!(&e, EndpointError::Address { place: Place::Line { line: 1, .. }, addr, .. } if addr == "nowhere"),
+            "{e}"
+        );
+        assert_eq!(e.setting(), None, "a file's line is named by the file");
+        assert!(
+            e.to_string()
+                .starts_with("tunnels:1: `nowhere` is not an address"),
+            "{e}"
+        );
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::reference::{is_loopback, split_registry};
 use super::{Cache, Digest, Reference};
+use crate::setting::Setting;
 
 /// The manifest media type this client asks for and writes.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -80,6 +81,58 @@ pub enum OciError {
     /// named insecure).
     #[error("{reference}: {0}", reference = .1)]
     Refused(String, String),
+    /// A blob larger than the largest module pulled ([`RegistryOptions::max_module_bytes`]):
+    /// refused before it is read.
+    #[error("{reference}: blob {digest} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The reference.
+        reference: String,
+        /// The blob's digest.
+        digest: String,
+        /// Its size as its descriptor gives it.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A request over plain HTTP to a host that is neither loopback nor named insecure
+    /// ([`RegistryOptions::insecure`]): refused before it is sent.
+    #[error(
+        "{reference}: {what}: `{url}` is plain HTTP to a host that is neither loopback nor named insecure: refused"
+    )]
+    PlainHttp {
+        /// The reference.
+        reference: String,
+        /// The request.
+        what: String,
+        /// Its URL, without query or fragment.
+        url: String,
+    },
+    /// The registry sends its login to a token service over plain HTTP on another host, not
+    /// named insecure: the login is not sent.
+    #[error(
+        "{reference}: the registry {registry} sends its login to the token service {realm}, plain HTTP on another host: the login is not sent there"
+    )]
+    PlainTokenService {
+        /// The reference.
+        reference: String,
+        /// The registry.
+        registry: String,
+        /// The token service's URL.
+        realm: String,
+        /// Its host.
+        host: String,
+        /// Its port.
+        port: u16,
+    },
+    /// The registry asks for a Basic login and none is known for it
+    /// ([`RegistryOptions::credentials`]).
+    #[error("{reference}: the registry {registry} asks for a login, and none is known for it")]
+    NoLogin {
+        /// The reference.
+        reference: String,
+        /// The registry.
+        registry: String,
+    },
 }
 
 impl OciError {
@@ -89,7 +142,23 @@ impl OciError {
         match self {
             OciError::Transport { .. } => true,
             OciError::Status { status, .. } => (500..600).contains(status),
-            OciError::Refused(..) => false,
+            OciError::Refused(..)
+            | OciError::TooLarge { .. }
+            | OciError::PlainHttp { .. }
+            | OciError::PlainTokenService { .. }
+            | OciError::NoLogin { .. } => false,
+        }
+    }
+
+    /// The setting that would have let the pull through, when one refused it.
+    pub fn setting(&self) -> Option<Setting> {
+        match self {
+            OciError::TooLarge { .. } => Some(Setting::ModuleBytes),
+            OciError::PlainHttp { .. } | OciError::PlainTokenService { .. } => {
+                Some(Setting::InsecureRegistry)
+            }
+            OciError::NoLogin { .. } => Some(Setting::RegistryLogin),
+            OciError::Transport { .. } | OciError::Status { .. } | OciError::Refused(..) => None,
         }
     }
 }
@@ -287,10 +356,11 @@ impl Registry {
                 refused(format!("{what}: `{}` is not an http(s) URL", shown(&url)))
             })?;
             if !here.https && !self.plain_allowed(&here) {
-                return Err(refused(format!(
-                    "{what}: `{}` is plain HTTP to a host that is neither loopback nor named with --insecure-registry: refused",
-                    shown(&url)
-                )));
+                return Err(OciError::PlainHttp {
+                    reference: r.to_string(),
+                    what: what.to_owned(),
+                    url: shown(&url).to_string(),
+                });
             }
             let hop = Call { url: &url, ..call };
             let answer = if here == home {
@@ -457,11 +527,9 @@ impl Registry {
         });
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
-            return basic.ok_or_else(|| {
-                refused(format!(
-                    "the registry {} asks for a login, and none is known for it (Docker's config.json, or --registry-credentials {}=FILE)",
-                    r.registry, r.registry
-                ))
+            return basic.ok_or_else(|| OciError::NoLogin {
+                reference: r.to_string(),
+                registry: r.registry.clone(),
             });
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -490,10 +558,13 @@ impl Registry {
             && service != self.home(r)?
             && !self.named_insecure(&service)
         {
-            return Err(refused(format!(
-                "the registry {} sends its login to the token service {realm}, plain HTTP on another host: the login is not sent there (name that host with --insecure-registry {}:{} if it is meant)",
-                r.registry, service.host, service.port
-            )));
+            return Err(OciError::PlainTokenService {
+                reference: r.to_string(),
+                registry: r.registry.clone(),
+                realm,
+                host: service.host.clone(),
+                port: service.port,
+            });
         }
         let mut url = realm.clone();
         let mut sep = if realm.contains('?') { '&' } else { '?' };
@@ -613,9 +684,12 @@ impl Registry {
             .as_u64()
             .ok_or_else(|| refused(format!("the descriptor of {digest} has no size")))?;
         if size > limit {
-            return Err(refused(format!(
-                "blob {digest} is {size} bytes, over the limit of {limit} (raise it with --max-module-bytes)"
-            )));
+            return Err(OciError::TooLarge {
+                reference: r.to_string(),
+                digest: digest.to_string(),
+                size,
+                limit,
+            });
         }
         let url = format!("{}/blobs/{digest}", self.base(r));
         let bytes = self.get(r, "GET blob", &url, size)?;

@@ -26,7 +26,7 @@ use wasmtime::UpdateDeadline;
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// The thread's CPU clock could not be read: the host's failure, not the module's.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("reading the thread's CPU clock (CLOCK_THREAD_CPUTIME_ID): {0}")]
 pub struct ClockError(#[from] nix::Error);
 

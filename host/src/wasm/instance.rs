@@ -5,19 +5,76 @@ use std::time::Duration;
 use flowgate_policy::explain::Explanation;
 use flowgate_policy::packed::{VERDICT_BYTES, WordDecoder, encode_packets};
 use flowgate_policy::{Catalog, ConfigError, Packet, Verdict};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store};
 
 use super::bindings::{self, Policy};
 use super::budget::{ClockError, CpuBudget, thread_cpu_time};
-use super::runtime::{CONFIGURE_FLAG, Limits, MEMORY_FLAG};
-use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, compatible, convert};
+use super::runtime::Limits;
+use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, StartStep, compatible, convert};
 use crate::PolicyFault;
+use crate::setting::{OverLimit, Setting};
 
 /// What a store holds for its instance.
 pub struct HostState {
-    limits: StoreLimits,
+    /// The store's limiter: it holds the memory cap and records a guest that hit it.
+    memory: MemoryCap,
     /// The CPU time the call under way may run.
     budget: CpuBudget,
+}
+
+/// The store's [`ResourceLimiter`]: an instance's memory may grow up to the cap and no
+/// further. A growth past the cap (or past the memory's own maximum) traps at the
+/// `memory.grow` itself, as a guest cannot be trusted to handle a failed one, and is recorded:
+/// a call that fails after it is [`PolicyFault::Memory`], whatever its error says.
+struct MemoryCap {
+    /// The cap in bytes.
+    bytes: usize,
+    /// A growth past the cap was refused since the store's last call began.
+    hit: bool,
+}
+
+/// A memory growth the limiter refused (the trap's cause).
+#[derive(Debug, thiserror::Error)]
+#[error("forcing trap when growing memory to {desired} bytes")]
+struct MemoryRefused {
+    desired: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.bytes || maximum.is_some_and(|max| desired > max) {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryRefused { desired }));
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error.context("forcing a memory growth failure to be a trap"))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        match maximum {
+            Some(max) if desired > max => Err(wasmtime::Error::msg(format!(
+                "forcing trap when growing table to {desired} elements"
+            ))),
+            _ => Ok(true),
+        }
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error.context("forcing a table growth failure to be a trap"))
+    }
 }
 
 /// What a module says about itself.
@@ -55,7 +112,8 @@ impl WasmPolicy {
 
     /// [`WasmPolicy::new`] for a worker of a release whose module has already accepted
     /// `config`: a failure is the fault it stands for, the module's
-    /// ([`PolicyFault::Start`]) or the host's ([`PolicyFault::Host`]).
+    /// ([`PolicyFault::Start`]) or the host's ([`PolicyFault::Host`] with
+    /// [`HostFault::Start`]).
     pub fn start(
         runtime: &Runtime,
         module: &LoadedModule,
@@ -75,7 +133,7 @@ impl WasmPolicy {
         let info = instance
             .flowgate_policy_filter()
             .call_info(&mut store)
-            .map_err(|e| StartFailure::from_call(e, ModuleError::Start))?;
+            .map_err(|e| StartFailure::from_call(e, &store, StartStep::Info))?;
         if !compatible(&info.wit_version) {
             return Err(StartFailure::module(ModuleError::IncompatibleVersion {
                 found: format!("{FILTER_INTERFACE}@{}", info.wit_version),
@@ -142,7 +200,7 @@ impl WasmPolicy {
             .instance
             .flowgate_policy_filter()
             .call_explain(&mut self.store, convert::to_wit_packet(packet))
-            .map_err(|e| fault_from_call(&e))?;
+            .map_err(|e| fault_from_call(&e, &self.store))?;
         let e = convert::explanation(e);
         if !self.catalog.knows(e.verdict) {
             return Err(PolicyFault::UnknownVerdict { index: 0 });
@@ -162,7 +220,7 @@ impl WasmPolicy {
             .instance
             .flowgate_policy_filter()
             .call_judge(&mut self.store, &wit)
-            .map_err(|e| fault_from_call(&e))?;
+            .map_err(|e| fault_from_call(&e, &self.store))?;
         if verdicts.len() != packets.len() {
             return Err(PolicyFault::WrongLength {
                 expected: packets.len(),
@@ -189,6 +247,38 @@ pub enum StartError {
     /// The module refused the configuration.
     #[error("configuration refused: {0}")]
     Config(#[from] ConfigError),
+    /// Reading the configuration ran the module out of its memory or CPU time: a refusal of
+    /// that configuration, for a limit of the host's.
+    #[error("configuration refused: {0}")]
+    OverLimit(OverLimit),
+}
+
+impl From<OverLimit> for StartError {
+    fn from(e: OverLimit) -> Self {
+        StartError::OverLimit(e)
+    }
+}
+
+impl StartError {
+    /// The setting that would have let the module start, when a limit stopped it.
+    pub fn setting(&self) -> Option<Setting> {
+        match self {
+            StartError::OverLimit(e) => Some(e.setting()),
+            StartError::Module(_) | StartError::Config(_) => None,
+        }
+    }
+}
+
+/// A failure of the host's, not the module's ([`PolicyFault::Host`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HostFault {
+    /// The thread's CPU clock could not be read.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// A fresh instance could not be started for want of room: the pool is full, or its
+    /// memory could not be mapped.
+    #[error(transparent)]
+    Start(Box<StartError>),
 }
 
 /// A start that failed, and whether the host is to blame: the module is when it trapped, ran
@@ -208,29 +298,29 @@ impl StartFailure {
         }
     }
 
-    /// An instantiation that failed: the module's only if it trapped (in a start function)
-    /// or hit its memory cap, since the same module was instantiated before.
-    fn from_instantiate(e: wasmtime::Error) -> Self {
-        let host = !(e.is::<wasmtime::Trap>() || hit_memory_cap(&e));
+    /// An instantiation that failed in `store`: the module's only if it trapped (in a start
+    /// function) or hit its memory cap, since the same module was instantiated before.
+    fn from_instantiate(e: wasmtime::Error, store: &Store<HostState>) -> Self {
+        let host = !(e.is::<wasmtime::Trap>() || store.data().memory.hit);
         StartFailure {
-            error: ModuleError::Start(format!("{e:#}")).into(),
+            error: ModuleError::start(StartStep::Instantiate, format_args!("{e:#}")).into(),
             host,
         }
     }
 
-    /// A call that did not return, as `error` says it.
-    fn from_call(e: wasmtime::Error, error: impl FnOnce(String) -> ModuleError) -> Self {
-        let host = matches!(fault_from_call(&e), PolicyFault::Host(_));
+    /// A call into `store` at `step` that did not return.
+    fn from_call(e: wasmtime::Error, store: &Store<HostState>, step: StartStep) -> Self {
+        let host = matches!(fault_from_call(&e, store), PolicyFault::Host(_));
         StartFailure {
-            error: error(format!("{e:#}")).into(),
+            error: ModuleError::start(step, format_args!("{e:#}")).into(),
             host,
         }
     }
 
     fn fault(self) -> PolicyFault {
         match self.host {
-            true => PolicyFault::Host(self.error.to_string()),
-            false => PolicyFault::Start(self.error.to_string()),
+            true => PolicyFault::Host(HostFault::Start(Box::new(self.error))),
+            false => PolicyFault::Start(Box::new(self.error)),
         }
     }
 }
@@ -249,23 +339,23 @@ fn new_store(
     limits: Limits,
 ) -> Result<(Store<HostState>, Policy), StartFailure> {
     let state = HostState {
-        limits: StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build(),
+        memory: MemoryCap {
+            bytes: limits.memory_bytes,
+            hit: false,
+        },
         budget: CpuBudget::new(limits.configure_deadline),
     };
     let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limits);
+    store.limiter(|s| &mut s.memory);
     store.epoch_deadline_callback(|mut cx| {
         let now = thread_cpu_time()?;
         Ok(cx.data_mut().budget.on_deadline(now))
     });
     arm_configure(&mut store, limits.configure_deadline);
-    let instance = module
-        .pre
-        .instantiate(&mut store)
-        .map_err(StartFailure::from_instantiate)?;
+    let instance = match module.pre.instantiate(&mut store) {
+        Ok(instance) => instance,
+        Err(e) => return Err(StartFailure::from_instantiate(e, &store)),
+    };
     Ok((store, instance))
 }
 
@@ -277,21 +367,28 @@ pub(super) fn instantiate(
 ) -> Result<(Store<HostState>, Policy), ModuleError> {
     new_store(engine, module, limits).map_err(|failed| match failed.error {
         StartError::Module(e) => e,
-        StartError::Config(e) => ModuleError::Start(e.to_string()),
+        e @ (StartError::Config(_) | StartError::OverLimit(_)) => {
+            ModuleError::start(StartStep::Instantiate, e)
+        }
     })
 }
 
-/// Gives the next call into `store` a budget of `limit` of CPU time. Its epoch deadline is
-/// the next tick, where the callback takes over: per call, no clock is read.
+/// Gives the next call into `store` a budget of `limit` of CPU time, and a clean record of
+/// memory-cap hits. Its epoch deadline is the next tick, where the callback takes over: per
+/// call, no clock is read.
 fn arm(store: &mut Store<HostState>, limit: Duration) {
-    store.data_mut().budget = CpuBudget::new(limit);
+    let state = store.data_mut();
+    state.budget = CpuBudget::new(limit);
+    state.memory.hit = false;
     store.set_epoch_deadline(1);
 }
 
 /// [`arm`] for a configure call: a budget of `limit` of CPU time, with its backstop on the
 /// clock.
 fn arm_configure(store: &mut Store<HostState>, limit: Duration) {
-    store.data_mut().budget = CpuBudget::configure(limit);
+    let state = store.data_mut();
+    state.budget = CpuBudget::configure(limit);
+    state.memory.hit = false;
     store.set_epoch_deadline(1);
 }
 
@@ -308,29 +405,25 @@ fn configure(
     {
         Ok(Ok(summary)) => Ok(summary),
         Ok(Err(e)) => Err(StartFailure::module(convert::config_error(e))),
-        Err(trap) => Err(configure_failed(trap, limits)),
+        Err(trap) => Err(configure_failed(fault_from_call(&trap, store), limits)),
     }
 }
 
-/// A configure call that did not return: running out of memory or CPU time on a
-/// configuration is a refusal of that configuration, which names the limit and the flag that
-/// raises it.
-fn configure_failed(trap: wasmtime::Error, limits: Limits) -> StartFailure {
-    let refused = |message: String| StartFailure::module(ConfigError::whole(message));
-    match fault_from_call(&trap) {
-        PolicyFault::Memory => refused(format!(
-            "the module ran out of its {} MiB of memory reading this configuration (raise the cap with {MEMORY_FLAG})",
-            limits.memory_bytes >> 20
-        )),
-        PolicyFault::Deadline => refused(format!(
-            "the module ran longer than its {:?} of CPU time reading this configuration (raise the limit with {CONFIGURE_FLAG})",
-            limits.configure_deadline
-        )),
+/// A configure call that did not return, with the fault it stands for: running out of memory
+/// or CPU time on a configuration is a refusal of that configuration, which names the limit.
+fn configure_failed(fault: PolicyFault, limits: Limits) -> StartFailure {
+    match fault {
+        PolicyFault::Memory => StartFailure::module(OverLimit::Memory {
+            memory_bytes: limits.memory_bytes,
+        }),
+        PolicyFault::Deadline => StartFailure::module(OverLimit::ConfigureTime {
+            deadline: limits.configure_deadline,
+        }),
         PolicyFault::Host(e) => StartFailure {
-            error: ModuleError::Start(format!("configure: {e}")).into(),
+            error: ModuleError::start(StartStep::Configure, e).into(),
             host: true,
         },
-        other => StartFailure::module(ModuleError::Start(format!("configure: {other}"))),
+        other => StartFailure::module(ModuleError::start(StartStep::Configure, other)),
     }
 }
 
@@ -347,7 +440,7 @@ impl crate::Policy for WasmPolicy {
             .instance
             .flowgate_policy_filter()
             .call_judge_packed(&mut self.store, &self.packed)
-            .map_err(|e| fault_from_call(&e))?;
+            .map_err(|e| fault_from_call(&e, &self.store))?;
         if answer.len() != packets.len() * VERDICT_BYTES {
             return Err(PolicyFault::WrongLength {
                 expected: packets.len(),
@@ -373,25 +466,24 @@ impl crate::Policy for WasmPolicy {
     }
 }
 
-/// The fault a call that did not return stands for. Only the CPU clock failing is the
-/// host's; anything else that stops a call is the module's doing (an interrupt is its budget
-/// of CPU time run out).
-pub(crate) fn fault_from_call(e: &wasmtime::Error) -> PolicyFault {
+/// The fault a call into `store` that did not return stands for. Only the CPU clock failing
+/// is the host's; anything else that stops a call is the module's doing (an interrupt is its
+/// budget of CPU time run out; a memory growth the store's limiter refused is its cap).
+fn fault_from_call(e: &wasmtime::Error, store: &Store<HostState>) -> PolicyFault {
+    fault_of(e, store.data().memory.hit)
+}
+
+/// [`fault_from_call`], given whether the limiter refused a memory growth during the call.
+fn fault_of(e: &wasmtime::Error, memory_cap_hit: bool) -> PolicyFault {
     if let Some(clock) = e.downcast_ref::<ClockError>() {
-        PolicyFault::Host(clock.to_string())
+        PolicyFault::Host(HostFault::Clock(*clock))
     } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         PolicyFault::Deadline
-    } else if hit_memory_cap(e) {
+    } else if memory_cap_hit {
         PolicyFault::Memory
     } else {
         PolicyFault::Trap(one_line(e))
     }
-}
-
-/// The store's limiter refused to grow a memory past its cap (`trap_on_grow_failure`).
-fn hit_memory_cap(e: &wasmtime::Error) -> bool {
-    e.chain()
-        .any(|c| c.to_string().contains("forcing trap when growing memory"))
 }
 
 /// An error's message without wasmtime's multi-line backtrace: the trap, then the causes.
@@ -412,4 +504,36 @@ fn one_line(e: &wasmtime::Error) -> String {
     }
     parts.dedup();
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's limiter decides what a memory-cap hit is, not an error's text: a failed call
+    /// whose error reads like the limiter's is a trap when the limiter refused nothing, and
+    /// any failed call after a refusal is the cap.
+    #[test]
+    fn the_limiter_not_the_message_decides_a_memory_cap_hit() {
+        let lookalike = wasmtime::Error::msg("forcing trap when growing memory to 65536 bytes");
+        assert!(matches!(fault_of(&lookalike, false), PolicyFault::Trap(_)));
+        let other = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        assert!(matches!(fault_of(&other, true), PolicyFault::Memory));
+        assert!(matches!(fault_of(&other, false), PolicyFault::Trap(_)));
+    }
+
+    #[test]
+    fn the_limiter_refuses_growth_past_the_cap_and_records_it() {
+        let mut cap = MemoryCap {
+            bytes: 1 << 20,
+            hit: false,
+        };
+        assert!(cap.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!cap.hit);
+        assert!(cap.memory_growing(0, 1 << 20, Some(1 << 19)).is_err());
+        assert!(cap.hit);
+        cap.hit = false;
+        let e = cap.memory_growing(1 << 20, 2 << 20, None).unwrap_err();
+        assert!(e.is::<MemoryRefused>() && cap.hit);
+    }
 }

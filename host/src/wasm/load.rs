@@ -52,9 +52,50 @@ pub enum ModuleError {
         "exports `{FILTER_INTERFACE}` with other functions or types than this host expects: {0}"
     )]
     WrongShape(String),
-    /// Instantiating or asking the module about itself failed.
-    #[error("the module failed when started: {0}")]
-    Start(String),
+    /// Instantiating the module, asking it about itself or configuring it failed other than
+    /// by a refusal of the configuration.
+    #[error("the module failed when started: {}{reason}", step.prefix())]
+    Start {
+        /// Where.
+        step: StartStep,
+        /// What went wrong, as wasmtime or the host says it.
+        reason: String,
+    },
+}
+
+flowgate_policy::labels! {
+    /// Where starting a module instance failed ([`ModuleError::Start`]).
+    pub enum StartStep {
+        /// Instantiating the component: its start functions, its memory, room in the pool.
+        Instantiate => "instantiate",
+        /// Asking it about itself (`info`).
+        Info => "info",
+        /// Handing it its configuration (`configure`): it trapped, or the host failed.
+        Configure => "configure",
+        /// Preparing a release's instances on threads of their own (one panicked).
+        Prepare => "prepare",
+    }
+}
+
+impl StartStep {
+    /// What a [`ModuleError::Start`] says before its reason: `configure: ` for a configure
+    /// call (the other steps read from the reason itself).
+    fn prefix(self) -> &'static str {
+        match self {
+            StartStep::Configure => "configure: ",
+            StartStep::Instantiate | StartStep::Info | StartStep::Prepare => "",
+        }
+    }
+}
+
+impl ModuleError {
+    /// A [`ModuleError::Start`] at `step`.
+    pub(crate) fn start(step: StartStep, reason: impl std::fmt::Display) -> Self {
+        ModuleError::Start {
+            step,
+            reason: reason.to_string(),
+        }
+    }
 }
 
 impl Runtime {

@@ -12,10 +12,11 @@ mod load;
 mod runtime;
 
 pub use crate::store::create_private_dir;
+pub use budget::ClockError;
 pub use flowgate_policy::ConfigError;
-pub use instance::{ModuleInfo, StartError, WasmPolicy};
-pub use load::{LoadedModule, ModuleError, compatible};
-pub use runtime::{CONFIGURE_FLAG, EngineOptions, Limits, MEMORY_FLAG, Runtime, instances_needed};
+pub use instance::{HostFault, ModuleInfo, StartError, WasmPolicy};
+pub use load::{LoadedModule, ModuleError, StartStep, compatible};
+pub use runtime::{EngineOptions, Limits, Runtime, RuntimeError, instances_needed};
 
 /// The WIT package this host speaks.
 pub const WIT_PACKAGE: &str = "flowgate:policy";

@@ -11,12 +11,8 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::budget::{EPOCH_TICK, thread_cpu_time};
-
-/// The flag that raises [`Limits::memory_bytes`].
-pub const MEMORY_FLAG: &str = "--module-memory-mib";
-/// The flag that raises [`Limits::configure_deadline`].
-pub const CONFIGURE_FLAG: &str = "--configure-timeout";
+use super::budget::{ClockError, EPOCH_TICK, thread_cpu_time};
+use crate::setting::Setting;
 
 /// Limits a module instance runs under.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +85,38 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
 
+/// Why a [`Runtime`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The thread's CPU clock cannot be read, and the deadlines count CPU time.
+    #[error("this host cannot measure a module's CPU time, which its deadlines count: {0}")]
+    Clock(ClockError),
+    /// wasmtime could not reserve the pool's address space.
+    #[error(
+        "setting up wasmtime with room for {instances} module instances of up to {} MiB: {error:#}; this machine cannot reserve that much address space",
+        .memory_bytes >> 20
+    )]
+    Engine {
+        /// Module instances the pool was to hold.
+        instances: u32,
+        /// The memory cap of each ([`Limits::memory_bytes`]).
+        memory_bytes: usize,
+        /// wasmtime's reason.
+        error: wasmtime::Error,
+    },
+    /// The epoch ticker's thread could not be started.
+    #[error("starting the epoch ticker thread: {0}")]
+    Ticker(std::io::Error),
+}
+
+impl RuntimeError {
+    /// The setting to change, when one would help: the memory cap, for an engine that could
+    /// not reserve its pool (else fewer instances: fewer workers).
+    pub fn setting(&self) -> Option<Setting> {
+        matches!(self, RuntimeError::Engine { .. }).then_some(Setting::ModuleMemory)
+    }
+}
+
 /// The wasmtime engine, set up for a dataplane, with its epoch ticker.
 pub struct Runtime {
     pub(super) engine: Engine,
@@ -101,7 +129,7 @@ pub struct Runtime {
 impl Runtime {
     /// An engine with the pooling allocator, epoch interruption and no component-model
     /// concurrency (a plain call costs less), caching precompiled modules in `cache_dir`.
-    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Self, RuntimeError> {
         Self::with_engine(limits, cache_dir, EngineOptions::default())
     }
 
@@ -111,12 +139,8 @@ impl Runtime {
         limits: Limits,
         cache_dir: Option<PathBuf>,
         options: EngineOptions,
-    ) -> anyhow::Result<Self> {
-        thread_cpu_time().map_err(|e| {
-            anyhow::anyhow!(
-                "this host cannot measure a module's CPU time, which its deadlines count: {e}"
-            )
-        })?;
+    ) -> Result<Self, RuntimeError> {
+        thread_cpu_time().map_err(RuntimeError::Clock)?;
         let instances = options.instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(instances)
@@ -144,11 +168,10 @@ impl Runtime {
         if options.pooling {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine = Engine::new(&config).map_err(|e| {
-            anyhow::anyhow!(
-                "setting up wasmtime with room for {instances} module instances of up to {} MiB: {e:#}; this machine cannot reserve that much address space: run fewer workers or lower {MEMORY_FLAG}",
-                limits.memory_bytes >> 20
-            )
+        let engine = Engine::new(&config).map_err(|error| RuntimeError::Engine {
+            instances,
+            memory_bytes: limits.memory_bytes,
+            error,
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -160,7 +183,8 @@ impl Runtime {
                         std::thread::sleep(EPOCH_TICK);
                         engine.increment_epoch();
                     }
-                })?
+                })
+                .map_err(RuntimeError::Ticker)?
         };
         Ok(Runtime {
             engine,

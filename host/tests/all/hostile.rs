@@ -14,8 +14,9 @@ use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::admin::{Endpoint, Stream};
 use flowgate_host::gateway::{Gateway, Options, SwapError, SwapRequest, instances_needed};
 use flowgate_host::io::Trace;
+use flowgate_host::wasm::StartError;
 use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
-use flowgate_host::{DEFAULT_MODULE, Policy};
+use flowgate_host::{DEFAULT_MODULE, OverLimit, Policy, Setting};
 use flowgate_policy::synth::{self, Scale};
 use flowgate_policy::{Packet, Verdict};
 use flowgate_test_guests as guests;
@@ -519,8 +520,9 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// A configuration that runs the module out of memory or time is refused with a
-/// sentence naming the limit and its flag; nesting is refused before parsing; over-long
-/// configurations are refused before they are read.
+/// sentence naming the limit (the library's error carries which; the command line names its
+/// flag); nesting is refused before parsing; over-long configurations are refused before
+/// they are read.
 #[test]
 fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     let big = synth::config_yaml(Scale::with_peerings(2000, 3));
@@ -535,13 +537,33 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     let module = small_memory.load(DEFAULT_MODULE).unwrap();
     let e = flowgate_host::wasm::WasmPolicy::new(&small_memory, &module, &big)
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
     assert!(
-        e.contains("4 MiB") && e.contains("--module-memory-mib"),
+        matches!(
+            e,
+            StartError::OverLimit(OverLimit::Memory {
+                memory_bytes: 0x40_0000
+            })
+        ),
         "{e}"
     );
+    assert_eq!(e.setting(), Some(Setting::ModuleMemory));
+    let e = e.to_string();
+    assert!(e.contains("4 MiB"), "{e}");
     assert!(!e.contains("backtrace") && !e.contains('\n'), "{e}");
+    let big_file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-big.yaml");
+    std::fs::write(&big_file, &big).unwrap();
+    let big_file = big_file.to_str().unwrap();
+    let out = flowgate(
+        &["check", "--config", big_file, "--module-memory-mib", "4"],
+        b"",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("4 MiB") && err.contains("(raise the cap with --module-memory-mib)"),
+        "{err}"
+    );
 
     let short_time = Runtime::new(
         Limits {
@@ -554,9 +576,31 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     let module = short_time.load(DEFAULT_MODULE).unwrap();
     let e = flowgate_host::wasm::WasmPolicy::new(&short_time, &module, &big)
         .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("--configure-timeout"), "{e}");
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            StartError::OverLimit(OverLimit::ConfigureTime { deadline }) if deadline == Duration::from_millis(1)
+        ),
+        "{e}"
+    );
+    assert_eq!(e.setting(), Some(Setting::ConfigureTime));
+    let out = flowgate(
+        &[
+            "check",
+            "--config",
+            big_file,
+            "--configure-timeout",
+            "0.001",
+        ],
+        b"",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("(raise the limit with --configure-timeout)"),
+        "{err}"
+    );
 
     // Through a gateway: refused as config-refused, generation unchanged.
     let config = config();
@@ -570,7 +614,15 @@ fn configurations_that_exhaust_a_limit_are_refused_in_a_sentence() {
     let e = Gateway::new(crate::runtime(), DEFAULT_MODULE, &config, options)
         .err()
         .unwrap();
-    assert!(e.to_string().contains("--max-config-bytes"), "{e}");
+    assert!(
+        matches!(
+            e,
+            SwapError::OverLimit(OverLimit::ConfigBytes { limit: 1000, size }) if size == config.len()
+        ),
+        "{e}"
+    );
+    assert_eq!(e.reason(), "config-refused");
+    assert_eq!(e.setting(), Some(Setting::ConfigBytes));
     assert_eq!(gateway.current().generation, 1);
 
     // The CLI reads no more than the limit: /dev/zero is refused, not read to exhaustion.

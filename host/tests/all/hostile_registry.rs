@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use flowgate_host::DEFAULT_MODULE;
-use flowgate_host::oci::{Cache, Digest, Reference, Registry, RegistryOptions};
+use flowgate_host::oci::{Cache, Digest, OciError, Reference, Registry, RegistryOptions};
+use flowgate_host::{DEFAULT_MODULE, Setting};
 
 use crate::cli::flowgate;
 use crate::oci::{client, push, start, write_module};
@@ -556,7 +556,15 @@ fn a_login_on_the_command_line_names_its_registry_and_goes_nowhere_else() {
         ],
         "",
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "(Docker's config.json, or --registry-credentials {}=FILE)",
+            hostile.host
+        )),
+        "{stderr}"
+    );
     assert!(!hostile.seen().is_empty(), "it was asked");
     assert!(
         hostile.authorized().is_empty(),
@@ -605,17 +613,41 @@ fn a_plain_http_token_realm_on_another_host_never_gets_the_login() {
         ..RegistryOptions::default()
     })
     .pull(&reference)
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
     assert!(
         tokens.authorized().is_empty(),
         "the login went to a plain HTTP realm on another host: {:?}",
         tokens.authorized()
     );
     assert!(
-        e.contains(&tokens.host) && e.contains("--insecure-registry"),
-        "the refusal names the realm and the way to allow it: {e}"
+        matches!(&e, OciError::PlainTokenService { host, port, .. } if format!("{host}:{port}") == tokens.host),
+        "the refusal names the realm's host: {e}"
     );
+    assert_eq!(e.setting(), Some(Setting::InsecureRegistry));
+    // The command line names the flag that allows it.
+    let creds = scratch("token-realm").join("credentials");
+    std::fs::write(&creds, "fleet:s3cret\n").unwrap();
+    let login_arg = format!("{}={}", hostile.host, creds.display());
+    let out = flowgate(
+        &[
+            "--registry-credentials",
+            &login_arg,
+            "info",
+            "--module",
+            &hostile.reference("fleet/policy:v1"),
+        ],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "--insecure-registry {} if it is meant",
+                tokens.host
+            )),
+        "the refusal names the realm and the way to allow it: {stderr}"
+    );
+    assert!(tokens.authorized().is_empty(), "{:?}", tokens.authorized());
     // Named insecure, that exact host gets it.
     let _ = Registry::new(RegistryOptions {
         credentials: login.into(),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowgate_host::DEFAULT_MODULE;
-use flowgate_host::oci::{Digest, Reference, Registry, RegistryOptions};
+use flowgate_host::oci::{Digest, OciError, Reference, Registry, RegistryOptions};
+use flowgate_host::{DEFAULT_MODULE, Setting};
 use flowgate_test_guests as guests;
 
 use crate::cli::{flowgate, stdout};
@@ -372,16 +372,23 @@ fn a_module_over_the_size_limit_is_refused_before_it_is_read() {
         max_module_bytes: 1000,
         ..RegistryOptions::default()
     });
-    let e = small.pull(&reference).unwrap_err().to_string();
+    let e = small.pull(&reference).unwrap_err();
     assert!(
-        e.contains("over the limit of 1000") && e.contains("--max-module-bytes"),
+        matches!(e, OciError::TooLarge { limit: 1000, size, .. } if size > 1000),
         "{e}"
     );
+    assert_eq!(e.setting(), Some(Setting::ModuleBytes));
+    assert!(e.to_string().contains("over the limit of 1000"), "{e}");
     let out = flowgate(
         &["--max-module-bytes", "1000", "info", "--module", &tagged],
         "",
     );
-    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("over the limit of 1000 (raise it with --max-module-bytes)"),
+        "{err}"
+    );
     // A tag that does not exist, and a registry that is not there, are errors, not panics.
     let missing = client().pull(&Reference::parse(&registry.reference("policies/big:v2")).unwrap());
     assert!(missing.unwrap_err().to_string().contains("404"));
