@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_host::DEFAULT_MODULE;
 use flowgate_host::admin::Endpoint;
-use flowgate_host::admin::{AdminOptions, AdminServer, Reply, Client};
+use flowgate_host::admin::{AdminOptions, AdminServer, Client, Reply};
 use flowgate_host::gateway::{Gateway, Options, SwapRequest};
 use flowgate_host::io::Trace;
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};

@@ -49,6 +49,17 @@ pub enum OverLimit {
         /// The CPU time it had.
         deadline: Duration,
     },
+    /// `configure` took longer on the clock than its backstop: the machine gave it too
+    /// little of a core to use its CPU time.
+    #[error(
+        "the module took longer than {backstop:?} on the clock reading this configuration, within its {deadline:?} of CPU time: the machine is too busy to give it a core"
+    )]
+    ConfigureClock {
+        /// The CPU time it had.
+        deadline: Duration,
+        /// The time on the clock it had.
+        backstop: Duration,
+    },
 }
 
 impl OverLimit {
@@ -57,7 +68,9 @@ impl OverLimit {
         match self {
             OverLimit::ConfigBytes { .. } => Setting::ConfigBytes,
             OverLimit::Memory { .. } => Setting::ModuleMemory,
-            OverLimit::ConfigureTime { .. } => Setting::ConfigureTime,
+            OverLimit::ConfigureTime { .. } | OverLimit::ConfigureClock { .. } => {
+                Setting::ConfigureTime
+            }
         }
     }
 }

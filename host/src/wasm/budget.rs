@@ -13,10 +13,12 @@
 //! again then). A call is never stopped before it has run its budget; it may run up to about
 //! two ticks more (the time before the baseline, and the last tick).
 //!
-//! A configure call also has a backstop on the clock, [`CONFIGURE_WALL_FACTOR`] times its
-//! budget: it runs while a swap holds the gateway's one swap lock, so an operator's rollback
-//! waits behind it, and on a machine starved enough that its CPU time crawls, that wait must
-//! still end.
+//! A configure call also has a backstop on the clock ([`configure_backstop`]): it runs while
+//! a swap holds the gateway's one swap lock, so an operator's rollback waits behind it, and on
+//! a machine starved enough that its CPU time crawls, that wait must still end. The backstop
+//! is generous, four times the budget and at least ten seconds over it, because a gateway
+//! whose workers keep every core busy gives a configure call a small share of one: an honest
+//! module under a short budget must not be refused for the machine's load.
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +38,17 @@ pub(super) fn thread_cpu_time() -> Result<Duration, ClockError> {
     Ok(now.into())
 }
 
-/// How many times its CPU budget a configure call may take on the clock.
-pub(super) const CONFIGURE_WALL_FACTOR: u32 = 4;
+/// How many times its CPU budget a configure call may take on the clock...
+const CONFIGURE_WALL_FACTOR: u32 = 4;
+/// ...and the least time over its budget it may take on the clock.
+const CONFIGURE_WALL_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a configure call with a budget of `limit` of CPU time may take on the clock.
+pub(super) fn configure_backstop(limit: Duration) -> Duration {
+    limit
+        .saturating_mul(CONFIGURE_WALL_FACTOR)
+        .max(limit.saturating_add(CONFIGURE_WALL_GRACE))
+}
 
 /// The CPU time the call under way may run.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +60,8 @@ pub(super) struct CpuBudget {
     /// When the call started, and how long it may take on the clock, for a call with a
     /// backstop.
     backstop: Option<(Instant, Duration)>,
+    /// Whether the backstop, not the budget, stopped the call.
+    stopped_by_clock: bool,
 }
 
 impl CpuBudget {
@@ -58,15 +71,25 @@ impl CpuBudget {
             limit,
             since: None,
             backstop: None,
+            stopped_by_clock: false,
         }
     }
 
     /// A budget of `limit` for a configure call about to start, with its backstop on the clock.
     pub(super) fn configure(limit: Duration) -> Self {
+        Self::with_backstop(limit, configure_backstop(limit))
+    }
+
+    fn with_backstop(limit: Duration, wall: Duration) -> Self {
         CpuBudget {
-            backstop: Some((Instant::now(), limit.saturating_mul(CONFIGURE_WALL_FACTOR))),
+            backstop: Some((Instant::now(), wall)),
             ..Self::new(limit)
         }
+    }
+
+    /// Whether the call was stopped by its backstop on the clock rather than its CPU time.
+    pub(super) fn stopped_by_clock(&self) -> bool {
+        self.stopped_by_clock
     }
 
     /// What the epoch-deadline callback answers when the call crosses its deadline with the
@@ -77,6 +100,7 @@ impl CpuBudget {
         if let Some((started, wall)) = self.backstop
             && started.elapsed() >= wall
         {
+            self.stopped_by_clock = true;
             return UpdateDeadline::Interrupt;
         }
         let since = *self.since.get_or_insert(now);
@@ -125,16 +149,30 @@ mod tests {
 
     #[test]
     fn a_configure_call_ends_at_its_backstop_whatever_its_cpu_time() {
-        let mut budget = CpuBudget::configure(MS);
-        // Starved: no CPU time at all, but the clock passes four times the budget.
+        let mut budget = CpuBudget::with_backstop(MS, 4 * MS);
+        // Starved: no CPU time at all, but the clock passes the backstop.
         assert_eq!(extended(budget.on_deadline(7_000 * MS)), Some(1));
-        std::thread::sleep(CONFIGURE_WALL_FACTOR * MS + MS);
+        assert!(!budget.stopped_by_clock());
+        std::thread::sleep(5 * MS);
         assert!(extended(budget.on_deadline(7_000 * MS)).is_none());
+        assert!(budget.stopped_by_clock());
         // A batch has no backstop.
         let mut batch = CpuBudget::new(MS);
         assert_eq!(extended(batch.on_deadline(7_000 * MS)), Some(1));
-        std::thread::sleep(CONFIGURE_WALL_FACTOR * MS + MS);
+        std::thread::sleep(5 * MS);
         assert_eq!(extended(batch.on_deadline(7_000 * MS)), Some(1));
+        // Its CPU time, not the clock, stops a call that runs.
+        let mut running = CpuBudget::configure(MS);
+        assert_eq!(extended(running.on_deadline(7_000 * MS)), Some(1));
+        assert!(extended(running.on_deadline(7_001 * MS)).is_none());
+        assert!(!running.stopped_by_clock());
+    }
+
+    #[test]
+    fn the_backstop_is_four_budgets_and_at_least_ten_seconds_over_one() {
+        assert_eq!(configure_backstop(30 * 1000 * MS), 120 * 1000 * MS);
+        assert_eq!(configure_backstop(200 * MS), 10_200 * MS);
+        assert_eq!(configure_backstop(Duration::MAX), Duration::MAX);
     }
 
     #[test]

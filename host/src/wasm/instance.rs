@@ -405,16 +405,27 @@ fn configure(
     {
         Ok(Ok(summary)) => Ok(summary),
         Ok(Err(e)) => Err(StartFailure::module(convert::config_error(e))),
-        Err(trap) => Err(configure_failed(fault_from_call(&trap, store), limits)),
+        Err(trap) => {
+            let by_clock = store.data().budget.stopped_by_clock();
+            Err(configure_failed(
+                fault_from_call(&trap, store),
+                limits,
+                by_clock,
+            ))
+        }
     }
 }
 
 /// A configure call that did not return, with the fault it stands for: running out of memory
 /// or CPU time on a configuration is a refusal of that configuration, which names the limit.
-fn configure_failed(fault: PolicyFault, limits: Limits) -> StartFailure {
+fn configure_failed(fault: PolicyFault, limits: Limits, by_clock: bool) -> StartFailure {
     match fault {
         PolicyFault::Memory => StartFailure::module(OverLimit::Memory {
             memory_bytes: limits.memory_bytes,
+        }),
+        PolicyFault::Deadline if by_clock => StartFailure::module(OverLimit::ConfigureClock {
+            deadline: limits.configure_deadline,
+            backstop: super::budget::configure_backstop(limits.configure_deadline),
         }),
         PolicyFault::Deadline => StartFailure::module(OverLimit::ConfigureTime {
             deadline: limits.configure_deadline,
