@@ -78,7 +78,7 @@ pub mod setting;
 pub mod store;
 pub mod wasm;
 
-pub use policy::{FaultKind, NativePolicy, Policy, PolicyFault};
+pub use policy::{FaultKind, FaultSource, NativePolicy, Policy, PolicyFault};
 pub use setting::{OverLimit, Setting};
 pub use wasm::{ConfigError, ModuleError, StartError};
 

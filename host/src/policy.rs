@@ -4,8 +4,6 @@
 
 use flowgate_policy::{Catalog, Packet, Table, Verdict};
 
-use crate::wasm::{HostFault, StartError};
-
 /// Something that judges batches of packets: a Wasm module or the native library.
 pub trait Policy {
     /// The names behind the verdicts.
@@ -56,6 +54,12 @@ impl Policy for NativePolicy {
     }
 }
 
+/// The error behind a [`PolicyFault::Start`] or [`PolicyFault::Host`], as the policy's own
+/// layer typed it: for a Wasm module a [`crate::wasm::StartError`] or a
+/// [`crate::wasm::HostFault`], which a caller reaches with `downcast_ref`. (The faults are
+/// declared here, below the layers that make them, so they hold those layers' errors boxed.)
+pub type FaultSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A batch the module failed to judge. The batch's packets are dropped as `policy-fault`.
 /// Most faults are the module's doing; [`PolicyFault::is_module_fault`] tells them from those
 /// of the host.
@@ -90,11 +94,11 @@ pub enum PolicyFault {
     /// it trapped, ran out of its CPU time or memory, or refused the configuration it had
     /// accepted before.
     #[error("a fresh instance could not be started: {0}")]
-    Start(Box<StartError>),
+    Start(FaultSource),
     /// The host failed, not the module: it had no room for a fresh instance (its pool is
     /// full), could not map its memory, or could not read the thread's CPU clock.
     #[error("the host failed, not the module: {0}")]
-    Host(HostFault),
+    Host(FaultSource),
     /// The worker has no instance (its last start failed): the batch is not judged.
     #[error("no instance to judge with")]
     NoInstance,

@@ -73,7 +73,7 @@ fn setting(error: &(dyn std::error::Error + 'static)) -> Option<Setting> {
 /// The setting behind a fresh instance that could not start.
 fn fault_setting(fault: &PolicyFault) -> Option<Setting> {
     match fault {
-        PolicyFault::Start(start) => start.setting(),
+        PolicyFault::Start(start) => start.downcast_ref::<StartError>()?.setting(),
         _ => None,
     }
 }

@@ -11,7 +11,7 @@ use super::bindings::{self, Policy};
 use super::budget::{ClockError, CpuBudget, thread_cpu_time};
 use super::runtime::Limits;
 use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, StartStep, compatible, convert};
-use crate::PolicyFault;
+use crate::policy::PolicyFault;
 use crate::setting::{OverLimit, Setting};
 
 /// What a store holds for its instance.
@@ -319,7 +319,7 @@ impl StartFailure {
 
     fn fault(self) -> PolicyFault {
         match self.host {
-            true => PolicyFault::Host(HostFault::Start(Box::new(self.error))),
+            true => PolicyFault::Host(Box::new(HostFault::Start(Box::new(self.error)))),
             false => PolicyFault::Start(Box::new(self.error)),
         }
     }
@@ -438,7 +438,7 @@ fn configure_failed(fault: PolicyFault, limits: Limits, by_clock: bool) -> Start
     }
 }
 
-impl crate::Policy for WasmPolicy {
+impl crate::policy::Policy for WasmPolicy {
     fn catalog(&self) -> &Catalog {
         &self.catalog
     }
@@ -487,7 +487,7 @@ fn fault_from_call(e: &wasmtime::Error, store: &Store<HostState>) -> PolicyFault
 /// [`fault_from_call`], given whether the limiter refused a memory growth during the call.
 fn fault_of(e: &wasmtime::Error, memory_cap_hit: bool) -> PolicyFault {
     if let Some(clock) = e.downcast_ref::<ClockError>() {
-        PolicyFault::Host(HostFault::Clock(*clock))
+        PolicyFault::Host(Box::new(HostFault::Clock(*clock)))
     } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         PolicyFault::Deadline
     } else if memory_cap_hit {
