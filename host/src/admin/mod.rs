@@ -958,10 +958,14 @@ fn answer_swap(result: Result<Arc<Release>, SwapError>) -> Response {
                 SwapError::NothingToRollBack => 409,
                 _ => 422,
             };
-            json_response(
-                status,
-                json!({"swapped": false, "reason": e.reason().as_str(), "error": e.to_string()}),
-            )
+            let mut body =
+                json!({"swapped": false, "reason": e.reason().as_str(), "error": e.to_string()});
+            // The gateway's setting that refused it (its size limit, memory cap, configure
+            // time), for the operator who may raise it.
+            if let Some(setting) = e.setting() {
+                body["setting"] = json!(setting.as_str());
+            }
+            json_response(status, body)
         }
     }
 }

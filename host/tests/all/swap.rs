@@ -467,3 +467,40 @@ fn refusals_through_the_admin_api_leave_the_old_release_serving() {
     }
     assert!(metrics.contains(&format!("sha256=\"{digest}\"")));
 }
+
+/// A configuration refused by one of the gateway's limits names the setting an operator may
+/// raise; one refused for what it says names none.
+#[test]
+fn a_refusal_by_a_limit_names_its_setting_through_the_admin_api() {
+    let config = config();
+    let gateway = Gateway::new(
+        runtime(),
+        DEFAULT_MODULE,
+        &config,
+        Options {
+            workers: 1,
+            max_config_bytes: config.len() + 100,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let (_admin, client) = crate::admin_on_socket(&gateway);
+    let too_big = format!("{config}\n#{}\n", "x".repeat(200));
+    let refused = client.swap_config(&too_big, None).unwrap();
+    assert_eq!(
+        (
+            refused.status,
+            refused.body["reason"].as_str(),
+            refused.body["setting"].as_str()
+        ),
+        (422, Some("config-refused"), Some("config-bytes")),
+        "{}",
+        refused.body
+    );
+    let bad = client
+        .swap_config("kind: VPCInfo\nmetadata: {name: a}\nspec: {vni: 0}\n", None)
+        .unwrap();
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.get("setting").is_none(), "{}", bad.body);
+    assert_eq!(gateway.current().generation, 1);
+}
