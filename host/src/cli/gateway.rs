@@ -41,10 +41,16 @@ impl RollbackArgs {
 impl WatchArgs {
     pub fn execute(self) -> Result<ExitCode> {
         let client = self.admin.client()?;
-        print_reply(match self.action {
+        let reply = match self.action {
             WatchAction::Resume => client.watch("resume")?,
             WatchAction::Pause => client.watch("pause")?,
-        })
+        };
+        if reply.status == 409 {
+            eprintln!(
+                "flowgate: a gateway watches a tag when started with `serve --module oci://HOST/REPO:TAG --pull-interval SECS`"
+            );
+        }
+        print_reply(reply)
     }
 }
 

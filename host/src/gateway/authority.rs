@@ -85,9 +85,7 @@ flowgate_policy::labels! {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WatchError {
     /// The gateway follows no tag.
-    #[error(
-        "this gateway watches no tag (serve --module oci://HOST/REPO:TAG --pull-interval SECS)"
-    )]
+    #[error("this gateway watches no tag: it was started without a registry tag to follow")]
     NotWatching,
     /// A watch is given a reference pinned to a digest, which never moves.
     #[error("{0} is pinned to a digest and never moves: a watch follows a tag")]

@@ -76,7 +76,7 @@ pub struct Options {
     pub max_config_bytes: usize,
 }
 
-/// The largest configuration text accepted unless told otherwise (`--max-config-bytes`).
+/// The largest configuration text accepted unless told otherwise ([`Options::max_config_bytes`]).
 pub const DEFAULT_MAX_CONFIG_BYTES: usize = 16 << 20;
 
 impl Default for Options {

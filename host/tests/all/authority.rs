@@ -501,3 +501,37 @@ fn an_if_match_list_holding_the_running_etag_is_a_match() {
     let status = put(&format!("\"1-0000\", \"{etag}\""));
     assert!(status.contains(" 200 "), "{status}");
 }
+
+/// A gateway that follows no tag refuses to pause or resume a watch (409, nothing changes);
+/// the command line says how a gateway comes to watch a tag, which the library does not.
+#[test]
+fn a_gateway_without_a_watch_refuses_to_resume_one() {
+    let config = flowgate_host::DEFAULT_CONFIG;
+    let gateway = flowgate_host::gateway::Gateway::new(
+        crate::runtime(),
+        DEFAULT_MODULE,
+        config,
+        flowgate_host::gateway::Options {
+            workers: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (admin, client) = crate::admin_on_socket(&gateway);
+    let refused = client.watch("resume").unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let error = refused.body["error"].as_str().unwrap();
+    assert!(
+        error.contains("watches no tag") && !error.contains("--"),
+        "the library names no flag: {error}"
+    );
+    let endpoint = admin.endpoint().to_string();
+    let out = flowgate(&["watch", "pause", "--admin", &endpoint], "");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("serve --module oci://") && stderr.contains("--pull-interval"),
+        "{stderr}"
+    );
+    assert_eq!(gateway.current().generation, 1);
+}
