@@ -125,7 +125,9 @@ impl SwapError {
             SwapError::Module(ModuleError::IncompatibleVersion { .. }) => {
                 Refusal::IncompatibleVersion
             }
-            SwapError::Module(ModuleError::Start { .. }) => Refusal::StartFailed,
+            // The machine, not the configuration: tried again, never quarantined.
+            SwapError::Module(ModuleError::Start { .. })
+            | SwapError::OverLimit(OverLimit::ConfigureClock { .. }) => Refusal::StartFailed,
             SwapError::Config(_) | SwapError::OverLimit(_) => Refusal::ConfigRefused,
             SwapError::Canary(_) => Refusal::CanaryFailed,
             SwapError::NothingToRollBack => Refusal::NothingToRollBack,
@@ -220,7 +222,9 @@ flowgate_policy::labels! {
         WrongWorld => "wrong-world",
         /// A flowgate module built for a WIT version this host cannot call.
         IncompatibleVersion => "incompatible-version",
-        /// The module failed when started.
+        /// The module failed when started, or its configure call was stopped on the clock within
+        /// its CPU time (the machine too busy): not what the module is, so a tag watch tries
+        /// it again.
         StartFailed => "start-failed",
         /// The module refused the configuration (or it defines no VPC, or is too large).
         ConfigRefused => "config-refused",
@@ -368,4 +372,25 @@ pub(super) fn check_if_match(running: &Release, if_match: Option<&str>) -> Resul
         expected: expected.to_owned(),
         running: etag,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OverLimit;
+    use std::time::Duration;
+
+    /// A configuration refused for what it asks (its size, the module's memory or CPU time)
+    /// is refused as such, and a tag watch quarantines it; one stopped because the machine
+    /// gave its configure call too little of a core is a start failure, tried again.
+    #[test]
+    fn a_configure_stopped_by_the_clock_is_not_refused_for_its_configuration() {
+        let (deadline, backstop) = (Duration::from_secs(1), Duration::from_secs(11));
+        let clock = SwapError::OverLimit(OverLimit::ConfigureClock { deadline, backstop });
+        assert_eq!(clock.reason(), Refusal::StartFailed);
+        let cpu = SwapError::OverLimit(OverLimit::ConfigureTime { deadline });
+        assert_eq!(cpu.reason(), Refusal::ConfigRefused);
+        let bytes = SwapError::OverLimit(OverLimit::ConfigBytes { size: 2, limit: 1 });
+        assert_eq!(bytes.reason(), Refusal::ConfigRefused);
+    }
 }

@@ -417,16 +417,22 @@ fn configure(
 }
 
 /// A configure call that did not return, with the fault it stands for: running out of memory
-/// or CPU time on a configuration is a refusal of that configuration, which names the limit.
+/// or CPU time on a configuration is a refusal of that configuration, which names the limit;
+/// being stopped by the backstop on the clock (`by_clock`) is the host's failure.
 fn configure_failed(fault: PolicyFault, limits: Limits, by_clock: bool) -> StartFailure {
     match fault {
         PolicyFault::Memory => StartFailure::module(OverLimit::Memory {
             memory_bytes: limits.memory_bytes,
         }),
-        PolicyFault::Deadline if by_clock => StartFailure::module(OverLimit::ConfigureClock {
-            deadline: limits.configure_deadline,
-            backstop: super::budget::configure_backstop(limits.configure_deadline),
-        }),
+        // Stopped on the clock within its CPU time: the machine gave it too little of a core.
+        PolicyFault::Deadline if by_clock => StartFailure {
+            error: OverLimit::ConfigureClock {
+                deadline: limits.configure_deadline,
+                backstop: super::budget::configure_backstop(limits.configure_deadline),
+            }
+            .into(),
+            host: true,
+        },
         PolicyFault::Deadline => StartFailure::module(OverLimit::ConfigureTime {
             deadline: limits.configure_deadline,
         }),
@@ -520,6 +526,26 @@ fn one_line(e: &wasmtime::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A configure call stopped by its backstop on the clock, within its CPU time, is the
+    /// machine's doing: the host's failure (never counted toward an auto-revert), while one
+    /// that ran past its CPU time is the module's.
+    #[test]
+    fn a_configure_stopped_by_the_clock_is_the_host_s_failure() {
+        let limits = Limits::default();
+        let clock = configure_failed(PolicyFault::Deadline, limits, true);
+        assert!(clock.host);
+        assert!(matches!(
+            clock.error,
+            StartError::OverLimit(OverLimit::ConfigureClock { .. })
+        ));
+        let cpu = configure_failed(PolicyFault::Deadline, limits, false);
+        assert!(!cpu.host);
+        assert!(matches!(
+            cpu.error,
+            StartError::OverLimit(OverLimit::ConfigureTime { .. })
+        ));
+    }
 
     /// The store's limiter decides what a memory-cap hit is, not an error's text: a failed call
     /// whose error reads like the limiter's is a trap when the limiter refused nothing, and
