@@ -7,14 +7,15 @@
 //! - [`setting`]: the settings an error can name as its cause ([`Setting`]), and the limits a
 //!   configuration can be refused for ([`OverLimit`]).
 //! - [`policy`]: what judges a batch ([`Policy`]): the library natively ([`NativePolicy`]) or
-//!   a module; the [`PolicyFault`] a batch ends with. The only types it names from a layer
-//!   below are the errors a fresh module instance failed with ([`wasm::StartError`],
-//!   [`wasm::HostFault`]), which a fault keeps.
+//!   a module; the [`PolicyFault`] a batch ends with, which keeps the error a fresh instance
+//!   failed with boxed ([`FaultSource`]: a [`wasm::StartError`] or [`wasm::HostFault`]).
 //! - [`wasm`]: wasmtime set up for a dataplane ([`wasm::Runtime`]); loading, checking and
 //!   caching modules; a configured instance ([`wasm::WasmPolicy`]).
 //! - [`dataplane`]: the one batch step ([`dataplane::step`]: judge, handle a fault, count),
 //!   its counters and latency histogram.
 //! - [`io`]: packet ports: a looping trace, pcap/pcapng replay, a VXLAN socket.
+//! - [`oci`]: modules in an OCI registry: references, a client that pulls by tag or digest
+//!   and verifies every byte, the cache of pulled modules.
 //! - [`gateway`]: releases published for workers, hot swaps, rollbacks and fault containment;
 //!   [`gateway::Worker`] is the stage a dataplane holds per core; [`gateway::serve`] runs
 //!   workers on their ports.

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::FaultKind;
 use crate::gateway::{AdminRefusal, Cause, Gateway, Pull, Refusal, RollbackCause};
 
 /// A label value, escaped as the exposition format wants.
@@ -107,7 +108,10 @@ pub fn render(gateway: &Gateway) -> String {
             (
                 "flowgate_faults_total",
                 "reason",
-                &String::from("Batches a module failed on, by reason."),
+                &format!(
+                    "Batches a module failed on, by reason ({}).",
+                    names(&FaultKind::ALL)
+                ),
                 &events.faults,
             ),
             (
@@ -119,8 +123,9 @@ pub fn render(gateway: &Gateway) -> String {
             (
                 "flowgate_host_faults_total",
                 "reason",
-                &String::from(
-                    "Faults that were not the module's own (they do not count toward an auto-revert), by reason.",
+                &format!(
+                    "Faults that were not the module's own (they do not count toward an auto-revert), by reason ({}).",
+                    names(&FaultKind::ALL)
                 ),
                 &events.host_faults,
             ),

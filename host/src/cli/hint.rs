@@ -3,6 +3,7 @@
 
 use flowgate_host::dataplane::RestartFailed;
 use flowgate_host::gateway::SwapError;
+use flowgate_host::io::pcap::ReplayError;
 use flowgate_host::io::vxlan::EndpointError;
 use flowgate_host::oci::OciError;
 use flowgate_host::wasm::{RuntimeError, StartError};
@@ -62,6 +63,8 @@ fn setting(error: &(dyn std::error::Error + 'static)) -> Option<Setting> {
     } else if let Some(e) = error.downcast_ref::<EndpointError>() {
         e.setting()
     } else if let Some(e) = error.downcast_ref::<RestartFailed>() {
+        fault_setting(&e.restart)
+    } else if let Some(ReplayError::Restart(e)) = error.downcast_ref::<ReplayError>() {
         fault_setting(&e.restart)
     } else if let Some(e) = error.downcast_ref::<PolicyFault>() {
         fault_setting(e)

@@ -291,7 +291,7 @@ fn pause(watch: &mut TagWatch, generation: u64, reason: String) {
         reference = %watch.status.reference,
         generation,
         reason = %reason,
-        "watching {}: paused, {reason}; the watch will not override it (resume with `flowgate watch resume`, or swap to the tag itself)",
+        "watching {}: paused, {reason}; the watch will not override it (resume the watch, POST /watch/resume, or swap to the tag itself)",
         watch.status.reference
     );
     watch.status.paused = Some(Pause {

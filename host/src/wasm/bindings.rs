@@ -10,3 +10,9 @@ pub use flowgate::policy::types::{
     ConfigError, ConfigSummary, DropReason, EntryMatch, Explanation, IpAddress, Packet, Ports,
     Verdict,
 };
+
+/// An instance of the world `policy`: a policy module, as the host calls it (named apart from
+/// the host's own [`crate::policy::Policy`] trait, which a configured module implements).
+pub use self::Policy as Guest;
+/// A policy module linked and ready to instantiate.
+pub use self::PolicyPre as GuestPre;

@@ -7,7 +7,7 @@ use flowgate_policy::packed::{VERDICT_BYTES, WordDecoder, encode_packets};
 use flowgate_policy::{Catalog, ConfigError, Packet, Verdict};
 use wasmtime::{Engine, ResourceLimiter, Store};
 
-use super::bindings::{self, Policy};
+use super::bindings::{self, Guest};
 use super::budget::{ClockError, CpuBudget, thread_cpu_time};
 use super::runtime::Limits;
 use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, StartStep, compatible, convert};
@@ -93,7 +93,7 @@ pub struct WasmPolicy {
     module: LoadedModule,
     limits: Limits,
     store: Store<HostState>,
-    instance: Policy,
+    instance: Guest,
     info: ModuleInfo,
     catalog: Catalog,
     /// The verdicts of the words the catalog knows.
@@ -337,7 +337,7 @@ fn new_store(
     engine: &Engine,
     module: &LoadedModule,
     limits: Limits,
-) -> Result<(Store<HostState>, Policy), StartFailure> {
+) -> Result<(Store<HostState>, Guest), StartFailure> {
     let state = HostState {
         memory: MemoryCap {
             bytes: limits.memory_bytes,
@@ -364,7 +364,7 @@ pub(super) fn instantiate(
     engine: &Engine,
     module: &LoadedModule,
     limits: Limits,
-) -> Result<(Store<HostState>, Policy), ModuleError> {
+) -> Result<(Store<HostState>, Guest), ModuleError> {
     new_store(engine, module, limits).map_err(|failed| match failed.error {
         StartError::Module(e) => e,
         e @ (StartError::Config(_) | StartError::OverLimit(_)) => {
@@ -394,7 +394,7 @@ fn arm_configure(store: &mut Store<HostState>, limit: Duration) {
 
 fn configure(
     store: &mut Store<HostState>,
-    instance: &Policy,
+    instance: &Guest,
     config: &str,
     limits: Limits,
 ) -> Result<bindings::ConfigSummary, StartFailure> {

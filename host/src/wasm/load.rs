@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 
-use super::bindings::PolicyPre;
+use super::bindings::GuestPre;
 use super::instance::{HostState, instantiate};
 use super::{FILTER_INTERFACE, Runtime, WIT_VERSION};
 use crate::hex;
@@ -114,7 +114,7 @@ impl Runtime {
             .map_err(|e| ModuleError::Invalid(e.to_string()))?;
         let pre = linker
             .instantiate_pre(&component)
-            .and_then(PolicyPre::new)
+            .and_then(GuestPre::new)
             .map_err(|e| ModuleError::WrongShape(format!("{e:#}")))?;
         Ok(LoadedModule {
             pre,
@@ -300,7 +300,7 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), ModuleErr
 /// A checked, compiled module, ready to instantiate cheaply.
 #[derive(Clone)]
 pub struct LoadedModule {
-    pub(super) pre: PolicyPre<HostState>,
+    pub(super) pre: GuestPre<HostState>,
     digest: [u8; 32],
     /// The component as uploaded: what `GET /module` hands back.
     bytes: Arc<[u8]>,

@@ -4,26 +4,16 @@
 use std::collections::BTreeMap;
 
 use super::flat::{PortMaps4, Side4, VniIndex};
-use super::{Cell, Matrices, Row, Seg, SegTable, Table, TableStats, VpcTable};
+use super::{
+    Cell, MAX_BUILD_STEPS, MAX_CLASS_MEMBERS, MAX_MATRIX_CELLS, Matrices, Row, Seg, SegTable,
+    Table, TableStats, VpcTable,
+};
 use crate::addr::{Family, net_family, net_range};
 use crate::catalog::{Catalog, VpcEntry};
 use crate::config::ConfigError;
 use crate::model::{Config, Entry};
 use crate::packet::{CandidatesId, DropReason, Verdict, VpcId};
 use crate::ports::PortList;
-
-/// Most verdict cells a table may have, over all VPCs (4 bytes each: 256 MiB). A VPC's matrix
-/// is its source classes times its destination classes, which a configuration within the
-/// text limits can make quadratic in its entries.
-pub const MAX_MATRIX_CELLS: usize = 1 << 26;
-/// Most VPC indices the class sets of a table may hold in all (4 bytes each): a set per
-/// class, which overlapping prefixes can make as large as the VPC's peers.
-pub const MAX_CLASS_MEMBERS: usize = 1 << 26;
-/// Most steps of work a build may take (a step: an active range looked at while cutting
-/// segments, a port bound looked at while cutting port maps, a member looked at while
-/// intersecting two classes), about a second natively. Overlapping ranges make the cutting
-/// quadratic.
-pub const MAX_BUILD_STEPS: usize = 1 << 30;
 
 /// What building a table may still take, against the bounds above: a hostile configuration
 /// is refused early instead of taking the machine's memory or time (the realistic workload

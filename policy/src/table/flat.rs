@@ -18,8 +18,11 @@
 
 use std::hint::select_unpredictable;
 
-use super::LANES;
 use super::trie::Trie;
+
+/// Packets a batch lookup takes through its stages together: enough to keep the CPU's
+/// load queue busy, few enough that the stages' state stays in registers and L1.
+pub(super) const LANES: usize = 32;
 
 /// A tree value flag: the rest is an index into the port maps, not a class.
 pub(super) const PORTED: u32 = 1 << 31;

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 #[cfg(target_family = "wasm")]
 use std::cell::RefCell;
 
-use super::flat::{self, NO_PORT, NO_VPC};
-use super::{Catalog, Keys, LANES, Seg, SegTable, Table, VpcEntry, VpcTable};
+use super::flat::{self, LANES, NO_PORT, NO_VPC};
+use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
 use crate::batch::{Batch, column, shape, split_ports};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 use crate::prefetch::prefetch;

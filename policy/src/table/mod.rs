@@ -86,14 +86,22 @@ pub(crate) mod lookup;
 mod trie;
 
 pub use crate::catalog::{Catalog, VpcEntry};
-pub use build::{MAX_BUILD_STEPS, MAX_CLASS_MEMBERS, MAX_MATRIX_CELLS};
 
 use crate::packet::Verdict;
 use crate::word::{WordDecoder, verdict_word};
 
-/// Packets a batch lookup takes through its stages together: enough to keep the CPU's
-/// load queue busy, few enough that the stages' state stays in registers and L1.
-const LANES: usize = 32;
+/// Most verdict cells a table may have, over all VPCs (4 bytes each: 256 MiB). A VPC's matrix
+/// is its source classes times its destination classes, which a configuration within the
+/// text limits can make quadratic in its entries.
+pub const MAX_MATRIX_CELLS: usize = 1 << 26;
+/// Most VPC indices the class sets of a table may hold in all (4 bytes each): a set per
+/// class, which overlapping prefixes can make as large as the VPC's peers.
+pub const MAX_CLASS_MEMBERS: usize = 1 << 26;
+/// Most steps of work a build may take (a step: an active range looked at while cutting
+/// segments, a port bound looked at while cutting port maps, a member looked at while
+/// intersecting two classes), about a second natively. Overlapping ranges make the cutting
+/// quadratic.
+pub const MAX_BUILD_STEPS: usize = 1 << 30;
 
 /// The flow filter's lookup table. Immutable once built; cheap to share between threads.
 #[derive(Debug, Clone)]
