@@ -78,8 +78,8 @@ pub(super) enum Side4 {
 const TRIE_FACTOR: usize = 32;
 /// ... or this many bytes, whichever is more...
 const TRIE_FLOOR: usize = 4 << 20;
-/// ... but never more than this: a guest has a few hundred MiB in all (`--module-memory-mib`),
-/// and a configuration that fitted with searched tables must still fit.
+/// ... but never more than this: a guest has a few hundred MiB in all (the module's memory
+/// cap), and a configuration that fitted with searched tables must still fit.
 const TRIE_CAP: usize = 32 << 20;
 
 /// The byte budget of a trie of `tables`: none without `tries`.

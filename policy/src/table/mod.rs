@@ -12,73 +12,70 @@
 //! remote VPC, and a class is a set of VPCs. The packet's verdict depends only on the pair
 //! (source class, destination class): the intersection of the two sets is M of SPEC section 3.
 //! The table precomputes that verdict for every pair of X's classes into a matrix, so a lookup
-//! is the VPC of the VNI, one search per side, at most two more over a handful of ports, and
-//! one matrix read. Nothing is allocated per packet, and the cost never grows with the number
-//! of peerings.
+//! is the VPC of the VNI, one search per side, at most one port map per side, and one matrix
+//! read. Nothing is allocated per packet, and the cost never grows with the number of
+//! peerings.
 //!
 //! # Layout
 //! - **VNIs**: a dense array when their numbering is dense (one load), else a trie, else a
 //!   padded search (`flat::VniIndex`).
 //! - **IPv4 sides**: every VPC's source and destination segments as multibit tries (`trie`):
-//!   a key byte a level, so a side is three loads for /24 and shorter prefixes, four
-//!   otherwise, and no compare. A trie is only built within a memory budget (32 times the
-//!   segment tables' bytes, at least 4 MiB, at most 32 MiB); past it a side is padded
-//!   segment tables searched by compare (`flat`), every VPC's padded to one power-of-two
-//!   length so that its address is computed and every search takes the same steps.
-//! - **Ports**: a segment's value is its class, or (flagged) a port map: up to 8 ranges in
-//!   one cache line, searched by one compare of the eight starts (longer maps on their own).
+//!   a key byte a level, one load a level and no compare, a root per VPC and uniform nodes
+//!   shared. A trie is built only within a memory budget (`flat::trie_budget`); past it a
+//!   side keeps padded segment tables searched by compare (`flat`), every VPC's padded to
+//!   one power-of-two length, so that a table's address is arithmetic and every search takes
+//!   the same steps. A property test holds both layouts to the same answers.
+//! - **Ports**: a segment's value is its class or, flagged, a port map. A short map, its
+//!   range starts and their classes, fills one cache line and is searched without a branch
+//!   (in a Wasm guest, by one vector compare of the starts); longer maps are searched on
+//!   their own.
 //! - **Matrices**: every VPC's in one array, their cells the packed verdict words of
 //!   `judge-packed`, which the packed path copies out as they are; a per-catalog table
-//!   (`WordDecoder`) turns a word into a [`Verdict`] with no branch on its kind.
-//! - **IPv6**, the cold family: per-VPC segment tables and branch-free binary searches.
+//!   ([`WordDecoder`](crate::packed::WordDecoder)) turns a word into a [`Verdict`] with no
+//!   branch on its kind.
+//! - **IPv6**, the cold family: per-VPC segment tables and binary searches with no
+//!   data-dependent branch.
 //!
+//! # Stages
 //! A batch ([`Table::lookup_batch`], and the packed path's
-//! [`judge_packed`](crate::packed::judge_packed)) is looked up 32 packets (`LANES`) at a
-//! time, in stages and in lockstep: the packets' IPv4 fields in lanes, then every lane's VPC,
-//! every trie level of every lane (eight lanes a turn, so a Wasm guest pays a loop turn's
-//! epoch check once per eight), the port maps of only the values that name one, and every
-//! lane's verdict. Within a stage the lanes' loads are independent, so their cache misses
-//! overlap. Natively the next lanes' packets are prefetched (`prefetch`); a Wasm guest keeps
-//! its lanes in statics, whose addresses Cranelift folds into every access, and builds the
-//! ported mask with `simd128`.
+//! [`judge_packed`](crate::packed::judge_packed)) is looked up `LANES` packets at a time:
+//! the packets' IPv4 fields go into lanes (other families are looked up on their own), then
+//! every lane's VPC, every trie level of every lane, the port maps of only the values that
+//! name one, and every lane's verdict. Within a stage the lanes' loads are independent, so
+//! their cache misses overlap, where one packet at a time is a chain of dependent loads.
+//! Natively the next lanes' packets are prefetched (`prefetch`).
 //!
 //! # Why this structure
-//! Each choice was measured (`cargo bench -p flowgate-benches --bench policy`: the realistic
-//! workload, 1,000 peerings with ports, batch 256, every batch new packets; native / Wasm
-//! per packet):
 //! - **Precomputed classes and verdicts**, not SPEC section 3's sets evaluated per packet
-//!   (the property tests' oracle): about 1.7 µs a packet against tens of nanoseconds.
+//!   (the property tests' oracle, orders of magnitude slower).
 //! - **Segments, not prefixes**: an exposed set is not a union of prefixes once `not` holes
-//!   and port ranges carve it; disjoint segments handle holes, ports and overlaps alike. A
-//!   DIR-24-8 table would need tens of megabytes per VPC and side.
-//! - **Searches with no data-dependent branch** (`select_unpredictable`): 99 -> 68 ns native.
-//! - **Stages over 32 lanes** (every lane's VPC, then every lane's classes...): 68 -> 59 ns
-//!   native; **searched in lockstep**, every lane's step before any lane's next: 47 -> 35 ns.
-//!   16 lanes were 10 % slower at 5,000 peerings; 64 were 1-3 % slower, except natively at
-//!   5,000 peerings (5 % faster).
-//! - **Tries** in place of the padded searches: 37 / 76 -> 29.8 / 59.8 ns; the table grew
-//!   from about 0.4 to 1.3 MB at 1,000 peerings (5.4 MB at 5,000), and a lookup still
-//!   touches few lines.
-//! - **Verdict words decoded through a table**, not a `match` on the kind that mixed
-//!   traffic mispredicts, and the matrices in one array: 29.8 / 59.8 -> 27.1 / 54.1 ns.
-//! - **Port maps in one cache line, resolved only where a value names one** (about two
-//!   values in five): native 21.7 -> 19.4 ns, Wasm 31.0 -> 29.6 ns.
-//! - **The guest's side**: working arrays in statics and the ports read without a branch
-//!   (Wasm 43 -> 35 ns), the batch as columns of words (40.9 -> 35.3 ns), `simd128` and trie
-//!   levels eight lanes a turn (30.4 -> 24.6 ns, 1.18x native).
-//! - **Prefetching the next lanes' packets**, natively: 7-16 % less.
+//!   and port ranges carve it; disjoint segments handle holes, ports and overlaps alike, and
+//!   the verdict needs the pair of classes, which a DIR-24-8 table (far more memory per VPC
+//!   and side) or a Poptrie would still have to find. The build stays fast, and so do swaps.
+//! - **Searches with no data-dependent branch** (`select_unpredictable`), since mixed traffic
+//!   mispredicts any branch on a key.
+//! - **Stages in lockstep**: every lane takes a step before any lane takes the next, so the
+//!   CPU keeps many loads in flight; `LANES` is the width that measured best overall.
+//! - **Tries** where memory allows, since a level is one load with no compare; padded tables
+//!   remain for configurations a trie would make too large for a guest's memory.
+//! - **Verdict words decoded through a table**, not a `match` on the kind that mixed traffic
+//!   mispredicts, and the matrices in one array.
+//! - **Port maps resolved only where a value names one**, since most values name none.
+//! - **Turns of several lanes** in the trie levels: each level's loop is cut into turns of
+//!   `flat::TURN` lanes, each unrolled whole, so a Wasm guest pays a loop turn and its epoch
+//!   check once per turn.
+//! - **The guest's side**: the batch arrives as columns of words that fill the lanes with one
+//!   load a field; the lanes and the stages' answers live in statics, whose addresses
+//!   Cranelift folds into every access; `simd128` searches a port map and finds the ported
+//!   values a vector at a time.
 //!
-//! Measured and rejected: wide search nodes of 15 keys a line (the scalar count was slower
-//! than the binary search, 73 against 68 ns); the port search as a vectorized count; matrix
-//! cells as 16-bit or 8-bit indices into the distinct words (no gain, or 3-9 % slower for
-//! the extra dependent load); each source value carrying its matrix row (Wasm 2.6 % faster
-//! at 1,000 peerings, 5 % slower at 5,000); a sentinel VPC for unknown VNIs (no change, and
-//! an invariant every user of the sides would keep); 16-bit trie leaves; batches grouped by
-//! VPC (at most what the sort would cost); raising LLVM's unroll threshold (9 % slower, the
-//! component 25 % larger); prefetching in the host's column encoder (no gain).
+//! Rejected after measuring: wide search nodes; a vectorized count for the port search;
+//! matrix cells as narrow indices into the distinct words; each source value carrying its
+//! matrix row; a sentinel VPC for unknown VNIs; narrow trie leaves; batches grouped by VPC; a
+//! raised LLVM unroll threshold; prefetching in the host's column encoder.
 //!
-//! `BENCHMARKS.md` (its design decisions) has every measurement, how it was taken, and
-//! where the time goes now.
+//! `BENCHMARKS.md`, under "Design decisions, and the measurements behind them", has the
+//! measurement behind each of these choices and where the time goes now.
 
 mod build;
 mod flat;
