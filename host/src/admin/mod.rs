@@ -48,7 +48,7 @@ mod transport;
 
 pub use client::{Client, ClientError, Reply, Serving};
 pub use http::RequestLimits;
-pub use transport::{Endpoint, Stream};
+pub use transport::{AdminEndpointError, Endpoint, Stream};
 
 use gate::{Gate, GateLimits, Ticket};
 use http::{Request, Response};
@@ -890,7 +890,7 @@ fn pull(
     let text = std::str::from_utf8(body)
         .map_err(|_| "the reference is not UTF-8 text".to_owned())?
         .trim();
-    let reference = crate::oci::Reference::parse(text)?;
+    let reference = crate::oci::Reference::parse(text).map_err(|e| e.to_string())?;
     // A digest names the same bytes in the cache as in the registry; a tag's last digest in
     // the cache is only what it was: an operator naming a tag gets what it names now, or an
     // error.

@@ -27,9 +27,9 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Reads `unix:PATH` or `HOST:PORT`.
-    pub fn parse(text: &str) -> Result<Endpoint, String> {
+    pub fn parse(text: &str) -> Result<Endpoint, AdminEndpointError> {
         match text.strip_prefix("unix:") {
-            Some("") => Err("`unix:` needs a path, as in unix:/run/flowgate/admin.sock".into()),
+            Some("") => Err(AdminEndpointError::NoPath),
             Some(path) => Ok(Endpoint::Unix(PathBuf::from(path))),
             None if text.rsplit_once(':').is_some_and(|(h, p)| {
                 !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
@@ -37,9 +37,9 @@ impl Endpoint {
             {
                 Ok(Endpoint::Tcp(text.to_owned()))
             }
-            None => Err(format!(
-                "`{text}` is neither unix:PATH nor HOST:PORT (for example 127.0.0.1:8742)"
-            )),
+            None => Err(AdminEndpointError::Form {
+                text: text.to_owned(),
+            }),
         }
     }
 
@@ -51,6 +51,20 @@ impl Endpoint {
             .unwrap_or_else(|| PathBuf::from("/run"));
         Endpoint::Unix(dir.join("flowgate").join("admin.sock"))
     }
+}
+
+/// Why an admin endpoint was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminEndpointError {
+    /// `unix:` with nothing after it.
+    #[error("`unix:` needs a path, as in unix:/run/flowgate/admin.sock")]
+    NoPath,
+    /// Neither `unix:PATH` nor `HOST:PORT` with a port of digits.
+    #[error("`{text}` is neither unix:PATH nor HOST:PORT (for example 127.0.0.1:8742)")]
+    Form {
+        /// The endpoint as written.
+        text: String,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
@@ -400,6 +414,37 @@ impl Drop for Listener {
             && std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino)
         {
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_read_and_refused() {
+        assert_eq!(
+            Endpoint::parse("unix:/run/a.sock"),
+            Ok(Endpoint::Unix(PathBuf::from("/run/a.sock")))
+        );
+        assert_eq!(
+            Endpoint::parse("[::1]:8742"),
+            Ok(Endpoint::Tcp("[::1]:8742".into()))
+        );
+        let refused = Endpoint::parse("unix:").unwrap_err();
+        assert_eq!(refused, AdminEndpointError::NoPath);
+        assert_eq!(
+            refused.to_string(),
+            "`unix:` needs a path, as in unix:/run/flowgate/admin.sock"
+        );
+        for bad in ["127.0.0.1", ":8742", "host:", "host:87a2", ""] {
+            let refused = Endpoint::parse(bad).unwrap_err();
+            assert_eq!(refused, AdminEndpointError::Form { text: bad.into() });
+            assert_eq!(
+                refused.to_string(),
+                format!("`{bad}` is neither unix:PATH nor HOST:PORT (for example 127.0.0.1:8742)")
+            );
         }
     }
 }

@@ -522,7 +522,7 @@ pub fn seconds(text: &str) -> Result<f64, String> {
 }
 
 pub fn endpoint(text: &str) -> Result<Endpoint, String> {
-    Endpoint::parse(text)
+    Endpoint::parse(text).map_err(|e| e.to_string())
 }
 
 /// The traffic of a diff.

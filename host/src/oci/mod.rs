@@ -8,5 +8,8 @@ mod registry;
 
 pub use cache::Cache;
 
-pub use reference::{Digest, Reference, SCHEME, check_registry, is_loopback};
+pub use reference::{
+    Digest, DigestError, Reference, ReferenceError, RegistryHostError, SCHEME, check_registry,
+    is_loopback,
+};
 pub use registry::{OciError, Pulled, Registry, RegistryOptions, WASM_CONFIG, WASM_LAYER};

@@ -16,26 +16,50 @@ impl Digest {
     }
 
     /// Reads `sha256:HEX`.
-    pub fn parse(text: &str) -> Result<Digest, String> {
+    pub fn parse(text: &str) -> Result<Digest, DigestError> {
         let hex = text
             .strip_prefix("sha256:")
-            .ok_or_else(|| format!("`{text}` is not a sha256 digest (sha256:<64 hex digits>)"))?;
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(format!(
-                "`{text}` is not a sha256 digest: 64 lowercase hex digits after `sha256:`"
-            ));
+            .ok_or_else(|| DigestError::Algorithm {
+                text: text.to_owned(),
+            })?;
+        let wrong = || DigestError::Hex {
+            text: text.to_owned(),
+        };
+        if hex.len() != 64 {
+            return Err(wrong());
         }
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("`{text}` is not a sha256 digest"))?;
+        for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *byte = nibble(pair[0]).ok_or_else(wrong)? << 4 | nibble(pair[1]).ok_or_else(wrong)?;
         }
         Ok(Digest(out))
     }
+}
+
+/// The value of a lowercase hex digit.
+fn nibble(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Why a digest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// No `sha256:` before the digits (another algorithm, or none).
+    #[error("`{text}` is not a sha256 digest (sha256:<64 hex digits>)")]
+    Algorithm {
+        /// The digest as written.
+        text: String,
+    },
+    /// After `sha256:`, not 64 lowercase hex digits.
+    #[error("`{text}` is not a sha256 digest: 64 lowercase hex digits after `sha256:`")]
+    Hex {
+        /// The digest as written.
+        text: String,
+    },
 }
 
 impl fmt::Display for Digest {
@@ -67,14 +91,18 @@ impl Reference {
     }
 
     /// Reads `oci://HOST[:PORT]/REPO(:TAG|@sha256:DIGEST)`.
-    pub fn parse(text: &str) -> Result<Reference, String> {
+    pub fn parse(text: &str) -> Result<Reference, ReferenceError> {
+        let owned = || text.to_owned();
         let rest = text
             .strip_prefix(SCHEME)
-            .ok_or_else(|| format!("`{text}` does not start with {SCHEME}"))?;
+            .ok_or_else(|| ReferenceError::Scheme { text: owned() })?;
         let (registry, path) = rest
             .split_once('/')
-            .ok_or_else(|| format!("`{text}`: no repository after the registry"))?;
-        check_registry(registry).map_err(|e| format!("`{text}`: {e}"))?;
+            .ok_or_else(|| ReferenceError::NoRepository { text: owned() })?;
+        check_registry(registry).map_err(|error| ReferenceError::Registry {
+            text: owned(),
+            error,
+        })?;
         let (name, digest) = match path.split_once('@') {
             Some((name, digest)) => (name, Some(Digest::parse(digest)?)),
             None => (path, None),
@@ -83,14 +111,20 @@ impl Reference {
             Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
             _ => (name, None),
         };
-        check_repository(repository).map_err(|e| format!("`{text}`: {e}"))?;
-        if let Some(tag) = tag {
-            check_tag(tag).map_err(|e| format!("`{text}`: {e}"))?;
+        if !is_repository(repository) {
+            return Err(ReferenceError::Repository {
+                text: owned(),
+                repository: repository.to_owned(),
+            });
+        }
+        if let Some(tag) = tag.filter(|tag| !is_tag(tag)) {
+            return Err(ReferenceError::Tag {
+                text: owned(),
+                tag: tag.to_owned(),
+            });
         }
         if tag.is_none() && digest.is_none() {
-            return Err(format!(
-                "`{text}`: name a tag (`:TAG`) or pin a digest (`@sha256:...`)"
-            ));
+            return Err(ReferenceError::Unversioned { text: owned() });
         }
         Ok(Reference {
             registry: registry.to_owned(),
@@ -131,18 +165,73 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Why a reference was refused. Each names the reference as written (`text`), but for a
+/// malformed digest, which names the digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    /// No `oci://` in front.
+    #[error("`{text}` does not start with {SCHEME}")]
+    Scheme {
+        /// The reference as written.
+        text: String,
+    },
+    /// No `/` after the registry.
+    #[error("`{text}`: no repository after the registry")]
+    NoRepository {
+        /// The reference as written.
+        text: String,
+    },
+    /// The registry is no `HOST[:PORT]`.
+    #[error("`{text}`: {error}")]
+    Registry {
+        /// The reference as written.
+        text: String,
+        /// What is wrong with the registry.
+        error: RegistryHostError,
+    },
+    /// The digest after `@` is no sha256 digest.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    /// The repository breaks the distribution spec's grammar.
+    #[error(
+        "`{text}`: `{repository}` is not a repository name (lowercase letters, digits, `._-` inside, `/` between parts)"
+    )]
+    Repository {
+        /// The reference as written.
+        text: String,
+        /// The repository as written.
+        repository: String,
+    },
+    /// The tag breaks the distribution spec's grammar.
+    #[error(
+        "`{text}`: `{tag}` is not a tag (up to 128 of letters, digits, `._-`, not starting with `.` or `-`)"
+    )]
+    Tag {
+        /// The reference as written.
+        text: String,
+        /// The tag as written.
+        tag: String,
+    },
+    /// Neither a tag nor a digest: which version is meant is left unsaid.
+    #[error("`{text}`: name a tag (`:TAG`) or pin a digest (`@sha256:...`)")]
+    Unversioned {
+        /// The reference as written.
+        text: String,
+    },
+}
+
 /// Checks a registry as references and logins name it: `HOST` or `HOST:PORT`, where `HOST` is
 /// a name (letters, digits, `.` and `-`), an IPv4 address, or an IPv6 address in brackets.
-pub fn check_registry(registry: &str) -> Result<(), String> {
+pub fn check_registry(registry: &str) -> Result<(), RegistryHostError> {
     let (name, port) = split_registry(registry);
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
     let name_ok = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         Some(inside) => {
             if inside.parse::<std::net::Ipv6Addr>().is_err() {
-                let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-                return Err(format!(
-                    "`{registry}`: brackets hold an IPv6 address, and `{inside}` is not one (an IPv4 address or a name goes without them: `{inside}{port}`)"
-                ));
+                return Err(RegistryHostError::Brackets {
+                    registry: registry.to_owned(),
+                    inside: inside.to_owned(),
+                    port: port.map(str::to_owned),
+                });
             }
             true
         }
@@ -153,11 +242,47 @@ pub fn check_registry(registry: &str) -> Result<(), String> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
         }
     };
-    if name_ok && port_ok {
-        Ok(())
-    } else {
-        Err(format!("`{registry}` is not a registry host[:port]"))
+    if !name_ok {
+        return Err(RegistryHostError::Host {
+            registry: registry.to_owned(),
+        });
     }
+    if !port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0)) {
+        return Err(RegistryHostError::Port {
+            registry: registry.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Why a registry's `HOST[:PORT]` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryHostError {
+    /// Brackets around what is no IPv6 address; the message shows it written without them.
+    #[error(
+        "`{registry}`: brackets hold an IPv6 address, and `{inside}` is not one (an IPv4 address or a name goes without them: `{inside}{}`)",
+        .port.as_ref().map(|p| format!(":{p}")).unwrap_or_default()
+    )]
+    Brackets {
+        /// The registry as written.
+        registry: String,
+        /// What the brackets hold.
+        inside: String,
+        /// The port as written after the brackets, if any.
+        port: Option<String>,
+    },
+    /// The host is empty or has characters no name or IPv4 address has.
+    #[error("`{registry}` is not a registry host[:port]")]
+    Host {
+        /// The registry as written.
+        registry: String,
+    },
+    /// The port is not a number from 1 to 65535.
+    #[error("`{registry}` is not a registry host[:port]")]
+    Port {
+        /// The registry as written.
+        registry: String,
+    },
 }
 
 /// `HOST[:PORT]` split into the host (an IPv6 address keeps its brackets) and the port text.
@@ -232,9 +357,9 @@ fn ipv4(text: &str) -> Option<std::net::Ipv4Addr> {
     u32::try_from(address).ok().map(std::net::Ipv4Addr::from)
 }
 
-/// Path components of lowercase letters and digits, joined by `.`, `_`, `__` or `-`s
-/// (the distribution spec's grammar).
-fn check_repository(repo: &str) -> Result<(), String> {
+/// Whether `repo` is path components of lowercase letters and digits, joined by `.`, `_`,
+/// `__` or `-`s (the distribution spec's grammar).
+fn is_repository(repo: &str) -> bool {
     let component_ok = |c: &str| {
         !c.is_empty()
             && c.bytes()
@@ -242,32 +367,20 @@ fn check_repository(repo: &str) -> Result<(), String> {
             && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
     };
-    if repo.len() <= 255 && repo.split('/').all(component_ok) {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{repo}` is not a repository name (lowercase letters, digits, `._-` inside, `/` between parts)"
-        ))
-    }
+    repo.len() <= 255 && repo.split('/').all(component_ok)
 }
 
-fn check_tag(tag: &str) -> Result<(), String> {
+/// Whether `tag` is up to 128 of letters, digits and `._-`, starting with neither `.` nor `-`.
+fn is_tag(tag: &str) -> bool {
     let first_ok = tag
         .bytes()
         .next()
         .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if first_ok
+    first_ok
         && tag.len() <= 128
         && tag
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{tag}` is not a tag (up to 128 of letters, digits, `._-`, not starting with `.` or `-`)"
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -324,6 +437,128 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn each_refusal_says_what_is_wrong_and_names_the_text() {
+        let text = |t: &str| t.to_owned();
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let cases: [(&str, ReferenceError, &str); 11] = [
+            (
+                "http://r/p:t",
+                ReferenceError::Scheme {
+                    text: text("http://r/p:t"),
+                },
+                "`http://r/p:t` does not start with oci://",
+            ),
+            (
+                "oci://r",
+                ReferenceError::NoRepository {
+                    text: text("oci://r"),
+                },
+                "`oci://r`: no repository after the registry",
+            ),
+            (
+                "oci:///p:t",
+                ReferenceError::Registry {
+                    text: text("oci:///p:t"),
+                    error: RegistryHostError::Host { registry: text("") },
+                },
+                "`oci:///p:t`: `` is not a registry host[:port]",
+            ),
+            (
+                "oci://r:0/p:t",
+                ReferenceError::Registry {
+                    text: text("oci://r:0/p:t"),
+                    error: RegistryHostError::Port {
+                        registry: text("r:0"),
+                    },
+                },
+                "`oci://r:0/p:t`: `r:0` is not a registry host[:port]",
+            ),
+            (
+                "oci://[127.0.0.1]:5000/p:t",
+                ReferenceError::Registry {
+                    text: text("oci://[127.0.0.1]:5000/p:t"),
+                    error: RegistryHostError::Brackets {
+                        registry: text("[127.0.0.1]:5000"),
+                        inside: text("127.0.0.1"),
+                        port: Some(text("5000")),
+                    },
+                },
+                "`oci://[127.0.0.1]:5000/p:t`: `[127.0.0.1]:5000`: brackets hold an IPv6 address, and `127.0.0.1` is not one (an IPv4 address or a name goes without them: `127.0.0.1:5000`)",
+            ),
+            (
+                "oci://[r]/p:t",
+                ReferenceError::Registry {
+                    text: text("oci://[r]/p:t"),
+                    error: RegistryHostError::Brackets {
+                        registry: text("[r]"),
+                        inside: text("r"),
+                        port: None,
+                    },
+                },
+                "`oci://[r]/p:t`: `[r]`: brackets hold an IPv6 address, and `r` is not one (an IPv4 address or a name goes without them: `r`)",
+            ),
+            (
+                "oci://r/p@md5:00",
+                ReferenceError::Digest(DigestError::Algorithm {
+                    text: text("md5:00"),
+                }),
+                "`md5:00` is not a sha256 digest (sha256:<64 hex digits>)",
+            ),
+            (
+                "oci://r/p@sha256:abc",
+                ReferenceError::Digest(DigestError::Hex {
+                    text: text("sha256:abc"),
+                }),
+                "`sha256:abc` is not a sha256 digest: 64 lowercase hex digits after `sha256:`",
+            ),
+            (
+                "oci://r/P:t",
+                ReferenceError::Repository {
+                    text: text("oci://r/P:t"),
+                    repository: text("P"),
+                },
+                "`oci://r/P:t`: `P` is not a repository name (lowercase letters, digits, `._-` inside, `/` between parts)",
+            ),
+            (
+                "oci://r/p:-t",
+                ReferenceError::Tag {
+                    text: text("oci://r/p:-t"),
+                    tag: text("-t"),
+                },
+                "`oci://r/p:-t`: `-t` is not a tag (up to 128 of letters, digits, `._-`, not starting with `.` or `-`)",
+            ),
+            (
+                "oci://r/p",
+                ReferenceError::Unversioned {
+                    text: text("oci://r/p"),
+                },
+                "`oci://r/p`: name a tag (`:TAG`) or pin a digest (`@sha256:...`)",
+            ),
+        ];
+        for (bad, error, message) in cases {
+            let got = Reference::parse(bad).unwrap_err();
+            assert_eq!(got, error, "{bad}");
+            assert_eq!(got.to_string(), message, "{bad}");
+        }
+        for bad in [
+            format!("sha256:{}", "AB".repeat(32)),
+            format!("sha256:{}0", "ab".repeat(32)),
+            format!("sha256:{}é", "ab".repeat(31)),
+        ] {
+            assert_eq!(
+                Digest::parse(&bad),
+                Err(DigestError::Hex { text: bad.clone() }),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Digest::parse(&d).map(|d| d.to_string()),
+            Ok(d.clone()),
+            "a digest reads back as written"
+        );
     }
 
     #[test]

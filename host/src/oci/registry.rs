@@ -679,7 +679,7 @@ impl Registry {
         let digest = descriptor["digest"]
             .as_str()
             .ok_or_else(|| refused("a descriptor without a digest".into()))
-            .and_then(|d| Digest::parse(d).map_err(refused))?;
+            .and_then(|d| Digest::parse(d).map_err(|e| refused(e.to_string())))?;
         let size = descriptor["size"]
             .as_u64()
             .ok_or_else(|| refused(format!("the descriptor of {digest} has no size")))?;

@@ -859,6 +859,8 @@ fn a_loopback_registry_by_any_of_its_names_is_spoken_to_in_plain_http() {
         Err(e) => eprintln!("skipped: [::1]: this machine has no IPv6 loopback ({e})"),
     }
     // Brackets hold an IPv6 address: `[127.0.0.1]` is refused, saying how to write it.
-    let e = Reference::parse("oci://[127.0.0.1]:5000/fleet/policy:v1").unwrap_err();
+    let e = Reference::parse("oci://[127.0.0.1]:5000/fleet/policy:v1")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("IPv6") && e.contains("127.0.0.1:5000"), "{e}");
 }
