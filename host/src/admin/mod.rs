@@ -40,6 +40,7 @@ use crate::gateway::{
     AdminRefusal, Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest, WatchError,
     WatchStatus,
 };
+use crate::setting::Setting;
 mod client;
 mod gate;
 mod http;
@@ -804,10 +805,11 @@ fn put_module(shared: &Shared, request: Request) -> Response {
         Ok(pulled) => pulled,
         Err(e) => {
             gateway.note_pull(Pull::Failed);
-            return json_response(
-                422,
-                json!({"swapped": false, "reason": "pull-failed", "error": e}),
-            );
+            let mut body = json!({"swapped": false, "reason": "pull-failed", "error": e.error});
+            if let Some(setting) = e.setting {
+                body["setting"] = json!(setting.as_str());
+            }
+            return json_response(422, body);
         }
     };
     let result = change(
@@ -883,10 +885,26 @@ pub const REFERENCE_TYPE: &str = "application/vnd.flowgate.module-reference";
 
 /// Pulls the module a reference names (the body of a reference swap): the module, the
 /// reference as asked, and the manifest's digest it resolved to.
+/// Why a `PUT /module` reference could not be pulled: the words of the answer, and the
+/// gateway's setting that refused it, if one did (the module's size, plain HTTP, a login).
+struct PullFailed {
+    error: String,
+    setting: Option<Setting>,
+}
+
+impl From<String> for PullFailed {
+    fn from(error: String) -> Self {
+        PullFailed {
+            error,
+            setting: None,
+        }
+    }
+}
+
 fn pull(
     shared: &Shared,
     body: &[u8],
-) -> Result<(Vec<u8>, crate::oci::Reference, crate::oci::Digest), String> {
+) -> Result<(Vec<u8>, crate::oci::Reference, crate::oci::Digest), PullFailed> {
     let text = std::str::from_utf8(body)
         .map_err(|_| "the reference is not UTF-8 text".to_owned())?
         .trim();
@@ -907,7 +925,10 @@ fn pull(
             }
         }),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| PullFailed {
+        error: e.to_string(),
+        setting: e.setting(),
+    })?;
     Ok((pulled.module, reference, pulled.manifest))
 }
 

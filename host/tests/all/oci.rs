@@ -869,3 +869,49 @@ fn a_registry_with_bearer_tokens() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reference the admin API refuses to pull for one of its limits names the setting (the
+/// words no longer carry the serve flag); one it cannot find names none.
+#[test]
+fn an_admin_pull_refused_by_a_limit_names_its_setting() {
+    let Some(registry) = start() else { return };
+    let tagged = registry.reference("fleet/policy:big");
+    let reference = Reference::parse(&tagged).unwrap();
+    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
+    client().push(&reference, DEFAULT_MODULE, config).unwrap();
+    let gateway = flowgate_host::gateway::Gateway::new(
+        crate::runtime(),
+        DEFAULT_MODULE,
+        flowgate_host::DEFAULT_CONFIG,
+        flowgate_host::gateway::Options {
+            workers: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let endpoint = flowgate_host::admin::Endpoint::Unix(crate::socket_path("admin-pull"));
+    let mut options = flowgate_host::admin::AdminOptions::new(endpoint.clone(), None);
+    options.registry = RegistryOptions {
+        max_module_bytes: 1000,
+        ..RegistryOptions::default()
+    };
+    let _server = flowgate_host::admin::AdminServer::start(gateway.clone(), options).unwrap();
+    let admin = flowgate_host::admin::Client::new(endpoint, None);
+    let big = admin.swap_reference(&tagged, None, None).unwrap();
+    assert_eq!(
+        (
+            big.status,
+            big.body["reason"].as_str(),
+            big.body["setting"].as_str()
+        ),
+        (422, Some("pull-failed"), Some("module-bytes")),
+        "{}",
+        big.body
+    );
+    let missing = admin
+        .swap_reference(&registry.reference("fleet/policy:missing"), None, None)
+        .unwrap();
+    assert_eq!(missing.status, 422, "{}", missing.body);
+    assert!(missing.body.get("setting").is_none(), "{}", missing.body);
+    assert_eq!(gateway.current().generation, 1);
+}
