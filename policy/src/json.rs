@@ -228,15 +228,16 @@ pub fn packet_json(catalog: &Catalog, packet: &Packet) -> Value {
 
 /// A verdict as a JSON value.
 pub fn verdict_json(catalog: &Catalog, verdict: Verdict) -> Value {
+    let kind = verdict.kind().as_str();
     match verdict {
         Verdict::Allow(vpc) => {
             let vpc = catalog.vpc(vpc);
-            json!({"verdict": "allow", "dst_vpc": vpc.name, "dst_vni": vpc.vni})
+            json!({"verdict": kind, "dst_vpc": vpc.name, "dst_vni": vpc.vni})
         }
         Verdict::AllowAmbiguous(set) => {
-            json!({"verdict": "allow-ambiguous", "candidates": catalog.candidate_names(set)})
+            json!({"verdict": kind, "candidates": catalog.candidate_names(set)})
         }
-        Verdict::Drop(reason) => json!({"verdict": "drop", "reason": reason.as_str()}),
+        Verdict::Drop(reason) => json!({"verdict": kind, "reason": reason.as_str()}),
     }
 }
 

@@ -27,5 +27,5 @@ pub use catalog::{Catalog, VpcEntry};
 pub use config::{ConfigError, parse};
 pub use explain::{Explanation, explain};
 pub use model::Config;
-pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
+pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VerdictKind, VpcId};
 pub use table::{Table, TableStats};

@@ -117,6 +117,29 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+crate::labels! {
+    /// The kind of a [`Verdict`], as verdict lines, counters and metrics name it.
+    pub enum VerdictKind {
+        /// [`Verdict::Allow`].
+        Allow => "allow",
+        /// [`Verdict::AllowAmbiguous`].
+        AllowAmbiguous => "allow-ambiguous",
+        /// [`Verdict::Drop`].
+        Drop => "drop",
+    }
+}
+
+impl Verdict {
+    /// The verdict's kind.
+    pub fn kind(self) -> VerdictKind {
+        match self {
+            Verdict::Allow(_) => VerdictKind::Allow,
+            Verdict::AllowAmbiguous(_) => VerdictKind::AllowAmbiguous,
+            Verdict::Drop(_) => VerdictKind::Drop,
+        }
+    }
+}
+
 impl Default for Verdict {
     /// Fail closed: a verdict slot nobody wrote drops its packet.
     fn default() -> Self {

@@ -36,11 +36,7 @@ pub fn render(gateway: &Gateway) -> String {
         "counter",
         "Packets judged, by verdict.",
     );
-    for (verdict, n) in [
-        ("allow", counters.allowed),
-        ("allow-ambiguous", counters.ambiguous),
-        ("drop", counters.dropped),
-    ] {
+    for (verdict, n) in counters.by_kind() {
         let _ = writeln!(out, "flowgate_verdicts_total{{verdict=\"{verdict}\"}} {n}");
     }
     family(

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use flowgate_host::Policy;
 use flowgate_host::dataplane::{self, Counters, MALFORMED};
 use flowgate_policy::json::{parse_packet, verdict_json};
-use flowgate_policy::{Packet, Verdict};
+use flowgate_policy::{Packet, Verdict, VerdictKind};
 
 use super::*;
 
@@ -89,9 +89,9 @@ pub fn print_summary(
     let row = |name: &str, n: u64| outln!("  {name:<28}{n:>10}");
     row("packets", c.packets)?;
     row("batches", c.batches)?;
-    row("allow", c.allowed)?;
-    row("allow-ambiguous", c.ambiguous)?;
-    row("drop", c.dropped)?;
+    for (kind, n) in c.by_kind() {
+        row(kind.as_str(), n)?;
+    }
     for (reason, n) in &c.drops {
         row(&format!("  {reason}"), *n)?;
     }
@@ -199,7 +199,9 @@ pub fn flush_check(
             Err(e) => serde_json::json!({ "error": e }),
             Ok(_) => match verdicts.next().flatten() {
                 Some(v) => verdict_json(policy.catalog(), v),
-                None => serde_json::json!({"verdict": "drop", "reason": dataplane::POLICY_FAULT}),
+                None => {
+                    serde_json::json!({"verdict": VerdictKind::Drop.as_str(), "reason": dataplane::POLICY_FAULT})
+                }
             },
         };
         writeln!(out, "{line}")?;

@@ -2,13 +2,23 @@
 
 use std::collections::BTreeMap;
 
-use flowgate_policy::{Catalog, DropReason, Packet, Verdict, VpcId};
+use flowgate_policy::{Catalog, DropReason, Packet, Verdict, VerdictKind, VpcId};
 use serde_json::{Value, json};
 
+flowgate_policy::labels! {
+    /// Why the dataplane itself dropped packets, beside the policy's [`DropReason`]s.
+    pub enum DataplaneDrop {
+        /// Packets whose batch the policy failed to judge.
+        PolicyFault => "policy-fault",
+        /// Input the dataplane could not read as a packet.
+        Malformed => "malformed",
+    }
+}
+
 /// The drop reason of packets whose batch the policy failed to judge.
-pub const POLICY_FAULT: &str = "policy-fault";
+pub const POLICY_FAULT: &str = DataplaneDrop::PolicyFault.as_str();
 /// The drop reason of input the dataplane could not read as a packet.
-pub const MALFORMED: &str = "malformed";
+pub const MALFORMED: &str = DataplaneDrop::Malformed.as_str();
 
 /// What the dataplane did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,12 +69,28 @@ impl Counters {
         }
     }
 
+    /// The packets judged, by the kind of their verdict.
+    pub fn by_kind(&self) -> [(VerdictKind, u64); VerdictKind::COUNT] {
+        VerdictKind::ALL.map(|kind| {
+            let n = match kind {
+                VerdictKind::Allow => self.allowed,
+                VerdictKind::AllowAmbiguous => self.ambiguous,
+                VerdictKind::Drop => self.dropped,
+            };
+            (kind, n)
+        })
+    }
+
     /// The counters as JSON.
     pub fn to_json(&self) -> Value {
         json!({
             "packets": self.packets,
             "batches": self.batches,
-            "verdicts": {"allow": self.allowed, "allow-ambiguous": self.ambiguous, "drop": self.dropped},
+            "verdicts": self
+                .by_kind()
+                .map(|(kind, n)| (kind.as_str().to_owned(), Value::from(n)))
+                .into_iter()
+                .collect::<serde_json::Map<_, _>>(),
             "drops": self.drops,
             "forwarded": self.forwarded,
             "faults": self.faults,

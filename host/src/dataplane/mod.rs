@@ -9,7 +9,7 @@ mod histogram;
 
 use flowgate_policy::{Catalog, Packet, Verdict};
 
-pub use counters::{Counters, MALFORMED, POLICY_FAULT, apply};
+pub use counters::{Counters, DataplaneDrop, MALFORMED, POLICY_FAULT, apply};
 pub use histogram::Histogram;
 
 use crate::{Policy, PolicyFault};
