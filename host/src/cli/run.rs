@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use flowgate_host::Policy;
-use flowgate_host::dataplane::{self, Counters, MALFORMED};
+use flowgate_host::dataplane::{self, Counters, DataplaneDrop};
 use flowgate_policy::json::{parse_packet, verdict_json};
 use flowgate_policy::{Packet, Verdict, VerdictKind};
 
@@ -48,7 +48,7 @@ fn run(args: &PolicyArgs, packets: Option<&Path>, json: bool) -> Result<ExitCode
     for line in trace.lines().filter(|l| !l.trim().is_empty()) {
         match parse_packet(line, loaded.policy.catalog()) {
             Ok(p) => packets.push(p),
-            Err(_) => counters.count_drop(MALFORMED, 1),
+            Err(_) => counters.count_drop(DataplaneDrop::Malformed.as_str(), 1),
         }
     }
     let start = Instant::now();
@@ -200,7 +200,7 @@ pub fn flush_check(
             Ok(_) => match verdicts.next().flatten() {
                 Some(v) => verdict_json(policy.catalog(), v),
                 None => {
-                    serde_json::json!({"verdict": VerdictKind::Drop.as_str(), "reason": dataplane::POLICY_FAULT})
+                    serde_json::json!({"verdict": VerdictKind::Drop.as_str(), "reason": DataplaneDrop::PolicyFault.as_str()})
                 }
             },
         };

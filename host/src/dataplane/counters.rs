@@ -15,11 +15,6 @@ flowgate_policy::labels! {
     }
 }
 
-/// The drop reason of packets whose batch the policy failed to judge.
-pub const POLICY_FAULT: &str = DataplaneDrop::PolicyFault.as_str();
-/// The drop reason of input the dataplane could not read as a packet.
-pub const MALFORMED: &str = DataplaneDrop::Malformed.as_str();
-
 /// What the dataplane did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -171,7 +166,7 @@ mod tests {
             Verdict::Drop(DropReason::UnknownVpc),
         ];
         let mut counters = Counters::default();
-        counters.count_drop(MALFORMED, 2);
+        counters.count_drop(DataplaneDrop::Malformed.as_str(), 2);
         apply(&[p; 7], &verdicts, &catalog, &mut counters);
         apply(&[p; 1], &verdicts[1..2], &catalog, &mut counters);
         assert_eq!(

@@ -9,7 +9,7 @@ mod histogram;
 
 use flowgate_policy::{Catalog, Packet, Verdict};
 
-pub use counters::{Counters, DataplaneDrop, MALFORMED, POLICY_FAULT, apply};
+pub use counters::{Counters, DataplaneDrop, apply};
 pub use histogram::Histogram;
 
 use crate::{Policy, PolicyFault};
@@ -97,7 +97,7 @@ impl Step {
             Some(verdicts) => apply(packets, verdicts, catalog, counters),
             None => {
                 counters.faults += 1;
-                counters.count_drop(POLICY_FAULT, packets.len() as u64);
+                counters.count_drop(DataplaneDrop::PolicyFault.as_str(), packets.len() as u64);
             }
         }
     }

@@ -127,14 +127,7 @@ impl Served {
     /// Stops the gateway with SIGTERM; its log, and whether its socket was left behind.
     fn stop(mut self) -> (String, bool) {
         let child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(crate::signal(child.id(), "TERM"));
         let out = child.wait_with_output().unwrap();
         let socket = self.admin.strip_prefix("unix:").unwrap();
         let left = std::path::Path::new(socket).exists();

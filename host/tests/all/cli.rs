@@ -271,14 +271,8 @@ fn serve_with_client_subcommands_and_sighup() {
     assert_eq!(json_lines_pretty(&out)["release"]["cause"], "rollback");
 
     // SIGHUP re-reads the configuration file.
-    let pid = server.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let pid = server.id();
+    assert!(crate::signal(pid, "HUP"));
     let reloaded = (0..600).find_map(|_| {
         let out = flowgate(&["status", "--admin", &admin], "");
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -292,13 +286,7 @@ fn serve_with_client_subcommands_and_sighup() {
     assert_eq!(reloaded["cause"], "config");
     assert!(reloaded["counters"]["packets"].as_u64().unwrap() > 0);
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(crate::signal(pid, "TERM"));
     let out = server.wait_with_output().unwrap();
     assert!(out.status.success());
     let last: serde_json::Value =
@@ -370,13 +358,7 @@ fn logs_as_json_lines_carry_each_event_with_its_fields() {
         "",
     );
     assert!(out.status.success(), "{}", stdout(&out));
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &server.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(crate::signal(server.id(), "TERM"));
     let mut log = String::new();
     std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(server.wait().unwrap().success());

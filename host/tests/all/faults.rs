@@ -3,12 +3,11 @@
 //! still stopped once it has run its budget, however busy the machine is; and a fault tells
 //! whether the module made it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
-use flowgate_host::gateway::{Gateway, Options, SwapRequest};
-use flowgate_host::io::Trace;
+use flowgate_host::gateway::{Options, SwapRequest};
 use flowgate_host::wasm::{EngineOptions, Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, NativePolicy, Policy, PolicyFault};
 use flowgate_policy::synth::{self, Scale};
@@ -63,35 +62,18 @@ fn busy_workers_never_fault_an_honest_module_or_undo_the_operator() {
     let packets: Arc<[Packet]> =
         synth::packets(&flowgate_policy::parse(&config, None).unwrap(), 8192, 5).into();
     let (fewer, crossing) = without_one_peering(&config, &packets);
-    let runtime = Runtime::with_engine(
+    let gateway = crate::gateway_with(
+        &config,
         Limits {
             memory_bytes: 64 << 20,
             ..Limits::default()
         },
-        None,
-        EngineOptions::for_workers(workers),
-    )
-    .unwrap();
-    let gateway = Gateway::new(
-        runtime,
-        DEFAULT_MODULE,
-        &config,
         Options {
             workers,
             ..Options::default()
         },
-    )
-    .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..workers)
-        .map(|id| {
-            let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
-            std::thread::spawn(move || {
-                let mut source = Trace::new(packets, id * 131, 0, None);
-                gateway.run_worker(id, &mut source, &stop);
-            })
-        })
-        .collect();
+    );
+    let (stop, handles) = crate::run_workers(&gateway, &packets, 131, 0);
     std::thread::sleep(Duration::from_secs(3));
     let swapped = gateway.swap(SwapRequest::config(&fewer)).unwrap();
     assert_eq!(swapped.generation, 2);
@@ -337,40 +319,23 @@ fn a_looping_module_on_busy_workers_is_still_reverted() {
         }
     }
     let packets: Arc<[Packet]> = packets.into();
-    let runtime = Runtime::with_engine(
+    let gateway = crate::gateway_with(
+        &config,
         Limits {
             memory_bytes: 64 << 20,
             batch_deadline: Duration::from_millis(100),
             ..Limits::default()
         },
-        None,
-        EngineOptions::for_workers(workers),
-    )
-    .unwrap();
-    let gateway = Gateway::new(
-        runtime,
-        DEFAULT_MODULE,
-        &config,
         Options {
             workers,
             fault_limit: 3,
             fault_window: Duration::from_secs(60),
             ..Options::default()
         },
-    )
-    .unwrap();
+    );
     let looping = gateway.swap(SwapRequest::module(guests::SPIN)).unwrap();
     let swapped = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..workers)
-        .map(|id| {
-            let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
-            std::thread::spawn(move || {
-                let mut source = Trace::new(packets, id * 512, 0, None);
-                gateway.run_worker(id, &mut source, &stop);
-            })
-        })
-        .collect();
+    let (stop, handles) = crate::run_workers(&gateway, &packets, 512, 0);
     let bound = swapped + Duration::from_secs(60);
     while gateway.current().generation == looping.generation && Instant::now() < bound {
         std::thread::sleep(Duration::from_millis(10));

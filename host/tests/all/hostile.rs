@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use flowgate_host::admin::{AdminOptions, AdminServer, Client};
 use flowgate_host::admin::{Endpoint, Stream};
 use flowgate_host::gateway::{Gateway, Options, SwapError, SwapRequest, instances_needed};
-use flowgate_host::io::Trace;
 use flowgate_host::wasm::StartError;
-use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
+use flowgate_host::wasm::{Limits, Runtime};
 use flowgate_host::{DEFAULT_MODULE, OverLimit, Policy, Setting};
 use flowgate_policy::synth::{self, Scale};
 use flowgate_policy::{Packet, Verdict};
@@ -30,18 +29,11 @@ pub(crate) fn config() -> String {
 }
 
 pub(crate) fn gateway(config: &str, workers: usize) -> Arc<Gateway> {
-    let runtime =
-        Runtime::with_engine(Limits::default(), None, EngineOptions::for_workers(workers)).unwrap();
-    Gateway::new(
-        runtime,
-        DEFAULT_MODULE,
-        config,
-        Options {
-            workers,
-            ..Options::default()
-        },
-    )
-    .unwrap()
+    let options = Options {
+        workers,
+        ..Options::default()
+    };
+    crate::gateway_with(config, Limits::default(), options)
 }
 
 /// Sends `raw` on a new connection to `endpoint`, then half-closes (or, with `hold`, keeps the
@@ -347,27 +339,19 @@ fn if_match_guards_the_whole_release() {
 fn sixty_four_workers_swap_roll_back_and_auto_revert() {
     let config = config();
     let workers = 64;
-    let runtime = Runtime::with_engine(
+    let gateway = crate::gateway_with(
+        &config,
         Limits {
             memory_bytes: 64 << 20,
             ..Limits::default()
         },
-        None,
-        EngineOptions::for_workers(workers),
-    )
-    .unwrap();
-    let gateway = Gateway::new(
-        runtime,
-        DEFAULT_MODULE,
-        &config,
         Options {
             workers,
             fault_limit: 3,
             fault_window: Duration::from_secs(60),
             ..Options::default()
         },
-    )
-    .unwrap();
+    );
     let packets: Arc<[Packet]> = {
         let parsed = flowgate_policy::parse(&config, None).unwrap();
         let mut p = synth::packets(&parsed, 4096, 3);
@@ -378,16 +362,7 @@ fn sixty_four_workers_swap_roll_back_and_auto_revert() {
         }
         p.into()
     };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let handles: Vec<_> = (0..workers)
-        .map(|id| {
-            let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
-            std::thread::spawn(move || {
-                let mut source = Trace::new(packets, id * 61, 2_000, None);
-                gateway.run_worker(id, &mut source, &stop);
-            })
-        })
-        .collect();
+    let (stop, handles) = crate::run_workers(&gateway, &packets, 61, 2_000);
     for i in 0..10 {
         let module = if i % 2 == 0 {
             guests::HONEST_V2

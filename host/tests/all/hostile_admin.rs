@@ -362,9 +362,7 @@ fn the_socket_is_private_from_its_first_instant() {
             ok
         });
         std::fs::write(dir.join("stop"), "").unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &server.id().to_string()])
-            .status();
+        crate::signal(server.id(), "TERM");
         let _ = server.wait();
         for looper in loopers {
             let out = looper.wait_with_output().unwrap();

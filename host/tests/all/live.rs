@@ -206,7 +206,5 @@ fn live_gateway_forwards_what_check_allows() {
 }
 
 fn terminate(child: &std::process::Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    crate::signal(child.id(), "TERM");
 }
