@@ -28,4 +28,4 @@ pub use config::{ConfigError, parse};
 pub use explain::{Explanation, explain};
 pub use model::Config;
 pub use packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VerdictKind, VpcId};
-pub use table::{Table, TableStats};
+pub use table::{MAX_STATE_WORDS, StateError, StateLoader, Table, TableStats};

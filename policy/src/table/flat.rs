@@ -30,7 +30,7 @@ pub(super) const PORTED: u32 = 1 << 31;
 pub(super) const LONG: u32 = 1 << 30;
 /// A value of a padded slot: the VPC's table is in [`Padded::big`] at this index.
 pub(super) const BIG: u32 = 1 << 29;
-const FLAGS: u32 = PORTED | LONG | BIG;
+pub(super) const FLAGS: u32 = PORTED | LONG | BIG;
 
 /// The largest padded length: beyond it a VPC's table is kept on its own.
 pub(super) const MAX_FLAT: usize = 1 << 10;
@@ -177,21 +177,21 @@ fn trie_lanes<const D: u32>(
 #[derive(Debug, Clone, Default)]
 pub(super) struct Padded {
     /// log2 of the padded length `L`.
-    log2: u32,
+    pub(super) log2: u32,
     /// Segment starts: VPC `v`'s at `v * L ..`, padded with `u32::MAX`.
-    keys: Box<[u32]>,
+    pub(super) keys: Box<[u32]>,
     /// The value of each segment: a class, or [`PORTED`] and a port map's index; padding
     /// repeats the last segment's value. A VPC kept on its own has [`BIG`] and its index.
-    values: Box<[u32]>,
+    pub(super) values: Box<[u32]>,
     /// Tables too long to pad.
-    big: Box<[BigTable]>,
+    pub(super) big: Box<[BigTable]>,
 }
 
 /// A VPC's table too long to pad, searched on its own.
 #[derive(Debug, Clone)]
-struct BigTable {
-    starts: Box<[u32]>,
-    values: Box<[u32]>,
+pub(super) struct BigTable {
+    pub(super) starts: Box<[u32]>,
+    pub(super) values: Box<[u32]>,
 }
 
 impl Padded {
@@ -355,7 +355,7 @@ pub(super) const NO_PORT: u32 = 1 << 16;
 
 /// Ranges in a [`PortMap`]: 99 % of the segments of the realistic workloads have at most 8
 /// (most have 2 to 5); the others are searched on their own.
-const MAP_RANGES: usize = 8;
+pub(super) const MAP_RANGES: usize = 8;
 
 /// Port ranges of one segment, padded to [`MAP_RANGES`] and to one cache line: searched in
 /// three steps (one vector compare in a Wasm guest), with one cache miss at most.
@@ -363,11 +363,11 @@ const MAP_RANGES: usize = 8;
 #[repr(C, align(64))]
 pub(super) struct PortMap {
     /// First port of each range; `starts[0] == 0`, padding `u16::MAX`.
-    starts: [u16; MAP_RANGES],
+    pub(super) starts: [u16; MAP_RANGES],
     /// The class of each range; padding repeats the last.
-    classes: [u32; MAP_RANGES],
+    pub(super) classes: [u32; MAP_RANGES],
     /// The class of packets without ports.
-    portless: u32,
+    pub(super) portless: u32,
 }
 
 impl PortMap {
@@ -382,17 +382,17 @@ impl PortMap {
 /// Port maps of the IPv4 segments whose class depends on the port.
 #[derive(Debug, Clone, Default)]
 pub(super) struct PortMaps4 {
-    maps: Vec<PortMap>,
+    pub(super) maps: Vec<PortMap>,
     /// Maps of more than [`MAP_RANGES`] ranges.
-    long: Vec<LongMap>,
+    pub(super) long: Vec<LongMap>,
 }
 
 /// A port map of more than [`MAP_RANGES`] ranges, searched on its own.
 #[derive(Debug, Clone)]
-struct LongMap {
-    portless: u32,
-    starts: Box<[u16]>,
-    classes: Box<[u32]>,
+pub(super) struct LongMap {
+    pub(super) portless: u32,
+    pub(super) starts: Box<[u16]>,
+    pub(super) classes: Box<[u32]>,
 }
 
 impl PortMaps4 {

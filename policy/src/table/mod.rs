@@ -80,9 +80,11 @@
 mod build;
 mod flat;
 pub(crate) mod lookup;
+pub mod state;
 mod trie;
 
 pub use crate::catalog::{Catalog, VpcEntry};
+pub use state::{MAX_STATE_WORDS, StateError, StateLoader};
 
 use crate::packet::Verdict;
 use crate::word::{WordDecoder, verdict_word};

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 /// Entries in a node: one per value of a key byte.
-const FANOUT: usize = 256;
+pub(super) const FANOUT: usize = 256;
 /// Bytes of one node.
 const NODE_BYTES: usize = FANOUT * 4;
 
@@ -23,9 +23,9 @@ const NODE_BYTES: usize = FANOUT * 4;
 #[derive(Debug, Clone)]
 pub(super) struct Trie {
     /// Key bytes read, from the most significant: 1 to 4.
-    depth: u32,
+    pub(super) depth: u32,
     /// 256-entry nodes; node `r` is table `r`'s root.
-    nodes: Box<[u32]>,
+    pub(super) nodes: Box<[u32]>,
 }
 
 impl Trie {
