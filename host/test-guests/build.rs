@@ -9,7 +9,17 @@ use std::path::PathBuf;
 
 include!("../guest_build.rs");
 
-const VARIANTS: [&str; 7] = ["honest-v2", "trap", "spin", "hog", "short", "null", "wrong"];
+const VARIANTS: [&str; 9] = [
+    "honest-v2",
+    "trap",
+    "spin",
+    "hog",
+    "short",
+    "null",
+    "wrong",
+    "unshared",
+    "drifting",
+];
 
 fn main() {
     let manifest_dir =

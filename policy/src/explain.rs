@@ -319,6 +319,20 @@ impl Explanation {
         }
     }
 
+    /// The explanation of an instance that adopted its table without the configuration's text
+    /// (see `export-state` in `wit/policy.wit`): the verdict alone.
+    pub fn adopted(table: &Table, verdict: Verdict) -> Explanation {
+        Explanation {
+            verdict,
+            src_vpc: None,
+            peerings: Vec::new(),
+            notes: vec![format!(
+                "{}: this instance adopted a built table without its configuration, and explains no peering",
+                table.verdict_text(verdict)
+            )],
+        }
+    }
+
     /// The explanation as text for people, VPCs named through `catalog`.
     pub fn render(&self, catalog: &Catalog) -> String {
         let mut out = format!("verdict: {}\n", catalog.verdict_text(self.verdict));

@@ -33,7 +33,7 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 pub use flowgate_policy::packed::{Batch, VERDICT_BYTES};
-pub use flowgate_policy::{Config, DropReason, Packet, Table, Verdict};
+pub use flowgate_policy::{Config, DropReason, Packet, StateLoader, Table, Verdict};
 
 #[doc(hidden)]
 pub mod bindings {
@@ -82,6 +82,13 @@ pub trait Module: 'static {
         )
     }
 
+    /// The state other instances of the module adopt instead of configuring
+    /// (`export-state`): by default the table's ([`Table::export_state`]), which is all the
+    /// default module's judging depends on. `None`: the host configures every instance.
+    fn export_state(table: &Table) -> Option<Vec<u32>> {
+        Some(table.export_state())
+    }
+
     /// Judges a packed batch into `out` (4 bytes a verdict, one per packet of the batch, as
     /// `wit/policy.wit` lays them out). By default: [`judge_packed`].
     fn judge_packed(table: Option<&Table>, packets: &[u8], out: &mut Vec<u8>) {
@@ -121,15 +128,23 @@ pub fn packets(packed: &[u8]) -> impl Iterator<Item = Packet> + '_ {
         .flat_map(|batch| batch.packets().map_while(|packet| packet))
 }
 
-/// The configuration in force and its table.
+/// The table in force, and the configuration it was built from when this instance configured
+/// it (`None` when it adopted another instance's state).
 struct State {
-    config: Config,
+    config: Option<Config>,
     table: Table,
 }
 
+/// Most words a part of `export-state` holds (`wit/policy.wit`).
+const STATE_PART_WORDS: usize = 1 << 16;
+
 thread_local! {
-    /// `None` until `configure` succeeds.
+    /// `None` until `configure` (or `adopt-state`) succeeds.
     static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+    /// The state being exported, kept from `export-state` at word 0 until its last part.
+    static EXPORT: RefCell<Option<Vec<u32>>> = const { RefCell::new(None) };
+    /// The state being adopted, from its first part to its last.
+    static ADOPTING: RefCell<Option<StateLoader>> = const { RefCell::new(None) };
 }
 
 /// The WIT `filter` interface implemented for a [`Module`]; [`export_module!`] exports it.
@@ -160,13 +175,48 @@ impl<M: Module> Guest for Filter<M> {
         let parsed = flowgate_policy::parse(&config, None).map_err(convert::config_error)?;
         let table = Table::build(&parsed).map_err(convert::config_error)?;
         let summary = convert::summary(&parsed, &table);
-        STATE.with(|s| {
-            *s.borrow_mut() = Some(State {
-                config: parsed,
-                table,
-            })
-        });
+        STATE.set(Some(State {
+            config: Some(parsed),
+            table,
+        }));
+        EXPORT.set(None);
         Ok(summary)
+    }
+
+    fn export_state(at: u32) -> Vec<u32> {
+        let at = at as usize;
+        EXPORT.with_borrow_mut(|export| {
+            if at == 0 || export.is_none() {
+                *export = STATE.with_borrow(|s| s.as_ref().and_then(|s| M::export_state(&s.table)));
+            }
+            let Some(words) = export.as_ref() else {
+                return Vec::new();
+            };
+            let end = words.len().min(at.saturating_add(STATE_PART_WORDS));
+            let part = words.get(at..end).unwrap_or_default().to_vec();
+            if end == words.len() {
+                *export = None;
+            }
+            part
+        })
+    }
+
+    fn adopt_state(part: Vec<u32>, last: bool) -> Result<(), String> {
+        ADOPTING.with_borrow_mut(|adopting| {
+            let mut loader = adopting.take().unwrap_or_default();
+            loader.push(&part).map_err(|e| e.to_string())?;
+            if !last {
+                *adopting = Some(loader);
+                return Ok(());
+            }
+            let table = loader.finish().map_err(|e| e.to_string())?;
+            STATE.set(Some(State {
+                config: None,
+                table,
+            }));
+            EXPORT.set(None);
+            Ok(())
+        })
     }
 
     fn judge(packets: Vec<wit::Packet>) -> Vec<wit::Verdict> {
@@ -192,7 +242,13 @@ impl<M: Module> Guest for Filter<M> {
             let Some(state) = state.as_ref() else {
                 return convert::explanation(flowgate_policy::Explanation::unconfigured());
             };
-            let mut e = flowgate_policy::explain(&state.config, &state.table, &packet);
+            let Some(config) = &state.config else {
+                return convert::explanation(flowgate_policy::Explanation::adopted(
+                    &state.table,
+                    Self::verdict(Some(state), &packet),
+                ));
+            };
+            let mut e = flowgate_policy::explain(config, &state.table, &packet);
             let verdict = Self::verdict(Some(state), &packet);
             if verdict != e.verdict {
                 let filter = state.table.verdict_text(e.verdict);

@@ -156,6 +156,31 @@ pub fn render(gateway: &Gateway) -> String {
 
     family(
         &mut out,
+        "flowgate_instance_starts_total",
+        "counter",
+        "Module instances started, by how they got their configuration: configure (parsed, validated and built: once a release) or adopt (the state a configured instance built).",
+    );
+    let starts = gateway.starts();
+    let _ = writeln!(
+        out,
+        "flowgate_instance_starts_total{{how=\"configure\"}} {}\nflowgate_instance_starts_total{{how=\"adopt\"}} {}",
+        starts.configured(),
+        starts.adopted()
+    );
+    family(
+        &mut out,
+        "flowgate_release_state_bytes",
+        "gauge",
+        "Bytes of the state the serving release's instances start from (held once, whatever the number of workers); 0 when each configures.",
+    );
+    let _ = writeln!(
+        out,
+        "flowgate_release_state_bytes {}",
+        release.prepared.state_bytes
+    );
+
+    family(
+        &mut out,
         "flowgate_batch_seconds",
         "histogram",
         "Time to judge one batch.",

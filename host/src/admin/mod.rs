@@ -1008,6 +1008,12 @@ fn release_json(release: &Release) -> Value {
         "config_sha256": release.config_digest,
         "vpcs": release.catalog.vpcs.len(),
         "peerings": release.peerings,
+        "prepared": {
+            "configured": release.prepared.configured,
+            "adopted": release.prepared.adopted,
+            "state_bytes": release.prepared.state_bytes,
+            "cpu_ms": release.prepared.cpu.as_secs_f64() * 1e3,
+        },
     })
 }
 

@@ -1,13 +1,14 @@
 //! A long-running gateway: the policy release it serves, and the swaps and rollbacks that
 //! replace that release while traffic flows.
 //!
-//! A **release** is a module with a configuration, a generation number, and one configured
-//! instance prepared per worker. Every change is a [`SwapRequest`] (or a rollback): the next
-//! release is built entirely off the packet path (compile, instantiate, configure, canary
-//! batch), then published with one atomic store. Each worker checks the published generation
-//! at its batch boundary and moves to the new release there, so no batch is judged by two
-//! releases; the old release is freed when the last worker lets go of it. The last three good
-//! releases are kept for rollback.
+//! A **release** is a module with a configuration, a generation number, and one instance
+//! prepared per worker. Every change is a [`SwapRequest`] (or a rollback): the next release is
+//! built entirely off the packet path (compile; one instance configures and judges the canary
+//! batch; every worker's instance adopts the state it built), then published with one atomic
+//! store. Each worker checks the published generation at its batch boundary and moves to the
+//! new release there, so no batch is judged by two releases; the old release's instances are
+//! freed as the workers leave them. The last three good releases are kept for rollback, each
+//! with its state and no instance: a rollback adopts that state, and configures nothing.
 //!
 //! Every release records who made it ([`Origin`]): the operator, the tag watch or auto-revert.
 //! The gateway's other jobs live beside this file: `authority.rs` holds the rule between
@@ -42,8 +43,8 @@ pub use authority::{Decision, Pause, Quarantined, WatchError, WatchStatus};
 use events::Recorder;
 pub use events::{AdminRefusal, BatchRecord, Events, Pull, RollbackCause};
 use faults::FaultWindow;
-pub use release::{Cause, Origin, Refusal, Release, SwapError};
-use release::{check_config_size, check_if_match, prepare};
+pub use release::{AdoptionError, Cause, Origin, Prepared, Refusal, Release, SwapError};
+use release::{check_config_size, check_if_match, prepare, prepare_again};
 
 /// How many good releases are kept for rollback (the current one included).
 pub const KEEP_GOOD: usize = 3;
@@ -273,6 +274,11 @@ impl Gateway {
         self.current.load_full()
     }
 
+    /// How many of its module instances configured, and how many adopted a state.
+    pub fn starts(&self) -> &crate::wasm::Starts {
+        self.runtime.starts()
+    }
+
     /// The options.
     pub fn options(&self) -> &Options {
         &self.options
@@ -371,6 +377,10 @@ impl Gateway {
                 module = %format_args!("{} {}", release.info.name, release.info.version),
                 module_sha256 = %release.module_digest(),
                 config_sha256 = %release.config_digest,
+                configured = release.prepared.configured,
+                adopted = release.prepared.adopted,
+                state_bytes = release.prepared.state_bytes,
+                prepare_cpu_ms = release.prepared.cpu.as_millis() as u64,
                 "swap: generation {} is live ({}) by {}: {}",
                 release.generation,
                 release.cause,
@@ -532,11 +542,9 @@ impl Gateway {
             good[good.len() - 2].clone()
         };
         let generation = self.next_generation.load(Ordering::Relaxed);
-        let mut release = prepare(
+        let mut release = prepare_again(
             &self.runtime,
-            target.module.clone(),
-            &target.config,
-            Some(target.canary.clone()),
+            &target,
             self.options.workers,
             generation,
             (release_cause, origin),

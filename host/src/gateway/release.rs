@@ -1,15 +1,17 @@
-//! A release: a module with a configuration, its generation, and one configured instance
-//! prepared per worker; how it is prepared (off the packet path, checked by a canary batch)
-//! and why a swap is refused.
+//! A release: a module with a configuration, its generation, the state its configured instance
+//! built and one instance prepared per worker from it; how it is prepared (off the packet path,
+//! configured once, checked by a canary batch) and why a swap is refused.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
 
 use crate::setting::{OverLimit, Setting};
 use crate::wasm::{
-    ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, StartStep, WasmPolicy,
+    Blueprint, ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, StartStep,
+    WasmPolicy, thread_cpu_time,
 };
 use crate::{Policy, PolicyFault, hex};
 
@@ -41,10 +43,31 @@ pub struct Release {
     pub catalog: Catalog,
     /// Peerings in the configuration, as the module counted them.
     pub peerings: u32,
+    /// How the release was prepared.
+    pub prepared: Prepared,
     /// The canary batch for this configuration (reused by swaps that keep the configuration).
     pub(super) canary: Arc<[Packet]>,
-    /// One configured instance per worker, taken by the worker when it moves to this release.
+    /// The configured instance's verdicts on the canary batch, which every adopting instance
+    /// must give.
+    pub(super) canary_verdicts: Arc<[Verdict]>,
+    /// What the release's instances start from: the state its configured instance built.
+    pub(super) plan: Blueprint,
+    /// One instance per worker, taken by the worker when it moves to this release.
     pub(super) spares: Mutex<Vec<Option<WasmPolicy>>>,
+}
+
+/// How a release was prepared: the instances started, and the CPU time it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// Instances that configured (parsed, validated and built): one, unless the module hands
+    /// no state over, when every worker's instance configures.
+    pub configured: u32,
+    /// Instances that adopted the configured instance's state.
+    pub adopted: u32,
+    /// Bytes of that state (held once by the release, whatever the number of workers).
+    pub state_bytes: usize,
+    /// CPU time spent preparing, summed over the threads that did it.
+    pub cpu: Duration,
 }
 
 impl Release {
@@ -63,6 +86,27 @@ impl Release {
             &self.config_digest[..16]
         )
     }
+}
+
+/// Why a worker's instance could not start from a release's state ([`SwapError::Adoption`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptionError {
+    /// It failed as it started (the module refused or trapped on its own state, or the host
+    /// had no room for it).
+    #[error(transparent)]
+    Start(PolicyFault),
+    /// It judged a packet of the canary batch otherwise than the configured instance.
+    #[error(
+        "it judged canary packet {index} {adopted}, where the configured instance judged {configured}"
+    )]
+    Diverged {
+        /// The packet's position in the canary batch.
+        index: usize,
+        /// The configured instance's verdict.
+        configured: String,
+        /// The adopting instance's verdict.
+        adopted: String,
+    },
 }
 
 /// Why a swap was refused. The running release keeps serving.
@@ -91,6 +135,10 @@ pub enum SwapError {
     /// The canary batch failed.
     #[error("canary batch failed: {0}")]
     Canary(PolicyFault),
+    /// A worker's instance could not start from the state the configured instance built, or
+    /// judged the canary batch otherwise than it.
+    #[error("an instance could not start from the configured instance's state: {0}")]
+    Adoption(AdoptionError),
     /// There is no earlier good release.
     #[error("no earlier good release to roll back to")]
     NothingToRollBack,
@@ -130,6 +178,11 @@ impl SwapError {
             | SwapError::OverLimit(OverLimit::ConfigureClock { .. }) => Refusal::StartFailed,
             SwapError::Config(_) | SwapError::OverLimit(_) => Refusal::ConfigRefused,
             SwapError::Canary(_) => Refusal::CanaryFailed,
+            // The module's own state refused or judged otherwise by it: what the module is.
+            SwapError::Adoption(AdoptionError::Start(f)) if !f.is_module_fault() => {
+                Refusal::StartFailed
+            }
+            SwapError::Adoption(_) => Refusal::CanaryFailed,
             SwapError::NothingToRollBack => Refusal::NothingToRollBack,
             SwapError::Capacity { .. } => Refusal::Capacity,
         }
@@ -228,7 +281,8 @@ flowgate_policy::labels! {
         StartFailed => "start-failed",
         /// The module refused the configuration (or it defines no VPC, or is too large).
         ConfigRefused => "config-refused",
-        /// The canary batch failed.
+        /// The canary batch failed, or a worker's instance could not start from the configured
+        /// instance's state or judged it otherwise.
         CanaryFailed => "canary-failed",
         /// No earlier good release.
         NothingToRollBack => "nothing-to-roll-back",
@@ -273,9 +327,11 @@ fn canary_packets(catalog: &Catalog) -> Vec<Packet> {
     packets
 }
 
-/// Builds a release off the packet path: one configured instance per worker (prepared in
-/// parallel), the first of which judges the canary batch. `canary` is reused when the
-/// configuration is the running one's.
+/// Builds a release off the packet path. One instance configures (parses, validates and
+/// builds) and judges the canary batch; every worker's instance then adopts the state it built
+/// (prepared in parallel), and the first of them must judge the canary batch as it did. A
+/// module that hands no state over has every worker's instance configure instead. `canary` is
+/// reused when the configuration is the running one's.
 pub(super) fn prepare(
     runtime: &Runtime,
     module: LoadedModule,
@@ -285,43 +341,50 @@ pub(super) fn prepare(
     generation: u64,
     (cause, origin): (Cause, Origin),
 ) -> Result<Release, SwapError> {
-    // The instances for workers 1.. are prepared by as many threads as there are cores, while
-    // this thread prepares and checks the first.
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(workers.saturating_sub(1));
-    let mut spares: Vec<WasmPolicy> = std::thread::scope(|scope| {
-        let extra: Vec<_> = (0..threads)
-            .map(|t| {
-                let (module, count) = (&module, (workers - 1 - t).div_ceil(threads));
-                scope.spawn(move || {
-                    (0..count)
-                        .map(|_| WasmPolicy::new(runtime, module, config))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
-            .collect();
-        let mut spares = vec![WasmPolicy::new(runtime, &module, config)?];
-        if spares[0].catalog().vpcs.is_empty() {
-            return Err(SwapError::Config(ConfigError::whole(
-                "the configuration defines no VPC (an empty or cut-off file?): every packet would be dropped as unknown-vpc",
-            )));
-        }
-        for handle in extra {
-            let more = handle.join().map_err(|_| {
-                ModuleError::start(StartStep::Prepare, "preparing an instance panicked")
-            })?;
-            spares.extend(more?);
-        }
-        Ok::<_, SwapError>(spares)
-    })?;
-    let first = &mut spares[0];
+    let cpu_before = cpu_now()?;
+    let mut first = WasmPolicy::new(runtime, &module, config)?;
+    if first.catalog().vpcs.is_empty() {
+        return Err(SwapError::Config(ConfigError::whole(
+            "the configuration defines no VPC (an empty or cut-off file?): every packet would be dropped as unknown-vpc",
+        )));
+    }
     let canary = canary.unwrap_or_else(|| canary_packets(first.catalog()).into());
-    let mut out = vec![Verdict::default(); canary.len()];
-    first.judge(&canary, &mut out).map_err(SwapError::Canary)?;
+    let mut expected = vec![Verdict::default(); canary.len()];
+    first
+        .judge(&canary, &mut expected)
+        .map_err(SwapError::Canary)?;
+    let plan = first.blueprint()?;
     let info = first.info().clone();
     let catalog = first.catalog().clone();
     let (peerings, _) = first.config_summary();
+    // The configured instance serves a worker only when the others configure too; otherwise
+    // its parse heap goes now, and the state holds what the workers need.
+    let mut spares = Vec::with_capacity(workers);
+    if plan.state_words().is_none() {
+        spares.push(first);
+    } else {
+        drop(first);
+    }
+    let (more, more_cpu) = start_instances(runtime, &plan, workers - spares.len())?;
+    spares.extend(more);
+    if plan.state_words().is_some() {
+        check_adopted(&mut spares, &canary, &expected, &catalog)?;
+    }
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let prepared = Prepared {
+        configured: if plan.state_words().is_some() {
+            1
+        } else {
+            count(workers)
+        },
+        adopted: if plan.state_words().is_some() {
+            count(workers)
+        } else {
+            0
+        },
+        state_bytes: plan.state_words().unwrap_or(0).saturating_mul(4),
+        cpu: cpu_now()?.saturating_sub(cpu_before) + more_cpu,
+    };
     Ok(Release {
         generation,
         cause,
@@ -330,13 +393,154 @@ pub(super) fn prepare(
         module,
         source: None,
         info,
-        config: config.into(),
+        config: plan.config().clone(),
         config_digest: hex(&Sha256::digest(config.as_bytes())),
         catalog,
         peerings,
+        prepared,
         canary,
+        canary_verdicts: expected.into(),
+        plan,
         spares: Mutex::new(spares.into_iter().map(Some).collect()),
     })
+}
+
+/// Builds a release of `target`'s module and configuration again (a rollback to it): every
+/// worker's instance adopts the state `target` kept, and none configures; the first must judge
+/// the canary batch as `target`'s configured instance did. When `target` kept no state (its
+/// module hands none over), as [`prepare`] does.
+pub(super) fn prepare_again(
+    runtime: &Runtime,
+    target: &Release,
+    workers: usize,
+    generation: u64,
+    (cause, origin): (Cause, Origin),
+) -> Result<Release, SwapError> {
+    let Some(words) = target.plan.state_words() else {
+        let canary = Some(target.canary.clone());
+        let labels = (cause, origin);
+        return prepare(
+            runtime,
+            target.module.clone(),
+            &target.config,
+            canary,
+            workers,
+            generation,
+            labels,
+        );
+    };
+    let cpu_before = cpu_now()?;
+    let (mut spares, more_cpu) = start_instances(runtime, &target.plan, workers)?;
+    check_adopted(
+        &mut spares,
+        &target.canary,
+        &target.canary_verdicts,
+        &target.catalog,
+    )?;
+    Ok(Release {
+        generation,
+        cause,
+        origin,
+        why: String::new(),
+        module: target.module.clone(),
+        source: None,
+        info: target.info.clone(),
+        config: target.config.clone(),
+        config_digest: target.config_digest.clone(),
+        catalog: target.catalog.clone(),
+        peerings: target.peerings,
+        prepared: Prepared {
+            configured: 0,
+            adopted: u32::try_from(workers).unwrap_or(u32::MAX),
+            state_bytes: words.saturating_mul(4),
+            cpu: cpu_now()?.saturating_sub(cpu_before) + more_cpu,
+        },
+        canary: target.canary.clone(),
+        canary_verdicts: target.canary_verdicts.clone(),
+        plan: target.plan.clone(),
+        spares: Mutex::new(spares.into_iter().map(Some).collect()),
+    })
+}
+
+/// Refuses a release whose first adopting instance fails the canary batch or judges it
+/// otherwise than the configured instance did (`expected`).
+fn check_adopted(
+    spares: &mut [WasmPolicy],
+    canary: &[Packet],
+    expected: &[Verdict],
+    catalog: &Catalog,
+) -> Result<(), SwapError> {
+    let Some(adopted) = spares.first_mut() else {
+        return Ok(());
+    };
+    let mut got = vec![Verdict::default(); canary.len()];
+    adopted
+        .judge(canary, &mut got)
+        .map_err(|f| SwapError::Adoption(AdoptionError::Start(f)))?;
+    match (0..got.len()).find(|&i| got.get(i) != expected.get(i)) {
+        Some(index) => Err(SwapError::Adoption(AdoptionError::Diverged {
+            index,
+            configured: expected
+                .get(index)
+                .map_or("nothing".into(), |v| catalog.verdict_text(*v)),
+            adopted: catalog.verdict_text(got[index]),
+        })),
+        None => Ok(()),
+    }
+}
+
+/// The calling thread's CPU time, for [`Prepared::cpu`].
+fn cpu_now() -> Result<Duration, SwapError> {
+    thread_cpu_time().map_err(|e| SwapError::Module(ModuleError::start(StartStep::Prepare, e)))
+}
+
+/// `count` instances started from `plan`, by as many threads as there are cores (at most one
+/// a instance), with the CPU time those threads took.
+fn start_instances(
+    runtime: &Runtime,
+    plan: &Blueprint,
+    count: usize,
+) -> Result<(Vec<WasmPolicy>, Duration), SwapError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(count);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let share = (count - t).div_ceil(threads);
+                scope.spawn(move || {
+                    let started = (0..share)
+                        .map(|_| WasmPolicy::start_from(runtime, plan))
+                        .collect::<Result<Vec<_>, _>>();
+                    (started, thread_cpu_time())
+                })
+            })
+            .collect();
+        let (mut all, mut cpu) = (Vec::with_capacity(count), Duration::ZERO);
+        for handle in handles {
+            let (started, spent) = handle.join().map_err(|_| {
+                ModuleError::start(StartStep::Prepare, "preparing an instance panicked")
+            })?;
+            cpu += spent.map_err(|e| ModuleError::start(StartStep::Prepare, e))?;
+            all.extend(started.map_err(|f| match plan.state_words() {
+                Some(_) => SwapError::Adoption(AdoptionError::Start(f)),
+                None => start_fault(f),
+            })?);
+        }
+        Ok((all, cpu))
+    })
+}
+
+/// A worker's instance that failed to configure, as a refusal: what [`WasmPolicy::new`]
+/// would have said.
+fn start_fault(fault: PolicyFault) -> SwapError {
+    match fault {
+        PolicyFault::Start(e) | PolicyFault::Host(e) => match e.downcast::<StartError>() {
+            Ok(e) => SwapError::from(*e),
+            Err(e) => SwapError::Module(ModuleError::start(StartStep::Prepare, e)),
+        },
+        other => SwapError::Module(ModuleError::start(StartStep::Prepare, other)),
+    }
 }
 
 /// Refuses a configuration over `limit` bytes before any work is done on it.
@@ -378,7 +582,6 @@ pub(super) fn check_if_match(running: &Release, if_match: Option<&str>) -> Resul
 mod tests {
     use super::*;
     use crate::OverLimit;
-    use std::time::Duration;
 
     /// A configuration refused for what it asks (its size, the module's memory or CPU time)
     /// is refused as such, and a tag watch quarantines it; one stopped because the machine

@@ -22,7 +22,8 @@ pub struct Worker {
     id: usize,
     release: Arc<Release>,
     policy: Option<WasmPolicy>,
-    /// The release before, with this worker's instance of it (for `--on-fault previous`).
+    /// The release before, with this worker's instance of it only under
+    /// `--on-fault previous` (otherwise the instance is let go at once).
     previous: Option<(Arc<Release>, Option<WasmPolicy>)>,
     last_start: Instant,
 }
@@ -102,7 +103,7 @@ impl Gateway {
         if let Some(spare) = lock(&release.spares).get_mut(id).and_then(Option::take) {
             return Some(spare);
         }
-        match WasmPolicy::start(&self.runtime, &release.module, &release.config) {
+        match WasmPolicy::start_from(&self.runtime, &release.plan) {
             Ok(policy) => Some(policy),
             Err(fault) => {
                 self.note_fault(&fault, release.generation);
@@ -123,9 +124,11 @@ impl Worker {
             let next = now.clone();
             let next_policy = gateway.take_instance(&next, self.id);
             self.last_start = Instant::now();
+            let old_policy = std::mem::replace(&mut self.policy, next_policy);
+            let keep = gateway.options.on_fault == OnFault::Previous;
             self.previous = Some((
                 std::mem::replace(&mut self.release, next),
-                std::mem::replace(&mut self.policy, next_policy),
+                old_policy.filter(|_| keep),
             ));
         }
         if self.policy.is_none() && self.last_start.elapsed() >= RESTART_INTERVAL {

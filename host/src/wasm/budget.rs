@@ -33,7 +33,7 @@ pub(super) const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct ClockError(#[from] nix::Error);
 
 /// The CPU time the calling thread has run.
-pub(super) fn thread_cpu_time() -> Result<Duration, ClockError> {
+pub fn thread_cpu_time() -> Result<Duration, ClockError> {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
     Ok(now.into())
 }

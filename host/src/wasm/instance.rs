@@ -1,5 +1,7 @@
 //! A module instance with a configuration in force: what judges a worker's batches.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flowgate_policy::explain::Explanation;
@@ -9,7 +11,7 @@ use wasmtime::{Engine, ResourceLimiter, Store};
 
 use super::bindings::{self, Guest};
 use super::budget::{ClockError, CpuBudget, thread_cpu_time};
-use super::runtime::Limits;
+use super::runtime::{Limits, Starts};
 use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, StartStep, compatible, convert};
 use crate::policy::PolicyFault;
 use crate::setting::{OverLimit, Setting};
@@ -88,19 +90,56 @@ pub struct ModuleInfo {
     pub wit_version: String,
 }
 
+/// Most words a part of `export-state` may hold (`wit/policy.wit`).
+const STATE_PART_WORDS: usize = 1 << 16;
+
+/// What the instances of one module with one configuration start from: the module, what it
+/// says of itself and of the configuration, and the state that its configured instance built
+/// (`export-state`), which the others adopt (`adopt-state`) instead of configuring. Cheap to
+/// clone: its parts are shared.
+#[derive(Clone)]
+pub struct Blueprint {
+    module: LoadedModule,
+    config: Arc<str>,
+    info: ModuleInfo,
+    catalog: Arc<Catalog>,
+    peerings: u32,
+    notices: Arc<[String]>,
+    /// `None` from a module that does not hand its state over: each instance configures.
+    state: Option<Arc<[u32]>>,
+}
+
+impl Blueprint {
+    /// The module.
+    pub fn module(&self) -> &LoadedModule {
+        &self.module
+    }
+
+    /// The configuration text.
+    pub fn config(&self) -> &Arc<str> {
+        &self.config
+    }
+
+    /// Words of the state that instances adopt, or `None` when each configures on its own.
+    pub fn state_words(&self) -> Option<usize> {
+        self.state.as_ref().map(|s| s.len())
+    }
+}
+
 /// A module instance with a configuration in force, judging batches.
 pub struct WasmPolicy {
-    module: LoadedModule,
+    plan: Blueprint,
     limits: Limits,
     store: Store<HostState>,
     instance: Guest,
-    info: ModuleInfo,
     catalog: Catalog,
     /// The verdicts of the words the catalog knows.
     decoder: WordDecoder,
-    config: String,
-    peerings: u32,
-    notices: Vec<String>,
+    /// Whether the instance adopted its state rather than configured it (and so must be
+    /// configured before it explains).
+    adopted: bool,
+    /// Its runtime's count of starts.
+    starts: Arc<Starts>,
     packed: Vec<u8>,
 }
 
@@ -144,57 +183,164 @@ impl WasmPolicy {
             version: info.version,
             wit_version: info.wit_version,
         };
-        let summary = configure(&mut store, &instance, config, limits)?;
-        let mut policy = WasmPolicy {
-            module: module.clone(),
-            limits: runtime.limits,
+        let summary = configure(&mut store, &instance, config, limits, &runtime.starts)?;
+        let catalog = convert::catalog(&summary);
+        Ok(WasmPolicy {
+            plan: Blueprint {
+                module: module.clone(),
+                config: config.into(),
+                info,
+                catalog: Arc::new(catalog.clone()),
+                peerings: summary.peerings,
+                notices: summary.notices.into(),
+                state: None,
+            },
+            limits,
             store,
             instance,
-            info,
-            catalog: Catalog::default(),
-            decoder: WordDecoder::default(),
-            config: config.to_owned(),
-            peerings: 0,
-            notices: Vec::new(),
+            decoder: WordDecoder::new(&catalog),
+            catalog,
+            adopted: false,
+            starts: runtime.starts.clone(),
             packed: Vec::new(),
-        };
-        policy.set_summary(summary);
-        Ok(policy)
+        })
     }
 
-    fn set_summary(&mut self, summary: bindings::ConfigSummary) {
-        self.peerings = summary.peerings;
-        self.catalog = convert::catalog(&summary);
-        self.decoder = WordDecoder::new(&self.catalog);
-        self.notices = summary.notices;
+    /// The blueprint of this instance's module and configuration, with the state it built
+    /// (`export-state`) for other instances to adopt: see [`WasmPolicy::adopt`].
+    pub fn blueprint(&mut self) -> Result<Blueprint, StartError> {
+        if self.plan.state.is_none() && !self.adopted {
+            self.plan.state = self.export_state().map_err(StartError::from)?;
+        }
+        Ok(self.plan.clone())
+    }
+
+    /// The module's state, part by part, within one configure budget; `None` when it hands
+    /// none over.
+    fn export_state(&mut self) -> Result<Option<Arc<[u32]>>, StartFailure> {
+        let export = |e: &dyn std::fmt::Display| {
+            StartFailure::module(ModuleError::start(StartStep::Export, e))
+        };
+        // A state larger than the module's memory cap cannot be adopted by another instance.
+        let most = self.limits.memory_bytes / 4;
+        let mut words: Vec<u32> = Vec::new();
+        arm_configure(&mut self.store, self.limits.configure_deadline);
+        loop {
+            let at =
+                u32::try_from(words.len()).map_err(|_| export(&"the state passed 2^32 words"))?;
+            let part = self
+                .instance
+                .flowgate_policy_filter()
+                .call_export_state(&mut self.store, at)
+                .map_err(|e| StartFailure::from_call(e, &self.store, StartStep::Export))?;
+            if part.is_empty() {
+                break;
+            }
+            if part.len() > STATE_PART_WORDS {
+                return Err(export(&format_args!(
+                    "a part of {} words, more than {STATE_PART_WORDS}",
+                    part.len()
+                )));
+            }
+            if words.len() + part.len() > most {
+                return Err(export(&format_args!(
+                    "the state passed {most} words, the module's memory cap"
+                )));
+            }
+            words.extend_from_slice(&part);
+        }
+        Ok((!words.is_empty()).then(|| words.into()))
+    }
+
+    /// An instance of `plan`'s module with its configuration in force, started from the
+    /// blueprint's state (`adopt-state`) when it has one, else configured.
+    pub fn adopt(runtime: &Runtime, plan: &Blueprint) -> Result<Self, StartError> {
+        Self::adopt_checked(runtime, plan).map_err(|failed| failed.error)
+    }
+
+    /// [`WasmPolicy::adopt`] for a worker: a failure is the fault it stands for (see
+    /// [`WasmPolicy::start`]).
+    pub fn start_from(runtime: &Runtime, plan: &Blueprint) -> Result<Self, PolicyFault> {
+        Self::adopt_checked(runtime, plan).map_err(StartFailure::fault)
+    }
+
+    fn adopt_checked(runtime: &Runtime, plan: &Blueprint) -> Result<Self, StartFailure> {
+        let Some(state) = &plan.state else {
+            let mut policy = Self::start_checked(runtime, &plan.module, &plan.config)?;
+            policy.plan = plan.clone();
+            return Ok(policy);
+        };
+        let limits = runtime.limits;
+        let (mut store, instance) = new_store(runtime.engine(), &plan.module, limits)?;
+        adopt(&mut store, &instance, state, limits, &runtime.starts)?;
+        let catalog = Catalog::clone(&plan.catalog);
+        Ok(WasmPolicy {
+            plan: plan.clone(),
+            limits,
+            store,
+            instance,
+            decoder: WordDecoder::new(&catalog),
+            catalog,
+            adopted: true,
+            starts: runtime.starts.clone(),
+            packed: Vec::new(),
+        })
+    }
+
+    /// Whether the instance adopted another's state rather than configured its own.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The module's name and versions.
     pub fn info(&self) -> &ModuleInfo {
-        &self.info
+        &self.plan.info
     }
 
     /// How many peerings the configuration has, and the module's notices about it.
     pub fn config_summary(&self) -> (u32, &[String]) {
-        (self.peerings, &self.notices)
+        (self.plan.peerings, &self.plan.notices)
     }
 
-    /// Starts over from a fresh instance with the same configuration: after a fault, the old
-    /// instance may be poisoned.
+    /// Starts over from a fresh instance with the same configuration (adopting the same state,
+    /// when it has one): after a fault, the old instance may be poisoned.
     pub fn restart(&mut self) -> Result<(), StartError> {
         self.restart_checked().map_err(|failed| failed.error)
     }
 
     fn restart_checked(&mut self) -> Result<(), StartFailure> {
-        let (mut store, instance) = new_store(self.store.engine(), &self.module, self.limits)?;
-        let summary = configure(&mut store, &instance, &self.config, self.limits)?;
+        let (mut store, instance) = new_store(self.store.engine(), &self.plan.module, self.limits)?;
+        match &self.plan.state {
+            Some(state) => adopt(&mut store, &instance, state, self.limits, &self.starts)?,
+            None => {
+                configure(
+                    &mut store,
+                    &instance,
+                    &self.plan.config,
+                    self.limits,
+                    &self.starts,
+                )?;
+            }
+        }
         (self.store, self.instance) = (store, instance);
-        self.set_summary(summary);
         Ok(())
     }
 
     /// Asks the module why `packet` gets its verdict (`explain`).
+    /// An instance that adopted its state is configured first (it has no configuration to
+    /// explain by until then).
     pub fn explain(&mut self, packet: &Packet) -> Result<Explanation, PolicyFault> {
+        if self.adopted {
+            configure(
+                &mut self.store,
+                &self.instance,
+                &self.plan.config,
+                self.limits,
+                &self.starts,
+            )
+            .map_err(StartFailure::fault)?;
+            self.adopted = false;
+        }
         arm(&mut self.store, self.limits.batch_deadline);
         let e = self
             .instance
@@ -397,7 +543,9 @@ fn configure(
     instance: &Guest,
     config: &str,
     limits: Limits,
+    starts: &Starts,
 ) -> Result<bindings::ConfigSummary, StartFailure> {
+    starts.configured.fetch_add(1, Ordering::Relaxed);
     arm_configure(store, limits.configure_deadline);
     match instance
         .flowgate_policy_filter()
@@ -414,6 +562,47 @@ fn configure(
             ))
         }
     }
+}
+
+/// Hands `instance` the `state` another instance of its module built, in parts, within one
+/// configure budget of CPU time.
+fn adopt(
+    store: &mut Store<HostState>,
+    instance: &Guest,
+    state: &[u32],
+    limits: Limits,
+    starts: &Starts,
+) -> Result<(), StartFailure> {
+    starts.adopted.fetch_add(1, Ordering::Relaxed);
+    arm_configure(store, limits.configure_deadline);
+    let mut parts = state.chunks(STATE_PART_WORDS).peekable();
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        match instance
+            .flowgate_policy_filter()
+            .call_adopt_state(&mut *store, part, last)
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                return Err(StartFailure::module(ModuleError::start(
+                    StartStep::Adopt,
+                    format_args!("the module refused the state: {why}"),
+                )));
+            }
+            Err(trap) => {
+                let by_clock = store.data().budget.stopped_by_clock();
+                let failed = configure_failed(fault_from_call(&trap, store), limits, by_clock);
+                return Err(match failed.error {
+                    StartError::Module(ModuleError::Start { reason, .. }) => StartFailure {
+                        error: ModuleError::start(StartStep::Adopt, reason).into(),
+                        host: failed.host,
+                    },
+                    _ => failed,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A configure call that did not return, with the fault it stands for: running out of memory

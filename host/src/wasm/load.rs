@@ -74,6 +74,11 @@ flowgate_policy::labels! {
         Configure => "configure",
         /// Preparing a release's instances on threads of their own (one panicked).
         Prepare => "prepare",
+        /// Taking the state a configured instance built (`export-state`).
+        Export => "export-state",
+        /// Handing an instance the state another built (`adopt-state`): it refused the state,
+        /// trapped, or judged the canary batch otherwise than the instance that built it.
+        Adopt => "adopt-state",
     }
 }
 
@@ -83,6 +88,8 @@ impl StartStep {
     fn prefix(self) -> &'static str {
         match self {
             StartStep::Configure => "configure: ",
+            StartStep::Export => "export-state: ",
+            StartStep::Adopt => "adopt-state: ",
             StartStep::Instantiate | StartStep::Info | StartStep::Prepare => "",
         }
     }
@@ -340,10 +347,10 @@ mod tests {
 
     #[test]
     fn wit_versions_compatible_with_this_host() {
-        assert!(compatible("0.4.0") && compatible("0.4.7") && compatible("0.4.0-rc1"));
+        assert!(compatible("0.5.0") && compatible("0.5.7") && compatible("0.5.0-rc1"));
         assert!(
-            !compatible("0.3.0")
-                && !compatible("0.5.0")
+            !compatible("0.4.0")
+                && !compatible("0.6.0")
                 && !compatible("1.0.0")
                 && !compatible("")
                 && !compatible("x.y")

@@ -12,11 +12,11 @@ mod load;
 mod runtime;
 
 pub use crate::store::create_private_dir;
-pub use budget::ClockError;
+pub use budget::{ClockError, thread_cpu_time};
 pub use flowgate_policy::ConfigError;
-pub use instance::{HostFault, ModuleInfo, StartError, WasmPolicy};
+pub use instance::{Blueprint, HostFault, ModuleInfo, StartError, WasmPolicy};
 pub use load::{LoadedModule, ModuleError, StartStep, compatible};
-pub use runtime::{EngineOptions, Limits, Runtime, RuntimeError, instances_needed};
+pub use runtime::{EngineOptions, Limits, Runtime, RuntimeError, Starts, instances_needed};
 
 /// The WIT package this host speaks.
 pub const WIT_PACKAGE: &str = "flowgate:policy";

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -117,11 +117,33 @@ impl RuntimeError {
     }
 }
 
+/// How the instances of a runtime got their configuration, counted as their calls are made:
+/// a `configure` parses, validates and builds (the costly start); an `adopt-state` takes the
+/// state another instance built.
+#[derive(Debug, Default)]
+pub struct Starts {
+    pub(super) configured: AtomicU64,
+    pub(super) adopted: AtomicU64,
+}
+
+impl Starts {
+    /// `configure` calls made so far.
+    pub fn configured(&self) -> u64 {
+        self.configured.load(Ordering::Relaxed)
+    }
+
+    /// States adopted so far (each a run of `adopt-state` calls).
+    pub fn adopted(&self) -> u64 {
+        self.adopted.load(Ordering::Relaxed)
+    }
+}
+
 /// The wasmtime engine, set up for a dataplane, with its epoch ticker.
 pub struct Runtime {
     pub(super) engine: Engine,
     pub(super) limits: Limits,
     pub(super) cache_dir: Option<PathBuf>,
+    pub(super) starts: Arc<Starts>,
     capacity: Option<u32>,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
@@ -190,6 +212,7 @@ impl Runtime {
             engine,
             limits,
             cache_dir,
+            starts: Arc::default(),
             capacity: options.pooling.then_some(instances),
             ticker: Some((stop, ticker)),
         })
@@ -216,6 +239,11 @@ impl Runtime {
     /// The limits instances run under.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// How its instances got their configuration so far.
+    pub fn starts(&self) -> &Starts {
+        &self.starts
     }
 
     /// The engine.

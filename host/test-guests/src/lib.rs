@@ -20,6 +20,13 @@ pub static NULL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/null.wasm"));
 /// `drop(source-not-exposed)`.
 pub static WRONG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wrong.wasm"));
 
+/// The default policy, handing no state over: the host configures every instance.
+pub static UNSHARED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unshared.wasm"));
+
+/// Hands over the state of another configuration than the one it was given (one VPC, VNI 1,
+/// no peering): instances that adopt it judge otherwise than the configured one.
+pub static DRIFTING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/drifting.wasm"));
+
 /// The example module `guest/examples/deny-list`: TCP to ports 23 and 445 is
 /// `drop(denied)` in front of the peering filter.
 pub static DENY_LIST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/deny-list.wasm"));
