@@ -18,7 +18,7 @@ use flowgate_host::admin::Endpoint;
 use flowgate_host::admin::{AdminOptions, AdminServer, Client, Reply};
 use flowgate_host::gateway::{Gateway, Options, SwapRequest};
 use flowgate_host::io::Trace;
-use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
+use flowgate_host::wasm::{EngineOptions, Limits, Runtime, WasmPolicy};
 use flowgate_policy::Packet;
 use flowgate_policy::synth::{self, GatewayShape, Scale};
 use flowgate_test_guests::HONEST_V2;
@@ -30,24 +30,32 @@ fn setup() -> (String, Arc<[Packet]>) {
 }
 
 fn runtime(cached: bool) -> Runtime {
-    let cache = cached
-        .then(|| std::env::temp_dir().join(format!("flowgate-bench-cache-{}", std::process::id())));
-    Runtime::new(Limits::default(), cache).unwrap()
+    runtime_for(cached, 1)
 }
 
-/// Starts `workers` workers replaying `packets` (each at most `limit` packets, unlimited when
-/// `None`); returns the stop flag and their handles.
+/// A runtime with room for a gateway of `workers` workers.
+fn runtime_for(cached: bool, workers: usize) -> Runtime {
+    let cache = cached
+        .then(|| std::env::temp_dir().join(format!("flowgate-bench-cache-{}", std::process::id())));
+    let engine = EngineOptions::for_workers(workers);
+    Runtime::with_engine(Limits::default(), cache, engine).unwrap()
+}
+
+/// Starts the gateway's workers replaying `packets` (each at most `limit` packets, unlimited
+/// when `None`; each at `rate` packets a second, 0 flat out); returns the stop flag and their
+/// handles.
 fn start(
     gateway: &Arc<Gateway>,
     packets: &Arc<[Packet]>,
     limit: Option<u64>,
+    rate: u64,
 ) -> (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>) {
     let stop = Arc::new(AtomicBool::new(false));
     let handles = (0..gateway.options().workers)
         .map(|id| {
             let (gateway, stop, packets) = (gateway.clone(), stop.clone(), packets.clone());
             std::thread::spawn(move || {
-                let mut source = Trace::new(packets, id * 977, 0, limit);
+                let mut source = Trace::new(packets, id * 977, rate, limit);
                 gateway.run_worker(id, &mut source, &stop);
             })
         })
@@ -96,7 +104,7 @@ fn to_first_batch(c: &mut Criterion) {
             ..Options::default()
         };
         let gateway = Gateway::new(runtime(cached), DEFAULT_MODULE, &config, options).unwrap();
-        let (stop, handles) = start(&gateway, &packets, None);
+        let (stop, handles) = start(&gateway, &packets, None, 0);
         let (_admin, client) = admin(&gateway, name);
         let mut flip = false;
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
@@ -140,7 +148,7 @@ fn under_load(c: &mut Criterion) {
                     let gateway =
                         Gateway::new(runtime(true), DEFAULT_MODULE, &config, options).unwrap();
                     let started = Instant::now();
-                    let (stop, handles) = start(&gateway, &packets, None);
+                    let (stop, handles) = start(&gateway, &packets, None, 0);
                     // The swaps are spread over the first two thirds of the window.
                     for i in 0..swaps {
                         let due = started + WINDOW * 2 / 3 * i as u32 / swaps as u32;
@@ -183,9 +191,12 @@ fn under_load(c: &mut Criterion) {
 }
 
 /// `PUT /config` to the first batch judged by the new release, at the realistic workload's
-/// sizes, with two workers busy on its traffic; and the parts of preparing a release, each on
-/// its own: parsing and building the table natively, and configuring one Wasm instance.
+/// sizes, with 2, 8 and 16 workers judging its traffic at 1 Mpps in all (each worker its
+/// share), and with 2 and 16 flat out; the CPU time each swap took over every thread that
+/// prepared it is printed beside (criterion times one figure). And the parts of preparing a release, each on its own:
+/// parsing and building the table natively, and configuring one Wasm instance.
 fn config_at_scale(c: &mut Criterion) {
+    const RATE: u64 = 1_000_000;
     let mut group = c.benchmark_group("swap/config");
     group
         .sample_size(10)
@@ -209,24 +220,47 @@ fn config_at_scale(c: &mut Criterion) {
         });
 
         let packets: Arc<[Packet]> = first.packets(1 << 18).into();
-        let options = Options {
-            workers: 2,
-            ..Options::default()
-        };
-        let gateway = Gateway::new(runtime(true), DEFAULT_MODULE, &configs[0], options).unwrap();
-        let (stop, handles) = start(&gateway, &packets, None);
-        let (_admin, client) = admin(&gateway, &format!("config-{peerings}"));
-        let mut flip = 0;
-        group.bench_function(BenchmarkId::new("to-first-batch", peerings), |b| {
-            b.iter_custom(|iters| {
-                to_first_batches(&gateway, iters, || {
-                    flip = 1 - flip;
-                    client.swap_config(&configs[flip], None).unwrap()
+        // Workers at 1 Mpps in all, then flat out (rate 0).
+        for (workers, rate) in [(2, RATE), (8, RATE), (16, RATE), (2, 0), (16, 0)] {
+            let options = Options {
+                workers,
+                ..Options::default()
+            };
+            let gateway = Gateway::new(
+                runtime_for(true, workers),
+                DEFAULT_MODULE,
+                &configs[0],
+                options,
+            )
+            .unwrap();
+            let (stop, handles) = start(&gateway, &packets, None, rate / workers as u64);
+            let traffic = if rate == 0 { "flat-out" } else { "1mpps" };
+            let name = format!("config-{peerings}-{workers}-{traffic}");
+            let (_admin, client) = admin(&gateway, &name);
+            let mut flip = 0;
+            let mut cpu: Vec<f64> = Vec::new();
+            let id = format!("to-first-batch/{peerings}/{workers}-workers-{traffic}");
+            group.bench_function(BenchmarkId::from_parameter(&id), |b| {
+                b.iter_custom(|iters| {
+                    to_first_batches(&gateway, iters, || {
+                        flip = 1 - flip;
+                        let answer = client.swap_config(&configs[flip], None).unwrap();
+                        cpu.extend(answer.body["release"]["prepared"]["cpu_ms"].as_f64());
+                        answer
+                    })
                 })
-            })
-        });
-        stop.store(true, Ordering::Relaxed);
-        handles.into_iter().for_each(|h| h.join().unwrap());
+            });
+            stop.store(true, Ordering::Relaxed);
+            handles.into_iter().for_each(|h| h.join().unwrap());
+            cpu.sort_by(f64::total_cmp);
+            if let (Some(min), Some(max)) = (cpu.first(), cpu.last()) {
+                eprintln!(
+                    "swap/config/{id}: CPU time of a swap over its threads: median {:.1} ms (min {min:.1}, max {max:.1}, {} swaps)",
+                    cpu[cpu.len() / 2],
+                    cpu.len()
+                );
+            }
+        }
     }
     group.finish();
 }
@@ -259,7 +293,7 @@ fn scaling(c: &mut Criterion) {
                 for _ in 0..iters {
                     let before = gateway.counters().packets;
                     let started = Instant::now();
-                    let (stop, handles) = start(&gateway, &packets, None);
+                    let (stop, handles) = start(&gateway, &packets, None, 0);
                     std::thread::sleep(WINDOW);
                     stop.store(true, Ordering::Relaxed);
                     handles.into_iter().for_each(|h| h.join().unwrap());
