@@ -9,6 +9,11 @@
 //! - `repeat/{native,wasm}/{10,100,1000,5000}`: the same 4,096 packets (the mixed generator,
 //!   `synth::config_yaml`) judged again and again. The branch predictor learns them: a best
 //!   case.
+//! - `state/{configure,export,load,load-parts,finish}/{1000,5000}`: the gateway-shaped table
+//!   (with ports) built from its YAML (parse and build: what adopting a state replaces),
+//!   exported as a state, and loaded from it in one part and in parts of 65,536 words;
+//!   `finish` is the load's last step alone, the checks of every index and the table's
+//!   assembly.
 //!
 //! `cargo bench -p flowgate-benches --bench policy`
 
@@ -17,11 +22,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_benches::{Realistic, allowed, setup};
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
-use flowgate_policy::{Table, Verdict};
+use flowgate_policy::synth::{Gateway, GatewayShape};
+use flowgate_policy::{StateLoader, Table, Verdict};
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 5_000];
 const BATCH: usize = flowgate_benches::PACKETS;
@@ -146,9 +152,67 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
+/// Words of a part of a state: what one `list<u32>` call carries at most.
+const STATE_PART: usize = 1 << 16;
+
+fn state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("state");
+    for peerings in [1_000, 5_000] {
+        let yaml = Gateway::new(GatewayShape::with_peerings(peerings, true, 42))
+            .yaml()
+            .to_owned();
+        let config = flowgate_policy::parse(&yaml, None).expect("the config parses");
+        let table = Table::build(&config).expect("the table builds");
+        let words = table.export_state();
+        group.bench_with_input(BenchmarkId::new("configure", peerings), &yaml, |b, yaml| {
+            b.iter(|| {
+                let config = flowgate_policy::parse(black_box(yaml), None).expect("parses");
+                Table::build(&config).expect("the table builds")
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("export", peerings), &table, |b, table| {
+            b.iter(|| black_box(table).export_state())
+        });
+        group.bench_with_input(BenchmarkId::new("load", peerings), &words, |b, words| {
+            b.iter(|| {
+                let loaded = Table::from_state(black_box(words)).expect("the state loads");
+                assert_eq!(loaded.stats(), table.stats());
+                loaded
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("load-parts", peerings),
+            &words,
+            |b, words| {
+                b.iter(|| {
+                    let mut loader = StateLoader::new();
+                    for part in black_box(words).chunks(STATE_PART) {
+                        loader.push(part).expect("the part loads");
+                    }
+                    let loaded = loader.finish().expect("the state loads");
+                    assert_eq!(loaded.stats(), table.stats());
+                    loaded
+                })
+            },
+        );
+        group.bench_with_input(BenchmarkId::new("finish", peerings), &words, |b, words| {
+            b.iter_batched(
+                || {
+                    let mut loader = StateLoader::new();
+                    loader.push(words).expect("the state loads");
+                    loader
+                },
+                |loader| loader.finish().expect("the state loads"),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = realistic, repeat, build
+    targets = realistic, repeat, build, state
 }
 criterion_main!(benches);
