@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use flowgate_host::admin;
 use flowgate_host::admin::Endpoint;
 use flowgate_host::dataplane::{self};
-use flowgate_host::gateway::DEFAULT_MAX_CONFIG_BYTES;
+use flowgate_host::gateway::{DEFAULT_MAX_CONFIG_BYTES, DEFAULT_WORKER_NICE};
 use flowgate_host::wasm::Limits;
 
 use super::logs::LogFormat;
@@ -370,6 +370,10 @@ pub struct ServeArgs {
     /// Worker threads; one per core when absent.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
+    /// The worker threads' nice value, above the gateway's other threads so that swaps,
+    /// rollbacks and the admin API get their share of busy cores; 0 leaves them as they are.
+    #[arg(long, default_value_t = DEFAULT_WORKER_NICE, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub worker_nice: u8,
     /// Packets per policy call.
     #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch: u32,

@@ -115,6 +115,7 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
         fault_window: std::time::Duration::from_secs_f64(args.fault_window),
         record_batches: false,
         max_config_bytes: usize::try_from(args.limits.max_config_bytes).unwrap_or(usize::MAX),
+        worker_nice: args.worker_nice,
     };
     let from_registry = args
         .module

@@ -63,6 +63,7 @@ impl Gateway {
         port: &mut dyn crate::io::Port,
         stop: &AtomicBool,
     ) {
+        lower_priority(self.options.worker_nice);
         let mut worker = self.worker(id);
         let mut batch: Vec<Packet> = Vec::with_capacity(self.options.batch);
         let mut verdicts = vec![Verdict::default(); self.options.batch];
@@ -110,6 +111,21 @@ impl Gateway {
                 None
             }
         }
+    }
+}
+
+/// Sets the calling thread's nice value to `nice` (a thread may always lower its own priority);
+/// a failure is logged, and the worker runs on at the priority it had.
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    let thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(thread), i32::from(nice.min(19))) {
+        tracing::warn!(
+            event = "worker-nice",
+            "could not set a worker thread's nice value to {nice}: {e}; it runs at the priority it had"
+        );
     }
 }
 

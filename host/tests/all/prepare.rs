@@ -159,3 +159,46 @@ fn an_instance_that_adopted_a_state_configures_before_it_explains() {
     assert!(!adopted.adopted());
     assert_eq!(runtime.starts().configured(), 2);
 }
+
+/// A port that records the nice value of the thread that reads it, and runs dry at once.
+struct NiceProbe(Arc<std::sync::Mutex<Option<i32>>>);
+
+impl flowgate_host::io::Port for NiceProbe {
+    fn fill(&mut self, _: &mut Vec<Packet>, _: usize) -> usize {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The fields after the command's closing parenthesis; the nice value is the 19th field.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = after.split(' ').nth(16).unwrap().parse().unwrap();
+        *self.0.lock().unwrap() = Some(nice);
+        0
+    }
+
+    fn dry(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn worker_threads_run_at_the_nice_value_asked() {
+    let config = config();
+    for nice in [0u8, 7] {
+        let engine = EngineOptions::for_workers(1);
+        let runtime = Runtime::with_engine(Limits::default(), None, engine).unwrap();
+        let options = Options {
+            workers: 1,
+            worker_nice: nice,
+            ..Options::default()
+        };
+        let gateway = Gateway::new(runtime, DEFAULT_MODULE, &config, options).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let probe = seen.clone();
+        std::thread::spawn(move || {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            gateway.run_worker(0, &mut NiceProbe(probe), &stop);
+        })
+        .join()
+        .unwrap();
+        let expected = if nice == 0 { 0 } else { i32::from(nice) };
+        assert_eq!(*seen.lock().unwrap(), Some(expected));
+    }
+}
