@@ -9,7 +9,16 @@ use std::path::PathBuf;
 
 include!("../guest_build.rs");
 
-const VARIANTS: [&str; 7] = ["honest-v2", "trap", "spin", "hog", "short", "null", "wrong"];
+const VARIANTS: [&str; 8] = [
+    "honest-v2",
+    "trap",
+    "spin",
+    "hog",
+    "short",
+    "null",
+    "wrong",
+    "unknown",
+];
 
 fn main() {
     let manifest_dir =
