@@ -9,6 +9,7 @@
 //! - **repeat** ([`setup`]): the same [`PACKETS`] packets judged again and again. The CPU
 //!   learns their search paths, so these figures are a best case.
 
+use flowgate_policy::packed::Columns;
 use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale};
 use flowgate_policy::{Config, Packet, Table, Verdict};
 
@@ -83,6 +84,28 @@ impl Realistic {
             .zip(self.expected.iter().copied())
             .cycle()
     }
+
+    /// The pool's batches laid out in columns, as a dataplane's decoder writes them, each with
+    /// the allowed count it must give (laid out once, outside any timed loop).
+    pub fn column_batches(&self) -> Vec<(Columns, usize)> {
+        self.pool
+            .chunks_exact(self.batch)
+            .zip(self.expected.iter().copied())
+            .map(|(chunk, expected)| (columns(chunk), expected))
+            .collect()
+    }
+}
+
+/// `packets` laid out in columns.
+///
+/// # Panics
+/// If there are more packets than a batch holds.
+pub fn columns(packets: &[Packet]) -> Columns {
+    let mut columns = Columns::with_capacity(packets.len());
+    columns
+        .encode(packets)
+        .unwrap_or_else(|e| panic!("no batch of these packets: {e}"));
+    columns
 }
 
 /// How many of `verdicts` let their packet through: the answer each timed run checks.

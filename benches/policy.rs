@@ -4,8 +4,13 @@
 //! - `realistic/{native,wasm}/{1000,5000}[-noports]`: the gateway-shaped workload (100 VPCs
 //!   and 1,000 peerings, 250 and 5,000), each timed batch the next 256 of a pool of a million
 //!   distinct packets: what a gateway sees, and the figure to quote.
-//! - `realistic/crossing/...`: the same batches into a guest that answers without reading
-//!   them: what crossing into the sandbox costs on this traffic, the floor of the Wasm path.
+//!   `wasm` judges batches a dataplane's decoder laid out in columns (`judge_columns`: no
+//!   encode pass, verdicts read where they lie); `wasm-packets` the same batches as `Packet`
+//!   slices (`Policy::judge`: encoded, then decoded into a slice).
+//! - `realistic/crossing/{256,1024}`: batches of 256 and 1,024 of the 1,000-peering workload
+//!   (with ports) into a guest that answers without reading them: what crossing into the
+//!   sandbox costs on this traffic, the floor of the Wasm path; `crossing-packets` the same
+//!   through `Policy::judge`.
 //! - `repeat/{native,wasm}/{10,100,1000,5000}`: the same 4,096 packets (the mixed generator,
 //!   `synth::config_yaml`) judged again and again. The branch predictor learns them: a best
 //!   case.
@@ -23,7 +28,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use flowgate_benches::{Realistic, allowed, setup};
+use flowgate_benches::{Realistic, allowed, columns, setup};
+use flowgate_host::wasm::Verdicts;
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
 use flowgate_policy::synth::{Gateway, GatewayShape};
@@ -33,6 +39,17 @@ const SIZES: [usize; 4] = [10, 100, 1_000, 5_000];
 const BATCH: usize = flowgate_benches::PACKETS;
 /// Packets per guest call on the Wasm path: the dataplane's default.
 const GUEST_BATCH: usize = 256;
+
+/// Batch sizes of the crossing rows.
+const CROSSING_BATCHES: [usize; 2] = [256, 1024];
+
+/// How many of a burst's verdicts let their packet through.
+fn allowed_in(verdicts: &Verdicts<'_>) -> usize {
+    verdicts
+        .iter()
+        .filter(|v| !matches!(v, Verdict::Drop(_)))
+        .count()
+}
 
 /// The realistic workloads: peerings, and whether a quarter of the entries have port ranges.
 const REALISTIC: [(usize, bool); 4] =
@@ -62,8 +79,20 @@ fn realistic(c: &mut Criterion) {
         });
         let mut wasm =
             WasmPolicy::new(&runtime, &module, &work.yaml).expect("the module takes the config");
-        let mut batches = work.batches();
+        let laid_out = work.column_batches();
+        let mut bursts = laid_out.iter().cycle();
         group.bench_function(BenchmarkId::new("wasm", &name), |b| {
+            b.iter(|| {
+                let (burst, expected) = bursts.next().expect("batches cycle");
+                let verdicts = wasm
+                    .judge_columns(black_box(burst))
+                    .expect("the module judges");
+                assert_eq!(allowed_in(&verdicts), *expected);
+            })
+        });
+        drop(laid_out);
+        let mut batches = work.batches();
+        group.bench_function(BenchmarkId::new("wasm-packets", &name), |b| {
             b.iter(|| {
                 let (batch, expected) = batches.next().expect("batches cycle");
                 wasm.judge(black_box(batch), &mut verdicts)
@@ -71,14 +100,31 @@ fn realistic(c: &mut Criterion) {
                 assert_eq!(allowed(&verdicts), expected);
             })
         });
-        // A guest that answers without reading the packets, on the same batches: the
-        // crossing alone (encode, copy in, call, copy out, decode), the floor under `wasm`.
-        let mut null =
-            WasmPolicy::new(&runtime, &null_module, &work.yaml).expect("the guest starts");
-        let mut batches = work.batches();
-        group.bench_function(BenchmarkId::new("crossing", &name), |b| {
+    }
+    // A guest that answers without reading the packets, on the same batches: the crossing
+    // alone (copy in, call, copy out, check and decode; encode too for `crossing-packets`),
+    // the floor under `wasm`.
+    let work = Realistic::new(1_000, true, GUEST_BATCH);
+    let mut null = WasmPolicy::new(&runtime, &null_module, &work.yaml).expect("the guest starts");
+    for n in CROSSING_BATCHES {
+        group.throughput(Throughput::Elements(n as u64));
+        let laid_out: Vec<_> = work.pool.chunks_exact(n).map(columns).collect();
+        let mut bursts = laid_out.iter().cycle();
+        group.bench_function(BenchmarkId::new("crossing", n), |b| {
             b.iter(|| {
-                let (batch, _) = batches.next().expect("batches cycle");
+                let burst = bursts.next().expect("batches cycle");
+                let verdicts = null
+                    .judge_columns(black_box(burst))
+                    .expect("the guest answers");
+                assert_eq!(allowed_in(&verdicts), 0);
+            })
+        });
+        drop(laid_out);
+        let mut verdicts = vec![Verdict::default(); n];
+        let mut batches = work.pool.chunks_exact(n).cycle();
+        group.bench_function(BenchmarkId::new("crossing-packets", n), |b| {
+            b.iter(|| {
+                let batch = batches.next().expect("batches cycle");
                 null.judge(black_box(batch), &mut verdicts)
                     .expect("the guest answers");
                 assert_eq!(allowed(&verdicts), 0);

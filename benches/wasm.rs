@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use flowgate_benches::{allowed, setup};
+use flowgate_benches::{allowed, columns, setup};
 use flowgate_host::wasm::{EngineOptions, Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
 use flowgate_policy::{Table, Verdict};
@@ -33,6 +33,11 @@ fn call(c: &mut Criterion) {
     c.bench_function("call/noop", |b| {
         // `judge-packed` with no packets: the fixed cost of one call, there and back.
         b.iter(|| wasm.judge(black_box(&[]), &mut []).unwrap())
+    });
+    let empty = flowgate_policy::packed::Columns::default();
+    c.bench_function("call/noop-columns", |b| {
+        // The same through `judge_columns`: no encode, no decode.
+        b.iter(|| assert!(wasm.judge_columns(black_box(&empty)).unwrap().is_empty()))
     });
 }
 
@@ -89,6 +94,27 @@ fn batch(c: &mut Criterion) {
                 assert_eq!(allowed(&out), 0);
             })
         });
+        // The column path: the batch laid out by the dataplane's decoder beforehand, the
+        // verdicts read where they lie.
+        let laid_out = columns(batch);
+        let count = |v: flowgate_host::wasm::Verdicts<'_>| {
+            v.iter().filter(|v| !matches!(v, Verdict::Drop(_))).count()
+        };
+        group.bench_with_input(BenchmarkId::new("columns", n), &laid_out, |b, burst| {
+            b.iter(|| {
+                assert_eq!(
+                    count(wasm.judge_columns(black_box(burst)).unwrap()),
+                    expected
+                )
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("crossing-columns", n),
+            &laid_out,
+            |b, burst| {
+                b.iter(|| assert_eq!(count(null.judge_columns(black_box(burst)).unwrap()), 0))
+            },
+        );
         group.bench_with_input(BenchmarkId::new("typed", n), batch, |b, batch| {
             b.iter(|| {
                 wasm.judge_typed(black_box(batch), &mut out).unwrap();

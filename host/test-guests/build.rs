@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 include!("../guest_build.rs");
 
-const VARIANTS: [&str; 9] = [
+const VARIANTS: [&str; 10] = [
     "honest-v2",
     "trap",
     "spin",
@@ -19,6 +19,7 @@ const VARIANTS: [&str; 9] = [
     "wrong",
     "unshared",
     "drifting",
+    "unknown",
 ];
 
 fn main() {

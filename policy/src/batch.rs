@@ -7,7 +7,7 @@
 //! addresses arrive as numbers, so a Wasm guest (which has no byte-swap instruction) never
 //! swaps bytes. IPv6 addresses, the cold family, sit in a list after the columns.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::packet::{Packet, Ports};
 
@@ -52,47 +52,208 @@ pub(crate) fn split_ports(word: u32) -> (u16, u16) {
     (word as u16, (word >> 16) as u16)
 }
 
-/// Replaces `out` with the batch of `packets` (at most `u32::MAX` of them: the count is a
-/// word; no dataplane batch comes near).
-///
-/// On a gateway's traffic this loop waits on memory, not on its instructions: a branch-free
-/// version without bounds checks measured the same, and fetching the next batch ahead gained
-/// 2-3 % (`BENCHMARKS.md`, design decisions).
+/// Replaces `out` with the batch of `packets` ([`Columns::encode`] into `out`'s buffer). A
+/// slice longer than [`Columns::MAX_PACKETS`] gives an empty `out`, which is no batch.
 pub fn encode_packets(packets: &[Packet], out: &mut Vec<u8>) {
-    let n = packets.len();
-    let count = u32::try_from(n).unwrap_or(u32::MAX);
-    out.clear();
-    out.resize(WORD * (1 + column::COUNT * n), 0);
-    let (header, columns) = out.split_at_mut(WORD);
-    header.copy_from_slice(&count.to_le_bytes());
-    let words = columns.as_chunks_mut::<WORD>().0;
-    let (vni, rest) = words.split_at_mut(n);
-    let (shapes, rest) = rest.split_at_mut(n);
-    let (ports, rest) = rest.split_at_mut(n);
-    let (src, dst) = rest.split_at_mut(n);
-    let mut v6 = 0u32;
-    let mut addr_word = |addr: IpAddr| match addr {
-        IpAddr::V4(a) => u32::from(a),
-        IpAddr::V6(_) => {
-            v6 += 1;
-            v6 - 1
-        }
-    };
-    for (i, p) in packets.iter().enumerate() {
-        let (src_port, dst_port) = p.ports.map_or((0, 0), |p| (p.src, p.dst));
-        vni[i] = p.src_vni.to_le_bytes();
-        shapes[i] = shape_word(p).to_le_bytes();
-        ports[i] = (u32::from(src_port) | u32::from(dst_port) << 16).to_le_bytes();
-        src[i] = addr_word(p.src).to_le_bytes();
-        dst[i] = addr_word(p.dst).to_le_bytes();
+    let mut columns = Columns::from_buffer(std::mem::take(out));
+    if columns.encode(packets).is_err() {
+        columns.bytes.clear();
     }
-    if v6 > 0 {
-        for addr in packets.iter().flat_map(|p| [p.src, p.dst]) {
-            if let IpAddr::V6(a) = addr {
-                out.extend_from_slice(&a.octets());
+    *out = columns.bytes;
+}
+
+/// Why a [`Columns`] refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ColumnsError {
+    /// More packets than a batch holds ([`Columns::MAX_PACKETS`]).
+    #[error("{n} packets is more than a batch holds ({max})", max = Columns::MAX_PACKETS)]
+    TooMany {
+        /// Packets asked for.
+        n: usize,
+    },
+    /// A slot past the batch's packets.
+    #[error("no slot {i} in a batch of {n} packets")]
+    NoSlot {
+        /// The slot.
+        i: usize,
+        /// Packets in the batch.
+        n: usize,
+    },
+}
+
+/// A batch in the `judge-packed` layout, written in place by a dataplane's decoder: sized
+/// for `n` packets up front ([`Columns::begin`]), then each packet's slot set in any order
+/// ([`Columns::set_v4`], [`Columns::set`]), IPv6 addresses appended to the address list as
+/// they come. [`Columns::as_bytes`] is the batch as the guest reads it: for packets set in
+/// order, the bytes [`encode_packets`] gives.
+///
+/// The buffer is kept across bursts: `begin` reallocates only for a burst larger than any
+/// before. It clears the VNI and shape columns (8 bytes a packet) and leaves the rest as the
+/// last burst wrote it, so a slot left unset is a packet of VNI 0, from IPv4 to IPv4 with no
+/// ports: no VPC has VNI 0, and such a packet is `drop(unknown-vpc)`, never a previous
+/// burst's packet. A slot set twice keeps the second packet (an IPv6 address of the first
+/// stays in the list, unused).
+#[derive(Debug, Clone)]
+pub struct Columns {
+    /// The packet count, the five columns, then the IPv6 address list.
+    bytes: Vec<u8>,
+    /// Packets in the batch.
+    n: usize,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            bytes: vec![0; WORD],
+            n: 0,
+        }
+    }
+}
+
+impl Columns {
+    /// Packets a batch holds at most: 2^24, 320 MiB of columns, past any guest's memory.
+    pub const MAX_PACKETS: usize = 1 << 24;
+
+    /// An empty batch, with room for `n` packets before it reallocates.
+    pub fn with_capacity(n: usize) -> Columns {
+        let mut bytes = Vec::with_capacity(columns_end(n.min(Self::MAX_PACKETS)));
+        bytes.extend_from_slice(&[0; WORD]);
+        Columns { bytes, n: 0 }
+    }
+
+    /// A batch of `n` unset packets ([`Columns::begin`]).
+    pub fn with_len(n: usize) -> Result<Columns, ColumnsError> {
+        let mut columns = Columns::with_capacity(n);
+        columns.begin(n)?;
+        Ok(columns)
+    }
+
+    /// An empty batch in `buffer`'s allocation.
+    fn from_buffer(mut bytes: Vec<u8>) -> Columns {
+        bytes.clear();
+        bytes.extend_from_slice(&[0; WORD]);
+        Columns { bytes, n: 0 }
+    }
+
+    /// Starts a batch of `n` packets, every slot unset (a packet of VNI 0, which is
+    /// `drop(unknown-vpc)`), the address list empty.
+    pub fn begin(&mut self, n: usize) -> Result<(), ColumnsError> {
+        if n > Self::MAX_PACKETS {
+            return Err(ColumnsError::TooMany { n });
+        }
+        let end = columns_end(n);
+        self.bytes.truncate(end);
+        self.bytes.resize(end, 0);
+        let count = u32::try_from(n).map_err(|_| ColumnsError::TooMany { n })?;
+        self.bytes[..WORD].copy_from_slice(&count.to_le_bytes());
+        // The VNI and shape columns, side by side.
+        self.bytes[WORD..WORD * (1 + 2 * n)].fill(0);
+        self.n = n;
+        Ok(())
+    }
+
+    /// Replaces the batch with `packets`, in order.
+    pub fn encode(&mut self, packets: &[Packet]) -> Result<(), ColumnsError> {
+        self.begin(packets.len())?;
+        for (i, p) in packets.iter().enumerate() {
+            self.set(i, p)?;
+        }
+        Ok(())
+    }
+
+    /// Sets slot `i` to an IPv4 packet: source VNI, IP protocol, ports (TCP and UDP; `None`
+    /// for other protocols and non-first fragments), source and destination address.
+    #[inline]
+    pub fn set_v4(
+        &mut self,
+        i: usize,
+        vni: u32,
+        proto: u8,
+        ports: Option<Ports>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Result<(), ColumnsError> {
+        let shape = u32::from(proto) | (u32::from(ports.is_some()) * shape::PORTS);
+        self.put(i, [vni, shape, ports_word(ports), src.into(), dst.into()])
+    }
+
+    /// Sets slot `i` to `packet`, of either family on each side; its IPv6 addresses go at the
+    /// end of the address list.
+    pub fn set(&mut self, i: usize, packet: &Packet) -> Result<(), ColumnsError> {
+        if i >= self.n {
+            return Err(ColumnsError::NoSlot { i, n: self.n });
+        }
+        let src = self.addr_word(packet.src);
+        let dst = self.addr_word(packet.dst);
+        let words = [
+            packet.src_vni,
+            shape_word(packet),
+            ports_word(packet.ports),
+            src,
+            dst,
+        ];
+        self.put(i, words)
+    }
+
+    /// The word of an address: an IPv4 address as its number, an IPv6 one appended to the
+    /// list and named by its index there.
+    #[inline]
+    fn addr_word(&mut self, addr: IpAddr) -> u32 {
+        match addr {
+            IpAddr::V4(a) => a.into(),
+            IpAddr::V6(a) => {
+                let listed = (self.bytes.len() - columns_end(self.n)) / V6_BYTES;
+                self.bytes.extend_from_slice(&a.octets());
+                // Past `u32::MAX` addresses the index names none: the guest refuses the batch.
+                u32::try_from(listed).unwrap_or(u32::MAX)
             }
         }
     }
+
+    /// Writes slot `i`'s word in each column.
+    #[inline(always)]
+    fn put(&mut self, i: usize, words: [u32; column::COUNT]) -> Result<(), ColumnsError> {
+        let n = self.n;
+        if i >= n {
+            return Err(ColumnsError::NoSlot { i, n });
+        }
+        let columns = &mut self.bytes[WORD..columns_end(n)];
+        let columns = columns.as_chunks_mut::<WORD>().0;
+        for (c, word) in words.into_iter().enumerate() {
+            if let Some(slot) = columns.get_mut(c * n + i) {
+                *slot = word.to_le_bytes();
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets in the batch.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the batch has no packets.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The batch in the `judge-packed` layout.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Bytes of the count and the columns of `n` packets (`n` at most [`Columns::MAX_PACKETS`]).
+#[inline(always)]
+const fn columns_end(n: usize) -> usize {
+    WORD * (1 + column::COUNT * n)
+}
+
+/// The ports word: source port in the low half, destination port in the high half.
+#[inline(always)]
+fn ports_word(ports: Option<Ports>) -> u32 {
+    let (src, dst) = ports.map_or((0, 0), |p| (p.src, p.dst));
+    u32::from(src) | u32::from(dst) << 16
 }
 
 /// The shape word of a packet. Whether it has ports is a coin toss on mixed traffic: the flag
@@ -183,6 +344,170 @@ impl<'a> Batch<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The layout of `wit/policy.wit` written out directly, packet by packet: what
+    /// [`Columns`] must give.
+    fn reference(packets: &[Packet]) -> Vec<u8> {
+        let n = packets.len();
+        let mut words = vec![0u32; 1 + 5 * n];
+        words[0] = n as u32;
+        let mut list = Vec::new();
+        let mut addr = |a: IpAddr| match a {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(a) => {
+                list.push(a);
+                list.len() as u32 - 1
+            }
+        };
+        for (i, p) in packets.iter().enumerate() {
+            let (sp, dp) = p.ports.map_or((0, 0), |p| (p.src, p.dst));
+            let v6 = |a: IpAddr, bit: u32| if a.is_ipv6() { bit } else { 0 };
+            words[1 + i] = p.src_vni;
+            words[1 + n + i] = u32::from(p.proto)
+                | if p.ports.is_some() { 1 << 8 } else { 0 }
+                | v6(p.src, 1 << 9)
+                | v6(p.dst, 1 << 10);
+            words[1 + 2 * n + i] = u32::from(sp) | u32::from(dp) << 16;
+            words[1 + 3 * n + i] = addr(p.src);
+            words[1 + 4 * n + i] = addr(p.dst);
+        }
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend(list.iter().flat_map(|a| a.octets()));
+        bytes
+    }
+
+    fn arb_addr() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
+            any::<u128>().prop_map(|a| IpAddr::V6(a.into())),
+        ]
+    }
+
+    fn arb_packet() -> impl Strategy<Value = Packet> {
+        let ports = prop::option::of(
+            (any::<u16>(), any::<u16>()).prop_map(|(src, dst)| Ports { src, dst }),
+        );
+        (any::<u32>(), arb_addr(), arb_addr(), any::<u8>(), ports).prop_map(
+            |(src_vni, src, dst, proto, ports)| Packet {
+                src_vni,
+                src,
+                dst,
+                proto,
+                ports,
+            },
+        )
+    }
+
+    proptest! {
+        /// Columns written slot by slot, reused after an earlier burst of any size, give the
+        /// reference layout byte for byte, and read back as the same packets; IPv4-only
+        /// packets through `set_v4` give what `set` gives.
+        #[test]
+        fn columns_give_the_reference_layout(
+            earlier in prop::collection::vec(arb_packet(), 0..80),
+            packets in prop::collection::vec(arb_packet(), 0..80),
+        ) {
+            let want = reference(&packets);
+            let mut columns = Columns::default();
+            columns.encode(&earlier).unwrap();
+            prop_assert_eq!(columns.as_bytes(), &reference(&earlier)[..]);
+            columns.encode(&packets).unwrap();
+            prop_assert_eq!(columns.as_bytes(), &want[..]);
+            let mut bytes = vec![0xee; 7];
+            encode_packets(&packets, &mut bytes);
+            prop_assert_eq!(&bytes, &want);
+            let batch = Batch::parse(columns.as_bytes()).unwrap();
+            let decoded: Vec<Option<Packet>> = batch.packets().collect();
+            let want_packets: Vec<Option<Packet>> = packets.iter().copied().map(Some).collect();
+            prop_assert_eq!(decoded, want_packets);
+
+            let v4: Vec<Packet> = packets.iter().filter(|p| !p.src.is_ipv6() && !p.dst.is_ipv6()).copied().collect();
+            columns.encode(&earlier).unwrap();
+            columns.begin(v4.len()).unwrap();
+            for (i, p) in v4.iter().enumerate() {
+                let (IpAddr::V4(src), IpAddr::V4(dst)) = (p.src, p.dst) else { unreachable!() };
+                columns.set_v4(i, p.src_vni, p.proto, p.ports, src, dst).unwrap();
+            }
+            prop_assert_eq!(columns.as_bytes(), &reference(&v4)[..]);
+        }
+
+        /// A slot a burst leaves unset reads as a packet of VNI 0 (no VPC has it), IPv4 with
+        /// no ports, whatever the burst before put there.
+        #[test]
+        fn an_unset_slot_is_no_earlier_packet(
+            earlier in prop::collection::vec(arb_packet(), 1..40),
+            unset in any::<prop::sample::Index>(),
+        ) {
+            let mut columns = Columns::default();
+            columns.encode(&earlier).unwrap();
+            let unset = unset.index(earlier.len());
+            columns.begin(earlier.len()).unwrap();
+            for (i, p) in earlier.iter().enumerate().filter(|(i, _)| *i != unset) {
+                columns.set(i, p).unwrap();
+            }
+            let batch = Batch::parse(columns.as_bytes()).unwrap();
+            let p = batch.packet(unset).unwrap();
+            prop_assert_eq!((p.src_vni, p.proto, p.ports), (0, 0, None));
+            prop_assert!(p.src.is_ipv4() && p.dst.is_ipv4());
+            for (i, want) in earlier.iter().enumerate().filter(|(i, _)| *i != unset) {
+                prop_assert_eq!(batch.packet(i), Some(*want));
+            }
+        }
+    }
+
+    #[test]
+    fn columns_refuse_slots_past_the_batch_and_batches_past_the_bound() {
+        let packet = Packet::portless(
+            1,
+            "fd00::1".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            58,
+        );
+        let mut columns = Columns::with_len(2).unwrap();
+        assert_eq!(columns.len(), 2);
+        assert_eq!(
+            columns.set(2, &packet),
+            Err(ColumnsError::NoSlot { i: 2, n: 2 })
+        );
+        let v4 = [10, 0, 0, 1].into();
+        assert_eq!(
+            columns.set_v4(usize::MAX, 1, 6, None, v4, v4),
+            Err(ColumnsError::NoSlot {
+                i: usize::MAX,
+                n: 2
+            })
+        );
+        // A refused slot leaves no address in the list.
+        assert_eq!(columns.as_bytes().len(), 4 * 11);
+        let n = Columns::MAX_PACKETS + 1;
+        assert_eq!(columns.begin(n), Err(ColumnsError::TooMany { n }));
+        assert!(Columns::with_len(usize::MAX).is_err());
+        // The batch in hand is left as it was.
+        assert_eq!(columns.len(), 2);
+        columns.begin(0).unwrap();
+        assert!(columns.is_empty());
+        assert_eq!(columns.as_bytes(), [0; 4]);
+    }
+
+    /// A buffer that held a larger burst is reused as it is: no allocation for a smaller one.
+    #[test]
+    fn columns_keep_their_buffer_across_bursts() {
+        let packet = Packet::portless(
+            1,
+            "fd00::1".parse().unwrap(),
+            "fd00::2".parse().unwrap(),
+            58,
+        );
+        let mut columns = Columns::with_capacity(64);
+        columns.encode(&[packet; 64]).unwrap();
+        let (at, capacity) = (columns.as_bytes().as_ptr(), columns.bytes.capacity());
+        for n in [0, 1, 17, 64, 3] {
+            columns.encode(&vec![packet; n]).unwrap();
+            assert_eq!(columns.bytes.capacity(), capacity);
+            assert_eq!(columns.as_bytes().as_ptr(), at);
+        }
+    }
 
     /// The words of a batch, read back.
     fn words(batch: &[u8]) -> Vec<u32> {

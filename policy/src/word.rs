@@ -90,6 +90,13 @@ impl WordDecoder {
         }
     }
 
+    /// Whether this catalog knows `word`: [`WordDecoder::verdict`] is `Some` for it. No
+    /// branch, so a check over a batch's words runs straight through.
+    #[inline(always)]
+    pub fn knows(&self, word: u32) -> bool {
+        (word & VALUE_MASK) < self.count[(word >> KIND_SHIFT) as usize]
+    }
+
     /// The verdict of a word, or `None` for one this catalog does not know (a kind or drop
     /// reason that does not exist, or a VPC or candidate set past the catalog's):
     /// `decode_verdict` filtered by [`Catalog::knows`].
@@ -124,6 +131,7 @@ mod tests {
                 let word = kind << KIND_SHIFT | value;
                 let want = word_verdict(word).filter(|&v| catalog.knows(v));
                 assert_eq!(decoder.verdict(word), want, "word {word:#x}");
+                assert_eq!(decoder.knows(word), want.is_some(), "word {word:#x}");
                 known += usize::from(want.is_some());
             }
         }

@@ -5,12 +5,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flowgate_policy::explain::Explanation;
-use flowgate_policy::packed::{VERDICT_BYTES, WordDecoder, encode_packets};
+use flowgate_policy::packed::{Columns, ColumnsError, WordDecoder};
 use flowgate_policy::{Catalog, ConfigError, Packet, Verdict};
 use wasmtime::{Engine, ResourceLimiter, Store};
 
 use super::bindings::{self, Guest};
 use super::budget::{ClockError, CpuBudget, thread_cpu_time};
+use super::columns::{Packed, Verdicts};
 use super::runtime::{Limits, Starts};
 use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, StartStep, compatible, convert};
 use crate::policy::PolicyFault;
@@ -140,7 +141,8 @@ pub struct WasmPolicy {
     adopted: bool,
     /// Its runtime's count of starts.
     starts: Arc<Starts>,
-    packed: Vec<u8>,
+    /// The packed call's batch and answer, kept across calls.
+    packed: Packed,
 }
 
 impl WasmPolicy {
@@ -202,7 +204,7 @@ impl WasmPolicy {
             catalog,
             adopted: false,
             starts: runtime.starts.clone(),
-            packed: Vec::new(),
+            packed: Packed::default(),
         })
     }
 
@@ -283,7 +285,7 @@ impl WasmPolicy {
             catalog,
             adopted: true,
             starts: runtime.starts.clone(),
-            packed: Vec::new(),
+            packed: Packed::default(),
         })
     }
 
@@ -382,6 +384,78 @@ impl WasmPolicy {
         }
         Ok(())
     }
+
+    /// Judges a burst laid out in columns by the dataplane's decoder, with one `judge-packed`
+    /// call: the verdicts are read where the module's answer lies, checked once against the
+    /// configuration's catalog.
+    ///
+    /// ```
+    /// use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
+    /// use flowgate_host::{DEFAULT_CONFIG, DEFAULT_MODULE, NativePolicy, Policy};
+    /// use flowgate_policy::packed::Columns;
+    /// use flowgate_policy::{Packet, Verdict};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = Runtime::new(Limits::default(), None)?;
+    /// let module = runtime.load(DEFAULT_MODULE)?;
+    /// let mut policy = WasmPolicy::new(&runtime, &module, DEFAULT_CONFIG)?;
+    /// let vni = policy.catalog().vpcs[0].vni;
+    ///
+    /// // Once per core: a batch with room for a burst, reused burst after burst.
+    /// let mut burst = Columns::with_capacity(256);
+    ///
+    /// // Per burst: the decoder sizes the batch, then writes each packet's slot as it reads
+    /// // the frame (here TCP to port 443, from the first VPC and from a VNI no VPC has).
+    /// burst.begin(3)?;
+    /// let (src, dst) = ([10, 0, 0, 1].into(), [10, 1, 0, 1].into());
+    /// let https = Some(flowgate_policy::Ports { src: 40000, dst: 443 });
+    /// burst.set_v4(0, vni, 6, https, src, dst)?;
+    /// burst.set_v4(1, 0xff_ffff, 6, https, src, dst)?;
+    /// // Any packet, IPv6 included, through the general setter.
+    /// let v6 = Packet::portless(vni, "fd00::1".parse()?, "fd00::2".parse()?, 58);
+    /// burst.set(2, &v6)?;
+    ///
+    /// let verdicts = policy.judge_columns(&burst)?;
+    /// assert_eq!(verdicts.len(), 3);
+    /// for i in 0..verdicts.len() {
+    ///     match verdicts.forward_vpc(i) {
+    ///         Some(vpc) => { /* forward packet i to `vpc` */ }
+    ///         None => { /* drop it, or pick among `verdicts.verdict(i)`'s candidates */ }
+    ///     }
+    /// }
+    /// // The same verdicts the library gives natively.
+    /// let native = NativePolicy::new(DEFAULT_CONFIG, None)?;
+    /// let tcp = Packet::tcp(vni, src.into(), 40000, dst.into(), 443);
+    /// assert_eq!(verdicts.verdict(0), Some(native.table().lookup(&tcp)));
+    /// assert_eq!(verdicts.verdict(1), Some(Verdict::default()), "drop(unknown-vpc)");
+    /// assert_eq!(verdicts.verdict(2), Some(native.table().lookup(&v6)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn judge_columns(&mut self, burst: &Columns) -> Result<Verdicts<'_>, PolicyFault> {
+        self.packed.answer = call_packed(
+            &mut self.store,
+            &self.instance,
+            self.limits.batch_deadline,
+            burst.as_bytes(),
+        )?;
+        Verdicts::check(&self.packed.answer, burst.len(), &self.decoder)
+    }
+}
+
+/// One `judge-packed` call with `batch`, under a budget of `limit` of CPU time: the module's
+/// answer.
+fn call_packed(
+    store: &mut Store<HostState>,
+    instance: &Guest,
+    limit: Duration,
+    batch: &[u8],
+) -> Result<Vec<u8>, PolicyFault> {
+    arm(store, limit);
+    instance
+        .flowgate_policy_filter()
+        .call_judge_packed(&mut *store, batch)
+        .map_err(|e| fault_from_call(&e, store))
 }
 
 /// Why a module could not be started with a configuration.
@@ -425,6 +499,9 @@ pub enum HostFault {
     /// memory could not be mapped.
     #[error(transparent)]
     Start(Box<StartError>),
+    /// A batch larger than the packed layout holds.
+    #[error(transparent)]
+    Batch(#[from] ColumnsError),
 }
 
 /// A start that failed, and whether the host is to blame: the module is when it trapped, ran
@@ -638,32 +715,20 @@ impl crate::policy::Policy for WasmPolicy {
         &self.catalog
     }
 
-    /// Judges a batch through the packed `judge-packed` call: the dataplane's path.
+    /// Judges a batch through the packed `judge-packed` call: the packets encoded into a
+    /// [`Columns`] kept across calls, then judged as [`WasmPolicy::judge_columns`] judges it.
     fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault> {
-        encode_packets(packets, &mut self.packed);
-        arm(&mut self.store, self.limits.batch_deadline);
-        let answer = self
-            .instance
-            .flowgate_policy_filter()
-            .call_judge_packed(&mut self.store, &self.packed)
-            .map_err(|e| fault_from_call(&e, &self.store))?;
-        if answer.len() != packets.len() * VERDICT_BYTES {
-            return Err(PolicyFault::WrongLength {
-                expected: packets.len(),
-                got: answer.len() / VERDICT_BYTES,
-            });
-        }
-        for (index, (slot, rec)) in out
-            .iter_mut()
-            .zip(answer.as_chunks::<VERDICT_BYTES>().0)
-            .enumerate()
-        {
-            let verdict = self
-                .decoder
-                .verdict(u32::from_le_bytes(*rec))
-                .ok_or(PolicyFault::UnknownVerdict { index })?;
-            *slot = verdict;
-        }
+        self.packed
+            .columns
+            .encode(packets)
+            .map_err(|e| PolicyFault::Host(Box::new(HostFault::Batch(e))))?;
+        self.packed.answer = call_packed(
+            &mut self.store,
+            &self.instance,
+            self.limits.batch_deadline,
+            self.packed.columns.as_bytes(),
+        )?;
+        Verdicts::check(&self.packed.answer, packets.len(), &self.decoder)?.decode_into(out);
         Ok(())
     }
 

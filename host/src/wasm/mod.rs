@@ -6,6 +6,7 @@
 
 mod bindings;
 mod budget;
+mod columns;
 mod convert;
 mod instance;
 mod load;
@@ -13,6 +14,7 @@ mod runtime;
 
 pub use crate::store::create_private_dir;
 pub use budget::{ClockError, thread_cpu_time};
+pub use columns::Verdicts;
 pub use flowgate_policy::ConfigError;
 pub use instance::{Blueprint, HostFault, ModuleInfo, StartError, WasmPolicy};
 pub use load::{LoadedModule, ModuleError, StartStep, compatible};

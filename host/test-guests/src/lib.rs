@@ -12,6 +12,10 @@ pub static HOG: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hog.wasm"));
 /// Answers one verdict too few on every batch.
 pub static SHORT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/short.wasm"));
 
+/// Answers `allow` to a VPC its configuration does not have for each packet whose source port
+/// is 5555.
+pub static UNKNOWN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unknown.wasm"));
+
 /// Judges nothing: answers `drop(unknown-vpc)` for every packet without reading it, so a
 /// batch through it costs only the crossing (benchmarks).
 pub static NULL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/null.wasm"));
@@ -39,4 +43,6 @@ pub mod trigger {
     pub const SPIN: u16 = 7777;
     /// [`HOG`](super::HOG)'s.
     pub const HOG: u16 = 8888;
+    /// [`UNKNOWN`](super::UNKNOWN)'s.
+    pub const UNKNOWN: u16 = 5555;
 }

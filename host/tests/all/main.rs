@@ -5,6 +5,7 @@
 
 mod authority;
 mod cli;
+mod columns;
 mod faults;
 mod fixtures;
 mod hostile;

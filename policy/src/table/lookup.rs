@@ -383,7 +383,8 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
         }
         return;
     };
-    output.resize(batch.len() * VERDICT_BYTES, 0);
+    // Reserved, not zeroed: each chunk's records are appended as they are judged.
+    output.reserve_exact(batch.len() * VERDICT_BYTES);
     #[cfg(target_family = "wasm")]
     let judged = {
         thread_local! {
@@ -401,14 +402,15 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
     }
 }
 
-/// The working memory of [`judge_packed`]: a chunk's lanes, the lookup's stages and the
-/// verdict words. Natively it lives on the stack; a Wasm guest keeps it in a static (see
+/// The working memory of [`judge_packed`]: a chunk's lanes, the lookup's stages, the
+/// verdict words and their records. Natively it lives on the stack; a Wasm guest keeps it in a static (see
 /// `Table::lookup_lanes` for why).
 #[derive(Debug, Clone)]
 struct Scratch {
     lanes: Lanes,
     stages: Stages,
     words: [u32; LANES],
+    records: [[u8; VERDICT_BYTES]; LANES],
 }
 
 impl Scratch {
@@ -416,17 +418,18 @@ impl Scratch {
         lanes: Lanes::EMPTY,
         stages: Stages::NEW,
         words: [0; LANES],
+        records: [[0; VERDICT_BYTES]; LANES],
     };
 }
 
-/// Judges `batch` into `output` (one verdict record a packet) [`LANES`] packets at a time:
+/// Appends `batch`'s verdict records to `output` (one a packet) [`LANES`] packets at a time:
 /// their columns' words straight into the lanes, the lanes looked up in stages, and packets
 /// that are not IPv4 on both sides on their own. `Err` for an IPv6 address past the list.
 #[inline(always)]
 fn judge_lanes(
     table: &Table,
     batch: &Batch<'_>,
-    output: &mut [u8],
+    output: &mut Vec<u8>,
     s: &mut Scratch,
 ) -> Result<(), ()> {
     let word = |w: &[u8; 4]| u32::from_le_bytes(*w);
@@ -440,10 +443,7 @@ fn judge_lanes(
     .map(|c| batch.column(c).chunks(LANES));
     let [vnis, shapes, ports, srcs, dsts] = columns;
     let chunks = vnis.zip(shapes).zip(ports).zip(srcs.zip(dsts));
-    let outs = output.as_chunks_mut::<VERDICT_BYTES>().0.chunks_mut(LANES);
-    for ((first, (((vni, shape), ports), (src, dst))), out) in
-        (0..).step_by(LANES).zip(chunks).zip(outs)
-    {
+    for (first, (((vni, shape), ports), (src, dst))) in (0..).step_by(LANES).zip(chunks) {
         let mut families = 0;
         for (i, ((vni, shape), (ports, (src, dst)))) in vni
             .iter()
@@ -473,9 +473,11 @@ fn judge_lanes(
                 }
             }
         }
-        for (out, word) in out.iter_mut().zip(words.iter()) {
-            *out = word.to_le_bytes();
+        let records = &mut s.records[..words.len()];
+        for (record, word) in records.iter_mut().zip(words.iter()) {
+            *record = word.to_le_bytes();
         }
+        output.extend_from_slice(records.as_flattened());
     }
     Ok(())
 }
