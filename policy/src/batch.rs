@@ -135,8 +135,9 @@ impl Columns {
         Columns { bytes, n: 0 }
     }
 
-    /// Starts a batch of `n` packets, every slot unset (a packet of VNI 0, which is
-    /// `drop(unknown-vpc)`), the address list empty.
+    /// Starts a batch of `n` packets, every slot unset (a packet of VNI 0 from 0.0.0.0 to
+    /// 0.0.0.0 with no ports, which the peering filter judges `drop(unknown-vpc)`), the address
+    /// list empty.
     pub fn begin(&mut self, n: usize) -> Result<(), ColumnsError> {
         if n > Self::MAX_PACKETS {
             return Err(ColumnsError::TooMany { n });
@@ -146,8 +147,9 @@ impl Columns {
         self.bytes.resize(end, 0);
         let count = u32::try_from(n).map_err(|_| ColumnsError::TooMany { n })?;
         self.bytes[..WORD].copy_from_slice(&count.to_le_bytes());
-        // The VNI and shape columns, side by side.
-        self.bytes[WORD..WORD * (1 + 2 * n)].fill(0);
+        // Every column: an unset slot is VNI 0, IPv4 0.0.0.0 to 0.0.0.0 with no ports, never
+        // a field of an earlier burst's packet.
+        self.bytes[WORD..end].fill(0);
         self.n = n;
         Ok(())
     }

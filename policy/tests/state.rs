@@ -556,31 +556,3 @@ fn a_candidate_past_the_vpcs_is_refused() {
     words[at] = table.vpcs().len() as u32;
     invalid_in(Table::from_state(&words).err().unwrap(), "set-members");
 }
-
-/// The state's size for the gateway shape with ports, beside the table's IPv4 bytes
-/// (`cargo test --release -p flowgate-policy --test state -- --ignored --nocapture`; the
-/// times are in the `state` group of `benches/policy.rs`).
-#[test]
-#[ignore = "a report, not a check"]
-fn state_sizes() {
-    for peerings in [1_000, 5_000] {
-        let gateway = Gateway::new(GatewayShape::with_peerings(peerings, true, 42));
-        let table = Table::build(&parse(gateway.yaml(), None).unwrap()).unwrap();
-        let words = table.export_state();
-        let largest = SECTIONS
-            .iter()
-            .map(|name| (section(&words, name).len(), *name))
-            .max()
-            .unwrap();
-        println!(
-            "{peerings} peerings: {} words ({:.2} MiB), {} parts of 65,536; IPv4 structures {:.2} MiB; largest section `{}` {} words; {:?}",
-            words.len(),
-            words.len() as f64 * 4.0 / (1 << 20) as f64,
-            words.len().div_ceil(1 << 16),
-            table.stats().ipv4_bytes as f64 / (1 << 20) as f64,
-            largest.1,
-            largest.0,
-            table.stats(),
-        );
-    }
-}

@@ -86,7 +86,7 @@ pub trait Module: 'static {
     /// (`export-state`): by default the table's ([`Table::export_state`]), which is all the
     /// default module's judging depends on. `None`: the host configures every instance.
     fn export_state(table: &Table) -> Option<Vec<u32>> {
-        Some(table.export_state())
+        Some(table.export_state()).filter(|words| words.len() <= flowgate_policy::MAX_STATE_WORDS)
     }
 
     /// Judges a packed batch into `out` (4 bytes a verdict, one per packet of the batch, as
@@ -141,7 +141,8 @@ const STATE_PART_WORDS: usize = 1 << 16;
 thread_local! {
     /// `None` until `configure` (or `adopt-state`) succeeds.
     static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
-    /// The state being exported, kept from `export-state` at word 0 until its last part.
+    /// The state being exported, made by `export-state` at word 0 and kept until the next
+    /// `configure` or `adopt-state`, or `export-state` past its end.
     static EXPORT: RefCell<Option<Vec<u32>>> = const { RefCell::new(None) };
     /// The state being adopted, from its first part to its last.
     static ADOPTING: RefCell<Option<StateLoader>> = const { RefCell::new(None) };
@@ -192,12 +193,12 @@ impl<M: Module> Guest for Filter<M> {
             let Some(words) = export.as_ref() else {
                 return Vec::new();
             };
-            let end = words.len().min(at.saturating_add(STATE_PART_WORDS));
-            let part = words.get(at..end).unwrap_or_default().to_vec();
-            if end == words.len() {
+            if at >= words.len() {
                 *export = None;
+                return Vec::new();
             }
-            part
+            let end = words.len().min(at.saturating_add(STATE_PART_WORDS));
+            words.get(at..end).unwrap_or_default().to_vec()
         })
     }
 

@@ -158,7 +158,7 @@ pub fn render(gateway: &Gateway) -> String {
         &mut out,
         "flowgate_instance_starts_total",
         "counter",
-        "Module instances started, by how they got their configuration: configure (parsed, validated and built: once a release) or adopt (the state a configured instance built).",
+        "Module instances that took a configuration, by how: configure (parsed, validated and built: once a release, unless the module hands no state over; explain configures too) or adopt (the state a configured instance built).",
     );
     let starts = gateway.starts();
     let _ = writeln!(

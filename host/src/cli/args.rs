@@ -370,8 +370,8 @@ pub struct ServeArgs {
     /// Worker threads; one per core when absent.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
-    /// The worker threads' nice value, above the gateway's other threads so that swaps,
-    /// rollbacks and the admin API get their share of busy cores; 0 leaves them as they are.
+    /// How many nice levels the worker threads run below the gateway's other threads, so that
+    /// swaps, rollbacks and the admin API get their share of busy cores; 0 leaves them be.
     #[arg(long, default_value_t = DEFAULT_WORKER_NICE, value_parser = clap::value_parser!(u8).range(0..=19))]
     pub worker_nice: u8,
     /// Packets per policy call.

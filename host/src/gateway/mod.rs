@@ -75,9 +75,9 @@ pub struct Options {
     pub record_batches: bool,
     /// The largest configuration text a swap accepts, in bytes.
     pub max_config_bytes: usize,
-    /// The nice value [`Gateway::run_worker`] gives its thread (0 to 19; 0 leaves it): above
-    /// the gateway's other threads, so that a swap, a rollback and the admin API get a core's
-    /// share when the workers keep every core busy.
+    /// How many nice levels [`Gateway::run_worker`] lowers its thread's priority by (to nice
+    /// 19 at most; 0 leaves it): below the gateway's other threads, so that a swap, a rollback
+    /// and the admin API get a core's share when the workers keep every core busy.
     pub worker_nice: u8,
 }
 

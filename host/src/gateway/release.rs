@@ -47,8 +47,8 @@ pub struct Release {
     pub prepared: Prepared,
     /// The canary batch for this configuration (reused by swaps that keep the configuration).
     pub(super) canary: Arc<[Packet]>,
-    /// The configured instance's verdicts on the canary batch, which every adopting instance
-    /// must give.
+    /// The configured instance's verdicts on the canary batch, which the first adopting
+    /// instance of a release (and of a rollback to it) must give.
     pub(super) canary_verdicts: Arc<[Verdict]>,
     /// What the release's instances start from: the state its configured instance built.
     pub(super) plan: Blueprint,
@@ -88,13 +88,22 @@ impl Release {
     }
 }
 
-/// Why a worker's instance could not start from a release's state ([`SwapError::Adoption`]).
+/// Why a release's state could not be handed over or adopted ([`SwapError::Adoption`]).
 #[derive(Debug, thiserror::Error)]
 pub enum AdoptionError {
-    /// It failed as it started (the module refused or trapped on its own state, or the host
-    /// had no room for it).
-    #[error(transparent)]
+    /// The configured instance failed to hand its state over (`export-state`).
+    #[error("the configured instance could not hand its state over: {0}")]
+    Export(PolicyFault),
+    /// A worker's instance failed as it started (the module refused or trapped on its own
+    /// state, or the host had no room for it).
+    #[error("{0}")]
     Start(PolicyFault),
+    /// The first adopting instance failed the canary batch.
+    #[error("it failed the canary batch: {0}")]
+    Canary(PolicyFault),
+    /// The first adopting instance handed over another state than the one it adopted.
+    #[error("it hands over another state than the one it adopted")]
+    Mismatch,
     /// It judged a packet of the canary batch otherwise than the configured instance.
     #[error(
         "it judged canary packet {index} {adopted}, where the configured instance judged {configured}"
@@ -178,10 +187,11 @@ impl SwapError {
             | SwapError::OverLimit(OverLimit::ConfigureClock { .. }) => Refusal::StartFailed,
             SwapError::Config(_) | SwapError::OverLimit(_) => Refusal::ConfigRefused,
             SwapError::Canary(_) => Refusal::CanaryFailed,
-            // The module's own state refused or judged otherwise by it: what the module is.
-            SwapError::Adoption(AdoptionError::Start(f)) if !f.is_module_fault() => {
-                Refusal::StartFailed
-            }
+            // The module's own state refused, judged otherwise or handed over wrong by it: what
+            // the module is. The host's failures (no room, the clock) are tried again.
+            SwapError::Adoption(
+                AdoptionError::Export(f) | AdoptionError::Start(f) | AdoptionError::Canary(f),
+            ) if !f.is_module_fault() => Refusal::StartFailed,
             SwapError::Adoption(_) => Refusal::CanaryFailed,
             SwapError::NothingToRollBack => Refusal::NothingToRollBack,
             SwapError::Capacity { .. } => Refusal::Capacity,
@@ -192,6 +202,12 @@ impl SwapError {
     pub fn setting(&self) -> Option<Setting> {
         match self {
             SwapError::OverLimit(e) => Some(e.setting()),
+            SwapError::Adoption(
+                AdoptionError::Export(f) | AdoptionError::Start(f) | AdoptionError::Canary(f),
+            ) => match f {
+                PolicyFault::Start(e) => e.downcast_ref::<StartError>()?.setting(),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -353,7 +369,9 @@ pub(super) fn prepare(
     first
         .judge(&canary, &mut expected)
         .map_err(SwapError::Canary)?;
-    let plan = first.blueprint()?;
+    let plan = first
+        .blueprint()
+        .map_err(|f| SwapError::Adoption(AdoptionError::Export(f)))?;
     let info = first.info().clone();
     let catalog = first.catalog().clone();
     let (peerings, _) = first.config_summary();
@@ -364,12 +382,10 @@ pub(super) fn prepare(
         spares.push(first);
     } else {
         drop(first);
+        check_adopted(runtime, &plan, &canary, &expected, &catalog)?;
     }
     let (more, more_cpu) = start_instances(runtime, &plan, workers - spares.len())?;
     spares.extend(more);
-    if plan.state_words().is_some() {
-        check_adopted(&mut spares, &canary, &expected, &catalog)?;
-    }
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let prepared = Prepared {
         configured: if plan.state_words().is_some() {
@@ -430,13 +446,14 @@ pub(super) fn prepare_again(
         );
     };
     let cpu_before = cpu_now()?;
-    let (mut spares, more_cpu) = start_instances(runtime, &target.plan, workers)?;
     check_adopted(
-        &mut spares,
+        runtime,
+        &target.plan,
         &target.canary,
         &target.canary_verdicts,
         &target.catalog,
     )?;
+    let (spares, more_cpu) = start_instances(runtime, &target.plan, workers)?;
     Ok(Release {
         generation,
         cause,
@@ -462,21 +479,31 @@ pub(super) fn prepare_again(
     })
 }
 
-/// Refuses a release whose first adopting instance fails the canary batch or judges it
-/// otherwise than the configured instance did (`expected`).
+/// Refuses a release whose state, adopted by an instance of its own, is not handed over again
+/// word for word (every word of the table, where the canary batch reaches a few), or fails the
+/// canary batch, or judges it otherwise than the configured instance did (`expected`). The
+/// checking instance is let go after: handing the state over grows its memory by the state's
+/// size, which a worker's instance should not keep.
 fn check_adopted(
-    spares: &mut [WasmPolicy],
+    runtime: &Runtime,
+    plan: &Blueprint,
     canary: &[Packet],
     expected: &[Verdict],
     catalog: &Catalog,
 ) -> Result<(), SwapError> {
-    let Some(adopted) = spares.first_mut() else {
-        return Ok(());
-    };
+    let adoption = |e| SwapError::Adoption(e);
+    let mut adopted =
+        WasmPolicy::start_from(runtime, plan).map_err(|f| adoption(AdoptionError::Start(f)))?;
+    if !adopted
+        .holds(plan)
+        .map_err(|f| adoption(AdoptionError::Start(f)))?
+    {
+        return Err(adoption(AdoptionError::Mismatch));
+    }
     let mut got = vec![Verdict::default(); canary.len()];
     adopted
         .judge(canary, &mut got)
-        .map_err(|f| SwapError::Adoption(AdoptionError::Start(f)))?;
+        .map_err(|f| adoption(AdoptionError::Canary(f)))?;
     match (0..got.len()).find(|&i| got.get(i) != expected.get(i)) {
         Some(index) => Err(SwapError::Adoption(AdoptionError::Diverged {
             index,

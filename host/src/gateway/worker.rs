@@ -114,17 +114,21 @@ impl Gateway {
     }
 }
 
-/// Sets the calling thread's nice value to `nice` (a thread may always lower its own priority);
-/// a failure is logged, and the worker runs on at the priority it had.
-fn lower_priority(nice: u8) {
-    if nice == 0 {
+/// Raises the calling thread's nice value by `by` (to 19 at most), below the priority of the
+/// gateway's other threads (a thread may always lower its own priority); a failure is logged,
+/// and the worker runs on at the priority it had.
+fn lower_priority(by: u8) {
+    if by == 0 {
         return;
     }
-    let thread = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(thread), i32::from(nice.min(19))) {
+    let thread = Some(rustix::thread::gettid());
+    let lowered = rustix::process::getpriority_process(thread).and_then(|now| {
+        rustix::process::setpriority_process(thread, now.saturating_add(i32::from(by)).min(19))
+    });
+    if let Err(e) = lowered {
         tracing::warn!(
             event = "worker-nice",
-            "could not set a worker thread's nice value to {nice}: {e}; it runs at the priority it had"
+            "could not lower a worker thread's priority by {by} nice levels: {e}; it runs at the priority it had"
         );
     }
 }

@@ -210,11 +210,20 @@ impl WasmPolicy {
 
     /// The blueprint of this instance's module and configuration, with the state it built
     /// (`export-state`) for other instances to adopt: see [`WasmPolicy::adopt`].
-    pub fn blueprint(&mut self) -> Result<Blueprint, StartError> {
+    /// A failure is the fault it stands for, the module's or the host's (see
+    /// [`WasmPolicy::start`]).
+    pub fn blueprint(&mut self) -> Result<Blueprint, PolicyFault> {
         if self.plan.state.is_none() && !self.adopted {
-            self.plan.state = self.export_state().map_err(StartError::from)?;
+            self.plan.state = self.export_state().map_err(StartFailure::fault)?;
         }
         Ok(self.plan.clone())
+    }
+
+    /// Whether the instance hands over exactly `plan`'s state (`export-state`): an instance
+    /// that adopted it must.
+    pub fn holds(&mut self, plan: &Blueprint) -> Result<bool, PolicyFault> {
+        let words = self.export_state().map_err(StartFailure::fault)?;
+        Ok(words.as_deref() == plan.state.as_deref())
     }
 
     /// The module's state, part by part, within one configure budget; `None` when it hands
@@ -325,6 +334,7 @@ impl WasmPolicy {
             }
         }
         (self.store, self.instance) = (store, instance);
+        self.adopted = self.plan.state.is_some();
         Ok(())
     }
 
@@ -622,13 +632,15 @@ fn configure(
     limits: Limits,
     starts: &Starts,
 ) -> Result<bindings::ConfigSummary, StartFailure> {
-    starts.configured.fetch_add(1, Ordering::Relaxed);
     arm_configure(store, limits.configure_deadline);
     match instance
         .flowgate_policy_filter()
         .call_configure(&mut *store, config)
     {
-        Ok(Ok(summary)) => Ok(summary),
+        Ok(Ok(summary)) => {
+            starts.configured.fetch_add(1, Ordering::Relaxed);
+            Ok(summary)
+        }
         Ok(Err(e)) => Err(StartFailure::module(convert::config_error(e))),
         Err(trap) => {
             let by_clock = store.data().budget.stopped_by_clock();
@@ -650,7 +662,6 @@ fn adopt(
     limits: Limits,
     starts: &Starts,
 ) -> Result<(), StartFailure> {
-    starts.adopted.fetch_add(1, Ordering::Relaxed);
     arm_configure(store, limits.configure_deadline);
     let mut parts = state.chunks(STATE_PART_WORDS).peekable();
     while let Some(part) = parts.next() {
@@ -679,6 +690,7 @@ fn adopt(
             }
         }
     }
+    starts.adopted.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

@@ -77,7 +77,7 @@ flowgate_policy::labels! {
         /// Taking the state a configured instance built (`export-state`).
         Export => "export-state",
         /// Handing an instance the state another built (`adopt-state`): it refused the state,
-        /// trapped, or judged the canary batch otherwise than the instance that built it.
+        /// or trapped.
         Adopt => "adopt-state",
     }
 }

@@ -117,9 +117,9 @@ impl RuntimeError {
     }
 }
 
-/// How the instances of a runtime got their configuration, counted as their calls are made:
-/// a `configure` parses, validates and builds (the costly start); an `adopt-state` takes the
-/// state another instance built.
+/// How the instances of a runtime got their configuration, counted as their calls succeed: a
+/// `configure` parses, validates and builds (the costly start); an adoption (a run of
+/// `adopt-state` calls) takes the state another instance built.
 #[derive(Debug, Default)]
 pub struct Starts {
     pub(super) configured: AtomicU64,

@@ -1374,14 +1374,16 @@ fn assemble(p: Parts, starts: &[usize; COUNT]) -> Result<Table, StateError> {
                         MAX_FLAT.trailing_zeros().into(),
                     ));
                 }
-                let len = vpc_count << log2;
-                if side.keys.len() != len || side.values.len() != len {
+                let len = vpc_count
+                    .checked_shl(log2)
+                    .filter(|l| l >> log2 == vpc_count);
+                if len.is_none_or(|len| side.keys.len() != len || side.values.len() != len) {
                     return Err(bad(
                         s + VALUES,
                         0,
                         "a padded side's length",
                         side.values.len() as u64,
-                        len as u64,
+                        len.map_or(u64::MAX, |len| len as u64),
                     ));
                 }
                 let mut big = Vec::with_capacity(side.big_ends.len());

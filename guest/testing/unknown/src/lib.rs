@@ -21,7 +21,10 @@ impl Module for Unknown {
         };
         let unknown = encode_verdict(Verdict::Allow(VpcId(1_000_000)));
         for (packet, verdict) in batch.packets().zip(out.chunks_exact_mut(VERDICT_BYTES)) {
-            if packet.and_then(|p| p.ports).is_some_and(|p| p.src == TRIGGER) {
+            if packet
+                .and_then(|p| p.ports)
+                .is_some_and(|p| p.src == TRIGGER)
+            {
                 verdict.copy_from_slice(&unknown);
             }
         }
