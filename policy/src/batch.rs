@@ -154,11 +154,46 @@ impl Columns {
         Ok(())
     }
 
-    /// Replaces the batch with `packets`, in order.
+    /// Replaces the batch with `packets`, in order: the columns split once, so that no write
+    /// checks its slot as [`Columns::set`] does.
     pub fn encode(&mut self, packets: &[Packet]) -> Result<(), ColumnsError> {
-        self.begin(packets.len())?;
+        let n = packets.len();
+        let count = u32::try_from(n)
+            .ok()
+            .filter(|_| n <= Self::MAX_PACKETS)
+            .ok_or(ColumnsError::TooMany { n })?;
+        let end = columns_end(n);
+        self.bytes.clear();
+        self.bytes.resize(end, 0);
+        self.n = n;
+        let (header, columns) = self.bytes.split_at_mut(WORD);
+        header.copy_from_slice(&count.to_le_bytes());
+        let words = columns.as_chunks_mut::<WORD>().0;
+        let (vni, rest) = words.split_at_mut(n);
+        let (shapes, rest) = rest.split_at_mut(n);
+        let (ports, rest) = rest.split_at_mut(n);
+        let (src, dst) = rest.split_at_mut(n);
+        let mut v6 = 0u32;
+        let mut addr_word = |addr: IpAddr| match addr {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(_) => {
+                v6 = v6.saturating_add(1);
+                v6 - 1
+            }
+        };
         for (i, p) in packets.iter().enumerate() {
-            self.set(i, p)?;
+            vni[i] = p.src_vni.to_le_bytes();
+            shapes[i] = shape_word(p).to_le_bytes();
+            ports[i] = ports_word(p.ports).to_le_bytes();
+            src[i] = addr_word(p.src).to_le_bytes();
+            dst[i] = addr_word(p.dst).to_le_bytes();
+        }
+        if v6 > 0 {
+            for addr in packets.iter().flat_map(|p| [p.src, p.dst]) {
+                if let IpAddr::V6(a) = addr {
+                    self.bytes.extend_from_slice(&a.octets());
+                }
+            }
         }
         Ok(())
     }
