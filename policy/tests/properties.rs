@@ -8,20 +8,9 @@
 
 mod common;
 
-use common::{arb, oracle};
+use common::{arb, cases, oracle};
 use flowgate_policy::{Table, Verdict, parse};
 use proptest::prelude::*;
-
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("FLOWGATE_PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
 
 proptest! {
     #![proptest_config(cases(10_000))]

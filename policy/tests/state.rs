@@ -11,7 +11,7 @@ mod common;
 use std::ops::Range;
 use std::path::Path;
 
-use common::arb;
+use common::{arb, cases};
 use flowgate_policy::packed::{encode_packets, judge_packed};
 use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale};
 use flowgate_policy::table::state::{MAGIC, SECTIONS, VERSION};
@@ -277,18 +277,6 @@ fn hub(spokes: usize) -> String {
         );
     }
     yaml
-}
-
-/// `FLOWGATE_PROPTEST_CASES` configs a property draws, or `default`.
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("FLOWGATE_PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
 }
 
 proptest! {

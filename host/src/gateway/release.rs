@@ -386,18 +386,14 @@ pub(super) fn prepare(
     }
     let (more, more_cpu) = start_instances(runtime, &plan, workers - spares.len())?;
     spares.extend(more);
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let workers = u32::try_from(workers).unwrap_or(u32::MAX);
+    let (configured, adopted) = match plan.state_words() {
+        Some(_) => (1, workers),
+        None => (workers, 0),
+    };
     let prepared = Prepared {
-        configured: if plan.state_words().is_some() {
-            1
-        } else {
-            count(workers)
-        },
-        adopted: if plan.state_words().is_some() {
-            count(workers)
-        } else {
-            0
-        },
+        configured,
+        adopted,
         state_bytes: plan.state_words().unwrap_or(0).saturating_mul(4),
         cpu: cpu_now()?.saturating_sub(cpu_before) + more_cpu,
     };

@@ -1,5 +1,5 @@
-//! A burst's verdicts read where the module's answer lies ([`Verdicts`]), and the buffers the
-//! packed call keeps from one burst to the next.
+//! A burst's verdicts read where the module's answer lies ([`Verdicts`]), and what the packed
+//! call keeps between bursts.
 
 use flowgate_policy::packed::{Columns, VERDICT_BYTES, WordDecoder};
 use flowgate_policy::{Verdict, VpcId};
@@ -96,8 +96,9 @@ impl<'a> Verdicts<'a> {
     }
 }
 
-/// What the packed call keeps from one burst to the next: the batch it encodes packets into
-/// (for [`crate::Policy::judge`]), and the module's last answer, which [`Verdicts`] borrows.
+/// What the packed call keeps between bursts: the batch it encodes packets into (for
+/// [`crate::Policy::judge`]), reused, and the module's last answer (a fresh `Vec` from the
+/// bindings each call), which [`Verdicts`] borrows.
 #[derive(Debug, Default)]
 pub(super) struct Packed {
     pub(super) columns: Columns,

@@ -864,6 +864,7 @@ impl StateLoader {
         Ok(())
     }
 
+    /// The refusal of element `i` of section `s` ([`Place::bad`]).
     fn invalid(
         &self,
         s: usize,
@@ -872,13 +873,10 @@ impl StateLoader {
         value: u64,
         bound: u64,
     ) -> StateError {
-        StateError::Invalid {
-            section: SECTIONS[s],
-            offset: self.starts[s] + i * WIDTH[s],
-            what,
-            value,
-            bound,
+        Place {
+            starts: &self.starts,
         }
+        .bad(s, i, what, value, bound)
     }
 
     /// Takes whole elements of the current section.
@@ -1017,7 +1015,7 @@ struct Place<'a> {
 }
 
 impl Place<'_> {
-    /// The refusal of element `i` of section `s` (`word` words into the element).
+    /// The refusal of element `i` of section `s`.
     fn bad(&self, s: usize, i: usize, what: &'static str, value: u64, bound: u64) -> StateError {
         StateError::Invalid {
             section: SECTIONS[s],
