@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 include!("../guest_build.rs");
 
-const VARIANTS: [&str; 10] = [
+const VARIANTS: [&str; 11] = [
     "honest-v2",
     "trap",
     "spin",
@@ -20,6 +20,7 @@ const VARIANTS: [&str; 10] = [
     "unshared",
     "drifting",
     "unknown",
+    "garbled",
 ];
 
 fn main() {

@@ -31,6 +31,9 @@ pub static UNSHARED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unshared.
 /// no peering): instances that adopt it judge otherwise than the configured one.
 pub static DRIFTING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/drifting.wasm"));
 
+/// Hands over words that are no state: every instance that tries to adopt them refuses them.
+pub static GARBLED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/garbled.wasm"));
+
 /// The example module `guest/examples/deny-list`: TCP to ports 23 and 445 is
 /// `drop(denied)` in front of the peering filter.
 pub static DENY_LIST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/deny-list.wasm"));

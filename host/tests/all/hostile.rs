@@ -141,6 +141,38 @@ fn an_empty_configuration_is_no_blackhole() {
     assert_eq!(gateway.current().catalog.vpcs.len(), 10);
 }
 
+/// A module whose state (what its configured instance hands the workers' instances) is no
+/// state, or is another configuration's, is refused through the admin API as `canary-failed`:
+/// no worker adopts it, and the running release keeps serving.
+#[test]
+fn a_forged_state_never_goes_live() {
+    let config = config();
+    let gateway = gateway(&config, 2);
+    let (_admin, client) = crate::admin_on_socket(&gateway);
+    for (module, says) in [
+        (guests::GARBLED, "the module refused the state"),
+        (guests::DRIFTING, "judged canary packet"),
+    ] {
+        let answer = client.swap_module(module, None, None).unwrap();
+        assert_eq!(answer.status, 422, "{}", answer.body);
+        assert_eq!(answer.body["reason"], "canary-failed", "{}", answer.body);
+        let error = answer.body["error"].as_str().unwrap();
+        assert!(error.contains(says), "{error}");
+    }
+    assert_eq!(generation(&client), 1);
+    let packets = synth::packets(&flowgate_policy::parse(&config, None).unwrap(), 512, 3);
+    let expected: Vec<Verdict> = {
+        let mut native = flowgate_host::NativePolicy::new(&config, None).unwrap();
+        let mut out = vec![Verdict::default(); packets.len()];
+        native.judge(&packets, &mut out).unwrap();
+        out
+    };
+    let mut worker = gateway.worker(0);
+    let mut out = vec![Verdict::default(); packets.len()];
+    assert!(worker.judge(&packets, &mut out).verdicts.is_some());
+    assert_eq!(out, expected);
+}
+
 /// On TCP every request needs the token; a missing or wrong one is 401 and changes
 /// nothing. TCP without a token does not start. The Unix socket is 0600.
 #[test]
