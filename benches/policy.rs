@@ -7,10 +7,15 @@
 //!   `wasm` judges batches a dataplane's decoder laid out in columns (`judge_columns`: no
 //!   encode pass, verdicts read where they lie); `wasm-packets` the same batches as `Packet`
 //!   slices (`Policy::judge`: encoded, then decoded into a slice).
+//! - `realistic/{native,wasm}-decoded/...`: the same batches, each written by a decoder
+//!   (untimed) into the one buffer a dataplane reuses burst after burst, `Packet`s natively and
+//!   columns for Wasm, just before it is judged: the input in cache, as a dataplane's decoder
+//!   leaves it, the packets still distinct. Only the judging is timed (`iter_custom`, two
+//!   clock reads a burst, about 0.1 ns a packet).
 //! - `realistic/crossing/{256,1024}`: batches of 256 and 1,024 of the 1,000-peering workload
 //!   (with ports) into a guest that answers without reading them: what crossing into the
 //!   sandbox costs on this traffic, the floor of the Wasm path; `crossing-packets` the same
-//!   through `Policy::judge`.
+//!   through `Policy::judge`; `crossing-decoded` the columns a decoder just wrote.
 //! - `repeat/{native,wasm}/{10,100,1000,5000}`: the same 4,096 packets (the mixed generator,
 //!   `synth::config_yaml`) judged again and again. The branch predictor learns them: a best
 //!   case.
@@ -25,15 +30,16 @@
 #![allow(clippy::expect_used)] // a benchmark with bad setup should stop loudly
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flowgate_benches::{Realistic, allowed, columns, setup};
 use flowgate_host::wasm::Verdicts;
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
+use flowgate_policy::packed::Columns;
 use flowgate_policy::synth::{Gateway, GatewayShape};
-use flowgate_policy::{StateLoader, Table, Verdict};
+use flowgate_policy::{Packet, StateLoader, Table, Verdict};
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 5_000];
 const BATCH: usize = flowgate_benches::PACKETS;
@@ -92,6 +98,38 @@ fn realistic(c: &mut Criterion) {
         });
         drop(laid_out);
         let mut batches = work.batches();
+        let mut decoded: Vec<Packet> = work.pool[..GUEST_BATCH].to_vec();
+        group.bench_function(BenchmarkId::new("native-decoded", &name), |b| {
+            b.iter_custom(|iters| {
+                timed_after_decoding(iters, || {
+                    let (batch, expected) = batches.next().expect("batches cycle");
+                    decoded.copy_from_slice(batch);
+                    let started = Instant::now();
+                    work.table.lookup_batch(black_box(&decoded), &mut verdicts);
+                    let took = started.elapsed();
+                    assert_eq!(allowed(&verdicts), expected);
+                    took
+                })
+            })
+        });
+        let mut batches = work.batches();
+        let mut burst = Columns::with_capacity(GUEST_BATCH);
+        group.bench_function(BenchmarkId::new("wasm-decoded", &name), |b| {
+            b.iter_custom(|iters| {
+                timed_after_decoding(iters, || {
+                    let (batch, expected) = batches.next().expect("batches cycle");
+                    burst.encode(batch).expect("a burst fits");
+                    let started = Instant::now();
+                    let verdicts = wasm
+                        .judge_columns(black_box(&burst))
+                        .expect("the module judges");
+                    let took = started.elapsed();
+                    assert_eq!(allowed_in(&verdicts), expected);
+                    took
+                })
+            })
+        });
+        let mut batches = work.batches();
         group.bench_function(BenchmarkId::new("wasm-packets", &name), |b| {
             b.iter(|| {
                 let (batch, expected) = batches.next().expect("batches cycle");
@@ -120,6 +158,23 @@ fn realistic(c: &mut Criterion) {
             })
         });
         drop(laid_out);
+        let mut batches = work.pool.chunks_exact(n).cycle();
+        let mut burst = Columns::with_capacity(n);
+        group.bench_function(BenchmarkId::new("crossing-decoded", n), |b| {
+            b.iter_custom(|iters| {
+                timed_after_decoding(iters, || {
+                    let batch = batches.next().expect("batches cycle");
+                    burst.encode(batch).expect("a burst fits");
+                    let started = Instant::now();
+                    let verdicts = null
+                        .judge_columns(black_box(&burst))
+                        .expect("the guest answers");
+                    let took = started.elapsed();
+                    assert_eq!(allowed_in(&verdicts), 0);
+                    took
+                })
+            })
+        });
         let mut verdicts = vec![Verdict::default(); n];
         let mut batches = work.pool.chunks_exact(n).cycle();
         group.bench_function(BenchmarkId::new("crossing-packets", n), |b| {
@@ -132,6 +187,12 @@ fn realistic(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The time `iters` bursts took to judge, each burst decoded first: `burst` decodes one,
+/// judges it and returns the time the judging alone took.
+fn timed_after_decoding(iters: u64, mut burst: impl FnMut() -> Duration) -> Duration {
+    (0..iters).map(|_| burst()).sum()
 }
 
 fn repeat(c: &mut Criterion) {

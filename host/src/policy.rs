@@ -1,15 +1,30 @@
 //! What judges batches: the [`Policy`] trait, with the policy library called natively
 //! ([`NativePolicy`]) and a Wasm module ([`crate::wasm::WasmPolicy`]) behind it, and the
-//! [`PolicyFault`] a batch ends with when the module fails on it.
+//! [`PolicyFault`] a batch ends with when the module fails on it, and the [`Verdicts`] of a
+//! burst judged in columns.
 
+mod verdicts;
+
+use flowgate_policy::packed::{Columns, WordDecoder, judge_packed};
 use flowgate_policy::{Catalog, Packet, Table, Verdict};
 
+pub use verdicts::Verdicts;
+
 /// Something that judges batches of packets: a Wasm module or the native library.
+///
+/// A batch comes as `Packet`s ([`Policy::judge`]) or as a burst a dataplane's decoder laid
+/// out in the guest's columns ([`Policy::judge_columns`]: no encode pass, and the verdicts
+/// read where they lie).
 pub trait Policy {
     /// The names behind the verdicts.
     fn catalog(&self) -> &Catalog;
     /// Judges `packets` into `out` (same length). On error `out` is unspecified.
     fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault>;
+    /// Judges a burst laid out in columns: one verdict a packet, in the policy's answer
+    /// until its next call ([`Policy::last_verdicts`] reads them again).
+    fn judge_columns(&mut self, burst: &Columns) -> Result<Verdicts<'_>, PolicyFault>;
+    /// The verdicts of the last call, when it was [`Policy::judge_columns`] and succeeded.
+    fn last_verdicts(&self) -> Option<Verdicts<'_>>;
     /// Starts over after a fault, with the same configuration. On error, the fault the new
     /// start ended with ([`PolicyFault::Start`] or [`PolicyFault::Host`]).
     fn restart(&mut self) -> Result<(), PolicyFault>;
@@ -18,18 +33,26 @@ pub trait Policy {
 /// The policy library called directly: no sandbox, no crossing.
 pub struct NativePolicy {
     table: Table,
+    decoder: WordDecoder,
+    /// The answer of the last burst judged in columns, and whether it was.
+    answer: Vec<u8>,
+    answered: bool,
 }
 
 impl NativePolicy {
     /// Parses, validates and builds `config`; `file` names it in errors.
     pub fn new(config: &str, file: Option<&str>) -> Result<Self, flowgate_policy::ConfigError> {
+        let table = Table::build(&flowgate_policy::parse(config, file)?).map_err(|e| {
+            flowgate_policy::ConfigError {
+                file: file.map(str::to_owned),
+                ..e
+            }
+        })?;
         Ok(NativePolicy {
-            table: Table::build(&flowgate_policy::parse(config, file)?).map_err(|e| {
-                flowgate_policy::ConfigError {
-                    file: file.map(str::to_owned),
-                    ..e
-                }
-            })?,
+            decoder: WordDecoder::new(table.catalog()),
+            table,
+            answer: Vec::new(),
+            answered: false,
         })
     }
 
@@ -45,8 +68,23 @@ impl Policy for NativePolicy {
     }
 
     fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault> {
+        self.answered = false;
         self.table.lookup_batch(packets, out);
         Ok(())
+    }
+
+    /// The library's own `judge-packed` on the burst, as a module answers it.
+    fn judge_columns(&mut self, burst: &Columns) -> Result<Verdicts<'_>, PolicyFault> {
+        self.answered = false;
+        judge_packed(Some(&self.table), burst.as_bytes(), &mut self.answer);
+        let verdicts = Verdicts::check(&self.answer, burst.len(), &self.decoder)?;
+        self.answered = true;
+        Ok(verdicts)
+    }
+
+    fn last_verdicts(&self) -> Option<Verdicts<'_>> {
+        self.answered
+            .then(|| Verdicts::checked_before(&self.answer, &self.decoder))
     }
 
     fn restart(&mut self) -> Result<(), PolicyFault> {

@@ -1013,6 +1013,8 @@ fn release_json(release: &Release) -> Value {
             "adopted": release.prepared.adopted,
             "state_bytes": release.prepared.state_bytes,
             "cpu_ms": release.prepared.cpu.as_secs_f64() * 1e3,
+            "configure_ms": release.prepared.configure.as_secs_f64() * 1e3,
+            "wall_ms": release.prepared.wall.as_secs_f64() * 1e3,
         },
     })
 }

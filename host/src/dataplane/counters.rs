@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use flowgate_policy::{Catalog, DropReason, Packet, Verdict, VerdictKind, VpcId};
+use flowgate_policy::{Catalog, DropReason, Verdict, VerdictKind, VpcId};
 use serde_json::{Value, json};
 
 flowgate_policy::labels! {
@@ -94,14 +94,18 @@ impl Counters {
     }
 }
 
-/// Counts the verdicts of a judged batch: the "apply" phase. Per packet it only adds to
-/// counters indexed by VPC and reason; names are looked up once per batch.
-pub fn apply(packets: &[Packet], verdicts: &[Verdict], catalog: &Catalog, counters: &mut Counters) {
+/// Counts the verdicts of a judged batch, one a packet: the "apply" phase. Per packet it only
+/// adds to counters indexed by VPC and reason; names are looked up once per batch.
+pub fn apply(
+    verdicts: impl IntoIterator<Item = Verdict>,
+    catalog: &Catalog,
+    counters: &mut Counters,
+) {
     // Forwarded packets per destination VPC in this batch (batches go to few VPCs).
     let mut per_vpc: Vec<(VpcId, u64)> = Vec::new();
     let mut drops = [0u64; DropReason::COUNT];
     let mut passed = 0;
-    for &verdict in verdicts.iter().take(packets.len()) {
+    for verdict in verdicts {
         match verdict {
             Verdict::Allow(vpc) => {
                 passed += 1;
@@ -150,12 +154,6 @@ mod tests {
             vpcs: vec![vpc("a", 1), vpc("b", 2)],
             candidate_sets: vec![vec![VpcId(0), VpcId(1)]],
         };
-        let p = Packet::portless(
-            1,
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.2".parse().unwrap(),
-            1,
-        );
         let verdicts = [
             Verdict::Allow(VpcId(0)),
             Verdict::Allow(VpcId(1)),
@@ -167,8 +165,8 @@ mod tests {
         ];
         let mut counters = Counters::default();
         counters.count_drop(DataplaneDrop::Malformed.as_str(), 2);
-        apply(&[p; 7], &verdicts, &catalog, &mut counters);
-        apply(&[p; 1], &verdicts[1..2], &catalog, &mut counters);
+        apply(verdicts, &catalog, &mut counters);
+        apply(verdicts[1..2].iter().copied(), &catalog, &mut counters);
         assert_eq!(
             (
                 counters.packets,

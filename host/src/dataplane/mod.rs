@@ -7,11 +7,13 @@
 mod counters;
 mod histogram;
 
+use flowgate_policy::packed::Columns;
 use flowgate_policy::{Catalog, Packet, Verdict};
 
 pub use counters::{Counters, DataplaneDrop, apply};
 pub use histogram::Histogram;
 
+use crate::policy::Verdicts;
 use crate::{Policy, PolicyFault};
 
 /// Packets per policy call unless told otherwise.
@@ -52,8 +54,28 @@ pub fn step(
     out: &mut [Verdict],
 ) -> Step {
     let out = &mut out[..packets.len()];
+    step_with(policy, fallback, |p| p.judge(packets, out))
+}
+
+/// [`step`] for a burst a dataplane's decoder laid out in columns: the verdicts are then
+/// those of the policy [`Step::judged`] names, read where they lie
+/// ([`Policy::last_verdicts`]); [`Step::count_verdicts`] is phase three.
+pub fn step_columns(
+    policy: Option<&mut dyn Policy>,
+    fallback: Option<&mut dyn Policy>,
+    burst: &Columns,
+) -> Step {
+    step_with(policy, fallback, |p| p.judge_columns(burst).map(|_| ()))
+}
+
+/// The step of either layout: `judge` asks a policy for the batch's verdicts.
+fn step_with(
+    policy: Option<&mut dyn Policy>,
+    fallback: Option<&mut dyn Policy>,
+    mut judge: impl FnMut(&mut dyn Policy) -> Result<(), PolicyFault>,
+) -> Step {
     let (fault, restart_failed) = match policy {
-        Some(policy) => match policy.judge(packets, out) {
+        Some(policy) => match judge(&mut *policy) {
             Ok(()) => {
                 return Step {
                     judged: Judged::Policy,
@@ -65,7 +87,7 @@ pub fn step(
         },
         None => (PolicyFault::NoInstance, None),
     };
-    let judged = match fallback.map(|f| f.judge(packets, out)) {
+    let judged = match fallback.map(judge) {
         Some(Ok(())) => Judged::Fallback,
         _ => Judged::Dropped,
     };
@@ -92,13 +114,43 @@ impl Step {
         catalog: &Catalog,
         counters: &mut Counters,
     ) {
-        counters.batches += 1;
-        match self.verdicts(out, packets.len()) {
-            Some(verdicts) => apply(packets, verdicts, catalog, counters),
-            None => {
-                counters.faults += 1;
-                counters.count_drop(DataplaneDrop::PolicyFault.as_str(), packets.len() as u64);
-            }
+        let verdicts = self.verdicts(out, packets.len());
+        count(
+            packets.len(),
+            verdicts.map(|v| v.iter().copied()),
+            catalog,
+            counters,
+        );
+    }
+
+    /// [`Step::count`] for a burst of `packets` judged in columns: `verdicts` are those of the
+    /// policy [`Step::judged`] names (`None` when the burst was dropped).
+    pub fn count_verdicts(
+        &self,
+        packets: usize,
+        verdicts: Option<Verdicts<'_>>,
+        catalog: &Catalog,
+        counters: &mut Counters,
+    ) {
+        let verdicts = verdicts.filter(|_| self.judged != Judged::Dropped);
+        count(packets, verdicts.map(|v| v.iter()), catalog, counters);
+    }
+}
+
+/// Phase three of either layout: a judged batch's verdicts, or every packet of a dropped one
+/// as `policy-fault`.
+fn count(
+    packets: usize,
+    verdicts: Option<impl Iterator<Item = Verdict>>,
+    catalog: &Catalog,
+    counters: &mut Counters,
+) {
+    counters.batches += 1;
+    match verdicts {
+        Some(verdicts) => apply(verdicts, catalog, counters),
+        None => {
+            counters.faults += 1;
+            counters.count_drop(DataplaneDrop::PolicyFault.as_str(), packets as u64);
         }
     }
 }

@@ -37,7 +37,7 @@ pub mod serve;
 pub mod watch;
 mod worker;
 
-pub use worker::{Burst, Worker};
+pub use worker::{Burst, ColumnBurst, Worker};
 
 pub use authority::{Decision, Pause, Quarantined, WatchError, WatchStatus};
 use events::Recorder;
@@ -391,6 +391,8 @@ impl Gateway {
                 adopted = release.prepared.adopted,
                 state_bytes = release.prepared.state_bytes,
                 prepare_cpu_ms = release.prepared.cpu.as_millis() as u64,
+                configure_ms = release.prepared.configure.as_millis() as u64,
+                prepare_ms = release.prepared.wall.as_millis() as u64,
                 "swap: generation {} is live ({}) by {}: {}",
                 release.generation,
                 release.cause,

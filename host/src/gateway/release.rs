@@ -3,7 +3,7 @@
 //! configured once, checked by a canary batch) and why a swap is refused.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
@@ -68,6 +68,11 @@ pub struct Prepared {
     pub state_bytes: usize,
     /// CPU time spent preparing, summed over the threads that did it.
     pub cpu: Duration,
+    /// Time from the start of the preparation to the configured instance's state (its
+    /// configure and canary): zero when nothing configured.
+    pub configure: Duration,
+    /// Time from the start of the preparation to every worker's instance ready.
+    pub wall: Duration,
 }
 
 impl Release {
@@ -357,7 +362,7 @@ pub(super) fn prepare(
     generation: u64,
     (cause, origin): (Cause, Origin),
 ) -> Result<Release, SwapError> {
-    let cpu_before = cpu_now()?;
+    let (cpu_before, started) = (cpu_now()?, Instant::now());
     let mut first = WasmPolicy::new(runtime, &module, config)?;
     if first.catalog().vpcs.is_empty() {
         return Err(SwapError::Config(ConfigError::whole(
@@ -369,6 +374,7 @@ pub(super) fn prepare(
     first
         .judge(&canary, &mut expected)
         .map_err(SwapError::Canary)?;
+    let configure = started.elapsed();
     let plan = first
         .blueprint()
         .map_err(|f| SwapError::Adoption(AdoptionError::Export(f)))?;
@@ -396,6 +402,8 @@ pub(super) fn prepare(
         adopted,
         state_bytes: plan.state_words().unwrap_or(0).saturating_mul(4),
         cpu: cpu_now()?.saturating_sub(cpu_before) + more_cpu,
+        configure,
+        wall: started.elapsed(),
     };
     Ok(Release {
         generation,
@@ -441,7 +449,7 @@ pub(super) fn prepare_again(
             labels,
         );
     };
-    let cpu_before = cpu_now()?;
+    let (cpu_before, started) = (cpu_now()?, Instant::now());
     check_adopted(
         runtime,
         &target.plan,
@@ -467,6 +475,8 @@ pub(super) fn prepare_again(
             adopted: u32::try_from(workers).unwrap_or(u32::MAX),
             state_bytes: words.saturating_mul(4),
             cpu: cpu_now()?.saturating_sub(cpu_before) + more_cpu,
+            configure: Duration::ZERO,
+            wall: started.elapsed(),
         },
         canary: target.canary.clone(),
         canary_verdicts: target.canary_verdicts.clone(),

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use flowgate_policy::packed::Columns;
 use flowgate_policy::{Catalog, Packet, Verdict};
 
 use super::{BatchRecord, Gateway, OnFault, Release, lock};
-use crate::dataplane::{self, Counters, Judged};
+use crate::dataplane::{self, Counters, Judged, Step};
+use crate::policy::Verdicts;
 use crate::wasm::WasmPolicy;
 use crate::{Policy, PolicyFault};
 
@@ -28,11 +30,22 @@ pub struct Worker {
     last_start: Instant,
 }
 
-/// What became of a burst.
+/// What became of a burst of `Packet`s.
 pub struct Burst<'a> {
     /// The verdicts, one per packet; `None`: the module failed on the burst, and every packet
     /// of it is dropped (counted as `policy-fault`).
     pub verdicts: Option<&'a [Verdict]>,
+    /// The names behind the verdicts (VPC indices, candidate sets).
+    pub catalog: &'a Catalog,
+    /// The generation of the release that judged the burst.
+    pub generation: u64,
+}
+
+/// What became of a burst laid out in columns.
+pub struct ColumnBurst<'a> {
+    /// The verdicts, one per packet, where the module's answer lies; `None`: the module
+    /// failed on the burst, and every packet of it is dropped (counted as `policy-fault`).
+    pub verdicts: Option<Verdicts<'a>>,
     /// The names behind the verdicts (VPC indices, candidate sets).
     pub catalog: &'a Catalog,
     /// The generation of the release that judged the burst.
@@ -138,7 +151,91 @@ impl Worker {
     /// counts it in the gateway's counters: the one batch step ([`dataplane::step`]) with the
     /// gateway's fault handling (restart, `--on-fault previous`, auto-revert).
     pub fn judge<'a>(&'a mut self, packets: &[Packet], out: &'a mut [Verdict]) -> Burst<'a> {
-        let gateway = self.gateway.clone();
+        self.pick_up();
+        let started = Instant::now();
+        let (policy, fallback) = self.policies();
+        let done = dataplane::step(policy, fallback, packets, out);
+        self.settle(&done, packets.len(), started.elapsed());
+        let catalog = self.catalog(done.judged);
+        done.count(
+            packets,
+            out,
+            catalog,
+            &mut lock(&self.gateway.counters[self.id]),
+        );
+        Burst {
+            verdicts: done.verdicts(out, packets.len()),
+            catalog,
+            generation: self.release.generation,
+        }
+    }
+
+    /// [`Worker::judge`] for a burst the dataplane's decoder laid out in the guest's columns
+    /// ([`Columns`]): no encode pass, and the verdicts read where the module's answer lies
+    /// ([`Verdicts`]), valid until the worker's next burst.
+    ///
+    /// ```
+    /// use flowgate_host::gateway::{Gateway, Options};
+    /// use flowgate_host::wasm::{EngineOptions, Limits, Runtime};
+    /// use flowgate_policy::packed::Columns;
+    /// use flowgate_policy::{Ports, Verdict};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = Runtime::with_engine(Limits::default(), None, EngineOptions::for_workers(1))?;
+    /// let options = Options { workers: 1, ..Options::default() };
+    /// let config = flowgate_host::DEFAULT_CONFIG;
+    /// let gateway = Gateway::new(runtime, flowgate_host::DEFAULT_MODULE, config, options)?;
+    /// let mut stage = gateway.worker(0);
+    /// let vni = gateway.current().catalog.vpcs[0].vni;
+    ///
+    /// // The decoder writes each packet of the burst straight into the columns.
+    /// let mut burst = Columns::with_capacity(256);
+    /// burst.begin(2)?;
+    /// let (src, dst) = ([10, 0, 0, 5].into(), [10, 1, 0, 1].into());
+    /// let https = Some(Ports { src: 40000, dst: 443 });
+    /// burst.set_v4(0, vni, 6, https, src, dst)?;
+    /// burst.set_v4(1, 0xff_ffff, 6, https, src, dst)?;
+    /// let judged = stage.judge_columns(&burst);
+    /// let verdicts = judged.verdicts.expect("the default module does not fail");
+    /// assert_eq!(verdicts.len(), 2);
+    /// assert_eq!(verdicts.verdict(1), Some(Verdict::default()), "drop(unknown-vpc)");
+    /// assert_eq!(judged.generation, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn judge_columns<'a>(&'a mut self, burst: &Columns) -> ColumnBurst<'a> {
+        self.pick_up();
+        let started = Instant::now();
+        let (policy, fallback) = self.policies();
+        let done = dataplane::step_columns(policy, fallback, burst);
+        self.settle(&done, burst.len(), started.elapsed());
+        let catalog = self.catalog(done.judged);
+        let verdicts = match done.judged {
+            Judged::Policy => self.policy.as_ref().and_then(|p| p.last_verdicts()),
+            Judged::Fallback => self
+                .previous
+                .as_ref()
+                .and_then(|(_, old)| old.as_ref())
+                .and_then(|p| p.last_verdicts()),
+            Judged::Dropped => None,
+        };
+        done.count_verdicts(
+            burst.len(),
+            verdicts,
+            catalog,
+            &mut lock(&self.gateway.counters[self.id]),
+        );
+        ColumnBurst {
+            verdicts,
+            catalog,
+            generation: self.release.generation,
+        }
+    }
+
+    /// Takes up the release published now, at the burst's start, and tries again to start an
+    /// instance when the last start failed long enough ago.
+    fn pick_up(&mut self) {
+        let gateway = &self.gateway;
         let now = gateway.current.load();
         if now.generation != self.release.generation {
             let next = now.clone();
@@ -155,18 +252,31 @@ impl Worker {
             self.policy = gateway.take_instance(&self.release, self.id);
             self.last_start = Instant::now();
         }
-        let started = Instant::now();
-        let fallback = match (gateway.options.on_fault, self.previous.as_mut()) {
+    }
+
+    /// The instance that judges a burst, and the previous release's, which judges a burst the
+    /// current one failed on under `--on-fault previous`.
+    fn policies(&mut self) -> (Option<&mut dyn Policy>, Option<&mut dyn Policy>) {
+        let fallback = match (self.gateway.options.on_fault, self.previous.as_mut()) {
             (OnFault::Previous, Some((_, Some(old)))) => Some(old as &mut dyn Policy),
             _ => None,
         };
-        let done = dataplane::step(
-            self.policy.as_mut().map(|p| p as &mut dyn Policy),
-            fallback,
-            packets,
-            out,
-        );
-        let latency = started.elapsed();
+        (self.policy.as_mut().map(|p| p as &mut dyn Policy), fallback)
+    }
+
+    /// The catalog that names the verdicts of a burst `judged` judged.
+    fn catalog(&self, judged: Judged) -> &Catalog {
+        match (judged, &self.previous) {
+            (Judged::Fallback, Some((old, _))) => &old.catalog,
+            _ => &self.release.catalog,
+        }
+    }
+
+    /// What follows a burst's step, whatever its layout: its latency observed, its faults
+    /// noted toward an auto-revert, an instance that could not restart let go, the burst
+    /// recorded.
+    fn settle(&mut self, done: &Step, packets: usize, latency: Duration) {
+        let gateway = &self.gateway;
         gateway.batch_latency.observe(latency);
         let generation = self.release.generation;
         if let Some(fault) = &done.fault
@@ -179,25 +289,15 @@ impl Worker {
             self.policy = None;
             self.last_start = Instant::now();
         }
-        let catalog = match (done.judged, &self.previous) {
-            (Judged::Fallback, Some((old, _))) => &old.catalog,
-            _ => &self.release.catalog,
-        };
-        done.count(packets, out, catalog, &mut lock(&gateway.counters[self.id]));
         if gateway.options.record_batches {
             gateway.events.batch(BatchRecord {
                 worker: self.id,
                 generation,
-                packets: packets.len(),
-                verdicts: packets.len(),
+                packets,
+                verdicts: packets,
                 latency,
             });
         }
         gateway.judged.fetch_max(generation, Ordering::Release);
-        Burst {
-            verdicts: done.verdicts(out, packets.len()),
-            catalog,
-            generation,
-        }
     }
 }

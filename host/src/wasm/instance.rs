@@ -11,10 +11,10 @@ use wasmtime::{Engine, ResourceLimiter, Store};
 
 use super::bindings::{self, Guest};
 use super::budget::{ClockError, CpuBudget, thread_cpu_time};
-use super::columns::{Packed, Verdicts};
+use super::columns::Packed;
 use super::runtime::{Limits, Starts};
 use super::{FILTER_INTERFACE, LoadedModule, ModuleError, Runtime, StartStep, compatible, convert};
-use crate::policy::PolicyFault;
+use crate::policy::{PolicyFault, Verdicts};
 use crate::setting::{OverLimit, Setting};
 
 /// What a store holds for its instance.
@@ -335,6 +335,7 @@ impl WasmPolicy {
         }
         (self.store, self.instance) = (store, instance);
         self.adopted = self.plan.state.is_some();
+        self.packed.checked = false;
         Ok(())
     }
 
@@ -443,13 +444,16 @@ impl WasmPolicy {
     /// # }
     /// ```
     pub fn judge_columns(&mut self, burst: &Columns) -> Result<Verdicts<'_>, PolicyFault> {
+        self.packed.checked = false;
         self.packed.answer = call_packed(
             &mut self.store,
             &self.instance,
             self.limits.batch_deadline,
             burst.as_bytes(),
         )?;
-        Verdicts::check(&self.packed.answer, burst.len(), &self.decoder)
+        let verdicts = Verdicts::check(&self.packed.answer, burst.len(), &self.decoder)?;
+        self.packed.checked = true;
+        Ok(verdicts)
     }
 }
 
@@ -730,6 +734,7 @@ impl crate::policy::Policy for WasmPolicy {
     /// Judges a batch through the packed `judge-packed` call: the packets encoded into a
     /// [`Columns`] kept across calls, then judged as [`WasmPolicy::judge_columns`] judges it.
     fn judge(&mut self, packets: &[Packet], out: &mut [Verdict]) -> Result<(), PolicyFault> {
+        self.packed.checked = false;
         self.packed
             .columns
             .encode(packets)
@@ -742,6 +747,16 @@ impl crate::policy::Policy for WasmPolicy {
         )?;
         Verdicts::check(&self.packed.answer, packets.len(), &self.decoder)?.decode_into(out);
         Ok(())
+    }
+
+    fn judge_columns(&mut self, burst: &Columns) -> Result<Verdicts<'_>, PolicyFault> {
+        WasmPolicy::judge_columns(self, burst)
+    }
+
+    fn last_verdicts(&self) -> Option<Verdicts<'_>> {
+        self.packed
+            .checked
+            .then(|| Verdicts::checked_before(&self.packed.answer, &self.decoder))
     }
 
     fn restart(&mut self) -> Result<(), PolicyFault> {

@@ -12,9 +12,9 @@ mod instance;
 mod load;
 mod runtime;
 
+pub use crate::policy::Verdicts;
 pub use crate::store::create_private_dir;
 pub use budget::{ClockError, thread_cpu_time};
-pub use columns::Verdicts;
 pub use flowgate_policy::ConfigError;
 pub use instance::{Blueprint, HostFault, ModuleInfo, StartError, WasmPolicy};
 pub use load::{LoadedModule, ModuleError, StartStep, compatible};

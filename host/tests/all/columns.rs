@@ -1,10 +1,13 @@
 //! The column path (`WasmPolicy::judge_columns`): bursts a dataplane's decoder lays out in
 //! columns get the verdicts the fixture cases expect, and those `Policy::judge` and the native
 //! library give, with one batch reused across bursts of any size; slots left unset are
-//! dropped; a module's answer of the wrong length or with an unknown verdict is a fault.
+//! dropped; a module's answer of the wrong length or with an unknown verdict is a fault; a
+//! gateway's worker judges such bursts as it judges `Packet`s, swaps and faults included.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use flowgate_host::gateway::{self, OnFault, Options, SwapRequest};
 use flowgate_host::wasm::WasmPolicy;
 use flowgate_host::{DEFAULT_MODULE, Policy, PolicyFault, StartError};
 use flowgate_policy::packed::Columns;
@@ -178,4 +181,75 @@ fn a_bad_answer_through_the_column_path_is_a_fault() {
         ),
         "{fault}"
     );
+}
+
+/// A gateway of one worker on the default module and a generated configuration.
+fn one_worker(config: &str, on_fault: OnFault) -> Arc<gateway::Gateway> {
+    let options = Options {
+        workers: 1,
+        on_fault,
+        fault_limit: 1000,
+        ..Options::default()
+    };
+    gateway::Gateway::new(crate::runtime(), DEFAULT_MODULE, config, options).unwrap()
+}
+
+/// A worker's column path gets the verdicts and the counts of its `Packet` path, picks up a
+/// swap at the next burst, and meets a module's fault as the `Packet` path does: judged again
+/// by the previous release under `--on-fault previous`, otherwise the burst dropped whole as
+/// `policy-fault`.
+#[test]
+fn a_worker_judges_decoded_bursts_as_it_judges_packets() {
+    let config = synth::config_yaml(Scale::with_peerings(60, 11));
+    let mut packets = synth::packets(&flowgate_policy::parse(&config, None).unwrap(), 256 * 4, 12);
+    // One packet of the last burst makes the trapping module trap.
+    let last = &mut packets[256 * 3 + 17];
+    *last = Packet::tcp(last.src_vni, last.src, guests::trigger::TRAP, last.dst, 80);
+    let native = Table::build(&flowgate_policy::parse(&config, None).unwrap()).unwrap();
+    let want: Vec<Verdict> = packets.iter().map(|p| native.lookup(p)).collect();
+
+    for on_fault in [OnFault::Previous, OnFault::FailClosed] {
+        let by_columns = one_worker(&config, on_fault);
+        let by_packets = one_worker(&config, on_fault);
+        let (mut stage, mut other) = (by_columns.worker(0), by_packets.worker(0));
+        let mut columns = Columns::default();
+        let mut out = vec![Verdict::default(); 256];
+        for (i, burst) in packets.chunks(256).enumerate() {
+            if i == 2 {
+                by_columns.swap(SwapRequest::module(guests::TRAP)).unwrap();
+                by_packets.swap(SwapRequest::module(guests::TRAP)).unwrap();
+            }
+            lay_out(&mut columns, burst);
+            let judged = stage.judge_columns(&columns);
+            let expected_generation = if i < 2 { 1 } else { 2 };
+            assert_eq!(judged.generation, expected_generation, "burst {i}");
+            let verdicts: Option<Vec<Verdict>> = judged.verdicts.map(|v| v.iter().collect());
+            let names = judged.catalog.clone();
+            let packet_path = other.judge(burst, &mut out);
+            assert_eq!(
+                verdicts.as_deref(),
+                packet_path.verdicts,
+                "burst {i}, {on_fault:?}"
+            );
+            assert_eq!(&names, packet_path.catalog, "burst {i}");
+            match (i, on_fault, &verdicts) {
+                (3, OnFault::FailClosed, None) => {}
+                (3, OnFault::FailClosed, Some(_)) => panic!("a trapped burst got verdicts"),
+                (_, _, Some(v)) => assert_eq!(v[..], want[i * 256..(i + 1) * 256], "burst {i}"),
+                (_, _, None) => panic!("burst {i} dropped, {on_fault:?}"),
+            }
+        }
+        let counters = by_columns.counters();
+        assert_eq!(counters, by_packets.counters(), "{on_fault:?}");
+        assert_eq!(counters.packets, 256 * 4);
+        assert_eq!(counters.faults, u64::from(on_fault == OnFault::FailClosed));
+        let dropped = counters.drops.get("policy-fault").copied().unwrap_or(0);
+        let expected = if on_fault == OnFault::FailClosed {
+            256
+        } else {
+            0
+        };
+        assert_eq!(dropped, expected, "{on_fault:?}");
+        assert_eq!(by_columns.events().faults.get("trap"), Some(&1));
+    }
 }
