@@ -238,28 +238,37 @@ fn config_at_scale(c: &mut Criterion) {
             let name = format!("config-{peerings}-{workers}-{traffic}");
             let (_admin, client) = admin(&gateway, &name);
             let mut flip = 0;
-            let mut cpu: Vec<f64> = Vec::new();
+            let (mut cpu, mut configure, mut wall) = (Vec::new(), Vec::new(), Vec::new());
             let id = format!("to-first-batch/{peerings}/{workers}-workers-{traffic}");
             group.bench_function(BenchmarkId::from_parameter(&id), |b| {
                 b.iter_custom(|iters| {
                     to_first_batches(&gateway, iters, || {
                         flip = 1 - flip;
                         let answer = client.swap_config(&configs[flip], None).unwrap();
-                        cpu.extend(answer.body["release"]["prepared"]["cpu_ms"].as_f64());
+                        let prepared = &answer.body["release"]["prepared"];
+                        cpu.extend(prepared["cpu_ms"].as_f64());
+                        configure.extend(prepared["configure_ms"].as_f64());
+                        wall.extend(prepared["wall_ms"].as_f64());
                         answer
                     })
                 })
             });
             stop.store(true, Ordering::Relaxed);
             handles.into_iter().for_each(|h| h.join().unwrap());
-            cpu.sort_by(f64::total_cmp);
-            if let (Some(min), Some(max)) = (cpu.first(), cpu.last()) {
-                eprintln!(
-                    "swap/config/{id}: CPU time of a swap over its threads: median {:.1} ms (min {min:.1}, max {max:.1}, {} swaps)",
-                    cpu[cpu.len() / 2],
-                    cpu.len()
-                );
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            let swaps = cpu.len();
+            if swaps == 0 {
+                continue; // the row was filtered out
             }
+            eprintln!(
+                "swap/config/{id}: medians over {swaps} swaps: CPU time over its threads {:.1} ms; configured state after {:.1} ms, every instance after {:.1} ms",
+                median(cpu),
+                median(configure),
+                median(wall),
+            );
         }
     }
     group.finish();

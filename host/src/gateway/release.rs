@@ -384,13 +384,13 @@ pub(super) fn prepare(
     // The configured instance serves a worker only when the others configure too; otherwise
     // its parse heap goes now, and the state holds what the workers need.
     let mut spares = Vec::with_capacity(workers);
-    if plan.state_words().is_none() {
+    let (more, more_cpu) = if plan.state_words().is_none() {
         spares.push(first);
+        start_instances(runtime, &plan, workers - 1)?
     } else {
         drop(first);
-        check_adopted(runtime, &plan, &canary, &expected, &catalog)?;
-    }
-    let (more, more_cpu) = start_instances(runtime, &plan, workers - spares.len())?;
+        adopt_checked(runtime, &plan, (&canary, &expected), &catalog, workers)?
+    };
     spares.extend(more);
     let workers = u32::try_from(workers).unwrap_or(u32::MAX);
     let (configured, adopted) = match plan.state_words() {
@@ -450,14 +450,13 @@ pub(super) fn prepare_again(
         );
     };
     let (cpu_before, started) = (cpu_now()?, Instant::now());
-    check_adopted(
+    let (spares, more_cpu) = adopt_checked(
         runtime,
         &target.plan,
-        &target.canary,
-        &target.canary_verdicts,
+        (&target.canary, &target.canary_verdicts),
         &target.catalog,
+        workers,
     )?;
-    let (spares, more_cpu) = start_instances(runtime, &target.plan, workers)?;
     Ok(Release {
         generation,
         cause,
@@ -520,6 +519,33 @@ fn check_adopted(
         })),
         None => Ok(()),
     }
+}
+
+/// `workers` instances adopting `plan`'s state, with the CPU time their threads took, while
+/// [`check_adopted`] checks the state on a thread of its own: nothing of the release serves
+/// before both are done, and a failed check refuses it whatever the workers did.
+fn adopt_checked(
+    runtime: &Runtime,
+    plan: &Blueprint,
+    (canary, expected): (&[Packet], &[Verdict]),
+    catalog: &Catalog,
+    workers: usize,
+) -> Result<(Vec<WasmPolicy>, Duration), SwapError> {
+    let (checked, started) = std::thread::scope(|scope| {
+        let check = scope.spawn(|| {
+            let checked = check_adopted(runtime, plan, canary, expected, catalog);
+            (checked, thread_cpu_time())
+        });
+        let started = start_instances(runtime, plan, workers);
+        (check.join(), started)
+    });
+    let (checked, check_cpu) = checked.map_err(|_| {
+        ModuleError::start(StartStep::Prepare, "checking the adopted state panicked")
+    })?;
+    checked?;
+    let check_cpu = check_cpu.map_err(|e| ModuleError::start(StartStep::Prepare, e))?;
+    let (instances, cpu) = started?;
+    Ok((instances, cpu + check_cpu))
 }
 
 /// The calling thread's CPU time, for [`Prepared::cpu`].
