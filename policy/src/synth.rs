@@ -13,7 +13,7 @@
 
 mod gateway;
 
-pub use gateway::{Gateway, GatewayShape};
+pub use gateway::{Gateway, GatewayShape, Stack, Traffic};
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -408,6 +408,11 @@ metadata: {name: a--b}
                 let shape = GatewayShape::with_peerings(300, ports, 7);
                 texts.push(Gateway::new(shape).yaml().to_owned());
             }
+            texts.push(
+                Gateway::new(GatewayShape::dual(300, true, 7))
+                    .yaml()
+                    .to_owned(),
+            );
             texts.push(config_yaml(Scale::with_peerings(100, 3)));
         }
         for text in &texts {
