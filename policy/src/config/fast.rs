@@ -31,26 +31,25 @@ use super::{
 
 mod subset;
 
-use subset::Node;
+use subset::{Node, Tree};
 
 /// The configuration in `text`, or `None` where the general path must decide.
 pub(super) fn parse(text: &str, _file: Option<&str>) -> Option<Config> {
+    let (tree, documents) = subset::documents(text)?;
     let (mut vpcs, mut peerings) = (Vec::new(), Vec::new());
-    for document in subset::documents(text)? {
-        let Some(node) = document else {
-            continue;
-        };
+    for node in documents.into_iter().flatten() {
         // An error is never reported from here: the context stays empty.
         let ctx = Ctx {
             file: None,
             document: None,
             object: None,
         };
-        match object(node)? {
+        match object(&tree, node)? {
             (name, Spec::Vpc(spec)) => vpcs.push(Named { name, spec, ctx }),
             (name, Spec::Peering(spec)) => peerings.push(Named { name, spec, ctx }),
         }
     }
+    drop(tree);
     let vpcs = validate_vpcs(vpcs.into_iter().map(Ok)).ok()?;
     let (peerings, contexts) = validate_peerings(peerings.into_iter().map(Ok), &vpcs).ok()?;
     check_default_blocks(&vpcs, &peerings, &contexts).ok()?;
@@ -67,94 +66,85 @@ enum Spec {
 }
 
 /// An object of a kind this path reads: its name and its spec.
-fn object(node: Node<'_>) -> Option<(String, Spec)> {
-    let Node::Map(fields) = node else {
-        return None;
-    };
+fn object<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<(String, Spec)> {
     let (mut kind, mut name, mut spec) = (None, None, None);
-    for (key, value) in fields {
+    for &(key, value) in t.map(node)? {
         match key {
             "apiVersion" | "status" => {}
-            "kind" => kind = Some(text(&value)?),
-            "metadata" => name = Some(metadata_name(&value)?),
+            "kind" => kind = Some(text(value)?),
+            "metadata" => name = Some(metadata_name(t, value)?),
             "spec" => spec = Some(value),
             _ => return None,
         }
     }
     let (name, spec) = (name?, spec?);
     let spec = match kind? {
-        "VPCInfo" => Spec::Vpc(vpc_spec(spec)?),
-        "Peering" | "GatewayPeering" => Spec::Peering(peering_spec(spec)?),
+        "VPCInfo" => Spec::Vpc(vpc_spec(t, spec)?),
+        "Peering" | "GatewayPeering" => Spec::Peering(peering_spec(t, spec)?),
         _ => return None,
     };
     Some((name.to_owned(), spec))
 }
 
 /// `metadata.name`, a non-empty string; the rest of `metadata` is not read.
-fn metadata_name<'a>(metadata: &Node<'a>) -> Option<&'a str> {
-    let Node::Map(fields) = metadata else {
-        return None;
-    };
-    let (_, name) = fields.iter().find(|(k, _)| *k == "name")?;
+fn metadata_name<'a>(t: &Tree<'a>, metadata: Node<'a>) -> Option<&'a str> {
+    let &(_, name) = t.map(metadata)?.iter().find(|(k, _)| *k == "name")?;
     text(name).filter(|n| !n.is_empty())
 }
 
 /// A scalar YAML reads as a string.
-fn text<'a>(node: &Node<'a>) -> Option<&'a str> {
-    match *node {
+fn text(node: Node<'_>) -> Option<&str> {
+    match node {
         Node::Quoted(s) => Some(s),
         Node::Plain(s) if subset::is_string(s) => Some(s),
         _ => None,
     }
 }
 
-fn owned(node: &Node<'_>) -> Option<String> {
+fn owned(node: Node<'_>) -> Option<String> {
     text(node).map(str::to_owned)
 }
 
-/// The fields of a mapping, each of them one of `names`.
-fn fields<'n, 'a>(
-    node: &'n Node<'a>,
+/// The entries of a mapping, each of them with a key of `names`.
+fn fields<'t, 'a>(
+    t: &'t Tree<'a>,
+    node: Node<'a>,
     names: &'static [&'static str],
-) -> Option<&'n [(&'a str, Node<'a>)]> {
-    let Node::Map(fields) = node else {
-        return None;
-    };
+) -> Option<&'t [(&'a str, Node<'a>)]> {
+    let fields = t.map(node)?;
     fields
         .iter()
         .all(|(k, _)| names.contains(k))
         .then_some(fields)
 }
 
-/// The items of a sequence.
-fn items<'n, 'a>(node: &'n Node<'a>) -> Option<&'n [Node<'a>]> {
-    match node {
-        Node::Seq(items) => Some(items),
-        _ => None,
-    }
-}
-
 /// A YAML tree as serde_yaml_ng builds it, for the values the general path keeps as trees.
-fn tree(node: &Node<'_>) -> Option<Value> {
+fn value<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<Value> {
     Some(match node {
         Node::Empty => Value::Null,
         Node::Plain(s) => subset::resolve(s)?,
-        Node::Quoted(s) => Value::String((*s).to_owned()),
-        Node::Map(fields) => {
+        Node::Quoted(s) => Value::String(s.to_owned()),
+        Node::Map(_) => {
+            let fields = t.map(node)?;
             let mut map = Mapping::with_capacity(fields.len());
-            for (k, v) in fields {
-                map.insert(Value::String((*k).to_owned()), tree(v)?);
+            for &(k, v) in fields {
+                map.insert(Value::String(k.to_owned()), value(t, v)?);
             }
             Value::Mapping(map)
         }
-        Node::Seq(items) => Value::Sequence(items.iter().map(tree).collect::<Option<_>>()?),
+        Node::Seq(_) => Value::Sequence(
+            t.seq(node)?
+                .iter()
+                .map(|&v| value(t, v))
+                .collect::<Option<_>>()?,
+        ),
     })
 }
 
 /// A number or a string: what `vni` and `ports` are read from.
-fn scalar(node: &Node<'_>) -> Option<Value> {
+fn scalar(t: &Tree<'_>, node: Node<'_>) -> Option<Value> {
     match node {
-        Node::Plain(_) | Node::Quoted(_) => match tree(node)? {
+        Node::Plain(_) | Node::Quoted(_) => match value(t, node)? {
             v @ (Value::Number(_) | Value::String(_)) => Some(v),
             _ => None,
         },
@@ -162,24 +152,21 @@ fn scalar(node: &Node<'_>) -> Option<Value> {
     }
 }
 
-fn vpc_spec(node: Node<'_>) -> Option<VpcSpec> {
+fn vpc_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<VpcSpec> {
     let mut spec = VpcSpec {
         vni: None,
         subnets: None,
     };
-    for (key, value) in fields(&node, &["vni", "subnets"])? {
-        match *key {
-            "vni" => spec.vni = Some(scalar(value)?),
+    for &(key, value) in fields(t, node, &["vni", "subnets"])? {
+        match key {
+            "vni" => spec.vni = Some(scalar(t, value)?),
             _ => {
-                let Node::Map(written) = value else {
-                    return None;
-                };
                 let mut subnets = BTreeMap::new();
-                for (name, subnet) in written {
-                    let [(_, cidr)] = fields(subnet, &["cidr"])? else {
+                for &(name, subnet) in t.map(value)? {
+                    let &[(_, cidr)] = fields(t, subnet, &["cidr"])? else {
                         return None;
                     };
-                    subnets.insert((*name).to_owned(), SubnetSpec { cidr: owned(cidr)? });
+                    subnets.insert(name.to_owned(), SubnetSpec { cidr: owned(cidr)? });
                 }
                 spec.subnets = Some(subnets);
             }
@@ -188,25 +175,22 @@ fn vpc_spec(node: Node<'_>) -> Option<VpcSpec> {
     Some(spec)
 }
 
-fn peering_spec(node: Node<'_>) -> Option<PeeringSpec> {
+fn peering_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<PeeringSpec> {
     let mut spec = PeeringSpec {
         peering: None,
         gateway_group: None,
     };
-    for (key, value) in fields(&node, &["peering", "gatewayGroup"])? {
-        match *key {
+    for &(key, value) in fields(t, node, &["peering", "gatewayGroup"])? {
+        match key {
             "gatewayGroup" => spec.gateway_group = Some(owned(value)?),
             _ => {
-                let Node::Map(sides) = value else {
-                    return None;
-                };
                 let mut peering = BTreeMap::new();
-                for (vpc, side) in sides {
+                for &(vpc, side) in t.map(value)? {
                     let side = match side {
                         Node::Empty => None,
-                        side => Some(side_spec(side)?),
+                        side => Some(side_spec(t, side)?),
                     };
-                    peering.insert((*vpc).to_owned(), side);
+                    peering.insert(vpc.to_owned(), side);
                 }
                 spec.peering = Some(peering);
             }
@@ -215,31 +199,33 @@ fn peering_spec(node: Node<'_>) -> Option<PeeringSpec> {
     Some(spec)
 }
 
-fn side_spec(node: &Node<'_>) -> Option<SideSpec> {
+fn side_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<SideSpec> {
     let mut side = SideSpec { expose: None };
-    for (_, expose) in fields(node, &["expose"])? {
-        side.expose = Some(
-            items(expose)?
-                .iter()
-                .map(block_spec)
-                .collect::<Option<_>>()?,
-        );
+    for &(_, expose) in fields(t, node, &["expose"])? {
+        let blocks = t.seq(expose)?.iter().map(|&b| block_spec(t, b));
+        side.expose = Some(blocks.collect::<Option<_>>()?);
     }
     Some(side)
 }
 
-fn block_spec(node: &Node<'_>) -> Option<BlockSpec> {
+fn block_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<BlockSpec> {
     let mut block = BlockSpec {
         ips: None,
         as_: None,
         nat: None,
         default: false,
     };
-    for (key, value) in fields(node, &["ips", "as", "nat", "default"])? {
-        match *key {
-            "ips" => block.ips = Some(items(value)?.iter().map(ip_spec).collect::<Option<_>>()?),
-            "as" => block.as_ = Some(items(value)?.iter().map(as_spec).collect::<Option<_>>()?),
-            "nat" if *value != Node::Empty => block.nat = Some(tree(value)?),
+    for &(key, value) in fields(t, node, &["ips", "as", "nat", "default"])? {
+        match key {
+            "ips" => {
+                let ips = t.seq(value)?.iter().map(|&ip| ip_spec(t, ip));
+                block.ips = Some(ips.collect::<Option<_>>()?);
+            }
+            "as" => {
+                let entries = t.seq(value)?.iter().map(|&a| as_spec(t, a));
+                block.as_ = Some(entries.collect::<Option<_>>()?);
+            }
+            "nat" if value != Node::Empty => block.nat = Some(self::value(t, value)?),
             "default" => match value {
                 Node::Plain(s) => match subset::resolve(s)? {
                     Value::Bool(b) => block.default = b,
@@ -253,35 +239,35 @@ fn block_spec(node: &Node<'_>) -> Option<BlockSpec> {
     Some(block)
 }
 
-fn ip_spec(node: &Node<'_>) -> Option<IpSpec> {
+fn ip_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<IpSpec> {
     let mut ip = IpSpec {
         cidr: None,
         not: None,
         vpc_subnet: None,
         ports: None,
     };
-    for (key, value) in fields(node, &["cidr", "not", "vpcSubnet", "ports"])? {
-        match *key {
+    for &(key, value) in fields(t, node, &["cidr", "not", "vpcSubnet", "ports"])? {
+        match key {
             "cidr" => ip.cidr = Some(owned(value)?),
             "not" => ip.not = Some(owned(value)?),
             "vpcSubnet" => ip.vpc_subnet = Some(owned(value)?),
-            _ => ip.ports = Some(scalar(value)?),
+            _ => ip.ports = Some(scalar(t, value)?),
         }
     }
     Some(ip)
 }
 
-fn as_spec(node: &Node<'_>) -> Option<AsSpec> {
+fn as_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<AsSpec> {
     let mut entry = AsSpec {
         cidr: None,
         not: None,
         ports: None,
     };
-    for (key, value) in fields(node, &["cidr", "not", "ports"])? {
-        match *key {
+    for &(key, value) in fields(t, node, &["cidr", "not", "ports"])? {
+        match key {
             "cidr" => entry.cidr = Some(owned(value)?),
             "not" => entry.not = Some(owned(value)?),
-            _ => entry.ports = Some(scalar(value)?),
+            _ => entry.ports = Some(scalar(t, value)?),
         }
     }
     Some(entry)

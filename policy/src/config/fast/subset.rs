@@ -31,7 +31,8 @@ const MAX_DEPTH: usize = 32;
 const MAX_KEY: usize = 1000;
 
 /// A node of the subset. Scalars are slices of the text: the subset has no escapes.
-#[derive(Debug, Clone, PartialEq)]
+/// Collections are ranges of their [`Tree`]'s entries or items.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Node<'a> {
     /// A value left empty (`key:` with nothing under it): null.
     Empty,
@@ -40,14 +41,75 @@ pub(super) enum Node<'a> {
     /// A quoted scalar: a string.
     Quoted(&'a str),
     /// A mapping, in the order written; its keys are strings, each written once.
-    Map(Vec<(&'a str, Node<'a>)>),
+    Map(Span),
     /// A sequence.
-    Seq(Vec<Node<'a>>),
+    Seq(Span),
 }
 
-/// The documents of `text`, each its top node (`None` for an empty document), or `None`
-/// where `text` is not in the subset.
-pub(super) fn documents(text: &str) -> Option<Vec<Option<Node<'_>>>> {
+/// Where a collection's children are in its tree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Span {
+    start: usize,
+    len: usize,
+}
+
+/// The collections of a text: each one's children next to each other, so that a text of
+/// any size takes a handful of allocations.
+#[derive(Debug, Default)]
+pub(super) struct Tree<'a> {
+    entries: Vec<(&'a str, Node<'a>)>,
+    items: Vec<Node<'a>>,
+    /// The children of the collections being read, innermost last.
+    open_entries: Vec<(&'a str, Node<'a>)>,
+    open_items: Vec<Node<'a>>,
+}
+
+impl<'a> Tree<'a> {
+    /// A mapping's entries; `None` for another node.
+    pub(super) fn map(&self, node: Node<'a>) -> Option<&[(&'a str, Node<'a>)]> {
+        match node {
+            Node::Map(span) => self.entries.get(span.start..span.start + span.len),
+            _ => None,
+        }
+    }
+
+    /// A sequence's items; `None` for another node.
+    pub(super) fn seq(&self, node: Node<'a>) -> Option<&[Node<'a>]> {
+        match node {
+            Node::Seq(span) => self.items.get(span.start..span.start + span.len),
+            _ => None,
+        }
+    }
+
+    /// The mapping of the entries read since `open_entries` was `mark` long.
+    fn close_map(&mut self, mark: usize) -> Option<Node<'a>> {
+        let open = self.open_entries.get(mark..)?;
+        if !unique(open) {
+            return None;
+        }
+        let span = Span {
+            start: self.entries.len(),
+            len: open.len(),
+        };
+        self.entries.extend(self.open_entries.drain(mark..));
+        Some(Node::Map(span))
+    }
+
+    /// The sequence of the items read since `open_items` was `mark` long.
+    fn close_seq(&mut self, mark: usize) -> Node<'a> {
+        let span = Span {
+            start: self.items.len(),
+            len: self.open_items.len().saturating_sub(mark),
+        };
+        self.items
+            .extend(self.open_items.drain(mark.min(self.open_items.len())..));
+        Node::Seq(span)
+    }
+}
+
+/// The documents of `text`, each its top node (`None` for an empty document), and the tree
+/// they are in; or `None` where `text` is not in the subset.
+pub(super) fn documents(text: &str) -> Option<(Tree<'_>, Vec<Option<Node<'_>>>)> {
     let mut lines = Vec::with_capacity(text.len() / 16);
     // Where each document's lines end in `lines`.
     let mut ends = Vec::new();
@@ -73,11 +135,13 @@ pub(super) fn documents(text: &str) -> Option<Vec<Option<Node<'_>>>> {
     }
     ends.push(lines.len());
     let mut documents = Vec::with_capacity(ends.len());
+    let mut tree = Tree::default();
     let mut start = 0;
     for end in ends {
         let mut block = Block {
             lines: &mut lines[start..end],
             at: 0,
+            tree: &mut tree,
         };
         start = end;
         let Some(first) = block.lines.first() else {
@@ -93,7 +157,7 @@ pub(super) fn documents(text: &str) -> Option<Vec<Option<Node<'_>>>> {
         }
         documents.push(Some(node));
     }
-    Some(documents)
+    Some((tree, documents))
 }
 
 /// A line with content, without its indentation and trailing spaces.
@@ -108,6 +172,7 @@ struct Line<'a> {
 struct Block<'l, 'a> {
     lines: &'l mut [Line<'a>],
     at: usize,
+    tree: &'l mut Tree<'a>,
 }
 
 impl<'a> Block<'_, 'a> {
@@ -129,7 +194,7 @@ impl<'a> Block<'_, 'a> {
         if depth > MAX_DEPTH {
             return None;
         }
-        let mut entries = Vec::new();
+        let mark = self.tree.open_entries.len();
         while let Some(line) = self.lines.get(self.at).copied() {
             if line.indent < indent {
                 break;
@@ -150,23 +215,23 @@ impl<'a> Block<'_, 'a> {
                     _ => Node::Empty,
                 }
             } else {
-                let node = inline(rest, depth + 1)?;
+                let node = inline(self.tree, rest, depth + 1)?;
                 // A more indented line would go on with a plain scalar.
                 if self.next_indent().is_some_and(|n| n > indent) {
                     return None;
                 }
                 node
             };
-            entries.push((key, value));
+            self.tree.open_entries.push((key, value));
         }
-        unique(&entries).then_some(Node::Map(entries))
+        self.tree.close_map(mark)
     }
 
     fn seq(&mut self, indent: usize, depth: usize) -> Option<Node<'a>> {
         if depth > MAX_DEPTH {
             return None;
         }
-        let mut items = Vec::new();
+        let mark = self.tree.open_items.len();
         while let Some(line) = self.lines.get(self.at).copied() {
             if line.indent < indent {
                 break;
@@ -185,22 +250,24 @@ impl<'a> Block<'_, 'a> {
                     indent: column,
                     text: item,
                 };
-                items.push(self.map(column, depth + 1)?);
+                let map = self.map(column, depth + 1)?;
+                self.tree.open_items.push(map);
             } else {
-                items.push(inline(item, depth + 1)?);
+                let node = inline(self.tree, item, depth + 1)?;
+                self.tree.open_items.push(node);
                 self.at += 1;
                 if self.next_indent().is_some_and(|n| n > indent) {
                     return None;
                 }
             }
         }
-        Some(Node::Seq(items))
+        Some(self.tree.close_seq(mark))
     }
 }
 
 /// `key: rest` or `key:`: the key, and the rest after the spaces that follow `:`.
 fn key_entry(text: &str) -> Option<(&str, &str)> {
-    let mut scan = Flow {
+    let mut scan = Scan {
         text,
         at: 0,
         in_flow: false,
@@ -212,25 +279,98 @@ fn key_entry(text: &str) -> Option<(&str, &str)> {
 }
 
 /// A node written on the rest of one line: a scalar or a flow collection.
-fn inline(text: &str, depth: usize) -> Option<Node<'_>> {
-    let mut scan = Flow {
-        text,
-        at: 0,
-        in_flow: false,
+fn inline<'a>(tree: &mut Tree<'a>, text: &'a str, depth: usize) -> Option<Node<'a>> {
+    let mut flow = Flow {
+        scan: Scan {
+            text,
+            at: 0,
+            in_flow: false,
+        },
+        tree,
     };
-    let node = scan.node(depth)?;
-    (scan.at == text.len()).then_some(node)
+    let node = flow.node(depth)?;
+    (flow.scan.at == text.len()).then_some(node)
 }
 
 /// A scan along one line.
-struct Flow<'a> {
+struct Scan<'a> {
     text: &'a str,
     at: usize,
     /// Inside `[` or `{`, where `,` ends a plain scalar.
     in_flow: bool,
 }
 
-impl<'a> Flow<'a> {
+/// A scan that reads nodes into a tree.
+struct Flow<'t, 'a> {
+    scan: Scan<'a>,
+    tree: &'t mut Tree<'a>,
+}
+
+impl<'a> Flow<'_, 'a> {
+    fn node(&mut self, depth: usize) -> Option<Node<'a>> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.scan.peek()? {
+            b'{' => self.map(depth),
+            b'[' => self.seq(depth),
+            b'\'' | b'"' => self.scan.quoted().map(Node::Quoted),
+            b if b.is_ascii_alphanumeric() => Some(Node::Plain(self.scan.plain())),
+            _ => None,
+        }
+    }
+
+    fn map(&mut self, depth: usize) -> Option<Node<'a>> {
+        let scan = &mut self.scan;
+        let outer = std::mem::replace(&mut scan.in_flow, true);
+        scan.at += 1;
+        scan.spaces();
+        let mark = self.tree.open_entries.len();
+        if !self.scan.eat(b'}') {
+            loop {
+                let key = self.scan.key()?;
+                let value = self.node(depth + 1)?;
+                self.tree.open_entries.push((key, value));
+                self.scan.spaces();
+                if self.scan.eat(b',') {
+                    self.scan.spaces();
+                } else if self.scan.eat(b'}') {
+                    break;
+                } else {
+                    return None;
+                }
+            }
+        }
+        self.scan.in_flow = outer;
+        self.tree.close_map(mark)
+    }
+
+    fn seq(&mut self, depth: usize) -> Option<Node<'a>> {
+        let scan = &mut self.scan;
+        let outer = std::mem::replace(&mut scan.in_flow, true);
+        scan.at += 1;
+        scan.spaces();
+        let mark = self.tree.open_items.len();
+        if !self.scan.eat(b']') {
+            loop {
+                let node = self.node(depth + 1)?;
+                self.tree.open_items.push(node);
+                self.scan.spaces();
+                if self.scan.eat(b',') {
+                    self.scan.spaces();
+                } else if self.scan.eat(b']') {
+                    break;
+                } else {
+                    return None;
+                }
+            }
+        }
+        self.scan.in_flow = outer;
+        Some(self.tree.close_seq(mark))
+    }
+}
+
+impl<'a> Scan<'a> {
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.at).copied()
     }
@@ -247,19 +387,6 @@ impl<'a> Flow<'a> {
         let start = self.at;
         while self.eat(b' ') {}
         self.at - start
-    }
-
-    fn node(&mut self, depth: usize) -> Option<Node<'a>> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        match self.peek()? {
-            b'{' => self.map(depth),
-            b'[' => self.seq(depth),
-            b'\'' | b'"' => self.quoted().map(Node::Quoted),
-            b if b.is_ascii_alphanumeric() => Some(Node::Plain(self.plain())),
-            _ => None,
-        }
     }
 
     /// A key, its `:` and, unless the line ends there, the space after it.
@@ -281,52 +408,6 @@ impl<'a> Flow<'a> {
         }
         let end_of_line = !self.in_flow && self.at == self.text.len();
         (end_of_line || self.spaces() > 0).then_some(key)
-    }
-
-    fn map(&mut self, depth: usize) -> Option<Node<'a>> {
-        let outer = std::mem::replace(&mut self.in_flow, true);
-        self.at += 1;
-        self.spaces();
-        let mut entries = Vec::new();
-        if !self.eat(b'}') {
-            loop {
-                let key = self.key()?;
-                let value = self.node(depth + 1)?;
-                entries.push((key, value));
-                self.spaces();
-                if self.eat(b',') {
-                    self.spaces();
-                } else if self.eat(b'}') {
-                    break;
-                } else {
-                    return None;
-                }
-            }
-        }
-        self.in_flow = outer;
-        unique(&entries).then_some(Node::Map(entries))
-    }
-
-    fn seq(&mut self, depth: usize) -> Option<Node<'a>> {
-        let outer = std::mem::replace(&mut self.in_flow, true);
-        self.at += 1;
-        self.spaces();
-        let mut items = Vec::new();
-        if !self.eat(b']') {
-            loop {
-                items.push(self.node(depth + 1)?);
-                self.spaces();
-                if self.eat(b',') {
-                    self.spaces();
-                } else if self.eat(b']') {
-                    break;
-                } else {
-                    return None;
-                }
-            }
-        }
-        self.in_flow = outer;
-        Some(Node::Seq(items))
     }
 
     /// A quoted scalar's content; `None` where it has escapes or does not close.
