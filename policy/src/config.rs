@@ -505,13 +505,19 @@ fn validate_vpcs(
 }
 
 /// The index of each name of a list, by the name's hash: no copy of the names kept.
-#[derive(Default)]
 struct Names {
     by_hash: HashMap<u64, usize>,
     state: RandomState,
 }
 
 impl Names {
+    fn with_capacity(count: usize) -> Names {
+        Names {
+            by_hash: HashMap::with_capacity(count),
+            state: RandomState::new(),
+        }
+    }
+
     fn hash(&self, name: &str) -> u64 {
         self.state.hash_one(name)
     }
@@ -579,10 +585,12 @@ fn validate_peerings(
     objects: impl IntoIterator<Item = Result<Named<PeeringSpec>, ConfigError>>,
     vpcs: &[(Vpc, Ctx)],
 ) -> Result<(Vec<Peering>, Vec<Ctx>), ConfigError> {
-    let mut peerings: Vec<Peering> = Vec::new();
-    let mut contexts: Vec<Ctx> = Vec::new();
-    let mut by_pair: BTreeMap<[VpcId; 2], usize> = BTreeMap::new();
-    let mut by_name = Names::default();
+    let objects = objects.into_iter();
+    let count = objects.size_hint().0;
+    let mut peerings: Vec<Peering> = Vec::with_capacity(count);
+    let mut contexts: Vec<Ctx> = Vec::with_capacity(count);
+    let mut by_pair: HashMap<[VpcId; 2], usize> = HashMap::with_capacity(count);
+    let mut by_name = Names::with_capacity(count);
     let mut written = Vec::new();
     for object in objects {
         let Named { name, spec, ctx } = object?;

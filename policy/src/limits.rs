@@ -104,13 +104,20 @@ pub fn check_text(text: &str) -> Result<(), TextRefused> {
 /// a `*` after a space, `[`, `{`, `,` or at the start of a line.
 pub fn has_aliases(text: &str) -> bool {
     let bytes = text.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'*'
-            && (i == 0 || b" \t\n[{,".contains(&bytes[i - 1]))
+    // From one `*` to the next: `find` skips the bytes between many at a time.
+    let mut from = 0;
+    while let Some(i) = text.get(from..).and_then(|rest| rest.find('*')) {
+        let i = from + i;
+        if (i == 0 || b" \t\n[{,".contains(&bytes[i - 1]))
             && bytes
                 .get(i + 1)
                 .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
-    })
+        {
+            return true;
+        }
+        from = i + 1;
+    }
+    false
 }
 
 /// A walk over a document that counts nodes as aliases expand, and stops past
@@ -269,6 +276,9 @@ mod tests {
         assert!(has_aliases("a: &x 1\nb: *x\n"));
         assert!(has_aliases("b: [*x]"));
         assert!(!has_aliases("a: '2*3'\nb: 10.0.0.0/8\n"));
+        assert!(has_aliases("*a: 1"));
+        assert!(has_aliases("a: b*c\nd: *e"));
+        assert!(!has_aliases("a: b*c\nd: 1 *"));
     }
 
     #[test]
