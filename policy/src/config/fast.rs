@@ -20,6 +20,7 @@
 //! The values the general path keeps as YAML trees (`vni`, `ports`, `nat`) are typed here as
 //! serde_yaml_ng types them ([`subset::resolve`]), so that both read them alike.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_yaml_ng::{Mapping, Value};
@@ -60,13 +61,13 @@ pub(super) fn parse(text: &str, _file: Option<&str>) -> Option<Config> {
     })
 }
 
-enum Spec {
+enum Spec<'a> {
     Vpc(VpcSpec),
-    Peering(PeeringSpec),
+    Peering(PeeringSpec<'a>),
 }
 
 /// An object of a kind this path reads: its name and its spec.
-fn object<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<(String, Spec)> {
+fn object<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<(String, Spec<'a>)> {
     let (mut kind, mut name, mut spec) = (None, None, None);
     for &(key, value) in t.map(node)? {
         match key {
@@ -103,6 +104,10 @@ fn text(node: Node<'_>) -> Option<&str> {
 
 fn owned(node: Node<'_>) -> Option<String> {
     text(node).map(str::to_owned)
+}
+
+fn borrowed(node: Node<'_>) -> Option<Cow<'_, str>> {
+    text(node).map(Cow::Borrowed)
 }
 
 /// The entries of a mapping, each of them with a key of `names`.
@@ -175,7 +180,7 @@ fn vpc_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<VpcSpec> {
     Some(spec)
 }
 
-fn peering_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<PeeringSpec> {
+fn peering_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<PeeringSpec<'a>> {
     let mut spec = PeeringSpec {
         peering: None,
         gateway_group: None,
@@ -190,7 +195,7 @@ fn peering_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<PeeringSpec> {
                         Node::Empty => None,
                         side => Some(side_spec(t, side)?),
                     };
-                    peering.insert(vpc.to_owned(), side);
+                    peering.insert(Cow::Borrowed(vpc), side);
                 }
                 spec.peering = Some(peering);
             }
@@ -199,7 +204,7 @@ fn peering_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<PeeringSpec> {
     Some(spec)
 }
 
-fn side_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<SideSpec> {
+fn side_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<SideSpec<'a>> {
     let mut side = SideSpec { expose: None };
     for &(_, expose) in fields(t, node, &["expose"])? {
         let blocks = t.seq(expose)?.iter().map(|&b| block_spec(t, b));
@@ -208,7 +213,7 @@ fn side_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<SideSpec> {
     Some(side)
 }
 
-fn block_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<BlockSpec> {
+fn block_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<BlockSpec<'a>> {
     let mut block = BlockSpec {
         ips: None,
         as_: None,
@@ -239,7 +244,7 @@ fn block_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<BlockSpec> {
     Some(block)
 }
 
-fn ip_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<IpSpec> {
+fn ip_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<IpSpec<'a>> {
     let mut ip = IpSpec {
         cidr: None,
         not: None,
@@ -248,16 +253,16 @@ fn ip_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<IpSpec> {
     };
     for &(key, value) in fields(t, node, &["cidr", "not", "vpcSubnet", "ports"])? {
         match key {
-            "cidr" => ip.cidr = Some(owned(value)?),
-            "not" => ip.not = Some(owned(value)?),
-            "vpcSubnet" => ip.vpc_subnet = Some(owned(value)?),
+            "cidr" => ip.cidr = Some(borrowed(value)?),
+            "not" => ip.not = Some(borrowed(value)?),
+            "vpcSubnet" => ip.vpc_subnet = Some(borrowed(value)?),
             _ => ip.ports = Some(scalar(t, value)?),
         }
     }
     Some(ip)
 }
 
-fn as_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<AsSpec> {
+fn as_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<AsSpec<'a>> {
     let mut entry = AsSpec {
         cidr: None,
         not: None,
@@ -265,8 +270,8 @@ fn as_spec<'a>(t: &Tree<'a>, node: Node<'a>) -> Option<AsSpec> {
     };
     for &(key, value) in fields(t, node, &["cidr", "not", "ports"])? {
         match key {
-            "cidr" => entry.cidr = Some(owned(value)?),
-            "not" => entry.not = Some(owned(value)?),
+            "cidr" => entry.cidr = Some(borrowed(value)?),
+            "not" => entry.not = Some(borrowed(value)?),
             _ => entry.ports = Some(scalar(t, value)?),
         }
     }
