@@ -6,15 +6,19 @@
 //! rule refuses the whole configuration with a [`ConfigError`] that names the file, the object,
 //! the field and the value.
 //!
-//! Two paths read the text. The fast one (`config/fast.rs`) types each document straight
-//! from the YAML parser's events; it reads the usual configuration (one object a document,
-//! of the kinds above) and gives up at anything else. The general one reads every document
-//! into a YAML tree first: it reads whatever the fast one gave up on, and says where every
-//! problem is. A configuration of 5,000 peerings (1.7 MB) parses in 82 ms on the fast path,
-//! against 116 ms on the general one (this project's machine, natively).
+//! Two paths read the text. The fast one (`config/fast.rs`) reads a strict subset of YAML
+//! with a reader of its own (`config/fast/subset.rs`) and types each object from what it
+//! read; it reads the usual configuration (one object a document, of the kinds above,
+//! written in plain block and flow style) and gives up at anything else. The general one
+//! reads every document into a YAML tree with libyaml first: it reads whatever the fast one
+//! gave up on, and says where every problem is. A configuration of 5,000 peerings (1.7 MB)
+//! parses in about 20 ms on the fast path, against about 100 ms on the general one (this
+//! project's machine, natively, CPU time).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -170,7 +174,7 @@ struct Ctx {
 impl Ctx {
     fn err(
         &self,
-        field: &str,
+        field: impl fmt::Display,
         value: impl fmt::Display,
         message: impl Into<String>,
     ) -> ConfigError {
@@ -178,17 +182,27 @@ impl Ctx {
             file: self.file.clone(),
             document: self.document,
             object: self.object.clone(),
-            field: Some(field.to_owned()),
+            field: Some(field.to_string()),
             value: Some(value.to_string()),
             message: message.into(),
         }
     }
 
-    fn err_no_value(&self, field: &str, message: impl Into<String>) -> ConfigError {
+    fn err_no_value(&self, field: impl fmt::Display, message: impl Into<String>) -> ConfigError {
         ConfigError {
             value: None,
             ..self.err(field, "", message)
         }
+    }
+}
+
+/// A field's path, written out only when an error names it: the rules are checked on
+/// every entry, and a path formatted for each would cost more than the checks.
+struct Path<F>(F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Path<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
     }
 }
 
@@ -256,13 +270,11 @@ fn collect_objects(
             let kind = match map.get("kind") {
                 Some(Value::String(kind)) => kind.clone(),
                 Some(other) => {
-                    return Err(ctx.err(&field_at(at, "kind"), show(other), "not a string"));
+                    return Err(ctx.err(field_at(at, "kind"), show(other), "not a string"));
                 }
                 None => {
-                    return Err(ctx.err_no_value(
-                        &field_at(at, "kind"),
-                        "missing: every object needs a kind",
-                    ));
+                    return Err(ctx
+                        .err_no_value(field_at(at, "kind"), "missing: every object needs a kind"));
                 }
             };
             if let (true, Some(items)) = (kind.ends_with("List"), map.get("items")) {
@@ -358,27 +370,27 @@ struct SubnetSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PeeringSpec {
+struct PeeringSpec<'a> {
     #[serde(default)]
-    peering: Option<BTreeMap<String, Option<SideSpec>>>,
+    peering: Option<BTreeMap<Cow<'a, str>, Option<SideSpec<'a>>>>,
     #[serde(default)]
     gateway_group: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SideSpec {
+struct SideSpec<'a> {
     #[serde(default)]
-    expose: Option<Vec<BlockSpec>>,
+    expose: Option<Vec<BlockSpec<'a>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BlockSpec {
+struct BlockSpec<'a> {
     #[serde(default)]
-    ips: Option<Vec<IpSpec>>,
+    ips: Option<Vec<IpSpec<'a>>>,
     #[serde(rename = "as", default)]
-    as_: Option<Vec<AsSpec>>,
+    as_: Option<Vec<AsSpec<'a>>>,
     #[serde(default)]
     nat: Option<Value>,
     #[serde(default)]
@@ -387,18 +399,18 @@ struct BlockSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct IpSpec {
-    cidr: Option<String>,
-    not: Option<String>,
-    vpc_subnet: Option<String>,
+struct IpSpec<'a> {
+    cidr: Option<Cow<'a, str>>,
+    not: Option<Cow<'a, str>>,
+    vpc_subnet: Option<Cow<'a, str>>,
     ports: Option<Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AsSpec {
-    cidr: Option<String>,
-    not: Option<String>,
+struct AsSpec<'a> {
+    cidr: Option<Cow<'a, str>>,
+    not: Option<Cow<'a, str>>,
     ports: Option<Value>,
 }
 
@@ -483,7 +495,8 @@ fn validate_vpcs(
         }
         let mut subnets = BTreeMap::new();
         for (subnet, s) in spec.subnets.unwrap_or_default() {
-            let net = parse_prefix(&ctx, &format!("spec.subnets.{subnet}.cidr"), &s.cidr)?;
+            let field = Path(|f: &mut fmt::Formatter<'_>| write!(f, "spec.subnets.{subnet}.cidr"));
+            let net = parse_prefix(&ctx, &field, &s.cidr)?;
             subnets.insert(subnet, net);
         }
         by_name.insert(name.clone(), vpcs.len());
@@ -494,8 +507,43 @@ fn validate_vpcs(
     Ok(vpcs)
 }
 
+/// The index of each name of a list, by the name's hash: no copy of the names kept.
+struct Names {
+    by_hash: HashMap<u64, usize>,
+    state: RandomState,
+}
+
+impl Names {
+    fn with_capacity(count: usize) -> Names {
+        Names {
+            by_hash: HashMap::with_capacity(count),
+            state: RandomState::new(),
+        }
+    }
+
+    fn hash(&self, name: &str) -> u64 {
+        self.state.hash_one(name)
+    }
+
+    /// The index in `list` of the item `name_of` names `name`; `list` holds the items
+    /// inserted so far, at their indexes.
+    fn find<T>(&self, name: &str, list: &[T], name_of: impl Fn(&T) -> &str) -> Option<usize> {
+        let &first = self.by_hash.get(&self.hash(name))?;
+        if list.get(first).map(&name_of) == Some(name) {
+            return Some(first);
+        }
+        // Two names of one hash.
+        list.iter().position(|item| name_of(item) == name)
+    }
+
+    fn insert(&mut self, name: &str, index: usize) {
+        let hash = self.hash(name);
+        self.by_hash.entry(hash).or_insert(index);
+    }
+}
+
 /// Parses a prefix, refusing host bits with a hint at the prefix that was probably meant.
-fn parse_prefix(ctx: &Ctx, field: &str, text: &str) -> Result<IpNet, ConfigError> {
+fn parse_prefix(ctx: &Ctx, field: &dyn fmt::Display, text: &str) -> Result<IpNet, ConfigError> {
     let net: IpNet = text.trim().parse().map_err(|_| {
         let hint = if text.trim().parse::<std::net::IpAddr>().is_ok() {
             " (a single address is written with its length, such as /32 or /128)"
@@ -514,7 +562,11 @@ fn parse_prefix(ctx: &Ctx, field: &str, text: &str) -> Result<IpNet, ConfigError
     Ok(net)
 }
 
-fn parse_ports(ctx: &Ctx, field: &str, value: &Value) -> Result<PortList, ConfigError> {
+fn parse_ports(
+    ctx: &Ctx,
+    field: &dyn fmt::Display,
+    value: &Value,
+) -> Result<PortList, ConfigError> {
     let text = match value {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
@@ -532,17 +584,20 @@ fn parse_ports(ctx: &Ctx, field: &str, value: &Value) -> Result<PortList, Config
 // ---- Peerings ----
 
 /// The peerings, in input order, with where each is; `objects` as in [`validate_vpcs`].
-fn validate_peerings(
-    objects: impl IntoIterator<Item = Result<Named<PeeringSpec>, ConfigError>>,
+fn validate_peerings<'a>(
+    objects: impl IntoIterator<Item = Result<Named<PeeringSpec<'a>>, ConfigError>>,
     vpcs: &[(Vpc, Ctx)],
 ) -> Result<(Vec<Peering>, Vec<Ctx>), ConfigError> {
-    let mut peerings: Vec<Peering> = Vec::new();
-    let mut contexts: Vec<Ctx> = Vec::new();
-    let mut by_pair: BTreeMap<[VpcId; 2], usize> = BTreeMap::new();
-    let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
+    let objects = objects.into_iter();
+    let count = objects.size_hint().0;
+    let mut peerings: Vec<Peering> = Vec::with_capacity(count);
+    let mut contexts: Vec<Ctx> = Vec::with_capacity(count);
+    let mut by_pair: HashMap<[VpcId; 2], usize> = HashMap::with_capacity(count);
+    let mut by_name = Names::with_capacity(count);
+    let mut written = Vec::new();
     for object in objects {
         let Named { name, spec, ctx } = object?;
-        if let Some(&other) = by_name.get(&name) {
+        if let Some(other) = by_name.find(&name, &peerings, |p| &p.name) {
             return Err(ctx.err(
                 "metadata.name",
                 &name,
@@ -551,7 +606,7 @@ fn validate_peerings(
         }
         let entries = spec.peering.unwrap_or_default();
         if entries.len() != 2 {
-            let names: Vec<&str> = entries.keys().map(String::as_str).collect();
+            let names: Vec<&str> = entries.keys().map(|k| &**k).collect();
             return Err(ctx.err(
                 "spec.peering",
                 format!("[{}]", names.join(", ")),
@@ -563,8 +618,8 @@ fn validate_peerings(
         }
         let mut sides = Vec::with_capacity(2);
         for (vpc_name, side) in entries {
-            let field = format!("spec.peering.{vpc_name}");
-            let Ok(index) = vpcs.binary_search_by(|(v, _)| v.name.cmp(&vpc_name)) else {
+            let field = Path(|f: &mut fmt::Formatter<'_>| write!(f, "spec.peering.{vpc_name}"));
+            let Ok(index) = vpcs.binary_search_by(|(v, _)| v.name.as_str().cmp(&vpc_name)) else {
                 return Err(ctx.err(&field, &vpc_name, "names a VPC that has no VPCInfo"));
             };
             let vpc = &vpcs[index].0;
@@ -572,7 +627,10 @@ fn validate_peerings(
             let blocks = blocks
                 .into_iter()
                 .enumerate()
-                .map(|(k, b)| validate_block(&ctx, &format!("{field}.expose[{k}]"), vpc, b))
+                .map(|(k, b)| {
+                    let at = Path(|f: &mut fmt::Formatter<'_>| write!(f, "{field}.expose[{k}]"));
+                    validate_block(&ctx, &at, vpc, b, &mut written)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             check_static_overlap(&ctx, &field, &blocks)?;
             sides.push(Side {
@@ -596,7 +654,7 @@ fn validate_peerings(
             ));
         }
         by_pair.insert(pair, peerings.len());
-        by_name.insert(name.clone(), peerings.len());
+        by_name.insert(&name, peerings.len());
         peerings.push(Peering {
             name,
             gateway_group: spec.gateway_group,
@@ -607,15 +665,39 @@ fn validate_peerings(
     Ok((peerings, contexts))
 }
 
-fn validate_block(ctx: &Ctx, at: &str, vpc: &Vpc, spec: BlockSpec) -> Result<Block, ConfigError> {
+/// Where a prefix of a block is written: `{list}[{index}].{key}`.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    list: &'static str,
+    index: usize,
+    key: &'static str,
+}
+
+impl Written {
+    /// The field, under the block's path `at`.
+    fn at<'a>(&'a self, at: &'a dyn fmt::Display) -> impl fmt::Display + 'a {
+        Path(move |f: &mut fmt::Formatter<'_>| {
+            write!(f, "{at}.{}[{}].{}", self.list, self.index, self.key)
+        })
+    }
+}
+
+/// An expose block's rules. `written` is room for its prefixes, kept between blocks.
+fn validate_block(
+    ctx: &Ctx,
+    at: &dyn fmt::Display,
+    vpc: &Vpc,
+    spec: BlockSpec<'_>,
+    written: &mut Vec<(Written, IpNet)>,
+) -> Result<Block, ConfigError> {
     let mut block = Block {
         default: spec.default,
         ..Block::default()
     };
-    // Every prefix of the block with its field, for the family check.
-    let mut written: Vec<(String, IpNet)> = Vec::new();
+    // Every prefix of the block with where it is written, for the family check.
+    written.clear();
     for (j, ip) in spec.ips.unwrap_or_default().into_iter().enumerate() {
-        let field = format!("{at}.ips[{j}]");
+        let field = Path(|f: &mut fmt::Formatter<'_>| write!(f, "{at}.ips[{j}]"));
         let set = [ip.cidr.is_some(), ip.not.is_some(), ip.vpc_subnet.is_some()];
         if set.iter().filter(|&&s| s).count() != 1 {
             return Err(ctx.err_no_value(
@@ -626,59 +708,75 @@ fn validate_block(ctx: &Ctx, at: &str, vpc: &Vpc, spec: BlockSpec) -> Result<Blo
         let ports = match &ip.ports {
             Some(_) if ip.not.is_some() => {
                 return Err(ctx.err_no_value(
-                    &format!("{field}.ports"),
+                    format!("{field}.ports"),
                     "a `not` entry removes addresses for every port and takes no `ports`",
                 ));
             }
-            Some(v) => Some(parse_ports(ctx, &format!("{field}.ports"), v)?),
+            Some(v) => {
+                let f = Path(|f: &mut fmt::Formatter<'_>| write!(f, "{field}.ports"));
+                Some(parse_ports(ctx, &f, v)?)
+            }
             None => None,
         };
+        let key = |key| Written {
+            list: "ips",
+            index: j,
+            key,
+        };
         if let Some(cidr) = &ip.cidr {
-            let f = format!("{field}.cidr");
-            let net = parse_prefix(ctx, &f, cidr)?;
-            written.push((f, net));
+            let w = key("cidr");
+            let net = parse_prefix(ctx, &w.at(at), cidr)?;
+            written.push((w, net));
             block.ips.push(Entry {
                 net,
                 ports,
                 subnet: None,
             });
         } else if let Some(not) = &ip.not {
-            let f = format!("{field}.not");
-            let net = parse_prefix(ctx, &f, not)?;
-            written.push((f, net));
+            let w = key("not");
+            let net = parse_prefix(ctx, &w.at(at), not)?;
+            written.push((w, net));
             block.ips_not.push(net);
         } else if let Some(subnet) = &ip.vpc_subnet {
-            let f = format!("{field}.vpcSubnet");
-            let Some(&net) = vpc.subnets.get(subnet) else {
+            let w = key("vpcSubnet");
+            let Some(&net) = vpc.subnets.get(&**subnet) else {
                 return Err(ctx.err(
-                    &f,
+                    w.at(at),
                     subnet,
                     format!("VPC `{}` has no subnet of that name", vpc.name),
                 ));
             };
-            written.push((f, net));
+            written.push((w, net));
             block.ips.push(Entry {
                 net,
                 ports,
-                subnet: Some(subnet.clone()),
+                subnet: Some(subnet.to_string()),
             });
         }
     }
     for (j, item) in spec.as_.unwrap_or_default().into_iter().enumerate() {
-        let field = format!("{at}.as[{j}]");
+        let field = Path(|f: &mut fmt::Formatter<'_>| write!(f, "{at}.as[{j}]"));
         if item.cidr.is_some() == item.not.is_some() {
             return Err(
                 ctx.err_no_value(&field, "an `as` entry has exactly one of `cidr` and `not`")
             );
         }
+        let key = |key| Written {
+            list: "as",
+            index: j,
+            key,
+        };
         if let Some(cidr) = &item.cidr {
             let ports = match &item.ports {
-                Some(v) => Some(parse_ports(ctx, &format!("{field}.ports"), v)?),
+                Some(v) => {
+                    let f = Path(|f: &mut fmt::Formatter<'_>| write!(f, "{field}.ports"));
+                    Some(parse_ports(ctx, &f, v)?)
+                }
                 None => None,
             };
-            let f = format!("{field}.cidr");
-            let net = parse_prefix(ctx, &f, cidr)?;
-            written.push((f, net));
+            let w = key("cidr");
+            let net = parse_prefix(ctx, &w.at(at), cidr)?;
+            written.push((w, net));
             block.as_.push(Entry {
                 net,
                 ports,
@@ -687,18 +785,19 @@ fn validate_block(ctx: &Ctx, at: &str, vpc: &Vpc, spec: BlockSpec) -> Result<Blo
         } else if let Some(not) = &item.not {
             if item.ports.is_some() {
                 return Err(ctx.err_no_value(
-                    &format!("{field}.ports"),
+                    format!("{field}.ports"),
                     "a `not` entry removes addresses for every port and takes no `ports`",
                 ));
             }
-            let f = format!("{field}.not");
-            let net = parse_prefix(ctx, &f, not)?;
-            written.push((f, net));
+            let w = key("not");
+            let net = parse_prefix(ctx, &w.at(at), not)?;
+            written.push((w, net));
             block.as_not.push(net);
         }
     }
     if let Some(nat) = &spec.nat {
-        block.nat = parse_nat(ctx, &format!("{at}.nat"), nat)?;
+        let field = Path(|f: &mut fmt::Formatter<'_>| write!(f, "{at}.nat"));
+        block.nat = parse_nat(ctx, &field, nat)?;
     }
 
     if block.ips.is_empty() && block.ips_not.is_empty() && !block.default {
@@ -708,26 +807,17 @@ fn validate_block(ctx: &Ctx, at: &str, vpc: &Vpc, spec: BlockSpec) -> Result<Blo
         let family = net_family(first);
         if let Some((field, net)) = written.iter().find(|(_, n)| net_family(n) != family) {
             return Err(ctx.err(
-                field,
+                field.at(at),
                 net,
-                format!("an expose block mixes IPv4 and IPv6 (`{first_field}` is {first})"),
+                format!(
+                    "an expose block mixes IPv4 and IPv6 (`{}` is {first})",
+                    first_field.at(at)
+                ),
             ));
         }
     }
-    check_nots(
-        ctx,
-        &format!("{at}.ips"),
-        &block.ips,
-        &block.ips_not,
-        &written,
-    )?;
-    check_nots(
-        ctx,
-        &format!("{at}.as"),
-        &block.as_,
-        &block.as_not,
-        &written,
-    )?;
+    check_nots(ctx, at, "ips", &block.ips, &block.ips_not, written)?;
+    check_nots(ctx, at, "as", &block.as_, &block.as_not, written)?;
     if block.nat == Some(NatMode::Static) && !block.as_.is_empty() {
         let (ips, public) = (private_set(&block), public_set(&block));
         if ips.count() != public.count() {
@@ -738,7 +828,7 @@ fn validate_block(ctx: &Ctx, at: &str, vpc: &Vpc, spec: BlockSpec) -> Result<Blo
                 .chain(block.as_not.iter().map(|n| format!("not {n}")))
                 .collect();
             return Err(ctx.err(
-                &format!("{at}.as"),
+                format!("{at}.as"),
                 format!("{} ({} addresses)", written_as.join(", "), public.count()),
                 format!("with `nat: static`, `ips` and `as` cover the same number of addresses; `ips` covers {}", ips.count()),
             ));
@@ -747,14 +837,17 @@ fn validate_block(ctx: &Ctx, at: &str, vpc: &Vpc, spec: BlockSpec) -> Result<Blo
     Ok(block)
 }
 
-/// Refuses a `not` outside every `cidr` of its list, and nots that leave no address.
+/// Refuses a `not` outside every `cidr` of its list (`ips` or `as` of the block at `at`),
+/// and nots that leave no address.
 fn check_nots(
     ctx: &Ctx,
-    list_field: &str,
+    at: &dyn fmt::Display,
+    list: &'static str,
     entries: &[Entry],
     nots: &[IpNet],
-    written: &[(String, IpNet)],
+    written: &[(Written, IpNet)],
 ) -> Result<(), ConfigError> {
+    let list_field = Path(|f: &mut fmt::Formatter<'_>| write!(f, "{at}.{list}"));
     for not in nots {
         let overlaps = entries
             .iter()
@@ -762,8 +855,8 @@ fn check_nots(
         if !overlaps {
             let field = written
                 .iter()
-                .find(|(f, n)| n == not && f.starts_with(list_field) && f.ends_with(".not"))
-                .map_or(list_field, |(f, _)| f.as_str());
+                .find(|(w, n)| n == not && w.list == list && w.key == "not")
+                .map_or_else(|| list_field.to_string(), |(w, _)| w.at(at).to_string());
             return Err(ctx.err(
                 field,
                 not,
@@ -803,7 +896,11 @@ fn block_family(block: &Block) -> Option<crate::addr::Family> {
         .map(|e| net_family(&e.net))
 }
 
-fn parse_nat(ctx: &Ctx, at: &str, nat: &Value) -> Result<Option<NatMode>, ConfigError> {
+fn parse_nat(
+    ctx: &Ctx,
+    at: &dyn fmt::Display,
+    nat: &Value,
+) -> Result<Option<NatMode>, ConfigError> {
     let Value::Mapping(map) = nat else {
         if nat.is_null() {
             return Ok(None);
@@ -836,7 +933,7 @@ fn parse_nat(ctx: &Ctx, at: &str, nat: &Value) -> Result<Option<NatMode>, Config
                 {
                     let name = show(name);
                     return Err(ctx.err(
-                        &format!("{field}.{name}"),
+                        format!("{field}.{name}"),
                         &name,
                         format!(
                             "unknown field; `{key}` takes {}",
@@ -857,7 +954,11 @@ fn parse_nat(ctx: &Ctx, at: &str, nat: &Value) -> Result<Option<NatMode>, Config
 }
 
 /// Two static blocks of one side may not share a private or a public address.
-fn check_static_overlap(ctx: &Ctx, side_field: &str, blocks: &[Block]) -> Result<(), ConfigError> {
+fn check_static_overlap(
+    ctx: &Ctx,
+    side_field: &dyn fmt::Display,
+    blocks: &[Block],
+) -> Result<(), ConfigError> {
     let statics: Vec<(usize, &Block)> = blocks
         .iter()
         .enumerate()
@@ -870,14 +971,14 @@ fn check_static_overlap(ctx: &Ctx, side_field: &str, blocks: &[Block]) -> Result
             }
             if private_set(b1).intersects(&private_set(b2)) {
                 let value: Vec<String> = b2.ips.iter().map(|e| e.net.to_string()).collect();
-                return Err(ctx.err(&format!("{side_field}.expose[{k2}].ips"), value.join(", "), format!("overlaps the `ips` of `nat: static` block expose[{k1}]: a one-to-one mapping would be ambiguous")));
+                return Err(ctx.err(format!("{side_field}.expose[{k2}].ips"), value.join(", "), format!("overlaps the `ips` of `nat: static` block expose[{k1}]: a one-to-one mapping would be ambiguous")));
             }
             if !b1.as_.is_empty()
                 && !b2.as_.is_empty()
                 && public_set(b1).intersects(&public_set(b2))
             {
                 let value: Vec<String> = b2.as_.iter().map(|e| e.net.to_string()).collect();
-                return Err(ctx.err(&format!("{side_field}.expose[{k2}].as"), value.join(", "), format!("overlaps the `as` of `nat: static` block expose[{k1}]: a one-to-one mapping would be ambiguous")));
+                return Err(ctx.err(format!("{side_field}.expose[{k2}].as"), value.join(", "), format!("overlaps the `as` of `nat: static` block expose[{k1}]: a one-to-one mapping would be ambiguous")));
             }
         }
     }
@@ -904,7 +1005,7 @@ fn check_default_blocks(
                     let faced = &vpcs[me.vpc.0 as usize].0.name;
                     let exposer = &vpcs[other.vpc.0 as usize].0.name;
                     return Err(ctx.err(
-                        &format!("spec.peering.{exposer}.expose[{k}].default"),
+                        format!("spec.peering.{exposer}.expose[{k}].default"),
                         "true",
                         format!("a second default block facing VPC `{faced}` (the first is in peering `{first}`)"),
                     ));

@@ -60,8 +60,19 @@ pub fn check_text(text: &str) -> Result<(), TextRefused> {
         // Flow collections, outside quoted scalars and comments.
         let mut quote: Option<u8> = None;
         let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
+        loop {
+            // The bytes no arm below acts on are stepped over in one go.
+            let acted_on = match quote {
+                None => &OUTSIDE_QUOTES,
+                Some(b'"') => &IN_DOUBLE_QUOTES,
+                Some(_) => &IN_SINGLE_QUOTES,
+            };
+            while bytes.get(i).is_some_and(|&b| !acted_on[usize::from(b)]) {
+                i += 1;
+            }
+            let Some(&b) = bytes.get(i) else {
+                break;
+            };
             match quote {
                 Some(b'"') if b == b'\\' => i += 1,
                 Some(q) if b == q => {
@@ -100,17 +111,39 @@ pub fn check_text(text: &str) -> Result<(), TextRefused> {
     Ok(())
 }
 
+/// The bytes [`check_text`] acts on outside quotes, in double quotes and in single quotes.
+const OUTSIDE_QUOTES: [bool; 256] = bytes_of(b"\"'#[{]}");
+const IN_DOUBLE_QUOTES: [bool; 256] = bytes_of(b"\\\"");
+const IN_SINGLE_QUOTES: [bool; 256] = bytes_of(b"'");
+
+const fn bytes_of(list: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < list.len() {
+        table[list[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
 /// Whether `text` may hold an alias (`*name` where a node starts). Cheap and conservative:
 /// a `*` after a space, `[`, `{`, `,` or at the start of a line.
 pub fn has_aliases(text: &str) -> bool {
     let bytes = text.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'*'
-            && (i == 0 || b" \t\n[{,".contains(&bytes[i - 1]))
+    // From one `*` to the next: `find` skips the bytes between many at a time.
+    let mut from = 0;
+    while let Some(i) = text.get(from..).and_then(|rest| rest.find('*')) {
+        let i = from + i;
+        if (i == 0 || b" \t\n[{,".contains(&bytes[i - 1]))
             && bytes
                 .get(i + 1)
                 .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
-    })
+        {
+            return true;
+        }
+        from = i + 1;
+    }
+    false
 }
 
 /// A walk over a document that counts nodes as aliases expand, and stops past
@@ -234,6 +267,94 @@ pub fn object_at_line(text: &str, line: usize) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// [`check_text`] as it was first written, a byte at a time: the reference for the
+    /// version that steps over the bytes it does not act on.
+    fn check_text_byte_by_byte(text: &str) -> Result<(), TextRefused> {
+        let mut depth = 0usize;
+        for (n, line) in text.lines().enumerate() {
+            let at = || Some(format!("line {}", n + 1));
+            if line.starts_with("---") {
+                depth = 0;
+            }
+            let bytes = line.as_bytes();
+            // Block structure: leading spaces, then `- `, `? ` and `: ` indicators.
+            let mut column = 0;
+            while column < bytes.len() {
+                match bytes[column] {
+                    b' ' => column += 1,
+                    b'-' | b'?' | b':' if bytes.get(column + 1).is_none_or(|&b| b == b' ') => {
+                        column += 1
+                    }
+                    _ => break,
+                }
+            }
+            if column > MAX_BLOCK_COLUMN && depth == 0 {
+                return Err(TextRefused {
+                    value: at(),
+                    message: format!(
+                        "block structure nested past column {MAX_BLOCK_COLUMN}: refused before parsing"
+                    ),
+                });
+            }
+            // Flow collections, outside quoted scalars and comments.
+            let mut quote: Option<u8> = None;
+            let mut i = 0;
+            while i < bytes.len() {
+                let b = bytes[i];
+                match quote {
+                    Some(b'"') if b == b'\\' => i += 1,
+                    Some(q) if b == q => {
+                        // '' inside single quotes is an escaped quote.
+                        if q == b'\'' && bytes.get(i + 1) == Some(&b'\'') {
+                            i += 1;
+                        } else {
+                            quote = None;
+                        }
+                    }
+                    Some(_) => {}
+                    None => match b {
+                        b'"' | b'\'' if i == 0 || b" [{,:".contains(&bytes[i - 1]) => {
+                            quote = Some(b)
+                        }
+                        b'#' if i == 0 || bytes[i - 1] == b' ' => break,
+                        // A bracket opens a collection only where a node starts; inside a
+                        // plain scalar (`a[1`) it is text.
+                        b'[' | b'{' if i == 0 || b" \t[{,:-?".contains(&bytes[i - 1]) => {
+                            depth += 1;
+                            if depth > MAX_FLOW_DEPTH {
+                                return Err(TextRefused {
+                                    value: at(),
+                                    message: format!(
+                                        "flow collections (`[` and `{{`) nested deeper than {MAX_FLOW_DEPTH}: refused before parsing"
+                                    ),
+                                });
+                            }
+                        }
+                        b']' | b'}' => depth = depth.saturating_sub(1),
+                        _ => {}
+                    },
+                }
+                i += 1;
+            }
+            // A double-quoted scalar may go on over lines; a single-quoted one too.
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stepping_over_bytes_changes_no_answer(
+            opened in 0..80usize,
+            text in proptest::collection::vec(
+                proptest::sample::select(b"\"'#[{]}\\ :,-?\nab".to_vec()), 0..1000
+            )
+        ) {
+            // Opened collections first, so that some texts nest too deep.
+            let text = "[".repeat(opened) + &String::from_utf8(text).unwrap_or_default();
+            proptest::prop_assert_eq!(check_text(&text), check_text_byte_by_byte(&text));
+        }
+    }
+
     #[test]
     fn deep_flow_nesting_is_refused_before_parsing() {
         let deep = format!("{}1{}", "{a: ".repeat(100), "}".repeat(100));
@@ -269,6 +390,9 @@ mod tests {
         assert!(has_aliases("a: &x 1\nb: *x\n"));
         assert!(has_aliases("b: [*x]"));
         assert!(!has_aliases("a: '2*3'\nb: 10.0.0.0/8\n"));
+        assert!(has_aliases("*a: 1"));
+        assert!(has_aliases("a: b*c\nd: *e"));
+        assert!(!has_aliases("a: b*c\nd: 1 *"));
     }
 
     #[test]

@@ -178,6 +178,27 @@ fn two_peerings_between_the_same_vpcs() {
 }
 
 #[test]
+fn two_peerings_of_one_name() {
+    // The second `b--c` is the one refused, though a later peering breaks another rule.
+    let yaml = vpc("a", 1)
+        + &vpc("b", 2)
+        + &vpc("c", 3)
+        + "kind: Peering\nmetadata: {name: a--b}\nspec: {peering: {a: {}, b: {}}}\n---\n"
+        + "kind: Peering\nmetadata: {name: b--c}\nspec: {peering: {b: {}, c: {}}}\n---\n"
+        + "kind: Peering\nmetadata: {name: b--c}\nspec: {peering: {a: {}, c: {}}}\n---\n"
+        + "kind: Peering\nmetadata: {name: a--c}\nspec: {peering: {a: {}, c: {}}}\n";
+    let e = refuse(&yaml);
+    assert_names(
+        &e,
+        "Peering `b--c`",
+        "metadata.name",
+        Some("b--c"),
+        "two peerings are named `b--c`",
+    );
+    assert_eq!(e.document, Some(6), "{e}");
+}
+
+#[test]
 fn prefix_that_does_not_parse_or_has_host_bits() {
     let e = refuse(&with_peering("[{ips: [{cidr: 10.0.0.300/24}]}]", B_OK));
     assert_names(
