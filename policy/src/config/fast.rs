@@ -500,12 +500,73 @@ metadata: {name: a--b}
         include_str!("../../../fixtures/cases/spec-3.1-overlap/config.yaml"),
     ];
 
-    /// [`SEEDS`], and a configuration of the gateway's shape as the generator writes it.
+    /// A configuration written in block style only, every scalar on a line of its own: names,
+    /// VNIs, prefixes, `not`s, ports, subnets, `default` and the group are each a line an
+    /// edit replaces whole.
+    const BLOCK_SEED: &str = "\
+kind: VPCInfo
+metadata:
+  name: a
+spec:
+  vni: 10
+  subnets:
+    front:
+      cidr: 10.1.0.0/16
+---
+kind: VPCInfo
+metadata:
+  name: b
+spec:
+  vni: 20
+---
+kind: VPCInfo
+metadata:
+  name: c
+spec:
+  vni: 30
+---
+kind: Peering
+metadata:
+  name: a--b
+spec:
+  gatewayGroup: g1
+  peering:
+    a:
+      expose:
+        - ips:
+            - vpcSubnet: front
+            - not: 10.1.1.0/24
+        - ips:
+            - cidr: 10.2.0.0/16
+              ports: 80-90
+    b:
+      expose:
+        - ips:
+            - cidr: fd00:b::/64
+            - cidr: 20.0.0.0/16
+---
+kind: Peering
+metadata:
+  name: a--c
+spec:
+  peering:
+    a:
+      expose:
+        - ips:
+            - cidr: 10.3.0.0/16
+    c:
+      expose:
+        - default: true
+";
+
+    /// [`SEEDS`], [`BLOCK_SEED`], and a configuration of the gateway's shape as the generator
+    /// writes it.
     fn seeds() -> &'static [String] {
         static SEED_TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
         SEED_TEXTS.get_or_init(|| {
             #[allow(unused_mut)]
             let mut seeds: Vec<String> = SEEDS.iter().map(|s| (*s).to_owned()).collect();
+            seeds.push(BLOCK_SEED.to_owned());
             #[cfg(feature = "synth")]
             {
                 use crate::synth::{Gateway, GatewayShape};
@@ -613,8 +674,10 @@ metadata: {name: a--b}
     /// One edit of a line of a configuration.
     #[derive(Debug, Clone)]
     enum Edit {
-        /// The value after the line's first `: ` (or its `- `) replaced.
-        Value(usize, usize),
+        /// A value of the line replaced: the `n`-th place a scalar starts (after `: `, `- `,
+        /// `, `, `[` or `{`), up to the end of that scalar in a flow collection (`,`, `]` or
+        /// `}`), or of the line.
+        Value(usize, usize, usize),
         /// The line written twice: keys repeated, list items added.
         Repeat(usize),
         /// The line removed.
@@ -639,15 +702,19 @@ metadata: {name: a--b}
             }
             let at = |i: usize| i % lines.len();
             match *edit {
-                Edit::Value(i, v) => {
+                Edit::Value(i, n, v) => {
                     let i = at(i);
                     let line = &lines[i];
-                    let cut = line
-                        .find(": ")
-                        .map(|c| c + 2)
-                        .or_else(|| line.find("- ").map(|c| c + 2));
-                    if let Some(cut) = cut {
-                        lines[i] = format!("{}{}", &line[..cut], VALUES[v % VALUES.len()]);
+                    let starts: Vec<usize> = [": ", "- ", ", ", "[", "{"]
+                        .iter()
+                        .flat_map(|m| line.match_indices(m).map(|(c, m)| c + m.len()))
+                        .collect();
+                    if let Some(&cut) = starts.get(n % starts.len().max(1)) {
+                        let end = line[cut..]
+                            .find([',', ']', '}'])
+                            .map_or(line.len(), |e| cut + e);
+                        let value = VALUES[v % VALUES.len()];
+                        lines[i] = format!("{}{value}{}", &line[..cut], &line[end..]);
                     }
                 }
                 Edit::Repeat(i) => {
@@ -689,7 +756,7 @@ metadata: {name: a--b}
         use proptest::prelude::*;
         let line = 0..200usize;
         prop_oneof![
-            4 => (line.clone(), 0..VALUES.len()).prop_map(|(i, v)| Edit::Value(i, v)),
+            4 => (line.clone(), 0..8usize, 0..VALUES.len()).prop_map(|(i, n, v)| Edit::Value(i, n, v)),
             1 => line.clone().prop_map(Edit::Repeat),
             1 => line.clone().prop_map(Edit::Remove),
             1 => line.clone().prop_map(Edit::Swap),
@@ -700,6 +767,32 @@ metadata: {name: a--b}
         ]
     }
 
+    /// Every value of every seed replaced by each of [`VALUES`], one edit at a time: the fast
+    /// path gives up or reads what the general path reads. Where the random edits below may
+    /// miss a scalar YAML types otherwise, this sweep reaches each one.
+    #[test]
+    fn every_value_replaced_reads_as_the_general_path() {
+        let mut read = 0;
+        for seed in seeds() {
+            for (i, line) in seed.lines().enumerate() {
+                let places = [": ", "- ", ", ", "[", "{"]
+                    .iter()
+                    .map(|m| line.matches(m).count())
+                    .sum::<usize>();
+                for n in 0..places {
+                    for v in 0..VALUES.len() {
+                        let text = apply(seed, &[Edit::Value(i, n, v)]);
+                        if let Some(fast) = parse(&text, Some("c.yaml")) {
+                            read += 1;
+                            assert_eq!(Ok(fast), parse_general(&text, Some("c.yaml")), "{text}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(read > 100, "the fast path read only {read} of the edited texts");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8192))]
 
@@ -707,7 +800,7 @@ metadata: {name: a--b}
         /// exactly what the general path returns, and `parse` answers as the general path.
         #[test]
         fn never_reads_otherwise_than_the_general_path(
-            seed in 0..SEEDS.len() + 1,
+            seed in 0..SEEDS.len() + 2,
             edits in proptest::collection::vec(edit(), 1..4),
         ) {
             let seeds = seeds();
