@@ -3,15 +3,16 @@
 //! library holds what the benchmarks share: the same input for every comparison.
 //!
 //! Two kinds of input:
-//! - **realistic** ([`Realistic`]): a gateway-shaped workload (`synth::Gateway`) and a pool of
-//!   [`POOL`] distinct packets that a benchmark walks through batch after batch, so no packet
-//!   comes back before a million others have passed and the branch predictor learns nothing;
+//! - **realistic** ([`Realistic`]): a gateway-shaped workload (`synth::Gateway`, IPv4 or
+//!   dual-stack) and a pool of [`POOL`] distinct packets that a benchmark walks through batch
+//!   after batch, so no packet comes back before a million others have passed and the branch
+//!   predictor learns nothing;
 //! - **repeat** ([`setup`]): the same [`PACKETS`] packets judged again and again. The CPU
 //!   learns their search paths, so these figures are a best case.
 
 use flowgate_policy::packed::Columns;
-use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale};
-use flowgate_policy::{Config, Packet, Table, Verdict};
+use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale, Traffic};
+use flowgate_policy::{Config, Packet, Table, Verdict, oracle};
 
 /// Packets drawn for each repeat (best-case) benchmark configuration.
 pub const PACKETS: usize = 4096;
@@ -32,6 +33,10 @@ pub fn setup(peerings: usize) -> (String, Config, Vec<Packet>) {
     let packets = synth::packets(&config, PACKETS, 7);
     (yaml, config, packets)
 }
+
+/// Packets of a realistic pool whose verdicts are checked against the oracle's before any
+/// timed run.
+pub const ORACLE_SAMPLE: usize = 4096;
 
 /// A gateway-shaped workload and its pool of distinct packets, walked batch by batch.
 pub struct Realistic {
@@ -54,12 +59,46 @@ impl Realistic {
     /// # Panics
     /// If the generator made a configuration the library refuses (a bug in one of them).
     pub fn new(peerings: usize, ports: bool, batch: usize) -> Self {
-        let mut gateway = Gateway::new(GatewayShape::with_peerings(peerings, ports, 42));
+        Self::of(
+            GatewayShape::with_peerings(peerings, ports, 42),
+            Traffic::All,
+            batch,
+        )
+    }
+
+    /// The dual-stack workload of `peerings` peerings (120 VPCs up to 1,000, 300 up to 5,000,
+    /// a fifth of the entries with port ranges), its pool the packets of `traffic`, cut into
+    /// batches of `batch`. One configuration whatever the traffic.
+    ///
+    /// # Panics
+    /// If the generator made a configuration the library refuses (a bug in one of them).
+    pub fn dual(peerings: usize, traffic: Traffic, batch: usize) -> Self {
+        Self::of(GatewayShape::dual(peerings, true, 42), traffic, batch)
+    }
+
+    /// The workload of `shape`, its pool the packets of `traffic`, cut into batches of
+    /// `batch`.
+    ///
+    /// # Panics
+    /// If the generator made a configuration the library refuses (a bug in one of them), or
+    /// the table and the oracle disagree on one of the pool's first [`ORACLE_SAMPLE`] packets.
+    pub fn of(shape: GatewayShape, traffic: Traffic, batch: usize) -> Self {
+        let mut gateway = Gateway::new(shape);
         let config = flowgate_policy::parse(gateway.yaml(), None)
             .unwrap_or_else(|e| panic!("generated config refused: {e}"));
         let table =
             Table::build(&config).unwrap_or_else(|e| panic!("generated table refused: {e}"));
-        let pool = gateway.packets(POOL);
+        let pool = gateway.packets_of(traffic, POOL);
+        // The native table's answers are the timed runs' references: checked first against
+        // the oracle's on the pool's first packets.
+        for packet in &pool[..ORACLE_SAMPLE] {
+            let got = oracle::from_table(&table, table.lookup(packet));
+            let want = oracle::verdict(&config, packet);
+            assert!(
+                got == want,
+                "{packet:?}: the table says {got:?}, the oracle {want:?}"
+            );
+        }
         let mut verdicts = vec![Verdict::default(); batch];
         let expected = pool
             .chunks_exact(batch)

@@ -11,6 +11,13 @@
 //!   (with ports) into a guest that answers without reading them: what crossing into the
 //!   sandbox costs on this traffic, the floor of the Wasm path; `crossing-packets` the same
 //!   through `Policy::judge`.
+//! - `dual/{native,wasm}/{1000,5000}/{ipv4,ipv6,dual}`: the dual-stack gateway workload (120
+//!   VPCs and 1,000 peerings, 300 and 5,000; each side one IPv4 and one IPv6 block, a fifth
+//!   of the entries with port ranges, some holes, wide prefixes and shared service prefixes),
+//!   batches of 256 from a million distinct packets as in `realistic`: `ipv4` only the mix's
+//!   IPv4 packets, `ipv6` only its IPv6 ones, `dual` the whole mix (45 % IPv4, 45 % IPv6, 5 %
+//!   of mixed families, 5 % random). One configuration for the three; `wasm` on the column
+//!   path.
 //! - `repeat/{native,wasm}/{10,100,1000,5000}`: the same 4,096 packets (the mixed generator,
 //!   `synth::config_yaml`) judged again and again. The branch predictor learns them: a best
 //!   case.
@@ -32,7 +39,7 @@ use flowgate_benches::{Realistic, allowed, columns, setup};
 use flowgate_host::wasm::Verdicts;
 use flowgate_host::wasm::{Limits, Runtime, WasmPolicy};
 use flowgate_host::{DEFAULT_MODULE, Policy};
-use flowgate_policy::synth::{Gateway, GatewayShape};
+use flowgate_policy::synth::{Gateway, GatewayShape, Traffic};
 use flowgate_policy::{StateLoader, Table, Verdict};
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 5_000];
@@ -130,6 +137,51 @@ fn realistic(c: &mut Criterion) {
                 assert_eq!(allowed(&verdicts), 0);
             })
         });
+    }
+    group.finish();
+}
+
+/// The traffic of the `dual` rows, by name.
+const DUAL_TRAFFIC: [(&str, Traffic); 3] = [
+    ("ipv4", Traffic::Ipv4),
+    ("ipv6", Traffic::Ipv6),
+    ("dual", Traffic::All),
+];
+
+fn dual(c: &mut Criterion) {
+    let runtime = Runtime::new(Limits::default(), None).expect("wasmtime starts");
+    let module = runtime
+        .load(DEFAULT_MODULE)
+        .expect("the default module loads");
+    let mut group = c.benchmark_group("dual");
+    group.throughput(Throughput::Elements(GUEST_BATCH as u64));
+    for peerings in [1_000, 5_000] {
+        for (name, traffic) in DUAL_TRAFFIC {
+            let work = Realistic::dual(peerings, traffic, GUEST_BATCH);
+            let id = format!("{peerings}/{name}");
+            let mut verdicts = vec![Verdict::default(); GUEST_BATCH];
+            let mut batches = work.batches();
+            group.bench_function(BenchmarkId::new("native", &id), |b| {
+                b.iter(|| {
+                    let (batch, expected) = batches.next().expect("batches cycle");
+                    work.table.lookup_batch(black_box(batch), &mut verdicts);
+                    assert_eq!(allowed(&verdicts), expected);
+                })
+            });
+            let mut wasm = WasmPolicy::new(&runtime, &module, &work.yaml)
+                .expect("the module takes the config");
+            let laid_out = work.column_batches();
+            let mut bursts = laid_out.iter().cycle();
+            group.bench_function(BenchmarkId::new("wasm", &id), |b| {
+                b.iter(|| {
+                    let (burst, expected) = bursts.next().expect("batches cycle");
+                    let verdicts = wasm
+                        .judge_columns(black_box(burst))
+                        .expect("the module judges");
+                    assert_eq!(allowed_in(&verdicts), *expected);
+                })
+            });
+        }
     }
     group.finish();
 }
@@ -259,6 +311,6 @@ fn state(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = realistic, repeat, build, state
+    targets = realistic, dual, repeat, build, state
 }
 criterion_main!(benches);

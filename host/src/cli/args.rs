@@ -326,6 +326,13 @@ pub struct GenArgs {
     /// With `--shape gateway`: no port ranges.
     #[arg(long)]
     pub no_ports: bool,
+    /// With `--shape gateway`: `ipv4`, the VPCs' IPv4 /24s only; `dual`, 120 VPCs up to 1,000
+    /// peerings (300 up to 5,000) each also owning sixteen IPv6 /64s, each side exposing one
+    /// IPv4 and one IPv6 block (a fifth of the entries with port ranges, some blocks with
+    /// holes, wide or with a shared service prefix), packets 45 % IPv4, 45 % IPv6, 5 % of
+    /// mixed families, 5 % random.
+    #[arg(long, value_enum, default_value_t = Family::Ipv4)]
+    pub family: Family,
     /// Directory to write `config.yaml` and `packets.jsonl` into.
     #[arg(long)]
     pub out: PathBuf,
@@ -336,6 +343,13 @@ pub struct GenArgs {
 pub enum Shape {
     Mixed,
     Gateway,
+}
+
+/// The address families of `--shape gateway`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Family {
+    Ipv4,
+    Dual,
 }
 
 /// `flowgate serve`.

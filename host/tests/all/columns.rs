@@ -1,14 +1,14 @@
 //! The column path (`WasmPolicy::judge_columns`): bursts a dataplane's decoder lays out in
 //! columns get the verdicts the fixture cases expect, and those `Policy::judge` and the native
-//! library give, with one batch reused across bursts of any size; slots left unset are
-//! dropped; a module's answer of the wrong length or with an unknown verdict is a fault.
+//! library give (IPv4, mixed and dual-stack traffic), with one batch reused across bursts of
+//! any size; slots left unset are dropped; a module's answer of the wrong length or with an unknown verdict is a fault.
 
 use std::net::IpAddr;
 
 use flowgate_host::wasm::WasmPolicy;
 use flowgate_host::{DEFAULT_MODULE, Policy, PolicyFault, StartError};
 use flowgate_policy::packed::Columns;
-use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale};
+use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale, Traffic};
 use flowgate_policy::{Packet, Table, Verdict};
 use flowgate_test_guests as guests;
 
@@ -94,6 +94,60 @@ fn the_column_path_judges_as_the_library_does() {
             let mut native = vec![Verdict::default(); burst.len()];
             table.lookup_batch(burst, &mut native);
             assert_eq!(judge_both(&mut policy, &mut columns, burst), native);
+        }
+    }
+}
+
+/// The dual-stack gateway workload the benchmarks measure (IPv4, IPv6 and mixed-family
+/// packets, ports, holes, shared service prefixes) and each family's stream, in bursts of changing size: the column
+/// path, the `Packet` path and the typed call give the native table's verdicts.
+#[test]
+fn dual_stack_traffic_through_both_paths_as_the_library_judges() {
+    let runtime = crate::runtime();
+    let module = runtime.load(DEFAULT_MODULE).unwrap();
+    let mut gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
+    let table = Table::build(&flowgate_policy::parse(gateway.yaml(), None).unwrap()).unwrap();
+    let mut policy = WasmPolicy::new(&runtime, &module, gateway.yaml()).unwrap();
+    let mut columns = Columns::with_capacity(16);
+    let mut seen = std::collections::BTreeMap::<(bool, bool, &str), usize>::new();
+    for traffic in [Traffic::All, Traffic::Ipv4, Traffic::Ipv6] {
+        let packets = gateway.packets_of(traffic, 3000);
+        let mut rest = &packets[..];
+        for n in [256, 1, 1024, 0, 37, 256].into_iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (burst, after) = rest.split_at(n.min(rest.len()));
+            rest = after;
+            let mut native = vec![Verdict::default(); burst.len()];
+            table.lookup_batch(burst, &mut native);
+            assert_eq!(judge_both(&mut policy, &mut columns, burst), native);
+            let mut typed = vec![Verdict::default(); burst.len()];
+            policy.judge_typed(burst, &mut typed).unwrap();
+            assert_eq!(typed, native);
+            for (p, v) in burst.iter().zip(&native) {
+                let kind = match v {
+                    Verdict::Allow(_) => "allow",
+                    Verdict::AllowAmbiguous(_) => "ambiguous",
+                    Verdict::Drop(_) => "drop",
+                };
+                *seen
+                    .entry((p.src.is_ipv6(), p.dst.is_ipv6(), kind))
+                    .or_default() += 1;
+            }
+        }
+    }
+    // Each family reached every kind of verdict, and mixed-family packets both.
+    for family in [(false, false), (true, true)] {
+        for kind in ["allow", "ambiguous", "drop"] {
+            let n = seen.get(&(family.0, family.1, kind)).copied().unwrap_or(0);
+            assert!(n > 0, "no {kind} for {family:?}: {seen:?}");
+        }
+    }
+    for family in [(false, true), (true, false)] {
+        for kind in ["allow", "drop"] {
+            let n = seen.get(&(family.0, family.1, kind)).copied().unwrap_or(0);
+            assert!(n > 0, "no {kind} for {family:?}: {seen:?}");
         }
     }
 }

@@ -90,9 +90,34 @@ struct BlockSeed {
     default: bool,
 }
 
-fn block_seed() -> impl Strategy<Value = BlockSeed> {
+/// The address families of a generated config and its packets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Families {
+    /// A block is IPv6 with this probability, and so is a packet's address not aimed at the
+    /// config's own prefixes.
+    Weighted(f64),
+    /// Every side has two to four blocks, IPv4 and IPv6 in turn (so both families); packets
+    /// are half IPv6, and one in five has a destination of the other family.
+    Dual,
+}
+
+impl Families {
+    /// Mostly IPv4, as the first generators were.
+    pub const IPV4_HEAVY: Families = Families::Weighted(0.25);
+    /// Mostly IPv6.
+    pub const IPV6_HEAVY: Families = Families::Weighted(0.75);
+
+    fn v6(self) -> f64 {
+        match self {
+            Families::Weighted(v6) => v6,
+            Families::Dual => 0.5,
+        }
+    }
+}
+
+fn block_seed(families: Families) -> impl Strategy<Value = BlockSeed> {
     (
-        prop::bool::weighted(0.25),
+        prop::bool::weighted(families.v6()),
         list_seed(),
         prop::option::weighted(0.25, list_seed()),
         prop::bool::weighted(0.1),
@@ -119,21 +144,39 @@ pub struct GenConfig {
 }
 
 pub fn config() -> impl Strategy<Value = GenConfig> {
-    config_in(Plan::Low)
+    config_of(Families::IPV4_HEAVY)
 }
 
-/// [`config`] with IPv6 prefixes of `plan`.
-pub fn config_in(plan: Plan) -> impl Strategy<Value = GenConfig> {
+/// A config of `families`.
+pub fn config_of(families: Families) -> impl Strategy<Value = GenConfig> {
+    config_planned(families, Plan::Low)
+}
+
+/// A config of `families` with IPv6 prefixes of `plan`.
+pub fn config_planned(families: Families, plan: Plan) -> impl Strategy<Value = GenConfig> {
+    let blocks = match families {
+        Families::Weighted(_) => 1..=3usize,
+        Families::Dual => 2..=4,
+    };
     (2usize..=4)
-        .prop_flat_map(|n| {
+        .prop_flat_map(move |n| {
             let pair = (0..n, 0..n);
-            let side = || prop::collection::vec(block_seed(), 1..=3);
+            let side = || prop::collection::vec(block_seed(families), blocks.clone());
             (
                 Just(n),
                 prop::collection::vec((pair, side(), side()), 2..=7),
             )
         })
-        .prop_map(move |(n, peerings)| render(plan, n, peerings))
+        .prop_map(move |(n, mut peerings)| {
+            if families == Families::Dual {
+                for (_, a, b) in &mut peerings {
+                    for (i, block) in a.iter_mut().chain(b.iter_mut()).enumerate() {
+                        block.v6 = i % 2 == 1;
+                    }
+                }
+            }
+            render(plan, n, peerings)
+        })
 }
 
 /// A peering to render: the two VPC indices and each side's blocks.
@@ -269,18 +312,28 @@ fn host_in(plan: Plan, net: &ipnet::IpNet, bits: u32) -> IpAddr {
 /// destination of the other family than its source (inside the config's prefixes of that
 /// family when it has some).
 pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
+    packet_of(config, Families::IPV4_HEAVY)
+}
+
+/// A packet for `config` of `families`: as [`packet`], IPv6 with `families`' weight where it
+/// is not aimed at the config's own prefixes.
+pub fn packet_of(config: &GenConfig, families: Families) -> impl Strategy<Value = Packet> + use<> {
     let config = config.clone();
     let unknown = prop::bool::weighted(0.05);
     let end = (0u8..10, any::<usize>(), any::<u32>());
+    let mixed = match families {
+        Families::Weighted(_) => 1.0 / 7.0,
+        Families::Dual => 0.2,
+    };
     let picks = (
         any::<usize>(),
         unknown,
-        prop::bool::weighted(0.25),
+        prop::bool::weighted(families.v6()),
         end.clone(),
         end,
         0u8..5,
         any::<(usize, usize)>(),
-        prop::bool::weighted(1.0 / 7.0),
+        prop::bool::weighted(mixed),
     );
     picks.prop_map(
         move |(
@@ -346,16 +399,25 @@ pub fn packet(config: &GenConfig) -> impl Strategy<Value = Packet> + use<> {
 
 /// A generated config with a batch of packets for it.
 pub fn config_and_packets(max_packets: usize) -> impl Strategy<Value = (GenConfig, Vec<Packet>)> {
-    config_and_packets_in(Plan::Low, max_packets)
+    config_and_packets_of(Families::IPV4_HEAVY, max_packets)
 }
 
-/// [`config_and_packets`] with IPv6 prefixes of `plan`.
-pub fn config_and_packets_in(
+/// A generated config of `families` with a batch of packets for it.
+pub fn config_and_packets_of(
+    families: Families,
+    max_packets: usize,
+) -> impl Strategy<Value = (GenConfig, Vec<Packet>)> {
+    config_and_packets_planned(families, Plan::Low, max_packets)
+}
+
+/// A generated config of `families`, its IPv6 prefixes of `plan`, with a batch of packets.
+pub fn config_and_packets_planned(
+    families: Families,
     plan: Plan,
     max_packets: usize,
 ) -> impl Strategy<Value = (GenConfig, Vec<Packet>)> {
-    config_in(plan).prop_flat_map(move |c| {
-        let packets = prop::collection::vec(packet(&c), 1..=max_packets);
+    config_planned(families, plan).prop_flat_map(move |c| {
+        let packets = prop::collection::vec(packet_of(&c, families), 1..=max_packets);
         (Just(c), packets)
     })
 }
