@@ -457,6 +457,23 @@ impl Table {
         full: usize,
         emit: &mut impl FnMut(u32, u32),
     ) {
+        if dual.four.n >= full || dual.six.n >= full {
+            self.flush_gathered(dual, st, words, full, emit);
+        }
+    }
+
+    /// [`Table::gathered`]'s lookups, kept out of the gathering loop, which runs them once
+    /// every [`LANES`] packets of a family: inlined into it, a Wasm guest's IPv6 packets took
+    /// 9-12 % longer.
+    #[inline(never)]
+    fn flush_gathered(
+        &self,
+        dual: &mut Dual,
+        st: &mut Stages,
+        words: &mut [u32; LANES],
+        full: usize,
+        emit: &mut impl FnMut(u32, u32),
+    ) {
         if dual.four.n >= full {
             self.lookup_lanes(&dual.four.lanes, st, words);
             for (&at, &word) in dual.four.at[..dual.four.n].iter().zip(words.iter()) {
