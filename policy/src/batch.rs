@@ -5,7 +5,7 @@
 //! A batch crosses as columns of little-endian `u32` words, one word a packet in each: the
 //! guest's lookup lanes take each field as it lies, with no per-byte decoding, and IPv4
 //! addresses arrive as numbers, so a Wasm guest (which has no byte-swap instruction) never
-//! swaps bytes. IPv6 addresses, the cold family, sit in a list after the columns.
+//! swaps bytes. IPv6 addresses sit in a list after the columns, in network order.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -344,6 +344,12 @@ impl<'a> Batch<'a> {
     #[inline(always)]
     pub(crate) fn column(&self, column: usize) -> &'a [[u8; WORD]] {
         &self.columns[column * self.n..(column + 1) * self.n]
+    }
+
+    /// The IPv6 address list.
+    #[inline(always)]
+    pub(crate) fn v6_list(&self) -> &'a [[u8; V6_BYTES]] {
+        self.v6
     }
 
     /// Packet `i`, or `None` when there is none or an IPv6 address of it is past the list.

@@ -544,3 +544,163 @@ fn a_candidate_past_the_vpcs_is_refused() {
     words[at] = table.vpcs().len() as u32;
     invalid_in(Table::from_state(&words).err().unwrap(), "set-members");
 }
+
+// The IPv6 sides.
+
+/// The dual-stack gateway's table (IPv6 tries over upper halves, split /64s) round-trips, and
+/// its state carries both IPv6 sides.
+#[test]
+fn dual_gateway_tables_round_trip() {
+    for peerings in [1_000, 5_000] {
+        let mut gateway = Gateway::new(GatewayShape::dual(peerings, true, 42));
+        let config = parse(gateway.yaml(), None).unwrap();
+        let packets = gateway.packets(20_000);
+        round_trips(&config, &packets, &CUTS);
+        let words = Table::build(&config).unwrap().export_state();
+        for name in [
+            "src6-nodes",
+            "src6-roots",
+            "src6-gaps",
+            "src6-low",
+            "dst6-low",
+        ] {
+            assert!(!section(&words, name).is_empty(), "{name}");
+        }
+        // Without tries, no IPv6 sides either.
+        let words = Table::build_searched(&config).unwrap().export_state();
+        assert!(section(&words, "src6-nodes").is_empty());
+    }
+}
+
+/// The dual-stack gateway's state with one word of its IPv6 sides (or their layout in `meta`)
+/// altered at a time: each is refused or answers.
+#[test]
+fn a_dual_state_altered_in_its_ipv6_sides_is_refused_or_answers() {
+    let mut gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
+    let config = parse(gateway.yaml(), None).unwrap();
+    let packets = gateway.packets(512);
+    let words = Table::build(&config).unwrap().export_state();
+    let meta = section(&words, "meta");
+    let mut places: Vec<usize> = (meta.start + 6..meta.start + 6 + 1 + 2 * 13).collect();
+    for side in ["src6", "dst6"] {
+        for part in ["nodes", "roots", "gaps", "low"] {
+            places.extend(section(&words, &format!("{side}-{part}")));
+        }
+    }
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut refused, mut loaded) = (0, 0);
+    for _ in 0..400 {
+        let mut altered = words.clone();
+        let at = places[(next() % places.len() as u64) as usize];
+        altered[at] = match next() % 4 {
+            0 => next() as u32,
+            1 => altered[at] ^ 1 << (next() % 32),
+            2 => altered[at].wrapping_add(1),
+            _ => 1 << 29 | (next() % 300) as u32,
+        };
+        match Table::from_state(&altered) {
+            Ok(table) => {
+                answer_everything(&table, &packets);
+                loaded += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        refused > 40 && loaded > 40,
+        "{refused} refused, {loaded} loaded"
+    );
+}
+
+#[test]
+fn an_ipv6_index_or_layout_past_its_bounds_is_refused() {
+    let gateway = Gateway::new(GatewayShape::dual(100, true, 7));
+    let table = Table::build(&parse(gateway.yaml(), None).unwrap()).unwrap();
+    let words = table.export_state();
+    let refused = |name: &str, edit: &dyn Fn(&mut Vec<u32>)| {
+        let mut w = words.clone();
+        edit(&mut w);
+        invalid_in(Table::from_state(&w).err().unwrap(), name);
+    };
+    // The source side's layout in `meta`: depth, bits compared away, regions, the low trie's
+    // depth and roots, the bases.
+    let side = section(&words, "meta").start + 7;
+    for (at, value) in [(0, 9), (0, 0), (1, 60), (1, 12), (2, 0), (2, 5), (4, 0)] {
+        refused("meta", &|w| w[side + at] = value);
+    }
+    // Bases not ascending.
+    refused("meta", &|w| {
+        let (a, b) = (w[side + 5], w[side + 6]);
+        (w[side + 5], w[side + 6]) = (w[side + 7], w[side + 8]);
+        (w[side + 7], w[side + 8]) = (a, b);
+    });
+    // A root past the nodes, and a node index past them.
+    refused("src6-roots", &|w| {
+        let nodes = (section(w, "src6-nodes").len() / 256) as u32;
+        let at = section(w, "src6-roots").start;
+        w[at] = nodes;
+    });
+    refused("dst6-nodes", &|w| {
+        let nodes = section(w, "dst6-nodes");
+        // An entry of the first VPC's root of its first region: a node index (depth 2).
+        let root = w[section(w, "dst6-roots").start] as usize;
+        w[nodes.start + 256 * root] = (nodes.len() / 256) as u32 + 7;
+    });
+    // A split /64 past the low trie's roots, a class past the VPC's, a port map past the maps.
+    let last = |w: &Vec<u32>, name: &str| section(w, name).end - 1;
+    refused("src6-nodes", &|w| {
+        let at = last(w, "src6-nodes");
+        w[at] = 1 << 29 | 100_000;
+    });
+    // (A class of the low trie is checked against the VPCs whose split /64 it is.)
+    refused("dst6-roots", &|w| {
+        let at = last(w, "dst6-low");
+        w[at] = 1 << 20;
+    });
+    refused("src6-gaps", &|w| {
+        let at = last(w, "src6-gaps");
+        w[at] = 1 << 31 | 1 << 24;
+    });
+    // Sections whose lengths the VPCs fix.
+    let cut = |w: &mut Vec<u32>, name: &str| {
+        let at = section(w, name).end - 1;
+        w.remove(at);
+        let i = SECTIONS.iter().position(|s| *s == name).unwrap();
+        w[3 + i] -= 1;
+        w[2] -= 1;
+    };
+    refused("src6-roots", &|w| cut(w, "src6-roots"));
+    refused("dst6-gaps", &|w| cut(w, "dst6-gaps"));
+    // IPv6 sides in a table said to have none.
+    refused("src6-nodes", &|w| {
+        let at = section(w, "meta").start + 6;
+        w[at] = 0;
+    });
+}
+
+/// A state whose IPv6 trie is larger than a build's budget for it is refused before its
+/// nodes are checked.
+#[test]
+fn an_ipv6_trie_past_its_budget_is_refused() {
+    let gateway = Gateway::new(GatewayShape::dual(100, false, 7));
+    let words = Table::build(&parse(gateway.yaml(), None).unwrap())
+        .unwrap()
+        .export_state();
+    let nodes = section(&words, "src6-low");
+    let extra = (32 << 20) / 4 - nodes.len() + 256;
+    let mut big = words[..nodes.end].to_vec();
+    big.extend(std::iter::repeat_n(0, extra));
+    big.extend_from_slice(&words[nodes.end..]);
+    let i = SECTIONS.iter().position(|s| *s == "src6-low").unwrap();
+    big[3 + i] += extra as u32;
+    big[2] += extra as u32;
+    let e = Table::from_state(&big).err().unwrap();
+    assert!(e.to_string().contains("past its budget"), "{e}");
+    invalid_in(e, "src6-low");
+}

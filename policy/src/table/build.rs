@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::flat::{PortMaps4, Side4, VniIndex};
+use super::flat::{PortMaps, Side4, VniIndex};
+use super::six::Side6;
 use super::{
     Cell, MAX_BUILD_STEPS, MAX_CLASS_MEMBERS, MAX_MATRIX_CELLS, Matrices, Row, Seg, SegTable,
-    Table, TableStats, VpcTable,
+    Sides6, Table, TableStats, VpcTable,
 };
 use crate::addr::{Family, net_family, net_range};
 use crate::catalog::{Catalog, VpcEntry};
@@ -89,9 +90,14 @@ struct Built {
 }
 
 /// The starts and values of an IPv4 segment table, its port maps added to `ports`.
-fn flat_table(table: &SegTable<u128>, ports: &mut PortMaps4) -> (Vec<u32>, Vec<u32>) {
+fn flat_table(table: &SegTable<u128>, ports: &mut PortMaps) -> (Vec<u32>, Vec<u32>) {
     let starts = table.starts.iter().map(|&k| k as u32).collect();
-    let values = table
+    (starts, flat_values(table, ports))
+}
+
+/// The values of a segment table's segments: a class, or a port map added to `ports`.
+fn flat_values(table: &SegTable<u128>, ports: &mut PortMaps) -> Vec<u32> {
+    table
         .segs
         .iter()
         .map(|seg| {
@@ -105,8 +111,12 @@ fn flat_table(table: &SegTable<u128>, ports: &mut PortMaps4) -> (Vec<u32>, Vec<u
                 &table.port_classes[at],
             )
         })
-        .collect();
-    (starts, values)
+        .collect()
+}
+
+/// Bytes of a segment table.
+fn seg_bytes(t: &SegTable<u128>) -> usize {
+    t.starts.len() * 16 + t.segs.len() * size_of::<Seg>() + t.port_starts.len() * 6
 }
 
 impl Table {
@@ -151,7 +161,7 @@ impl Table {
             candidate_sets: candidates.sets.len(),
             ..TableStats::default()
         };
-        let mut ports4 = PortMaps4::default();
+        let mut ports = PortMaps::default();
         let (mut src4, mut dst4) = (Vec::new(), Vec::new());
         let mut per_vpc = Vec::with_capacity(built.len());
         let (mut rows, mut cells) = (Vec::with_capacity(built.len()), Vec::new());
@@ -163,8 +173,8 @@ impl Table {
             stats.destination_classes += b.dst_classes;
             stats.source_classes += b.matrix.len() / b.dst_classes.max(1);
             stats.matrix_cells += b.matrix.len();
-            src4.push(flat_table(&b.src4, &mut ports4));
-            dst4.push(flat_table(&b.dst4, &mut ports4));
+            src4.push(flat_table(&b.src4, &mut ports));
+            dst4.push(flat_table(&b.dst4, &mut ports));
             per_vpc.push(VpcTable {
                 src6: b.src6,
                 dst6: b.dst6,
@@ -176,7 +186,31 @@ impl Table {
             cells.extend_from_slice(&b.matrix);
         }
         let (src4, dst4) = (Side4::new(&src4, tries), Side4::new(&dst4, tries));
-        stats.ipv4_bytes = src4.bytes() + dst4.bytes() + ports4.bytes();
+        let (v4_maps, v4_mark) = (ports.bytes(), (ports.maps.len(), ports.long.len()));
+        stats.ipv4_bytes = src4.bytes() + dst4.bytes() + v4_maps;
+        let mut sides6 = [Vec::new(), Vec::new()];
+        for t in &per_vpc {
+            for (side, table) in sides6.iter_mut().zip([&t.src6, &t.dst6]) {
+                side.push((table.starts.to_vec(), flat_values(table, &mut ports)));
+            }
+        }
+        let [src6, dst6] = sides6.map(|tables| Side6::new(&tables, tries));
+        let six = match (src6, dst6) {
+            (Some(src), Some(dst)) => Some(Sides6 { src, dst }),
+            _ => {
+                // IPv6 packets take the per-VPC searches: the maps of their values go.
+                ports.maps.truncate(v4_mark.0);
+                ports.long.truncate(v4_mark.1);
+                None
+            }
+        };
+        let searched: usize = per_vpc
+            .iter()
+            .map(|t| seg_bytes(&t.src6) + seg_bytes(&t.dst6))
+            .sum();
+        stats.ipv6_bytes =
+            searched + ports.bytes() + six.as_ref().map_or(0, |s| s.src.bytes() + s.dst.bytes())
+                - v4_maps;
         let candidate_sets = candidates
             .sets
             .into_iter()
@@ -192,7 +226,8 @@ impl Table {
             vnis: VniIndex::new(&by_vni, tries),
             src4,
             dst4,
-            ports4,
+            six,
+            ports,
             per_vpc,
             matrices: Matrices {
                 rows: rows.into(),

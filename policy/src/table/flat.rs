@@ -28,7 +28,8 @@ pub(super) const LANES: usize = 32;
 pub(super) const PORTED: u32 = 1 << 31;
 /// A flag beside [`PORTED`]: the port map is one of the long ones.
 pub(super) const LONG: u32 = 1 << 30;
-/// A value of a padded slot: the VPC's table is in [`Padded::big`] at this index.
+/// A value of a padded slot: the VPC's table is in [`Padded::big`] at this index. (An IPv6
+/// side's leaf with this flag is a split /64's: `six::SPLIT`.)
 pub(super) const BIG: u32 = 1 << 29;
 pub(super) const FLAGS: u32 = PORTED | LONG | BIG;
 
@@ -80,11 +81,16 @@ const TRIE_FACTOR: usize = 32;
 const TRIE_FLOOR: usize = 4 << 20;
 /// ... but never more than this: a guest has a few hundred MiB in all (the module's memory
 /// cap), and a configuration that fitted with searched tables must still fit.
-const TRIE_CAP: usize = 32 << 20;
+pub(super) const TRIE_CAP: usize = 32 << 20;
 
 /// The byte budget of a trie of `tables`: none without `tries`.
 pub(super) fn trie_budget(tables: &[(Vec<u32>, Vec<u32>)], tries: bool) -> usize {
     let own: usize = tables.iter().map(|t| t.0.len() * 8).sum();
+    budget_of(own, tries)
+}
+
+/// The byte budget of a trie of tables of `own` bytes: none without `tries`.
+pub(super) fn budget_of(own: usize, tries: bool) -> usize {
     if tries {
         own.saturating_mul(TRIE_FACTOR).clamp(TRIE_FLOOR, TRIE_CAP)
     } else {
@@ -151,7 +157,7 @@ fn trie_find_lanes(trie: &Trie, roots: &[u32; LANES], keys: &[u32; LANES], out: 
 /// compare and a branch, the pointer reloaded from a spill slot) and the loop's own count,
 /// and LLVM unrolls these loops only by two: eight lanes a turn take 7-10 % off the Wasm
 /// lookup, 1-3 % natively. (The VNI and verdict loops cut the same way gain nothing.)
-const TURN: usize = 8;
+pub(super) const TURN: usize = 8;
 
 const _: () = assert!(LANES.is_multiple_of(TURN));
 
@@ -381,7 +387,7 @@ impl PortMap {
 
 /// Port maps of the IPv4 segments whose class depends on the port.
 #[derive(Debug, Clone, Default)]
-pub(super) struct PortMaps4 {
+pub(super) struct PortMaps {
     pub(super) maps: Vec<PortMap>,
     /// Maps of more than [`MAP_RANGES`] ranges.
     pub(super) long: Vec<LongMap>,
@@ -395,7 +401,7 @@ pub(super) struct LongMap {
     pub(super) classes: Box<[u32]>,
 }
 
-impl PortMaps4 {
+impl PortMaps {
     /// The value of a segment whose port ranges `starts` (from 0) have `classes`.
     pub(super) fn add(&mut self, portless: u32, starts: &[u16], classes: &[u32]) -> u32 {
         if starts.len() > MAP_RANGES {
@@ -687,7 +693,7 @@ mod tests {
 
     #[test]
     fn port_maps_answer_by_port_and_without() {
-        let mut maps = PortMaps4::default();
+        let mut maps = PortMaps::default();
         let short = maps.add(9, &[0, 22, 23, 80, 91], &[1, 2, 1, 3, 1]);
         let starts: Vec<u16> = (0..40).map(|i| i * 1000).collect();
         let classes: Vec<u32> = (0..40).map(|i| 100 + i).collect();

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::cell::RefCell;
 
 use super::flat::{self, LANES, NO_PORT, NO_VPC};
-use super::{Catalog, Keys, Seg, SegTable, Table, VpcEntry, VpcTable};
+use super::{Catalog, Keys, Seg, SegTable, Sides6, Table, VpcEntry, VpcTable};
 use crate::batch::{Batch, column, shape, split_ports};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
 use crate::prefetch::prefetch;
@@ -133,6 +133,123 @@ impl Lanes {
     }
 }
 
+/// Up to [`LANES`] IPv6 packets of a batch, field by field, as the lookup stages read them:
+/// [`Lanes`] with each address as its upper and lower halves.
+#[derive(Debug, Clone, Copy)]
+struct Lanes6 {
+    vni: [u32; LANES],
+    /// Upper halves of the source and destination addresses: what the tries read.
+    src: [u64; LANES],
+    dst: [u64; LANES],
+    /// Lower halves: what a split /64's trie reads.
+    src_low: [u64; LANES],
+    dst_low: [u64; LANES],
+    /// Source ports, then destination ports, or [`NO_PORT`].
+    ports: [[u32; LANES]; 2],
+}
+
+impl Lanes6 {
+    const EMPTY: Lanes6 = Lanes6 {
+        vni: [0; LANES],
+        src: [0; LANES],
+        dst: [0; LANES],
+        src_low: [0; LANES],
+        dst_low: [0; LANES],
+        ports: [[NO_PORT; LANES]; 2],
+    };
+
+    /// Puts a packet's fields in lane `i`, as [`Lanes::put`] does.
+    #[inline(always)]
+    fn put(
+        &mut self,
+        i: usize,
+        vni: u32,
+        (src, dst): ((u64, u64), (u64, u64)),
+        has_ports: bool,
+        (src_port, dst_port): (u16, u16),
+    ) {
+        self.vni[i] = vni;
+        (self.src[i], self.src_low[i]) = src;
+        (self.dst[i], self.dst_low[i]) = dst;
+        self.ports[0][i] = select_unpredictable(has_ports, src_port.into(), NO_PORT);
+        self.ports[1][i] = select_unpredictable(has_ports, dst_port.into(), NO_PORT);
+    }
+}
+
+/// Packets of one family gathered from a batch until they fill the lanes: the lanes, the
+/// batch index of each lane's packet, and how many lanes are filled.
+#[derive(Debug, Clone, Copy)]
+struct Gather<L> {
+    lanes: L,
+    at: [u32; LANES],
+    n: usize,
+}
+
+/// The gathered IPv4 and IPv6 packets of batches that hold both families.
+#[derive(Debug, Clone, Copy)]
+struct Dual {
+    four: Gather<Lanes>,
+    six: Gather<Lanes6>,
+}
+
+impl Dual {
+    const NEW: Dual = Dual {
+        four: Gather {
+            lanes: Lanes::EMPTY,
+            at: [0; LANES],
+            n: 0,
+        },
+        six: Gather {
+            lanes: Lanes6::EMPTY,
+            at: [0; LANES],
+            n: 0,
+        },
+    };
+}
+
+/// An address as a key of its family (IPv4 widened), and whether it is IPv6: chosen without a
+/// branch where the compiler can, as mixed traffic mispredicts the family.
+#[inline(always)]
+fn addr_key(addr: IpAddr) -> (u128, bool) {
+    // Each family read on its own with a default, then one chosen: one `match` with both
+    // arms compiled to a branch on the family (LLVM, x86-64).
+    let four = match addr {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(_) => 0,
+    };
+    let six = match addr {
+        IpAddr::V6(a) => u128::from(a),
+        IpAddr::V4(_) => 0,
+    };
+    let v6 = addr.is_ipv6();
+    (select_unpredictable(v6, six, four.into()), v6)
+}
+
+/// The upper and lower halves of an IPv6 address of a batch's list (network byte order).
+#[cfg(not(all(target_family = "wasm", target_feature = "simd128")))]
+#[inline(always)]
+fn halves(bytes: &[u8; 16]) -> (u64, u64) {
+    let (upper, lower) = bytes.split_at(8);
+    let half = |b: &[u8]| b.try_into().map_or(0, u64::from_be_bytes);
+    (half(upper), half(lower))
+}
+
+/// [`halves`] in Wasm's vector instructions: one shuffle swaps the bytes of both halves,
+/// which Wasm's scalar instructions would do a byte at a time.
+#[cfg(all(target_family = "wasm", target_feature = "simd128"))]
+#[inline(always)]
+fn halves(bytes: &[u8; 16]) -> (u64, u64) {
+    use core::arch::wasm32::{u8x16_shuffle, u64x2, u64x2_extract_lane};
+    let (upper, lower) = bytes.split_at(8);
+    let half = |b: &[u8]| b.try_into().map_or(0, u64::from_le_bytes);
+    let v = u64x2(half(upper), half(lower));
+    let swapped = u8x16_shuffle::<7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8>(v, v);
+    (
+        u64x2_extract_lane::<0>(swapped),
+        u64x2_extract_lane::<1>(swapped),
+    )
+}
+
 /// Where the stages of [`Table::lookup_lanes`] keep their answers.
 #[derive(Debug, Clone)]
 struct Stages {
@@ -209,11 +326,34 @@ impl Table {
             Keys::V4(s, d) => {
                 let (s, d) = flat::find_pair(&self.src4, &self.dst4, vpc, s, d);
                 (
-                    self.ports4.class(s, ports.map(|p| p.src)),
-                    self.ports4.class(d, ports.map(|p| p.dst)),
+                    self.ports.class(s, ports.map(|p| p.src)),
+                    self.ports.class(d, ports.map(|p| p.dst)),
                 )
             }
-            Keys::V6(s, d) => class_pair(&t.src6, s, &t.dst6, d, ports),
+            Keys::V6(s, d) => match &self.six {
+                Some(six) => {
+                    let src = six.src.find(vpc, (s >> 64) as u64, s as u64);
+                    let dst = six.dst.find(vpc, (d >> 64) as u64, d as u64);
+                    (
+                        self.ports.class(src, ports.map(|p| p.src)),
+                        self.ports.class(dst, ports.map(|p| p.dst)),
+                    )
+                }
+                None => class_pair(&t.src6, s, &t.dst6, d, ports),
+            },
+        }
+    }
+
+    /// The class of an IPv6 address on one side (`src` or not) of VPC `vpc`.
+    fn side6(&self, vpc: u32, t: &VpcTable, src: bool, key: u128, port: Option<u16>) -> u32 {
+        match &self.six {
+            Some(six) => {
+                let side = if src { &six.src } else { &six.dst };
+                let value = side.find(vpc, (key >> 64) as u64, key as u64);
+                self.ports.class(value, port)
+            }
+            None if src => t.src6.class(key, port),
+            None => t.dst6.class(key, port),
         }
     }
 
@@ -227,12 +367,12 @@ impl Table {
         };
         let (src_port, dst_port) = (packet.ports.map(|p| p.src), packet.ports.map(|p| p.dst));
         let s = match packet.src {
-            IpAddr::V4(a) => self.ports4.class(self.src4.find(vpc, a.into()), src_port),
-            IpAddr::V6(a) => t.src6.class(a.into(), src_port),
+            IpAddr::V4(a) => self.ports.class(self.src4.find(vpc, a.into()), src_port),
+            IpAddr::V6(a) => self.side6(vpc, t, true, a.into(), src_port),
         };
         let d = match packet.dst {
-            IpAddr::V4(a) => self.ports4.class(self.dst4.find(vpc, a.into()), dst_port),
-            IpAddr::V6(a) => t.dst6.class(a.into(), dst_port),
+            IpAddr::V4(a) => self.ports.class(self.dst4.find(vpc, a.into()), dst_port),
+            IpAddr::V6(a) => self.side6(vpc, t, false, a.into(), dst_port),
         };
         self.verdict(self.matrices.word(vpc, s, d).unwrap_or(UNKNOWN_VPC))
     }
@@ -252,8 +392,9 @@ impl Table {
             return;
         }
         let (mut lanes, mut stages, mut words) = (Lanes::EMPTY, Stages::NEW, [0; LANES]);
+        let mut dual = Dual::NEW;
         let mut ahead = packets.chunks(LANES).skip(1);
-        for (packets, out) in packets.chunks(LANES).zip(out.chunks_mut(LANES)) {
+        for (first, packets) in (0..).step_by(LANES).zip(packets.chunks(LANES)) {
             // The pool of a busy gateway is far larger than the caches: the next lanes'
             // packets are fetched while these are looked up.
             if let Some(next) = ahead.next() {
@@ -263,17 +404,89 @@ impl Table {
             for (i, packet) in packets.iter().enumerate() {
                 all_v4 &= lanes.set(i, packet);
             }
-            self.lookup_lanes(&lanes, &mut stages, &mut words);
-            for (verdict, &word) in out.iter_mut().zip(&words) {
-                *verdict = self.verdict(word);
-            }
-            if !all_v4 {
-                for (verdict, packet) in out.iter_mut().zip(packets) {
-                    if !(packet.src.is_ipv4() && packet.dst.is_ipv4()) {
-                        *verdict = self.lookup(packet);
-                    }
+            if all_v4 {
+                self.lookup_lanes(&lanes, &mut stages, &mut words);
+                let chunk_out = &mut out[first..first + packets.len()];
+                for (verdict, &word) in chunk_out.iter_mut().zip(&words) {
+                    *verdict = self.verdict(word);
                 }
+                continue;
             }
+            // Both families: each packet joins its family's lanes, which are looked up
+            // whenever they are full; a packet of mixed families is looked up on its own.
+            let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
+            let mut mixed = 0u64;
+            for (i, packet) in packets.iter().enumerate() {
+                let (src, src6) = addr_key(packet.src);
+                let (dst, dst6) = addr_key(packet.dst);
+                let vni = packet.src_vni;
+                let ports = packet.ports.map_or((0, 0), |p| (p.src, p.dst));
+                let has_ports = packet.ports.is_some();
+                let split = |k: u128| ((k >> 64) as u64, k as u64);
+                let at = (first + i) as u32;
+                let (four, six) = (&mut dual.four, &mut dual.six);
+                four.lanes
+                    .put(four.n, vni, (src as u32, dst as u32), has_ports, ports);
+                six.lanes
+                    .put(six.n, vni, (split(src), split(dst)), has_ports, ports);
+                (four.at[four.n], six.at[six.n]) = (at, at);
+                let (is4, is6) = (!(src6 | dst6), src6 & dst6 & self.six.is_some());
+                four.n += usize::from(is4);
+                six.n += usize::from(is6);
+                mixed |= u64::from(!(is4 | is6)) << i;
+                self.gathered(&mut dual, &mut stages, &mut words, LANES, &mut emit);
+            }
+            while mixed != 0 {
+                let i = mixed.trailing_zeros() as usize;
+                mixed &= mixed - 1;
+                out[first + i] = self.lookup(&packets[i]);
+            }
+        }
+        let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
+        self.gathered(&mut dual, &mut stages, &mut words, 1, &mut emit);
+    }
+
+    /// Looks up each family's gathered lanes once `full` of them are filled, handing each
+    /// lane's batch index and verdict word to `emit`.
+    #[inline(always)]
+    fn gathered(
+        &self,
+        dual: &mut Dual,
+        st: &mut Stages,
+        words: &mut [u32; LANES],
+        full: usize,
+        emit: &mut impl FnMut(u32, u32),
+    ) {
+        if dual.four.n >= full || dual.six.n >= full {
+            self.flush_gathered(dual, st, words, full, emit);
+        }
+    }
+
+    /// [`Table::gathered`]'s lookups, kept out of the gathering loop, which runs them once
+    /// every [`LANES`] packets of a family: inlined into it, a Wasm guest's IPv6 packets took
+    /// 9-12 % longer.
+    #[inline(never)]
+    fn flush_gathered(
+        &self,
+        dual: &mut Dual,
+        st: &mut Stages,
+        words: &mut [u32; LANES],
+        full: usize,
+        emit: &mut impl FnMut(u32, u32),
+    ) {
+        if dual.four.n >= full {
+            self.lookup_lanes(&dual.four.lanes, st, words);
+            for (&at, &word) in dual.four.at[..dual.four.n].iter().zip(words.iter()) {
+                emit(at, word);
+            }
+            dual.four.n = 0;
+        }
+        if let (Some(six), true) = (&self.six, dual.six.n >= full) {
+            self.lookup_lanes6(six, &dual.six.lanes, st, words);
+            for (&at, &word) in dual.six.at[..dual.six.n].iter().zip(words.iter()) {
+                emit(at, word);
+            }
+            dual.six.n = 0;
         }
     }
 
@@ -297,28 +510,60 @@ impl Table {
     /// constant addresses reach every stage.
     #[cfg_attr(target_family = "wasm", inline(always))]
     fn lookup_lanes(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
-        self.vnis.find_lanes(&lanes.vni, &mut st.vpcs);
-        if self.per_vpc.is_empty() {
-            out.fill(UNKNOWN_VPC);
+        if !self.lane_vpcs(&lanes.vni, st, out) {
             return;
-        }
-        // Lanes of no VPC search VPC 0's tables for nothing.
-        for (root, &vpc) in st.roots.iter_mut().zip(&st.vpcs) {
-            *root = select_unpredictable(vpc != NO_VPC, vpc, 0);
         }
         let [src, dst] = &mut st.sides;
         self.src4.find_lanes(&st.roots, &lanes.src, src);
         self.dst4.find_lanes(&st.roots, &lanes.dst, dst);
+        self.lane_verdicts(&lanes.ports, st, out);
+    }
+
+    /// [`Table::lookup_lanes`] of IPv6 packets: the tries over the addresses' halves, then
+    /// the same port maps and matrices.
+    #[cfg_attr(target_family = "wasm", inline(always))]
+    fn lookup_lanes6(&self, six: &Sides6, lanes: &Lanes6, st: &mut Stages, out: &mut [u32; LANES]) {
+        if !self.lane_vpcs(&lanes.vni, st, out) {
+            return;
+        }
+        let [src, dst] = &mut st.sides;
+        six.src
+            .find_lanes(&st.roots, (&lanes.src, &lanes.src_low), src);
+        six.dst
+            .find_lanes(&st.roots, (&lanes.dst, &lanes.dst_low), dst);
+        self.lane_verdicts(&lanes.ports, st, out);
+    }
+
+    /// The first stage of a lookup: each lane's VPC and the root its tables are read from
+    /// (lanes of no VPC search VPC 0's tables for nothing). `false`, with every word
+    /// `drop(unknown-vpc)`, for a table of no VPCs.
+    #[inline(always)]
+    fn lane_vpcs(&self, vnis: &[u32; LANES], st: &mut Stages, out: &mut [u32; LANES]) -> bool {
+        self.vnis.find_lanes(vnis, &mut st.vpcs);
+        if self.per_vpc.is_empty() {
+            out.fill(UNKNOWN_VPC);
+            return false;
+        }
+        for (root, &vpc) in st.roots.iter_mut().zip(&st.vpcs) {
+            *root = select_unpredictable(vpc != NO_VPC, vpc, 0);
+        }
+        true
+    }
+
+    /// The last stages of a lookup: the values that name a port map resolved by the lanes'
+    /// ports, then every lane's verdict word.
+    #[inline(always)]
+    fn lane_verdicts(&self, ports: &[[u32; LANES]; 2], st: &mut Stages, out: &mut [u32; LANES]) {
         // The values that name a port map, as a mask built without a branch; only they are
         // resolved, lowest bit first.
         // A table without port maps skips the stage (a branch every batch takes alike).
-        if !self.ports4.is_empty() {
+        if !self.ports.is_empty() {
             let mut ported = ported_mask(&st.sides);
-            let (sides, ports) = (st.sides.as_flattened_mut(), lanes.ports.as_flattened());
+            let (sides, ports) = (st.sides.as_flattened_mut(), ports.as_flattened());
             while ported != 0 {
                 let k = ported.trailing_zeros() as usize;
                 ported &= ported - 1;
-                sides[k] = self.ports4.ported_class(sides[k], ports[k]);
+                sides[k] = self.ports.ported_class(sides[k], ports[k]);
             }
         }
         let [src, dst] = &st.sides;
@@ -411,6 +656,8 @@ struct Scratch {
     stages: Stages,
     words: [u32; LANES],
     records: [[u8; VERDICT_BYTES]; LANES],
+    /// Each family's packets of a batch that holds both.
+    dual: Dual,
 }
 
 impl Scratch {
@@ -419,12 +666,15 @@ impl Scratch {
         stages: Stages::NEW,
         words: [0; LANES],
         records: [[0; VERDICT_BYTES]; LANES],
+        dual: Dual::NEW,
     };
 }
 
 /// Appends `batch`'s verdict records to `output` (one a packet) [`LANES`] packets at a time:
-/// their columns' words straight into the lanes, the lanes looked up in stages, and packets
-/// that are not IPv4 on both sides on their own. `Err` for an IPv6 address past the list.
+/// their columns' words straight into the lanes, the lanes looked up in stages. A chunk that
+/// is not all IPv4 gets its records in place: its IPv4 and IPv6 packets join their family's
+/// lanes, looked up whenever they fill (and at the end), and a packet of mixed families is
+/// looked up on its own. `Err` for an IPv6 address past the list.
 #[inline(always)]
 fn judge_lanes(
     table: &Table,
@@ -443,6 +693,8 @@ fn judge_lanes(
     .map(|c| batch.column(c).chunks(LANES));
     let [vnis, shapes, ports, srcs, dsts] = columns;
     let chunks = vnis.zip(shapes).zip(ports).zip(srcs.zip(dsts));
+    // Nothing gathered is left from a batch refused before its end.
+    (s.dual.four.n, s.dual.six.n) = (0, 0);
     for (first, (((vni, shape), ports), (src, dst))) in (0..).step_by(LANES).zip(chunks) {
         let mut families = 0;
         for (i, ((vni, shape), (ports, (src, dst)))) in vni
@@ -461,23 +713,103 @@ fn judge_lanes(
                 split_ports(word(ports)),
             );
         }
-        table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
-        let words = &mut s.words[..vni.len()];
         if families & shape::V6 != 0 {
-            for (i, (verdict, shape)) in words.iter_mut().zip(shape).enumerate() {
-                if word(shape) & shape::V6 != 0 {
-                    let Some(packet) = batch.packet(first + i) else {
-                        return Err(());
-                    };
-                    *verdict = verdict_word(table.lookup(&packet));
-                }
-            }
+            let at = output.len();
+            output.resize(at + vni.len() * VERDICT_BYTES, 0);
+            judge_dual(table, batch, first, output, s)?;
+            continue;
         }
+        table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
+        let words = &s.words[..vni.len()];
         let records = &mut s.records[..words.len()];
         for (record, word) in records.iter_mut().zip(words.iter()) {
             *record = word.to_le_bytes();
         }
         output.extend_from_slice(records.as_flattened());
+    }
+    let mut emit = |at: u32, word: u32| put_record(output, at, word);
+    table.gathered(&mut s.dual, &mut s.stages, &mut s.words, 1, &mut emit);
+    Ok(())
+}
+
+/// Writes the verdict record of packet `at` in place.
+#[inline(always)]
+fn put_record(output: &mut [u8], at: u32, word: u32) {
+    let at = at as usize * VERDICT_BYTES;
+    if let Some(record) = output.get_mut(at..at + VERDICT_BYTES) {
+        record.copy_from_slice(&word.to_le_bytes());
+    }
+}
+
+/// Judges the chunk of up to [`LANES`] packets from `first` of a batch that holds IPv6
+/// packets (their records already in `output`): each IPv4 or IPv6 packet joins its family's
+/// lanes, the lanes looked up whenever they fill; the packets of mixed families (and IPv6
+/// ones when the table has no IPv6 sides) are looked up on their own. The addresses are read
+/// without a branch on their family. `Err` for an IPv6 address past the list.
+#[inline(always)]
+fn judge_dual(
+    table: &Table,
+    batch: &Batch<'_>,
+    first: usize,
+    output: &mut [u8],
+    s: &mut Scratch,
+) -> Result<(), ()> {
+    let word = |w: &[u8; 4]| u32::from_le_bytes(*w);
+    let end = batch.len().min(first + LANES);
+    let column = |c: usize| batch.column(c).get(first..end).unwrap_or_default();
+    let (vnis, shapes, ports, srcs, dsts) = (
+        column(column::VNI),
+        column(column::SHAPE),
+        column(column::PORTS),
+        column(column::SRC),
+        column(column::DST),
+    );
+    let list = batch.v6_list();
+    let has_six = table.six.is_some();
+    // An address of the list, by its index when `v6` (index 0 otherwise, so that the read
+    // stays in the list); `bad` gets whether a listed index is past the list.
+    let mut bad = false;
+    let mut address = |index: u32, v6: bool| {
+        let index = select_unpredictable(v6, index as usize, 0);
+        bad |= v6 & (index >= list.len());
+        halves(list.get(index).unwrap_or(&[0; 16]))
+    };
+    let mut mixed = 0u64;
+    let mut emit = |at: u32, word: u32| put_record(output, at, word);
+    let fields = vnis
+        .iter()
+        .zip(shapes)
+        .zip(ports.iter().zip(srcs.iter().zip(dsts)));
+    for (i, ((vni, shape), (ports, (src, dst)))) in fields.enumerate() {
+        let (shape, vni, ports) = (word(shape), word(vni), split_ports(word(ports)));
+        let (src, dst) = (word(src), word(dst));
+        let (src6, dst6) = (shape & shape::SRC_V6 != 0, shape & shape::DST_V6 != 0);
+        let has_ports = shape & shape::PORTS != 0;
+        let at = (first + i) as u32;
+        let (src_halves, dst_halves) = (address(src, src6), address(dst, dst6));
+        let Dual { four, six } = &mut s.dual;
+        four.lanes.put(four.n, vni, (src, dst), has_ports, ports);
+        six.lanes
+            .put(six.n, vni, (src_halves, dst_halves), has_ports, ports);
+        (four.at[four.n], six.at[six.n]) = (at, at);
+        let (is4, is6) = (!(src6 | dst6), src6 & dst6 & has_six);
+        four.n += usize::from(is4);
+        six.n += usize::from(is6);
+        mixed |= u64::from(!(is4 | is6)) << i;
+        table.gathered(&mut s.dual, &mut s.stages, &mut s.words, LANES, &mut emit);
+    }
+    if bad {
+        return Err(());
+    }
+    while mixed != 0 {
+        let i = mixed.trailing_zeros() as usize;
+        mixed &= mixed - 1;
+        let packet = batch.packet(first + i).ok_or(())?;
+        put_record(
+            output,
+            (first + i) as u32,
+            verdict_word(table.lookup(&packet)),
+        );
     }
     Ok(())
 }

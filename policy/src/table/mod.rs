@@ -33,17 +33,28 @@
 //!   `judge-packed`, which the packed path copies out as they are; a per-catalog table
 //!   ([`WordDecoder`](crate::packed::WordDecoder)) turns a word into a [`Verdict`] with no
 //!   branch on its kind.
-//! - **IPv6**, the cold family: per-VPC segment tables and binary searches with no
-//!   data-dependent branch.
+//! - **IPv6 sides** (`six`): the same tries over the upper 64 bits of the address, where
+//!   /64 and shorter prefixes put every boundary. The leading bytes the boundaries share are
+//!   compared away: a side keeps up to four *regions* (a site's /48, a service /48), a lane
+//!   finds its region by four compares and reads only the bytes after it (two levels for
+//!   /64s under /48s), from its VPC's root for the region; between regions a VPC's value is
+//!   kept beside its roots. A /64 with a boundary inside it (a hole, a host route) is a
+//!   split leaf, whose lanes read a second trie over the lower 64 bits. Past their budget
+//!   the sides are not built and IPv6 packets take the per-VPC segment tables' binary
+//!   searches one at a time; the table keeps those tables whole in any case.
 //!
 //! # Stages
 //! A batch ([`Table::lookup_batch`], and the packed path's
 //! [`judge_packed`](crate::packed::judge_packed)) is looked up `LANES` packets at a time:
-//! the packets' IPv4 fields go into lanes (other families are looked up on their own), then
-//! every lane's VPC, every trie level of every lane, the port maps of only the values that
-//! name one, and every lane's verdict. Within a stage the lanes' loads are independent, so
-//! their cache misses overlap, where one packet at a time is a chain of dependent loads.
-//! Natively the next lanes' packets are prefetched (`prefetch`).
+//! the packets' fields go into lanes, then every lane's VPC, every trie level of every lane,
+//! the port maps of only the values that name one, and every lane's verdict. A chunk of
+//! IPv4 packets fills the lanes as it is; in a chunk that holds IPv6 packets each packet
+//! joins its family's lanes (without a branch on its family), which are looked up whenever
+//! they fill and at the batch's end, their verdicts written back by index; a packet whose
+//! two addresses are of different families is looked up on its own. Within a stage the
+//! lanes' loads are independent, so their cache misses overlap, where one packet at a time
+//! is a chain of dependent loads. Natively the next lanes' packets are prefetched
+//! (`prefetch`).
 //!
 //! # Why this structure
 //! - **Precomputed classes and verdicts**, not SPEC section 3's sets evaluated per packet
@@ -58,6 +69,12 @@
 //!   CPU keeps many loads in flight; `LANES` is the width that measured best overall.
 //! - **Tries** where memory allows, since a level is one load with no compare; padded tables
 //!   remain for configurations a trie would make too large for a guest's memory.
+//! - **IPv6 on the upper halves, common bytes compared away**: a trie over the upper eight
+//!   bytes would be eight loads; with the regions' bytes compared away a dual-stack
+//!   gateway's IPv6 sides take two levels and one of the lower half, where per-VPC binary
+//!   searches took about seven dependent compares of `u128`s a side, a packet at a time.
+//! - **Families gathered into their own lanes**, not both families' stages run on every
+//!   lane: the stages of a family are as many as its packets need.
 //! - **Verdict words decoded through a table**, not a `match` on the kind that mixed traffic
 //!   mispredicts, and the matrices in one array.
 //! - **Port maps resolved only where a value names one**, since most values name none.
@@ -66,8 +83,9 @@
 //!   check once per turn.
 //! - **The guest's side**: the batch arrives as columns of words that fill the lanes with one
 //!   load a field; the lanes and the stages' answers live in statics, whose addresses
-//!   Cranelift folds into every access; `simd128` searches a port map and finds the ported
-//!   values a vector at a time.
+//!   Cranelift folds into every access; `simd128` searches a port map, finds the ported
+//!   values a vector at a time, and swaps the bytes of an IPv6 address's halves (listed in
+//!   network order) with one shuffle.
 //!
 //! Rejected after measuring: wide search nodes; a vectorized count for the port search;
 //! matrix cells as narrow indices into the distinct words; each source value carrying its
@@ -80,6 +98,7 @@
 mod build;
 mod flat;
 pub(crate) mod lookup;
+mod six;
 pub mod state;
 mod trie;
 
@@ -110,10 +129,14 @@ pub struct Table {
     decoder: WordDecoder,
     /// The VPC of each VNI.
     vnis: flat::VniIndex,
-    /// Every VPC's IPv4 source and destination segments, and their port maps.
+    /// Every VPC's IPv4 source and destination segments.
     src4: flat::Side4,
     dst4: flat::Side4,
-    ports4: flat::PortMaps4,
+    /// Every VPC's IPv6 source and destination segments over the addresses' upper halves,
+    /// when they fit their budget.
+    six: Option<Sides6>,
+    /// The port maps of the IPv4 and IPv6 sides' values.
+    ports: flat::PortMaps,
     per_vpc: Vec<VpcTable>,
     matrices: Matrices,
     stats: TableStats,
@@ -126,10 +149,17 @@ pub(crate) enum Keys {
     V6(u128, u128),
 }
 
+/// The IPv6 sides of every VPC.
+#[derive(Debug, Clone)]
+struct Sides6 {
+    src: six::Side6,
+    dst: six::Side6,
+}
+
 #[derive(Debug, Clone)]
 struct VpcTable {
-    /// IPv6 source and destination segment tables (IPv4's are in [`Table::src4`] and
-    /// [`Table::dst4`]).
+    /// IPv6 source and destination segment tables, whole: what a [`six::SPLIT`] leaf of
+    /// [`Table::six`], or a table without it, searches.
     src6: SegTable<u128>,
     dst6: SegTable<u128>,
 }
@@ -196,6 +226,9 @@ pub struct TableStats {
     pub candidate_sets: usize,
     /// Bytes of the IPv4 lookup structures (tries or padded segment tables, and port maps).
     pub ipv4_bytes: usize,
+    /// Bytes of the IPv6 lookup structures (tries over the upper halves, their port maps,
+    /// and the per-VPC segment tables).
+    pub ipv6_bytes: usize,
 }
 
 impl Table {

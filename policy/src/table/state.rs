@@ -9,7 +9,9 @@
 //!   section's length in words, in section order.
 //! - `meta`: the layouts and their parameters (VNI index: 0 dense with its first VNI, 1 trie
 //!   with its depth, 2 searched; each IPv4 side: 0 trie with its depth, 1 padded with its
-//!   `log2`), then the [`TableStats`](super::TableStats) as seven `u64`, low word first.
+//!   `log2`; the IPv6 sides: 0 none, 1 tries, then each side's depth, bits compared away and
+//!   base, low word first), then the [`TableStats`](super::TableStats) as eight `u64`, low
+//!   word first.
 //! - `vpc-vnis`, `vpc-name-ends`, `vpc-names`: each VPC's VNI, the end of its name in
 //!   the names' bytes, and the names as UTF-8, four bytes a word (little-endian, zero
 //!   padded).
@@ -23,6 +25,9 @@
 //! - `v6-seg-ends`, `v6-port-ends`, `v6-starts` (4 words each, low word first), `v6-segs`
 //!   (3 words each), `v6-port-starts`, `v6-port-classes`: the IPv6 segment tables, source
 //!   then destination of each VPC, concatenated.
+//! - `src6-nodes`, `src6-roots`, `src6-gaps`, `src6-low`, then `dst6-*` alike: an IPv6
+//!   side's trie over the upper halves, each VPC's root of each region and value of each
+//!   gap, and the trie over the split /64s' lower halves; empty without IPv6 sides.
 //! - `rows` (source classes, destination classes of each VPC), `cells`: the matrices.
 //!
 //! # Loading
@@ -37,10 +42,11 @@ use std::collections::TryReserveError;
 
 use super::flat::{
     BIG, BigTable, FLAGS, LONG, LongMap, MAP_RANGES, MAX_FLAT, NO_VPC, PORTED, Padded, PortMap,
-    PortMaps4, Side4, VniIndex,
+    PortMaps, Side4, TRIE_CAP, VniIndex,
 };
+use super::six::{GAPS, MAX_DEPTH, REGIONS, SPLIT, Side6, high_mask};
 use super::trie::{FANOUT, Trie};
-use super::{Cell, Matrices, Row, Seg, SegTable, Table, TableStats, VpcTable};
+use super::{Cell, Matrices, Row, Seg, SegTable, Sides6, Table, TableStats, VpcTable};
 use crate::catalog::{Catalog, VpcEntry};
 use crate::packet::VpcId;
 use crate::word::WordDecoder;
@@ -48,7 +54,7 @@ use crate::word::WordDecoder;
 /// The first word of a state.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FGts");
 /// The layout version this library writes and reads, raised whenever the layout changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Most words a state may have: 256 MiB, as many words as the matrices alone may have
 /// ([`MAX_MATRIX_CELLS`](super::MAX_MATRIX_CELLS)) and a guest's default memory cap. The
 /// state of a larger table is refused by the loader.
@@ -85,11 +91,19 @@ pub const SECTIONS: [&str; COUNT] = [
     "v6-segs",
     "v6-port-starts",
     "v6-port-classes",
+    "src6-nodes",
+    "src6-roots",
+    "src6-gaps",
+    "src6-low",
+    "dst6-nodes",
+    "dst6-roots",
+    "dst6-gaps",
+    "dst6-low",
     "rows",
     "cells",
 ];
 
-const COUNT: usize = 31;
+const COUNT: usize = 39;
 const META: usize = 0;
 const VPC_VNIS: usize = 1;
 const NAME_ENDS: usize = 2;
@@ -116,8 +130,14 @@ const V6_STARTS: usize = 25;
 const V6_SEGS: usize = 26;
 const V6_PORT_STARTS: usize = 27;
 const V6_PORT_CLASSES: usize = 28;
-const ROWS: usize = 29;
-const CELLS: usize = 30;
+/// The first of an IPv6 side's four sections (`+ 4` for the destination side).
+const SIDE6: usize = 29;
+const NODES6: usize = 0;
+const ROOTS6: usize = 1;
+const GAPS6: usize = 2;
+const LOW6: usize = 3;
+const ROWS: usize = 37;
+const CELLS: usize = 38;
 
 /// Words of an element of each section.
 const WIDTH: [usize; COUNT] = {
@@ -133,9 +153,16 @@ const MAX_WIDTH: usize = MAP_WORDS;
 /// Words of a [`PortMap`].
 const MAP_WORDS: usize = MAP_RANGES / 2 + MAP_RANGES + 1;
 /// Words of the `meta` section.
-const META_WORDS: usize = 6 + 2 * STATS;
+const META_WORDS: usize = STATS_AT + 2 * STATS;
+/// Where the IPv6 sides' layout starts in `meta`: its kind, then [`SIDE6_WORDS`] a side.
+const META6: usize = 6;
+/// Words of an IPv6 side's layout in `meta`: its trie's depth, bits compared away, regions,
+/// the low trie's depth and roots (0 for none), and the regions' bases, low word first.
+const SIDE6_WORDS: usize = 5 + 2 * REGIONS;
+/// Where the stats start in `meta`.
+const STATS_AT: usize = META6 + 1 + 2 * SIDE6_WORDS;
 /// Fields of [`TableStats`].
-const STATS: usize = 7;
+const STATS: usize = 8;
 /// Words of the header.
 const HEADER_WORDS: usize = 3 + COUNT;
 
@@ -144,6 +171,8 @@ const VNI_TRIE: u32 = 1;
 const VNI_SEARCHED: u32 = 2;
 const SIDE_TRIE: u32 = 0;
 const SIDE_PADDED: u32 = 1;
+const SIX_NONE: u32 = 0;
+const SIX_TRIES: u32 = 1;
 
 /// Why a state was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -256,11 +285,26 @@ impl Table {
             s.matrix_cells,
             s.candidate_sets,
             s.ipv4_bytes,
+            s.ipv6_bytes,
         ];
+        let six = self.six.as_ref().map(|s| [&s.src, &s.dst]);
         w.section(META, |o| {
             o.extend([vni_kind, vni_param]);
             o.extend(side(&self.src4));
             o.extend(side(&self.dst4));
+            o.push(if six.is_some() { SIX_TRIES } else { SIX_NONE });
+            for k in 0..2 {
+                let mut words = [0; SIDE6_WORDS];
+                if let Some(s) = six.map(|s| s[k]) {
+                    let low = s.low.as_ref().map_or(0, |t| t.depth);
+                    let head = [s.upper.depth, s.shift, s.regions, low, s.low_roots];
+                    words[..5].copy_from_slice(&head);
+                    for (pair, base) in words[5..].as_chunks_mut::<2>().0.iter_mut().zip(s.bases) {
+                        *pair = [base as u32, (base >> 32) as u32];
+                    }
+                }
+                o.extend(words);
+            }
             for n in stats {
                 let n = n as u64;
                 o.extend([n as u32, (n >> 32) as u32]);
@@ -328,7 +372,7 @@ impl Table {
         }
 
         // the IPv4 port maps
-        let ports = &self.ports4;
+        let ports = &self.ports;
         w.section(MAPS, |o| {
             for map in &ports.maps {
                 let pairs = map.starts.as_chunks::<2>().0;
@@ -386,6 +430,25 @@ impl Table {
         w.section(V6_PORT_CLASSES, |o| {
             o.extend(v6().flat_map(|t| t.port_classes.iter()));
         });
+
+        // the IPv6 sides
+        for k in 0..2 {
+            let side = six.map(|s| s[k]);
+            let at = SIDE6 + 4 * k;
+            w.section(at + NODES6, |o| {
+                o.extend_from_slice(side.map_or(&[][..], |s| &s.upper.nodes));
+            });
+            w.section(at + ROOTS6, |o| {
+                o.extend_from_slice(side.map_or(&[][..], |s| &s.roots));
+            });
+            w.section(at + GAPS6, |o| {
+                o.extend_from_slice(side.map_or(&[][..], |s| &s.gaps));
+            });
+            w.section(at + LOW6, |o| {
+                let low = side.and_then(|s| s.low.as_ref());
+                o.extend_from_slice(low.map_or(&[][..], |t| &t.nodes));
+            });
+        }
 
         // the matrices
         let m = &self.matrices;
@@ -531,6 +594,8 @@ struct Parts {
     v6_segs: Runs<Seg>,
     v6_port_starts: Runs<u16>,
     v6_port_classes: Runs<u32>,
+    /// Each IPv6 side's four sections, in order.
+    six: [[Vec<u32>; 4]; 2],
     rows: Vec<[u32; 2]>,
     cells: Vec<Cell>,
 }
@@ -800,6 +865,7 @@ impl StateLoader {
             V6_PORT_CLASSES => p.v6_port_classes.begin(&p.v6_port_ends).map_err(oom)?,
             ROWS => p.rows = alloc(n).map_err(oom)?,
             CELLS => p.cells = alloc(n).map_err(oom)?,
+            _ if s >= SIDE6 => p.six[(s - SIDE6) / 4][(s - SIDE6) % 4] = alloc(n).map_err(oom)?,
             _ => {
                 let side = &mut p.sides[(s - SIDE) / 5];
                 match (s - SIDE) % 5 {
@@ -976,6 +1042,7 @@ impl StateLoader {
             }
             ROWS => p.rows.extend(elems.as_chunks::<2>().0),
             CELLS => p.cells.extend(elems.iter().map(|&w| Cell(w))),
+            _ if s >= SIDE6 => p.six[(s - SIDE6) / 4][(s - SIDE6) % 4].extend_from_slice(elems),
             _ => {
                 let side = &mut p.sides[(s - SIDE) / 5];
                 match (s - SIDE) % 5 {
@@ -1045,28 +1112,41 @@ fn value_need(v: u32, maps: &[u64], long: &[u64]) -> Option<u64> {
 fn check_trie(
     place: &Place<'_>,
     s: usize,
-    depth: u32,
+    (depth, max_depth): (u32, u32),
     nodes: &[u32],
-    roots: usize,
+    roots: &[u32],
     leaf: impl Fn(u32) -> Option<u64>,
 ) -> Result<Vec<u64>, StateError> {
-    if !(1..=4).contains(&depth) {
-        return Err(place.bad(META, 0, "a trie's depth", depth.into(), 4));
+    if !(1..=max_depth).contains(&depth) {
+        return Err(place.bad(META, 0, "a trie's depth", depth.into(), max_depth.into()));
     }
-    if !nodes.len().is_multiple_of(FANOUT) || nodes.len() / FANOUT < roots {
+    if !nodes.len().is_multiple_of(FANOUT) || nodes.is_empty() {
         return Err(place.bad(
             s,
             0,
-            "a trie's nodes are not whole or fewer than its roots",
+            "a trie's nodes are not whole or none",
             nodes.len() as u64,
-            (roots * FANOUT) as u64,
+            FANOUT as u64,
         ));
     }
     let count = nodes.len() / FANOUT;
     let nodes = nodes.as_chunks::<FANOUT>().0;
     const UNSEEN: u8 = u8::MAX;
     let mut level = vec![UNSEEN; count];
-    level[..roots].fill(0);
+    for &root in roots {
+        match level.get_mut(root as usize) {
+            Some(l) => *l = 0,
+            None => {
+                return Err(place.bad(
+                    s,
+                    0,
+                    "a root past the trie's nodes",
+                    root.into(),
+                    count as u64,
+                ));
+            }
+        }
+    }
     let last = depth as u8 - 1;
     for l in 0..last {
         for n in 0..count {
@@ -1146,6 +1226,147 @@ fn check_starts<K: Copy + Ord + Default>(
         return Err(place.bad(s, first + i + 1, "starts not ascending", 0, 0));
     }
     Ok(())
+}
+
+/// An IPv6 side of the loaded sections (`s` its first section, `at` its layout's place in
+/// `meta`, `words` that layout), checking every index a lookup follows: the regions' roots
+/// and the upper trie's nodes, the split /64s' roots in the low trie, the classes against the
+/// VPC's `bound`, and each trie within the budget a build keeps to.
+fn check_side6(
+    place: &Place<'_>,
+    (s, at): (usize, usize),
+    words: &[u32],
+    vpc_count: usize,
+    bound: &[u64],
+    value: &impl Fn(u32) -> Option<u64>,
+    [nodes, roots, gaps, low]: [Vec<u32>; 4],
+) -> Result<Side6, StateError> {
+    let bad = |s: usize, i: usize, what: &'static str, value: u64, bound: u64| {
+        place.bad(s, i, what, value, bound)
+    };
+    let [depth, shift, regions, low_depth, low_roots] =
+        [words[0], words[1], words[2], words[3], words[4]];
+    let mut bases = [0; REGIONS];
+    for (base, pair) in bases.iter_mut().zip(words[5..].as_chunks::<2>().0) {
+        *base = u64::from(pair[0]) | u64::from(pair[1]) << 32;
+    }
+    if !shift.is_multiple_of(8) || shift > 56 {
+        return Err(bad(META, at + 1, "bits compared away", shift.into(), 56));
+    }
+    if !(1..=REGIONS as u32).contains(&regions) {
+        return Err(bad(
+            META,
+            at + 2,
+            "an IPv6 side's regions",
+            regions.into(),
+            REGIONS as u64,
+        ));
+    }
+    let used = &bases[..regions as usize];
+    if used.windows(2).any(|w| w[0] >= w[1]) || used.iter().any(|&b| b & !high_mask(shift) != 0) {
+        return Err(bad(
+            META,
+            at + 5,
+            "regions' bases not ascending or past their bytes",
+            0,
+            0,
+        ));
+    }
+    for (sub, len) in [(NODES6, nodes.len()), (LOW6, low.len())] {
+        if len > TRIE_CAP / 4 {
+            return Err(bad(
+                s + sub,
+                0,
+                "an IPv6 trie past its budget",
+                len as u64 * 4,
+                TRIE_CAP as u64,
+            ));
+        }
+    }
+    if roots.len() != vpc_count * REGIONS {
+        return Err(bad(
+            s + ROOTS6,
+            0,
+            "not a root a region a VPC",
+            roots.len() as u64,
+            (vpc_count * REGIONS) as u64,
+        ));
+    }
+    if gaps.len() != vpc_count * GAPS {
+        return Err(bad(
+            s + GAPS6,
+            0,
+            "not a value a gap a VPC",
+            gaps.len() as u64,
+            (vpc_count * GAPS) as u64,
+        ));
+    }
+    let count = (nodes.len() / FANOUT) as u64;
+    if let Some(i) = roots.iter().position(|&r| u64::from(r) >= count) {
+        return Err(bad(
+            s + ROOTS6,
+            i,
+            "a root past the trie's nodes",
+            roots[i].into(),
+            count,
+        ));
+    }
+    // The low trie first: a split leaf's need is its root's.
+    let low_need = match (low_depth, low_roots, low.len()) {
+        (0, 0, 0) => Vec::new(),
+        (_, 0, _) => return Err(bad(META, at + 4, "a low trie of no roots", 0, 1)),
+        _ => {
+            let all: Vec<u32> = (0..low_roots).collect();
+            let need = check_trie(place, s + LOW6, (low_depth, MAX_DEPTH), &low, &all, value)?;
+            all.iter().map(|&r| need[r as usize]).collect()
+        }
+    };
+    let leaf = |v: u32| {
+        if v & FLAGS == SPLIT {
+            low_need.get((v & !SPLIT) as usize).copied()
+        } else {
+            value(v)
+        }
+    };
+    let need = check_trie(place, s + NODES6, (depth, MAX_DEPTH), &nodes, &roots, leaf)?;
+    for (v, (roots, gaps)) in roots.chunks(REGIONS).zip(gaps.chunks(GAPS)).enumerate() {
+        let most = roots.iter().map(|&r| need[r as usize]).max().unwrap_or(0);
+        if most > bound[v] {
+            return Err(bad(
+                s + ROOTS6,
+                v * REGIONS,
+                "a class past the VPC's classes",
+                most.saturating_sub(1),
+                bound[v],
+            ));
+        }
+        for (g, &gap) in gaps.iter().enumerate() {
+            match leaf(gap) {
+                Some(need) if need <= bound[v] => {}
+                _ => {
+                    return Err(bad(
+                        s + GAPS6,
+                        v * GAPS + g,
+                        "a gap's value past the VPC's classes or the maps",
+                        gap.into(),
+                        bound[v],
+                    ));
+                }
+            }
+        }
+    }
+    let trie = |depth: u32, nodes: Vec<u32>| Trie {
+        depth,
+        nodes: nodes.into(),
+    };
+    let low = (low_roots > 0).then(|| (trie(low_depth, low), low_roots));
+    Ok(Side6::from_parts(
+        (shift, regions, bases),
+        trie(depth, nodes),
+        roots.into(),
+        gaps.into(),
+        low,
+    ))
 }
 
 /// Builds the table of the loaded sections, checking every index a lookup follows.
@@ -1254,7 +1475,7 @@ fn assemble(p: Parts, starts: &[usize; COUNT]) -> Result<Table, StateError> {
         }
         VNI_TRIE => {
             unused(VNI_B, vni_b.len())?;
-            check_trie(&place, VNI_A, meta[1], &vni_a, 1, vpc_or_none)?;
+            check_trie(&place, VNI_A, (meta[1], 4), &vni_a, &[0], vpc_or_none)?;
             VniIndex::Trie(Trie {
                 depth: meta[1],
                 nodes: vni_a.into(),
@@ -1349,8 +1570,8 @@ fn assemble(p: Parts, starts: &[usize; COUNT]) -> Result<Table, StateError> {
                     unused(s + sub, len)?;
                 }
                 let depth = meta[3 + 2 * k];
-                let need =
-                    check_trie(&place, s + KEYS, depth, &side.keys, vpc_count.max(1), value)?;
+                let roots: Vec<u32> = (0..vpc_count.max(1) as u32).collect();
+                let need = check_trie(&place, s + KEYS, (depth, 4), &side.keys, &roots, value)?;
                 for (v, (&need, &bound)) in need.iter().zip(bound).enumerate() {
                     if need > bound {
                         return Err(over(v * FANOUT, need, v));
@@ -1515,13 +1736,47 @@ fn assemble(p: Parts, starts: &[usize; COUNT]) -> Result<Table, StateError> {
         });
     }
 
+    // the IPv6 sides
+    let six = match meta[META6] {
+        SIX_NONE => {
+            for (k, sections) in p.six.iter().enumerate() {
+                for (i, section) in sections.iter().enumerate() {
+                    unused(SIDE6 + 4 * k + i, section.len())?;
+                }
+            }
+            None
+        }
+        SIX_TRIES => {
+            let mut sides = Vec::with_capacity(2);
+            for (k, [nodes, roots, gaps, low]) in p.six.into_iter().enumerate() {
+                let s = SIDE6 + 4 * k;
+                let at = META6 + 1 + SIDE6_WORDS * k;
+                let side = check_side6(
+                    &place,
+                    (s, at),
+                    &meta[at..at + SIDE6_WORDS],
+                    vpc_count,
+                    &bounds[k],
+                    &value,
+                    [nodes, roots, gaps, low],
+                )?;
+                sides.push(side);
+            }
+            let (Some(dst), Some(src)) = (sides.pop(), sides.pop()) else {
+                return Err(bad(META, META6, "an IPv6 side is missing", 0, 2));
+            };
+            Some(Sides6 { src, dst })
+        }
+        kind => return Err(bad(META, META6, "the IPv6 sides' layout", kind.into(), 1)),
+    };
+
     // the stats
     let stat = |i: usize| {
-        let (lo, hi) = (meta[6 + 2 * i], meta[7 + 2 * i]);
+        let (lo, hi) = (meta[STATS_AT + 2 * i], meta[STATS_AT + 1 + 2 * i]);
         usize::try_from(u64::from(lo) | u64::from(hi) << 32).map_err(|_| {
             bad(
                 META,
-                6 + 2 * i,
+                STATS_AT + 2 * i,
                 "a size past this machine's",
                 u64::from(hi) << 32,
                 usize::MAX as u64,
@@ -1536,6 +1791,7 @@ fn assemble(p: Parts, starts: &[usize; COUNT]) -> Result<Table, StateError> {
         matrix_cells: stat(4)?,
         candidate_sets: stat(5)?,
         ipv4_bytes: stat(6)?,
+        ipv6_bytes: stat(7)?,
     };
 
     Ok(Table {
@@ -1544,7 +1800,8 @@ fn assemble(p: Parts, starts: &[usize; COUNT]) -> Result<Table, StateError> {
         vnis,
         src4,
         dst4,
-        ports4: PortMaps4 { maps: p.maps, long },
+        six,
+        ports: PortMaps { maps: p.maps, long },
         per_vpc,
         matrices: Matrices {
             rows: rows.into(),

@@ -1,11 +1,13 @@
-//! Multibit tries over `u32` keys: a table of segments read one key byte at a time, each
-//! byte indexing a node of 256 entries, so a lookup is as many loads as the trie has levels
-//! (one to four) and no compare at all.
+//! Multibit tries over `u32` keys (IPv4 addresses, VNIs) and `u64` keys (the upper halves of
+//! IPv6 addresses): a table of segments read one key byte at a time, each byte indexing a node
+//! of 256 entries, so a lookup is as many loads as the trie has levels (one to four for `u32`
+//! keys, one to eight for `u64` ones) and no compare at all.
 //!
 //! A trie holds many segment tables, one root each (root `r` is node `r`), and every path
 //! has the same length: an entry before the last level is a node's index, an entry of the
 //! last level is a value. The depth is the fewest key bytes that tell every segment apart (3
-//! when every boundary is a multiple of 256, as with /24 and shorter prefixes). A range that
+//! when every boundary of a `u32` key is a multiple of 256, as with /24 and shorter prefixes).
+//! A range that
 //! one segment covers whole points at a *uniform* node, one per level and value, shared by
 //! every table.
 //!
@@ -22,7 +24,7 @@ const NODE_BYTES: usize = FANOUT * 4;
 /// Segment tables read a key byte at a time.
 #[derive(Debug, Clone)]
 pub(super) struct Trie {
-    /// Key bytes read, from the most significant: 1 to 4.
+    /// Key bytes read, from the most significant: 1 to 4 (`u32` keys) or 8 (`u64` keys).
     pub(super) depth: u32,
     /// 256-entry nodes; node `r` is table `r`'s root.
     pub(super) nodes: Box<[u32]>,
@@ -32,22 +34,73 @@ impl Trie {
     /// The trie of `tables` (each `(starts, values)`, `starts` ascending from 0), or `None`
     /// when it would take more than `budget` bytes.
     pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)], budget: usize) -> Option<Trie> {
-        let depth = tables
+        let wide: Vec<(Vec<u64>, &[u32])> = tables
             .iter()
-            .flat_map(|t| &t.0)
-            .map(|&start| 4 - start.trailing_zeros().min(32) / 8)
-            .max()
-            .unwrap_or(1)
-            .max(1);
+            .map(|(starts, values)| (starts.iter().map(|&k| u64::from(k)).collect(), &values[..]))
+            .collect();
+        Trie::build(&wide, 32, budget)
+    }
+
+    /// [`Trie::new`] of tables over `u64` keys, read with [`Trie::step64`].
+    pub(super) fn new64(tables: &[(Vec<u64>, Vec<u32>)], budget: usize) -> Option<Trie> {
+        let tables: Vec<(Vec<u64>, &[u32])> = tables
+            .iter()
+            .map(|(starts, values)| (starts.clone(), &values[..]))
+            .collect();
+        Trie::build(&tables, 64, budget)
+    }
+
+    /// [`Trie::new64`] with each table's root node named in the returned roots, not table
+    /// `r` at node `r`: a table of one segment is rooted at the uniform node of its value,
+    /// shared.
+    pub(super) fn new64_rooted(
+        tables: &[(Vec<u64>, Vec<u32>)],
+        budget: usize,
+    ) -> Option<(Trie, Vec<u32>)> {
+        let depth = depth_of(tables.iter().flat_map(|t| &t.0).copied(), 64);
         let mut builder = Builder {
             depth,
-            nodes: vec![0; tables.len().max(1) * FANOUT],
+            bits: 64,
+            nodes: Vec::new(),
             uniform: HashMap::new(),
             max_nodes: budget / NODE_BYTES,
         };
-        if tables.len().max(1) > builder.max_nodes {
+        let mut roots = Vec::with_capacity(tables.len());
+        for (starts, values) in tables {
+            let root = match (starts.len(), values.first()) {
+                (1, Some(&value)) => builder.uniform(0, value)?,
+                _ => {
+                    let root = builder.alloc()?;
+                    builder.fill(root as usize, 0, 0, starts, values)?;
+                    root
+                }
+            };
+            roots.push(root);
+        }
+        if builder.nodes.is_empty() {
+            builder.alloc()?;
+        }
+        let trie = Trie {
+            depth,
+            nodes: builder.nodes.into(),
+        };
+        Some((trie, roots))
+    }
+
+    /// The trie of tables over keys of `bits` bits (32 or 64).
+    fn build(tables: &[(Vec<u64>, &[u32])], bits: u32, budget: usize) -> Option<Trie> {
+        let depth = depth_of(tables.iter().flat_map(|t| &t.0).copied(), bits);
+        let max_nodes = budget / NODE_BYTES;
+        if tables.len().max(1) > max_nodes {
             return None;
         }
+        let mut builder = Builder {
+            depth,
+            bits,
+            nodes: vec![0; tables.len().max(1) * FANOUT],
+            uniform: HashMap::new(),
+            max_nodes,
+        };
         for (root, (starts, values)) in tables.iter().enumerate() {
             builder.fill(root, 0, 0, starts, values)?;
         }
@@ -90,14 +143,43 @@ impl Trie {
         self.nodes[(entry as usize) << 8 | byte as usize]
     }
 
+    /// The value of `u64` key `key` from node `root`.
+    #[inline]
+    pub(super) fn walk64(&self, root: u32, key: u64) -> u32 {
+        let mut entry = root;
+        for level in 0..self.depth {
+            entry = self.step64(entry, key, level);
+        }
+        entry
+    }
+
+    /// [`Trie::step`] of a `u64` key.
+    #[inline(always)]
+    pub(super) fn step64(&self, entry: u32, key: u64, level: u32) -> u32 {
+        let byte = (key >> (56 - 8 * level)) & 0xff;
+        self.nodes[(entry as usize) << 8 | byte as usize]
+    }
+
     /// Bytes the trie takes.
     pub(super) fn bytes(&self) -> usize {
         self.nodes.len() * 4
     }
 }
 
+/// The fewest bytes of a `bits`-bit key that tell apart segments starting at `starts`: 1 at
+/// least.
+fn depth_of(starts: impl Iterator<Item = u64>, bits: u32) -> u32 {
+    starts
+        .map(|start| bits / 8 - start.trailing_zeros().min(bits) / 8)
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
 struct Builder {
     depth: u32,
+    /// Bits of a key: 32 or 64.
+    bits: u32,
     nodes: Vec<u32>,
     /// The uniform node of each (level, value).
     uniform: HashMap<(u32, u32), u32>,
@@ -121,22 +203,22 @@ impl Builder {
         &mut self,
         node: usize,
         level: u32,
-        base: u64,
-        starts: &[u32],
+        base: u128,
+        starts: &[u64],
         values: &[u32],
     ) -> Option<()> {
-        let span = 1u64 << (24 - 8 * level);
+        let span = 1u128 << (self.bits - 8 - 8 * level);
         let mut first = 0;
         // The last uniform child: runs of entries share one, and hashing each costs.
         let mut last_uniform = None;
         for byte in 0..FANOUT {
-            let lo = base + byte as u64 * span;
+            let lo = base + byte as u128 * span;
             let hi = lo + span;
-            while first + 1 < starts.len() && u64::from(starts[first + 1]) <= lo {
+            while first + 1 < starts.len() && u128::from(starts[first + 1]) <= lo {
                 first += 1;
             }
             let mut end = first + 1;
-            while end < starts.len() && u64::from(starts[end]) < hi {
+            while end < starts.len() && u128::from(starts[end]) < hi {
                 end += 1;
             }
             let entry = if level + 1 == self.depth {

@@ -15,6 +15,17 @@ const PACKET_PORTS: &[u16] = &[
 ];
 const V4_LENS: &[u8] = &[16, 22, 22, 23, 24, 25, 26, 32];
 const V6_LENS: &[u8] = &[112, 118, 118, 120, 121, 124, 128];
+/// IPv6 lengths of [`Plan::Upper`]: the ones above, 64 shorter, and host routes.
+const V6_UPPER_LENS: &[u8] = &[48, 54, 54, 56, 57, 60, 64, 64, 128];
+
+/// Where IPv6 prefixes differ: within the lowest bits of one /64 (every boundary inside it),
+/// or in the upper half of the address (boundaries of /48 to /64, a few host routes), as
+/// sites allocate them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Low,
+    Upper,
+}
 
 /// Which pool a prefix or an address comes from.
 #[derive(Debug, Clone, Copy)]
@@ -23,26 +34,27 @@ enum Pool {
     Public,
 }
 
-fn addr(v6: bool, pool: Pool, bits: u32) -> IpAddr {
+fn addr(plan: Plan, v6: bool, pool: Pool, bits: u32) -> IpAddr {
+    let at = if plan == Plan::Upper { 64 } else { 0 };
     match (v6, pool) {
         (false, Pool::Private) => IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (bits & 0x3ff))),
         (false, Pool::Public) => IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 | (bits & 0x1ff))),
         (true, Pool::Private) => IpAddr::V6(Ipv6Addr::from(
-            0xfd00_u128 << 112 | u128::from(bits & 0x3ff),
+            0xfd00_u128 << 112 | u128::from(bits & 0x3ff) << at,
         )),
         (true, Pool::Public) => IpAddr::V6(Ipv6Addr::from(
-            0xfd01_u128 << 112 | u128::from(bits & 0x1ff),
+            0xfd01_u128 << 112 | u128::from(bits & 0x1ff) << at,
         )),
     }
 }
 
-fn prefix(v6: bool, pool: Pool, bits: u32, len_pick: usize) -> ipnet::IpNet {
-    let len = if v6 {
-        V6_LENS[len_pick % V6_LENS.len()]
-    } else {
-        V4_LENS[len_pick % V4_LENS.len()]
+fn prefix(plan: Plan, v6: bool, pool: Pool, bits: u32, len_pick: usize) -> ipnet::IpNet {
+    let len = match (v6, plan) {
+        (true, Plan::Low) => V6_LENS[len_pick % V6_LENS.len()],
+        (true, Plan::Upper) => V6_UPPER_LENS[len_pick % V6_UPPER_LENS.len()],
+        (false, _) => V4_LENS[len_pick % V4_LENS.len()],
     };
-    ipnet::IpNet::new(addr(v6, pool, bits), len)
+    ipnet::IpNet::new(addr(plan, v6, pool, bits), len)
         .expect("length fits the family")
         .trunc()
 }
@@ -127,6 +139,8 @@ pub struct GenConfig {
     pub nets: Vec<ipnet::IpNet>,
     /// The private prefixes each VPC exposes (by VPC index), to aim sources at.
     pub own: Vec<Vec<ipnet::IpNet>>,
+    /// Where its IPv6 prefixes differ.
+    pub plan: Plan,
 }
 
 pub fn config() -> impl Strategy<Value = GenConfig> {
@@ -135,6 +149,11 @@ pub fn config() -> impl Strategy<Value = GenConfig> {
 
 /// A config of `families`.
 pub fn config_of(families: Families) -> impl Strategy<Value = GenConfig> {
+    config_planned(families, Plan::Low)
+}
+
+/// A config of `families` with IPv6 prefixes of `plan`.
+pub fn config_planned(families: Families, plan: Plan) -> impl Strategy<Value = GenConfig> {
     let blocks = match families {
         Families::Weighted(_) => 1..=3usize,
         Families::Dual => 2..=4,
@@ -156,14 +175,14 @@ pub fn config_of(families: Families) -> impl Strategy<Value = GenConfig> {
                     }
                 }
             }
-            render(n, peerings)
+            render(plan, n, peerings)
         })
 }
 
 /// A peering to render: the two VPC indices and each side's blocks.
 type PeeringSeed = ((usize, usize), Vec<BlockSeed>, Vec<BlockSeed>);
 
-fn render(n: usize, peerings: Vec<PeeringSeed>) -> GenConfig {
+fn render(plan: Plan, n: usize, peerings: Vec<PeeringSeed>) -> GenConfig {
     let mut yaml = String::new();
     let vnis: Vec<u32> = (0..n).map(|i| 100 + i as u32).collect();
     for (i, vni) in vnis.iter().enumerate() {
@@ -190,7 +209,7 @@ fn render(n: usize, peerings: Vec<PeeringSeed>) -> GenConfig {
             for block in blocks {
                 let default = block.default && faced_by_default.insert(other);
                 let before = nets.len();
-                render_block(&mut yaml, &block, default, &mut nets);
+                render_block(plan, &mut yaml, &block, default, &mut nets);
                 own[me].extend(nets[before..].iter().filter(|n| !is_public(n)));
             }
             if yaml.ends_with("expose:\n") {
@@ -204,6 +223,7 @@ fn render(n: usize, peerings: Vec<PeeringSeed>) -> GenConfig {
         vnis,
         nets,
         own,
+        plan,
     }
 }
 
@@ -214,21 +234,28 @@ fn is_public(net: &ipnet::IpNet) -> bool {
     }
 }
 
-fn render_block(yaml: &mut String, block: &BlockSeed, default: bool, nets: &mut Vec<ipnet::IpNet>) {
+fn render_block(
+    plan: Plan,
+    yaml: &mut String,
+    block: &BlockSeed,
+    default: bool,
+    nets: &mut Vec<ipnet::IpNet>,
+) {
     if default {
         yaml.push_str("        - default: true\n");
         return;
     }
     yaml.push_str("        - ips:\n");
-    render_list(yaml, block.v6, Pool::Private, &block.ips, true, nets);
+    render_list(plan, yaml, block.v6, Pool::Private, &block.ips, true, nets);
     if let Some(as_) = &block.as_ {
         yaml.push_str("          as:\n");
-        render_list(yaml, block.v6, Pool::Public, as_, false, nets);
+        render_list(plan, yaml, block.v6, Pool::Public, as_, false, nets);
         yaml.push_str("          nat: {masquerade: {}}\n");
     }
 }
 
 fn render_list(
+    plan: Plan,
     yaml: &mut String,
     v6: bool,
     pool: Pool,
@@ -238,7 +265,7 @@ fn render_list(
 ) {
     let mut nets = Vec::new();
     for &(bits, len, ports) in &list.cidrs {
-        let net = prefix(v6, pool, bits, len);
+        let net = prefix(plan, v6, pool, bits, len);
         nets.push(net);
         let _ = writeln!(yaml, "            - cidr: \"{net}\"");
         if let Some(p) = ports.filter(|_| private || v6 || bits % 2 == 0) {
@@ -255,7 +282,7 @@ fn render_list(
         let len = (base.prefix_len() + extra).min(base.max_prefix_len());
         if len > base.prefix_len() {
             // An address inside `base`, then the longer prefix around it.
-            let not = ipnet::IpNet::new(host_in(&base, bits), len)
+            let not = ipnet::IpNet::new(host_in(plan, &base, bits), len)
                 .expect("length fits")
                 .trunc();
             all.push(not);
@@ -264,14 +291,18 @@ fn render_list(
     }
 }
 
-/// A host inside `net`.
-fn host_in(net: &ipnet::IpNet, bits: u32) -> IpAddr {
+/// A host inside `net` (of [`Plan::Upper`], `bits` spread over both halves).
+fn host_in(plan: Plan, net: &ipnet::IpNet, bits: u32) -> IpAddr {
+    let bits = match plan {
+        Plan::Low => u128::from(bits),
+        Plan::Upper => u128::from(bits) << 40 | u128::from(bits),
+    };
     match net {
         ipnet::IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(
-            u32::from(n.network()) | (bits & !u32::from(n.netmask())),
+            u32::from(n.network()) | (bits as u32 & !u32::from(n.netmask())),
         )),
         ipnet::IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(n.network()) | (u128::from(bits) & !u128::from(n.netmask())),
+            u128::from(n.network()) | (bits & !u128::from(n.netmask())),
         )),
     }
 }
@@ -322,10 +353,11 @@ pub fn packet_of(config: &GenConfig, families: Families) -> impl Strategy<Value 
                 config.vnis[vpc]
             };
             let own = &config.own[vpc];
+            let plan = config.plan;
             let src = match src_kind {
-                0..=7 if !own.is_empty() => host_in(&own[src_pick % own.len()], src_bits),
-                0..=4 => addr(v6, Pool::Private, src_bits),
-                5..=8 => addr(v6, Pool::Public, src_bits),
+                0..=7 if !own.is_empty() => host_in(plan, &own[src_pick % own.len()], src_bits),
+                0..=4 => addr(plan, v6, Pool::Private, src_bits),
+                5..=8 => addr(plan, v6, Pool::Public, src_bits),
                 _ if v6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, src_bits as u16)),
                 _ => IpAddr::V4(Ipv4Addr::new(8, 8, 8, src_bits as u8)),
             };
@@ -336,9 +368,9 @@ pub fn packet_of(config: &GenConfig, families: Families) -> impl Strategy<Value 
                 .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
                 .collect();
             let dst = match dst_kind {
-                0..=6 if !all.is_empty() => host_in(all[dst_pick % all.len()], dst_bits),
-                0..=4 => addr(v6, Pool::Private, dst_bits),
-                5..=8 => addr(v6, Pool::Public, dst_bits),
+                0..=6 if !all.is_empty() => host_in(plan, all[dst_pick % all.len()], dst_bits),
+                0..=4 => addr(plan, v6, Pool::Private, dst_bits),
+                5..=8 => addr(plan, v6, Pool::Public, dst_bits),
                 _ if v6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, dst_bits as u16)),
                 _ => IpAddr::V4(Ipv4Addr::new(8, 8, 8, dst_bits as u8)),
             };
@@ -375,7 +407,16 @@ pub fn config_and_packets_of(
     families: Families,
     max_packets: usize,
 ) -> impl Strategy<Value = (GenConfig, Vec<Packet>)> {
-    config_of(families).prop_flat_map(move |c| {
+    config_and_packets_planned(families, Plan::Low, max_packets)
+}
+
+/// A generated config of `families`, its IPv6 prefixes of `plan`, with a batch of packets.
+pub fn config_and_packets_planned(
+    families: Families,
+    plan: Plan,
+    max_packets: usize,
+) -> impl Strategy<Value = (GenConfig, Vec<Packet>)> {
+    config_planned(families, plan).prop_flat_map(move |c| {
         let packets = prop::collection::vec(packet_of(&c, families), 1..=max_packets);
         (Just(c), packets)
     })
