@@ -790,7 +790,10 @@ spec:
                 }
             }
         }
-        assert!(read > 100, "the fast path read only {read} of the edited texts");
+        assert!(
+            read > 100,
+            "the fast path read only {read} of the edited texts"
+        );
     }
 
     proptest::proptest! {
