@@ -156,10 +156,11 @@ fn bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     )?;
     let stats = table.stats();
     outln!(
-        "  table: {} segments, {} verdict cells; IPv4 lookup structures {} KiB",
+        "  table: {} segments, {} verdict cells; lookup structures IPv4 {} KiB, IPv6 {} KiB",
         stats.segments,
         stats.matrix_cells,
-        stats.ipv4_bytes >> 10
+        stats.ipv4_bytes >> 10,
+        stats.ipv6_bytes >> 10
     )?;
     outln!(
         "  {:>12}  {:>12}  {:>10}",
