@@ -32,6 +32,22 @@ fn lay_out(columns: &mut Columns, packets: &[Packet]) {
     }
 }
 
+/// `packets` cut into bursts of changing size, an empty one among them: 256, 1, 1,024, 0,
+/// 37 and 256 packets, again until none are left.
+fn bursts(packets: &[Packet]) -> impl Iterator<Item = &[Packet]> {
+    let mut rest = packets;
+    [256, 1, 1024, 0, 37, 256]
+        .into_iter()
+        .cycle()
+        .map_while(move |n| {
+            (!rest.is_empty()).then(|| {
+                let (burst, after) = rest.split_at(n.min(rest.len()));
+                rest = after;
+                burst
+            })
+        })
+}
+
 /// `packets` through `judge_columns`, checked equal to what `Policy::judge` gives.
 fn judge_both(policy: &mut WasmPolicy, columns: &mut Columns, packets: &[Packet]) -> Vec<Verdict> {
     lay_out(columns, packets);
@@ -88,13 +104,7 @@ fn the_column_path_judges_as_the_library_does() {
     for (yaml, packets) in [realistic, (mixed_yaml, mixed)] {
         let table = Table::build(&flowgate_policy::parse(&yaml, None).unwrap()).unwrap();
         let mut policy = WasmPolicy::new(&runtime, &module, &yaml).unwrap();
-        let mut rest = &packets[..];
-        for n in [256, 1, 1024, 0, 37, 256].into_iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (burst, after) = rest.split_at(n.min(rest.len()));
-            rest = after;
+        for burst in bursts(&packets) {
             let mut native = vec![Verdict::default(); burst.len()];
             table.lookup_batch(burst, &mut native);
             assert_eq!(judge_both(&mut policy, &mut columns, burst), native);
@@ -116,13 +126,7 @@ fn dual_stack_traffic_through_both_paths_as_the_library_judges() {
     let mut seen = std::collections::BTreeMap::<(bool, bool, &str), usize>::new();
     for traffic in [Traffic::All, Traffic::Ipv4, Traffic::Ipv6] {
         let packets = gateway.packets_of(traffic, 3000);
-        let mut rest = &packets[..];
-        for n in [256, 1, 1024, 0, 37, 256].into_iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (burst, after) = rest.split_at(n.min(rest.len()));
-            rest = after;
+        for burst in bursts(&packets) {
             let mut native = vec![Verdict::default(); burst.len()];
             table.lookup_batch(burst, &mut native);
             assert_eq!(judge_both(&mut policy, &mut columns, burst), native);
