@@ -18,7 +18,7 @@ use flowgate_host::admin::Endpoint;
 use flowgate_host::admin::{AdminOptions, AdminServer, Client, Reply};
 use flowgate_host::gateway::{Gateway, Options, SwapRequest};
 use flowgate_host::io::Trace;
-use flowgate_host::wasm::{EngineOptions, Limits, Runtime, WasmPolicy};
+use flowgate_host::wasm::{Adoption, EngineOptions, Limits, Runtime, WasmPolicy};
 use flowgate_policy::Packet;
 use flowgate_policy::synth::{self, GatewayShape, Scale};
 use flowgate_test_guests::HONEST_V2;
@@ -193,8 +193,9 @@ fn under_load(c: &mut Criterion) {
 /// `PUT /config` to the first batch judged by the new release, at the realistic workload's
 /// sizes, with 2, 8 and 16 workers judging its traffic at 1 Mpps in all (each worker its
 /// share), and with 2 and 16 flat out; the CPU time each swap took over every thread that
-/// prepared it is printed beside (criterion times one figure). And the parts of preparing a release, each on its own:
-/// parsing and building the table natively, and configuring one Wasm instance.
+/// prepared it is printed beside (criterion times one figure). And the parts of preparing a
+/// release, each on its own: parsing and building the table natively, configuring one Wasm
+/// instance, and one instance adopting the state (with the checks, and vouched for).
 fn config_at_scale(c: &mut Criterion) {
     const RATE: u64 = 1_000_000;
     let mut group = c.benchmark_group("swap/config");
@@ -218,6 +219,19 @@ fn config_at_scale(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("configure-one-instance", peerings), |b| {
             b.iter(|| WasmPolicy::new(&configuring, &module, &configs[0]).unwrap())
         });
+        // Adopting the state one instance built: with the checks (as the one that checks a
+        // release's state does), and vouched for (as every worker's instance does).
+        let plan = WasmPolicy::new(&configuring, &module, &configs[0])
+            .unwrap()
+            .blueprint()
+            .unwrap();
+        group.bench_function(BenchmarkId::new("adopt-one-instance", peerings), |b| {
+            b.iter(|| WasmPolicy::adopt(&configuring, &plan).unwrap())
+        });
+        group.bench_function(
+            BenchmarkId::new("adopt-one-instance-vouched", peerings),
+            |b| b.iter(|| WasmPolicy::start_from(&configuring, &plan, Adoption::Vouched).unwrap()),
+        );
 
         let packets: Arc<[Packet]> = first.packets(1 << 18).into();
         // Workers at 1 Mpps in all, then flat out (rate 0).

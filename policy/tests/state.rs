@@ -64,8 +64,17 @@ fn load_in_parts(words: &[u32], cuts: &[usize]) -> Result<Table, StateError> {
     loader.finish()
 }
 
-/// Both layouts of `config` round-trip: whole, word by word, in parts of 65,536 words and
-/// at the given cuts.
+/// Loads `words` in parts of 65,536 words, as the host hands them over, vouching for them.
+fn load_vouched(words: &[u32]) -> Result<Table, StateError> {
+    let mut loader = StateLoader::new();
+    for part in words.chunks(1 << 16) {
+        loader.push(part)?;
+    }
+    loader.finish_vouched()
+}
+
+/// Both layouts of `config` round-trip: whole, word by word, in parts of 65,536 words (checked
+/// and vouched for) and at the given cuts.
 fn round_trips(config: &Config, packets: &[Packet], cuts: &[usize]) {
     for (table, layout) in [
         (Table::build(config).unwrap(), "tries"),
@@ -82,6 +91,9 @@ fn round_trips(config: &Config, packets: &[Packet], cuts: &[usize]) {
         }
         let chunked = loader.finish().unwrap();
         differences(&table, &chunked, packets).unwrap_or_else(|e| panic!("{layout}: {e}"));
+        let vouched = load_vouched(&words).unwrap();
+        differences(&table, &vouched, packets)
+            .unwrap_or_else(|e| panic!("{layout}, vouched for: {e}"));
         let cut = load_in_parts(&words, cuts).unwrap();
         differences(&table, &cut, packets).unwrap_or_else(|e| panic!("{layout}: {e}"));
         if words.len() < 200_000 {
@@ -531,6 +543,47 @@ fn an_index_past_its_section_is_refused() {
         let at = section(w, "v6-seg-ends").start;
         w[at] = u32::MAX;
     });
+}
+
+#[test]
+fn a_vouched_load_skips_the_index_checks_and_no_other() {
+    let table = spec_3_2();
+    let words = table.export_state();
+    let edited = |name: &str, at: usize, value: u32| {
+        let mut w = words.clone();
+        w[section(&words, name).start + at] = value;
+        w
+    };
+    // The tries' indices and the verdict words: refused when checked, loaded when vouched for
+    // (only words a checked load accepted are vouched for).
+    let vpcs = table.vpcs().len() as u32;
+    let nodes = (section(&words, "src4-keys").len() / 256) as u32;
+    for (name, at, value) in [("cells", 0, 1 << 30 | vpcs), ("src4-keys", 10, nodes)] {
+        let w = edited(name, at, value);
+        invalid_in(Table::from_state(&w).err().unwrap(), name);
+        assert!(load_vouched(&w).is_ok(), "{name} vouched for");
+    }
+    // What laying the table out needs is checked alike: the header, the sizes, a cut state,
+    // the names.
+    let mut wrong_magic = words.clone();
+    wrong_magic[0] ^= 1;
+    let mut wrong_size = words.clone();
+    let maps = SECTIONS.iter().position(|s| *s == "port-maps").unwrap();
+    wrong_size[3 + maps] += 1;
+    wrong_size[2] += 1;
+    for w in [
+        wrong_magic,
+        wrong_size,
+        words[..words.len() - 1].to_vec(),
+        edited("vpc-names", 0, u32::MAX),
+    ] {
+        assert_eq!(
+            load_vouched(&w).err(),
+            Table::from_state(&w).err(),
+            "refused alike"
+        );
+        assert!(load_vouched(&w).is_err());
+    }
 }
 
 #[test]

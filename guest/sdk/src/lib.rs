@@ -202,7 +202,7 @@ impl<M: Module> Guest for Filter<M> {
         })
     }
 
-    fn adopt_state(part: Vec<u32>, last: bool) -> Result<(), String> {
+    fn adopt_state(part: Vec<u32>, last: bool, vouched: bool) -> Result<(), String> {
         ADOPTING.with_borrow_mut(|adopting| {
             let mut loader = adopting.take().unwrap_or_default();
             loader.push(&part).map_err(|e| e.to_string())?;
@@ -210,7 +210,12 @@ impl<M: Module> Guest for Filter<M> {
                 *adopting = Some(loader);
                 return Ok(());
             }
-            let table = loader.finish().map_err(|e| e.to_string())?;
+            let loaded = if vouched {
+                loader.finish_vouched()
+            } else {
+                loader.finish()
+            };
+            let table = loaded.map_err(|e| e.to_string())?;
             STATE.set(Some(State {
                 config: None,
                 table,

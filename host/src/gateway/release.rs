@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use crate::setting::{OverLimit, Setting};
 use crate::wasm::{
-    Blueprint, ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError, StartStep,
-    WasmPolicy, thread_cpu_time,
+    Adoption, Blueprint, ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError,
+    StartStep, WasmPolicy, thread_cpu_time,
 };
 use crate::{Policy, PolicyFault, hex};
 
@@ -350,7 +350,8 @@ fn canary_packets(catalog: &Catalog) -> Vec<Packet> {
 
 /// Builds a release off the packet path. One instance configures (parses, validates and
 /// builds) and judges the canary batch; every worker's instance then adopts the state it built
-/// (prepared in parallel), and the first of them must judge the canary batch as it did. A
+/// (prepared in parallel, vouched for), beside one more that adopts it with the checks and
+/// must judge the canary batch as it did ([`adopt_checked`]). A
 /// module that hands no state over has every worker's instance configure instead. `canary` is
 /// reused when the configuration is the running one's.
 pub(super) fn prepare(
@@ -386,7 +387,7 @@ pub(super) fn prepare(
     let mut spares = Vec::with_capacity(workers);
     let (more, more_cpu) = if plan.state_words().is_none() {
         spares.push(first);
-        start_instances(runtime, &plan, workers - 1)?
+        start_instances(runtime, &plan, workers - 1, Adoption::Checked)?
     } else {
         drop(first);
         adopt_checked(runtime, &plan, (&canary, &expected), &catalog, workers)?
@@ -497,8 +498,8 @@ fn check_adopted(
     catalog: &Catalog,
 ) -> Result<(), SwapError> {
     let adoption = |e| SwapError::Adoption(e);
-    let mut adopted =
-        WasmPolicy::start_from(runtime, plan).map_err(|f| adoption(AdoptionError::Start(f)))?;
+    let mut adopted = WasmPolicy::start_from(runtime, plan, Adoption::Checked)
+        .map_err(|f| adoption(AdoptionError::Start(f)))?;
     if !adopted
         .holds(plan)
         .map_err(|f| adoption(AdoptionError::Start(f)))?
@@ -536,7 +537,8 @@ fn adopt_checked(
             let checked = check_adopted(runtime, plan, canary, expected, catalog);
             (checked, thread_cpu_time())
         });
-        let started = start_instances(runtime, plan, workers);
+        // Vouched for: none of them serves unless the check passes.
+        let started = start_instances(runtime, plan, workers, Adoption::Vouched);
         (check.join(), started)
     });
     let (checked, check_cpu) = checked.map_err(|_| {
@@ -553,12 +555,14 @@ fn cpu_now() -> Result<Duration, SwapError> {
     thread_cpu_time().map_err(|e| SwapError::Module(ModuleError::start(StartStep::Prepare, e)))
 }
 
-/// `count` instances started from `plan`, by as many threads as there are cores (at most one
-/// a instance), with the CPU time those threads took.
+/// `count` instances started from `plan` (adopting its state `how`, when it has one), by as
+/// many threads as there are cores (at most one a instance), with the CPU time those threads
+/// took.
 fn start_instances(
     runtime: &Runtime,
     plan: &Blueprint,
     count: usize,
+    how: Adoption,
 ) -> Result<(Vec<WasmPolicy>, Duration), SwapError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -569,7 +573,7 @@ fn start_instances(
                 let share = (count - t).div_ceil(threads);
                 scope.spawn(move || {
                     let started = (0..share)
-                        .map(|_| WasmPolicy::start_from(runtime, plan))
+                        .map(|_| WasmPolicy::start_from(runtime, plan, how))
                         .collect::<Result<Vec<_>, _>>();
                     (started, thread_cpu_time())
                 })

@@ -12,7 +12,7 @@ use flowgate_policy::{Catalog, Packet, Verdict};
 use super::{BatchRecord, Gateway, OnFault, Release, lock};
 use crate::dataplane::{self, Counters, Judged, Step};
 use crate::policy::Verdicts;
-use crate::wasm::WasmPolicy;
+use crate::wasm::{Adoption, WasmPolicy};
 use crate::{Policy, PolicyFault};
 
 /// The least time between two attempts of a worker to start an instance after one failed.
@@ -117,7 +117,8 @@ impl Gateway {
         if let Some(spare) = lock(&release.spares).get_mut(id).and_then(Option::take) {
             return Some(spare);
         }
-        match WasmPolicy::start_from(&self.runtime, &release.plan) {
+        // A published release's state was adopted with its checks when it was prepared.
+        match WasmPolicy::start_from(&self.runtime, &release.plan, Adoption::Vouched) {
             Ok(policy) => Some(policy),
             Err(fault) => {
                 self.note_fault(&fault, release.generation);

@@ -127,6 +127,17 @@ impl Blueprint {
     }
 }
 
+/// How an instance adopting a blueprint's state takes it (`adopt-state`'s `vouched`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// The instance checks every index a lookup follows, as a state from anywhere needs.
+    Checked,
+    /// The host vouches for the state: the instance is put to work only once another
+    /// instance adopted the same words [`Adoption::Checked`], so it skips those checks (about
+    /// half of an adoption's time; they answer alike for the same words).
+    Vouched,
+}
+
 /// A module instance with a configuration in force, judging batches.
 pub struct WasmPolicy {
     plan: Blueprint,
@@ -264,18 +275,27 @@ impl WasmPolicy {
     }
 
     /// An instance of `plan`'s module with its configuration in force, started from the
-    /// blueprint's state (`adopt-state`) when it has one, else configured.
+    /// blueprint's state (`adopt-state`, [`Adoption::Checked`]) when it has one, else
+    /// configured.
     pub fn adopt(runtime: &Runtime, plan: &Blueprint) -> Result<Self, StartError> {
-        Self::adopt_checked(runtime, plan).map_err(|failed| failed.error)
+        Self::start_failing(runtime, plan, Adoption::Checked).map_err(|failed| failed.error)
     }
 
-    /// [`WasmPolicy::adopt`] for a worker: a failure is the fault it stands for (see
-    /// [`WasmPolicy::start`]).
-    pub fn start_from(runtime: &Runtime, plan: &Blueprint) -> Result<Self, PolicyFault> {
-        Self::adopt_checked(runtime, plan).map_err(StartFailure::fault)
+    /// [`WasmPolicy::adopt`] for a worker, adopting `how`: a failure is the fault it stands
+    /// for (see [`WasmPolicy::start`]).
+    pub fn start_from(
+        runtime: &Runtime,
+        plan: &Blueprint,
+        how: Adoption,
+    ) -> Result<Self, PolicyFault> {
+        Self::start_failing(runtime, plan, how).map_err(StartFailure::fault)
     }
 
-    fn adopt_checked(runtime: &Runtime, plan: &Blueprint) -> Result<Self, StartFailure> {
+    fn start_failing(
+        runtime: &Runtime,
+        plan: &Blueprint,
+        how: Adoption,
+    ) -> Result<Self, StartFailure> {
         let Some(state) = &plan.state else {
             let mut policy = Self::start_checked(runtime, &plan.module, &plan.config)?;
             policy.plan = plan.clone();
@@ -283,7 +303,7 @@ impl WasmPolicy {
         };
         let limits = runtime.limits;
         let (mut store, instance) = new_store(runtime.engine(), &plan.module, limits)?;
-        adopt(&mut store, &instance, state, limits, &runtime.starts)?;
+        adopt(&mut store, &instance, (state, how), limits, &runtime.starts)?;
         let catalog = Catalog::clone(&plan.catalog);
         Ok(WasmPolicy {
             plan: plan.clone(),
@@ -314,15 +334,27 @@ impl WasmPolicy {
     }
 
     /// Starts over from a fresh instance with the same configuration (adopting the same state,
-    /// when it has one): after a fault, the old instance may be poisoned.
+    /// when it has one, [`Adoption::Vouched`] when this instance adopted it too): after a
+    /// fault, the old instance may be poisoned.
     pub fn restart(&mut self) -> Result<(), StartError> {
         self.restart_checked().map_err(|failed| failed.error)
     }
 
     fn restart_checked(&mut self) -> Result<(), StartFailure> {
         let (mut store, instance) = new_store(self.store.engine(), &self.plan.module, self.limits)?;
+        let how = if self.adopted {
+            Adoption::Vouched
+        } else {
+            Adoption::Checked
+        };
         match &self.plan.state {
-            Some(state) => adopt(&mut store, &instance, state, self.limits, &self.starts)?,
+            Some(state) => adopt(
+                &mut store,
+                &instance,
+                (state, how),
+                self.limits,
+                &self.starts,
+            )?,
             None => {
                 configure(
                     &mut store,
@@ -662,7 +694,7 @@ fn configure(
 fn adopt(
     store: &mut Store<HostState>,
     instance: &Guest,
-    state: &[u32],
+    (state, how): (&[u32], Adoption),
     limits: Limits,
     starts: &Starts,
 ) -> Result<(), StartFailure> {
@@ -670,10 +702,12 @@ fn adopt(
     let mut parts = state.chunks(STATE_PART_WORDS).peekable();
     while let Some(part) = parts.next() {
         let last = parts.peek().is_none();
-        match instance
-            .flowgate_policy_filter()
-            .call_adopt_state(&mut *store, part, last)
-        {
+        match instance.flowgate_policy_filter().call_adopt_state(
+            &mut *store,
+            part,
+            last,
+            how == Adoption::Vouched,
+        ) {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
                 return Err(StartFailure::module(ModuleError::start(
@@ -695,6 +729,9 @@ fn adopt(
         }
     }
     starts.adopted.fetch_add(1, Ordering::Relaxed);
+    if how == Adoption::Vouched {
+        starts.vouched.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ pub use crate::policy::Verdicts;
 pub use crate::store::create_private_dir;
 pub use budget::{ClockError, thread_cpu_time};
 pub use flowgate_policy::ConfigError;
-pub use instance::{Blueprint, HostFault, ModuleInfo, StartError, WasmPolicy};
+pub use instance::{Adoption, Blueprint, HostFault, ModuleInfo, StartError, WasmPolicy};
 pub use load::{LoadedModule, ModuleError, StartStep, compatible};
 pub use runtime::{EngineOptions, Limits, Runtime, RuntimeError, Starts, instances_needed};
 

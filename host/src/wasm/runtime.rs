@@ -124,6 +124,7 @@ impl RuntimeError {
 pub struct Starts {
     pub(super) configured: AtomicU64,
     pub(super) adopted: AtomicU64,
+    pub(super) vouched: AtomicU64,
 }
 
 impl Starts {
@@ -135,6 +136,13 @@ impl Starts {
     /// States adopted so far (each a run of `adopt-state` calls).
     pub fn adopted(&self) -> u64 {
         self.adopted.load(Ordering::Relaxed)
+    }
+
+    /// Of the states adopted, those the host vouched for ([`Adoption::Vouched`]).
+    ///
+    /// [`Adoption::Vouched`]: super::Adoption::Vouched
+    pub fn vouched(&self) -> u64 {
+        self.vouched.load(Ordering::Relaxed)
     }
 }
 

@@ -56,8 +56,10 @@ fn a_release_configures_once_and_every_worker_adopts_its_state() {
     let packets = traffic(&config);
     let gateway = gateway(DEFAULT_MODULE, &config, 16).unwrap();
     let starts = gateway.starts();
-    // Each worker's instance adopts, and one more that checks the state and is let go.
-    assert_eq!((starts.configured(), starts.adopted()), (1, 17));
+    // Each worker's instance adopts, and one more that checks the state and is let go: the
+    // workers' adoptions skip the checks that one makes.
+    let counts = || (starts.configured(), starts.adopted(), starts.vouched());
+    assert_eq!(counts(), (1, 17, 16));
     let prepared = gateway.current().prepared;
     assert_eq!((prepared.configured, prepared.adopted), (1, 16));
     assert!(prepared.state_bytes > 0);
@@ -71,11 +73,11 @@ fn a_release_configures_once_and_every_worker_adopts_its_state() {
         (release.prepared.configured, release.prepared.adopted),
         (1, 16)
     );
-    assert_eq!((starts.configured(), starts.adopted()), (2, 34));
+    assert_eq!(counts(), (2, 34, 32));
     every_worker_judges_as_native(&gateway, &config, &packets);
     let back = gateway.rollback(None).unwrap();
     assert_eq!((back.prepared.configured, back.prepared.adopted), (0, 16));
-    assert_eq!((starts.configured(), starts.adopted()), (2, 51));
+    assert_eq!(counts(), (2, 51, 48));
     every_worker_judges_as_native(&gateway, &config, &packets);
 }
 
@@ -122,7 +124,8 @@ fn a_worker_restarts_by_adopting_the_state_again() {
     let config = config();
     let gateway = gateway(guests::TRAP, &config, 1).unwrap();
     let starts = gateway.starts();
-    assert_eq!((starts.configured(), starts.adopted()), (1, 2));
+    let counts = || (starts.configured(), starts.adopted(), starts.vouched());
+    assert_eq!(counts(), (1, 2, 1));
     let mut trap = traffic(&config)[0];
     trap.proto = 6;
     trap.ports = Some(flowgate_policy::Ports {
@@ -132,8 +135,9 @@ fn a_worker_restarts_by_adopting_the_state_again() {
     let mut worker = gateway.worker(0);
     let mut out = [Verdict::default()];
     assert!(worker.judge(&[trap], &mut out).verdicts.is_none());
-    assert_eq!((starts.configured(), starts.adopted()), (1, 3));
-    // The fresh instance adopted: it configures before it explains, as the first did.
+    assert_eq!(counts(), (1, 3, 2), "the published state, vouched for");
+    // The fresh instance adopted (with the checks: no instance had adopted the state before),
+    // and configures before it explains, as the first did.
     let runtime = Runtime::new(Limits::default(), None).unwrap();
     let module = runtime.load(guests::TRAP).unwrap();
     let mut policy = WasmPolicy::new(&runtime, &module, &config).unwrap();
@@ -142,6 +146,10 @@ fn a_worker_restarts_by_adopting_the_state_again() {
     policy.blueprint().unwrap();
     policy.restart().unwrap();
     assert!(policy.adopted());
+    assert_eq!(
+        (runtime.starts().adopted(), runtime.starts().vouched()),
+        (1, 0)
+    );
     assert_eq!(policy.explain(&packet).unwrap(), expected);
 }
 
