@@ -347,10 +347,10 @@ mod tests {
 
     #[test]
     fn wit_versions_compatible_with_this_host() {
-        assert!(compatible("0.5.0") && compatible("0.5.7") && compatible("0.5.0-rc1"));
+        assert!(compatible("0.6.0") && compatible("0.6.7") && compatible("0.6.0-rc1"));
         assert!(
-            !compatible("0.4.0")
-                && !compatible("0.6.0")
+            !compatible("0.5.0")
+                && !compatible("0.7.0")
                 && !compatible("1.0.0")
                 && !compatible("")
                 && !compatible("x.y")

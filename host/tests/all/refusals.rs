@@ -74,8 +74,9 @@ fn wrong_major_version() {
     // A module built against the previous minor versions: before `explain` existed, before
     // each address of a packed record had its family (it would mis-judge packets whose
     // addresses are of different families), before packed batches came as columns (it
-    // would read a batch as records), and before instances could hand their state over.
-    for old in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"] {
+    // would read a batch as records), before instances could hand their state over, and
+    // before the host could vouch for a state (a 0.5 module's `adopt-state` has no `vouched`).
+    for old in ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"] {
         let e = refusal(&component_exporting(&format!(
             "flowgate:policy/filter@{old}"
         )));
@@ -85,7 +86,7 @@ fn wrong_major_version() {
 
 #[test]
 fn right_name_wrong_functions() {
-    let e = refusal(&component_exporting("flowgate:policy/filter@0.5.0"));
+    let e = refusal(&component_exporting("flowgate:policy/filter@0.6.0"));
     assert!(matches!(e, ModuleError::WrongShape(_)), "{e}");
 }
 
