@@ -232,24 +232,38 @@ impl WasmPolicy {
 
     /// Whether the instance hands over exactly `plan`'s state (`export-state`): an instance
     /// that adopted it must.
+    /// Compared part by part, as they come: nothing of the size of the state is allocated.
     pub fn holds(&mut self, plan: &Blueprint) -> Result<bool, PolicyFault> {
-        let words = self.export_state().map_err(StartFailure::fault)?;
-        Ok(words.as_deref() == plan.state.as_deref())
+        let want = plan.state.as_deref().unwrap_or_default();
+        let mut same = true;
+        let got = self
+            .export_parts(|at, part| {
+                same &= want.get(at..at + part.len()) == Some(part);
+            })
+            .map_err(StartFailure::fault)?;
+        Ok(same && got == want.len())
     }
 
     /// The module's state, part by part, within one configure budget; `None` when it hands
     /// none over.
     fn export_state(&mut self) -> Result<Option<Arc<[u32]>>, StartFailure> {
+        let mut words: Vec<u32> = Vec::new();
+        self.export_parts(|_, part| words.extend_from_slice(part))?;
+        Ok((!words.is_empty()).then(|| words.into()))
+    }
+
+    /// Hands each part of the module's state to `take` with where it starts, within one
+    /// configure budget; the state's length in words.
+    fn export_parts(&mut self, mut take: impl FnMut(usize, &[u32])) -> Result<usize, StartFailure> {
         let export = |e: &dyn std::fmt::Display| {
             StartFailure::module(ModuleError::start(StartStep::Export, e))
         };
         // A state larger than the module's memory cap cannot be adopted by another instance.
         let most = self.limits.memory_bytes / 4;
-        let mut words: Vec<u32> = Vec::new();
+        let mut len = 0usize;
         arm_configure(&mut self.store, self.limits.configure_deadline);
         loop {
-            let at =
-                u32::try_from(words.len()).map_err(|_| export(&"the state passed 2^32 words"))?;
+            let at = u32::try_from(len).map_err(|_| export(&"the state passed 2^32 words"))?;
             let part = self
                 .instance
                 .flowgate_policy_filter()
@@ -264,14 +278,15 @@ impl WasmPolicy {
                     part.len()
                 )));
             }
-            if words.len() + part.len() > most {
+            if len + part.len() > most {
                 return Err(export(&format_args!(
                     "the state passed {most} words, the module's memory cap"
                 )));
             }
-            words.extend_from_slice(&part);
+            take(len, &part);
+            len += part.len();
         }
-        Ok((!words.is_empty()).then(|| words.into()))
+        Ok(len)
     }
 
     /// An instance of `plan`'s module with its configuration in force, started from the

@@ -179,6 +179,26 @@ fn an_instance_that_adopted_a_state_configures_before_it_explains() {
     assert_eq!(runtime.starts().configured(), 2);
 }
 
+#[test]
+fn an_instance_holds_the_state_it_adopted_and_no_other() {
+    let runtime = Runtime::new(Limits::default(), None).unwrap();
+    let module = runtime.load(DEFAULT_MODULE).unwrap();
+    let plans: Vec<_> = [11, 12]
+        .map(|seed| synth::config_yaml(Scale::with_peerings(60, seed)))
+        .iter()
+        .map(|config| {
+            let mut configured = WasmPolicy::new(&runtime, &module, config).unwrap();
+            configured.blueprint().unwrap()
+        })
+        .collect();
+    let mut adopted = WasmPolicy::adopt(&runtime, &plans[0]).unwrap();
+    assert!(adopted.holds(&plans[0]).unwrap());
+    assert!(!adopted.holds(&plans[1]).unwrap());
+    let mut other = WasmPolicy::adopt(&runtime, &plans[1]).unwrap();
+    assert!(!other.holds(&plans[0]).unwrap());
+    assert!(other.holds(&plans[1]).unwrap());
+}
+
 /// A port that records the nice value of the thread that reads it, and runs dry at once.
 struct NiceProbe(Arc<std::sync::Mutex<Option<i32>>>);
 
