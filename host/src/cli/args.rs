@@ -32,7 +32,7 @@ pub struct Cli {
     /// Repeatable.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
-    /// The login for one registry, named as references name it: HOST[:PORT]=FILE, the file
+    /// The login for one registry, named as references name it: `HOST[:PORT]=FILE`, the file
     /// holding `user:password`. It is sent to that registry only (and to the token service it
     /// names), never to another; it replaces what Docker's config.json
     /// ($DOCKER_CONFIG/config.json or ~/.docker/config.json) has for that registry.

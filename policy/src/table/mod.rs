@@ -31,7 +31,7 @@
 //!   their own.
 //! - **Matrices**: every VPC's in one array, their cells the packed verdict words of
 //!   `judge-packed`, which the packed path copies out as they are; a per-catalog table
-//!   ([`WordDecoder`](crate::packed::WordDecoder)) turns a word into a [`Verdict`] with no
+//!   ([`WordDecoder`]) turns a word into a [`Verdict`] with no
 //!   branch on its kind.
 //! - **IPv6 sides** (`six`): the same tries over the upper 64 bits of the address, where
 //!   /64 and shorter prefixes put every boundary. The leading bytes the boundaries share are

@@ -10,7 +10,7 @@
 //! - `meta`: the layouts and their parameters (VNI index: 0 dense with its first VNI, 1 trie
 //!   with its depth, 2 searched; each IPv4 side: 0 trie with its depth, 1 padded with its
 //!   `log2`; the IPv6 sides: 0 none, 1 tries, then each side's depth, bits compared away and
-//!   base, low word first), then the [`TableStats`](super::TableStats) as eight `u64`, low
+//!   base, low word first), then the [`TableStats`] as eight `u64`, low
 //!   word first.
 //! - `vpc-vnis`, `vpc-name-ends`, `vpc-names`: each VPC's VNI, the end of its name in
 //!   the names' bytes, and the names as UTF-8, four bytes a word (little-endian, zero
