@@ -48,6 +48,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body, exactly as framed.
     pub body: Vec<u8>,
+    /// Who made it, once its token (if one is needed) was checked.
+    pub caller: Option<super::Caller>,
 }
 
 impl Request {
@@ -63,6 +65,7 @@ impl Request {
             path: head.uri.path().to_owned(),
             headers: own_headers(&head.headers),
             body: Vec::new(),
+            caller: None,
         }
     }
 }

@@ -37,16 +37,18 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::{
-    AdminRefusal, Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest, WatchError,
-    WatchStatus,
+    AdminRefusal, Approval, Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest,
+    WatchError, WatchStatus,
 };
 use crate::setting::Setting;
+mod audit;
 mod client;
 mod gate;
 mod http;
 pub mod metrics;
 mod transport;
 
+pub use audit::{AuditError, AuditLog, Caller};
 pub use client::{Client, ClientError, Reply, Serving};
 pub use http::RequestLimits;
 pub use transport::{AdminEndpointError, Endpoint, Stream};
@@ -73,8 +75,13 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct AdminOptions {
     /// Where.
     pub endpoint: Endpoint,
-    /// The bearer token every request must carry; required on TCP.
+    /// The bearer token every request must carry; required on TCP (or `named_tokens`).
     pub token: Option<String>,
+    /// Bearer tokens with names (`NAME TOKEN` lines of the token file, [`read_token_file`]):
+    /// any one of them lets a request in, and its name goes in the request's audit record.
+    pub named_tokens: Vec<(String, String)>,
+    /// Where the audit records of the requests that change the gateway go.
+    pub audit: Arc<AuditLog>,
     /// Authenticated requests served at once; more are answered 503.
     pub max_connections: usize,
     /// Connections whose head (and token) has not arrived yet, from one peer (an address on
@@ -97,11 +104,16 @@ impl AdminOptions {
     pub fn check(&self) -> Result<(), ListenError> {
         if let Endpoint::Tcp(addr) = &self.endpoint
             && self.token.is_none()
+            && self.named_tokens.is_empty()
         {
             let addr = addr.clone();
             return Err(ListenError::NoToken { addr });
         }
-        if let Some(token) = &self.token {
+        for token in self
+            .token
+            .iter()
+            .chain(self.named_tokens.iter().map(|(_, t)| t))
+        {
             check_token(token)?;
         }
         Ok(())
@@ -114,6 +126,8 @@ impl AdminOptions {
         AdminOptions {
             endpoint,
             token,
+            named_tokens: Vec::new(),
+            audit: Arc::new(AuditLog::log_only()),
             max_connections: 32,
             max_anonymous_per_peer: 16,
             max_anonymous: 256,
@@ -185,6 +199,108 @@ pub enum TokenFileError {
         /// Why the token is refused.
         token: TokenError,
     },
+    /// A line of a file of named tokens is refused.
+    #[error("{}, line {line}: {problem}", path.display())]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// The tokens of the gateway's own token file: one token alone, or named ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTokens {
+    /// The file holds one token.
+    One(String),
+    /// The file holds `NAME TOKEN` lines.
+    Named(Vec<(String, String)>),
+}
+
+/// The most named tokens a token file may hold.
+pub const MAX_NAMED_TOKENS: usize = 256;
+
+/// Reads the gateway's token file: one token, as [`read_token_file`] reads, or lines of
+/// `NAME TOKEN` (a name of letters, digits, `.`, `_` and `-`, at most 64 bytes; each token as
+/// [`check_token`] wants it; blank lines and `#` comments skipped; at most
+/// [`MAX_NAMED_TOKENS`], in at most 64 KiB). A request's audit record names the token it
+/// carried.
+pub fn read_server_tokens(path: &Path) -> Result<ServerTokens, TokenFileError> {
+    let text = read_private(path, 64 << 10)?;
+    let lines: Vec<(usize, &str)> = (1..)
+        .zip(text.lines().map(str::trim))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if let [(_, only)] = lines[..]
+        && !only.contains(char::is_whitespace)
+    {
+        return read_token_file(path).map(ServerTokens::One);
+    }
+    let bad = |line: usize, problem: String| TokenFileError::Line {
+        path: path.to_owned(),
+        line,
+        problem,
+    };
+    if lines.len() > MAX_NAMED_TOKENS {
+        return Err(bad(
+            lines[MAX_NAMED_TOKENS].0,
+            format!("more than {MAX_NAMED_TOKENS} tokens"),
+        ));
+    }
+    let mut named: Vec<(String, String)> = Vec::with_capacity(lines.len());
+    for (at, line) in lines {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(token), None) = (words.next(), words.next(), words.next()) else {
+            return Err(bad(at, "not `NAME TOKEN`".into()));
+        };
+        let name_ok = name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            return Err(bad(
+                at,
+                format!(
+                    "`{name}` is not a token's name: letters, digits, `.`, `_`, `-`, at most 64 bytes"
+                ),
+            ));
+        }
+        check_token(token).map_err(|e| bad(at, format!("the token of `{name}`: {e}")))?;
+        if named.iter().any(|(n, t)| n == name || t == token) {
+            return Err(bad(at, format!("`{name}` or its token is named twice")));
+        }
+        named.push((name.to_owned(), token.to_owned()));
+    }
+    Ok(ServerTokens::Named(named))
+}
+
+/// The text of a file only its owner can read, of at most `most` bytes.
+fn read_private(path: &Path, most: u64) -> Result<String, TokenFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let read = |error| TokenFileError::Read {
+        path: path.to_owned(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        let path = path.to_owned();
+        return Err(TokenFileError::Readable { path, mode });
+    }
+    if meta.len() > most {
+        let (path, len) = (path.to_owned(), meta.len());
+        return Err(TokenFileError::TooLarge { path, len });
+    }
+    let mut text = String::new();
+    file.take(most + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    Ok(text)
 }
 
 /// Why the admin API did not start.
@@ -236,25 +352,7 @@ pub fn check_token(token: &str) -> Result<(), TokenError> {
 /// Reads a bearer token from `path`: the file's text, trimmed. As ssh does with keys, a file
 /// that its group or others can read is refused, and so is a token [`check_token`] refuses.
 pub fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let read = |error| TokenFileError::Read {
-        path: path.to_owned(),
-        error,
-    };
-    let file = std::fs::File::open(path).map_err(read)?;
-    let meta = file.metadata().map_err(read)?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        let path = path.to_owned();
-        return Err(TokenFileError::Readable { path, mode });
-    }
-    if meta.len() > 4096 {
-        let (path, len) = (path.to_owned(), meta.len());
-        return Err(TokenFileError::TooLarge { path, len });
-    }
-    let mut text = String::new();
-    file.take(4097).read_to_string(&mut text).map_err(read)?;
+    let text = read_private(path, 4096)?;
     let token = text.trim();
     check_token(token).map_err(|token| TokenFileError::Token {
         path: path.to_owned(),
@@ -267,7 +365,9 @@ struct Shared {
     gateway: Arc<Gateway>,
     registry: crate::oci::Registry,
     cache: Option<crate::oci::Cache>,
-    token: Option<[u8; 32]>,
+    /// The tokens' digests, with their names: empty when requests need none.
+    tokens: Vec<(Option<String>, [u8; 32])>,
+    audit: Arc<AuditLog>,
     limits: RequestLimits,
     gate: Arc<Gate>,
 }
@@ -317,7 +417,12 @@ impl AdminServer {
             gateway,
             registry: crate::oci::Registry::new(options.registry.clone()),
             cache: options.cache.clone(),
-            token: options.token.as_deref().map(digest),
+            tokens: (options.token.iter().map(|t| (None, digest(t))))
+                .chain(
+                    (options.named_tokens.iter()).map(|(name, t)| (Some(name.clone()), digest(t))),
+                )
+                .collect(),
+            audit: options.audit.clone(),
             limits: options.limits,
             gate: Arc::new(Gate::new(GateLimits {
                 anonymous_per_peer: options.max_anonymous_per_peer,
@@ -376,18 +481,28 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether an `Authorization` value carries the token: the scheme `Bearer` in any case
-/// (RFC 9110, 11.1), then the token.
-fn authorized(value: Option<&str>, expected: &[u8; 32]) -> bool {
-    let Some((scheme, token)) = value.and_then(|v| v.trim().split_once(' ')) else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case("bearer") && same(&digest(token.trim()), expected)
+/// Which of the tokens an `Authorization` value carries (the scheme `Bearer` in any case,
+/// RFC 9110, 11.1, then the token): its name (`None` for an unnamed one), or `None` for none.
+/// Every token is compared, in constant time.
+fn authorized<'a>(
+    value: Option<&str>,
+    tokens: &'a [(Option<String>, [u8; 32])],
+) -> Option<&'a Option<String>> {
+    let (scheme, token) = value.and_then(|v| v.trim().split_once(' '))?;
+    let presented = digest(token.trim());
+    let bearer = scheme.eq_ignore_ascii_case("bearer");
+    let mut found = None;
+    for (name, expected) in tokens {
+        if same(&presented, expected) {
+            found = Some(name);
+        }
+    }
+    found.filter(|_| bearer)
 }
 
 async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer, caller) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
@@ -415,7 +530,7 @@ async fn accept_loop(listener: TokioListener, shared: Arc<Shared>) {
         }
         let ticket = shared.gate.ticket();
         let id = ticket.id();
-        let task = tokio::spawn(serve_connection(shared.clone(), stream, ticket));
+        let task = tokio::spawn(serve_connection(shared.clone(), stream, caller, ticket));
         // The task has not run yet (one thread): it is held before it can authenticate.
         let evicted = shared.gate.admit(id, peer, task.abort_handle());
         if evicted > 0 {
@@ -455,7 +570,12 @@ fn refuse(shared: &Shared, status: u16, reason: AdminRefusal, message: String) -
 /// Serves the one request of a connection. A head that hyper refused (400, 431), or that did
 /// not arrive within the head deadline, is counted here; everything after the head is
 /// counted where it is refused.
-async fn serve_connection(shared: Arc<Shared>, stream: TokioStream, ticket: Ticket) {
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TokioStream,
+    caller: Caller,
+    ticket: Ticket,
+) {
     let started = Instant::now();
     let limits = shared.limits;
     let ticket = Arc::new(ticket);
@@ -475,8 +595,9 @@ async fn serve_connection(shared: Arc<Shared>, stream: TokioStream, ticket: Tick
         hyper::service::service_fn(move |request| {
             reached.store(true, std::sync::atomic::Ordering::Release);
             let (shared, ticket, answered) = (shared.clone(), ticket.clone(), answered.clone());
+            let caller = caller.clone();
             async move {
-                let response = answer(&shared, &ticket, request, started).await;
+                let response = answer(&shared, &ticket, caller, request, started).await;
                 answered.notify_one();
                 Ok::<_, std::convert::Infallible>(response.into_hyper())
             }
@@ -539,6 +660,7 @@ async fn until_written<F: std::future::Future>(
 async fn answer(
     shared: &Arc<Shared>,
     ticket: &Ticket,
+    mut caller: Caller,
     request: hyper::Request<hyper::body::Incoming>,
     started: Instant,
 ) -> Response {
@@ -554,17 +676,22 @@ async fn answer(
         }
         response
     };
-    if let Some(expected) = &shared.token
-        && !authorized(request.header("authorization"), expected)
-    {
-        let response = refuse(
-            shared,
-            401,
-            AdminRefusal::Unauthorized,
-            "this admin API needs `Authorization: Bearer <token>` with the gateway's token".into(),
-        );
-        return refused(response, body);
+    if !shared.tokens.is_empty() {
+        let Some(name) = authorized(request.header("authorization"), &shared.tokens) else {
+            let response = refuse(
+                shared,
+                401,
+                AdminRefusal::Unauthorized,
+                "this admin API needs `Authorization: Bearer <token>` with the gateway's token"
+                    .into(),
+            );
+            return refused(response, body);
+        };
+        if let Caller::Tcp { token, .. } = &mut caller {
+            token.clone_from(name);
+        }
     }
+    request.caller = Some(caller);
     if !ticket.authenticate() {
         let response = refuse(
             shared,
@@ -805,6 +932,7 @@ fn put_module(shared: &Shared, request: Request) -> Response {
         Ok(pulled) => pulled,
         Err(e) => {
             gateway.note_pull(Pull::Failed);
+            record_refusal(shared, &request, "pull-failed", &e.error);
             let mut body = json!({"swapped": false, "reason": "pull-failed", "error": e.error});
             if let Some(setting) = e.setting {
                 body["setting"] = json!(setting.as_str());
@@ -861,7 +989,8 @@ fn config_text(config: &[u8]) -> Result<&str, Response> {
         .map_err(|_| json_response(400, json!({"error": "the configuration is not UTF-8 text"})))
 }
 
-/// Swaps in what a request brings, against the release its `If-Match` names.
+/// Swaps in what a request brings, against the release its `If-Match` names: made only once
+/// its audit record is written; a refusal is recorded too.
 fn change(
     shared: &Shared,
     request: &Request,
@@ -869,15 +998,65 @@ fn change(
     config: Option<&str>,
     pulled: Option<(&crate::oci::Reference, crate::oci::Digest)>,
 ) -> Result<Arc<Release>, SwapError> {
-    shared.gateway.swap(SwapRequest {
+    let record = |before: &Release, after: &Release| record_release(shared, request, before, after);
+    let result = shared.gateway.swap(SwapRequest {
+        approval: Some(Approval(&record)),
         module: module.map(|bytes| ModuleBytes { bytes, pulled }),
         config,
         if_match: request.header("if-match"),
-    })
+    });
+    if let Err(e) = &result {
+        record_refusal(shared, request, e.reason().as_str(), &e.to_string());
+    }
+    result
+}
+
+/// The audit record of a change about to be made (the swap lock held), from what served (or
+/// the watch's state) `before` to `after`: its failure refuses the change.
+fn record_change(
+    shared: &Shared,
+    request: &Request,
+    before: Value,
+    after: Value,
+) -> Result<(), String> {
+    let asked = format!("{} {}", request.method, request.path);
+    let caller = request.caller.as_ref();
+    (shared.audit)
+        .record(caller, &asked, (before, Some(after)), "changed", None)
+        .map_err(|e| e.to_string())
+}
+
+/// [`record_change`] of a release replacing another.
+fn record_release(
+    shared: &Shared,
+    request: &Request,
+    before: &Release,
+    after: &Release,
+) -> Result<(), String> {
+    let json = audit::release_json;
+    record_change(shared, request, json(before), json(after))
+}
+
+/// The audit record of a refused request: nothing changed, so a record that cannot be written
+/// is only logged.
+fn record_refusal(shared: &Shared, request: &Request, reason: &str, error: &str) {
+    let before = audit::release_json(&shared.gateway.current());
+    let asked = format!("{} {}", request.method, request.path);
+    let caller = request.caller.as_ref();
+    if let Err(e) = (shared.audit).record(caller, &asked, (before, None), reason, Some(error)) {
+        tracing::error!(error = %e, "the audit record of a refused request could not be written");
+    }
 }
 
 fn post_rollback(shared: &Shared, request: Request) -> Response {
-    answer_swap(shared.gateway.rollback(request.header("if-match")))
+    let record =
+        |before: &Release, after: &Release| record_release(shared, &request, before, after);
+    let if_match = request.header("if-match");
+    let result = (shared.gateway).rollback_approved(if_match, Some(Approval(&record)));
+    if let Err(e) = &result {
+        record_refusal(shared, &request, e.reason().as_str(), &e.to_string());
+    }
+    answer_swap(result)
 }
 
 /// The content type of a `PUT /module` whose body is an `oci://` reference, not a module.
@@ -932,12 +1111,26 @@ fn pull(
     Ok((pulled.module, reference, pulled.manifest))
 }
 
-fn post_watch_resume(shared: &Shared, _: Request) -> Response {
-    answer_watch(shared.gateway.resume_watch())
+fn post_watch_resume(shared: &Shared, request: Request) -> Response {
+    let record = |before: &WatchStatus, after: &WatchStatus| {
+        record_change(shared, &request, watch_json(before), watch_json(after))
+    };
+    let result = shared.gateway.resume_watch_approved(Some(&record));
+    if let Err(e) = &result {
+        record_refusal(shared, &request, "watch-refused", &e.to_string());
+    }
+    answer_watch(result)
 }
 
-fn post_watch_pause(shared: &Shared, _: Request) -> Response {
-    answer_watch(shared.gateway.pause_watch("POST /watch/pause"))
+fn post_watch_pause(shared: &Shared, request: Request) -> Response {
+    let record = |before: &WatchStatus, after: &WatchStatus| {
+        record_change(shared, &request, watch_json(before), watch_json(after))
+    };
+    let result = (shared.gateway).pause_watch_approved("POST /watch/pause", Some(&record));
+    if let Err(e) = &result {
+        record_refusal(shared, &request, "watch-refused", &e.to_string());
+    }
+    answer_watch(result)
 }
 
 fn answer_watch(result: Result<WatchStatus, WatchError>) -> Response {

@@ -14,6 +14,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Caller;
 use super::gate::Peer;
 
 /// Where an admin API listens, or where a client finds it: `unix:PATH` or `HOST:PORT`.
@@ -392,16 +393,36 @@ fn bind_privately(dir: &Path, path: &Path) -> io::Result<UnixListener> {
 
 impl TokioListener {
     /// Waits for the next connection, and says who it is from.
-    pub(super) async fn accept(&self) -> io::Result<(TokioStream, Peer)> {
+    /// A Unix socket peer whose credentials cannot be read is [`Peer::Unknown`] (and is
+    /// served nothing), its caller all ones.
+    pub(super) async fn accept(&self) -> io::Result<(TokioStream, Peer, Caller)> {
         match self {
             TokioListener::Tcp(l) => {
                 let (s, addr) = l.accept().await?;
-                Ok((TokioStream::Tcp(s), Peer::Ip(addr.ip())))
+                let caller = Caller::Tcp { addr, token: None };
+                Ok((TokioStream::Tcp(s), Peer::Ip(addr.ip()), caller))
             }
             TokioListener::Unix(l) => {
                 let (s, _) = l.accept().await?;
-                let peer = s.peer_cred().map_or(Peer::Unknown, |c| Peer::Uid(c.uid()));
-                Ok((TokioStream::Unix(s), peer))
+                let (peer, caller) = match s.peer_cred() {
+                    Ok(c) => (
+                        Peer::Uid(c.uid()),
+                        Caller::Socket {
+                            uid: c.uid(),
+                            gid: c.gid(),
+                            pid: c.pid(),
+                        },
+                    ),
+                    Err(_) => (
+                        Peer::Unknown,
+                        Caller::Socket {
+                            uid: u32::MAX,
+                            gid: u32::MAX,
+                            pid: None,
+                        },
+                    ),
+                };
+                Ok((TokioStream::Unix(s), peer, caller))
             }
         }
     }

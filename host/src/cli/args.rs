@@ -397,9 +397,17 @@ pub struct ServeArgs {
     #[arg(long, value_parser = endpoint)]
     pub admin: Option<Endpoint>,
     /// A file holding the bearer token every admin request must carry (required on TCP): at
-    /// least 16 bytes, in a file only its owner can read (mode 0600 or 0400).
+    /// least 16 bytes, in a file only its owner can read (mode 0600 or 0400). Or named
+    /// tokens, a `NAME TOKEN` line each: any one lets a request in, and the audit record
+    /// of a change names the token it carried.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Append an audit record of every admin request that changes or tries to change the
+    /// gateway (who, what, the releases before and after, the result) to FILE, one JSON line
+    /// each, written through to the disk before the answer; a change whose record cannot be
+    /// written is refused. The file is created 0600, never through a symbolic link.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// What to do with a batch the module fails on.
     #[arg(long, value_enum, default_value_t = FaultMode::FailClosed)]
     pub on_fault: FaultMode,

@@ -87,15 +87,25 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
         .map_or_else(|| Options::default().workers, |w| w as usize);
     // The admin API's token is read, and a TCP address without one refused, before anything
     // starts.
-    let admin_token = args
-        .admin_token_file
-        .as_deref()
-        .map(admin::read_token_file)
-        .transpose()?;
+    let (admin_token, named_tokens) = match args.admin_token_file.as_deref() {
+        None => (None, Vec::new()),
+        Some(path) => match admin::read_server_tokens(path)? {
+            admin::ServerTokens::One(token) => (Some(token), Vec::new()),
+            admin::ServerTokens::Named(named) => (None, named),
+        },
+    };
+    // The audit log is opened before anything starts: a gateway that cannot record who
+    // changes it does not serve.
+    let audit = match &args.audit_log {
+        Some(path) => admin::AuditLog::open(path)?,
+        None => admin::AuditLog::log_only(),
+    };
     let admin_endpoint = args.admin.clone().unwrap_or_else(Endpoint::default_socket);
     let admin_options = admin::AdminOptions {
         registry: REGISTRY.get().cloned().unwrap_or_default(),
         cache: oci_cache(),
+        named_tokens,
+        audit: Arc::new(audit),
         ..admin::AdminOptions::new(admin_endpoint, admin_token)
     };
     admin_options.check().map_err(admin_refused)?;

@@ -93,6 +93,27 @@ pub enum WatchError {
     /// The gateway follows a tag already.
     #[error("this gateway follows {0} already")]
     AlreadyWatching(String),
+    /// The action could not be recorded, so it was not taken.
+    #[error("the watch action could not be recorded, so it was not taken: {0}")]
+    NotRecorded(String),
+}
+
+/// The last word on an operator's watch action, under the swap lock: called with the watch's
+/// state before and after, it refuses the action with why ([`WatchError::NotRecorded`]).
+pub type WatchApproval<'a> = &'a dyn Fn(&WatchStatus, &WatchStatus) -> Result<(), String>;
+
+/// Asks `approval` (if any) whether the watch may change as `change` would change it.
+fn approve(
+    approval: Option<WatchApproval<'_>>,
+    watch: &TagWatch,
+    change: impl FnOnce(&mut TagWatch),
+) -> Result<(), WatchError> {
+    let Some(approval) = approval else {
+        return Ok(());
+    };
+    let mut after = watch.clone();
+    change(&mut after);
+    approval(&watch.status, &after.status).map_err(WatchError::NotRecorded)
 }
 
 /// Whether `a` and `b` name one repository of one registry (host names compare without case).
@@ -189,16 +210,28 @@ impl Gateway {
 
     /// Pauses the watch at an operator's request (`POST /watch/pause`), without a new release.
     pub fn pause_watch(&self, reason: &str) -> Result<WatchStatus, WatchError> {
+        self.pause_watch_approved(reason, None)
+    }
+
+    /// [`Gateway::pause_watch`], made only if `approval` lets the watch's new state in.
+    pub fn pause_watch_approved(
+        &self,
+        reason: &str,
+        approval: Option<WatchApproval<'_>>,
+    ) -> Result<WatchStatus, WatchError> {
         let _one_at_a_time = lock(&self.swap_lock);
         let generation = self.current().generation;
         let mut watch = lock(&self.watch);
         let watch = watch.as_mut().ok_or(WatchError::NotWatching)?;
+        let reason = format!("the operator paused it: {reason}");
+        approve(approval, watch, |w| {
+            w.status.paused.get_or_insert_with(|| Pause {
+                since_generation: generation,
+                reason: reason.clone(),
+            });
+        })?;
         if watch.status.paused.is_none() {
-            pause(
-                watch,
-                generation,
-                format!("the operator paused it: {reason}"),
-            );
+            pause(watch, generation, reason);
         }
         Ok(watch.status.clone())
     }
@@ -207,9 +240,18 @@ impl Gateway {
     /// when the tag moves to a digest it has not acted on; it never swaps back to the module
     /// the tag already named.
     pub fn resume_watch(&self) -> Result<WatchStatus, WatchError> {
+        self.resume_watch_approved(None)
+    }
+
+    /// [`Gateway::resume_watch`], made only if `approval` lets the watch's new state in.
+    pub fn resume_watch_approved(
+        &self,
+        approval: Option<WatchApproval<'_>>,
+    ) -> Result<WatchStatus, WatchError> {
         let _one_at_a_time = lock(&self.swap_lock);
         let mut watch = lock(&self.watch);
         let watch = watch.as_mut().ok_or(WatchError::NotWatching)?;
+        approve(approval, watch, |w| w.status.paused = None)?;
         if let Some(pause) = watch.status.paused.take() {
             tracing::info!(
                 event = "watch-resumed",

@@ -39,7 +39,7 @@ mod worker;
 
 pub use worker::{Burst, ColumnBurst, Worker};
 
-pub use authority::{Decision, Pause, Quarantined, WatchError, WatchStatus};
+pub use authority::{Decision, Pause, Quarantined, WatchApproval, WatchError, WatchStatus};
 use events::Recorder;
 pub use events::{AdminRefusal, BatchRecord, Events, Pull, RollbackCause};
 use faults::FaultWindow;
@@ -150,6 +150,8 @@ impl<'a, const N: usize> From<&'a [u8; N]> for ModuleBytes<'a> {
 /// is kept from the running release.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SwapRequest<'a> {
+    /// What must hold before the prepared release goes live ([`Approval`]).
+    pub approval: Option<Approval<'a>>,
     /// The new module (`None` keeps the running one).
     pub module: Option<ModuleBytes<'a>>,
     /// The new configuration text (`None` keeps the running one).
@@ -177,10 +179,27 @@ impl<'a> SwapRequest<'a> {
     }
 }
 
+/// The last word on a prepared release, under the swap lock, before it goes live: called with
+/// the serving release and the one prepared to replace it, it refuses the change with why
+/// (the change is then refused as [`SwapError::NotRecorded`]). The admin API writes each
+/// change's audit record here, so that a change it cannot record is not made.
+#[derive(Clone, Copy)]
+pub struct Approval<'a>(pub &'a (dyn Fn(&Release, &Release) -> Result<(), String> + 'a));
+
+impl std::fmt::Debug for Approval<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Approval")
+    }
+}
+
 /// A rollback to the previous good release, and who asked for it.
 enum Rollback<'a> {
-    /// An operator's, while the release named by `if_match` (an `If-Match` value) serves.
-    Operator { if_match: Option<&'a str> },
+    /// An operator's, while the release named by `if_match` (an `If-Match` value) serves,
+    /// published if `approval` lets it.
+    Operator {
+        if_match: Option<&'a str>,
+        approval: Option<Approval<'a>>,
+    },
     /// The gateway's own after repeated faults of generation `from`, while it serves.
     Auto { from: u64, why: String },
 }
@@ -362,7 +381,7 @@ impl Gateway {
         let request = SwapRequest {
             module: module.filter(|_| !same_module).map(ModuleBytes::from),
             config: Some(config),
-            if_match: None,
+            ..SwapRequest::default()
         };
         let why = "SIGHUP: the module and configuration files read again".to_owned();
         self.swap_locked(request, Origin::Sighup, why).map(Some)
@@ -418,6 +437,7 @@ impl Gateway {
         why: String,
     ) -> Result<Arc<Release>, SwapError> {
         let SwapRequest {
+            approval,
             module,
             config,
             if_match,
@@ -454,6 +474,9 @@ impl Gateway {
             Some(module) => module.source(),
             None => running.source.clone(),
         };
+        if let Some(approval) = approval {
+            (approval.0)(&running, &release).map_err(SwapError::NotRecorded)?;
+        }
         let follows = module.and_then(|m| m.pulled);
         Ok(self.publish(release, 0, follows))
     }
@@ -510,7 +533,16 @@ impl Gateway {
     /// An operator's rollback to the previous good release, only while the release named by
     /// `if_match` (an `If-Match` value, as for a swap) serves.
     pub fn rollback(&self, if_match: Option<&str>) -> Result<Arc<Release>, SwapError> {
-        self.roll_back(Rollback::Operator { if_match })
+        self.rollback_approved(if_match, None)
+    }
+
+    /// [`Gateway::rollback`], published only if `approval` lets it.
+    pub fn rollback_approved(
+        &self,
+        if_match: Option<&str>,
+        approval: Option<Approval<'_>>,
+    ) -> Result<Arc<Release>, SwapError> {
+        self.roll_back(Rollback::Operator { if_match, approval })
     }
 
     /// Rolls back to the previous good release; an auto-revert only while the generation it
@@ -536,14 +568,15 @@ impl Gateway {
 
     fn try_rollback(&self, rollback: Rollback<'_>) -> Result<Arc<Release>, SwapError> {
         let cause = rollback.cause();
-        let (if_match, why, release_cause, origin) = match rollback {
-            Rollback::Operator { if_match } => (
+        let (if_match, approval, why, release_cause, origin) = match rollback {
+            Rollback::Operator { if_match, approval } => (
                 if_match,
+                approval,
                 "an operator's rollback".to_owned(),
                 Cause::Rollback,
                 Origin::Rollback,
             ),
-            Rollback::Auto { why, .. } => (None, why, Cause::AutoRevert, Origin::AutoRevert),
+            Rollback::Auto { why, .. } => (None, None, why, Cause::AutoRevert, Origin::AutoRevert),
         };
         check_if_match(&self.current(), if_match)?;
         let target = {
@@ -566,6 +599,9 @@ impl Gateway {
             "{why}: back to the release of generation {}",
             target.generation
         );
+        if let Some(approval) = approval {
+            (approval.0)(&self.current(), &release).map_err(SwapError::NotRecorded)?;
+        }
         // The release rolled back from is no longer good; the new one takes the target's place.
         let release = self.publish(release, 2, None);
         self.events.rollback(cause);

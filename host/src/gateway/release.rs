@@ -156,6 +156,10 @@ pub enum SwapError {
     /// There is no earlier good release.
     #[error("no earlier good release to roll back to")]
     NothingToRollBack,
+    /// The change was prepared, but what had to hold before it went live did not: its audit
+    /// record could not be written.
+    #[error("the change could not be recorded, so it was not made: {0}")]
+    NotRecorded(String),
     /// The runtime's instance pool is too small for the gateway's workers.
     #[error(
         "the runtime's instance pool holds {capacity} module instances, and a gateway with {workers} workers may need {needed}: size it with EngineOptions::for_workers({workers})"
@@ -199,6 +203,7 @@ impl SwapError {
             ) if !f.is_module_fault() => Refusal::StartFailed,
             SwapError::Adoption(_) => Refusal::CanaryFailed,
             SwapError::NothingToRollBack => Refusal::NothingToRollBack,
+            SwapError::NotRecorded(_) => Refusal::NotRecorded,
             SwapError::Capacity { .. } => Refusal::Capacity,
         }
     }
@@ -307,6 +312,8 @@ flowgate_policy::labels! {
         CanaryFailed => "canary-failed",
         /// No earlier good release.
         NothingToRollBack => "nothing-to-roll-back",
+        /// The change's audit record could not be written.
+        NotRecorded => "audit-failed",
         /// The runtime cannot hold the gateway's instances.
         Capacity => "capacity",
     }

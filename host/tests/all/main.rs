@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 #![allow(missing_docs)]
 
+mod audit;
 mod authority;
 mod cli;
 mod columns;

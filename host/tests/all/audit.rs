@@ -1,0 +1,256 @@
+//! The admin API's audit trail: a record for every request that changes or tries to change the
+//! gateway, naming its caller (a Unix socket's peer credentials, a TCP client's address and
+//! token name), written before the change goes live; a change it cannot record is not made.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use flowgate_host::admin::{
+    AdminOptions, AdminServer, AuditLog, Client, Endpoint, ServerTokens, read_server_tokens,
+};
+use flowgate_host::gateway::{Gateway, Options};
+use flowgate_policy::synth::{self, Scale};
+use serde_json::Value;
+
+fn config(seed: u64) -> String {
+    synth::config_yaml(Scale::with_peerings(20, seed))
+}
+
+fn gateway() -> Arc<Gateway> {
+    crate::gateway_with(
+        &config(1),
+        flowgate_host::wasm::Limits::default(),
+        Options::default(),
+    )
+}
+
+/// A private folder of its own for a test's files.
+fn folder(what: &str) -> PathBuf {
+    let dir = crate::socket_path(what).parent().unwrap().to_owned();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn records(path: &PathBuf) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_change_and_refusal_on_the_socket_is_recorded_with_the_callers_credentials() {
+    let gateway = gateway();
+    let log = folder("audit-socket").join("audit.jsonl");
+    let endpoint = Endpoint::Unix(crate::socket_path("audit-socket"));
+    let options = AdminOptions {
+        audit: Arc::new(AuditLog::open(&log).unwrap()),
+        ..AdminOptions::new(endpoint.clone(), None)
+    };
+    let _server = AdminServer::start(gateway.clone(), options).unwrap();
+    let client = Client::new(endpoint, None);
+
+    let first = gateway.current().etag();
+    let swapped = client.swap_config(&config(2), None).unwrap();
+    assert_eq!(swapped.status, 200);
+    let refused = client.swap_config("kind: nothing\n", None).unwrap();
+    assert_eq!(refused.status, 422);
+    let back = client.rollback().unwrap();
+    assert_eq!(back.status, 200);
+    // A watch action on a gateway that follows no tag: refused, and recorded.
+    assert_eq!(client.watch("pause").unwrap().status, 409);
+    // A read changes nothing and is not recorded.
+    assert_eq!(client.status().unwrap().status, 200);
+
+    let records = records(&log);
+    assert_eq!(records.len(), 4, "{records:#?}");
+    let me = serde_json::json!({
+        "transport": "unix",
+        "uid": nix::unistd::geteuid().as_raw(),
+        "gid": nix::unistd::getegid().as_raw(),
+        "pid": std::process::id(),
+    });
+    for r in &records {
+        assert_eq!(r["caller"], me);
+        assert!(r["time_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    let (s, f, b) = (&records[0], &records[1], &records[2]);
+    assert_eq!(
+        (s["request"].as_str(), s["result"].as_str()),
+        (Some("PUT /config"), Some("changed"))
+    );
+    assert_eq!(s["before"]["etag"].as_str(), Some(first.as_str()));
+    assert_eq!(s["after"]["etag"].as_str(), swapped.etag.as_deref());
+    let config_sha256 = flowgate_host::hex(&<sha2::Sha256 as sha2::Digest>::digest(config(2)));
+    assert_eq!(s["after"]["config_sha256"].as_str(), Some(&*config_sha256));
+    assert_eq!(
+        (f["request"].as_str(), f["result"].as_str()),
+        (Some("PUT /config"), Some("config-refused"))
+    );
+    assert!(f["after"].is_null() && f["error"].as_str().is_some());
+    assert_eq!(f["before"]["etag"].as_str(), swapped.etag.as_deref());
+    assert_eq!(
+        (b["request"].as_str(), b["result"].as_str()),
+        (Some("POST /rollback"), Some("changed"))
+    );
+    assert_eq!(b["after"]["etag"].as_str(), back.etag.as_deref());
+    assert_eq!(b["before"]["etag"].as_str(), swapped.etag.as_deref());
+    let w = &records[3];
+    assert_eq!(
+        (w["request"].as_str(), w["result"].as_str()),
+        (Some("POST /watch/pause"), Some("watch-refused"))
+    );
+}
+
+#[test]
+fn a_tcp_caller_is_recorded_by_its_address_and_the_name_of_its_token() {
+    let gateway = gateway();
+    let dir = folder("audit-tcp");
+    let tokens = dir.join("tokens");
+    std::fs::write(
+        &tokens,
+        "# the operators\nalice alice-0123456789abcdef\n\nbob bob-0123456789abcdef\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ServerTokens::Named(named) = read_server_tokens(&tokens).unwrap() else {
+        panic!("two named tokens");
+    };
+    let log = dir.join("audit.jsonl");
+    let options = AdminOptions {
+        named_tokens: named,
+        audit: Arc::new(AuditLog::open(&log).unwrap()),
+        ..AdminOptions::new(Endpoint::Tcp("127.0.0.1:0".into()), None)
+    };
+    let server = AdminServer::start(gateway, options).unwrap();
+    let endpoint = server.endpoint().clone();
+    let stranger = Client::new(endpoint.clone(), Some("mallory-0123456789abcdef".into()));
+    assert_eq!(stranger.swap_config(&config(2), None).unwrap().status, 401);
+    let bob = Client::new(endpoint, Some("bob-0123456789abcdef".into()));
+    assert_eq!(bob.swap_config(&config(2), None).unwrap().status, 200);
+    let records = records(&log);
+    assert_eq!(
+        records.len(),
+        1,
+        "the stranger changed nothing: {records:#?}"
+    );
+    let caller = &records[0]["caller"];
+    assert_eq!(caller["transport"], "tcp");
+    assert_eq!(caller["token"], "bob");
+    assert!(caller["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+}
+
+/// A sink that refuses every write, as a full disk does.
+struct Full;
+
+impl Write for Full {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_change_whose_record_cannot_be_written_is_not_made() {
+    let gateway = gateway();
+    let endpoint = Endpoint::Unix(crate::socket_path("audit-full"));
+    let options = AdminOptions {
+        audit: Arc::new(AuditLog::to_writer("the full sink", Box::new(Full))),
+        ..AdminOptions::new(endpoint.clone(), None)
+    };
+    let _server = AdminServer::start(gateway.clone(), options).unwrap();
+    let client = Client::new(endpoint, None);
+    let before = gateway.current();
+    let reply = client.swap_config(&config(2), None).unwrap();
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.body["reason"], "audit-failed");
+    assert!(
+        reply.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the full sink")
+    );
+    let after = gateway.current();
+    assert_eq!(after.generation, before.generation);
+    assert_eq!(*after.config, *before.config);
+}
+
+#[test]
+fn an_audit_log_is_opened_only_as_a_private_file_and_never_through_a_link() {
+    let dir = folder("audit-open");
+    let open = dir.join("open.jsonl");
+    std::fs::write(&open, "").unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let e = AuditLog::open(&open).unwrap_err().to_string();
+    assert!(e.contains("mode 644"), "{e}");
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(dir.join("elsewhere.jsonl"), &link).unwrap();
+    assert!(AuditLog::open(&link).is_err());
+    assert!(
+        !dir.join("elsewhere.jsonl").exists(),
+        "nothing made through the link"
+    );
+    let new = dir.join("new.jsonl");
+    AuditLog::open(&new).unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&new).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_token_file_of_named_tokens_is_read_strictly() {
+    let dir = folder("audit-tokens");
+    let read = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        read_server_tokens(&path).map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        read("one", "  just-one-token-0123456789\n"),
+        Ok(ServerTokens::One("just-one-token-0123456789".into()))
+    );
+    for (name, text, problem) in [
+        (
+            "three-words",
+            "a aaaaaaaaaaaaaaaaaaaa extra\n",
+            "line 1: not `NAME TOKEN`",
+        ),
+        (
+            "short",
+            "a 0123456789abcdef\nb short\n",
+            "line 2: the token of `b`",
+        ),
+        (
+            "twice",
+            "a 0123456789abcdef\na fedcba9876543210\n",
+            "line 2: `a` or its token is named twice",
+        ),
+        (
+            "same-token",
+            "a 0123456789abcdef\nb 0123456789abcdef\n",
+            "line 2",
+        ),
+        (
+            "bad-name",
+            "a/b 0123456789abcdef\n",
+            "line 1: `a/b` is not a token's name",
+        ),
+    ] {
+        let e = read(name, text).unwrap_err();
+        assert!(e.contains(problem), "{name}: {e}");
+    }
+    let many: String = (0..300).map(|i| format!("n{i} token-{i:016}\n")).collect();
+    assert!(
+        read("many", &many)
+            .unwrap_err()
+            .contains("more than 256 tokens")
+    );
+    let huge = "x".repeat(70 << 10);
+    assert!(read("huge", &huge).is_err());
+}
