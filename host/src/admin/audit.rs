@@ -28,6 +28,8 @@ pub enum Caller {
         gid: u32,
         /// Its process id, where the kernel gives one.
         pid: Option<i32>,
+        /// The name of the token it presented, when the token file names its tokens.
+        token: Option<String>,
     },
     /// A client over TCP.
     Tcp {
@@ -41,8 +43,13 @@ pub enum Caller {
 impl Caller {
     fn json(&self) -> Value {
         match self {
-            Caller::Socket { uid, gid, pid } => {
-                json!({"transport": "unix", "uid": uid, "gid": gid, "pid": pid})
+            Caller::Socket {
+                uid,
+                gid,
+                pid,
+                token,
+            } => {
+                json!({"transport": "unix", "uid": uid, "gid": gid, "pid": pid, "token": token})
             }
             Caller::Tcp { addr, token } => {
                 json!({"transport": "tcp", "addr": addr.to_string(), "token": token})
@@ -62,9 +69,10 @@ pub enum AuditError {
         /// Why.
         error: std::io::Error,
     },
-    /// The file is not a regular file, or others than its owner may read or write it.
+    /// The file is not a regular file of the gateway's own user, with one name, that no one
+    /// else may read or write.
     #[error(
-        "the audit log {path} is not a regular file only its owner can read (mode {mode:o}): it would say who changed the gateway to anyone"
+        "the audit log {path} is not a regular file of this user's alone, with one link, that only its owner can read (mode {mode:o}): it would say who changed the gateway to others, or be theirs to rewrite"
     )]
     Exposed {
         /// The file.
@@ -104,6 +112,25 @@ enum Sink {
     Writer(Box<dyn Write + Send>),
 }
 
+impl Sink {
+    /// Appends one record. A file that took only part of it, or could not write it through
+    /// to the disk, is cut back to its length before (so that no refused change reads as
+    /// made, and the next record starts a line of its own).
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => {
+                let before = file.metadata()?.len();
+                let written = file.write_all(line).and_then(|()| file.sync_data());
+                if written.is_err() {
+                    let _ = file.set_len(before);
+                }
+                written
+            }
+            Sink::Writer(writer) => writer.write_all(line).and_then(|()| writer.flush()),
+        }
+    }
+}
+
 /// A release as a record names it, on either side of a change.
 pub(super) fn release_json(release: &Release) -> Value {
     json!({
@@ -122,15 +149,16 @@ impl AuditLog {
     }
 
     /// Appends records to `path` as well: created for its owner alone (0600) if missing,
-    /// never through a symbolic link; an existing file must be a regular file that no one
-    /// else can read or write.
+    /// never through a symbolic link (nor waiting on a FIFO); an existing file must be a
+    /// regular file of this process's user, with one link, that no one else can read or
+    /// write.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
             .map_err(|error| AuditError::Open {
                 path: path.to_owned(),
@@ -141,7 +169,8 @@ impl AuditLog {
             error,
         })?;
         let mode = meta.mode() & 0o7777;
-        if !meta.is_file() || mode & 0o077 != 0 {
+        let mine = meta.uid() == nix::unistd::geteuid().as_raw();
+        if !meta.is_file() || !mine || meta.nlink() != 1 || mode & 0o077 != 0 {
             return Err(AuditError::Exposed {
                 path: path.to_owned(),
                 mode,
@@ -185,30 +214,24 @@ impl AuditLog {
             "result": result,
             "error": error,
         });
+        if let Some((path, sink)) = &self.sink {
+            let mut line = record.to_string();
+            line.push('\n');
+            let mut sink = sink
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            sink.append(line.as_bytes())
+                .map_err(|error| AuditError::Write {
+                    path: path.clone(),
+                    error,
+                })?;
+        }
+        // Logged once it is in the file: a record that could not be written did not happen.
         tracing::info!(
             event = "audit",
             record = %record,
             "audit: {request} by {caller}: {result}"
         );
-        let Some((path, sink)) = &self.sink else {
-            return Ok(());
-        };
-        let mut line = record.to_string();
-        line.push('\n');
-        let mut sink = sink
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &mut *sink {
-            Sink::File(file) => file
-                .write_all(line.as_bytes())
-                .and_then(|()| file.sync_data()),
-            Sink::Writer(writer) => writer
-                .write_all(line.as_bytes())
-                .and_then(|()| writer.flush()),
-        }
-        .map_err(|error| AuditError::Write {
-            path: path.clone(),
-            error,
-        })
+        Ok(())
     }
 }

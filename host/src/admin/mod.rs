@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 use crate::gateway::{
     AdminRefusal, Approval, Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest,
-    WatchError, WatchStatus,
+    WatchApproval, WatchError, WatchStatus,
 };
 use crate::setting::Setting;
 mod audit;
@@ -109,6 +109,9 @@ impl AdminOptions {
             let addr = addr.clone();
             return Err(ListenError::NoToken { addr });
         }
+        if self.token.is_some() && !self.named_tokens.is_empty() {
+            return Err(ListenError::Token(TokenError::OneAndNamed));
+        }
         for token in self
             .token
             .iter()
@@ -158,6 +161,9 @@ pub enum TokenError {
     /// Empty.
     #[error("the token is empty")]
     Empty,
+    /// An unnamed token beside named ones: a request's record could not say which it carried.
+    #[error("an unnamed token beside named ones: give every token a name")]
+    OneAndNamed,
 }
 
 /// A token file that cannot be used.
@@ -237,7 +243,11 @@ pub fn read_server_tokens(path: &Path) -> Result<ServerTokens, TokenFileError> {
     if let [(_, only)] = lines[..]
         && !only.contains(char::is_whitespace)
     {
-        return read_token_file(path).map(ServerTokens::One);
+        check_token(only).map_err(|token| TokenFileError::Token {
+            path: path.to_owned(),
+            token,
+        })?;
+        return Ok(ServerTokens::One(only.to_owned()));
     }
     let bad = |line: usize, problem: String| TokenFileError::Line {
         path: path.to_owned(),
@@ -687,9 +697,8 @@ async fn answer(
             );
             return refused(response, body);
         };
-        if let Caller::Tcp { token, .. } = &mut caller {
-            token.clone_from(name);
-        }
+        let (Caller::Tcp { token, .. } | Caller::Socket { token, .. }) = &mut caller;
+        token.clone_from(name);
     }
     request.caller = Some(caller);
     if !ticket.authenticate() {
@@ -761,7 +770,7 @@ pub struct Route {
 const SWAP_ANSWERS: &str =
     "200 with the new release; 412 stale `If-Match`; 422 refused, with `reason` and `error`";
 /// What a change to the tag watch answers.
-const WATCH_ANSWERS: &str = "200 with the watch; 409 when the gateway watches no tag";
+const WATCH_ANSWERS: &str = "200 with the watch; 409 when the gateway watches no tag; 422 (`audit-failed`) when the action could not be recorded";
 
 /// Every endpoint of the admin API, in one place: a new endpoint is a row here and its
 /// handler. Routing, the 404 and 405 answers and the module documentation's table come from
@@ -918,7 +927,7 @@ fn get_config(shared: &Shared, _: Request) -> Response {
 fn put_module(shared: &Shared, request: Request) -> Response {
     let (head, config) = match split_config(&request) {
         Ok(parts) => parts,
-        Err(response) => return response,
+        Err(response) => return refused_early(shared, &request, response),
     };
     let by_reference = request
         .header("content-type")
@@ -959,8 +968,16 @@ fn put_module(shared: &Shared, request: Request) -> Response {
 fn put_config(shared: &Shared, request: Request) -> Response {
     match config_text(&request.body) {
         Ok(config) => answer_swap(change(shared, &request, None, Some(config), None)),
-        Err(response) => response,
+        Err(response) => refused_early(shared, &request, response),
     }
+}
+
+/// A change request refused before the gateway was asked (its body cannot be read as one),
+/// recorded as `bad-request`.
+fn refused_early(shared: &Shared, request: &Request, response: Response) -> Response {
+    let error = String::from_utf8_lossy(&response.body);
+    record_refusal(shared, request, "bad-request", error.trim());
+    response
 }
 
 /// A `PUT /module` body split where `X-Config-Length` says: the module (or reference), and
@@ -1041,10 +1058,22 @@ fn record_release(
 /// is only logged.
 fn record_refusal(shared: &Shared, request: &Request, reason: &str, error: &str) {
     let before = audit::release_json(&shared.gateway.current());
+    record_after(shared, request, before, reason, Some(error));
+}
+
+/// The audit record of a request that changed nothing, with what serves (or the watch's
+/// state) as `before`: one that cannot be written is only logged.
+fn record_after(
+    shared: &Shared,
+    request: &Request,
+    before: Value,
+    result: &str,
+    error: Option<&str>,
+) {
     let asked = format!("{} {}", request.method, request.path);
     let caller = request.caller.as_ref();
-    if let Err(e) = (shared.audit).record(caller, &asked, (before, None), reason, Some(error)) {
-        tracing::error!(error = %e, "the audit record of a refused request could not be written");
+    if let Err(e) = (shared.audit).record(caller, &asked, (before, None), result, error) {
+        tracing::error!(error = %e, "the audit record of a request that changed nothing could not be written");
     }
 }
 
@@ -1112,32 +1141,59 @@ fn pull(
 }
 
 fn post_watch_resume(shared: &Shared, request: Request) -> Response {
-    let record = |before: &WatchStatus, after: &WatchStatus| {
-        record_change(shared, &request, watch_json(before), watch_json(after))
-    };
-    let result = shared.gateway.resume_watch_approved(Some(&record));
-    if let Err(e) = &result {
-        record_refusal(shared, &request, "watch-refused", &e.to_string());
-    }
-    answer_watch(result)
+    watch_action(shared, &request, |approval| {
+        shared.gateway.resume_watch_approved(Some(approval))
+    })
 }
 
 fn post_watch_pause(shared: &Shared, request: Request) -> Response {
-    let record = |before: &WatchStatus, after: &WatchStatus| {
-        record_change(shared, &request, watch_json(before), watch_json(after))
-    };
-    let result = (shared.gateway).pause_watch_approved("POST /watch/pause", Some(&record));
-    if let Err(e) = &result {
-        record_refusal(shared, &request, "watch-refused", &e.to_string());
-    }
-    answer_watch(result)
+    watch_action(shared, &request, |approval| {
+        (shared.gateway).pause_watch_approved("POST /watch/pause", Some(approval))
+    })
 }
 
 fn answer_watch(result: Result<WatchStatus, WatchError>) -> Response {
     match result {
         Ok(watch) => json_response(200, json!({"watch": watch_json(&watch)})),
+        Err(e @ WatchError::NotRecorded(_)) => json_response(
+            422,
+            json!({"reason": watch_refusal(&e), "error": e.to_string()}),
+        ),
         Err(e) => json_response(409, json!({"error": e.to_string()})),
     }
+}
+
+/// The reason a record gives a refused watch action.
+fn watch_refusal(e: &WatchError) -> &'static str {
+    match e {
+        WatchError::NotRecorded(_) => "audit-failed",
+        _ => "watch-refused",
+    }
+}
+
+/// A watch action, recorded: by the gateway's approval when it changes the watch (and
+/// refused when that record cannot be written), else here, after it.
+fn watch_action(
+    shared: &Shared,
+    request: &Request,
+    act: impl FnOnce(WatchApproval<'_>) -> Result<WatchStatus, WatchError>,
+) -> Response {
+    let recorded = std::cell::Cell::new(false);
+    let record = |before: &WatchStatus, after: &WatchStatus| {
+        recorded.set(true);
+        record_change(shared, request, watch_json(before), watch_json(after))
+    };
+    let result = act(&record);
+    if !recorded.get() {
+        let (reason, error) = match &result {
+            Ok(_) => ("unchanged", None),
+            Err(e) => (watch_refusal(e), Some(e.to_string())),
+        };
+        let state = shared.gateway.watch_status().as_ref().map(watch_json);
+        let state = state.unwrap_or(Value::Null);
+        record_after(shared, request, state, reason, error.as_deref());
+    }
+    answer_watch(result)
 }
 
 /// A tag watch in `/status`: its state, the digest it last acted on, its quarantine.

@@ -411,6 +411,7 @@ impl TokioListener {
                             uid: c.uid(),
                             gid: c.gid(),
                             pid: c.pid(),
+                            token: None,
                         },
                     ),
                     Err(_) => (
@@ -419,6 +420,7 @@ impl TokioListener {
                             uid: u32::MAX,
                             gid: u32::MAX,
                             pid: None,
+                            token: None,
                         },
                     ),
                 };

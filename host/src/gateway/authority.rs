@@ -102,7 +102,8 @@ pub enum WatchError {
 /// state before and after, it refuses the action with why ([`WatchError::NotRecorded`]).
 pub type WatchApproval<'a> = &'a dyn Fn(&WatchStatus, &WatchStatus) -> Result<(), String>;
 
-/// Asks `approval` (if any) whether the watch may change as `change` would change it.
+/// Asks `approval` (if any) whether the watch may change as `change` would change it; an
+/// action that changes nothing is not asked about.
 fn approve(
     approval: Option<WatchApproval<'_>>,
     watch: &TagWatch,
@@ -113,6 +114,9 @@ fn approve(
     };
     let mut after = watch.clone();
     change(&mut after);
+    if after.status == watch.status {
+        return Ok(()); // nothing to approve
+    }
     approval(&watch.status, &after.status).map_err(WatchError::NotRecorded)
 }
 

@@ -349,7 +349,8 @@ impl WasmPolicy {
     }
 
     /// Starts over from a fresh instance with the same configuration (adopting the same state,
-    /// when it has one, [`Adoption::Vouched`] when this instance adopted it too): after a
+    /// when it has one: [`Adoption::Vouched`] when this instance is still the one that adopted
+    /// it, whose own adoption was checked or vouched for; else with the checks): after a
     /// fault, the old instance may be poisoned.
     pub fn restart(&mut self) -> Result<(), StartError> {
         self.restart_checked().map_err(|failed| failed.error)

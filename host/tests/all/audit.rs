@@ -50,7 +50,7 @@ fn every_change_and_refusal_on_the_socket_is_recorded_with_the_callers_credentia
         ..AdminOptions::new(endpoint.clone(), None)
     };
     let _server = AdminServer::start(gateway.clone(), options).unwrap();
-    let client = Client::new(endpoint, None);
+    let client = Client::new(endpoint.clone(), None);
 
     let first = gateway.current().etag();
     let swapped = client.swap_config(&config(2), None).unwrap();
@@ -61,16 +61,27 @@ fn every_change_and_refusal_on_the_socket_is_recorded_with_the_callers_credentia
     assert_eq!(back.status, 200);
     // A watch action on a gateway that follows no tag: refused, and recorded.
     assert_eq!(client.watch("pause").unwrap().status, 409);
+    // A configuration that is not text is refused before the gateway is asked, and recorded.
+    let Endpoint::Unix(socket) = &endpoint else {
+        unreachable!()
+    };
+    let mut raw = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    raw.write_all(b"PUT /config HTTP/1.1\r\nHost: flowgate\r\nContent-Length: 2\r\n\r\n\xff\xfe")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut raw, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // A read changes nothing and is not recorded.
     assert_eq!(client.status().unwrap().status, 200);
 
     let records = records(&log);
-    assert_eq!(records.len(), 4, "{records:#?}");
+    assert_eq!(records.len(), 5, "{records:#?}");
     let me = serde_json::json!({
         "transport": "unix",
         "uid": nix::unistd::geteuid().as_raw(),
         "gid": nix::unistd::getegid().as_raw(),
         "pid": std::process::id(),
+        "token": null,
     });
     for r in &records {
         assert_eq!(r["caller"], me);
@@ -101,6 +112,14 @@ fn every_change_and_refusal_on_the_socket_is_recorded_with_the_callers_credentia
     assert_eq!(
         (w["request"].as_str(), w["result"].as_str()),
         (Some("POST /watch/pause"), Some("watch-refused"))
+    );
+    assert!(w["before"].is_null(), "the gateway follows no tag");
+    assert_eq!(
+        (
+            records[4]["request"].as_str(),
+            records[4]["result"].as_str()
+        ),
+        (Some("PUT /config"), Some("bad-request"))
     );
 }
 
@@ -154,29 +173,67 @@ impl Write for Full {
     }
 }
 
+/// A sink that takes every byte and cannot flush them.
+struct Unflushed;
+
+impl Write for Unflushed {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
 #[test]
 fn a_change_whose_record_cannot_be_written_is_not_made() {
+    for (name, sink) in [
+        ("the full sink", Box::new(Full) as Box<dyn Write + Send>),
+        ("the unflushed sink", Box::new(Unflushed)),
+    ] {
+        let gateway = gateway();
+        // A release to roll back to, made before the sink was the gateway's.
+        gateway
+            .swap(flowgate_host::gateway::SwapRequest::config(&config(3)))
+            .unwrap();
+        let endpoint = Endpoint::Unix(crate::socket_path("audit-full"));
+        let options = AdminOptions {
+            audit: Arc::new(AuditLog::to_writer(name, sink)),
+            ..AdminOptions::new(endpoint.clone(), None)
+        };
+        let _server = AdminServer::start(gateway.clone(), options).unwrap();
+        let client = Client::new(endpoint, None);
+        let before = gateway.current();
+        for reply in [
+            client.swap_config(&config(2), None).unwrap(),
+            client.rollback().unwrap(),
+        ] {
+            assert_eq!(reply.status, 422, "{name}");
+            assert_eq!(reply.body["reason"], "audit-failed");
+            assert!(reply.body["error"].as_str().unwrap().contains(name));
+        }
+        let after = gateway.current();
+        assert_eq!(after.generation, before.generation, "{name}");
+        assert_eq!(*after.config, *before.config);
+    }
+}
+
+#[test]
+fn named_tokens_on_the_socket_are_recorded_too() {
     let gateway = gateway();
-    let endpoint = Endpoint::Unix(crate::socket_path("audit-full"));
+    let log = folder("audit-named-socket").join("audit.jsonl");
+    let endpoint = Endpoint::Unix(crate::socket_path("audit-named-socket"));
     let options = AdminOptions {
-        audit: Arc::new(AuditLog::to_writer("the full sink", Box::new(Full))),
+        named_tokens: vec![("carol".into(), "carol-0123456789abcdef".into())],
+        audit: Arc::new(AuditLog::open(&log).unwrap()),
         ..AdminOptions::new(endpoint.clone(), None)
     };
-    let _server = AdminServer::start(gateway.clone(), options).unwrap();
-    let client = Client::new(endpoint, None);
-    let before = gateway.current();
-    let reply = client.swap_config(&config(2), None).unwrap();
-    assert_eq!(reply.status, 422);
-    assert_eq!(reply.body["reason"], "audit-failed");
-    assert!(
-        reply.body["error"]
-            .as_str()
-            .unwrap()
-            .contains("the full sink")
-    );
-    let after = gateway.current();
-    assert_eq!(after.generation, before.generation);
-    assert_eq!(*after.config, *before.config);
+    let _server = AdminServer::start(gateway, options).unwrap();
+    let carol = Client::new(endpoint, Some("carol-0123456789abcdef".into()));
+    assert_eq!(carol.swap_config(&config(2), None).unwrap().status, 200);
+    let records = records(&log);
+    assert_eq!(records[0]["caller"]["transport"], "unix");
+    assert_eq!(records[0]["caller"]["token"], "carol");
 }
 
 #[test]
@@ -213,6 +270,13 @@ fn a_token_file_of_named_tokens_is_read_strictly() {
     };
     assert_eq!(
         read("one", "  just-one-token-0123456789\n"),
+        Ok(ServerTokens::One("just-one-token-0123456789".into()))
+    );
+    assert_eq!(
+        read(
+            "one-commented",
+            "# the gateway's\njust-one-token-0123456789\n"
+        ),
         Ok(ServerTokens::One("just-one-token-0123456789".into()))
     );
     for (name, text, problem) in [

@@ -1155,6 +1155,15 @@ fn check_trie(
         ));
     }
     let count = nodes.len() / FANOUT;
+    if let Some(&root) = roots.iter().find(|&&r| r as usize >= count) {
+        return Err(place.bad(
+            s,
+            0,
+            "a root past the trie's nodes",
+            root.into(),
+            count as u64,
+        ));
+    }
     if place.vouched {
         return Ok(vec![0; count]);
     }
@@ -1162,18 +1171,7 @@ fn check_trie(
     const UNSEEN: u8 = u8::MAX;
     let mut level = vec![UNSEEN; count];
     for &root in roots {
-        match level.get_mut(root as usize) {
-            Some(l) => *l = 0,
-            None => {
-                return Err(place.bad(
-                    s,
-                    0,
-                    "a root past the trie's nodes",
-                    root.into(),
-                    count as u64,
-                ));
-            }
-        }
+        level[root as usize] = 0;
     }
     let last = depth as u8 - 1;
     for l in 0..last {
@@ -1356,6 +1354,16 @@ fn check_side6(
     let low_need = match (low_depth, low_roots, low.len()) {
         (0, 0, 0) => Vec::new(),
         (_, 0, _) => return Err(bad(META, at + 4, "a low trie of no roots", 0, 1)),
+        (_, roots, nodes) if roots as usize > nodes / FANOUT => {
+            let nodes = (nodes / FANOUT) as u64;
+            return Err(bad(
+                META,
+                at + 4,
+                "a low trie's roots past its nodes",
+                roots.into(),
+                nodes,
+            ));
+        }
         _ => {
             let all: Vec<u32> = (0..low_roots).collect();
             let need = check_trie(place, s + LOW6, (low_depth, MAX_DEPTH), &low, &all, value)?;
