@@ -199,8 +199,8 @@ impl IdentityRemap {
             }
         }
         Ok(IdentityRemap {
-            prefix: prefix.to_owned(),
-            signed_prefix: signed_prefix.to_owned(),
+            prefix: explicit_name(prefix),
+            signed_prefix: explicit_name(signed_prefix),
         })
     }
 
@@ -480,21 +480,15 @@ impl Trust {
         &self.keys
     }
 
-    /// The repository a signature for the module at `r` must name: `HOST[:PORT]/REPO`
-    /// normalized as Docker references are, after the longest matching remap.
+    /// The repository a signature for the module at `r` must name: `HOST[:PORT]/REPO`, its
+    /// host as the reference gives it (in lower case), after the longest matching remap.
     pub fn expected_repository(&self, r: &Reference) -> String {
-        let pulled = format!("{}/{}", r.registry, r.repository);
-        let name = normalized_name(&pulled).unwrap_or(pulled);
-        let remapped = self
-            .remaps
+        let name = explicit_name(&format!("{}/{}", r.registry, r.repository));
+        self.remaps
             .iter()
             .filter_map(|m| m.apply(&name).map(|n| (m.prefix.len(), n)))
             .max_by_key(|(len, _)| *len)
-            .map(|(_, n)| n);
-        match remapped {
-            Some(n) => normalized_name(&n).unwrap_or(n),
-            None => name,
-        }
+            .map_or(name, |(_, n)| explicit_name(&n))
     }
 
     /// Verifies the signatures of the module at `r` whose manifest has `digest` (what the
@@ -720,6 +714,29 @@ fn parse_payload(bytes: &[u8]) -> Result<Signed, String> {
     })
 }
 
+/// `HOST[:PORT][/REPO]` whose host is given (never taken for a Docker Hub namespace, as Docker
+/// would take a host without `.` or `:`), with the host in lower case and Docker Hub's names
+/// as Docker normalizes them (`index.docker.io` is `docker.io`, where a one-part repository is
+/// under `library/`).
+fn explicit_name(name: &str) -> String {
+    let (host, path) = match name.split_once('/') {
+        Some((host, path)) => (host.to_ascii_lowercase(), Some(path)),
+        None => (name.to_ascii_lowercase(), None),
+    };
+    let host = if host == "index.docker.io" {
+        "docker.io".to_owned()
+    } else {
+        host
+    };
+    match path {
+        Some(path) if host == "docker.io" && !path.contains('/') => {
+            format!("{host}/library/{path}")
+        }
+        Some(path) => format!("{host}/{path}"),
+        None => host,
+    }
+}
+
 /// The repository a Docker reference (`[HOST[:PORT]/]REPO[:TAG][@sha256:HEX]`) names,
 /// normalized as Docker's `ParseNormalizedNamed` does: no host is `docker.io` (and a
 /// one-part repository there is under `library/`), `index.docker.io` is `docker.io`, and the
@@ -813,6 +830,44 @@ mod tests {
             assert!(normalized_name(bad).is_err(), "{bad}");
         }
         assert!(normalized_name(&"a".repeat(600)).is_err());
+    }
+
+    #[test]
+    fn the_expected_repository_has_the_host_the_reference_gives() {
+        let r = |text: &str| Reference::parse(text).unwrap();
+        let trust = Trust::new(Vec::new());
+        for (reference, name) in [
+            (
+                "oci://myregistry/policies/filter:v1",
+                "myregistry/policies/filter",
+            ),
+            (
+                "oci://Registry.Example:5000/p:v1",
+                "registry.example:5000/p",
+            ),
+            (
+                "oci://index.docker.io/filter:v1",
+                "docker.io/library/filter",
+            ),
+        ] {
+            assert_eq!(trust.expected_repository(&r(reference)), name);
+        }
+        // A signature naming `myregistry/...` names Docker Hub's namespace, not that host.
+        assert_eq!(
+            normalized_name("myregistry/policies/filter:v1").as_deref(),
+            Ok("docker.io/myregistry/policies/filter")
+        );
+        let trust = trust
+            .remap(IdentityRemap::parse("MIRROR.example/team=origin.example").unwrap())
+            .remap(IdentityRemap::parse("mirror.example=elsewhere.example").unwrap());
+        assert_eq!(
+            trust.expected_repository(&r("oci://mirror.example/team/filter:v1")),
+            "origin.example/filter"
+        );
+        assert_eq!(
+            trust.expected_repository(&r("oci://mirror.example/other/filter:v1")),
+            "elsewhere.example/other/filter"
+        );
     }
 
     #[test]
