@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::reference::{check_registry, is_repository, is_tag};
 use super::registry::OCI_MANIFEST;
 use super::{Digest, OciError, Reference, Registry};
+use crate::setting::Setting;
 
 /// The media type of a signature layer.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -273,6 +274,20 @@ impl SignatureError {
     pub fn check(&self) -> SignatureCheck {
         self.reason.check()
     }
+
+    /// The setting that may let the module through: a remap, when a trusted key signed it
+    /// for another repository (a mirror); the registry's, when reading the signatures failed
+    /// for one.
+    pub fn setting(&self) -> Option<Setting> {
+        match &self.reason {
+            Refusal::Registry(e) => e.setting(),
+            Refusal::Layers {
+                check: SignatureCheck::OtherRepository,
+                ..
+            } => Some(Setting::IdentityRemap),
+            _ => None,
+        }
+    }
 }
 
 /// Why a module's signatures were refused.
@@ -420,6 +435,9 @@ impl LayerRefusal {
     fn check(&self) -> SignatureCheck {
         match self {
             LayerRefusal::NoSignature | LayerRefusal::Encoding(_) => SignatureCheck::Malformed,
+            // A payload that fails its descriptor (its digest, its size) or a descriptor
+            // that does not parse.
+            LayerRefusal::Payload(OciError::Refused(..)) => SignatureCheck::Malformed,
             LayerRefusal::Payload(e) => registry_check(e),
             LayerRefusal::Untrusted => SignatureCheck::Untrusted,
             LayerRefusal::Malformed { .. } => SignatureCheck::Malformed,

@@ -226,6 +226,13 @@ fn every_fixture_case_gets_its_expected_verdict_from_the_library_and_the_cli() {
             ] {
                 assert!(stderr.contains(part), "{}: {part} in {stderr}", case.name);
             }
+            // A trusted signature for another repository: the hint names the remap.
+            assert_eq!(
+                stderr
+                    .contains("(a mirror of the repository signed is named with --remap-identity"),
+                want == SignatureCheck::OtherRepository,
+                "{stderr}"
+            );
         }
     }
 }
