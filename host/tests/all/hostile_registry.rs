@@ -24,7 +24,7 @@ use flowgate_host::oci::{
 };
 use flowgate_host::{DEFAULT_MODULE, Setting};
 
-use crate::cli::flowgate;
+use crate::cli::{flowgate, stdout};
 use crate::oci::{client, push, start, write_module};
 
 const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap/config.yaml";
@@ -1168,7 +1168,7 @@ fn a_trusted_signature_for_a_sibling_digest_or_another_repository_is_refused() {
         (signature_tag(&sibling_digest), sig(&right)),
         (signature_tag(&elsewhere_digest), sig(&other_repo)),
     ];
-    let registry = signing_registry_on(listener, good, sigs, vec![right, other_repo]);
+    let registry = signing_registry_on(listener, good, sigs, vec![right.clone(), other_repo]);
     let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
     let trust = Trust::new(vec![trusted]);
     // The control: the harness signs what the verifier accepts.
@@ -1180,6 +1180,40 @@ fn a_trusted_signature_for_a_sibling_digest_or_another_repository_is_refused() {
     let e = trust.verify(&client(), &r, elsewhere_digest).unwrap_err();
     assert_eq!(e.check(), SignatureCheck::OtherRepository, "{e}");
     assert!(e.to_string().contains(&format!("{here}/p/other")), "{e}");
+
+    // `flowgate verify` accepts the good one without pulling the module: of the blobs, only
+    // the signature's payload is asked for.
+    let key_file = scratch("sibling").join("test.pub");
+    std::fs::write(&key_file, public_pem(&key)).unwrap();
+    let before = registry.seen().len();
+    let out = flowgate(
+        &[
+            "verify",
+            &r.to_string(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout(&out).starts_with(&format!("{}: signed by", r.pinned(good_digest))),
+        "{}",
+        stdout(&out)
+    );
+    let asked: Vec<String> = registry.seen()[before..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "GET /v2/p/m/manifests/v1".to_owned(),
+            format!("GET /v2/p/m/manifests/{}", signature_tag(&good_digest)),
+            format!("GET /v2/p/m/blobs/{}", Digest::of(&right)),
+        ]
+    );
 }
 
 #[test]
