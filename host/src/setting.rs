@@ -22,6 +22,8 @@ flowgate_policy::labels! {
         RegistryLogin => "registry-login",
         /// The tunnel endpoints of a VXLAN gateway's VPCs (`io::vxlan::Endpoints`).
         Endpoint => "endpoint",
+        /// The identity remaps signatures are checked with (`oci::Trust::remap`).
+        IdentityRemap => "identity-remap",
     }
 }
 

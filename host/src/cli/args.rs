@@ -70,6 +70,10 @@ pub enum Command {
     /// Pull a module from an OCI registry, by tag or pinned digest, verified byte for byte,
     /// into a file.
     Pull(PullArgs),
+    /// Check a module's cosign signatures in its registry against trusted public keys,
+    /// without pulling or compiling the module; prints which key signed it, or exits 1 with
+    /// why it is refused.
+    Verify(VerifyArgs),
     /// Print what a module says about itself.
     Info(InfoArgs),
     /// Run a long-lived gateway: worker threads judge traffic while modules and configurations
@@ -237,6 +241,25 @@ pub struct PullArgs {
     /// The file to write.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
+}
+
+/// `flowgate verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// `oci://HOST[:PORT]/REPO:TAG` or `oci://HOST[:PORT]/REPO@sha256:DIGEST`.
+    pub reference: String,
+    /// A trusted public key: a PEM `PUBLIC KEY` file, ECDSA P-256 (as cosign and skopeo
+    /// write them). Repeatable; a signature by any one of them is enough.
+    #[arg(long = "key", value_name = "PUB", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Accept a module under PREFIX signed for the same name under SIGNED_PREFIX, for a
+    /// mirror (skopeo's `remapIdentity`): each HOST[:PORT] or HOST[:PORT]/REPO, for example
+    /// mirror.example:5000=registry.example. Repeatable; the longest matching prefix applies.
+    #[arg(long = "remap-identity", value_name = "PREFIX=SIGNED_PREFIX")]
+    pub remaps: Vec<String>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `flowgate info`.

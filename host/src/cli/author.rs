@@ -1,4 +1,5 @@
-//! The policy author's commands: `test`, `diff`, `explain` and `info`.
+//! The policy author's commands: `test`, `diff`, `explain`, `info`, `push`, `pull` and
+//! `verify`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -347,5 +348,54 @@ fn pull(reference: &str, output: &Path) -> Result<ExitCode> {
     std::io::Write::write_all(&mut tmp, &bytes).with_context(writing)?;
     tmp.persist(output).with_context(writing)?;
     outln!("{pinned}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl VerifyArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        verify(&self)
+    }
+}
+
+/// `flowgate verify`: the manifest the reference names, hashed, and its signatures checked
+/// against the keys; the module itself is neither pulled nor compiled, and no cache stands in
+/// for the registry.
+fn verify(args: &VerifyArgs) -> Result<ExitCode> {
+    use flowgate_host::oci::{IdentityRemap, Registry, Trust, TrustedKey};
+    let reference = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
+    let mut keys = Vec::with_capacity(args.keys.len());
+    for path in &args.keys {
+        keys.push(TrustedKey::read(path)?);
+    }
+    let mut trust = Trust::new(keys);
+    for text in &args.remaps {
+        let remap =
+            IdentityRemap::parse(text).with_context(|| format!("--remap-identity {text}"))?;
+        trust = trust.remap(remap);
+    }
+    let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
+    let (_, digest) = registry.manifest(&reference)?;
+    let pinned = reference.pinned(digest);
+    let signer = trust.verify(&registry, &reference, digest)?;
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "reference": pinned.to_string(),
+                "manifest": digest.to_string(),
+                "key": signer.key,
+                "fingerprint": signer.fingerprint.to_string(),
+                "identity": signer.identity,
+                "layer": signer.layer,
+            })
+        )?;
+    } else {
+        outln!(
+            "{pinned}: signed by {} ({}) as {}",
+            signer.key,
+            signer.fingerprint,
+            signer.identity
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

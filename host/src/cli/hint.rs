@@ -5,7 +5,7 @@ use flowgate_host::dataplane::RestartFailed;
 use flowgate_host::gateway::SwapError;
 use flowgate_host::io::pcap::ReplayError;
 use flowgate_host::io::vxlan::EndpointError;
-use flowgate_host::oci::OciError;
+use flowgate_host::oci::{OciError, SignatureError};
 use flowgate_host::wasm::{RuntimeError, StartError};
 use flowgate_host::{OverLimit, PolicyFault, Setting};
 
@@ -19,6 +19,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::InsecureRegistry => "--insecure-registry",
         Setting::RegistryLogin => "--registry-credentials",
         Setting::Endpoint => "--endpoint",
+        Setting::IdentityRemap => "--remap-identity",
     }
 }
 
@@ -45,6 +46,9 @@ fn advice(setting: Setting, error: &(dyn std::error::Error + 'static)) -> String
             _ => format!("Docker's config.json, or {flag} HOST=FILE"),
         },
         Setting::Endpoint => format!("given with {flag}"),
+        Setting::IdentityRemap => {
+            format!("a mirror of the repository signed is named with {flag} PREFIX=SIGNED_PREFIX")
+        }
     }
 }
 
@@ -57,6 +61,8 @@ fn setting(error: &(dyn std::error::Error + 'static)) -> Option<Setting> {
     } else if let Some(e) = error.downcast_ref::<SwapError>() {
         e.setting()
     } else if let Some(e) = error.downcast_ref::<OciError>() {
+        e.setting()
+    } else if let Some(e) = error.downcast_ref::<SignatureError>() {
         e.setting()
     } else if let Some(e) = error.downcast_ref::<RuntimeError>() {
         e.setting()

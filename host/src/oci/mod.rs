@@ -1,10 +1,11 @@
 //! Policy modules as OCI artifacts in an ordinary registry: references (`oci://...`), a
 //! client that pulls by tag or digest and verifies every byte, and pushes in the CNCF Wasm
-//! layout.
+//! layout; cosign signatures of modules, verified against trusted keys.
 
 mod cache;
 mod reference;
 mod registry;
+mod signature;
 
 pub use cache::Cache;
 
@@ -12,4 +13,11 @@ pub use reference::{
     Digest, DigestError, Reference, ReferenceError, RegistryHostError, SCHEME, check_registry,
     is_loopback,
 };
-pub use registry::{OciError, Pulled, Registry, RegistryOptions, WASM_CONFIG, WASM_LAYER};
+pub use registry::{
+    OCI_MANIFEST, OciError, Pulled, Registry, RegistryOptions, WASM_CONFIG, WASM_LAYER,
+};
+pub use signature::{
+    COSIGN_TYPE, IdentityRemap, KeyError, LayerRefusal, MAX_KEY_FILE, Refusal, RemapError,
+    SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureCheck, SignatureError, SignatureLimits, Signer,
+    Trust, TrustedKey, signature_tag,
+};

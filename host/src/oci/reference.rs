@@ -359,7 +359,7 @@ fn ipv4(text: &str) -> Option<std::net::Ipv4Addr> {
 
 /// Whether `repo` is path components of lowercase letters and digits, joined by `.`, `_`,
 /// `__` or `-`s (the distribution spec's grammar).
-fn is_repository(repo: &str) -> bool {
+pub(crate) fn is_repository(repo: &str) -> bool {
     let component_ok = |c: &str| {
         !c.is_empty()
             && c.bytes()
@@ -371,7 +371,7 @@ fn is_repository(repo: &str) -> bool {
 }
 
 /// Whether `tag` is up to 128 of letters, digits and `._-`, starting with neither `.` nor `-`.
-fn is_tag(tag: &str) -> bool {
+pub(crate) fn is_tag(tag: &str) -> bool {
     let first_ok = tag
         .bytes()
         .next()

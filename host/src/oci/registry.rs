@@ -94,6 +94,17 @@ pub enum OciError {
         /// The limit.
         limit: u64,
     },
+    /// An answer longer than the most read for that request (a manifest, a token, a
+    /// signature manifest): refused, and read no further than the limit and a byte.
+    #[error("{reference}: {what}: the answer is more than {limit} bytes")]
+    OverLimit {
+        /// The reference.
+        reference: String,
+        /// The request.
+        what: String,
+        /// The most bytes read.
+        limit: u64,
+    },
     /// A request over plain HTTP to a host that is neither loopback nor named insecure
     /// ([`RegistryOptions::insecure`]): refused before it is sent.
     #[error(
@@ -144,6 +155,7 @@ impl OciError {
             OciError::Status { status, .. } => (500..600).contains(status),
             OciError::Refused(..)
             | OciError::TooLarge { .. }
+            | OciError::OverLimit { .. }
             | OciError::PlainHttp { .. }
             | OciError::PlainTokenService { .. }
             | OciError::NoLogin { .. } => false,
@@ -158,7 +170,10 @@ impl OciError {
                 Some(Setting::InsecureRegistry)
             }
             OciError::NoLogin { .. } => Some(Setting::RegistryLogin),
-            OciError::Transport { .. } | OciError::Status { .. } | OciError::Refused(..) => None,
+            OciError::Transport { .. }
+            | OciError::Status { .. }
+            | OciError::Refused(..)
+            | OciError::OverLimit { .. } => None,
         }
     }
 }
@@ -497,10 +512,11 @@ impl Registry {
             .read_to_vec()
             .map_err(|e| match e {
                 ureq::Error::Timeout(_) => Self::transport(r, what, e),
-                ureq::Error::BodyExceedsLimit(_) => OciError::Refused(
-                    format!("{what}: the answer is more than {limit} bytes"),
-                    r.to_string(),
-                ),
+                ureq::Error::BodyExceedsLimit(_) => OciError::OverLimit {
+                    reference: r.to_string(),
+                    what: what.to_owned(),
+                    limit,
+                },
                 e => OciError::Refused(
                     format!("{what}: the answer's body does not read whole: {e}"),
                     r.to_string(),
@@ -580,9 +596,11 @@ impl Registry {
             return Err(Self::status(r, what, answer.status, &answer.body));
         }
         if answer.body.len() as u64 > MAX_TOKEN {
-            return Err(refused(format!(
-                "{what}: the answer is more than {MAX_TOKEN} bytes"
-            )));
+            return Err(OciError::OverLimit {
+                reference: r.to_string(),
+                what: what.to_owned(),
+                limit: MAX_TOKEN,
+            });
         }
         let token: Value = serde_json::from_slice(&answer.body)
             .map_err(|e| refused(format!("the token answer is not JSON: {e}")))?;
@@ -646,12 +664,38 @@ impl Registry {
             return Err(Self::status(r, what, status, &body));
         }
         if body.len() as u64 > limit {
-            return Err(OciError::Refused(
-                format!("{what}: the answer is more than {limit} bytes"),
-                r.to_string(),
-            ));
+            return Err(OciError::OverLimit {
+                reference: r.to_string(),
+                what: what.to_owned(),
+                limit,
+            });
         }
         Ok(body)
+    }
+
+    /// The manifest `name` (a tag or a digest) in `r`'s repository as the registry serves it,
+    /// at most `limit` bytes and asked for as an OCI image manifest only; `None` when the
+    /// registry answers 404. Any other answer but 200 is an error.
+    pub(crate) fn manifest_named(
+        &self,
+        r: &Reference,
+        what: &str,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let url = format!("{}/manifests/{name}", self.base(r));
+        let Answer { status, body, .. } =
+            self.send(r, Call::get(what, &url, &[("Accept", OCI_MANIFEST)], limit))?;
+        match status {
+            404 => Ok(None),
+            200 if body.len() as u64 > limit => Err(OciError::OverLimit {
+                reference: r.to_string(),
+                what: what.to_owned(),
+                limit,
+            }),
+            200 => Ok(Some(body)),
+            _ => Err(Self::status(r, what, status, &body)),
+        }
     }
 
     /// The manifest `r` names, and its digest; a pinned reference's must match.
@@ -673,8 +717,14 @@ impl Registry {
         Ok((manifest, digest))
     }
 
-    /// A blob by its descriptor, sized and hashed.
-    fn blob(&self, r: &Reference, descriptor: &Value, limit: u64) -> Result<Vec<u8>, OciError> {
+    /// A blob by its descriptor, sized and hashed; one whose descriptor gives a size over
+    /// `limit` is refused before it is asked for.
+    pub(crate) fn blob(
+        &self,
+        r: &Reference,
+        descriptor: &Value,
+        limit: u64,
+    ) -> Result<Vec<u8>, OciError> {
         let refused = |m: String| OciError::Refused(m, r.to_string());
         let digest = descriptor["digest"]
             .as_str()
@@ -810,10 +860,23 @@ impl Registry {
             "layers": [{"mediaType": WASM_LAYER, "digest": layer_digest.to_string(), "size": module.len()}],
         });
         let bytes = serde_json::to_vec(&manifest).map_err(|e| Self::transport(r, "manifest", e))?;
-        let url = format!("{}/manifests/{tag}", self.base(r));
+        self.put_manifest(r, tag, &bytes, OCI_MANIFEST)
+    }
+
+    /// Puts `bytes`, exactly as given, as the manifest `name` (a tag) of `r`'s repository,
+    /// with `media_type` as its `Content-Type`; the blobs it names must be uploaded first
+    /// ([`Registry::upload`]). Returns the manifest's digest.
+    pub fn put_manifest(
+        &self,
+        r: &Reference,
+        name: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, OciError> {
+        let url = format!("{}/manifests/{name}", self.base(r));
         let what = "PUT manifest";
-        let headers = [("Content-Type", OCI_MANIFEST)];
-        let answer = self.send(r, Call::put(what, &url, &headers, &bytes))?;
+        let headers = [("Content-Type", media_type)];
+        let answer = self.send(r, Call::put(what, &url, &headers, bytes))?;
         if answer.status != 201 {
             return Err(OciError::Status {
                 reference: r.to_string(),
@@ -822,11 +885,12 @@ impl Registry {
                 body: String::from_utf8_lossy(&answer.body).into_owned(),
             });
         }
-        Ok(Digest::of(&bytes))
+        Ok(Digest::of(bytes))
     }
 
-    /// Uploads a blob monolithically (POST for a session, then PUT with the digest).
-    fn upload(&self, r: &Reference, bytes: &[u8]) -> Result<Digest, OciError> {
+    /// Uploads a blob to `r`'s repository monolithically (POST for a session, then PUT with
+    /// the digest). Returns its digest.
+    pub fn upload(&self, r: &Reference, bytes: &[u8]) -> Result<Digest, OciError> {
         let digest = Digest::of(bytes);
         let base = self.base(r);
         let status_error = |what: &str, status: u16| OciError::Status {

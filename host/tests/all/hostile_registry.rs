@@ -1,4 +1,4 @@
-//! The hostile-input suite, registries: logins that must stay with their registry, answers that fail their checks, and what fail-static may mask.
+//! The hostile-input suite, registries: logins that must stay with their registry, answers that fail their checks, what fail-static may mask, and signatures that must be refused within their bounds.
 //!
 //! A hostile registry is a small HTTP/1.1 server written here (one thread on a loopback port,
 //! one connection at a time, bounded in connections, bytes and time, stopped when dropped) that
@@ -17,10 +17,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use flowgate_host::oci::{Cache, Digest, OciError, Reference, Registry, RegistryOptions};
+use flowgate_host::oci::{
+    Cache, Digest, LayerRefusal, OciError, Reference, Refusal, Registry, RegistryOptions,
+    SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureCheck, SignatureLimits, Trust, TrustedKey,
+    signature_tag,
+};
 use flowgate_host::{DEFAULT_MODULE, Setting};
 
-use crate::cli::flowgate;
+use crate::cli::{flowgate, stdout};
 use crate::oci::{client, push, start, write_module};
 
 const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap/config.yaml";
@@ -863,4 +867,487 @@ fn a_loopback_registry_by_any_of_its_names_is_spoken_to_in_plain_http() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("IPv6") && e.contains("127.0.0.1:5000"), "{e}");
+}
+
+/// A key of the tests' own for signing hostile cases (fixed bytes: a test key, trusted
+/// nowhere else), and its public half as the verifier reads it.
+fn test_key() -> (p256::ecdsa::SigningKey, TrustedKey) {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let signing = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let pem = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    (signing, TrustedKey::from_pem("test.pub", &pem).unwrap())
+}
+
+/// `payload` signed by `key`: base64 of the ASN.1 DER signature, as the annotation holds it.
+fn sign(key: &p256::ecdsa::SigningKey, payload: &[u8]) -> String {
+    use p256::ecdsa::signature::Signer as _;
+    let signature: p256::ecdsa::Signature = key.sign(payload);
+    base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
+}
+
+/// A payload as skopeo writes it.
+fn payload(digest: &str, identity: &str) -> Vec<u8> {
+    format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{identity}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":{{"creator":"flowgate tests","timestamp":1796507401}}}}"#
+    )
+    .into_bytes()
+}
+
+/// A signature layer's descriptor for `payload`, with `signature` as its annotation (none
+/// when `None`).
+fn signature_layer(payload: &[u8], signature: Option<&str>) -> serde_json::Value {
+    let mut layer = serde_json::json!({
+        "mediaType": SIMPLE_SIGNING,
+        "digest": Digest::of(payload).to_string(),
+        "size": payload.len(),
+    });
+    if let Some(signature) = signature {
+        layer["annotations"] = serde_json::json!({ SIGNATURE_ANNOTATION: signature });
+    }
+    layer
+}
+
+/// A signature manifest of `layers`, in skopeo's layout.
+fn signature_manifest(layers: &[serde_json::Value]) -> Vec<u8> {
+    let config = br#"{"architecture":"","os":"","config":{}}"#;
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of(config).to_string(), "size": config.len()},
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+/// What a signing registry answers for one manifest name.
+#[derive(Clone)]
+enum Sig {
+    /// These bytes, 200.
+    Bytes(Vec<u8>),
+    /// A 200 whose body never ends.
+    Endless,
+    /// This status, with an empty JSON body.
+    Status(u16),
+}
+
+/// A hostile registry serving repository `p/m`: the module manifest `module` under the tag
+/// `v1`, `sigs` by manifest name (`sha256-<hex>.sig`), and `blobs` by digest; 404 for the rest.
+fn signing_registry(module: Vec<u8>, sigs: Vec<(String, Sig)>, blobs: Vec<Vec<u8>>) -> Hostile {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    signing_registry_on(listener, module, sigs, blobs)
+}
+
+/// [`signing_registry`] on `listener` (bound first, so that payloads can name its address).
+fn signing_registry_on(
+    listener: TcpListener,
+    module: Vec<u8>,
+    sigs: Vec<(String, Sig)>,
+    blobs: Vec<Vec<u8>>,
+) -> Hostile {
+    let blobs: Vec<(String, Vec<u8>)> = blobs
+        .into_iter()
+        .map(|b| (Digest::of(&b).to_string(), b))
+        .collect();
+    Hostile::on(listener, move |request| {
+        let Some(path) = request.path.strip_prefix("/v2/p/m/") else {
+            return not_found();
+        };
+        let oci = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
+        if path == "manifests/v1" {
+            return answer(200, &oci, &module);
+        }
+        if let Some(name) = path.strip_prefix("manifests/") {
+            return match sigs.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()) {
+                Some(Sig::Bytes(bytes)) => answer(200, &oci, &bytes),
+                Some(Sig::Endless) => Reply::Endless,
+                Some(Sig::Status(status)) => answer(status, &[], b"{}"),
+                None => not_found(),
+            };
+        }
+        let blob = path.strip_prefix("blobs/").unwrap_or_default();
+        match blobs.iter().find(|(d, _)| d == blob) {
+            Some((_, bytes)) => answer(200, &[], bytes),
+            None => not_found(),
+        }
+    })
+}
+
+/// A module manifest of its own for `what` (its digest differs from every other's).
+fn module_manifest(what: &str) -> Vec<u8> {
+    let mut manifest = Artifact::of(DEFAULT_MODULE).manifest;
+    manifest.truncate(manifest.len() - 1);
+    manifest.extend_from_slice(format!(r#","annotations":{{"case":"{what}"}}}}"#).as_bytes());
+    manifest
+}
+
+#[test]
+fn signature_manifests_over_their_limit_are_refused_and_read_no_further() {
+    let module = module_manifest("over-limit");
+    let digest = Digest::of(&module);
+    let endless = Digest::of(b"endless");
+    let oversized = Digest::of(b"oversized");
+    let big =
+        signature_manifest(&[serde_json::json!({"mediaType": "x", "pad": "x".repeat(2 << 20)})]);
+    let registry = signing_registry(
+        module,
+        vec![
+            (signature_tag(&endless), Sig::Endless),
+            (signature_tag(&oversized), Sig::Bytes(big)),
+        ],
+        Vec::new(),
+    );
+    let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
+    let trust = Trust::new(vec![test_key().1]);
+    for d in [endless, oversized] {
+        let e = trust.verify(&client(), &r, d).unwrap_err();
+        assert_eq!(e.check(), SignatureCheck::OverLimit, "{e}");
+        assert!(e.to_string().contains("more than 1048576 bytes"), "{e}");
+    }
+    // A smaller limit is the one applied.
+    let small = SignatureLimits {
+        manifest_bytes: 100,
+        ..SignatureLimits::default()
+    };
+    let sig = signature_manifest(&[]);
+    let registry = signing_registry(
+        b"{}".to_vec(),
+        vec![(signature_tag(&digest), Sig::Bytes(sig))],
+        Vec::new(),
+    );
+    let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
+    let e = trust
+        .limits(small)
+        .verify(&client(), &r, digest)
+        .unwrap_err();
+    assert!(e.to_string().contains("more than 100 bytes"), "{e}");
+}
+
+#[test]
+fn thousands_of_signature_layers_are_refused_before_any_payload_is_fetched() {
+    let (key, trusted) = test_key();
+    let module = module_manifest("layers");
+    let digest = Digest::of(&module);
+    let good = payload(&digest.to_string(), "127.0.0.1:1/p/m:v1");
+    let layer = signature_layer(&good, Some(&sign(&key, &good)));
+    let layers = vec![layer; 2500];
+    let sig = signature_manifest(&layers);
+    assert!(
+        sig.len() < 1 << 20,
+        "under the manifest limit: {}",
+        sig.len()
+    );
+    let registry = signing_registry(
+        module,
+        vec![(signature_tag(&digest), Sig::Bytes(sig))],
+        vec![good],
+    );
+    let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
+    let e = Trust::new(vec![trusted])
+        .verify(&client(), &r, digest)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.reason,
+            Refusal::TooManyLayers {
+                count: 2500,
+                limit: 32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(e.check(), SignatureCheck::OverLimit);
+    // The CLI says the same, and nothing but the two manifests was asked for.
+    let key_file = scratch("layers").join("test.pub");
+    std::fs::write(&key_file, public_pem(&key)).unwrap();
+    let out = flowgate(
+        &[
+            "verify",
+            &r.to_string(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2500 signature layers, over the limit of 32")
+            && stderr.contains(&digest.to_string()),
+        "{stderr}"
+    );
+    let blobs: Vec<String> = registry
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("/blobs/"))
+        .map(|s| s.path.clone())
+        .collect();
+    assert!(blobs.is_empty(), "{blobs:?}");
+}
+
+/// The PEM of `key`'s public half.
+fn public_pem(key: &p256::ecdsa::SigningKey) -> String {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    key.verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap()
+}
+
+#[test]
+fn an_oversized_payload_is_refused_before_it_is_read() {
+    let (key, trusted) = test_key();
+    let module = module_manifest("payload");
+    let digest = Digest::of(&module);
+    let good = payload(&digest.to_string(), "127.0.0.1:1/p/m:v1");
+    let signature = sign(&key, &good);
+    // A descriptor of a GiB, and one that understates what is served.
+    let mut huge = signature_layer(&good, Some(&signature));
+    huge["size"] = serde_json::json!(1u64 << 30);
+    let longer = [good.clone(), vec![b' '; 4096]].concat();
+    let mut understated = signature_layer(&longer, Some(&sign(&key, &longer)));
+    understated["size"] = serde_json::json!(good.len());
+    let sig = signature_manifest(&[huge, understated]);
+    let registry = signing_registry(
+        module,
+        vec![(signature_tag(&digest), Sig::Bytes(sig))],
+        vec![longer.clone()],
+    );
+    let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
+    let e = Trust::new(vec![trusted])
+        .verify(&client(), &r, digest)
+        .unwrap_err();
+    assert_eq!(e.check(), SignatureCheck::OverLimit, "{e}");
+    let Refusal::Layers { layers, .. } = &e.reason else {
+        panic!("{e}")
+    };
+    assert!(
+        matches!(&layers[0], (0, LayerRefusal::Payload(OciError::TooLarge { size, limit: 65536, .. })) if *size == 1 << 30),
+        "{e}"
+    );
+    assert!(matches!(&layers[1], (1, LayerRefusal::Payload(_))), "{e}");
+    // The GiB was never asked for; the understated one was read no further than it said.
+    let asked: Vec<String> = registry
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("/blobs/"))
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(asked, [format!("/v2/p/m/blobs/{}", Digest::of(&longer))]);
+}
+
+#[test]
+fn a_trusted_signature_for_a_sibling_digest_or_another_repository_is_refused() {
+    let (key, trusted) = test_key();
+    let (good, sibling, elsewhere) = (
+        module_manifest("good"),
+        module_manifest("sibling"),
+        module_manifest("elsewhere"),
+    );
+    let (good_digest, sibling_digest, elsewhere_digest) = (
+        Digest::of(&good),
+        Digest::of(&sibling),
+        Digest::of(&elsewhere),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = listener.local_addr().unwrap().to_string();
+    // Each signed by the trusted key: the right one; the good digest's payload under the
+    // sibling's tag; the right digest for another repository.
+    let right = payload(&good_digest.to_string(), &format!("{here}/p/m:v1"));
+    let other_repo = payload(&elsewhere_digest.to_string(), &format!("{here}/p/other:v1"));
+    let sig = |p: &[u8]| {
+        Sig::Bytes(signature_manifest(&[signature_layer(
+            p,
+            Some(&sign(&key, p)),
+        )]))
+    };
+    let sigs = vec![
+        (signature_tag(&good_digest), sig(&right)),
+        (signature_tag(&sibling_digest), sig(&right)),
+        (signature_tag(&elsewhere_digest), sig(&other_repo)),
+    ];
+    let registry = signing_registry_on(listener, good, sigs, vec![right.clone(), other_repo]);
+    let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
+    let trust = Trust::new(vec![trusted]);
+    // The control: the harness signs what the verifier accepts.
+    let signer = trust.verify(&client(), &r, good_digest).unwrap();
+    assert_eq!(signer.key, "test.pub");
+    let e = trust.verify(&client(), &r, sibling_digest).unwrap_err();
+    assert_eq!(e.check(), SignatureCheck::OtherDigest, "{e}");
+    assert!(e.to_string().contains(&good_digest.to_string()), "{e}");
+    let e = trust.verify(&client(), &r, elsewhere_digest).unwrap_err();
+    assert_eq!(e.check(), SignatureCheck::OtherRepository, "{e}");
+    assert!(e.to_string().contains(&format!("{here}/p/other")), "{e}");
+
+    // `flowgate verify` accepts the good one without pulling the module: of the blobs, only
+    // the signature's payload is asked for.
+    let key_file = scratch("sibling").join("test.pub");
+    std::fs::write(&key_file, public_pem(&key)).unwrap();
+    let before = registry.seen().len();
+    let out = flowgate(
+        &[
+            "verify",
+            &r.to_string(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout(&out).starts_with(&format!("{}: signed by", r.pinned(good_digest))),
+        "{}",
+        stdout(&out)
+    );
+    let asked: Vec<String> = registry.seen()[before..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "GET /v2/p/m/manifests/v1".to_owned(),
+            format!("GET /v2/p/m/manifests/{}", signature_tag(&good_digest)),
+            format!("GET /v2/p/m/blobs/{}", Digest::of(&right)),
+        ]
+    );
+}
+
+#[test]
+fn malformed_signatures_and_payloads_are_refused_layer_by_layer() {
+    let (key, trusted) = test_key();
+    let module = module_manifest("malformed");
+    let digest = Digest::of(&module);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = listener.local_addr().unwrap().to_string();
+    let good = payload(&digest.to_string(), &format!("{here}/p/m:v1"));
+    let text = String::from_utf8(good.clone()).unwrap();
+    let signature = sign(&key, &good);
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&signature)
+        .unwrap();
+    let raw = p256::ecdsa::Signature::from_der(&der).unwrap().to_bytes();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    // Payloads a trusted key signed that are no cosign container-image signature.
+    let signed_badly: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        text.replace(r#""type""#, r#""extra":1,"type""#)
+            .into_bytes(),
+        text.replace(
+            r#","optional":{"creator":"flowgate tests","timestamp":1796507401}"#,
+            "",
+        )
+        .into_bytes(),
+        text.replace("cosign container image signature", "something else")
+            .into_bytes(),
+        text.replace("1796507401", "\"1796507401\"").into_bytes(),
+        text.replace(&format!("{here}/p/m:v1"), "Not A Reference")
+            .into_bytes(),
+    ];
+    let mut layers = vec![
+        signature_layer(&good, None),
+        signature_layer(&good, Some("!!!")),
+        signature_layer(&good, Some(&b64(&raw))),
+        signature_layer(&good, Some(&b64(&der[..der.len() - 2]))),
+        serde_json::json!({"mediaType": "application/octet-stream", "digest": Digest::of(b"x").to_string(), "size": 1}),
+    ];
+    for p in &signed_badly {
+        layers.push(signature_layer(p, Some(&sign(&key, p))));
+    }
+    // A payload served with other bytes than its digest names.
+    let mut swapped = signature_layer(&good, Some(&signature));
+    swapped["digest"] = serde_json::json!(Digest::of(b"other bytes").to_string());
+    layers.push(swapped);
+    let mut blobs = signed_badly.clone();
+    blobs.push(good.clone());
+    let sig = signature_manifest(&layers);
+    let tag = signature_tag(&digest);
+    let blobs: Vec<(String, Vec<u8>)> = blobs
+        .into_iter()
+        .map(|b| (Digest::of(&b).to_string(), b))
+        .collect();
+    let good_bytes = good.clone();
+    let registry = Hostile::on(listener, move |request| {
+        let path = request.path.strip_prefix("/v2/p/m/").unwrap_or_default();
+        if path == format!("manifests/{tag}") {
+            let oci = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
+            return answer(200, &oci, &sig);
+        }
+        let blob = path.strip_prefix("blobs/").unwrap_or_default();
+        if blob == Digest::of(b"other bytes").to_string() {
+            return answer(200, &[], &good_bytes);
+        }
+        match blobs.iter().find(|(d, _)| d == blob) {
+            Some((_, bytes)) => answer(200, &[], bytes),
+            None => not_found(),
+        }
+    });
+    let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
+    let e = Trust::new(vec![trusted])
+        .verify(&client(), &r, digest)
+        .unwrap_err();
+    assert_eq!(e.check(), SignatureCheck::Malformed, "{e}");
+    let Refusal::Layers { layers, .. } = &e.reason else {
+        panic!("{e}")
+    };
+    let places: Vec<usize> = layers.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        places,
+        [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11],
+        "layer 4 is skipped: {e}"
+    );
+    assert!(matches!(layers[0].1, LayerRefusal::NoSignature), "{e}");
+    for (_, why) in &layers[1..4] {
+        assert!(matches!(why, LayerRefusal::Encoding(_)), "{why}");
+    }
+    for (_, why) in &layers[4..10] {
+        assert!(matches!(why, LayerRefusal::Malformed { .. }), "{why}");
+    }
+    assert!(
+        matches!(&layers[10].1, LayerRefusal::Payload(e) if e.to_string().contains("does not match its digest")),
+        "{e}"
+    );
+}
+
+#[test]
+fn signature_manifests_that_are_not_oci_image_manifests_are_refused() {
+    let names: Vec<Digest> = (0..7u8).map(|i| Digest::of(&[i])).collect();
+    let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","layers":[]}"#;
+    let no_layers =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let answers = [
+        Sig::Bytes(index.to_vec()),
+        Sig::Bytes(docker.to_vec()),
+        Sig::Bytes(no_layers.to_vec()),
+        Sig::Bytes(b"\xff not json".to_vec()),
+        Sig::Bytes(signature_manifest(&[
+            serde_json::json!({"mediaType": "application/octet-stream"}),
+        ])),
+        Sig::Status(500),
+        Sig::Status(401),
+    ];
+    let sigs = names.iter().map(signature_tag).zip(answers).collect();
+    let registry = signing_registry(b"{}".to_vec(), sigs, Vec::new());
+    let r = Reference::parse(&registry.reference("p/m:v1")).unwrap();
+    let trust = Trust::new(vec![test_key().1]);
+    let checks: Vec<SignatureCheck> = names
+        .iter()
+        .map(|d| trust.verify(&client(), &r, *d).unwrap_err().check())
+        .collect();
+    use SignatureCheck::*;
+    assert_eq!(
+        checks,
+        [
+            Malformed, Malformed, Malformed, Malformed, Unsigned, Registry, Registry
+        ]
+    );
+    // No signature manifest at all is unsigned, and says which tag was looked for.
+    let missing = Digest::of(b"missing");
+    let e = trust.verify(&client(), &r, missing).unwrap_err();
+    assert!(matches!(e.reason, Refusal::Unsigned { .. }), "{e}");
+    assert!(e.to_string().contains(&signature_tag(&missing)), "{e}");
 }

@@ -21,6 +21,7 @@ mod paths;
 mod prepare;
 mod refusals;
 mod replay;
+mod signing;
 mod swap;
 
 use std::path::PathBuf;

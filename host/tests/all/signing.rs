@@ -1,0 +1,395 @@
+//! Cosign signatures made by an independent signer (upstream skopeo 1.9.3 with sigstore
+//! support), in `fixtures/signing/`: every case uploaded byte for byte into a real registry
+//! (`docker-registry` on loopback), then verified by the library and by `flowgate verify`,
+//! each getting the verdict its `case.json` expects (skopeo's `sigstoreSigned` with
+//! `signedIdentity: matchRepository`, trusting only `trusted.pub`).
+//!
+//! The fixtures were signed as `127.0.0.1:29810/policies/filter:v1`; the test registry runs on
+//! another port, so each verification remaps the identity as skopeo's `remapIdentity` does.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use flowgate_host::oci::{
+    Digest, IdentityRemap, KeyError, Reference, Refusal, SignatureCheck, Trust, TrustedKey,
+    signature_tag,
+};
+
+use crate::cli::{flowgate, stdout};
+use crate::oci::{TestRegistry, client, start};
+
+/// Where the signed identities say the fixtures were pushed.
+const SIGNED_REGISTRY: &str = "127.0.0.1:29810";
+
+fn fixtures() -> PathBuf {
+    crate::repo().join("fixtures/signing")
+}
+
+fn key_path(name: &str) -> PathBuf {
+    fixtures().join(format!("{name}.pub"))
+}
+
+fn key(name: &str) -> TrustedKey {
+    TrustedKey::read(&key_path(name)).unwrap()
+}
+
+/// The SHA-256 of a PEM public key's DER, computed here from the file's base64 body.
+fn fingerprint(name: &str) -> Digest {
+    let pem = std::fs::read_to_string(key_path(name)).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    Digest::of(
+        &base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap(),
+    )
+}
+
+/// A case as its files describe it.
+struct Case {
+    name: String,
+    dir: PathBuf,
+    json: serde_json::Value,
+    digest: Digest,
+}
+
+fn cases() -> Vec<Case> {
+    let mut cases: Vec<Case> = std::fs::read_dir(fixtures().join("cases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|dir| {
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+            let digest =
+                Digest::parse(&std::fs::read_to_string(dir.join("manifest.digest")).unwrap())
+                    .unwrap();
+            Case {
+                name: json["case"].as_str().unwrap().to_owned(),
+                dir,
+                json,
+                digest,
+            }
+        })
+        .collect();
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(cases.len(), 7, "the fixtures' cases");
+    cases
+}
+
+/// Uploads every blob the manifest `name` in `dir` names, then the manifest itself, byte for
+/// byte, under `tag`. Returns its digest.
+fn upload_manifest(r: &Reference, dir: &Path, name: &str, tag: &str) -> Digest {
+    let bytes = std::fs::read(dir.join(name)).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let registry = client();
+    let descriptors = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .collect::<Vec<_>>();
+    for descriptor in descriptors {
+        let digest = Digest::parse(descriptor["digest"].as_str().unwrap()).unwrap();
+        let hex = &digest.to_string()["sha256:".len()..];
+        let blob = std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap();
+        assert_eq!(registry.upload(r, &blob).unwrap(), digest);
+    }
+    let media = manifest["mediaType"].as_str().unwrap();
+    let digest = registry.put_manifest(r, tag, &bytes, media).unwrap();
+    assert_eq!(digest, Digest::of(&bytes));
+    digest
+}
+
+/// Loads `case` into `repository` of `registry` as load.py does: the artifact under its tag,
+/// the signature manifest (if any) under `sha256-<hex>.sig`. Returns the reference by tag.
+fn load(registry: &TestRegistry, repository: &str, case: &Case) -> Reference {
+    let tag = case.json["tag"].as_str().unwrap();
+    let r = Reference::parse(&registry.reference(&format!("{repository}:{tag}"))).unwrap();
+    let digest = upload_manifest(&r, &case.dir, "manifest.json", tag);
+    assert_eq!(digest, case.digest, "{}: the manifest as served", case.name);
+    if case.dir.join("sig-manifest.json").is_file() {
+        upload_manifest(&r, &case.dir, "sig-manifest.json", &signature_tag(&digest));
+    }
+    r
+}
+
+/// The kind of refusal the fixtures' README gives each refused case.
+fn expected_check(case: &str) -> SignatureCheck {
+    match case {
+        "good" | "two-signatures" => SignatureCheck::Signed,
+        "other-key" | "tampered-payload" => SignatureCheck::Untrusted,
+        "other-repo" => SignatureCheck::OtherRepository,
+        "replayed" => SignatureCheck::OtherDigest,
+        "unsigned" => SignatureCheck::Unsigned,
+        other => panic!("a case the test does not know: {other}"),
+    }
+}
+
+/// What `flowgate verify`'s refusal says for each kind.
+fn refusal_words(check: SignatureCheck) -> &'static str {
+    match check {
+        SignatureCheck::Untrusted => "unknown key or bad signature",
+        SignatureCheck::OtherRepository => "signed for another repository",
+        SignatureCheck::OtherDigest => "signed for another manifest digest",
+        SignatureCheck::Unsigned => "unsigned",
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_fixture_case_gets_its_expected_verdict_from_the_library_and_the_cli() {
+    let Some(registry) = start() else { return };
+    let trusted = fingerprint("trusted");
+    for case in cases() {
+        // A repository per case (good and tampered-payload share a digest, so a .sig tag),
+        // mapped to the signed one: 127.0.0.1:PORT/CASE/policies/filter was signed as
+        // 127.0.0.1:29810/policies/filter.
+        let repository = format!(
+            "{}/{}",
+            case.name,
+            case.json["repository"].as_str().unwrap()
+        );
+        let by_tag = load(&registry, &repository, &case);
+        let prefix = format!("127.0.0.1:{}/{}", registry.port, case.name);
+        let remap = format!("{prefix}={SIGNED_REGISTRY}");
+        let trust = Trust::new(vec![key("trusted")]).remap(IdentityRemap::parse(&remap).unwrap());
+        let want = expected_check(&case.name);
+        assert_eq!(
+            case.json["expected"].as_str().unwrap(),
+            if want == SignatureCheck::Signed {
+                "accept"
+            } else {
+                "refuse"
+            },
+            "{}: case.json and the README agree",
+            case.name
+        );
+        let pinned = by_tag.pinned(case.digest);
+        for r in [&by_tag, &pinned] {
+            let result = trust.verify(&client(), r, case.digest);
+            match (&result, want) {
+                (Ok(signer), SignatureCheck::Signed) => {
+                    assert_eq!(signer.fingerprint, trusted, "{}", case.name);
+                    assert_eq!(signer.key, key_path("trusted").display().to_string());
+                    assert_eq!(signer.identity, case.json["identity"].as_str().unwrap());
+                    let layer = case.json["signatures"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|s| s["key"] == "trusted")
+                        .unwrap()["layer"]
+                        .as_u64()
+                        .unwrap();
+                    assert_eq!(signer.layer as u64, layer, "{}", case.name);
+                }
+                (Err(e), want) if want != SignatureCheck::Signed => {
+                    assert_eq!(e.check(), want, "{}: {e}", case.name);
+                    assert_eq!(e.digest, case.digest);
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&r.to_string()) && text.contains(&case.digest.to_string()),
+                        "{}: the refusal names the reference and the digest: {text}",
+                        case.name
+                    );
+                }
+                _ => panic!("{}: expected {want:?}, got {result:?}", case.name),
+            }
+        }
+
+        // The CLI, by tag: it fetches the manifest itself.
+        let key = key_path("trusted");
+        let out = flowgate(
+            &[
+                "verify",
+                &by_tag.to_string(),
+                "--key",
+                key.to_str().unwrap(),
+                "--remap-identity",
+                &remap,
+            ],
+            "",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if want == SignatureCheck::Signed {
+            assert!(out.status.success(), "{}: {stderr}", case.name);
+            assert_eq!(
+                stdout(&out).trim(),
+                format!(
+                    "{pinned}: signed by {} ({trusted}) as {}",
+                    key.display(),
+                    case.json["identity"].as_str().unwrap()
+                )
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{}: {stderr}", case.name);
+            assert!(stdout(&out).is_empty());
+            for part in [
+                &by_tag.to_string(),
+                &case.digest.to_string(),
+                refusal_words(want),
+            ] {
+                assert!(stderr.contains(part), "{}: {part} in {stderr}", case.name);
+            }
+            // A trusted signature for another repository: the hint names the remap.
+            assert_eq!(
+                stderr
+                    .contains("(a mirror of the repository signed is named with --remap-identity"),
+                want == SignatureCheck::OtherRepository,
+                "{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_identity_is_checked_remapped_by_port_and_not_at_all_without_a_remap() {
+    let Some(registry) = start() else { return };
+    let good = cases().into_iter().find(|c| c.name == "good").unwrap();
+    let r = load(&registry, "policies/filter", &good);
+    let trusted = || Trust::new(vec![key("trusted")]);
+    // Served on another port than the one signed: refused as another repository...
+    let e = trusted().verify(&client(), &r, good.digest).unwrap_err();
+    assert_eq!(e.check(), SignatureCheck::OtherRepository, "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("{SIGNED_REGISTRY}/policies/filter")),
+        "{e}"
+    );
+    // ... accepted with the port remapped, as skopeo's remapIdentity does ...
+    let by_port =
+        IdentityRemap::parse(&format!("127.0.0.1:{}={SIGNED_REGISTRY}", registry.port)).unwrap();
+    let signer = trusted()
+        .remap(by_port.clone())
+        .verify(&client(), &r, good.digest)
+        .unwrap();
+    assert_eq!(signer.identity, "127.0.0.1:29810/policies/filter:v1");
+    // ... and a remap to another repository does not make it match.
+    let elsewhere = IdentityRemap::parse(&format!(
+        "127.0.0.1:{}={SIGNED_REGISTRY}/mirror",
+        registry.port
+    ))
+    .unwrap();
+    let e = trusted()
+        .remap(elsewhere)
+        .verify(&client(), &r, good.digest)
+        .unwrap_err();
+    assert_eq!(e.check(), SignatureCheck::OtherRepository, "{e}");
+    // A digest the signature manifest was not made for: its tag does not exist.
+    let other = Digest::of(b"another manifest");
+    let e = trusted()
+        .remap(by_port)
+        .verify(&client(), &r, other)
+        .unwrap_err();
+    assert!(matches!(e.reason, Refusal::Unsigned { .. }), "{e}");
+}
+
+#[test]
+fn any_trusted_key_may_sign_and_the_signer_is_named_by_its_file_and_fingerprint() {
+    let Some(registry) = start() else { return };
+    let two = cases()
+        .into_iter()
+        .find(|c| c.name == "two-signatures")
+        .unwrap();
+    let r = load(&registry, "policies/filter", &two);
+    let remap =
+        IdentityRemap::parse(&format!("127.0.0.1:{}={SIGNED_REGISTRY}", registry.port)).unwrap();
+    // Layer 0 is other.key's: with both keys trusted, the first good layer names it.
+    let signer = Trust::new(vec![key("trusted"), key("other")])
+        .remap(remap.clone())
+        .verify(&client(), &r, two.digest)
+        .unwrap();
+    assert_eq!(
+        (signer.layer, signer.fingerprint),
+        (0, fingerprint("other"))
+    );
+    // No keys: nothing verifies.
+    let e = Trust::new(Vec::new())
+        .remap(remap)
+        .verify(&client(), &r, two.digest)
+        .unwrap_err();
+    assert_eq!(e.check(), SignatureCheck::Untrusted, "{e}");
+
+    // The CLI with two keys, and its JSON.
+    let (trusted, other) = (key_path("trusted"), key_path("other"));
+    let remap = format!("127.0.0.1:{}={SIGNED_REGISTRY}", registry.port);
+    let out = flowgate(
+        &[
+            "verify",
+            &r.to_string(),
+            "--key",
+            other.to_str().unwrap(),
+            "--key",
+            trusted.to_str().unwrap(),
+            "--remap-identity",
+            &remap,
+            "--json",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "reference": r.pinned(two.digest).to_string(),
+            "manifest": two.digest.to_string(),
+            "key": other.display().to_string(),
+            "fingerprint": fingerprint("other").to_string(),
+            "identity": "127.0.0.1:29810/policies/filter:v1",
+            "layer": 0,
+        })
+    );
+}
+
+#[test]
+fn key_files_are_p256_public_keys_within_a_bound() {
+    // The sigstore-labelled key pair's public half is an ordinary PUBLIC KEY.
+    assert_eq!(
+        key("sigstore-label").fingerprint(),
+        fingerprint("sigstore-label")
+    );
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("signing-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p384 = "-----BEGIN PUBLIC KEY-----\nMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEuDe9u/MMTTGRvn23zZq2jPMi+T9kg377\nTbaa1rPo5BIZRxOlQaPCTZPQIe40dFB67PQCVm7nRKdySl9a/4FaAYxURA67cMU1\ndF0gafxUKNfGg7mxzfZdH8RuSyR6CJCz\n-----END PUBLIC KEY-----\n";
+    let private = std::fs::read_to_string(fixtures().join("trusted.key")).unwrap();
+    let huge = "A".repeat(1 << 20);
+    for (name, text) in [
+        ("p384.pub", p384),
+        ("encrypted.key", private.as_str()),
+        ("empty.pub", ""),
+        ("huge.pub", huge.as_str()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let e = TrustedKey::read(&path).unwrap_err();
+        match name {
+            "huge.pub" => assert!(matches!(e, KeyError::TooLarge { .. }), "{e}"),
+            _ => assert!(matches!(e, KeyError::NotP256 { .. }), "{e}"),
+        }
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
+    // A device that never ends is read no further than the bound.
+    let e = TrustedKey::read(Path::new("/dev/zero")).unwrap_err();
+    assert!(matches!(e, KeyError::TooLarge { .. }), "{e}");
+    let e = TrustedKey::read(&dir.join("missing.pub")).unwrap_err();
+    assert!(matches!(e, KeyError::Read { .. }), "{e}");
+
+    // The CLI refuses a bad key before it asks any registry anything.
+    let out = flowgate(
+        &[
+            "verify",
+            "oci://127.0.0.1:9/policies/filter:v1",
+            "--key",
+            dir.join("p384.pub").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ECDSA P-256"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = flowgate(&["verify", "oci://127.0.0.1:9/policies/filter:v1"], "");
+    assert_eq!(out.status.code(), Some(2), "--key is required");
+}
