@@ -13,8 +13,8 @@
 //! | `PUT /module` | swaps in the component in the body, or the one an `oci://` reference in the body names (`Content-Type: application/vnd.flowgate.module-reference`); with `X-Config-Length: N`, the body's last N bytes are a configuration swapped in with it | 200 with the new release; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
 //! | `PUT /config` | swaps in the configuration in the body (YAML or JSON) | 200 with the new release; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
 //! | `POST /rollback` | goes back to the previous good release | 200 with the release; 412 stale `If-Match`; 409 when there is none |
-//! | `POST /watch/resume` | the tag watch follows its tag again | 200 with the watch; 409 when the gateway watches no tag |
-//! | `POST /watch/pause` | the tag watch stops following its tag until resumed | 200 with the watch; 409 when the gateway watches no tag |
+//! | `POST /watch/resume` | the tag watch follows its tag again | 200 with the watch; 409 when the gateway watches no tag; 422 (`audit-failed`) when the action could not be recorded |
+//! | `POST /watch/pause` | the tag watch stops following its tag until resumed | 200 with the watch; 409 when the gateway watches no tag; 422 (`audit-failed`) when the action could not be recorded |
 //!
 //! The `ETag` names the release as a whole: its generation, module and configuration. A swap
 //! with `If-Match: <etag>` goes through only while that release is the one serving, so two
