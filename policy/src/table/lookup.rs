@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::cell::RefCell;
 
 use super::flat::{self, LANES, NO_PORT, NO_VPC};
+use super::six::Walks;
 use super::{Catalog, Keys, Seg, SegTable, Sides6, Table, VpcEntry, VpcTable};
 use crate::batch::{Batch, column, shape, split_ports};
 use crate::packet::{CandidatesId, DropReason, Packet, Ports, Verdict, VpcId};
@@ -115,6 +116,15 @@ impl Lanes {
         v4
     }
 
+    /// Copies lane `from` of `other` into lane `i`.
+    #[inline(always)]
+    fn copy_lane(&mut self, i: usize, other: &Lanes, from: usize) {
+        (self.vni[i], self.src[i], self.dst[i]) =
+            (other.vni[from], other.src[from], other.dst[from]);
+        self.ports[0][i] = other.ports[0][from];
+        self.ports[1][i] = other.ports[1][from];
+    }
+
     /// Puts a packet's fields in lane `i`: its ports are `ports` when `has_ports`, else
     /// [`NO_PORT`]. Mixed traffic has and lacks ports at random, so this is chosen without a
     /// branch.
@@ -158,6 +168,26 @@ impl Lanes6 {
         ports: [[NO_PORT; LANES]; 2],
     };
 
+    /// Puts packet `packet` in lane `i`; `false` when it is not IPv6 on both sides.
+    #[inline]
+    fn set(&mut self, i: usize, packet: &Packet) -> bool {
+        let (src, dst, v6) = match (packet.src, packet.dst) {
+            (IpAddr::V6(s), IpAddr::V6(d)) => (s.into(), d.into(), true),
+            _ => (0, 0, false),
+        };
+        let split = |k: u128| ((k >> 64) as u64, k as u64);
+        let ports = packet.ports.map_or((0, 0), |p| (p.src, p.dst));
+        let has_ports = packet.ports.is_some();
+        self.put(
+            i,
+            packet.src_vni,
+            (split(src), split(dst)),
+            has_ports,
+            ports,
+        );
+        v6
+    }
+
     /// Puts a packet's fields in lane `i`, as [`Lanes::put`] does.
     #[inline(always)]
     fn put(
@@ -176,6 +206,49 @@ impl Lanes6 {
     }
 }
 
+/// Up to [`LANES`] packets whose two addresses are of different families: each address in
+/// the lanes of both families (zero in the other), and which of them is IPv6.
+#[derive(Debug, Clone, Copy)]
+struct LanesMixed {
+    four: Lanes,
+    six: Lanes6,
+    /// Whether each lane's source, then destination, address is IPv6.
+    v6: [[bool; LANES]; 2],
+}
+
+impl LanesMixed {
+    const EMPTY: LanesMixed = LanesMixed {
+        four: Lanes::EMPTY,
+        six: Lanes6::EMPTY,
+        v6: [[false; LANES]; 2],
+    };
+
+    /// Puts packet `packet` in lane `i`.
+    #[inline(always)]
+    fn set(&mut self, i: usize, packet: &Packet) {
+        let four = |a: IpAddr| match a {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(_) => 0,
+        };
+        let six = |a: IpAddr| match a {
+            IpAddr::V6(a) => {
+                let k = u128::from(a);
+                ((k >> 64) as u64, k as u64)
+            }
+            IpAddr::V4(_) => (0, 0),
+        };
+        let ports = packet.ports.map_or((0, 0), |p| (p.src, p.dst));
+        let has_ports = packet.ports.is_some();
+        let vni = packet.src_vni;
+        let (src, dst) = (packet.src, packet.dst);
+        self.four
+            .put(i, vni, (four(src), four(dst)), has_ports, ports);
+        self.six.put(i, vni, (six(src), six(dst)), has_ports, ports);
+        self.v6[0][i] = src.is_ipv6();
+        self.v6[1][i] = dst.is_ipv6();
+    }
+}
+
 /// Packets of one family gathered from a batch until they fill the lanes: the lanes, the
 /// batch index of each lane's packet, and how many lanes are filled.
 #[derive(Debug, Clone, Copy)]
@@ -185,11 +258,27 @@ struct Gather<L> {
     n: usize,
 }
 
+impl<L> Gather<L> {
+    /// Hands each filled lane's batch index and verdict word to `emit`, and empties the
+    /// lanes.
+    #[inline(always)]
+    fn drain(&mut self, words: &[u32; LANES], emit: &mut impl FnMut(u32, u32)) {
+        for (&at, &word) in self.at[..self.n].iter().zip(words) {
+            emit(at, word);
+        }
+        self.n = 0;
+    }
+}
+
 /// The gathered IPv4 and IPv6 packets of batches that hold both families.
 #[derive(Debug, Clone, Copy)]
 struct Dual {
     four: Gather<Lanes>,
     six: Gather<Lanes6>,
+    /// Packets of mixed families, when the table has IPv6 sides.
+    mixed: Gather<LanesMixed>,
+    /// A chunk all of IPv6 packets, in [`Table::lookup_batch`].
+    chunk6: Lanes6,
 }
 
 impl Dual {
@@ -204,25 +293,13 @@ impl Dual {
             at: [0; LANES],
             n: 0,
         },
+        mixed: Gather {
+            lanes: LanesMixed::EMPTY,
+            at: [0; LANES],
+            n: 0,
+        },
+        chunk6: Lanes6::EMPTY,
     };
-}
-
-/// An address as a key of its family (IPv4 widened), and whether it is IPv6: chosen without a
-/// branch where the compiler can, as mixed traffic mispredicts the family.
-#[inline(always)]
-fn addr_key(addr: IpAddr) -> (u128, bool) {
-    // Each family read on its own with a default, then one chosen: one `match` with both
-    // arms compiled to a branch on the family (LLVM, x86-64).
-    let four = match addr {
-        IpAddr::V4(a) => u32::from(a),
-        IpAddr::V6(_) => 0,
-    };
-    let six = match addr {
-        IpAddr::V6(a) => u128::from(a),
-        IpAddr::V4(_) => 0,
-    };
-    let v6 = addr.is_ipv6();
-    (select_unpredictable(v6, six, four.into()), v6)
 }
 
 /// The upper and lower halves of an IPv6 address of a batch's list (network byte order).
@@ -258,6 +335,8 @@ struct Stages {
     /// Each lane's source value, then its destination value: a class, or a port map to
     /// resolve.
     sides: [[u32; LANES]; 2],
+    /// The IPv6 sides' steps.
+    walks: Walks,
 }
 
 // Every index into `Stages::sides` has its bit in a `ported_mask`, which reads the flag as
@@ -293,6 +372,7 @@ impl Stages {
         vpcs: [NO_VPC; LANES],
         roots: [0; LANES],
         sides: [[0; LANES]; 2],
+        walks: Walks::NEW,
     };
 }
 
@@ -392,102 +472,242 @@ impl Table {
             return;
         }
         let (mut lanes, mut stages, mut words) = (Lanes::EMPTY, Stages::NEW, [0; LANES]);
-        let mut dual = Dual::NEW;
         let mut ahead = packets.chunks(LANES).skip(1);
-        for (first, packets) in (0..).step_by(LANES).zip(packets.chunks(LANES)) {
+        for (first, chunk) in (0..).step_by(LANES).zip(packets.chunks(LANES)) {
             // The pool of a busy gateway is far larger than the caches: the next lanes'
             // packets are fetched while these are looked up.
             if let Some(next) = ahead.next() {
                 prefetch(next);
             }
             let mut all_v4 = true;
-            for (i, packet) in packets.iter().enumerate() {
+            for (i, packet) in chunk.iter().enumerate() {
                 all_v4 &= lanes.set(i, packet);
             }
+            if !all_v4 {
+                // The batch holds both families: the rest of it on the way that gathers them
+                // (its state kept off this frame: an IPv4 batch does not pay for it).
+                self.lookup_batch_of_both(packets, first, &lanes, (&mut stages, &mut words), out);
+                return;
+            }
+            self.lookup_lanes(&lanes, &mut stages, &mut words);
+            let chunk_out = &mut out[first..first + chunk.len()];
+            for (verdict, &word) in chunk_out.iter_mut().zip(&words) {
+                *verdict = self.verdict(word);
+            }
+        }
+    }
+
+    /// [`Table::lookup_batch`] from the chunk at `first` on, which is not all IPv4 (`lanes`
+    /// holds it as IPv4 lanes): each chunk all IPv4 or all IPv6 looked up as it is, the others
+    /// gathered by family.
+    #[inline(never)]
+    fn lookup_batch_of_both(
+        &self,
+        packets: &[Packet],
+        first: usize,
+        lanes: &Lanes,
+        (stages, words): (&mut Stages, &mut [u32; LANES]),
+        out: &mut [Verdict],
+    ) {
+        let mut dual = Dual::NEW;
+        let mut lanes = *lanes;
+        let mut ahead = packets[first..].chunks(LANES).skip(1);
+        let chunks = (first..).step_by(LANES).zip(packets[first..].chunks(LANES));
+        for (n, (first, chunk)) in chunks.enumerate() {
+            if let Some(next) = ahead.next() {
+                prefetch(next);
+            }
+            let mut all_v4 = true;
+            if n > 0 {
+                for (i, packet) in chunk.iter().enumerate() {
+                    all_v4 &= lanes.set(i, packet);
+                }
+            } else {
+                all_v4 = false;
+            }
             if all_v4 {
-                self.lookup_lanes(&lanes, &mut stages, &mut words);
-                let chunk_out = &mut out[first..first + packets.len()];
-                for (verdict, &word) in chunk_out.iter_mut().zip(&words) {
+                self.lookup_lanes(&lanes, stages, words);
+                let chunk_out = &mut out[first..first + chunk.len()];
+                for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
                     *verdict = self.verdict(word);
                 }
                 continue;
             }
-            // Both families: each packet joins its family's lanes, which are looked up
-            // whenever they are full; a packet of mixed families is looked up on its own.
-            let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
-            let mut mixed = 0u64;
-            for (i, packet) in packets.iter().enumerate() {
-                let (src, src6) = addr_key(packet.src);
-                let (dst, dst6) = addr_key(packet.dst);
-                let vni = packet.src_vni;
-                let ports = packet.ports.map_or((0, 0), |p| (p.src, p.dst));
-                let has_ports = packet.ports.is_some();
-                let split = |k: u128| ((k >> 64) as u64, k as u64);
-                let at = (first + i) as u32;
-                let (four, six) = (&mut dual.four, &mut dual.six);
-                four.lanes
-                    .put(four.n, vni, (src as u32, dst as u32), has_ports, ports);
-                six.lanes
-                    .put(six.n, vni, (split(src), split(dst)), has_ports, ports);
-                (four.at[four.n], six.at[six.n]) = (at, at);
-                let (is4, is6) = (!(src6 | dst6), src6 & dst6 & self.six.is_some());
-                four.n += usize::from(is4);
-                six.n += usize::from(is6);
-                mixed |= u64::from(!(is4 | is6)) << i;
-                self.gathered(&mut dual, &mut stages, &mut words, LANES, &mut emit);
+            self.lookup_chunk_of_both(&mut dual, (&lanes, chunk, first), stages, words, out);
+        }
+        let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
+        if dual.four.n > 0 {
+            self.flush_four(&mut dual.four, stages, words, &mut emit);
+        }
+        if let Some(six) = &self.six {
+            if dual.six.n > 0 {
+                self.flush_six(six, &mut dual.six, stages, words, &mut emit);
             }
+            if dual.mixed.n > 0 {
+                self.flush_mixed(six, &mut dual.mixed, stages, words, &mut emit);
+            }
+        }
+    }
+
+    /// [`Table::lookup_batch`]'s chunk of `packets` from `first`, which are not all IPv4
+    /// (`lanes` holds them as IPv4 lanes): all IPv6, looked up as they are; else each packet
+    /// joins its family's gathered lanes, or the lanes of packets of mixed families, which
+    /// are looked up whenever they are full.
+    #[inline(always)]
+    fn lookup_chunk_of_both(
+        &self,
+        dual: &mut Dual,
+        (lanes, packets, first): (&Lanes, &[Packet], usize),
+        stages: &mut Stages,
+        words: &mut [u32; LANES],
+        out: &mut [Verdict],
+    ) {
+        // Each packet's family, as masks: IPv4 on both sides, IPv6 on both sides.
+        let (mut four, mut six) = (0u64, 0u64);
+        for (i, packet) in packets.iter().enumerate() {
+            let (src6, dst6) = (packet.src.is_ipv6(), packet.dst.is_ipv6());
+            four |= u64::from(!(src6 | dst6)) << i;
+            six |= u64::from(src6 & dst6) << i;
+        }
+        let all = u64::MAX >> (64 - packets.len());
+        let Some(sides6) = &self.six else {
+            // No IPv6 sides: the IPv6 packets are looked up on their own.
+            self.gather(dual, lanes, (first, four), stages, words, out);
+            let mut mixed = all & !four;
             while mixed != 0 {
                 let i = mixed.trailing_zeros() as usize;
                 mixed &= mixed - 1;
                 out[first + i] = self.lookup(&packets[i]);
             }
+            return;
+        };
+        if six == all {
+            for (i, packet) in packets.iter().enumerate() {
+                dual.chunk6.set(i, packet);
+            }
+            self.lookup_lanes6(sides6, &dual.chunk6, stages, words);
+            let chunk_out = &mut out[first..first + packets.len()];
+            for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
+                *verdict = self.verdict(word);
+            }
+            return;
         }
-        let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
-        self.gathered(&mut dual, &mut stages, &mut words, 1, &mut emit);
+        self.gather(dual, lanes, (first, four), stages, words, out);
+        let mut bits = six;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let g = &mut dual.six;
+            g.lanes.set(g.n, &packets[i]);
+            g.at[g.n] = (first + i) as u32;
+            g.n += 1;
+            if g.n == LANES {
+                let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
+                self.flush_six(sides6, g, stages, words, &mut emit);
+            }
+        }
+        let mut mixed = all & !(four | six);
+        while mixed != 0 {
+            let i = mixed.trailing_zeros() as usize;
+            mixed &= mixed - 1;
+            let g = &mut dual.mixed;
+            g.lanes.set(g.n, &packets[i]);
+            g.at[g.n] = (first + i) as u32;
+            g.n += 1;
+            if g.n == LANES {
+                let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
+                self.flush_mixed(sides6, g, stages, words, &mut emit);
+            }
+        }
     }
 
-    /// Looks up each family's gathered lanes once `full` of them are filled, handing each
-    /// lane's batch index and verdict word to `emit`.
+    /// Adds the lanes of `lanes` that `four` marks (the IPv4 packets of the chunk from
+    /// `first`) to the gathered IPv4 lanes, looking those up whenever they fill.
     #[inline(always)]
-    fn gathered(
+    fn gather(
         &self,
         dual: &mut Dual,
+        lanes: &Lanes,
+        (first, four): (usize, u64),
         st: &mut Stages,
         words: &mut [u32; LANES],
-        full: usize,
-        emit: &mut impl FnMut(u32, u32),
+        out: &mut [Verdict],
     ) {
-        if dual.four.n >= full || dual.six.n >= full {
-            self.flush_gathered(dual, st, words, full, emit);
+        let mut bits = four;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let g = &mut dual.four;
+            g.lanes.copy_lane(g.n, lanes, i);
+            g.at[g.n] = (first + i) as u32;
+            g.n += 1;
+            if g.n == LANES {
+                let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
+                self.flush_four(g, st, words, &mut emit);
+            }
         }
     }
 
-    /// [`Table::gathered`]'s lookups, kept out of the gathering loop, which runs them once
-    /// every [`LANES`] packets of a family: inlined into it, a Wasm guest's IPv6 packets took
-    /// 9-12 % longer.
-    #[inline(never)]
-    fn flush_gathered(
+    /// Looks up the gathered IPv4 lanes, hands each filled lane's batch index and verdict
+    /// word to `emit`, and empties them.
+    #[inline(always)]
+    fn flush_four(
         &self,
-        dual: &mut Dual,
+        g: &mut Gather<Lanes>,
         st: &mut Stages,
         words: &mut [u32; LANES],
-        full: usize,
         emit: &mut impl FnMut(u32, u32),
     ) {
-        if dual.four.n >= full {
-            self.lookup_lanes(&dual.four.lanes, st, words);
-            for (&at, &word) in dual.four.at[..dual.four.n].iter().zip(words.iter()) {
-                emit(at, word);
-            }
-            dual.four.n = 0;
-        }
-        if let (Some(six), true) = (&self.six, dual.six.n >= full) {
-            self.lookup_lanes6(six, &dual.six.lanes, st, words);
-            for (&at, &word) in dual.six.at[..dual.six.n].iter().zip(words.iter()) {
-                emit(at, word);
-            }
-            dual.six.n = 0;
-        }
+        self.lookup_gathered(&g.lanes, st, words);
+        g.drain(words, emit);
+    }
+
+    /// [`Table::flush_four`] of the gathered IPv6 lanes.
+    #[inline(always)]
+    fn flush_six(
+        &self,
+        six: &Sides6,
+        g: &mut Gather<Lanes6>,
+        st: &mut Stages,
+        words: &mut [u32; LANES],
+        emit: &mut impl FnMut(u32, u32),
+    ) {
+        self.lookup_gathered6(six, &g.lanes, st, words);
+        g.drain(words, emit);
+    }
+
+    /// [`Table::flush_four`] of the gathered packets of mixed families.
+    #[inline(always)]
+    fn flush_mixed(
+        &self,
+        six: &Sides6,
+        g: &mut Gather<LanesMixed>,
+        st: &mut Stages,
+        words: &mut [u32; LANES],
+        emit: &mut impl FnMut(u32, u32),
+    ) {
+        self.lookup_lanes_mixed(six, &g.lanes, st, words);
+        g.drain(words, emit);
+    }
+
+    /// [`Table::lookup_lanes`] of gathered lanes, kept out of the gathering loops, which run
+    /// it once every [`LANES`] packets of a family: inlined into them, a Wasm guest's IPv6
+    /// packets took 9-12 % longer.
+    #[inline(never)]
+    fn lookup_gathered(&self, lanes: &Lanes, st: &mut Stages, words: &mut [u32; LANES]) {
+        self.lookup_lanes(lanes, st, words);
+    }
+
+    /// [`Table::lookup_lanes6`] of gathered lanes (see [`Table::lookup_gathered`]).
+    #[inline(never)]
+    fn lookup_gathered6(
+        &self,
+        six: &Sides6,
+        lanes: &Lanes6,
+        st: &mut Stages,
+        words: &mut [u32; LANES],
+    ) {
+        self.lookup_lanes6(six, lanes, st, words);
     }
 
     /// The verdicts of the IPv4 packets in `lanes`, as packed verdict words, in stages: every
@@ -527,11 +747,44 @@ impl Table {
             return;
         }
         let [src, dst] = &mut st.sides;
+        let w = &mut st.walks;
         six.src
-            .find_lanes(&st.roots, (&lanes.src, &lanes.src_low), src);
+            .find_lanes(&st.roots, (&lanes.src, &lanes.src_low), w, src);
         six.dst
-            .find_lanes(&st.roots, (&lanes.dst, &lanes.dst_low), dst);
+            .find_lanes(&st.roots, (&lanes.dst, &lanes.dst_low), w, dst);
         self.lane_verdicts(&lanes.ports, st, out);
+    }
+
+    /// [`Table::lookup_lanes`] of packets of mixed families: each side looked up in both
+    /// families' tries, the address's family choosing the value. Such packets are rare (no
+    /// real IP packet is one), and this costs the stages of both families.
+    #[inline(never)]
+    fn lookup_lanes_mixed(
+        &self,
+        six: &Sides6,
+        lanes: &LanesMixed,
+        st: &mut Stages,
+        out: &mut [u32; LANES],
+    ) {
+        if !self.lane_vpcs(&lanes.four.vni, st, out) {
+            return;
+        }
+        let [src, dst] = &mut st.sides;
+        self.src4.find_lanes(&st.roots, &lanes.four.src, src);
+        self.dst4.find_lanes(&st.roots, &lanes.four.dst, dst);
+        let (w, mut found) = (&mut st.walks, [0; LANES]);
+        let l6 = &lanes.six;
+        six.src
+            .find_lanes(&st.roots, (&l6.src, &l6.src_low), w, &mut found);
+        for ((value, &found), &v6) in src.iter_mut().zip(&found).zip(&lanes.v6[0]) {
+            *value = select_unpredictable(v6, found, *value);
+        }
+        six.dst
+            .find_lanes(&st.roots, (&l6.dst, &l6.dst_low), w, &mut found);
+        for ((value, &found), &v6) in dst.iter_mut().zip(&found).zip(&lanes.v6[1]) {
+            *value = select_unpredictable(v6, found, *value);
+        }
+        self.lane_verdicts(&lanes.four.ports, st, out);
     }
 
     /// The first stage of a lookup: each lane's VPC and the root its tables are read from
@@ -648,11 +901,13 @@ pub fn judge_packed(table: Option<&Table>, input: &[u8], output: &mut Vec<u8>) {
 }
 
 /// The working memory of [`judge_packed`]: a chunk's lanes, the lookup's stages, the
-/// verdict words and their records. Natively it lives on the stack; a Wasm guest keeps it in a static (see
-/// `Table::lookup_lanes` for why).
+/// verdict words and their records. Natively it lives on the stack; a Wasm guest keeps it in
+/// a static (see `Table::lookup_lanes` for why).
 #[derive(Debug, Clone)]
 struct Scratch {
     lanes: Lanes,
+    /// A chunk of IPv6 packets.
+    lanes6: Lanes6,
     stages: Stages,
     words: [u32; LANES],
     records: [[u8; VERDICT_BYTES]; LANES],
@@ -663,6 +918,7 @@ struct Scratch {
 impl Scratch {
     const NEW: Scratch = Scratch {
         lanes: Lanes::EMPTY,
+        lanes6: Lanes6::EMPTY,
         stages: Stages::NEW,
         words: [0; LANES],
         records: [[0; VERDICT_BYTES]; LANES],
@@ -670,11 +926,20 @@ impl Scratch {
     };
 }
 
+/// The upper and lower halves of IPv6 address `index` of `list`, and whether the index is
+/// past the list (then the halves are zero's): no branch on the index.
+#[inline(always)]
+fn listed(list: &[[u8; 16]], index: u32) -> ((u64, u64), bool) {
+    let address = list.get(index as usize);
+    (halves(address.unwrap_or(&[0; 16])), address.is_none())
+}
+
 /// Appends `batch`'s verdict records to `output` (one a packet) [`LANES`] packets at a time:
-/// their columns' words straight into the lanes, the lanes looked up in stages. A chunk that
-/// is not all IPv4 gets its records in place: its IPv4 and IPv6 packets join their family's
-/// lanes, looked up whenever they fill (and at the end), and a packet of mixed families is
-/// looked up on its own. `Err` for an IPv6 address past the list.
+/// their columns' words straight into the lanes, the lanes looked up in stages. A chunk all
+/// of one family fills that family's lanes as it is; in a chunk of both, each IPv4 or IPv6
+/// packet joins its family's gathered lanes, looked up whenever they fill (and at the end),
+/// their records written in place, and a packet of mixed families is looked up on its own.
+/// `Err` for an IPv6 address past the list.
 #[inline(always)]
 fn judge_lanes(
     table: &Table,
@@ -693,33 +958,55 @@ fn judge_lanes(
     .map(|c| batch.column(c).chunks(LANES));
     let [vnis, shapes, ports, srcs, dsts] = columns;
     let chunks = vnis.zip(shapes).zip(ports).zip(srcs.zip(dsts));
+    let list = batch.v6_list();
     // Nothing gathered is left from a batch refused before its end.
-    (s.dual.four.n, s.dual.six.n) = (0, 0);
+    (s.dual.four.n, s.dual.six.n, s.dual.mixed.n) = (0, 0, 0);
     for (first, (((vni, shape), ports), (src, dst))) in (0..).step_by(LANES).zip(chunks) {
-        let mut families = 0;
-        for (i, ((vni, shape), (ports, (src, dst)))) in vni
+        // The families of the chunk: the shape bits any packet has, and those all have.
+        let (mut any, mut every) = (0, u32::MAX);
+        for shape in shape {
+            (any, every) = (any | word(shape), every & word(shape));
+        }
+        let fields = vni
             .iter()
             .zip(shape)
             .zip(ports.iter().zip(src.iter().zip(dst)))
-            .enumerate()
-        {
-            let shape = word(shape);
-            families |= shape;
-            s.lanes.put(
-                i,
-                word(vni),
-                (word(src), word(dst)),
-                shape & shape::PORTS != 0,
-                split_ports(word(ports)),
-            );
-        }
-        if families & shape::V6 != 0 {
+            .enumerate();
+        if any & shape::V6 == 0 {
+            for (i, ((vni, shape), (ports, (src, dst)))) in fields {
+                s.lanes.put(
+                    i,
+                    word(vni),
+                    (word(src), word(dst)),
+                    word(shape) & shape::PORTS != 0,
+                    split_ports(word(ports)),
+                );
+            }
+            table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
+        } else if let (Some(six), true) = (&table.six, every & shape::V6 == shape::V6) {
+            let mut bad = false;
+            for (i, ((vni, shape), (ports, (src, dst)))) in fields {
+                let (src, src_bad) = listed(list, word(src));
+                let (dst, dst_bad) = listed(list, word(dst));
+                bad |= src_bad | dst_bad;
+                s.lanes6.put(
+                    i,
+                    word(vni),
+                    (src, dst),
+                    word(shape) & shape::PORTS != 0,
+                    split_ports(word(ports)),
+                );
+            }
+            if bad {
+                return Err(());
+            }
+            table.lookup_lanes6(six, &s.lanes6, &mut s.stages, &mut s.words);
+        } else {
             let at = output.len();
             output.resize(at + vni.len() * VERDICT_BYTES, 0);
             judge_dual(table, batch, first, output, s)?;
             continue;
         }
-        table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
         let words = &s.words[..vni.len()];
         let records = &mut s.records[..words.len()];
         for (record, word) in records.iter_mut().zip(words.iter()) {
@@ -728,7 +1015,18 @@ fn judge_lanes(
         output.extend_from_slice(records.as_flattened());
     }
     let mut emit = |at: u32, word: u32| put_record(output, at, word);
-    table.gathered(&mut s.dual, &mut s.stages, &mut s.words, 1, &mut emit);
+    if s.dual.four.n > 0 {
+        table.flush_four(&mut s.dual.four, &mut s.stages, &mut s.words, &mut emit);
+    }
+    if let Some(six) = &table.six {
+        if s.dual.six.n > 0 {
+            table.flush_six(six, &mut s.dual.six, &mut s.stages, &mut s.words, &mut emit);
+        }
+        if s.dual.mixed.n > 0 {
+            let mixed = &mut s.dual.mixed;
+            table.flush_mixed(six, mixed, &mut s.stages, &mut s.words, &mut emit);
+        }
+    }
     Ok(())
 }
 
@@ -741,11 +1039,11 @@ fn put_record(output: &mut [u8], at: u32, word: u32) {
     }
 }
 
-/// Judges the chunk of up to [`LANES`] packets from `first` of a batch that holds IPv6
-/// packets (their records already in `output`): each IPv4 or IPv6 packet joins its family's
-/// lanes, the lanes looked up whenever they fill; the packets of mixed families (and IPv6
-/// ones when the table has no IPv6 sides) are looked up on their own. The addresses are read
-/// without a branch on their family. `Err` for an IPv6 address past the list.
+/// Judges the chunk of up to [`LANES`] packets from `first` of a batch that holds both
+/// families (their records already in `output`): the chunk's IPv4 packets, then its IPv6
+/// ones, join their family's gathered lanes, which are looked up whenever they fill; the
+/// packets of mixed families (and IPv6 ones when the table has no IPv6 sides) are looked up
+/// on their own. `Err` for an IPv6 address past the list.
 #[inline(always)]
 fn judge_dual(
     table: &Table,
@@ -765,42 +1063,92 @@ fn judge_dual(
         column(column::DST),
     );
     let list = batch.v6_list();
+    // Each packet's family, as masks: IPv4 on both sides, IPv6 on both sides (when the table
+    // has IPv6 sides).
     let has_six = table.six.is_some();
-    // An address of the list, by its index when `v6` (index 0 otherwise, so that the read
-    // stays in the list); `bad` gets whether a listed index is past the list.
-    let mut bad = false;
-    let mut address = |index: u32, v6: bool| {
-        let index = select_unpredictable(v6, index as usize, 0);
-        bad |= v6 & (index >= list.len());
-        halves(list.get(index).unwrap_or(&[0; 16]))
-    };
-    let mut mixed = 0u64;
-    let mut emit = |at: u32, word: u32| put_record(output, at, word);
-    let fields = vnis
-        .iter()
-        .zip(shapes)
-        .zip(ports.iter().zip(srcs.iter().zip(dsts)));
-    for (i, ((vni, shape), (ports, (src, dst)))) in fields.enumerate() {
-        let (shape, vni, ports) = (word(shape), word(vni), split_ports(word(ports)));
-        let (src, dst) = (word(src), word(dst));
+    let (mut four, mut six) = (0u64, 0u64);
+    for (i, shape) in shapes.iter().enumerate() {
+        let shape = word(shape);
         let (src6, dst6) = (shape & shape::SRC_V6 != 0, shape & shape::DST_V6 != 0);
-        let has_ports = shape & shape::PORTS != 0;
-        let at = (first + i) as u32;
-        let (src_halves, dst_halves) = (address(src, src6), address(dst, dst6));
-        let Dual { four, six } = &mut s.dual;
-        four.lanes.put(four.n, vni, (src, dst), has_ports, ports);
-        six.lanes
-            .put(six.n, vni, (src_halves, dst_halves), has_ports, ports);
-        (four.at[four.n], six.at[six.n]) = (at, at);
-        let (is4, is6) = (!(src6 | dst6), src6 & dst6 & has_six);
-        four.n += usize::from(is4);
-        six.n += usize::from(is6);
-        mixed |= u64::from(!(is4 | is6)) << i;
-        table.gathered(&mut s.dual, &mut s.stages, &mut s.words, LANES, &mut emit);
+        four |= u64::from(!(src6 | dst6)) << i;
+        six |= u64::from(src6 & dst6 & has_six) << i;
     }
-    if bad {
-        return Err(());
+    let field = |c: &[[u8; 4]], i: usize| c.get(i).map_or(0, word);
+    let mut emit = |at: u32, word: u32| put_record(output, at, word);
+    let mut bits = four;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let g = &mut s.dual.four;
+        g.lanes.put(
+            g.n,
+            field(vnis, i),
+            (field(srcs, i), field(dsts, i)),
+            field(shapes, i) & shape::PORTS != 0,
+            split_ports(field(ports, i)),
+        );
+        g.at[g.n] = (first + i) as u32;
+        g.n += 1;
+        if g.n == LANES {
+            table.flush_four(g, &mut s.stages, &mut s.words, &mut emit);
+        }
     }
+    if let Some(sides6) = &table.six {
+        let mut bad = false;
+        let mut bits = six;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let (src, src_bad) = listed(list, field(srcs, i));
+            let (dst, dst_bad) = listed(list, field(dsts, i));
+            bad |= src_bad | dst_bad;
+            let g = &mut s.dual.six;
+            g.lanes.put(
+                g.n,
+                field(vnis, i),
+                (src, dst),
+                field(shapes, i) & shape::PORTS != 0,
+                split_ports(field(ports, i)),
+            );
+            g.at[g.n] = (first + i) as u32;
+            g.n += 1;
+            if g.n == LANES {
+                table.flush_six(sides6, g, &mut s.stages, &mut s.words, &mut emit);
+            }
+        }
+        // Packets of mixed families: each address into both families' lanes, a listed
+        // one read only when it is IPv6.
+        let all = u64::MAX.checked_shr(64 - shapes.len() as u32).unwrap_or(0);
+        let mut bits = all & !(four | six);
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let shape = field(shapes, i);
+            let (src6, dst6) = (shape & shape::SRC_V6 != 0, shape & shape::DST_V6 != 0);
+            let (src, dst) = (field(srcs, i), field(dsts, i));
+            let (src_halves, src_bad) = listed(list, select_unpredictable(src6, src, 0));
+            let (dst_halves, dst_bad) = listed(list, select_unpredictable(dst6, dst, 0));
+            bad |= (src6 & src_bad) | (dst6 & dst_bad);
+            let (vni, has_ports) = (field(vnis, i), shape & shape::PORTS != 0);
+            let ports = split_ports(field(ports, i));
+            let g = &mut s.dual.mixed;
+            let lanes = &mut g.lanes;
+            lanes.four.put(g.n, vni, (src, dst), has_ports, ports);
+            lanes
+                .six
+                .put(g.n, vni, (src_halves, dst_halves), has_ports, ports);
+            (lanes.v6[0][g.n], lanes.v6[1][g.n]) = (src6, dst6);
+            g.at[g.n] = (first + i) as u32;
+            g.n += 1;
+            if g.n == LANES {
+                table.flush_mixed(sides6, g, &mut s.stages, &mut s.words, &mut emit);
+            }
+        }
+        return if bad { Err(()) } else { Ok(()) };
+    }
+    // No IPv6 sides: the IPv6 packets, and those of mixed families, on their own.
+    let all = u64::MAX.checked_shr(64 - shapes.len() as u32).unwrap_or(0);
+    let mut mixed = all & !four;
     while mixed != 0 {
         let i = mixed.trailing_zeros() as usize;
         mixed &= mixed - 1;

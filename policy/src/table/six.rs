@@ -262,35 +262,39 @@ impl Side6 {
 
     /// For each lane `i`, the value of the address whose halves are `uppers[i]` and
     /// `lowers[i]` in VPC `vpcs[i]`'s table (`vpcs[i]` must be a VPC of the table): every
-    /// lane's region, then the tries' levels in lockstep, the depths dispatched once.
+    /// lane's region, then the tries' levels in lockstep, the depths dispatched once. `w`
+    /// holds each lane's key, root and gap between the steps.
     #[inline(always)]
     pub(super) fn find_lanes(
         &self,
         vpcs: &[u32; LANES],
         (uppers, lowers): (&[u64; LANES], &[u64; LANES]),
+        w: &mut Walks,
         out: &mut [u32; LANES],
     ) {
-        let (mut keys, mut roots) = ([0u64; LANES], [0u32; LANES]);
-        let (mut gaps, mut inside) = ([0u32; LANES], [false; LANES]);
-        for i in 0..LANES {
-            let (r, count) = self.region(uppers[i]);
-            let d = uppers[i].wrapping_sub(self.bases[r]);
-            inside[i] = d & self.mask == 0;
-            keys[i] = d << self.shift;
-            roots[i] = self.roots[vpcs[i] as usize * REGIONS + r];
-            gaps[i] = self.gaps[vpcs[i] as usize * GAPS + count];
+        // In turns of TURN lanes, each unrolled whole (see `flat::TURN`).
+        for turn in (0..LANES).step_by(TURN) {
+            for i in turn..turn + TURN {
+                let (r, count) = self.region(uppers[i]);
+                let d = uppers[i].wrapping_sub(self.bases[r]);
+                w.inside[i] = d & self.mask == 0;
+                w.keys[i] = d << self.shift;
+                w.roots[i] = self.roots[vpcs[i] as usize * REGIONS + r];
+                w.gaps[i] = self.gaps[vpcs[i] as usize * GAPS + count];
+            }
         }
-        levels(&self.upper, &roots, &keys, out);
-        for ((out, &gap), &inside) in out.iter_mut().zip(&gaps).zip(&inside) {
+        levels(&self.upper, &w.roots, &w.keys, out);
+        for ((out, &gap), &inside) in out.iter_mut().zip(&w.gaps).zip(&w.inside) {
             *out = select_unpredictable(inside, *out, gap);
         }
         if let Some(low) = &self.low {
-            for (root, &value) in roots.iter_mut().zip(out.iter()) {
+            for (root, &value) in w.roots.iter_mut().zip(out.iter()) {
                 *root = select_unpredictable(is_split(value), value & !SPLIT, 0);
             }
-            let mut found = [0; LANES];
-            levels(low, &roots, lowers, &mut found);
-            for (out, &found) in out.iter_mut().zip(&found) {
+            // The gaps are chosen: their slots take the low trie's answers.
+            let found = &mut w.gaps;
+            levels(low, &w.roots, lowers, found);
+            for (out, &found) in out.iter_mut().zip(found.iter()) {
                 *out = select_unpredictable(is_split(*out), found, *out);
             }
         }
@@ -302,6 +306,26 @@ impl Side6 {
             + self.low.as_ref().map_or(0, Trie::bytes)
             + (self.roots.len() + self.gaps.len()) * 4
     }
+}
+
+/// Where [`Side6::find_lanes`] keeps each lane's trie key, root and gap value between its
+/// steps: natively a local of the caller's; a Wasm guest's packed path keeps it in a static
+/// with the other stages' answers (see `Table::lookup_lanes`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Walks {
+    keys: [u64; LANES],
+    roots: [u32; LANES],
+    gaps: [u32; LANES],
+    inside: [bool; LANES],
+}
+
+impl Walks {
+    pub(super) const NEW: Walks = Walks {
+        keys: [0; LANES],
+        roots: [0; LANES],
+        gaps: [0; LANES],
+        inside: [false; LANES],
+    };
 }
 
 /// The trie's levels of every lane from `roots`, in turns of [`TURN`] lanes (see
@@ -470,7 +494,13 @@ mod tests {
                 let uppers = std::array::from_fn(|i| (keys[i % keys.len()] >> 64) as u64);
                 let lowers = std::array::from_fn(|i| keys[i % keys.len()] as u64);
                 let mut out = [0; LANES];
-                side.find_lanes(&[vpc as u32; LANES], (&uppers, &lowers), &mut out);
+                let mut walks = Walks::NEW;
+                side.find_lanes(
+                    &[vpc as u32; LANES],
+                    (&uppers, &lowers),
+                    &mut walks,
+                    &mut out,
+                );
                 for i in 0..LANES {
                     let want = side.find(vpc as u32, uppers[i], lowers[i]);
                     assert_eq!(out[i], want, "{:#x}:{:#x}", uppers[i], lowers[i]);
