@@ -1061,17 +1061,7 @@ fn thousands_of_signature_layers_are_refused_before_any_payload_is_fetched() {
     );
     assert_eq!(e.check(), SignatureCheck::OverLimit);
     // The CLI says the same, and nothing but the two manifests was asked for.
-    let key_file = scratch("layers").join("test.pub");
-    std::fs::write(&key_file, public_pem(&key)).unwrap();
-    let out = flowgate(
-        &[
-            "verify",
-            &r.to_string(),
-            "--key",
-            key_file.to_str().unwrap(),
-        ],
-        "",
-    );
+    let out = verify_with(&key, "layers", &r);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -1086,6 +1076,22 @@ fn thousands_of_signature_layers_are_refused_before_any_payload_is_fetched() {
         .map(|s| s.path.clone())
         .collect();
     assert!(blobs.is_empty(), "{blobs:?}");
+}
+
+/// `flowgate verify REFERENCE` trusting `key`'s public half, written in a scratch folder of
+/// `what`'s.
+fn verify_with(
+    key: &p256::ecdsa::SigningKey,
+    what: &str,
+    reference: &impl std::fmt::Display,
+) -> std::process::Output {
+    let key_file = scratch(what).join("test.pub");
+    std::fs::write(&key_file, public_pem(key)).unwrap();
+    let reference = reference.to_string();
+    flowgate(
+        &["verify", &reference, "--key", key_file.to_str().unwrap()],
+        "",
+    )
 }
 
 /// The PEM of `key`'s public half.
@@ -1183,18 +1189,8 @@ fn a_trusted_signature_for_a_sibling_digest_or_another_repository_is_refused() {
 
     // `flowgate verify` accepts the good one without pulling the module: of the blobs, only
     // the signature's payload is asked for.
-    let key_file = scratch("sibling").join("test.pub");
-    std::fs::write(&key_file, public_pem(&key)).unwrap();
     let before = registry.seen().len();
-    let out = flowgate(
-        &[
-            "verify",
-            &r.to_string(),
-            "--key",
-            key_file.to_str().unwrap(),
-        ],
-        "",
-    );
+    let out = verify_with(&key, "sibling", &r);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
