@@ -26,7 +26,7 @@ fn gateway() -> Arc<Gateway> {
 }
 
 /// A private folder of its own for a test's files.
-fn folder(what: &str) -> PathBuf {
+pub(crate) fn folder(what: &str) -> PathBuf {
     let dir = crate::socket_path(what).parent().unwrap().to_owned();
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -234,87 +234,4 @@ fn named_tokens_on_the_socket_are_recorded_too() {
     let records = records(&log);
     assert_eq!(records[0]["caller"]["transport"], "unix");
     assert_eq!(records[0]["caller"]["token"], "carol");
-}
-
-#[test]
-fn an_audit_log_is_opened_only_as_a_private_file_and_never_through_a_link() {
-    let dir = folder("audit-open");
-    let open = dir.join("open.jsonl");
-    std::fs::write(&open, "").unwrap();
-    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let e = AuditLog::open(&open).unwrap_err().to_string();
-    assert!(e.contains("mode 644"), "{e}");
-    let link = dir.join("link.jsonl");
-    std::os::unix::fs::symlink(dir.join("elsewhere.jsonl"), &link).unwrap();
-    assert!(AuditLog::open(&link).is_err());
-    assert!(
-        !dir.join("elsewhere.jsonl").exists(),
-        "nothing made through the link"
-    );
-    let new = dir.join("new.jsonl");
-    AuditLog::open(&new).unwrap();
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&new).unwrap().permissions());
-    assert_eq!(mode & 0o777, 0o600);
-}
-
-#[test]
-fn a_token_file_of_named_tokens_is_read_strictly() {
-    let dir = folder("audit-tokens");
-    let read = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        read_server_tokens(&path).map_err(|e| e.to_string())
-    };
-    assert_eq!(
-        read("one", "  just-one-token-0123456789\n"),
-        Ok(ServerTokens::One("just-one-token-0123456789".into()))
-    );
-    assert_eq!(
-        read(
-            "one-commented",
-            "# the gateway's\njust-one-token-0123456789\n"
-        ),
-        Ok(ServerTokens::One("just-one-token-0123456789".into()))
-    );
-    for (name, text, problem) in [
-        (
-            "three-words",
-            "a aaaaaaaaaaaaaaaaaaaa extra\n",
-            "line 1: not `NAME TOKEN`",
-        ),
-        (
-            "short",
-            "a 0123456789abcdef\nb short\n",
-            "line 2: the token of `b`",
-        ),
-        (
-            "twice",
-            "a 0123456789abcdef\na fedcba9876543210\n",
-            "line 2: `a` or its token is named twice",
-        ),
-        (
-            "same-token",
-            "a 0123456789abcdef\nb 0123456789abcdef\n",
-            "line 2",
-        ),
-        (
-            "bad-name",
-            "a/b 0123456789abcdef\n",
-            "line 1: `a/b` is not a token's name",
-        ),
-    ] {
-        let e = read(name, text).unwrap_err();
-        assert!(e.contains(problem), "{name}: {e}");
-    }
-    let many: String = (0..300).map(|i| format!("n{i} token-{i:016}\n")).collect();
-    assert!(
-        read("many", &many)
-            .unwrap_err()
-            .contains("more than 256 tokens")
-    );
-    let huge = "x".repeat(70 << 10);
-    assert!(read("huge", &huge).is_err());
 }
