@@ -13,9 +13,13 @@ fn main() -> ExitCode {
     keep_large_buffers_mapped();
     let cli = Cli::parse();
     cli::logs::init(cli.log_format);
-    let registry = cli::registry_options(&cli);
-    match registry.and_then(|options| {
-        let _ = cli::REGISTRY.set(options);
+    let options = cli::registry_options(&cli).and_then(|registry| {
+        let signing = cli::signing_options(&cli)?;
+        Ok((registry, signing))
+    });
+    match options.and_then(|(registry, signing)| {
+        let _ = cli::REGISTRY.set(registry);
+        let _ = cli::SIGNING.set(signing);
         run(cli)
     }) {
         Ok(code) => code,

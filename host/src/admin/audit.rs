@@ -139,6 +139,18 @@ pub(super) fn release_json(release: &Release) -> Value {
         "module_sha256": release.module_digest(),
         "config_sha256": release.config_digest,
         "source": release.source,
+        "signer": release.signer.as_ref().map(signer_json),
+    })
+}
+
+/// Who signed a release's module: the key's file and fingerprint, and the identity signed.
+pub(super) fn signer_json(signer: &crate::oci::Signer) -> Value {
+    json!({
+        "key": signer.key,
+        "fingerprint": signer.fingerprint.to_string(),
+        "identity": signer.identity,
+        "signed_digest": signer.digest.to_string(),
+        "detached": signer.detached,
     })
 }
 
@@ -201,6 +213,12 @@ impl AuditLog {
         error: Option<&str>,
     ) -> Result<(), AuditError> {
         let caller = caller.map_or(Value::Null, Caller::json);
+        // The key that signed the module of the release made, when it was signed.
+        let signing_key = after
+            .as_ref()
+            .and_then(|a| a.get("signer"))
+            .cloned()
+            .unwrap_or(Value::Null);
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_millis());
@@ -210,7 +228,7 @@ impl AuditLog {
             "request": request,
             "before": before,
             "after": after,
-            "signing_key": Value::Null,
+            "signing_key": signing_key,
             "result": result,
             "error": error,
         });

@@ -183,7 +183,19 @@ impl Client {
         config: Option<&str>,
         if_match: Option<&str>,
     ) -> Result<Reply, ClientError> {
-        self.put_module(module, None, config, if_match)
+        self.put_module(module, None, config, if_match, None)
+    }
+
+    /// `PUT /module` with the module's detached signature file (`flowgate sign --detached`),
+    /// which a gateway that requires signatures checks.
+    pub fn swap_signed_module(
+        &self,
+        module: &[u8],
+        signature: &[u8],
+        config: Option<&str>,
+        if_match: Option<&str>,
+    ) -> Result<Reply, ClientError> {
+        self.put_module(module, None, config, if_match, Some(signature))
     }
 
     /// `PUT /module` with a reference: the gateway pulls the module itself.
@@ -194,7 +206,7 @@ impl Client {
         if_match: Option<&str>,
     ) -> Result<Reply, ClientError> {
         let content_type = Some(super::REFERENCE_TYPE);
-        self.put_module(reference.as_bytes(), content_type, config, if_match)
+        self.put_module(reference.as_bytes(), content_type, config, if_match, None)
     }
 
     /// `PUT /module`: `head` (a module, or a reference with its content type), then the
@@ -205,13 +217,19 @@ impl Client {
         content_type: Option<&str>,
         config: Option<&str>,
         if_match: Option<&str>,
+        signature: Option<&[u8]>,
     ) -> Result<Reply, ClientError> {
+        use base64::Engine as _;
         let mut body = head.to_vec();
         let mut headers: Vec<(&str, String)> = content_type
             .map(|t| ("Content-Type", t.to_owned()))
             .into_iter()
             .chain(if_match.map(if_match_header))
             .collect();
+        if let Some(signature) = signature {
+            let text = base64::engine::general_purpose::STANDARD.encode(signature);
+            headers.push((super::SIGNATURE_HEADER, text));
+        }
         if let Some(config) = config {
             body.extend_from_slice(config.as_bytes());
             headers.push(("X-Config-Length", config.len().to_string()));

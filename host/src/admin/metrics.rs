@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::FaultKind;
 use crate::gateway::{AdminRefusal, Cause, Gateway, Pull, Refusal, RollbackCause};
+use crate::oci::SignatureCheck;
 
 /// A label value, escaped as the exposition format wants.
 fn label(value: &str) -> String {
@@ -117,6 +118,15 @@ pub fn render(gateway: &Gateway) -> String {
                 &events.pulls,
             ),
             (
+                "flowgate_signature_checks_total",
+                "result",
+                &format!(
+                    "Module signature checks, by result ({}).",
+                    names(&SignatureCheck::ALL)
+                ),
+                &events.signatures,
+            ),
+            (
                 "flowgate_host_faults_total",
                 "reason",
                 &format!(
@@ -207,6 +217,21 @@ pub fn render(gateway: &Gateway) -> String {
         label(release.source.as_deref().unwrap_or_default()),
         release.origin
     );
+    family(
+        &mut out,
+        "flowgate_module_signer_info",
+        "gauge",
+        "The key that signed the module being served (absent when it is unsigned).",
+    );
+    if let Some(signer) = &release.signer {
+        let _ = writeln!(
+            out,
+            "flowgate_module_signer_info{{key=\"{}\",fingerprint=\"{}\",identity=\"{}\"}} 1",
+            label(&signer.key),
+            signer.fingerprint,
+            label(&signer.identity),
+        );
+    }
     if let Some(watch) = gateway.watch_status() {
         family(
             &mut out,

@@ -40,6 +40,7 @@ use crate::gateway::{
     AdminRefusal, Approval, Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest,
     WatchApproval, WatchError, WatchStatus,
 };
+use crate::oci::{PullError, SignatureError, Signer};
 use crate::setting::Setting;
 mod audit;
 mod client;
@@ -932,13 +933,24 @@ fn put_module(shared: &Shared, request: Request) -> Response {
     let by_reference = request
         .header("content-type")
         .is_some_and(|t| t.eq_ignore_ascii_case(REFERENCE_TYPE));
+    let gateway = &shared.gateway;
     if !by_reference {
-        return answer_swap(change(shared, &request, Some(head), config, None));
+        let signer = match upload_signer(shared, &request, head) {
+            Ok(signer) => signer,
+            Err(e) => return refused_signature(shared, &request, e),
+        };
+        let module = ModuleBytes::from(head).signed(signer.as_ref());
+        return answer_swap(change(shared, &request, Some(module), config));
     }
     // A reference instead of a module: the gateway pulls it itself, verified.
-    let gateway = &shared.gateway;
-    let (module, asked, digest) = match pull(shared, head) {
+    let (module, asked, digest, signer) = match pull(shared, head) {
         Ok(pulled) => pulled,
+        Err(PullFailed {
+            signature: Some(e), ..
+        }) => {
+            gateway.note_pull(Pull::Refused);
+            return refused_signature(shared, &request, *e);
+        }
         Err(e) => {
             gateway.note_pull(Pull::Failed);
             record_refusal(shared, &request, "pull-failed", &e.error);
@@ -949,13 +961,8 @@ fn put_module(shared: &Shared, request: Request) -> Response {
             return json_response(422, body);
         }
     };
-    let result = change(
-        shared,
-        &request,
-        Some(&module),
-        config,
-        Some((&asked, digest)),
-    );
+    let module = ModuleBytes::pulled(&module, &asked, digest).signed(signer.as_ref());
+    let result = change(shared, &request, Some(module), config);
     gateway.note_pull(if result.is_ok() {
         Pull::Swapped
     } else {
@@ -964,10 +971,55 @@ fn put_module(shared: &Shared, request: Request) -> Response {
     answer_swap(result)
 }
 
+/// The header of a `PUT /module` upload that carries the module's detached signature: the
+/// signature file (`flowgate sign --detached`) in standard base64.
+pub const SIGNATURE_HEADER: &str = "X-Module-Signature";
+
+/// The signer of an uploaded module, from its detached signature when the gateway has keys
+/// to check it with; `None` when it has none, or the upload came without one (the gateway
+/// then refuses it unless unsigned local modules are let in).
+fn upload_signer(
+    shared: &Shared,
+    request: &Request,
+    module: &[u8],
+) -> Result<Option<Signer>, SignatureError> {
+    use base64::Engine as _;
+    let (Some(trust), Some(text)) = (
+        &shared.gateway.options().trust,
+        request.header(&SIGNATURE_HEADER.to_ascii_lowercase()),
+    ) else {
+        return Ok(None);
+    };
+    // A header that is not base64 is checked as a file that is not the detached format.
+    let file = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap_or_else(|_| text.as_bytes().to_vec());
+    trust
+        .verify_detached("the uploaded module", module, SIGNATURE_HEADER, Some(&file))
+        .map(Some)
+}
+
+/// A module refused for its signatures: counted and logged by the gateway, recorded, and
+/// answered 422 with the check's result.
+fn refused_signature(shared: &Shared, request: &Request, e: SignatureError) -> Response {
+    let check = e.check();
+    let e = shared.gateway.refuse_signature(e);
+    record_refusal(shared, request, e.reason().as_str(), &e.to_string());
+    json_response(
+        422,
+        json!({
+            "swapped": false,
+            "reason": e.reason().as_str(),
+            "signature": check.as_str(),
+            "error": e.to_string(),
+        }),
+    )
+}
+
 /// `PUT /config`: the configuration in the body.
 fn put_config(shared: &Shared, request: Request) -> Response {
     match config_text(&request.body) {
-        Ok(config) => answer_swap(change(shared, &request, None, Some(config), None)),
+        Ok(config) => answer_swap(change(shared, &request, None, Some(config))),
         Err(response) => refused_early(shared, &request, response),
     }
 }
@@ -1011,14 +1063,13 @@ fn config_text(config: &[u8]) -> Result<&str, Response> {
 fn change(
     shared: &Shared,
     request: &Request,
-    module: Option<&[u8]>,
+    module: Option<ModuleBytes<'_>>,
     config: Option<&str>,
-    pulled: Option<(&crate::oci::Reference, crate::oci::Digest)>,
 ) -> Result<Arc<Release>, SwapError> {
     let record = |before: &Release, after: &Release| record_release(shared, request, before, after);
     let result = shared.gateway.swap(SwapRequest {
         approval: Some(Approval(&record)),
-        module: module.map(|bytes| ModuleBytes { bytes, pulled }),
+        module,
         config,
         if_match: request.header("if-match"),
     });
@@ -1095,9 +1146,11 @@ pub const REFERENCE_TYPE: &str = "application/vnd.flowgate.module-reference";
 /// reference as asked, and the manifest's digest it resolved to.
 /// Why a `PUT /module` reference could not be pulled: the words of the answer, and the
 /// gateway's setting that refused it, if one did (the module's size, plain HTTP, a login).
+/// The module's signatures, when they were what refused it.
 struct PullFailed {
     error: String,
     setting: Option<Setting>,
+    signature: Option<Box<SignatureError>>,
 }
 
 impl From<String> for PullFailed {
@@ -1105,14 +1158,19 @@ impl From<String> for PullFailed {
         PullFailed {
             error,
             setting: None,
+            signature: None,
         }
     }
 }
 
-fn pull(
-    shared: &Shared,
-    body: &[u8],
-) -> Result<(Vec<u8>, crate::oci::Reference, crate::oci::Digest), PullFailed> {
+type PulledModule = (
+    Vec<u8>,
+    crate::oci::Reference,
+    crate::oci::Digest,
+    Option<Signer>,
+);
+
+fn pull(shared: &Shared, body: &[u8]) -> Result<PulledModule, PullFailed> {
     let text = std::str::from_utf8(body)
         .map_err(|_| "the reference is not UTF-8 text".to_owned())?
         .trim();
@@ -1120,6 +1178,24 @@ fn pull(
     // A digest names the same bytes in the cache as in the registry; a tag's last digest in
     // the cache is only what it was: an operator naming a tag gets what it names now, or an
     // error.
+    let cache = shared.cache.as_ref().filter(|_| reference.digest.is_some());
+    if let Some(trust) = &shared.gateway.options().trust {
+        return match trust.pull(&shared.registry, &reference, cache) {
+            Ok((pulled, signer, _)) => {
+                Ok((pulled.module, reference, pulled.manifest, Some(signer)))
+            }
+            Err(PullError::Signature(e)) if !e.is_registry() => Err(PullFailed {
+                error: e.to_string(),
+                setting: e.setting(),
+                signature: Some(Box::new(e)),
+            }),
+            Err(e) => Err(PullFailed {
+                error: e.to_string(),
+                setting: e.setting(),
+                signature: None,
+            }),
+        };
+    }
     let pulled = match reference.digest {
         Some(_) => shared
             .registry
@@ -1136,8 +1212,9 @@ fn pull(
     .map_err(|e| PullFailed {
         error: e.to_string(),
         setting: e.setting(),
+        signature: None,
     })?;
-    Ok((pulled.module, reference, pulled.manifest))
+    Ok((pulled.module, reference, pulled.manifest, None))
 }
 
 fn post_watch_resume(shared: &Shared, request: Request) -> Response {
@@ -1253,6 +1330,7 @@ fn release_json(release: &Release) -> Value {
             "wit_version": release.info.wit_version,
             "sha256": release.module_digest(),
             "reference": release.source,
+            "signer": release.signer.as_ref().map(audit::signer_json),
         },
         "config_sha256": release.config_digest,
         "vpcs": release.catalog.vpcs.len(),
@@ -1297,6 +1375,7 @@ fn events_json(gateway: &Gateway) -> Value {
         "admin_refusals": events.admin_refusals,
         "pulls": events.pulls,
         "host_faults": events.host_faults,
+        "signatures": events.signatures,
     })
 }
 

@@ -42,6 +42,28 @@ pub struct Cli {
     /// The largest module pulled from a registry, in bytes.
     #[arg(long, global = true, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
     pub max_module_bytes: u64,
+    /// A public key trusted to sign modules: a PEM `PUBLIC KEY` file, ECDSA P-256 (as cosign,
+    /// skopeo and `flowgate keygen` write them). Given once or more, every module must be
+    /// signed by one of them before it is compiled: one from a registry by a cosign
+    /// signature beside it naming its manifest digest and its repository, a file or upload by
+    /// its detached signature (`MODULE.wasm.sig`); the bundled module is unsigned, so it is
+    /// refused too. Repeatable.
+    #[arg(long = "trusted-key", global = true, value_name = "PUB")]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Accept a module under PREFIX signed for the same name under SIGNED_PREFIX, for a
+    /// mirror (skopeo's `remapIdentity`): each HOST[:PORT] or HOST[:PORT]/REPO, for example
+    /// mirror.example:5000=registry.example. Repeatable; the longest matching prefix applies.
+    #[arg(
+        long = "remap-identity",
+        global = true,
+        value_name = "PREFIX=SIGNED_PREFIX"
+    )]
+    pub remaps: Vec<String>,
+    /// With --trusted-key: let modules from files and uploads without a detached signature
+    /// (and the bundled module) run, with a warning at each. For development only: a gateway that enforces signatures
+    /// must not have it.
+    #[arg(long, global = true, requires = "trusted_keys")]
+    pub allow_unsigned_local: bool,
 }
 
 /// A command; each one's arguments carry its `execute`.
@@ -252,11 +274,6 @@ pub struct VerifyArgs {
     /// write them). Repeatable; a signature by any one of them is enough.
     #[arg(long = "key", value_name = "PUB", required = true)]
     pub keys: Vec<PathBuf>,
-    /// Accept a module under PREFIX signed for the same name under SIGNED_PREFIX, for a
-    /// mirror (skopeo's `remapIdentity`): each HOST[:PORT] or HOST[:PORT]/REPO, for example
-    /// mirror.example:5000=registry.example. Repeatable; the longest matching prefix applies.
-    #[arg(long = "remap-identity", value_name = "PREFIX=SIGNED_PREFIX")]
-    pub remaps: Vec<String>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,

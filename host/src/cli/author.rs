@@ -361,18 +361,9 @@ impl VerifyArgs {
 /// against the keys; the module itself is neither pulled nor compiled, and no cache stands in
 /// for the registry.
 fn verify(args: &VerifyArgs) -> Result<ExitCode> {
-    use flowgate_host::oci::{IdentityRemap, Registry, Trust, TrustedKey};
+    use flowgate_host::oci::Registry;
     let reference = Reference::parse(&args.reference).map_err(anyhow::Error::msg)?;
-    let mut keys = Vec::with_capacity(args.keys.len());
-    for path in &args.keys {
-        keys.push(TrustedKey::read(path)?);
-    }
-    let mut trust = Trust::new(keys);
-    for text in &args.remaps {
-        let remap =
-            IdentityRemap::parse(text).with_context(|| format!("--remap-identity {text}"))?;
-        trust = trust.remap(remap);
-    }
+    let trust = super::trust(&args.keys, &super::signing().remaps)?;
     let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
     let (_, digest) = registry.manifest(&reference)?;
     let pinned = reference.pinned(digest);

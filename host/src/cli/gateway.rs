@@ -6,8 +6,9 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, bail};
 use flowgate_host::admin;
 use flowgate_host::admin::Endpoint;
-use flowgate_host::gateway::serve::{Controls, Traffic, serve};
+use flowgate_host::gateway::serve::{Controls, ModuleFile, Traffic, serve};
 use flowgate_host::gateway::{Gateway, ModuleBytes, OnFault, Options};
+use flowgate_host::oci::SignatureError;
 use flowgate_host::wasm::{EngineOptions, Runtime};
 use flowgate_policy::Packet;
 use flowgate_policy::json::parse_packet;
@@ -81,7 +82,7 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
         }
     };
     let config = read_config()?;
-    let (module, module_name) = module_bytes(args.module.as_deref())?;
+    let (module, module_name, signer) = signed_module_bytes(args.module.as_deref())?;
     let workers = args
         .workers
         .map_or_else(|| Options::default().workers, |w| w as usize);
@@ -126,6 +127,8 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
         record_batches: false,
         max_config_bytes: usize::try_from(args.limits.max_config_bytes).unwrap_or(usize::MAX),
         worker_nice: args.worker_nice,
+        trust: signing().trust.clone(),
+        allow_unsigned_local: signing().allow_unsigned_local,
     };
     let from_registry = args
         .module
@@ -141,6 +144,7 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
     let start = ModuleBytes {
         bytes: &module,
         pulled: pinned.as_ref().and_then(|r| Some((r, r.digest?))),
+        signer: signer.as_ref(),
     };
     let gateway = Gateway::new(runtime, start, &config, options)
         .with_context(|| format!("starting with {module_name}"))?;
@@ -229,11 +233,19 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
     // SIGHUP reads the files again: the configuration, and the module when it is a file. A
     // module from a registry is not pulled again here: its tag is the watch's to follow, and
     // the operator's to change (`flowgate swap oci://...`).
-    let mut reread = || -> Result<(Option<Vec<u8>>, String)> {
+    let reread_gateway = gateway.clone();
+    let mut reread = || -> Result<(Option<ModuleFile>, String)> {
         let config = read_config()?;
         let module = match &args.module {
             Some(_) if from_registry.is_some() => None,
-            Some(path) => Some(read_module(path)?.0),
+            Some(path) => match read_signed_module(path) {
+                Ok((bytes, _, signer)) => Some((bytes, signer)),
+                // Refused for its signature: counted and logged as the gateway's refusal.
+                Err(e) => match e.downcast::<SignatureError>() {
+                    Ok(e) => return Err(reread_gateway.refuse_signature(e).into()),
+                    Err(e) => return Err(e),
+                },
+            },
             None => None,
         };
         Ok((module, config))
@@ -362,6 +374,20 @@ impl SwapArgs {
         let reference = module
             .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| flowgate_host::oci::Reference::is_reference(p));
+        // A file's detached signature goes with it, checked here first with --trusted-key;
+        // a reference's signatures are checked here too, before the gateway checks them.
+        let signature = match (&reference, module) {
+            (None, Some(path)) => read_detached(path)
+                .with_context(|| format!("reading {}", detached_path(path).display()))?,
+            _ => None,
+        };
+        if let (Some(text), Some(trust)) = (&reference, &signing().trust) {
+            let r = flowgate_host::oci::Reference::parse(text).map_err(anyhow::Error::msg)?;
+            let registry =
+                flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
+            let (_, digest) = registry.manifest(&r)?;
+            trust.verify(&registry, &r, digest)?;
+        }
         let module = match reference {
             Some(_) => None,
             None => module
@@ -388,9 +414,12 @@ impl SwapArgs {
             )?);
         }
         match module {
-            Some(bytes) => {
-                print_reply(client.swap_module(&bytes, config.as_deref(), Some(&if_match))?)
-            }
+            Some(bytes) => print_reply(match &signature {
+                Some(sig) => {
+                    client.swap_signed_module(&bytes, sig, config.as_deref(), Some(&if_match))?
+                }
+                None => client.swap_module(&bytes, config.as_deref(), Some(&if_match))?,
+            }),
             None => print_reply(
                 client.swap_config(config.as_deref().unwrap_or_default(), Some(&if_match))?,
             ),

@@ -2,10 +2,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use flowgate_host::hex;
-use flowgate_host::oci::{Reference, Registry, RegistryOptions, check_registry};
+use flowgate_host::oci::{
+    IdentityRemap, PullError, Reference, Registry, RegistryOptions, SignatureCheck, Signer, Trust,
+    TrustedKey, check_registry, detached_path, read_detached,
+};
 use flowgate_host::wasm::{Limits, LoadedModule, Runtime, WasmPolicy};
 use flowgate_host::{NativePolicy, Policy, StartError};
 
@@ -100,11 +104,21 @@ pub fn load_policy(args: &PolicyArgs, config: &str, config_name: &str) -> Result
 
 /// The module at `path` (the bundled one when absent), and how to name it.
 pub fn module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
+    signed_module_bytes(path).map(|(bytes, name, _)| (bytes, name))
+}
+
+/// [`module_bytes`], with who signed the module. The bundled module carries no signature: with
+/// `--trusted-key` it is refused unless `--allow-unsigned-local` lets unsigned modules in.
+pub fn signed_module_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String, Option<Signer>)> {
     match path {
-        Some(path) => read_module(path),
+        Some(path) => read_signed_module(path),
+        None if signing().trust.is_some() && !signing().allow_unsigned_local => bail!(
+            "--trusted-key: the bundled module is not signed; give --module FILE (with FILE.sig) or oci://..., or --allow-unsigned-local for development"
+        ),
         None => Ok((
             flowgate_host::DEFAULT_MODULE.to_vec(),
             "the bundled module".into(),
+            None,
         )),
     }
 }
@@ -196,17 +210,121 @@ fn docker_logins(path: &Path) -> Result<Vec<(String, (String, String))>> {
 /// How registries are spoken to, from the global flags (set once, in `main`).
 pub static REGISTRY: std::sync::OnceLock<RegistryOptions> = std::sync::OnceLock::new();
 
+/// The signatures modules must carry, from the global flags.
+#[derive(Debug, Default)]
+pub struct Signing {
+    /// The `--trusted-key`s with the remaps; `None` without keys.
+    pub trust: Option<Arc<Trust>>,
+    /// The `--remap-identity`s.
+    pub remaps: Vec<IdentityRemap>,
+    /// `--allow-unsigned-local`.
+    pub allow_unsigned_local: bool,
+}
+
+/// The signatures modules must carry (set once, in `main`).
+pub static SIGNING: std::sync::OnceLock<Signing> = std::sync::OnceLock::new();
+
+/// [`SIGNING`], or none required when unset.
+pub fn signing() -> &'static Signing {
+    static NONE: std::sync::OnceLock<Signing> = std::sync::OnceLock::new();
+    SIGNING
+        .get()
+        .unwrap_or_else(|| NONE.get_or_init(Signing::default))
+}
+
+/// The signing options of the global flags: the keys read, the remaps parsed.
+pub fn signing_options(cli: &Cli) -> Result<Signing> {
+    let mut remaps = Vec::with_capacity(cli.remaps.len());
+    for text in &cli.remaps {
+        remaps
+            .push(IdentityRemap::parse(text).with_context(|| format!("--remap-identity {text}"))?);
+    }
+    let trust = match cli.trusted_keys.as_slice() {
+        [] => None,
+        keys => Some(Arc::new(trust(keys, &remaps)?)),
+    };
+    if cli.allow_unsigned_local {
+        tracing::warn!(
+            event = "unsigned-local",
+            "--allow-unsigned-local: modules from files and uploads run without a signature; for development only"
+        );
+    }
+    Ok(Signing {
+        trust,
+        remaps,
+        allow_unsigned_local: cli.allow_unsigned_local,
+    })
+}
+
+/// Signatures by the keys in the files `keys`, with `remaps`.
+pub fn trust(keys: &[PathBuf], remaps: &[IdentityRemap]) -> Result<Trust> {
+    let mut read = Vec::with_capacity(keys.len());
+    for path in keys {
+        read.push(TrustedKey::read(path)?);
+    }
+    Ok(remaps
+        .iter()
+        .cloned()
+        .fold(Trust::new(read), |trust, remap| trust.remap(remap)))
+}
+
 /// A module from a file, or pulled from a registry when `path` is an `oci://` reference
 /// (verified byte for byte); named by its file, or by its reference pinned to the digest.
+/// With `--trusted-key`, it must be signed ([`read_signed_module`]).
 pub fn read_module(path: &Path) -> Result<(Vec<u8>, String)> {
+    read_signed_module(path).map(|(bytes, name, _)| (bytes, name))
+}
+
+/// [`read_module`], with who signed the module. With `--trusted-key`, a module from a
+/// registry is pulled by the digest its signatures were checked for, and a file must come
+/// with its detached signature (`FILE.sig`), unless `--allow-unsigned-local` lets an unsigned
+/// one in; a refusal is a [`SignatureError`](flowgate_host::oci::SignatureError).
+pub fn read_signed_module(path: &Path) -> Result<(Vec<u8>, String, Option<Signer>)> {
+    let signing = signing();
     let text = path.to_string_lossy();
     if !Reference::is_reference(&text) {
         let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok((bytes, path.display().to_string()));
+        let name = path.display().to_string();
+        let Some(trust) = &signing.trust else {
+            return Ok((bytes, name, None));
+        };
+        let sig_path = detached_path(path);
+        let sig = read_detached(path).with_context(|| format!("reading {}", sig_path.display()))?;
+        return match trust.verify_detached(
+            &name,
+            &bytes,
+            &sig_path.display().to_string(),
+            sig.as_deref(),
+        ) {
+            Ok(signer) => Ok((bytes, name, Some(signer))),
+            Err(e) if signing.allow_unsigned_local && e.check() == SignatureCheck::Unsigned => {
+                tracing::warn!(
+                    event = "unsigned-local",
+                    module = %name,
+                    "{name} has no detached signature: run unsigned by --allow-unsigned-local (development only)"
+                );
+                Ok((bytes, name, None))
+            }
+            Err(e) => Err(e.into()),
+        };
     }
     let reference = Reference::parse(&text).map_err(anyhow::Error::msg)?;
     let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
-    let (pulled, _) = registry.pull_or_cached(&reference, oci_cache().as_ref())?;
+    let (pulled, signer) = match &signing.trust {
+        Some(trust) => {
+            let (pulled, signer, _) = trust
+                .pull(&registry, &reference, oci_cache().as_ref())
+                .map_err(|e| match e {
+                    PullError::Signature(e) => anyhow::Error::new(e),
+                    PullError::Registry(e) => anyhow::Error::new(e),
+                })?;
+            (pulled, Some(signer))
+        }
+        None => (
+            registry.pull_or_cached(&reference, oci_cache().as_ref())?.0,
+            None,
+        ),
+    };
     tracing::info!(
         event = "pull",
         reference = %reference,
@@ -214,7 +332,11 @@ pub fn read_module(path: &Path) -> Result<(Vec<u8>, String)> {
         layout = pulled.layout,
         "pulled {reference}"
     );
-    Ok((pulled.module, reference.pinned(pulled.manifest).to_string()))
+    Ok((
+        pulled.module,
+        reference.pinned(pulled.manifest).to_string(),
+        signer,
+    ))
 }
 
 /// Where pulled modules are kept by digest: `oci/` in the artifact cache's folder.

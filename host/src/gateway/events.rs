@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{Cause, Gateway, Refusal, lock};
+use crate::oci::SignatureCheck;
 
 /// Counters of the gateway's own events.
 #[derive(Debug, Default)]
@@ -31,6 +32,8 @@ pub struct Events {
     pub pulls: BTreeMap<&'static str, u64>,
     /// Faults that did not count toward an auto-revert (not the module's own), by reason.
     pub host_faults: BTreeMap<&'static str, u64>,
+    /// Module signature checks by result ([`SignatureCheck`]).
+    pub signatures: BTreeMap<&'static str, u64>,
 }
 
 flowgate_policy::labels! {
@@ -141,6 +144,10 @@ impl Recorder {
 
     pub(super) fn pull(&self, result: Pull) {
         *self.counts().pulls.entry(result.as_str()).or_default() += 1;
+    }
+
+    pub(super) fn signature(&self, result: SignatureCheck) {
+        *self.counts().signatures.entry(result.as_str()).or_default() += 1;
     }
 
     pub(super) fn admin_refusal(&self, reason: AdminRefusal) {

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
 
 use crate::dataplane::{Counters, Histogram};
-use crate::oci::{Digest, Reference};
+use crate::oci::{Digest, Reference, Signer, Trust};
 use crate::wasm::Runtime;
 pub use crate::wasm::instances_needed;
 
@@ -39,6 +39,7 @@ mod worker;
 
 pub use worker::{Burst, ColumnBurst, Worker};
 
+use crate::oci::SignatureCheck;
 pub use authority::{Decision, Pause, Quarantined, WatchApproval, WatchError, WatchStatus};
 use events::Recorder;
 pub use events::{AdminRefusal, BatchRecord, Events, Pull, RollbackCause};
@@ -75,6 +76,12 @@ pub struct Options {
     pub record_batches: bool,
     /// The largest configuration text a swap accepts, in bytes.
     pub max_config_bytes: usize,
+    /// The keys one of which must have signed every module the gateway runs
+    /// ([`ModuleBytes::signer`]); `None` runs unsigned modules.
+    pub trust: Option<Arc<Trust>>,
+    /// With `trust`: run modules that are not from a registry (files, uploads) without a
+    /// signature, warning at each. For development only.
+    pub allow_unsigned_local: bool,
     /// How many nice levels [`Gateway::run_worker`] lowers its thread's priority by (to nice
     /// 19 at most; 0 leaves it): below the gateway's other threads, so that a swap, a rollback
     /// and the admin API get a core's share when the workers keep every core busy.
@@ -100,6 +107,8 @@ impl Default for Options {
             record_batches: false,
             max_config_bytes: DEFAULT_MAX_CONFIG_BYTES,
             worker_nice: DEFAULT_WORKER_NICE,
+            trust: None,
+            allow_unsigned_local: false,
         }
     }
 }
@@ -113,6 +122,10 @@ pub struct ModuleBytes<'a> {
     /// The reference it was pulled by, as given, and the manifest's digest that reference
     /// resolved to. A reference by the watched tag (no digest) resumes the watch.
     pub pulled: Option<(&'a Reference, Digest)>,
+    /// Who signed it, as a verification found: of the manifest digest for a pulled module
+    /// ([`Trust::pull`], [`Trust::verify`]), of the bytes themselves for a local one
+    /// ([`Trust::verify_detached`]).
+    pub signer: Option<&'a Signer>,
 }
 
 impl<'a> ModuleBytes<'a> {
@@ -121,7 +134,67 @@ impl<'a> ModuleBytes<'a> {
         ModuleBytes {
             bytes,
             pulled: Some((asked, digest)),
+            signer: None,
         }
+    }
+
+    /// The same module, signed as `signer` says.
+    pub fn signed(self, signer: Option<&'a Signer>) -> ModuleBytes<'a> {
+        ModuleBytes { signer, ..self }
+    }
+
+    /// The module's signer, when the gateway's keys let it run: a signer the gateway trusts
+    /// for these bytes (the pulled manifest's digest, or the bytes' own SHA-256 for a local
+    /// module), or no signature where none is required (or a local module where
+    /// `allow_unsigned_local` lets one in, with a warning).
+    fn checked_signer(&self, options: &Options) -> Result<Option<Signer>, SwapError> {
+        let Some(trust) = &options.trust else {
+            return Ok(self.signer.cloned());
+        };
+        let refuse = |why: String| {
+            Err(SwapError::Unsigned {
+                module: self.source().unwrap_or_else(|| {
+                    format!(
+                        "an uploaded or local module (sha256 {})",
+                        Digest::of(self.bytes)
+                    )
+                }),
+                why,
+            })
+        };
+        let Some(signer) = self.signer else {
+            if self.pulled.is_none() && options.allow_unsigned_local {
+                tracing::warn!(
+                    event = "unsigned-local",
+                    module_sha256 = %Digest::of(self.bytes),
+                    "an unsigned local module is let in by --allow-unsigned-local: for development only, never on a gateway that enforces signatures"
+                );
+                return Ok(None);
+            }
+            return refuse("unsigned: no signature by a trusted key came with it".into());
+        };
+        if !trust
+            .keys()
+            .iter()
+            .any(|k| k.fingerprint() == signer.fingerprint)
+        {
+            return refuse(format!(
+                "signed by {}, not a key this gateway trusts",
+                signer.fingerprint
+            ));
+        }
+        let signed = match self.pulled {
+            Some((_, digest)) if !signer.detached => digest,
+            None if signer.detached => Digest::of(self.bytes),
+            _ => return refuse("its signature is not of the kind its source needs (a registry's for a pulled module, a detached one for a local one)".into()),
+        };
+        if signer.digest != signed {
+            return refuse(format!(
+                "the signature is over {}, not {signed}",
+                signer.digest
+            ));
+        }
+        Ok(Some(signer.clone()))
     }
 
     /// Where the module came from: the reference it was pulled by, pinned to the digest.
@@ -136,6 +209,7 @@ impl<'a> From<&'a [u8]> for ModuleBytes<'a> {
         ModuleBytes {
             bytes,
             pulled: None,
+            signer: None,
         }
     }
 }
@@ -265,6 +339,7 @@ impl Gateway {
             });
         }
         check_config_size(config, options.max_config_bytes)?;
+        let signer = module.checked_signer(&options)?;
         let loaded = runtime.load(module.bytes)?;
         let mut release = prepare(
             &runtime,
@@ -277,6 +352,7 @@ impl Gateway {
         )?;
         release.why = "the gateway started".into();
         release.source = module.source();
+        release.signer = signer;
         let release = Arc::new(release);
         let gateway = Gateway {
             runtime,
@@ -343,13 +419,14 @@ impl Gateway {
         module: &[u8],
         tag: &Reference,
         digest: Digest,
+        signer: Option<&Signer>,
         stop: &AtomicBool,
     ) -> Result<Option<Arc<Release>>, SwapError> {
         let _one_at_a_time = lock(&self.swap_lock);
         if stop.load(Ordering::Acquire) || self.watch_decision(&digest) != Decision::Take {
             return Ok(None);
         }
-        let request = SwapRequest::module(ModuleBytes::pulled(module, tag, digest));
+        let request = SwapRequest::module(ModuleBytes::pulled(module, tag, digest).signed(signer));
         let why = format!("the tag {tag} moved to {digest}");
         match self.swap_locked(request, Origin::TagWatch, why) {
             Ok(release) => Ok(Some(release)),
@@ -369,17 +446,18 @@ impl Gateway {
     /// is returned. A published reload pins the gateway as an operator's swap does.
     pub fn reload(
         &self,
-        module: Option<&[u8]>,
+        module: Option<ModuleBytes<'_>>,
         config: &str,
     ) -> Result<Option<Arc<Release>>, SwapError> {
         let _one_at_a_time = lock(&self.swap_lock);
         let running = self.current();
-        let same_module = module.is_none_or(|m| Sha256::digest(m)[..] == running.module.digest());
+        let same_module =
+            module.is_none_or(|m| Sha256::digest(m.bytes)[..] == running.module.digest());
         if same_module && *running.config == *config {
             return Ok(None);
         }
         let request = SwapRequest {
-            module: module.filter(|_| !same_module).map(ModuleBytes::from),
+            module: module.filter(|_| !same_module),
             config: Some(config),
             ..SwapRequest::default()
         };
@@ -453,9 +531,27 @@ impl Gateway {
             (false, true) => Cause::Config,
             (false, false) => Cause::Reload,
         };
-        let loaded = match module {
-            Some(module) => self.runtime.load(module.bytes)?,
-            None => running.module.clone(),
+        let (loaded, signer) = match &module {
+            Some(module) => {
+                let signer = module
+                    .checked_signer(&self.options)
+                    .inspect_err(|_| self.events.signature(SignatureCheck::Unsigned))?;
+                if let Some(signer) = &signer {
+                    self.events.signature(SignatureCheck::Signed);
+                    tracing::info!(
+                        event = "signature",
+                        result = "signed",
+                        key = %signer.key,
+                        fingerprint = %signer.fingerprint,
+                        identity = %signer.identity,
+                        "the module is signed by {} ({})",
+                        signer.key,
+                        signer.fingerprint
+                    );
+                }
+                (self.runtime.load(module.bytes)?, signer)
+            }
+            None => (running.module.clone(), running.signer.clone()),
         };
         let canary = config.is_none().then(|| running.canary.clone());
         let config = config.unwrap_or(&running.config);
@@ -474,11 +570,22 @@ impl Gateway {
             Some(module) => module.source(),
             None => running.source.clone(),
         };
+        release.signer = signer;
         if let Some(approval) = approval {
             (approval.0)(&running, &release).map_err(SwapError::NotRecorded)?;
         }
         let follows = module.and_then(|m| m.pulled);
         Ok(self.publish(release, 0, follows))
+    }
+
+    /// A module refused for its signatures before it got to the gateway (where it was pulled
+    /// or uploaded, or by the tag watch): counted by the check's result and as a refused
+    /// swap, and logged; the running release keeps serving. Returns it as a swap's refusal.
+    pub fn refuse_signature(&self, e: crate::oci::SignatureError) -> SwapError {
+        self.events.signature(e.check());
+        let e = SwapError::Signature(e);
+        self.note_refusal("swap", &e);
+        e
     }
 
     /// Counts and logs a refused swap or rollback (`what`); the running release keeps serving.
@@ -595,6 +702,7 @@ impl Gateway {
             (release_cause, origin),
         )?;
         release.source = target.source.clone();
+        release.signer = target.signer.clone();
         release.why = format!(
             "{why}: back to the release of generation {}",
             target.generation

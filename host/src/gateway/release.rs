@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
 
+use crate::oci::{SignatureError, Signer};
 use crate::setting::{OverLimit, Setting};
 use crate::wasm::{
     Adoption, Blueprint, ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError,
@@ -33,6 +34,8 @@ pub struct Release {
     /// Where the module came from, when from a registry: its reference, pinned to the
     /// manifest's digest.
     pub source: Option<String>,
+    /// Who signed the module, when it came with a signature a trusted key made.
+    pub signer: Option<Signer>,
     /// What the module says about itself.
     pub info: ModuleInfo,
     /// The configuration text.
@@ -153,6 +156,19 @@ pub enum SwapError {
     /// judged the canary batch otherwise than it.
     #[error("an instance could not start from the configured instance's state: {0}")]
     Adoption(AdoptionError),
+    /// The module's signatures were refused where they were checked, before the module got
+    /// to the gateway (a pull, an upload's detached signature).
+    #[error("{0}")]
+    Signature(SignatureError),
+    /// The gateway requires signed modules, and this one came without a signature it trusts
+    /// for its bytes.
+    #[error("{module}: refused: {why}")]
+    Unsigned {
+        /// The module: its pinned reference, or its SHA-256.
+        module: String,
+        /// Why.
+        why: String,
+    },
     /// There is no earlier good release.
     #[error("no earlier good release to roll back to")]
     NothingToRollBack,
@@ -202,6 +218,7 @@ impl SwapError {
                 AdoptionError::Export(f) | AdoptionError::Start(f) | AdoptionError::Canary(f),
             ) if !f.is_module_fault() => Refusal::StartFailed,
             SwapError::Adoption(_) => Refusal::CanaryFailed,
+            SwapError::Signature(_) | SwapError::Unsigned { .. } => Refusal::Signature,
             SwapError::NothingToRollBack => Refusal::NothingToRollBack,
             SwapError::NotRecorded(_) => Refusal::NotRecorded,
             SwapError::Capacity { .. } => Refusal::Capacity,
@@ -310,6 +327,9 @@ flowgate_policy::labels! {
         /// The canary batch failed, or a worker's instance could not start from the configured
         /// instance's state or judged it otherwise.
         CanaryFailed => "canary-failed",
+        /// The module is not signed by a trusted key for where it came from (with
+        /// `--trusted-key`).
+        Signature => "signature-refused",
         /// No earlier good release.
         NothingToRollBack => "nothing-to-roll-back",
         /// The change's audit record could not be written.
@@ -420,6 +440,7 @@ pub(super) fn prepare(
         why: String::new(),
         module,
         source: None,
+        signer: None,
         info,
         config: plan.config().clone(),
         config_digest: hex(&Sha256::digest(config.as_bytes())),
@@ -472,6 +493,7 @@ pub(super) fn prepare_again(
         why: String::new(),
         module: target.module.clone(),
         source: None,
+        signer: None,
         info: target.info.clone(),
         config: target.config.clone(),
         config_digest: target.config_digest.clone(),

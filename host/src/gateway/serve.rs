@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use flowgate_policy::Packet;
 
-use super::Gateway;
+use super::{Gateway, ModuleBytes};
 use crate::io::Trace;
 use crate::io::vxlan::{Endpoints, VxlanPort};
+use crate::oci::Signer;
 
 /// Where the workers' packets come from.
 pub enum Traffic {
@@ -34,9 +35,13 @@ pub enum Traffic {
     },
 }
 
-/// What a reload reads again: the module (when it came from a file) and the configuration;
-/// an error of the caller's own type, logged, leaves the running release serving.
-pub type Reread<'a, E> = dyn FnMut() -> Result<(Option<Vec<u8>>, String), E> + 'a;
+/// What a reload reads again: the module (when it came from a file) with its signer, when
+/// its detached signature verified, and the configuration; an error of the caller's own type,
+/// logged, leaves the running release serving.
+pub type Reread<'a, E> = dyn FnMut() -> Result<(Option<ModuleFile>, String), E> + 'a;
+
+/// A module read again from its file, and who signed it.
+pub type ModuleFile = (Vec<u8>, Option<Signer>);
 
 /// The flags a caller steers serving with (`flowgate serve` raises them from signals).
 #[derive(Debug, Clone, Default)]
@@ -130,7 +135,10 @@ pub fn serve<E: std::fmt::Display>(
             match reread() {
                 // Published or refused, the gateway logged it; unchanged, say so here.
                 Ok((module, config)) => {
-                    if let Ok(None) = gateway.reload(module.as_deref(), &config) {
+                    let module = module.as_ref().map(|(bytes, signer)| {
+                        ModuleBytes::from(bytes.as_slice()).signed(signer.as_ref())
+                    });
+                    if let Ok(None) = gateway.reload(module, &config) {
                         tracing::info!(
                             event = "sighup",
                             generation = gateway.current().generation,

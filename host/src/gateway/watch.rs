@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Decision, Gateway, Pull};
-use crate::oci::{Cache, Digest, Reference, Registry};
+use super::{Decision, Gateway, Pull, Refusal};
+use crate::oci::{Cache, Digest, PullError, Reference, Registry};
 
 /// The longest wait between two tries after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -98,15 +98,32 @@ fn swap_to(
     stop: &AtomicBool,
 ) -> bool {
     let pinned = r.pinned(digest);
-    let pulled = match registry.pull_or_cached(&pinned, cache) {
-        Ok((pulled, _)) => pulled,
+    // With keys to trust, the digest's signatures are checked before its module is pulled.
+    let pulled = match &gateway.options().trust {
+        Some(trust) => trust
+            .pull(registry, &pinned, cache)
+            .map(|(pulled, signer, _)| (pulled, Some(signer))),
+        None => registry
+            .pull_or_cached(&pinned, cache)
+            .map(|(pulled, _)| (pulled, None))
+            .map_err(PullError::Registry),
+    };
+    let (pulled, signer) = match pulled {
+        Ok(pulled) => pulled,
+        Err(PullError::Signature(e)) if !e.is_registry() => {
+            // What the digest is, not how the registry did: quarantined until the tag moves.
+            gateway.note_pull(Pull::Refused);
+            gateway.quarantine_refused(digest, Refusal::Signature.as_str());
+            gateway.refuse_signature(e);
+            return false;
+        }
         Err(e) => {
             gateway.note_pull(Pull::Failed);
             tracing::warn!(event = "pull", result = "failed", reference = %pinned, error = %e, "watching {r}: the pull failed; the running release keeps serving");
             return false;
         }
     };
-    match gateway.swap_by_watch(&pulled.module, r, digest, stop) {
+    match gateway.swap_by_watch(&pulled.module, r, digest, signer.as_ref(), stop) {
         Ok(Some(_)) => {
             gateway.note_pull(Pull::Swapped);
             true

@@ -14,6 +14,19 @@ use crate::store::{PrivateDir, SEAL_BYTES, StoreError};
 /// limit is far below), so it is not read.
 const MAX_ENTRY_BYTES: u64 = 1 << 30;
 
+/// What the cache remembers of a module's signature, checked again against the keys trusted
+/// when it stands in for the registry: the key's fingerprint and the identity signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRecord {
+    /// The SHA-256 of the key's SubjectPublicKeyInfo DER.
+    pub fingerprint: Digest,
+    /// The identity the payload named (`docker-reference`).
+    pub identity: String,
+}
+
+/// The largest signer record read back (an identity is at most 512 characters).
+const MAX_SIGNER_BYTES: u64 = 1024;
+
 /// The cache folder (created 0700).
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -28,6 +41,10 @@ impl Cache {
 
     fn entry(manifest: &Digest) -> String {
         format!("{}.module", &manifest.to_string()["sha256:".len()..])
+    }
+
+    fn signer_entry(manifest: &Digest) -> String {
+        format!("{}.signer", &manifest.to_string()["sha256:".len()..])
     }
 
     fn tag_key(r: &Reference) -> Option<String> {
@@ -54,6 +71,28 @@ impl Cache {
         Ok(())
     }
 
+    /// Remembers that the module pulled as `manifest` was signed as `record` says.
+    pub fn store_signer(&self, manifest: &Digest, record: &SignedRecord) -> Result<(), StoreError> {
+        let dir = PrivateDir::open(&self.dir)?;
+        let text = format!("{} {}", record.fingerprint, record.identity);
+        let mut entry = text.as_bytes().to_vec();
+        entry.extend_from_slice(&dir.seal(&[b"signer".as_slice(), &manifest.0, text.as_bytes()]));
+        dir.write(&Self::signer_entry(manifest), &entry)
+    }
+
+    /// What the cache remembers of the signature of the module pulled as `manifest`, when it
+    /// has a record this cache sealed.
+    pub fn load_signer(&self, manifest: &Digest) -> Option<SignedRecord> {
+        let dir = PrivateDir::open(&self.dir).ok()?;
+        let name = Self::signer_entry(manifest);
+        let text = read_sealed(&dir, &dir, &name, MAX_SIGNER_BYTES, b"signer", &manifest.0)?;
+        let (fingerprint, identity) = std::str::from_utf8(&text).ok()?.split_once(' ')?;
+        Some(SignedRecord {
+            fingerprint: Digest::parse(fingerprint).ok()?,
+            identity: identity.to_owned(),
+        })
+    }
+
     /// The module `r` was last pulled as, when the cache has it intact: by its pinned digest,
     /// or by the digest its tag last resolved to. A refused folder, or an entry this cache did
     /// not seal, gives nothing, with a warning.
@@ -74,30 +113,36 @@ impl Cache {
             None => {
                 let key = Self::tag_key(r)?;
                 let tags = dir.subdir("tags").map_err(warn_unread).ok()?;
-                let tag = tags
-                    .read(&Self::tag_file(&key), 1024)
-                    .map_err(warn_unread)
-                    .ok()??;
-                let (text, seal) = tag.split_at(tag.len().checked_sub(SEAL_BYTES)?);
-                if !dir.verify(&[b"tag".as_slice(), key.as_bytes(), text], seal) {
-                    warn_unsealed(&tags.path().join(Self::tag_file(&key)));
-                    return None;
-                }
-                Digest::parse(std::str::from_utf8(text).ok()?).ok()?
+                let file = Self::tag_file(&key);
+                let text = read_sealed(&dir, &tags, &file, 1024, b"tag", key.as_bytes())?;
+                Digest::parse(std::str::from_utf8(&text).ok()?).ok()?
             }
         };
         let name = Self::entry(&manifest);
-        let entry = dir
-            .read(&name, MAX_ENTRY_BYTES)
-            .map_err(warn_unread)
-            .ok()??;
-        let (module, seal) = entry.split_at(entry.len().checked_sub(SEAL_BYTES)?);
-        if !dir.verify(&[b"module".as_slice(), &manifest.0, module], seal) {
-            warn_unsealed(&dir.path().join(name));
-            return None;
-        }
-        Some((manifest, module.to_vec()))
+        let module = read_sealed(&dir, &dir, &name, MAX_ENTRY_BYTES, b"module", &manifest.0)?;
+        Some((manifest, module))
     }
+}
+
+/// What the entry `name` of `folder` holds (at most `limit` bytes), when it ends in the seal
+/// of `cache` (the cache's folder, whose key seals) over `kind`, `key` and what it holds;
+/// nothing, with a warning, when it is unreadable or does not.
+fn read_sealed(
+    cache: &PrivateDir,
+    folder: &PrivateDir,
+    name: &str,
+    limit: u64,
+    kind: &[u8],
+    key: &[u8],
+) -> Option<Vec<u8>> {
+    let mut entry = folder.read(name, limit).map_err(warn_unread).ok()??;
+    let len = entry.len().checked_sub(SEAL_BYTES)?;
+    if !cache.verify(&[kind, key, &entry[..len]], &entry[len..]) {
+        warn_unsealed(&folder.path().join(name));
+        return None;
+    }
+    entry.truncate(len);
+    Some(entry)
 }
 
 fn warn_unread(e: StoreError) {

@@ -7,7 +7,7 @@ mod reference;
 mod registry;
 mod signature;
 
-pub use cache::Cache;
+pub use cache::{Cache, SignedRecord};
 
 pub use reference::{
     Digest, DigestError, Reference, ReferenceError, RegistryHostError, SCHEME, check_registry,
@@ -17,7 +17,7 @@ pub use registry::{
     OCI_MANIFEST, OciError, Pulled, Registry, RegistryOptions, WASM_CONFIG, WASM_LAYER,
 };
 pub use signature::{
-    COSIGN_TYPE, IdentityRemap, KeyError, LayerRefusal, MAX_KEY_FILE, Refusal, RemapError,
-    SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureCheck, SignatureError, SignatureLimits, Signer,
-    Trust, TrustedKey, signature_tag,
+    COSIGN_TYPE, IdentityRemap, KeyError, LayerRefusal, MAX_DETACHED_FILE, MAX_KEY_FILE, PullError,
+    Refusal, RemapError, SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureCheck, SignatureError,
+    SignatureLimits, Signer, Trust, TrustedKey, detached_path, read_detached, signature_tag,
 };

@@ -19,9 +19,10 @@ use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::cache::SignedRecord;
 use super::reference::{check_registry, is_repository, is_tag};
 use super::registry::OCI_MANIFEST;
-use super::{Digest, OciError, Reference, Registry};
+use super::{Cache, Digest, OciError, Pulled, Reference, Registry};
 use crate::setting::Setting;
 
 /// The media type of a signature layer.
@@ -220,8 +221,11 @@ impl IdentityRemap {
     }
 }
 
-/// Who signed a module: the trusted key that verified, and what it signed.
+/// Who signed a module: the trusted key that verified, and what it signed. Only a
+/// verification makes one ([`Trust::verify`], [`Trust::verify_detached`]): it cannot be
+/// built outside this crate, so a `Signer` handed to the gateway is a signature checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Signer {
     /// The key's name (its file).
     pub key: String,
@@ -229,8 +233,14 @@ pub struct Signer {
     pub fingerprint: Digest,
     /// The identity the payload names (`docker-reference`), as signed.
     pub identity: String,
-    /// The signature layer that verified (from 0).
-    pub layer: usize,
+    /// What the signature is over: a registry module's manifest digest, or a local module's
+    /// own SHA-256 for a detached signature.
+    pub digest: Digest,
+    /// The signature layer that verified (from 0); `None` for a detached signature, and for
+    /// a module the cache stood in for (its signer checked when it was pulled).
+    pub layer: Option<usize>,
+    /// Whether it is a detached signature, of a local module's own bytes.
+    pub detached: bool,
 }
 
 flowgate_policy::labels! {
@@ -257,6 +267,40 @@ flowgate_policy::labels! {
     }
 }
 
+/// Why a signed pull failed: the registry, or the module's signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The registry failed, or what it served failed a check.
+    #[error(transparent)]
+    Registry(OciError),
+    /// The module's signatures were refused.
+    #[error(transparent)]
+    Signature(SignatureError),
+}
+
+impl PullError {
+    /// Whether the registry could not be reached or failed (the cache may stand in).
+    pub fn unreachable(&self) -> bool {
+        match self {
+            PullError::Registry(e) => e.unreachable(),
+            PullError::Signature(SignatureError {
+                reason: Refusal::Registry(e),
+                ..
+            }) => e.unreachable(),
+            PullError::Signature(_) => false,
+        }
+    }
+
+    /// The setting that may let the module through, as [`OciError::setting`] and
+    /// [`SignatureError::setting`] say.
+    pub fn setting(&self) -> Option<Setting> {
+        match self {
+            PullError::Registry(e) => e.setting(),
+            PullError::Signature(e) => e.setting(),
+        }
+    }
+}
+
 /// A module refused for its signatures: the reference, the manifest digest, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{reference} ({digest}): signature refused: {reason}")]
@@ -270,6 +314,12 @@ pub struct SignatureError {
 }
 
 impl SignatureError {
+    /// Whether the signatures could not be read for the registry's failing (not for what
+    /// they are): the check may succeed later.
+    pub fn is_registry(&self) -> bool {
+        self.check() == SignatureCheck::Registry
+    }
+
     /// What kind of refusal this is.
     pub fn check(&self) -> SignatureCheck {
         self.reason.check()
@@ -328,6 +378,31 @@ pub enum Refusal {
         /// The limit.
         limit: usize,
     },
+    /// A local module without its detached signature file.
+    #[error("unsigned: no detached signature `{file}` beside it")]
+    NoDetached {
+        /// The file looked for.
+        file: String,
+    },
+    /// A detached signature file that could not be read, is over its limit, or is not the
+    /// detached format.
+    #[error("the detached signature `{file}`: {message}")]
+    DetachedFile {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+        /// Whether it is over a limit (else unreadable or malformed).
+        over_limit: bool,
+    },
+    /// A detached signature that is not a good signature of the module.
+    #[error("the detached signature `{file}`: {why}")]
+    Detached {
+        /// The file.
+        file: String,
+        /// Why.
+        why: LayerRefusal,
+    },
     /// No layer holds a good signature; each layer's reason, by its place among the layers.
     #[error("{}: {}", summary(*.check), layer_list(.layers))]
     Layers {
@@ -366,7 +441,14 @@ impl Refusal {
     /// What kind of refusal this is.
     pub fn check(&self) -> SignatureCheck {
         match self {
-            Refusal::Unsigned { .. } | Refusal::NoSignatures { .. } => SignatureCheck::Unsigned,
+            Refusal::Unsigned { .. }
+            | Refusal::NoSignatures { .. }
+            | Refusal::NoDetached { .. } => SignatureCheck::Unsigned,
+            Refusal::DetachedFile {
+                over_limit: true, ..
+            } => SignatureCheck::OverLimit,
+            Refusal::DetachedFile { .. } => SignatureCheck::Malformed,
+            Refusal::Detached { why, .. } => why.check(),
             Refusal::Registry(e) => registry_check(e),
             Refusal::Manifest { .. } => SignatureCheck::Malformed,
             Refusal::TooManyLayers { .. } => SignatureCheck::OverLimit,
@@ -557,7 +639,9 @@ impl Trust {
                         key: key.name.clone(),
                         fingerprint: key.fingerprint,
                         identity,
-                        layer: place,
+                        digest,
+                        layer: Some(place),
+                        detached: false,
                     });
                 }
                 Err(why) => refused.push((place, why)),
@@ -571,6 +655,95 @@ impl Trust {
             check,
             layers: refused,
         }))
+    }
+
+    /// Pulls the module `r` names once a trusted key's signature over its manifest digest
+    /// verifies: the manifest is resolved and hashed, its signatures checked, and then the
+    /// module pulled by that digest, so that a tag that moves in between cannot bring other
+    /// bytes. `cache`, as for [`Registry::pull_or_cached`], keeps what is pulled with its
+    /// signer, and stands in when the registry is unreachable only for a module whose
+    /// remembered signer is a key trusted now, for this repository. The flag says whether
+    /// the cache stood in.
+    pub fn pull(
+        &self,
+        registry: &Registry,
+        r: &Reference,
+        cache: Option<&Cache>,
+    ) -> Result<(Pulled, Signer, bool), PullError> {
+        let cached = |e: PullError| match cache {
+            Some(cache) if e.unreachable() => self.cached(cache, r).ok_or(e),
+            _ => Err(e),
+        };
+        let digest = match registry.manifest(r) {
+            Ok((_, digest)) => digest,
+            Err(e) => return cached(PullError::Registry(e)),
+        };
+        let signer = match self.verify(registry, r, digest) {
+            Ok(signer) => signer,
+            Err(e) => return cached(PullError::Signature(e)),
+        };
+        let pinned = r.pinned(digest);
+        let pulled = match registry.pull(&pinned) {
+            Ok(pulled) => pulled,
+            Err(e) => return cached(PullError::Registry(e)),
+        };
+        if let Some(cache) = cache {
+            let record = SignedRecord {
+                fingerprint: signer.fingerprint,
+                identity: signer.identity.clone(),
+            };
+            if let Err(e) = cache
+                .store(r, &pulled.manifest, &pulled.module)
+                .and_then(|()| cache.store_signer(&pulled.manifest, &record))
+            {
+                tracing::warn!(error = %e, "the pulled module could not be cached");
+            }
+        }
+        Ok((pulled, signer, false))
+    }
+
+    /// The module the cache holds for `r`, with its signer, when the signer it remembers is
+    /// a key trusted now and the identity it signed is `r`'s repository (after the remaps).
+    fn cached(&self, cache: &Cache, r: &Reference) -> Option<(Pulled, Signer, bool)> {
+        let (manifest, module) = cache.load(r)?;
+        let record = cache.load_signer(&manifest);
+        let key = record
+            .as_ref()
+            .and_then(|rec| self.keys.iter().find(|k| k.fingerprint == rec.fingerprint));
+        let (Some(record), Some(key)) = (record.as_ref(), key) else {
+            tracing::warn!(
+                event = "pull",
+                reference = %r,
+                manifest = %manifest,
+                "the registry is unreachable, and the module cached for {r} ({manifest}) was not signed by a key trusted now: not used"
+            );
+            return None;
+        };
+        if normalized_name(&record.identity).ok()? != self.expected_repository(r) {
+            return None;
+        }
+        tracing::warn!(
+            event = "pull",
+            reference = %r,
+            manifest = %manifest,
+            key = %key.name,
+            "the registry is unreachable or failing: using the module cached for {r} ({manifest}), signed by {}",
+            key.name
+        );
+        let signer = Signer {
+            key: key.name.clone(),
+            fingerprint: key.fingerprint,
+            identity: record.identity.clone(),
+            digest: manifest,
+            layer: None,
+            detached: false,
+        };
+        let pulled = Pulled {
+            module,
+            manifest,
+            layout: "cache",
+        };
+        Some((pulled, signer, true))
     }
 
     /// One signature layer: its signature decoded, its payload fetched, the signature
@@ -591,21 +764,7 @@ impl Trust {
         let payload = registry
             .blob(r, layer, self.limits.payload_bytes)
             .map_err(LayerRefusal::Payload)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.key.verify(&payload, &signature).is_ok())
-            .ok_or(LayerRefusal::Untrusted)?;
-        let signed = parse_payload(&payload).map_err(|message| LayerRefusal::Malformed {
-            key: key.name.clone(),
-            message,
-        })?;
-        if signed.digest != digest.to_string() {
-            return Err(LayerRefusal::OtherDigest {
-                key: key.name.clone(),
-                signed: signed.digest,
-            });
-        }
+        let (key, signed) = self.signed_by(&payload, &signature, digest)?;
         let name =
             normalized_name(&signed.identity).map_err(|message| LayerRefusal::Malformed {
                 key: key.name.clone(),
@@ -621,6 +780,161 @@ impl Trust {
         }
         Ok((key, signed.identity))
     }
+}
+
+impl Trust {
+    /// The trusted key that made `signature` over `payload`, and what the payload signs,
+    /// which must be `digest` with the cosign container-image type.
+    fn signed_by(
+        &self,
+        payload: &[u8],
+        signature: &Signature,
+        digest: &Digest,
+    ) -> Result<(&TrustedKey, Signed), LayerRefusal> {
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.key.verify(payload, signature).is_ok())
+            .ok_or(LayerRefusal::Untrusted)?;
+        let signed = parse_payload(payload).map_err(|message| LayerRefusal::Malformed {
+            key: key.name.clone(),
+            message,
+        })?;
+        if signed.digest != digest.to_string() {
+            return Err(LayerRefusal::OtherDigest {
+                key: key.name.clone(),
+                signed: signed.digest,
+            });
+        }
+        Ok((key, signed))
+    }
+
+    /// Verifies the detached signature of a local module (`module`, named `name`): the text
+    /// of its signature file `file` (named `file_name`), or `None` when there is none. The
+    /// payload must name the module's own SHA-256; its identity is not a repository and is
+    /// not checked (the digest binds the signature to these bytes).
+    pub fn verify_detached(
+        &self,
+        name: &str,
+        module: &[u8],
+        file_name: &str,
+        file: Option<&[u8]>,
+    ) -> Result<Signer, SignatureError> {
+        let digest = Digest::of(module);
+        let refuse = |reason| SignatureError {
+            reference: name.to_owned(),
+            digest,
+            reason,
+        };
+        let malformed = |message: String| {
+            refuse(Refusal::DetachedFile {
+                file: file_name.to_owned(),
+                message,
+                over_limit: false,
+            })
+        };
+        let file = file.ok_or_else(|| {
+            refuse(Refusal::NoDetached {
+                file: file_name.to_owned(),
+            })
+        })?;
+        if file.len() as u64 > MAX_DETACHED_FILE {
+            return Err(refuse(Refusal::DetachedFile {
+                file: file_name.to_owned(),
+                message: format!(
+                    "{} bytes, over the limit of {MAX_DETACHED_FILE}",
+                    file.len()
+                ),
+                over_limit: true,
+            }));
+        }
+        let detached: DetachedFile = serde_json::from_slice(file)
+            .map_err(|e| malformed(format!("not the detached format ({DETACHED_FORM}): {e}")))?;
+        let payload_limit = usize::try_from(self.limits.payload_bytes).unwrap_or(usize::MAX);
+        // Base64 takes 4 characters for every 3 bytes: a longer text holds a payload over
+        // the limit, refused before it is decoded.
+        if detached.payload.len() / 4 > payload_limit / 3 + 1 {
+            return Err(refuse(Refusal::DetachedFile {
+                file: file_name.to_owned(),
+                message: format!(
+                    "a payload over the limit of {} bytes",
+                    self.limits.payload_bytes
+                ),
+                over_limit: true,
+            }));
+        }
+        let payload = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(&detached.payload)
+                .map_err(|e| malformed(format!("the payload is not base64: {e}")))?
+        };
+        let why = |why| {
+            refuse(Refusal::Detached {
+                file: file_name.to_owned(),
+                why,
+            })
+        };
+        let signature =
+            decode_signature(&detached.signature).map_err(|e| why(LayerRefusal::Encoding(e)))?;
+        let (key, signed) = self.signed_by(&payload, &signature, &digest).map_err(why)?;
+        Ok(Signer {
+            key: key.name.clone(),
+            fingerprint: key.fingerprint,
+            identity: signed.identity,
+            digest,
+            layer: None,
+            detached: true,
+        })
+    }
+}
+
+/// The detached signature format, for errors.
+const DETACHED_FORM: &str = r#"one JSON object {"payload": BASE64, "signature": BASE64}, as `flowgate sign --detached` writes it"#;
+
+/// A detached signature file: the payload and its signature, each in standard base64.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetachedFile {
+    payload: String,
+    signature: String,
+}
+
+/// The largest detached signature file read, in bytes (one is about 700).
+pub const MAX_DETACHED_FILE: u64 = 64 << 10;
+
+/// Where a local module's detached signature is: its path with `.sig` added
+/// (`filter.wasm.sig`).
+pub fn detached_path(module: &Path) -> std::path::PathBuf {
+    let mut name = module.as_os_str().to_owned();
+    name.push(".sig");
+    name.into()
+}
+
+/// Reads the detached signature file of the module at `module`, at most
+/// [`MAX_DETACHED_FILE`] bytes (one byte more tells a longer one): `None` when there is none.
+/// It must be a regular file: opening never waits (on a FIFO, say).
+pub fn read_detached(module: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(detached_path(module))
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_DETACHED_FILE + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 /// The signature layers of a signature manifest (others are skipped), each with its place

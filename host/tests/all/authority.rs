@@ -21,10 +21,10 @@ use crate::oci::{TestRegistry, push, start};
 const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap";
 
 /// A `flowgate serve` process, killed when dropped (even on a failed assertion).
-struct Served {
+pub(crate) struct Served {
     child: Option<Child>,
-    admin: String,
-    dir: PathBuf,
+    pub(crate) admin: String,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Served {
@@ -41,6 +41,14 @@ impl Served {
     /// `flowgate serve` on the SPEC 3.1 configuration with `packets` (JSON lines), the module
     /// `module` (a reference), polling every 0.2 s, one worker, `extra` arguments.
     fn start(module: &str, packets: &str, extra: &[&str]) -> Served {
+        let mut args = vec!["--module", module, "--pull-interval", "0.2"];
+        args.extend(extra);
+        Served::spawn(packets, &args)
+    }
+
+    /// `flowgate serve` on the SPEC 3.1 configuration with `packets` (JSON lines), one
+    /// worker, its admin API on a socket of its own, and `args`.
+    pub(crate) fn spawn(packets: &str, args: &[&str]) -> Served {
         let socket = crate::socket_path("authority");
         let dir = socket.parent().unwrap().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
@@ -57,22 +65,16 @@ impl Served {
                 "--duration",
                 "120",
             ])
-            .args([
-                "--module",
-                module,
-                "--pull-interval",
-                "0.2",
-                "--admin",
-                &admin,
-            ])
+            .args(["--admin", &admin])
             .args(["--config", &format!("{SPEC_3_1}/config.yaml")])
             .arg("--packets")
             .arg(&packets_file)
-            .args(extra)
+            .args(args)
             .current_dir(crate::repo())
             .env("FLOWGATE_CACHE_DIR", dir.join("cache"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            // A file, not a pipe: read on failure, and never full while no one reads it.
+            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
             .spawn()
             .unwrap();
         let served = Served {
@@ -89,7 +91,7 @@ impl Served {
     }
 
     /// `GET /status`, when the gateway answers.
-    fn status(&self) -> Option<Value> {
+    pub(crate) fn status(&self) -> Option<Value> {
         let out = flowgate(&["status", "--admin", &self.admin], "");
         out.status
             .success()
@@ -97,7 +99,7 @@ impl Served {
     }
 
     /// Runs the `flowgate` client subcommand `args` against this gateway; its JSON answer.
-    fn client(&self, args: &[&str]) -> Value {
+    pub(crate) fn client(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["--admin", &self.admin]);
         let out = flowgate(&all, "");
@@ -111,7 +113,7 @@ impl Served {
     }
 
     /// Waits until `done` holds for `/status`.
-    fn wait_for(&self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+    pub(crate) fn wait_for(&self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.status()
@@ -119,19 +121,28 @@ impl Served {
             {
                 return status;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the gateway's log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Stops the gateway with SIGTERM; its log, and whether its socket was left behind.
-    fn stop(mut self) -> (String, bool) {
+    pub(crate) fn stop(mut self) -> (String, bool) {
         let child = self.child.take().unwrap();
         assert!(crate::signal(child.id(), "TERM"));
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap();
         let socket = self.admin.strip_prefix("unix:").unwrap();
         let left = std::path::Path::new(socket).exists();
-        (String::from_utf8_lossy(&out.stderr).into_owned(), left)
+        (self.log(), left)
+    }
+
+    /// What the gateway logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
     }
 }
 
@@ -391,7 +402,7 @@ fn the_watch_acts_only_on_digests_it_has_not_acted_on() {
     assert_eq!(gateway.watch_decision(&v2), Decision::Take);
     let never = AtomicBool::new(false);
     let taken = gateway
-        .swap_by_watch(guests::HONEST_V2, &tag, v2, &never)
+        .swap_by_watch(guests::HONEST_V2, &tag, v2, None, &never)
         .unwrap()
         .unwrap();
     assert_eq!(taken.origin, flowgate_host::gateway::Origin::TagWatch);
@@ -404,7 +415,7 @@ fn the_watch_acts_only_on_digests_it_has_not_acted_on() {
     let v3 = Digest::of(b"v3");
     assert!(
         gateway
-            .swap_by_watch(guests::SHORT, &tag, v3, &never)
+            .swap_by_watch(guests::SHORT, &tag, v3, None, &never)
             .is_err()
     );
     assert_eq!(gateway.watch_decision(&v3), Decision::Quarantined);
@@ -421,7 +432,7 @@ fn the_watch_acts_only_on_digests_it_has_not_acted_on() {
     let before = gateway.current().generation;
     assert!(
         gateway
-            .swap_by_watch(DEFAULT_MODULE, &tag, v4, &stopping)
+            .swap_by_watch(DEFAULT_MODULE, &tag, v4, None, &stopping)
             .unwrap()
             .is_none()
     );
@@ -449,7 +460,7 @@ fn every_operator_change_pins_the_gateway_and_only_the_operator_unpins_it() {
     assert_eq!(gateway.watch_decision(&moved), Decision::Paused);
     assert!(
         gateway
-            .swap_by_watch(guests::HONEST_V2, &tag, moved, &never)
+            .swap_by_watch(guests::HONEST_V2, &tag, moved, None, &never)
             .unwrap()
             .is_none()
     );

@@ -133,7 +133,7 @@ fn an_empty_configuration_is_no_blackhole() {
     assert!(gateway.reload(None, &config).unwrap().is_none());
     assert!(
         gateway
-            .reload(Some(DEFAULT_MODULE), &config)
+            .reload(Some(DEFAULT_MODULE.into()), &config)
             .unwrap()
             .is_none()
     );

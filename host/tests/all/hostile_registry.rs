@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use flowgate_host::oci::{
     Cache, Digest, LayerRefusal, OciError, Reference, Refusal, Registry, RegistryOptions,
-    SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureCheck, SignatureLimits, Trust, TrustedKey,
-    signature_tag,
+    SignatureCheck, SignatureLimits, Trust, signature_tag,
 };
 use flowgate_host::{DEFAULT_MODULE, Setting};
 
 use crate::cli::{flowgate, stdout};
 use crate::oci::{client, push, start, write_module};
+use crate::signing::{payload, sign, signature_layer, signature_manifest, test_key};
 
 const SPEC_3_1: &str = "fixtures/cases/spec-3.1-overlap/config.yaml";
 const PACKETS_3_1: &str = "fixtures/cases/spec-3.1-overlap/packets.jsonl";
@@ -867,59 +867,6 @@ fn a_loopback_registry_by_any_of_its_names_is_spoken_to_in_plain_http() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("IPv6") && e.contains("127.0.0.1:5000"), "{e}");
-}
-
-/// A key of the tests' own for signing hostile cases (fixed bytes: a test key, trusted
-/// nowhere else), and its public half as the verifier reads it.
-fn test_key() -> (p256::ecdsa::SigningKey, TrustedKey) {
-    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
-    let signing = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
-    let pem = signing
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
-    (signing, TrustedKey::from_pem("test.pub", &pem).unwrap())
-}
-
-/// `payload` signed by `key`: base64 of the ASN.1 DER signature, as the annotation holds it.
-fn sign(key: &p256::ecdsa::SigningKey, payload: &[u8]) -> String {
-    use p256::ecdsa::signature::Signer as _;
-    let signature: p256::ecdsa::Signature = key.sign(payload);
-    base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
-}
-
-/// A payload as skopeo writes it.
-fn payload(digest: &str, identity: &str) -> Vec<u8> {
-    format!(
-        r#"{{"critical":{{"identity":{{"docker-reference":"{identity}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":{{"creator":"flowgate tests","timestamp":1796507401}}}}"#
-    )
-    .into_bytes()
-}
-
-/// A signature layer's descriptor for `payload`, with `signature` as its annotation (none
-/// when `None`).
-fn signature_layer(payload: &[u8], signature: Option<&str>) -> serde_json::Value {
-    let mut layer = serde_json::json!({
-        "mediaType": SIMPLE_SIGNING,
-        "digest": Digest::of(payload).to_string(),
-        "size": payload.len(),
-    });
-    if let Some(signature) = signature {
-        layer["annotations"] = serde_json::json!({ SIGNATURE_ANNOTATION: signature });
-    }
-    layer
-}
-
-/// A signature manifest of `layers`, in skopeo's layout.
-fn signature_manifest(layers: &[serde_json::Value]) -> Vec<u8> {
-    let config = br#"{"architecture":"","os":"","config":{}}"#;
-    serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of(config).to_string(), "size": config.len()},
-        "layers": layers,
-    }))
-    .unwrap()
 }
 
 /// What a signing registry answers for one manifest name.

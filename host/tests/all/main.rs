@@ -13,6 +13,7 @@ mod hostile;
 mod hostile_admin;
 mod hostile_cache;
 mod hostile_registry;
+mod hostile_signatures;
 mod kit;
 mod live;
 mod memory;
@@ -23,6 +24,7 @@ mod refusals;
 mod replay;
 mod signing;
 mod swap;
+mod trusted;
 
 use std::path::PathBuf;
 use std::sync::Arc;

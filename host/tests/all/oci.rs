@@ -513,6 +513,7 @@ pub(crate) fn gateway_with_traffic(
     let module = ModuleBytes {
         bytes: DEFAULT_MODULE,
         pulled,
+        signer: None,
     };
     let gateway = Gateway::new(
         crate::runtime(),
