@@ -21,6 +21,8 @@ use crate::setting::Setting;
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// What a manifest GET accepts (the reference registry answers 404 without the OCI type).
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// What a GET of a name that may hold any kind of manifest accepts.
+const ACCEPT_ANY: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 /// The largest manifest read.
 const MAX_MANIFEST: u64 = 1 << 20;
 /// The largest token-service answer read.
@@ -686,6 +688,32 @@ impl Registry {
         let url = format!("{}/manifests/{name}", self.base(r));
         let Answer { status, body, .. } =
             self.send(r, Call::get(what, &url, &[("Accept", OCI_MANIFEST)], limit))?;
+        match status {
+            404 => Ok(None),
+            200 if body.len() as u64 > limit => Err(OciError::OverLimit {
+                reference: r.to_string(),
+                what: what.to_owned(),
+                limit,
+            }),
+            200 => Ok(Some(body)),
+            _ => Err(Self::status(r, what, status, &body)),
+        }
+    }
+
+    /// The manifest `name` in `r`'s repository as [`Registry::manifest_named`] reads it, but
+    /// asked for as any kind of manifest (OCI or Docker, image manifest or index), so that the
+    /// registry serves whatever the name holds instead of answering 404 for a kind not asked
+    /// for: what a writer reads before it replaces the name.
+    pub(crate) fn manifest_any(
+        &self,
+        r: &Reference,
+        what: &str,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let url = format!("{}/manifests/{name}", self.base(r));
+        let Answer { status, body, .. } =
+            self.send(r, Call::get(what, &url, &[("Accept", ACCEPT_ANY)], limit))?;
         match status {
             404 => Ok(None),
             200 if body.len() as u64 > limit => Err(OciError::OverLimit {
