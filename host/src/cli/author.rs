@@ -1,5 +1,5 @@
 //! The policy author's commands: `test`, `diff`, `explain`, `info`, `push`, `pull` and
-//! `verify`.
+//! `verify` (`keygen` and `sign` are in `sign.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -295,13 +295,23 @@ fn explain(config: &Path, module: Option<&Path>, text: &str, json: bool) -> Resu
 }
 
 impl PushArgs {
+    /// With --sign-key, the key is read (and decrypted) before anything is pushed.
     pub fn execute(self) -> Result<ExitCode> {
-        push(&self.module, &self.reference)
+        let key = match &self.sign_key {
+            Some(path) => Some(super::sign::read_key(path, &self.passphrase)?),
+            None => None,
+        };
+        push(&self.module, &self.reference, key.as_ref())
     }
 }
 
-/// `flowgate push`: the module checked as a flowgate module, then pushed in the CNCF layout.
-fn push(module: &Path, reference: &str) -> Result<ExitCode> {
+/// `flowgate push`: the module checked as a flowgate module, then pushed in the CNCF layout;
+/// with `key`, then signed for the tag pushed.
+fn push(
+    module: &Path,
+    reference: &str,
+    key: Option<&flowgate_host::oci::SigningKey>,
+) -> Result<ExitCode> {
     use flowgate_host::oci::{Digest, Reference, Registry};
     let reference = Reference::parse(reference).map_err(anyhow::Error::msg)?;
     let (bytes, name) = read_module(module)?;
@@ -319,8 +329,13 @@ fn push(module: &Path, reference: &str) -> Result<ExitCode> {
     let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
     let digest = registry.push(&reference, &bytes, config.to_string().as_bytes())?;
     tracing::info!(event = "push", reference = %reference, manifest = %digest, "pushed {name}");
-    outln!("{}", reference.pinned(digest))?;
-    Ok(ExitCode::SUCCESS)
+    let pinned = reference.pinned(digest);
+    outln!("{pinned}")?;
+    match key {
+        Some(key) => super::sign::sign_in_registry(&registry, &pinned, key)
+            .with_context(|| format!("{pinned} was pushed, but it is not signed")),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 impl PullArgs {

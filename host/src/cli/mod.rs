@@ -50,6 +50,7 @@ pub mod gateway;
 pub mod hint;
 pub mod logs;
 pub mod run;
+pub mod sign;
 
 /// A policy ready to judge, and how to describe it.
 pub struct Loaded {
