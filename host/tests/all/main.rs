@@ -12,6 +12,7 @@ mod fixtures;
 mod hostile;
 mod hostile_admin;
 mod hostile_cache;
+mod hostile_keys;
 mod hostile_registry;
 mod kit;
 mod live;
@@ -21,6 +22,7 @@ mod paths;
 mod prepare;
 mod refusals;
 mod replay;
+mod sign;
 mod signing;
 mod swap;
 

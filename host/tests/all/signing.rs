@@ -21,11 +21,11 @@ use crate::oci::{TestRegistry, client, start};
 /// Where the signed identities say the fixtures were pushed.
 const SIGNED_REGISTRY: &str = "127.0.0.1:29810";
 
-fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     crate::repo().join("fixtures/signing")
 }
 
-fn key_path(name: &str) -> PathBuf {
+pub(crate) fn key_path(name: &str) -> PathBuf {
     fixtures().join(format!("{name}.pub"))
 }
 
@@ -45,14 +45,14 @@ fn fingerprint(name: &str) -> Digest {
 }
 
 /// A case as its files describe it.
-struct Case {
-    name: String,
+pub(crate) struct Case {
+    pub(crate) name: String,
     dir: PathBuf,
     json: serde_json::Value,
-    digest: Digest,
+    pub(crate) digest: Digest,
 }
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let mut cases: Vec<Case> = std::fs::read_dir(fixtures().join("cases"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -77,7 +77,7 @@ fn cases() -> Vec<Case> {
 
 /// Uploads every blob the manifest `name` in `dir` names, then the manifest itself, byte for
 /// byte, under `tag`. Returns its digest.
-fn upload_manifest(r: &Reference, dir: &Path, name: &str, tag: &str) -> Digest {
+pub(crate) fn upload_manifest(r: &Reference, dir: &Path, name: &str, tag: &str) -> Digest {
     let bytes = std::fs::read(dir.join(name)).unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     let registry = client();
@@ -98,7 +98,7 @@ fn upload_manifest(r: &Reference, dir: &Path, name: &str, tag: &str) -> Digest {
 
 /// Loads `case` into `repository` of `registry` as load.py does: the artifact under its tag,
 /// the signature manifest (if any) under `sha256-<hex>.sig`. Returns the reference by tag.
-fn load(registry: &TestRegistry, repository: &str, case: &Case) -> Reference {
+pub(crate) fn load(registry: &TestRegistry, repository: &str, case: &Case) -> Reference {
     let tag = case.json["tag"].as_str().unwrap();
     let r = Reference::parse(&registry.reference(&format!("{repository}:{tag}"))).unwrap();
     let digest = upload_manifest(&r, &case.dir, "manifest.json", tag);
