@@ -799,3 +799,88 @@ fn a_detached_signature_names_the_module_sha256_and_openssl_verifies_it() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn skopeo_reads_a_flowgate_signature_and_mirrors_it_where_it_verifies_remapped() {
+    let Some(registry) = start() else { return };
+    if !crate::oci::installed("skopeo") {
+        return;
+    }
+    let dir = scratch("skopeo-mirror");
+    let tagged = registry.reference("policies/filter:v1");
+    let r = Reference::parse(&tagged).unwrap();
+    let digest = push(&r, DEFAULT_MODULE);
+    let out = sign_with(&tagged, "trusted");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // skopeo copies the module with its sigstore attachments: it must parse the signature
+    // manifest flowgate wrote to carry the signature over.
+    let registries_d = dir.join("registries.d");
+    std::fs::create_dir_all(&registries_d).unwrap();
+    std::fs::write(
+        registries_d.join("sigstore.yaml"),
+        format!(
+            "docker:\n  127.0.0.1:{}:\n    use-sigstore-attachments: true\n",
+            registry.port
+        ),
+    )
+    .unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let mirror = registry.reference("mirror/filter:v1");
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args([
+            "--policy",
+            path_str(&policy),
+            "--registries.d",
+            path_str(&registries_d),
+        ])
+        .arg(tagged.replacen("oci://", "docker://", 1))
+        .arg(mirror.replacen("oci://", "docker://", 1))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, layers) = signature_layers(&registry, "mirror/filter", &digest);
+    assert_eq!(layers.len(), 1);
+    let identity = format!("127.0.0.1:{}/policies/filter:v1", registry.port);
+    check_payload(&layers[0].0, &digest, &identity);
+    assert!(openssl_verifies(
+        &dir,
+        &key_path("trusted"),
+        &layers[0].0,
+        &layers[0].1
+    ));
+    let remap = format!(
+        "127.0.0.1:{port}/mirror=127.0.0.1:{port}/policies",
+        port = registry.port
+    );
+    let out = flowgate(
+        &[
+            "verify",
+            &mirror,
+            "--key",
+            path_str(&key_path("trusted")),
+            "--remap-identity",
+            &remap,
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
