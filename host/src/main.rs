@@ -69,6 +69,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(command) => command.execute(),
         Command::Push(command) => command.execute(),
         Command::Pull(command) => command.execute(),
+        Command::Keygen(command) => command.execute(),
+        Command::Sign(command) => command.execute(),
         Command::Verify(command) => command.execute(),
         Command::Info(command) => command.execute(),
         Command::Serve(command) => command.execute(),

@@ -146,11 +146,11 @@ pub(super) fn release_json(release: &Release) -> Value {
 /// Who signed a release's module: the key's file and fingerprint, and the identity signed.
 pub(super) fn signer_json(signer: &crate::oci::Signer) -> Value {
     json!({
-        "key": signer.key,
-        "fingerprint": signer.fingerprint.to_string(),
-        "identity": signer.identity,
-        "signed_digest": signer.digest.to_string(),
-        "detached": signer.detached,
+        "key": signer.key(),
+        "fingerprint": signer.fingerprint().to_string(),
+        "identity": signer.identity(),
+        "signed_digest": signer.digest().to_string(),
+        "detached": signer.detached(),
     })
 }
 

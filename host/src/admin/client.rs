@@ -195,18 +195,30 @@ impl Client {
         config: Option<&str>,
         if_match: Option<&str>,
     ) -> Result<Reply, ClientError> {
-        self.put_module(module, None, config, if_match, Some(signature))
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(signature);
+        self.put_module(
+            module,
+            None,
+            config,
+            if_match,
+            Some((super::SIGNATURE_HEADER, text)),
+        )
     }
 
-    /// `PUT /module` with a reference: the gateway pulls the module itself.
+    /// `PUT /module` with a reference: the gateway pulls the module itself. With
+    /// `checked`, the manifest digest the reference must still resolve to (the one whose
+    /// signatures the caller checked): the gateway refuses (412) when it has moved.
     pub fn swap_reference(
         &self,
         reference: &str,
+        checked: Option<&str>,
         config: Option<&str>,
         if_match: Option<&str>,
     ) -> Result<Reply, ClientError> {
         let content_type = Some(super::REFERENCE_TYPE);
-        self.put_module(reference.as_bytes(), content_type, config, if_match, None)
+        let extra = checked.map(|d| (super::MANIFEST_HEADER, d.to_owned()));
+        self.put_module(reference.as_bytes(), content_type, config, if_match, extra)
     }
 
     /// `PUT /module`: `head` (a module, or a reference with its content type), then the
@@ -217,19 +229,15 @@ impl Client {
         content_type: Option<&str>,
         config: Option<&str>,
         if_match: Option<&str>,
-        signature: Option<&[u8]>,
+        extra: Option<(&'static str, String)>,
     ) -> Result<Reply, ClientError> {
-        use base64::Engine as _;
         let mut body = head.to_vec();
         let mut headers: Vec<(&str, String)> = content_type
             .map(|t| ("Content-Type", t.to_owned()))
             .into_iter()
             .chain(if_match.map(if_match_header))
             .collect();
-        if let Some(signature) = signature {
-            let text = base64::engine::general_purpose::STANDARD.encode(signature);
-            headers.push((super::SIGNATURE_HEADER, text));
-        }
+        headers.extend(extra);
         if let Some(config) = config {
             body.extend_from_slice(config.as_bytes());
             headers.push(("X-Config-Length", config.len().to_string()));

@@ -227,9 +227,9 @@ pub fn render(gateway: &Gateway) -> String {
         let _ = writeln!(
             out,
             "flowgate_module_signer_info{{key=\"{}\",fingerprint=\"{}\",identity=\"{}\"}} 1",
-            label(&signer.key),
-            signer.fingerprint,
-            label(&signer.identity),
+            label(signer.key()),
+            signer.fingerprint(),
+            label(signer.identity()),
         );
     }
     if let Some(watch) = gateway.watch_status() {

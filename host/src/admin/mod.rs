@@ -961,6 +961,22 @@ fn put_module(shared: &Shared, request: Request) -> Response {
             return json_response(422, body);
         }
     };
+    // A client that checked the reference's signatures itself names the digest it checked:
+    // a tag that has moved since is refused, not pulled anew.
+    if let Some(expected) = request.header(&MANIFEST_HEADER.to_ascii_lowercase())
+        && expected.trim() != digest.to_string()
+    {
+        gateway.note_pull(Pull::Refused);
+        let error = format!(
+            "{asked} now names {digest}, not {} (the digest the client checked, in {MANIFEST_HEADER}): nothing was swapped",
+            expected.trim()
+        );
+        record_refusal(shared, &request, "reference-moved", &error);
+        return json_response(
+            412,
+            json!({"swapped": false, "reason": "reference-moved", "error": error}),
+        );
+    }
     let module = ModuleBytes::pulled(&module, &asked, digest).signed(signer.as_ref());
     let result = change(shared, &request, Some(module), config);
     gateway.note_pull(if result.is_ok() {
@@ -974,6 +990,14 @@ fn put_module(shared: &Shared, request: Request) -> Response {
 /// The header of a `PUT /module` upload that carries the module's detached signature: the
 /// signature file (`flowgate sign --detached`) in standard base64.
 pub const SIGNATURE_HEADER: &str = "X-Module-Signature";
+
+/// The header of a `PUT /module` reference naming the manifest digest it must resolve to
+/// (`sha256:...`): the one a client checked the signatures of. Another one is refused (412).
+pub const MANIFEST_HEADER: &str = "X-Manifest-Digest";
+
+/// The largest detached signature file an upload carries in its header (the admin API takes
+/// 16 KiB of headers; one is about 700 bytes).
+pub const MAX_UPLOAD_SIGNATURE: usize = 8 << 10;
 
 /// The signer of an uploaded module, from its detached signature when the gateway has keys
 /// to check it with; `None` when it has none, or the upload came without one (the gateway
@@ -1003,7 +1027,7 @@ fn upload_signer(
 /// answered 422 with the check's result.
 fn refused_signature(shared: &Shared, request: &Request, e: SignatureError) -> Response {
     let check = e.check();
-    let e = shared.gateway.refuse_signature(e);
+    let e = shared.gateway.refuse_signature("swap", e);
     record_refusal(shared, request, e.reason().as_str(), &e.to_string());
     json_response(
         422,

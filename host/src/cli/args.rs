@@ -92,6 +92,13 @@ pub enum Command {
     /// Pull a module from an OCI registry, by tag or pinned digest, verified byte for byte,
     /// into a file.
     Pull(PullArgs),
+    /// Make a signing key pair: PREFIX.key, the private key encrypted with a passphrase
+    /// (cosign's format, readable by cosign and skopeo), and PREFIX.pub, its public key.
+    Keygen(KeygenArgs),
+    /// Sign a module in its registry with a private key (a cosign signature under the tag
+    /// `sha256-<hex>.sig`, checked once written), or with --detached a module file (into
+    /// FILE.sig).
+    Sign(SignArgs),
     /// Check a module's cosign signatures in its registry against trusted public keys,
     /// without pulling or compiling the module; prints which key signed it, or exits 1 with
     /// why it is refused.
@@ -253,6 +260,60 @@ pub struct PushArgs {
     pub module: PathBuf,
     /// Where: `oci://HOST[:PORT]/REPO:TAG`.
     pub reference: String,
+    /// Sign the module pushed with this private key (as `flowgate sign` does, for the tag
+    /// pushed). The key and its passphrase are read before anything is pushed.
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+/// `flowgate keygen`.
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Where the pair goes: PREFIX.key and PREFIX.pub, neither of which may exist.
+    pub prefix: PathBuf,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+/// `flowgate sign`.
+#[derive(Args)]
+pub struct SignArgs {
+    /// `oci://HOST[:PORT]/REPO:TAG` (signed as HOST[:PORT]/REPO:TAG) or
+    /// `oci://HOST[:PORT]/REPO@sha256:DIGEST` (signed as that); with --detached, a module
+    /// file.
+    pub target: String,
+    /// The private key: an encrypted cosign key file (`flowgate keygen`, cosign's
+    /// `generate-key-pair`).
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// Sign a module file instead: its signature goes to FILE.sig beside it, a file that may
+    /// not exist yet.
+    #[arg(long)]
+    pub detached: bool,
+    /// With --detached: replace an existing FILE.sig.
+    #[arg(long, requires = "detached")]
+    pub force: bool,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+/// Where a private key's passphrase comes from; never from the command line.
+#[derive(Args)]
+pub struct PassphraseArgs {
+    /// Read the key's passphrase from the first line of FILE (without its line end).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Read the key's passphrase from the environment variable VAR (when --passphrase-file is
+    /// not given).
+    #[arg(
+        long,
+        value_name = "VAR",
+        default_value = "FLOWGATE_PASSPHRASE",
+        conflicts_with = "passphrase_file"
+    )]
+    pub passphrase_env: String,
 }
 
 /// `flowgate pull`.

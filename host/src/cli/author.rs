@@ -1,5 +1,5 @@
 //! The policy author's commands: `test`, `diff`, `explain`, `info`, `push`, `pull` and
-//! `verify`.
+//! `verify` (`keygen` and `sign` are in `sign.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -295,13 +295,23 @@ fn explain(config: &Path, module: Option<&Path>, text: &str, json: bool) -> Resu
 }
 
 impl PushArgs {
+    /// With --sign-key, the key is read (and decrypted) before anything is pushed.
     pub fn execute(self) -> Result<ExitCode> {
-        push(&self.module, &self.reference)
+        let key = match &self.sign_key {
+            Some(path) => Some(super::sign::read_key(path, &self.passphrase)?),
+            None => None,
+        };
+        push(&self.module, &self.reference, key.as_ref())
     }
 }
 
-/// `flowgate push`: the module checked as a flowgate module, then pushed in the CNCF layout.
-fn push(module: &Path, reference: &str) -> Result<ExitCode> {
+/// `flowgate push`: the module checked as a flowgate module, then pushed in the CNCF layout;
+/// with `key`, then signed for the tag pushed.
+fn push(
+    module: &Path,
+    reference: &str,
+    key: Option<&flowgate_host::oci::SigningKey>,
+) -> Result<ExitCode> {
     use flowgate_host::oci::{Digest, Reference, Registry};
     let reference = Reference::parse(reference).map_err(anyhow::Error::msg)?;
     let (bytes, name) = read_module(module)?;
@@ -317,9 +327,26 @@ fn push(module: &Path, reference: &str) -> Result<ExitCode> {
         "component": {"exports": exports, "imports": imports},
     });
     let registry = Registry::new(REGISTRY.get().cloned().unwrap_or_default());
-    let digest = registry.push(&reference, &bytes, config.to_string().as_bytes())?;
-    tracing::info!(event = "push", reference = %reference, manifest = %digest, "pushed {name}");
-    outln!("{}", reference.pinned(digest))?;
+    let config = config.to_string();
+    let Some(key) = key else {
+        let digest = registry.push(&reference, &bytes, config.as_bytes())?;
+        tracing::info!(event = "push", reference = %reference, manifest = %digest, "pushed {name}");
+        outln!("{}", reference.pinned(digest))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Signed before the tag names it: a gateway watching the tag never sees it unsigned
+    // (and quarantines nothing that a signature was about to vouch for).
+    let (digest, manifest) = registry.push_untagged(&reference, &bytes, config.as_bytes())?;
+    let pinned = reference.pinned(digest);
+    outln!("{pinned}")?;
+    super::sign::sign_in_registry(&registry, &pinned, key).with_context(|| {
+        format!("{pinned} was pushed by digest, but not signed, and not tagged")
+    })?;
+    let tag = reference.tag.as_deref().unwrap_or_default();
+    registry
+        .put_manifest(&reference, tag, &manifest, flowgate_host::oci::OCI_MANIFEST)
+        .with_context(|| format!("{pinned} was pushed and signed, but not tagged"))?;
+    tracing::info!(event = "push", reference = %reference, manifest = %digest, "pushed {name}, signed");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -374,18 +401,18 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
             serde_json::json!({
                 "reference": pinned.to_string(),
                 "manifest": digest.to_string(),
-                "key": signer.key,
-                "fingerprint": signer.fingerprint.to_string(),
-                "identity": signer.identity,
-                "layer": signer.layer,
+                "key": signer.key(),
+                "fingerprint": signer.fingerprint().to_string(),
+                "identity": signer.identity(),
+                "layer": signer.layer(),
             })
         )?;
     } else {
         outln!(
             "{pinned}: signed by {} ({}) as {}",
-            signer.key,
-            signer.fingerprint,
-            signer.identity
+            signer.key(),
+            signer.fingerprint(),
+            signer.identity()
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -242,7 +242,9 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
                 Ok((bytes, _, signer)) => Some((bytes, signer)),
                 // Refused for its signature: counted and logged as the gateway's refusal.
                 Err(e) => match e.downcast::<SignatureError>() {
-                    Ok(e) => return Err(reread_gateway.refuse_signature(e).into()),
+                    Ok(e) => {
+                        return Err(reread_gateway.refuse_signature("SIGHUP's swap", e).into());
+                    }
                     Err(e) => return Err(e),
                 },
             },
@@ -374,20 +376,26 @@ impl SwapArgs {
         let reference = module
             .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| flowgate_host::oci::Reference::is_reference(p));
-        // A file's detached signature goes with it, checked here first with --trusted-key;
-        // a reference's signatures are checked here too, before the gateway checks them.
+        // A file's detached signature goes with it (checked here first with --trusted-key,
+        // by `read_module`). Without keys, one that cannot be read is left behind, with a
+        // warning: the gateway may not need it.
         let signature = match (&reference, module) {
-            (None, Some(path)) => read_detached(path)
-                .with_context(|| format!("reading {}", detached_path(path).display()))?,
+            (None, Some(path)) => upload_signature(path)?,
             _ => None,
         };
-        if let (Some(text), Some(trust)) = (&reference, &signing().trust) {
-            let r = flowgate_host::oci::Reference::parse(text).map_err(anyhow::Error::msg)?;
-            let registry =
-                flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
-            let (_, digest) = registry.manifest(&r)?;
-            trust.verify(&registry, &r, digest)?;
-        }
+        // With --trusted-key, a reference's signatures are checked here too, and the gateway
+        // is told the digest checked: a tag moved since is refused there, not pulled anew.
+        let checked = match (&reference, &signing().trust) {
+            (Some(text), Some(trust)) => {
+                let r = flowgate_host::oci::Reference::parse(text).map_err(anyhow::Error::msg)?;
+                let registry =
+                    flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
+                let (_, digest) = registry.manifest(&r)?;
+                trust.verify(&registry, &r, digest)?;
+                Some(digest.to_string())
+            }
+            _ => None,
+        };
         let module = match reference {
             Some(_) => None,
             None => module
@@ -409,6 +417,7 @@ impl SwapArgs {
         if let Some(reference) = reference {
             return print_reply(client.swap_reference(
                 &reference,
+                checked.as_deref(),
                 config.as_deref(),
                 Some(&if_match),
             )?);
@@ -425,4 +434,31 @@ impl SwapArgs {
             ),
         }
     }
+}
+
+/// The detached signature file of the module file `path` to send with its upload: none when
+/// there is none. With --trusted-key one that cannot be read is an error; without, a warning
+/// (the gateway may need none). One too large for the upload's header is an error, naming
+/// the file.
+fn upload_signature(path: &Path) -> Result<Option<Vec<u8>>> {
+    let sig_path = detached_path(path);
+    let signature = match read_detached(path) {
+        Ok(signature) => signature,
+        Err(e) if signing().trust.is_none() => {
+            tracing::warn!(path = %sig_path.display(), error = %e, "the detached signature is not sent: it cannot be read");
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", sig_path.display())),
+    };
+    if let Some(bytes) = &signature
+        && bytes.len() > admin::MAX_UPLOAD_SIGNATURE
+    {
+        bail!(
+            "{}: {} bytes; an upload carries a detached signature of at most {} bytes (a flowgate or cosign one is under 1 KiB)",
+            sig_path.display(),
+            bytes.len(),
+            admin::MAX_UPLOAD_SIGNATURE
+        );
+    }
+    Ok(signature)
 }

@@ -54,6 +54,7 @@ pub mod gateway;
 pub mod hint;
 pub mod logs;
 pub mod run;
+pub mod sign;
 
 /// A policy ready to judge, and how to describe it.
 pub struct Loaded {
@@ -289,7 +290,9 @@ pub fn read_signed_module(path: &Path) -> Result<(Vec<u8>, String, Option<Signer
             return Ok((bytes, name, None));
         };
         let sig_path = detached_path(path);
-        let sig = read_detached(path).with_context(|| format!("reading {}", sig_path.display()))?;
+        let sig = read_detached(path).map_err(|e| {
+            Trust::unreadable_detached(&name, &bytes, &sig_path.display().to_string(), &e)
+        })?;
         return match trust.verify_detached(
             &name,
             &bytes,

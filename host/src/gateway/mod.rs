@@ -143,22 +143,22 @@ impl<'a> ModuleBytes<'a> {
         ModuleBytes { signer, ..self }
     }
 
-    /// The module's signer, when the gateway's keys let it run: a signer the gateway trusts
-    /// for these bytes (the pulled manifest's digest, or the bytes' own SHA-256 for a local
-    /// module), or no signature where none is required (or a local module where
-    /// `allow_unsigned_local` lets one in, with a warning).
+    /// The module's signer, when the gateway's keys let it run: a signer the gateway trusts,
+    /// whose signature is over what the module is (the pulled manifest's digest, or the
+    /// bytes' own SHA-256 for a local module) and who vouches for these very bytes; or no
+    /// signature where none is required (or a local module where `allow_unsigned_local` lets
+    /// one in, with a warning, counted as `unsigned-allowed`).
     fn checked_signer(&self, options: &Options) -> Result<Option<Signer>, SwapError> {
         let Some(trust) = &options.trust else {
             return Ok(self.signer.cloned());
         };
-        let refuse = |why: String| {
+        let bytes = Digest::of(self.bytes);
+        let refuse = |check: SignatureCheck, why: String| {
             Err(SwapError::Unsigned {
-                module: self.source().unwrap_or_else(|| {
-                    format!(
-                        "an uploaded or local module (sha256 {})",
-                        Digest::of(self.bytes)
-                    )
-                }),
+                module: self
+                    .source()
+                    .unwrap_or_else(|| format!("an uploaded or local module (sha256 {bytes})")),
+                check,
                 why,
             })
         };
@@ -166,33 +166,52 @@ impl<'a> ModuleBytes<'a> {
             if self.pulled.is_none() && options.allow_unsigned_local {
                 tracing::warn!(
                     event = "unsigned-local",
-                    module_sha256 = %Digest::of(self.bytes),
+                    module_sha256 = %bytes,
                     "an unsigned local module is let in by --allow-unsigned-local: for development only, never on a gateway that enforces signatures"
                 );
                 return Ok(None);
             }
-            return refuse("unsigned: no signature by a trusted key came with it".into());
+            return refuse(
+                SignatureCheck::Unsigned,
+                "unsigned: no signature by a trusted key came with it".into(),
+            );
         };
         if !trust
             .keys()
             .iter()
-            .any(|k| k.fingerprint() == signer.fingerprint)
+            .any(|k| k.fingerprint() == signer.fingerprint())
         {
-            return refuse(format!(
-                "signed by {}, not a key this gateway trusts",
-                signer.fingerprint
-            ));
+            return refuse(
+                SignatureCheck::Untrusted,
+                format!(
+                    "signed by {}, not a key this gateway trusts",
+                    signer.fingerprint()
+                ),
+            );
         }
         let signed = match self.pulled {
-            Some((_, digest)) if !signer.detached => digest,
-            None if signer.detached => Digest::of(self.bytes),
-            _ => return refuse("its signature is not of the kind its source needs (a registry's for a pulled module, a detached one for a local one)".into()),
+            Some((_, digest)) if !signer.detached() => digest,
+            None if signer.detached() => bytes,
+            _ => {
+                return refuse(
+                    SignatureCheck::Malformed,
+                    "its signature is not of the kind its source needs (a registry's for a pulled module, a detached one for a local one)".into(),
+                );
+            }
         };
-        if signer.digest != signed {
-            return refuse(format!(
-                "the signature is over {}, not {signed}",
-                signer.digest
-            ));
+        if signer.digest() != signed {
+            return refuse(
+                SignatureCheck::OtherDigest,
+                format!("the signature is over {}, not {signed}", signer.digest()),
+            );
+        }
+        if signer.module_sha256() != Some(bytes) {
+            return refuse(
+                SignatureCheck::OtherDigest,
+                format!(
+                    "its signer vouches for other bytes than these (sha256 {bytes}): a pulled module's signer must come from the pull that brought it"
+                ),
+            );
         }
         Ok(Some(signer.clone()))
     }
@@ -533,20 +552,25 @@ impl Gateway {
         };
         let (loaded, signer) = match &module {
             Some(module) => {
-                let signer = module
-                    .checked_signer(&self.options)
-                    .inspect_err(|_| self.events.signature(SignatureCheck::Unsigned))?;
+                let signer = module.checked_signer(&self.options).inspect_err(|e| {
+                    if let SwapError::Unsigned { check, .. } = e {
+                        self.events.signature(*check);
+                    }
+                })?;
+                if signer.is_none() && self.options.trust.is_some() {
+                    self.events.signature(SignatureCheck::UnsignedAllowed);
+                }
                 if let Some(signer) = &signer {
                     self.events.signature(SignatureCheck::Signed);
                     tracing::info!(
                         event = "signature",
                         result = "signed",
-                        key = %signer.key,
-                        fingerprint = %signer.fingerprint,
-                        identity = %signer.identity,
+                        key = %signer.key(),
+                        fingerprint = %signer.fingerprint(),
+                        identity = %signer.identity(),
                         "the module is signed by {} ({})",
-                        signer.key,
-                        signer.fingerprint
+                        signer.key(),
+                        signer.fingerprint()
                     );
                 }
                 (self.runtime.load(module.bytes)?, signer)
@@ -581,10 +605,11 @@ impl Gateway {
     /// A module refused for its signatures before it got to the gateway (where it was pulled
     /// or uploaded, or by the tag watch): counted by the check's result and as a refused
     /// swap, and logged; the running release keeps serving. Returns it as a swap's refusal.
-    pub fn refuse_signature(&self, e: crate::oci::SignatureError) -> SwapError {
+    /// `what` names the change in the log ("swap", "SIGHUP's swap").
+    pub fn refuse_signature(&self, what: &str, e: crate::oci::SignatureError) -> SwapError {
         self.events.signature(e.check());
         let e = SwapError::Signature(e);
-        self.note_refusal("swap", &e);
+        self.note_refusal(what, &e);
         e
     }
 

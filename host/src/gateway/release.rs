@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use flowgate_policy::{Catalog, Packet, Verdict};
 use sha2::{Digest, Sha256};
 
-use crate::oci::{SignatureError, Signer};
+use crate::oci::{SignatureCheck, SignatureError, Signer};
 use crate::setting::{OverLimit, Setting};
 use crate::wasm::{
     Adoption, Blueprint, ConfigError, LoadedModule, ModuleError, ModuleInfo, Runtime, StartError,
@@ -166,6 +166,8 @@ pub enum SwapError {
     Unsigned {
         /// The module: its pinned reference, or its SHA-256.
         module: String,
+        /// The kind of refusal, for the counters.
+        check: SignatureCheck,
         /// Why.
         why: String,
     },

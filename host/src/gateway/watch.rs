@@ -114,7 +114,7 @@ fn swap_to(
             // What the digest is, not how the registry did: quarantined until the tag moves.
             gateway.note_pull(Pull::Refused);
             gateway.quarantine_refused(digest, Refusal::Signature.as_str());
-            gateway.refuse_signature(e);
+            gateway.refuse_signature("the tag watch's swap", e);
             return false;
         }
         Err(e) => {

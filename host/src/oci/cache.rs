@@ -17,11 +17,11 @@ const MAX_ENTRY_BYTES: u64 = 1 << 30;
 /// What the cache remembers of a module's signature, checked again against the keys trusted
 /// when it stands in for the registry: the key's fingerprint and the identity signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedRecord {
+pub(crate) struct SignedRecord {
     /// The SHA-256 of the key's SubjectPublicKeyInfo DER.
-    pub fingerprint: Digest,
+    pub(crate) fingerprint: Digest,
     /// The identity the payload named (`docker-reference`).
-    pub identity: String,
+    pub(crate) identity: String,
 }
 
 /// The largest signer record read back (an identity is at most 512 characters).
@@ -72,7 +72,11 @@ impl Cache {
     }
 
     /// Remembers that the module pulled as `manifest` was signed as `record` says.
-    pub fn store_signer(&self, manifest: &Digest, record: &SignedRecord) -> Result<(), StoreError> {
+    pub(crate) fn store_signer(
+        &self,
+        manifest: &Digest,
+        record: &SignedRecord,
+    ) -> Result<(), StoreError> {
         let dir = PrivateDir::open(&self.dir)?;
         let text = format!("{} {}", record.fingerprint, record.identity);
         let mut entry = text.as_bytes().to_vec();
@@ -82,7 +86,7 @@ impl Cache {
 
     /// What the cache remembers of the signature of the module pulled as `manifest`, when it
     /// has a record this cache sealed.
-    pub fn load_signer(&self, manifest: &Digest) -> Option<SignedRecord> {
+    pub(crate) fn load_signer(&self, manifest: &Digest) -> Option<SignedRecord> {
         let dir = PrivateDir::open(&self.dir).ok()?;
         let name = Self::signer_entry(manifest);
         let text = read_sealed(&dir, &dir, &name, MAX_SIGNER_BYTES, b"signer", &manifest.0)?;

@@ -1,13 +1,14 @@
 //! Policy modules as OCI artifacts in an ordinary registry: references (`oci://...`), a
 //! client that pulls by tag or digest and verifies every byte, and pushes in the CNCF Wasm
-//! layout; cosign signatures of modules, verified against trusted keys.
+//! layout; cosign signatures of modules, made with private keys and verified against trusted keys.
 
 mod cache;
 mod reference;
 mod registry;
+mod sign;
 mod signature;
 
-pub use cache::{Cache, SignedRecord};
+pub use cache::Cache;
 
 pub use reference::{
     Digest, DigestError, Reference, ReferenceError, RegistryHostError, SCHEME, check_registry,
@@ -15,6 +16,12 @@ pub use reference::{
 };
 pub use registry::{
     OCI_MANIFEST, OciError, Pulled, Registry, RegistryOptions, WASM_CONFIG, WASM_LAYER,
+};
+pub use sign::{
+    COSIGN_KEY_LABEL, DetachedError, DetachedSignature, KeyFiles, KeygenError, MAX_PASSPHRASE_FILE,
+    MAX_PRIVATE_KEY_FILE, PassphraseError, PrivateKeyError, SIGSTORE_KEY_LABEL, SignError, Signed,
+    SigningKey, create_new, detached, identity, keygen, payload, payload_at, read_passphrase_file,
+    sign, sign_file,
 };
 pub use signature::{
     COSIGN_TYPE, IdentityRemap, KeyError, LayerRefusal, MAX_DETACHED_FILE, MAX_KEY_FILE, PullError,

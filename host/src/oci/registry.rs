@@ -21,6 +21,8 @@ use crate::setting::Setting;
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// What a manifest GET accepts (the reference registry answers 404 without the OCI type).
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// What a GET of a name that may hold any kind of manifest accepts.
+const ACCEPT_ANY: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 /// The largest manifest read.
 const MAX_MANIFEST: u64 = 1 << 20;
 /// The largest token-service answer read.
@@ -698,6 +700,32 @@ impl Registry {
         }
     }
 
+    /// The manifest `name` in `r`'s repository as [`Registry::manifest_named`] reads it, but
+    /// asked for as any kind of manifest (OCI or Docker, image manifest or index), so that the
+    /// registry serves whatever the name holds instead of answering 404 for a kind not asked
+    /// for: what a writer reads before it replaces the name.
+    pub(crate) fn manifest_any(
+        &self,
+        r: &Reference,
+        what: &str,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let url = format!("{}/manifests/{name}", self.base(r));
+        let Answer { status, body, .. } =
+            self.send(r, Call::get(what, &url, &[("Accept", ACCEPT_ANY)], limit))?;
+        match status {
+            404 => Ok(None),
+            200 if body.len() as u64 > limit => Err(OciError::OverLimit {
+                reference: r.to_string(),
+                what: what.to_owned(),
+                limit,
+            }),
+            200 => Ok(Some(body)),
+            _ => Err(Self::status(r, what, status, &body)),
+        }
+    }
+
     /// The manifest `r` names, and its digest; a pinned reference's must match.
     pub fn manifest(&self, r: &Reference) -> Result<(Value, Digest), OciError> {
         let url = format!("{}/manifests/{}", self.base(r), r.manifest_ref());
@@ -845,12 +873,32 @@ impl Registry {
     /// Pushes `module` under `r`'s tag in the CNCF layout, with `config` (its JSON) as the
     /// config blob. Returns the manifest's digest.
     pub fn push(&self, r: &Reference, module: &[u8], config: &[u8]) -> Result<Digest, OciError> {
-        let tag = r.tag.as_deref().ok_or_else(|| {
+        let tag = Self::push_tag(r)?;
+        let (_, bytes) = self.push_untagged(r, module, config)?;
+        self.put_manifest(r, tag, &bytes, OCI_MANIFEST)
+    }
+
+    /// The tag a push to `r` goes under.
+    fn push_tag(r: &Reference) -> Result<&str, OciError> {
+        r.tag.as_deref().ok_or_else(|| {
             OciError::Refused(
                 "push needs a tag: oci://HOST/REPO:TAG".into(),
                 r.to_string(),
             )
-        })?;
+        })
+    }
+
+    /// Pushes `module` to `r`'s repository as [`Registry::push`] does, under its manifest's
+    /// digest only: no tag names it yet, so nothing that follows a tag sees it. Returns the
+    /// manifest's digest and bytes, to tag it with ([`Registry::put_manifest`]) once it is
+    /// signed.
+    pub fn push_untagged(
+        &self,
+        r: &Reference,
+        module: &[u8],
+        config: &[u8],
+    ) -> Result<(Digest, Vec<u8>), OciError> {
+        Self::push_tag(r)?;
         let config_digest = self.upload(r, config)?;
         let layer_digest = self.upload(r, module)?;
         let manifest = json!({
@@ -860,7 +908,9 @@ impl Registry {
             "layers": [{"mediaType": WASM_LAYER, "digest": layer_digest.to_string(), "size": module.len()}],
         });
         let bytes = serde_json::to_vec(&manifest).map_err(|e| Self::transport(r, "manifest", e))?;
-        self.put_manifest(r, tag, &bytes, OCI_MANIFEST)
+        let digest = Digest::of(&bytes);
+        self.put_manifest(r, &digest.to_string(), &bytes, OCI_MANIFEST)?;
+        Ok((digest, bytes))
     }
 
     /// Puts `bytes`, exactly as given, as the manifest `name` (a tag) of `r`'s repository,

@@ -130,7 +130,7 @@ impl TrustedKey {
             name: name.clone(),
             message: e.to_string(),
         };
-        let file = std::fs::File::open(path).map_err(read)?;
+        let file = open_regular(path).map_err(read)?;
         let mut bytes = Vec::new();
         file.take(MAX_KEY_FILE.saturating_add(1))
             .read_to_end(&mut bytes)
@@ -222,25 +222,60 @@ impl IdentityRemap {
 }
 
 /// Who signed a module: the trusted key that verified, and what it signed. Only a
-/// verification makes one ([`Trust::verify`], [`Trust::verify_detached`]): it cannot be
-/// built outside this crate, so a `Signer` handed to the gateway is a signature checked.
+/// verification makes one ([`Trust::pull`], [`Trust::verify`], [`Trust::verify_detached`]),
+/// and nothing changes it afterwards (its fields are read through its methods), so a `Signer`
+/// handed to the gateway is a signature checked. One [`Trust::pull`] made also names the
+/// SHA-256 of the module it pulled: only such a one vouches for a pulled module's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Signer {
+    key: String,
+    fingerprint: Digest,
+    identity: String,
+    digest: Digest,
+    layer: Option<usize>,
+    detached: bool,
+    module_sha256: Option<Digest>,
+}
+
+impl Signer {
     /// The key's name (its file).
-    pub key: String,
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The key's fingerprint: the SHA-256 of its SubjectPublicKeyInfo DER.
-    pub fingerprint: Digest,
+    pub fn fingerprint(&self) -> Digest {
+        self.fingerprint
+    }
+
     /// The identity the payload names (`docker-reference`), as signed.
-    pub identity: String,
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
     /// What the signature is over: a registry module's manifest digest, or a local module's
     /// own SHA-256 for a detached signature.
-    pub digest: Digest,
-    /// The signature layer that verified (from 0); `None` for a detached signature, and for
-    /// a module the cache stood in for (its signer checked when it was pulled).
-    pub layer: Option<usize>,
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The signature layer that verified (from 0); `None` for a detached signature, and for a
+    /// module the cache stood in for (its signer checked when it was pulled).
+    pub fn layer(&self) -> Option<usize> {
+        self.layer
+    }
+
     /// Whether it is a detached signature, of a local module's own bytes.
-    pub detached: bool,
+    pub fn detached(&self) -> bool {
+        self.detached
+    }
+
+    /// The SHA-256 of the module bytes a verified pull brought ([`Trust::pull`]), or of the
+    /// local module a detached signature is for: the bytes this signer vouches for. `None`
+    /// for a signer [`Trust::verify`] made, which saw no module bytes.
+    pub fn module_sha256(&self) -> Option<Digest> {
+        self.module_sha256
+    }
 }
 
 flowgate_policy::labels! {
@@ -264,6 +299,8 @@ flowgate_policy::labels! {
         /// The registry could not be reached or failed (5xx), or answered otherwise than
         /// asked: the check may succeed later.
         Registry => "registry",
+        /// A local module without a signature, let in by `--allow-unsigned-local`.
+        UnsignedAllowed => "unsigned-allowed",
     }
 }
 
@@ -426,6 +463,7 @@ fn summary(check: SignatureCheck) -> &'static str {
         SignatureCheck::Malformed => "malformed signature",
         SignatureCheck::OverLimit => "a signature over a limit",
         SignatureCheck::Registry => "the signatures could not be read",
+        SignatureCheck::UnsignedAllowed => "unsigned, let in for development",
     }
 }
 
@@ -642,6 +680,7 @@ impl Trust {
                         digest,
                         layer: Some(place),
                         detached: false,
+                        module_sha256: None,
                     });
                 }
                 Err(why) => refused.push((place, why)),
@@ -678,7 +717,7 @@ impl Trust {
             Ok((_, digest)) => digest,
             Err(e) => return cached(PullError::Registry(e)),
         };
-        let signer = match self.verify(registry, r, digest) {
+        let mut signer = match self.verify(registry, r, digest) {
             Ok(signer) => signer,
             Err(e) => return cached(PullError::Signature(e)),
         };
@@ -687,6 +726,7 @@ impl Trust {
             Ok(pulled) => pulled,
             Err(e) => return cached(PullError::Registry(e)),
         };
+        signer.module_sha256 = Some(Digest::of(&pulled.module));
         if let Some(cache) = cache {
             let record = SignedRecord {
                 fingerprint: signer.fingerprint,
@@ -706,21 +746,42 @@ impl Trust {
     /// a key trusted now and the identity it signed is `r`'s repository (after the remaps).
     fn cached(&self, cache: &Cache, r: &Reference) -> Option<(Pulled, Signer, bool)> {
         let (manifest, module) = cache.load(r)?;
-        let record = cache.load_signer(&manifest);
-        let key = record
-            .as_ref()
-            .and_then(|rec| self.keys.iter().find(|k| k.fingerprint == rec.fingerprint));
-        let (Some(record), Some(key)) = (record.as_ref(), key) else {
+        let refuse = |why: String| {
             tracing::warn!(
                 event = "pull",
                 reference = %r,
                 manifest = %manifest,
-                "the registry is unreachable, and the module cached for {r} ({manifest}) was not signed by a key trusted now: not used"
+                "the registry is unreachable, and the module cached for {r} ({manifest}) is not used: {why}"
+            );
+        };
+        let Some(record) = cache.load_signer(&manifest) else {
+            refuse(
+                "no signer is recorded for it (it was cached by a pull that checked no signatures)"
+                    .into(),
             );
             return None;
         };
-        if normalized_name(&record.identity).ok()? != self.expected_repository(r) {
+        let Some(key) = self
+            .keys
+            .iter()
+            .find(|k| k.fingerprint == record.fingerprint)
+        else {
+            refuse(format!(
+                "it was signed by {}, not a key trusted now",
+                record.fingerprint
+            ));
             return None;
+        };
+        let expected = self.expected_repository(r);
+        match normalized_name(&record.identity) {
+            Ok(name) if name == expected => {}
+            _ => {
+                refuse(format!(
+                    "it was signed as {}, not for {expected}",
+                    record.identity
+                ));
+                return None;
+            }
         }
         tracing::warn!(
             event = "pull",
@@ -733,10 +794,11 @@ impl Trust {
         let signer = Signer {
             key: key.name.clone(),
             fingerprint: key.fingerprint,
-            identity: record.identity.clone(),
+            identity: record.identity,
             digest: manifest,
             layer: None,
             detached: false,
+            module_sha256: Some(Digest::of(&module)),
         };
         let pulled = Pulled {
             module,
@@ -807,6 +869,25 @@ impl Trust {
             });
         }
         Ok((key, signed))
+    }
+
+    /// The refusal of a local module (`module`, named `name`) whose detached signature file
+    /// `file_name` could not be read.
+    pub fn unreadable_detached(
+        name: &str,
+        module: &[u8],
+        file_name: &str,
+        e: &std::io::Error,
+    ) -> SignatureError {
+        SignatureError {
+            reference: name.to_owned(),
+            digest: Digest::of(module),
+            reason: Refusal::DetachedFile {
+                file: file_name.to_owned(),
+                message: format!("unreadable: {e}"),
+                over_limit: false,
+            },
+        }
     }
 
     /// Verifies the detached signature of a local module (`module`, named `name`): the text
@@ -885,6 +966,7 @@ impl Trust {
             digest,
             layer: None,
             detached: true,
+            module_sha256: Some(digest),
         })
     }
 }
@@ -916,25 +998,30 @@ pub fn detached_path(module: &Path) -> std::path::PathBuf {
 /// It must be a regular file: opening never waits (on a FIFO, say).
 pub fn read_detached(module: &Path) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(detached_path(module))
-    {
+    let file = match open_regular(&detached_path(module)) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    let mut bytes = Vec::new();
+    file.take(MAX_DETACHED_FILE + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Opens `path` for reading without waiting (on a FIFO, say): it must be a regular file.
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_DETACHED_FILE + 1).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+    Ok(file)
 }
 
 /// The signature layers of a signature manifest (others are skipped), each with its place

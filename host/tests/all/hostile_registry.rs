@@ -799,7 +799,7 @@ fn an_admin_swap_to_another_registry_never_carries_the_gateways_login() {
     .unwrap();
     let admin = Client::new(endpoint, None);
     let swap = admin
-        .swap_reference(&attacker.reference("fleet/policy:v1"), None, None)
+        .swap_reference(&attacker.reference("fleet/policy:v1"), None, None, None)
         .unwrap();
     assert_eq!(swap.status, 422, "{}", swap.body);
     assert!(!attacker.seen().is_empty());
@@ -811,7 +811,7 @@ fn an_admin_swap_to_another_registry_never_carries_the_gateways_login() {
     );
     // Its own registry gets its own login (the recorder sees one when it is sent).
     let swap = admin
-        .swap_reference(&own.reference("fleet/policy:v1"), None, None)
+        .swap_reference(&own.reference("fleet/policy:v1"), None, None, None)
         .unwrap();
     assert_eq!(swap.status, 422, "{}", swap.body);
     assert!(
@@ -1126,7 +1126,7 @@ fn a_trusted_signature_for_a_sibling_digest_or_another_repository_is_refused() {
     let trust = Trust::new(vec![trusted]);
     // The control: the harness signs what the verifier accepts.
     let signer = trust.verify(&client(), &r, good_digest).unwrap();
-    assert_eq!(signer.key, "test.pub");
+    assert_eq!(signer.key(), "test.pub");
     let e = trust.verify(&client(), &r, sibling_digest).unwrap_err();
     assert_eq!(e.check(), SignatureCheck::OtherDigest, "{e}");
     assert!(e.to_string().contains(&good_digest.to_string()), "{e}");

@@ -579,7 +579,7 @@ fn a_gateway_pulls_references_itself_and_a_watched_tag_swaps_once_when_it_moves(
         r.pinned(client().push(&r, guests::HONEST_V2, config).unwrap())
     };
     let answer = admin
-        .swap_reference(&pinned_v2.to_string(), None, None)
+        .swap_reference(&pinned_v2.to_string(), None, None, None)
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     let status = admin.status().unwrap().body;
@@ -592,7 +592,12 @@ fn a_gateway_pulls_references_itself_and_a_watched_tag_swaps_once_when_it_moves(
             .contains(&format!("reference=\"{pinned_v2}\""))
     );
     let bad = admin
-        .swap_reference(&registry.reference("fleet/policy:missing"), None, None)
+        .swap_reference(
+            &registry.reference("fleet/policy:missing"),
+            None,
+            None,
+            None,
+        )
         .unwrap();
     assert_eq!(
         (bad.status, bad.body["reason"].as_str()),
@@ -898,7 +903,7 @@ fn an_admin_pull_refused_by_a_limit_names_its_setting() {
     };
     let _server = flowgate_host::admin::AdminServer::start(gateway.clone(), options).unwrap();
     let admin = flowgate_host::admin::Client::new(endpoint, None);
-    let big = admin.swap_reference(&tagged, None, None).unwrap();
+    let big = admin.swap_reference(&tagged, None, None, None).unwrap();
     assert_eq!(
         (
             big.status,
@@ -910,7 +915,12 @@ fn an_admin_pull_refused_by_a_limit_names_its_setting() {
         big.body
     );
     let missing = admin
-        .swap_reference(&registry.reference("fleet/policy:missing"), None, None)
+        .swap_reference(
+            &registry.reference("fleet/policy:missing"),
+            None,
+            None,
+            None,
+        )
         .unwrap();
     assert_eq!(missing.status, 422, "{}", missing.body);
     assert!(missing.body.get("setting").is_none(), "{}", missing.body);

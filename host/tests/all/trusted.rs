@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::authority::Served;
 use crate::cli::flowgate;
-use crate::oci::{TestRegistry, push, start};
+use crate::oci::{TestRegistry, start};
 use crate::signing::{
     SIGNED_REGISTRY, cases, detached, expected_check, key_path, load, refusal_words,
     sign_in_registry, write_public_key,
@@ -63,7 +63,7 @@ fn ask(served: &Served, args: &[&str]) -> (bool, Value, String) {
     (out.status.success(), body, stderr)
 }
 
-/// `flowgate_signature_checks_total{result}` as `/metrics` gives it (0 when absent).
+/// The count of signature checks of `result`, as `/status` gives it (0 when absent).
 fn checks(served: &Served, result: SignatureCheck) -> u64 {
     let out = flowgate(&["status", "--admin", &served.admin], "");
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -171,6 +171,17 @@ fn every_fixture_case_gets_its_expected_verdict_from_serve_and_swap() {
     ] {
         assert_eq!(checks(&served, check), 2 * cases, "{check:?}: {status:#}");
     }
+    let socket = served.admin.strip_prefix("unix:").unwrap();
+    let metrics = flowgate_host::admin::Client::new(
+        flowgate_host::admin::Endpoint::Unix(socket.into()),
+        None,
+    )
+    .metrics()
+    .unwrap();
+    assert!(
+        metrics.contains("flowgate_signature_checks_total{result=\"untrusted\"} 4"),
+        "{metrics}"
+    );
     // Each signed case four times: by the gateway for both clients, by tag and by digest.
     assert_eq!(checks(&served, SignatureCheck::Signed), 2 * 4, "{status:#}");
     // The five refused cases, by tag and by digest, from the client without keys only.
@@ -233,11 +244,20 @@ fn push_signed(
 ) -> (String, Digest) {
     let text = registry.reference(repo_tag);
     let r = Reference::parse(&text).unwrap();
-    let digest = push(&r, module);
+    // Signed before the tag names it, as `push --sign-key` does: a watching gateway never
+    // sees it unsigned.
+    let (digest, manifest) = crate::oci::client()
+        .push_untagged(&r, module, b"{}")
+        .unwrap();
     if let Some(key) = key {
         let identity = text.strip_prefix("oci://").unwrap();
         sign_in_registry(&r, digest, key, identity);
     }
+    let tag = r.tag.as_deref().unwrap();
+    let tagged = crate::oci::client()
+        .put_manifest(&r, tag, &manifest, flowgate_host::oci::OCI_MANIFEST)
+        .unwrap();
+    assert_eq!(tagged, digest);
     (text, digest)
 }
 
@@ -353,6 +373,28 @@ fn a_gateway_with_a_trusted_key_runs_only_signed_modules_by_reference_watch_and_
         Digest::of(guests::HONEST_V2).to_string()
     );
 
+    // A rollback goes back to the release the watch took, signer and all.
+    let (ok, answer, _) = ask(&served, &["rollback"]);
+    assert!(ok, "{answer:#}");
+    assert_eq!(
+        answer["release"]["module"]["signer"]["signed_digest"],
+        signed.to_string()
+    );
+    assert_eq!(answer["release"]["module"]["signer"]["detached"], false);
+
+    // A reference whose tag no longer names the digest a client checked: refused, 412.
+    let socket = served.admin.strip_prefix("unix:").unwrap();
+    let client = flowgate_host::admin::Client::new(
+        flowgate_host::admin::Endpoint::Unix(socket.into()),
+        None,
+    );
+    let moved = client
+        .swap_reference(&tag, Some(&first.to_string()), None, None)
+        .unwrap();
+    assert_eq!(moved.status, 412, "{:?}", moved.body);
+    assert_eq!(moved.body["reason"], "reference-moved");
+    assert_eq!(served.status().unwrap()["generation"], 4);
+
     // The audit trail: every upload and reference asked for, on the socket by this user,
     // the refusals with their reason, the change with the key that signed it.
     let records: Vec<Value> = std::fs::read_to_string(&audit)
@@ -360,26 +402,37 @@ fn a_gateway_with_a_trusted_key_runs_only_signed_modules_by_reference_watch_and_
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let results: Vec<&str> = records
+    let results: Vec<(&str, &str)> = records
         .iter()
-        .map(|r| r["result"].as_str().unwrap())
+        .map(|r| {
+            (
+                r["request"].as_str().unwrap(),
+                r["result"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         results,
         [
-            "signature-refused",
-            "signature-refused",
-            "signature-refused",
-            "signature-refused",
-            "changed"
+            ("PUT /module", "signature-refused"),
+            ("PUT /module", "signature-refused"),
+            ("PUT /module", "signature-refused"),
+            ("PUT /module", "signature-refused"),
+            ("PUT /module", "changed"),
+            ("POST /rollback", "changed"),
+            ("PUT /module", "reference-moved"),
         ],
         "{records:#?}"
     );
     let uid = nix::unistd::getuid().as_raw();
-    for record in &records {
-        assert_eq!(record["request"], "PUT /module", "{record:#}");
+    for record in &records[..6] {
         assert_eq!(record["caller"]["uid"], uid, "{record:#}");
     }
+    assert_eq!(
+        records[5]["signing_key"]["signed_digest"],
+        signed.to_string(),
+        "the rollback's record names the key of the module it brings back"
+    );
     assert_eq!(records[0]["signing_key"], Value::Null);
     let last = &records[4];
     assert_eq!(
@@ -525,18 +578,147 @@ fn commands_with_a_trusted_key_need_signed_modules() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pinned = format!("{signed}@{digest}").replace(":v1@", "@");
+    // The unsigned module, cached by a pull that checked no signatures.
+    let unsigned_pinned = {
+        let (_, d) = crate::oci::client()
+            .manifest(&Reference::parse(&unsigned).unwrap())
+            .unwrap();
+        format!("{unsigned}@{d}").replace(":unsigned@", "@")
+    };
+    let keyless = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["pull", &unsigned_pinned, "-o"])
+        .arg(dir.join("pulled.wasm"))
+        .env("FLOWGATE_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(keyless.status.success());
     drop(registry);
     let out = pull(&pinned, &public);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("using the module cached"), "{stderr}");
     let other = key_path("other");
-    let out = pull(&pinned, other.to_str().unwrap());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for (reference, key, why) in [
+        (&pinned, other.to_str().unwrap(), "not a key trusted now"),
+        (&unsigned_pinned, &public, "no signer is recorded"),
+    ] {
+        let out = pull(reference, key);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{why}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sighup_reloads_a_module_file_only_with_its_signature() {
+    let dir = scratch("sighup");
+    let (key, public, _) = test_signer(&dir);
+    let module = dir.join("m.wasm");
+    std::fs::write(&module, DEFAULT_MODULE).unwrap();
+    let sig = dir.join("m.wasm.sig");
+    std::fs::write(&sig, detached(&key, DEFAULT_MODULE, "m.wasm")).unwrap();
+    let module = module.to_str().unwrap();
+    let served = Served::spawn(
+        &spec_packets(),
+        &["--module", module, "--trusted-key", &public],
+    );
+    let status = served.status().unwrap();
+    assert_eq!(status["module"]["signer"]["detached"], true, "{status:#}");
+
+    // A new module beside the old signature: SIGHUP refuses it, the release serves on.
+    std::fs::write(module, guests::HONEST_V2).unwrap();
+    assert!(crate::signal(served.pid(), "HUP"));
+    let status = served.wait_for("the refusal counted", |s| {
+        s["events"]["refusals"]["signature-refused"] == 1
+    });
+    assert_eq!(status["generation"], 1);
+    assert_eq!(
+        status["events"]["signatures"]["other-digest"], 1,
+        "{status:#}"
+    );
     assert!(
-        stderr.contains("not signed by a key trusted now"),
-        "{stderr}"
+        served.log().contains("SIGHUP's swap refused"),
+        "{}",
+        served.log()
+    );
+
+    // Signed: SIGHUP takes it.
+    std::fs::write(&sig, detached(&key, guests::HONEST_V2, "m.wasm")).unwrap();
+    assert!(crate::signal(served.pid(), "HUP"));
+    let status = served.wait_for("the signed module live", |s| s["generation"] == 2);
+    assert_eq!(
+        status["module"]["signer"]["signed_digest"],
+        Digest::of(guests::HONEST_V2).to_string()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_signer_vouches_only_for_the_bytes_its_pull_brought() {
+    use flowgate_host::gateway::{Gateway, ModuleBytes, Options, SwapError};
+    use flowgate_host::oci::Trust;
+    let Some(registry) = start() else { return };
+    let (key, trusted) = crate::signing::test_key();
+    let (text, digest) = push_signed(&registry, "bytes/policy:v1", DEFAULT_MODULE, Some(&key));
+    let r = Reference::parse(&text).unwrap();
+    let trust = std::sync::Arc::new(Trust::new(vec![trusted]));
+    let verified = trust.verify(&crate::oci::client(), &r, digest).unwrap();
+    let (pulled, signer, _) = trust.pull(&crate::oci::client(), &r, None).unwrap();
+    let local = trust
+        .verify_detached(
+            "m.wasm",
+            DEFAULT_MODULE,
+            "m.wasm.sig",
+            Some(&detached(&key, DEFAULT_MODULE, "m.wasm")),
+        )
+        .unwrap();
+    let config = std::fs::read_to_string(crate::repo().join(SPEC_3_1).join("config.yaml")).unwrap();
+    let start = |module: ModuleBytes<'_>| {
+        let options = Options {
+            workers: 1,
+            trust: Some(trust.clone()),
+            ..Options::default()
+        };
+        Gateway::new(crate::runtime(), module, &config, options)
+    };
+    for (what, module, check) in [
+        (
+            "a signer from a check that saw no bytes",
+            ModuleBytes::pulled(DEFAULT_MODULE, &r, digest).signed(Some(&verified)),
+            SignatureCheck::OtherDigest,
+        ),
+        (
+            "a pull's signer with other bytes",
+            ModuleBytes::pulled(guests::HONEST_V2, &r, digest).signed(Some(&signer)),
+            SignatureCheck::OtherDigest,
+        ),
+        (
+            "a detached signer for a pulled module",
+            ModuleBytes::pulled(DEFAULT_MODULE, &r, digest).signed(Some(&local)),
+            SignatureCheck::Malformed,
+        ),
+        (
+            "a pull's signer for an upload",
+            ModuleBytes::from(DEFAULT_MODULE).signed(Some(&signer)),
+            SignatureCheck::Malformed,
+        ),
+        (
+            "no signer",
+            ModuleBytes::from(DEFAULT_MODULE),
+            SignatureCheck::Unsigned,
+        ),
+    ] {
+        match start(module) {
+            Err(SwapError::Unsigned { check: got, .. }) => assert_eq!(got, check, "{what}"),
+            Err(e) => panic!("{what}: {e}"),
+            Ok(_) => panic!("{what}: started"),
+        }
+    }
+    // The pull's own signer with the bytes it brought, and a detached signer with its file.
+    let gateway =
+        start(ModuleBytes::pulled(&pulled.module, &r, digest).signed(Some(&signer))).unwrap();
+    assert_eq!(gateway.current().signer.as_ref(), Some(&signer));
+    let gateway = start(ModuleBytes::from(DEFAULT_MODULE).signed(Some(&local))).unwrap();
+    assert_eq!(gateway.current().signer.as_ref(), Some(&local));
 }
