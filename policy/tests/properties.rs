@@ -368,6 +368,54 @@ fn dual_stack_gateway_cases_reach_every_verdict() {
     }
 }
 
+/// `packets` whose two addresses are IPv6 (`Some(true)`), IPv4 (`Some(false)`), or any, over
+/// and over, `n` of them (none when there is none of that family).
+fn cycled(packets: &[Packet], v6: Option<bool>, n: usize) -> Vec<Packet> {
+    let of = |p: &&Packet| v6.is_none_or(|v6| p.src.is_ipv6() == v6 && p.dst.is_ipv6() == v6);
+    let some: Vec<Packet> = packets.iter().filter(of).cloned().collect();
+    some.iter().cycle().take(n).cloned().collect()
+}
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    /// Batches of several hundred packets, in runs of one family and of every family, so that
+    /// a batch lookup meets chunks of one family and of both, and gathered lanes that fill
+    /// over many chunks or are left partly filled at the end: a batch lookup and the packed
+    /// path answer what single lookups do, and those the oracle.
+    #[test]
+    fn long_batches_equal_single(
+        (config, packets) in arb::config_and_packets_of(Families::Dual, 64),
+        runs in prop::collection::vec((prop::option::of(any::<bool>()), 1..400usize), 1..5),
+    ) {
+        use flowgate_policy::packed::{decode_verdict, encode_packets, judge_packed};
+        let parsed = parse(&config.yaml, None).unwrap();
+        let table = Table::build(&parsed).unwrap();
+        for packet in &packets {
+            let got = oracle::from_table(&table, table.lookup(packet));
+            prop_assert_eq!(got, oracle::verdict(&parsed, packet), "packet {:?}", packet);
+        }
+        let long: Vec<Packet> = runs
+            .iter()
+            .flat_map(|&(v6, n)| cycled(&packets, v6, n))
+            .collect();
+        let single: Vec<Verdict> = long.iter().map(|p| table.lookup(p)).collect();
+        let mut batch = vec![Verdict::default(); long.len()];
+        table.lookup_batch(&long, &mut batch);
+        prop_assert_eq!(&batch, &single);
+        let mut bytes = Vec::new();
+        encode_packets(&long, &mut bytes);
+        let mut answer = Vec::new();
+        judge_packed(Some(&table), &bytes, &mut answer);
+        let packed: Vec<Option<Verdict>> = answer
+            .chunks_exact(4)
+            .map(|r| decode_verdict(r.try_into().unwrap()))
+            .collect();
+        let single: Vec<Option<Verdict>> = single.into_iter().map(Some).collect();
+        prop_assert_eq!(packed, single);
+    }
+}
+
 proptest! {
     #![proptest_config(cases(2_000))]
 
