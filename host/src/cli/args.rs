@@ -431,6 +431,11 @@ pub struct ServeArgs {
     /// Packets per policy call.
     #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch: u32,
+    /// The share of its batches (0 to 1) each worker also judges with a staged shadow
+    /// release (`PUT /shadow/module`, `PUT /shadow/config`), after their live verdicts are
+    /// applied.
+    #[arg(long, default_value_t = flowgate_host::gateway::DEFAULT_SHADOW_SHARE, value_parser = share)]
+    pub shadow_share: f64,
     /// Where the admin API listens: `unix:PATH` (the default is
     /// $XDG_RUNTIME_DIR/flowgate/admin.sock, else /run/flowgate/admin.sock; the socket is made
     /// 0600), or `HOST:PORT`, which needs --admin-token-file.
@@ -575,6 +580,14 @@ impl LimitArgs {
 }
 
 /// A number of seconds: finite, above zero, at most a year.
+/// A share from 0 to 1.
+pub fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("`{text}` is not a share from 0 to 1")),
+    }
+}
+
 pub fn seconds(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .parse()

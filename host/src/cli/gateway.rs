@@ -129,6 +129,7 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
         worker_nice: args.worker_nice,
         trust: signing().trust.clone(),
         allow_unsigned_local: signing().allow_unsigned_local,
+        shadow_share: args.shadow_share,
     };
     let from_registry = args
         .module

@@ -22,6 +22,7 @@ mod paths;
 mod prepare;
 mod refusals;
 mod replay;
+mod shadow;
 mod signing;
 mod swap;
 mod trusted;
