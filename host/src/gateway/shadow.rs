@@ -111,8 +111,20 @@ struct Tally {
     changed: u64,
     dst_changed: u64,
     matrix: [[u64; Outcome::COUNT]; Outcome::COUNT],
-    pairs: HashMap<(String, String), u64>,
+    /// Changed packets by source VNI and destination, named when the report is read.
+    pairs: HashMap<(u32, Dst), u64>,
+    /// Changed packets of pairs beyond [`MAX_PAIRS`].
+    other_pairs: u64,
     samples: Vec<Sample>,
+}
+
+/// A changed packet's destination VPC in the pairs: the live release's (an index of its
+/// catalog), the shadow's, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Dst {
+    Live(u32),
+    Shadow(u32),
+    None,
 }
 
 /// A shadow's totals: in its report, and recorded by the release it was promoted to.
@@ -162,8 +174,10 @@ pub struct Shadow {
     /// Whether the live release names its verdicts as the shadow does (same VPCs and
     /// candidate sets): verdicts are then compared as they are.
     same_names: bool,
-    /// The live release's VPC names by VNI, for the pairs.
+    /// The live release's VPC indices by VNI, for the pairs.
     live_vnis: HashMap<u32, usize>,
+    /// The live release's catalog, which names the pairs' live destinations.
+    base_catalog: Catalog,
     tallies: Vec<Mutex<Tally>>,
     /// Differing packets seen, for the samples' order.
     differing: AtomicUsize,
@@ -328,6 +342,7 @@ impl Shadow {
             staged_unix_ms: unix_ms(),
             follows,
             live_vnis,
+            base_catalog: live.catalog.clone(),
             tallies: (0..workers).map(|_| Mutex::new(Tally::default())).collect(),
             differing: AtomicUsize::new(0),
         }
@@ -369,46 +384,42 @@ impl Shadow {
             let dst = match (l, s) {
                 (Verdict::Allow(a), Verdict::Allow(_)) => {
                     tally.dst_changed += 1;
-                    vpc_name(live_catalog, a)
+                    Dst::Live(a.0)
                 }
-                (Verdict::Allow(a), _) => vpc_name(live_catalog, a),
-                (_, Verdict::Allow(b)) => vpc_name(shadow_catalog, b),
-                _ => None,
+                (Verdict::Allow(a), _) => Dst::Live(a.0),
+                (_, Verdict::Allow(b)) => Dst::Shadow(b.0),
+                _ => Dst::None,
             };
-            let src = self
-                .live_vnis
-                .get(&packet.src_vni)
-                .and_then(|&i| live_catalog.vpcs.get(i))
-                .map(|v| v.name.clone());
-            let key = (
-                src.clone()
-                    .unwrap_or_else(|| format!("vni:{}", packet.src_vni)),
-                dst.unwrap_or("-").to_owned(),
-            );
+            let key = (packet.src_vni, dst);
             let pairs = tally.pairs.len();
             match tally.pairs.get_mut(&key) {
                 Some(n) => *n += 1,
                 None if pairs < MAX_PAIRS => {
                     tally.pairs.insert(key, 1);
                 }
-                None => {
-                    *tally
-                        .pairs
-                        .entry(("other".into(), "other".into()))
-                        .or_default() += 1;
-                }
+                None => tally.other_pairs += 1,
+            }
+            // Samples are the only work here beyond counting; the first few only.
+            if self.differing.load(Ordering::Relaxed) >= MAX_SAMPLES {
+                continue;
             }
             let seq = self.differing.fetch_add(1, Ordering::Relaxed);
             if seq < MAX_SAMPLES {
                 tally.samples.push(Sample {
                     seq,
                     packet: packet_text(packet),
-                    src_vpc: src,
+                    src_vpc: self.src_name(live_catalog, packet.src_vni),
                     live: verdict_text(live_catalog, l),
                     shadow: verdict_text(shadow_catalog, s),
                 });
             }
         }
+    }
+
+    /// The name of the VPC of `vni` under the live release.
+    fn src_name(&self, live: &Catalog, vni: u32) -> Option<String> {
+        let i = *self.live_vnis.get(&vni)?;
+        live.vpcs.get(i).map(|v| v.name.clone())
     }
 
     /// The report: every worker's tally, merged.
@@ -434,8 +445,22 @@ impl Shadow {
                     *cell += n;
                 }
             }
-            for (pair, n) in &tally.pairs {
-                *pairs.entry(pair.clone()).or_default() += n;
+            let live = &self.base_catalog;
+            for (&(vni, dst), n) in &tally.pairs {
+                let src = self
+                    .src_name(live, vni)
+                    .unwrap_or_else(|| format!("vni:{vni}"));
+                let dst = match dst {
+                    Dst::Live(i) => vpc_name(live, flowgate_policy::VpcId(i)),
+                    Dst::Shadow(i) => vpc_name(&self.release.catalog, flowgate_policy::VpcId(i)),
+                    Dst::None => None,
+                };
+                *pairs
+                    .entry((src, dst.unwrap_or("-").to_owned()))
+                    .or_default() += n;
+            }
+            if tally.other_pairs > 0 {
+                *pairs.entry(("other".into(), "other".into())).or_default() += tally.other_pairs;
             }
             samples.extend(tally.samples.iter().cloned());
         }

@@ -549,3 +549,84 @@ fn the_shadow_judges_its_share_of_batches() {
         Some(PER_WORKER / 4)
     );
 }
+
+/// `flowgate shadow`: stage a configuration, read the report as a table, explain the samples
+/// under both releases, promote it.
+#[test]
+fn the_shadow_commands_stage_report_explain_and_promote() {
+    use crate::cli::flowgate;
+    let old = config();
+    let packets = traffic(&old, 20_000);
+    let new = busiest_peering(&old, &packets);
+    let gateway = crate::gateway_with(&old, Limits::default(), options(1));
+    let (admin, _client) = crate::admin_on_socket(&gateway);
+    let admin = admin.endpoint().to_string();
+    let dir = crate::socket_path("shadow-cli")
+        .parent()
+        .unwrap()
+        .to_owned();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("new.yaml");
+    std::fs::write(&file, &new).unwrap();
+    let file = file.to_str().unwrap();
+    let text = |out: &std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (stdout, stderr)
+    };
+
+    let out = flowgate(&["shadow", "status", "--admin", &admin], "");
+    assert!(!out.status.success(), "no shadow yet");
+    let out = flowgate(
+        &["shadow", "stage", "--config", file, "--admin", &admin],
+        "",
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    run(&gateway, &packets);
+    let want = expected(&old, &new, &stream(&packets, 0));
+
+    let out = flowgate(&["shadow", "status", "--admin", &admin], "");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("packets compared  {}", want.packets)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("changed           {} (", want.changed)),
+        "{stdout}"
+    );
+
+    // Explaining needs the shadow's configuration, which is not the live one.
+    let out = flowgate(&["shadow", "samples", "--explain", "--admin", &admin], "");
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("--config"), "{:?}", text(&out));
+    let out = flowgate(
+        &[
+            "shadow",
+            "samples",
+            "--explain",
+            "--config",
+            file,
+            "--admin",
+            &admin,
+        ],
+        "",
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let samples = want.changed.min(32) as usize;
+    assert_eq!(
+        stdout.matches("under the live release:").count(),
+        samples,
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("under the shadow release:").count(), samples);
+
+    let out = flowgate(&["shadow", "promote", "--admin", &admin], "");
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(gateway.current().cause.as_str(), "shadow-promote");
+    assert_eq!(*gateway.current().config, *new);
+    let out = flowgate(&["shadow", "discard", "--admin", &admin], "");
+    assert!(!out.status.success(), "nothing left to discard");
+}
