@@ -315,6 +315,19 @@ pub struct SwapArgs {
     /// them and through the new ones, and show how the verdicts would change.
     #[arg(long)]
     pub dry_run: bool,
+    /// Stage the change as a shadow release first, for this many seconds of live traffic;
+    /// print its report, then promote it when it changed no more packets than the budget
+    /// (--max-changed, --max-changed-share; none changed when neither is given), else
+    /// discard it and exit 1.
+    #[arg(long, value_parser = seconds, conflicts_with = "dry_run")]
+    pub shadow: Option<f64>,
+    /// With --shadow: the most packets the shadow may judge otherwise.
+    #[arg(long, requires = "shadow", conflicts_with = "max_changed_share")]
+    pub max_changed: Option<u64>,
+    /// With --shadow: the largest share (0 to 1) of the packets compared the shadow may
+    /// judge otherwise.
+    #[arg(long, requires = "shadow", value_parser = share)]
+    pub max_changed_share: Option<f64>,
     #[command(flatten)]
     pub traffic: TrafficArgs,
     #[command(flatten)]

@@ -323,6 +323,9 @@ impl SwapArgs {
             config,
             if_match,
             dry_run,
+            shadow,
+            max_changed,
+            max_changed_share,
             traffic,
             admin,
         } = self;
@@ -407,6 +410,31 @@ impl SwapArgs {
                 }
             }
         };
+        if let Some(seconds) = shadow {
+            let budget = match (max_changed, max_changed_share) {
+                (_, Some(share)) => Budget::Share(share),
+                (Some(n), None) => Budget::Packets(n),
+                (None, None) => Budget::Packets(0),
+            };
+            let staged = match (&reference, &module) {
+                (Some(reference), _) => {
+                    client.stage_reference(reference, config.as_deref(), Some(&if_match))?
+                }
+                (None, Some(bytes)) => client.stage_module(
+                    bytes,
+                    config.as_deref(),
+                    Some(&if_match),
+                    signature.as_deref(),
+                )?,
+                (None, None) => {
+                    client.stage_config(config.as_deref().unwrap_or_default(), Some(&if_match))?
+                }
+            };
+            if staged.status != 200 {
+                return print_reply(staged);
+            }
+            return rollout_gate(&client, &staged.body["shadow"], seconds, budget);
+        }
         if let Some(reference) = reference {
             return print_reply(client.swap_reference(
                 &reference,
@@ -693,4 +721,59 @@ impl ShadowDiscardArgs {
     pub fn execute(self) -> Result<ExitCode> {
         print_reply(self.admin.client()?.discard_shadow()?)
     }
+}
+
+/// How much a shadow may change before `swap --shadow` refuses it.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// At most this many packets judged otherwise.
+    Packets(u64),
+    /// At most this share of the packets compared.
+    Share(f64),
+}
+
+/// `swap --shadow`: lets the staged shadow judge live traffic for `seconds`, prints its report,
+/// and promotes exactly that shadow when it stayed within `budget`; otherwise discards it and
+/// fails.
+fn rollout_gate(
+    client: &admin::Client,
+    staged: &serde_json::Value,
+    seconds: f64,
+    budget: Budget,
+) -> Result<ExitCode> {
+    let etag = staged["etag"].as_str().unwrap_or_default().to_owned();
+    eprintln!("flowgate: shadow {etag} staged; judging live traffic for {seconds} s");
+    std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+    let Some(shadow) = staged_shadow(client)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if shadow["etag"].as_str() != Some(etag.as_str()) {
+        bail!(
+            "another shadow ({}) replaced {etag} meanwhile: nothing promoted",
+            shadow["etag"]
+        );
+    }
+    out!("{}", shadow_table(&shadow))?;
+    let report = &shadow["report"];
+    let packets = report["packets"].as_u64().unwrap_or(0);
+    let changed = report["changed"].as_u64().unwrap_or(0);
+    let within = match budget {
+        Budget::Packets(most) => changed <= most,
+        Budget::Share(most) => packets > 0 && changed as f64 <= most * packets as f64,
+    };
+    if packets == 0 {
+        eprintln!("flowgate: the shadow judged no packets: nothing to go by");
+    }
+    if !within || packets == 0 {
+        let discarded = client.discard_shadow()?;
+        eprintln!(
+            "flowgate: {changed} of {packets} packets changed, beyond the budget ({budget:?}): the shadow is discarded ({})",
+            discarded.status
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!(
+        "flowgate: {changed} of {packets} packets changed, within the budget ({budget:?}): promoting {etag}"
+    );
+    print_reply(client.promote_shadow(&etag)?)
 }

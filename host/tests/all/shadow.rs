@@ -630,3 +630,51 @@ fn the_shadow_commands_stage_report_explain_and_promote() {
     let out = flowgate(&["shadow", "discard", "--admin", &admin], "");
     assert!(!out.status.success(), "nothing left to discard");
 }
+
+/// `flowgate swap --shadow`: a change beyond its budget is discarded and the command fails;
+/// within it, the very shadow measured is promoted.
+#[test]
+fn swap_with_a_shadow_promotes_within_the_budget_and_refuses_beyond_it() {
+    use crate::cli::flowgate;
+    let old = config();
+    let packets = traffic(&old, 20_000);
+    let new = busiest_peering(&old, &packets);
+    let gateway = crate::gateway_with(&old, Limits::default(), options(1));
+    let (admin, _client) = crate::admin_on_socket(&gateway);
+    let admin = admin.endpoint().to_string();
+    let dir = crate::socket_path("shadow-gate")
+        .parent()
+        .unwrap()
+        .to_owned();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("new.yaml");
+    std::fs::write(&file, &new).unwrap();
+    let file = file.to_str().unwrap();
+    let (stop, handles) = crate::run_workers(&gateway, &packets.into(), STRIDE, 100_000);
+
+    let gate = |budget: &[&str]| {
+        let mut args = vec!["swap", "--config", file, "--shadow", "1", "--admin", &admin];
+        args.extend_from_slice(budget);
+        flowgate(&args, "")
+    };
+    let out = gate(&["--max-changed", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("beyond the budget"), "{stderr}");
+    assert_eq!(gateway.current().generation, 1, "nothing promoted");
+    assert_eq!(gateway.shadow_gone().unwrap().how.as_str(), "discarded");
+
+    let out = gate(&["--max-changed-share", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("within the budget"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("packets compared"), "{stdout}");
+    let release = gateway.current();
+    assert_eq!(release.cause.as_str(), "shadow-promote");
+    assert_eq!(*release.config, *new);
+    assert!(release.shadow.as_ref().unwrap().changed > 0);
+
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+}
