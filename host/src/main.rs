@@ -78,6 +78,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Swap(command) => command.execute(),
         Command::Rollback(command) => command.execute(),
         Command::Watch(command) => command.execute(),
+        Command::Shadow(command) => command.execute(),
         Command::Bench(command) => command.execute(),
         Command::Gen(command) => command.execute(),
     }

@@ -186,6 +186,59 @@ impl Client {
         self.put_module(module, None, config, if_match, None)
     }
 
+    /// `PUT /shadow/module`: stages the module (with a configuration when given, and its
+    /// detached signature file when given) as the shadow release.
+    pub fn stage_module(
+        &self,
+        module: &[u8],
+        config: Option<&str>,
+        if_match: Option<&str>,
+        signature: Option<&[u8]>,
+    ) -> Result<Reply, ClientError> {
+        use base64::Engine as _;
+        let extra = signature.map(|s| {
+            let text = base64::engine::general_purpose::STANDARD.encode(s);
+            (super::SIGNATURE_HEADER, text)
+        });
+        let parts = (module, None, config, if_match, extra);
+        self.put_module_at("/shadow/module", parts)
+    }
+
+    /// `PUT /shadow/module` with a reference: the gateway pulls the module itself.
+    pub fn stage_reference(
+        &self,
+        reference: &str,
+        config: Option<&str>,
+        if_match: Option<&str>,
+    ) -> Result<Reply, ClientError> {
+        let content_type = Some(super::REFERENCE_TYPE);
+        let parts = (reference.as_bytes(), content_type, config, if_match, None);
+        self.put_module_at("/shadow/module", parts)
+    }
+
+    /// `PUT /shadow/config`: stages the configuration as the shadow release.
+    pub fn stage_config(&self, config: &str, if_match: Option<&str>) -> Result<Reply, ClientError> {
+        let headers = if_match
+            .map(|tag| vec![if_match_header(tag)])
+            .unwrap_or_default();
+        self.reply("PUT", "/shadow/config", headers, config.as_bytes())
+    }
+
+    /// `GET /shadow`: the staged shadow and its report (404 when none is staged).
+    pub fn shadow(&self) -> Result<Reply, ClientError> {
+        self.reply("GET", "/shadow", Vec::new(), &[])
+    }
+
+    /// `POST /shadow/promote`, naming the shadow by its ETag.
+    pub fn promote_shadow(&self, etag: &str) -> Result<Reply, ClientError> {
+        self.reply("POST", "/shadow/promote", vec![if_match_header(etag)], &[])
+    }
+
+    /// `DELETE /shadow`.
+    pub fn discard_shadow(&self) -> Result<Reply, ClientError> {
+        self.reply("DELETE", "/shadow", Vec::new(), &[])
+    }
+
     /// `PUT /module` with the module's detached signature file (`flowgate sign --detached`),
     /// which a gateway that requires signatures checks.
     pub fn swap_signed_module(
@@ -231,6 +284,13 @@ impl Client {
         if_match: Option<&str>,
         extra: Option<(&'static str, String)>,
     ) -> Result<Reply, ClientError> {
+        let parts = (head, content_type, config, if_match, extra);
+        self.put_module_at("/module", parts)
+    }
+
+    /// [`Client::put_module`] to `path`.
+    fn put_module_at(&self, path: &str, parts: ModuleParts<'_>) -> Result<Reply, ClientError> {
+        let (head, content_type, config, if_match, extra) = parts;
         let mut body = head.to_vec();
         let mut headers: Vec<(&str, String)> = content_type
             .map(|t| ("Content-Type", t.to_owned()))
@@ -242,7 +302,7 @@ impl Client {
             body.extend_from_slice(config.as_bytes());
             headers.push(("X-Config-Length", config.len().to_string()));
         }
-        self.reply("PUT", "/module", headers, &body)
+        self.reply("PUT", path, headers, &body)
     }
 
     /// `PUT /config`.
@@ -263,6 +323,16 @@ impl Client {
         self.reply("POST", &format!("/watch/{action}"), Vec::new(), &[])
     }
 }
+
+/// A module upload's parts: the module (or reference), its content type, the configuration,
+/// `If-Match` and the detached signature file.
+type ModuleParts<'a> = (
+    &'a [u8],
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<(&'static str, String)>,
+);
 
 /// `If-Match` with the ETag quoted, whether or not it was given quoted.
 fn if_match_header(tag: &str) -> (&'static str, String) {

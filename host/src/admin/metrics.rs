@@ -4,7 +4,9 @@
 use std::fmt::Write;
 
 use crate::FaultKind;
-use crate::gateway::{AdminRefusal, Cause, Gateway, Pull, Refusal, RollbackCause};
+use crate::gateway::{
+    AdminRefusal, Cause, Gateway, Outcome, Pull, Refusal, RollbackCause, ShadowEnd,
+};
 use crate::oci::SignatureCheck;
 
 /// A label value, escaped as the exposition format wants.
@@ -136,6 +138,24 @@ pub fn render(gateway: &Gateway) -> String {
                 &events.host_faults,
             ),
             (
+                "flowgate_shadow_ends_total",
+                "how",
+                &format!(
+                    "Shadow releases ended, by how ({}).",
+                    names(&ShadowEnd::ALL)
+                ),
+                &events.shadow_ends,
+            ),
+            (
+                "flowgate_shadow_faults_total",
+                "reason",
+                &format!(
+                    "Batches a shadow module failed on (each discards the shadow; none counts toward an auto-revert), by reason ({}).",
+                    names(&FaultKind::ALL)
+                ),
+                &events.shadow_faults,
+            ),
+            (
                 "flowgate_admin_refusals_total",
                 "reason",
                 &format!(
@@ -258,6 +278,7 @@ pub fn render(gateway: &Gateway) -> String {
             watch.quarantined.len()
         );
     }
+    render_shadow(&mut out, gateway);
     family(
         &mut out,
         "flowgate_generation",
@@ -277,6 +298,60 @@ pub fn render(gateway: &Gateway) -> String {
         gateway.uptime().as_secs_f64()
     );
     out
+}
+
+/// The staged shadow's report: its matrix of live by shadow outcomes, changed packets and
+/// batches (no series while no shadow is staged; every cell while one is).
+fn render_shadow(out: &mut String, gateway: &Gateway) {
+    let shadow = gateway.shadow();
+    family(
+        out,
+        "flowgate_shadow_staged",
+        "gauge",
+        "1 while a shadow release is staged and judges copies of live batches, else 0.",
+    );
+    let _ = writeln!(out, "flowgate_shadow_staged {}", u8::from(shadow.is_some()));
+    let Some(shadow) = shadow else { return };
+    let report = shadow.report();
+    family(
+        out,
+        "flowgate_shadow_packets_total",
+        "counter",
+        &format!(
+            "Packets judged by the live release and the staged shadow, by the live outcome and the shadow's ({}).",
+            names(&Outcome::ALL)
+        ),
+    );
+    for live in Outcome::ALL {
+        for judged in Outcome::ALL {
+            let n = report.matrix[live.index()][judged.index()];
+            let _ = writeln!(
+                out,
+                "flowgate_shadow_packets_total{{live=\"{live}\",shadow=\"{judged}\"}} {n}"
+            );
+        }
+    }
+    let totals = &report.totals;
+    for (name, help, n) in [
+        (
+            "flowgate_shadow_changed_total",
+            "Packets the staged shadow judges otherwise than the live release.",
+            totals.changed,
+        ),
+        (
+            "flowgate_shadow_dst_changed_total",
+            "Packets both releases allow, to another destination VPC under the shadow.",
+            totals.dst_changed,
+        ),
+        (
+            "flowgate_shadow_batches_total",
+            "Batches judged with the staged shadow too.",
+            totals.batches,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {n}");
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,11 @@
 //! | `POST /rollback` | goes back to the previous good release | 200 with the release; 412 stale `If-Match`; 409 when there is none |
 //! | `POST /watch/resume` | the tag watch follows its tag again | 200 with the watch; 409 when the gateway watches no tag; 422 (`audit-failed`) when the action could not be recorded |
 //! | `POST /watch/pause` | the tag watch stops following its tag until resumed | 200 with the watch; 409 when the gateway watches no tag; 422 (`audit-failed`) when the action could not be recorded |
+//! | `GET /shadow` | the staged shadow release, the live ETag it is compared against and its report (packets compared, live by shadow outcomes, changed destinations, top VPC pairs, samples) | 200, JSON; 404 with `discarded` (how and why the last one ended) when none is staged |
+//! | `PUT /shadow/module` | stages a shadow: the live release with the module in the body (or the one an `oci://` reference names, `X-Config-Length` and `X-Module-Signature` as for `PUT /module`), prepared and checked as a swap is, judged on copies of live batches and never published | 200 with the shadow; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
+//! | `PUT /shadow/config` | stages a shadow: the live release with the configuration in the body | 200 with the shadow; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
+//! | `POST /shadow/promote` | publishes exactly the staged shadow, with `If-Match` naming it, while the live release is still the one it was compared against (cause `shadow-promote`) | 200 with the release; 412 stale or missing `If-Match`, or live release changed; 409 when none is staged; 422 (`audit-failed`) |
+//! | `DELETE /shadow` | discards the staged shadow | 200 with its last report; 409 when none is staged; 422 (`audit-failed`) |
 //!
 //! The `ETag` names the release as a whole: its generation, module and configuration. A swap
 //! with `If-Match: <etag>` goes through only while that release is the one serving, so two
@@ -37,8 +42,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gateway::{
-    AdminRefusal, Approval, Gateway, ModuleBytes, Pull, Release, SwapError, SwapRequest,
-    WatchApproval, WatchError, WatchStatus,
+    AdminRefusal, Approval, Discarded, Gateway, ModuleBytes, Outcome, Pull, Release, Report,
+    Shadow, ShadowError, SwapError, SwapRequest, WatchApproval, WatchError, WatchStatus,
 };
 use crate::oci::{PullError, SignatureError, Signer};
 use crate::setting::Setting;
@@ -770,6 +775,9 @@ pub struct Route {
 /// What a swap answers.
 const SWAP_ANSWERS: &str =
     "200 with the new release; 412 stale `If-Match`; 422 refused, with `reason` and `error`";
+/// What staging a shadow answers.
+const STAGE_ANSWERS: &str =
+    "200 with the shadow; 412 stale `If-Match`; 422 refused, with `reason` and `error`";
 /// What a change to the tag watch answers.
 const WATCH_ANSWERS: &str = "200 with the watch; 409 when the gateway watches no tag; 422 (`audit-failed`) when the action could not be recorded";
 
@@ -840,6 +848,41 @@ const ROUTES: &[Route] = &[
         does: "the tag watch stops following its tag until resumed",
         answers: WATCH_ANSWERS,
         handler: post_watch_pause,
+    },
+    Route {
+        method: "GET",
+        path: "/shadow",
+        does: "the staged shadow release, the live ETag it is compared against and its report (packets compared, live by shadow outcomes, changed destinations, top VPC pairs, samples)",
+        answers: "200, JSON; 404 with `discarded` (how and why the last one ended) when none is staged",
+        handler: get_shadow,
+    },
+    Route {
+        method: "PUT",
+        path: "/shadow/module",
+        does: "stages a shadow: the live release with the module in the body (or the one an `oci://` reference names, `X-Config-Length` and `X-Module-Signature` as for `PUT /module`), prepared and checked as a swap is, judged on copies of live batches and never published",
+        answers: STAGE_ANSWERS,
+        handler: put_shadow_module,
+    },
+    Route {
+        method: "PUT",
+        path: "/shadow/config",
+        does: "stages a shadow: the live release with the configuration in the body",
+        answers: STAGE_ANSWERS,
+        handler: put_shadow_config,
+    },
+    Route {
+        method: "POST",
+        path: "/shadow/promote",
+        does: "publishes exactly the staged shadow, with `If-Match` naming it, while the live release is still the one it was compared against (cause `shadow-promote`)",
+        answers: "200 with the release; 412 stale or missing `If-Match`, or live release changed; 409 when none is staged; 422 (`audit-failed`)",
+        handler: post_shadow_promote,
+    },
+    Route {
+        method: "DELETE",
+        path: "/shadow",
+        does: "discards the staged shadow",
+        answers: "200 with its last report; 409 when none is staged; 422 (`audit-failed`)",
+        handler: delete_shadow,
     },
 ];
 
@@ -926,6 +969,24 @@ fn get_config(shared: &Shared, _: Request) -> Response {
 /// `PUT /module`: a module, or a reference to pull, with a configuration when
 /// `X-Config-Length` says so.
 fn put_module(shared: &Shared, request: Request) -> Response {
+    module_change(shared, request, Target::Live)
+}
+
+/// `PUT /shadow/module`: as `PUT /module`, staged as the shadow.
+fn put_shadow_module(shared: &Shared, request: Request) -> Response {
+    module_change(shared, request, Target::Shadow)
+}
+
+/// `PUT /shadow/config`: as `PUT /config`, staged as the shadow.
+fn put_shadow_config(shared: &Shared, request: Request) -> Response {
+    match config_text(&request.body) {
+        Ok(config) => change(shared, &request, None, Some(config), Target::Shadow).0,
+        Err(response) => refused_early(shared, &request, response),
+    }
+}
+
+/// A module change for `target`: the module in the body or the one its reference names.
+fn module_change(shared: &Shared, request: Request, target: Target) -> Response {
     let (head, config) = match split_config(&request) {
         Ok(parts) => parts,
         Err(response) => return refused_early(shared, &request, response),
@@ -940,7 +1001,7 @@ fn put_module(shared: &Shared, request: Request) -> Response {
             Err(e) => return refused_signature(shared, &request, e),
         };
         let module = ModuleBytes::from(head).signed(signer.as_ref());
-        return answer_swap(change(shared, &request, Some(module), config));
+        return change(shared, &request, Some(module), config, target).0;
     }
     // A reference instead of a module: the gateway pulls it itself, verified.
     let (module, asked, digest, signer) = match pull(shared, head) {
@@ -978,13 +1039,13 @@ fn put_module(shared: &Shared, request: Request) -> Response {
         );
     }
     let module = ModuleBytes::pulled(&module, &asked, digest).signed(signer.as_ref());
-    let result = change(shared, &request, Some(module), config);
-    gateway.note_pull(if result.is_ok() {
-        Pull::Swapped
-    } else {
-        Pull::Refused
-    });
-    answer_swap(result)
+    let (response, made) = change(shared, &request, Some(module), config, target);
+    match (made, target) {
+        (true, Target::Live) => gateway.note_pull(Pull::Swapped),
+        (true, Target::Shadow) => {}
+        (false, _) => gateway.note_pull(Pull::Refused),
+    }
+    response
 }
 
 /// The header of a `PUT /module` upload that carries the module's detached signature: the
@@ -1043,7 +1104,7 @@ fn refused_signature(shared: &Shared, request: &Request, e: SignatureError) -> R
 /// `PUT /config`: the configuration in the body.
 fn put_config(shared: &Shared, request: Request) -> Response {
     match config_text(&request.body) {
-        Ok(config) => answer_swap(change(shared, &request, None, Some(config))),
+        Ok(config) => change(shared, &request, None, Some(config), Target::Live).0,
         Err(response) => refused_early(shared, &request, response),
     }
 }
@@ -1082,25 +1143,62 @@ fn config_text(config: &[u8]) -> Result<&str, Response> {
         .map_err(|_| json_response(400, json!({"error": "the configuration is not UTF-8 text"})))
 }
 
-/// Swaps in what a request brings, against the release its `If-Match` names: made only once
-/// its audit record is written; a refusal is recorded too.
+/// Where a change goes: live (a swap), or into the shadow slot (staged, not published).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Live,
+    Shadow,
+}
+
+/// Swaps in (or stages as the shadow) what a request brings, against the release its
+/// `If-Match` names: made only once its audit record is written; a refusal is recorded too.
+/// The answer, and whether the change was made.
 fn change(
     shared: &Shared,
     request: &Request,
     module: Option<ModuleBytes<'_>>,
     config: Option<&str>,
-) -> Result<Arc<Release>, SwapError> {
+    target: Target,
+) -> (Response, bool) {
     let record = |before: &Release, after: &Release| record_release(shared, request, before, after);
-    let result = shared.gateway.swap(SwapRequest {
+    let swap = SwapRequest {
         approval: Some(Approval(&record)),
         module,
         config,
         if_match: request.header("if-match"),
-    });
-    if let Err(e) = &result {
+    };
+    let refused = |e: &SwapError| {
         record_refusal(shared, request, e.reason().as_str(), &e.to_string());
+    };
+    match target {
+        Target::Live => {
+            let result = shared.gateway.swap(swap);
+            if let Err(e) = &result {
+                refused(e);
+            }
+            let made = result.is_ok();
+            (answer_swap(result), made)
+        }
+        Target::Shadow => match shared.gateway.stage_shadow(swap) {
+            Ok(shadow) => {
+                let body = json!({"staged": true, "shadow": shadow_json(shared, &shadow)});
+                let mut response = json_response(200, body);
+                response
+                    .headers
+                    .push(("ETag", format!("\"{}\"", shadow.etag())));
+                (response, true)
+            }
+            Err(e) => {
+                refused(&e);
+                let mut response = answer_swap(Err(e));
+                if let Ok(mut body) = serde_json::from_slice::<Value>(&response.body) {
+                    body["staged"] = json!(false);
+                    response.body = format!("{body}\n").into_bytes();
+                }
+                (response, false)
+            }
+        },
     }
-    result
 }
 
 /// The audit record of a change about to be made (the swap lock held), from what served (or
@@ -1367,6 +1465,140 @@ fn release_json(release: &Release) -> Value {
             "configure_ms": release.prepared.configure.as_secs_f64() * 1e3,
             "wall_ms": release.prepared.wall.as_secs_f64() * 1e3,
         },
+        "shadow": release.shadow.as_ref().map(|t| json!({
+            "base_etag": t.base_etag,
+            "batches": t.batches,
+            "packets": t.packets,
+            "changed": t.changed,
+            "dst_changed": t.dst_changed,
+        })),
+    })
+}
+
+/// `GET /shadow`: the staged shadow and its report; 404 with how the last one ended.
+fn get_shadow(shared: &Shared, _: Request) -> Response {
+    match shared.gateway.shadow() {
+        Some(shadow) => {
+            let mut response = json_response(200, json!({"shadow": shadow_json(shared, &shadow)}));
+            response
+                .headers
+                .push(("ETag", format!("\"{}\"", shadow.etag())));
+            response
+        }
+        None => {
+            let gone = shared.gateway.shadow_gone();
+            json_response(
+                404,
+                json!({
+                    "error": ShadowError::None { gone: gone.clone().map(Box::new) }.to_string(),
+                    "discarded": gone.as_ref().map(discarded_json),
+                }),
+            )
+        }
+    }
+}
+
+/// `POST /shadow/promote`: the staged shadow published, as `If-Match` names it.
+fn post_shadow_promote(shared: &Shared, request: Request) -> Response {
+    let record =
+        |before: &Release, after: &Release| record_release(shared, &request, before, after);
+    let result =
+        (shared.gateway).promote_shadow(request.header("if-match"), Some(Approval(&record)));
+    match result {
+        Ok(release) => {
+            let body = json!({"swapped": true, "release": release_json(&release)});
+            with_release_headers(json_response(200, body), &release, "application/json")
+        }
+        Err(e) => shadow_refused(shared, &request, &e),
+    }
+}
+
+/// `DELETE /shadow`: the staged shadow discarded, recorded first.
+fn delete_shadow(shared: &Shared, request: Request) -> Response {
+    let record = |shadow: &Shadow| {
+        let before =
+            json!({"shadow": audit::release_json(&shadow.release), "base_etag": shadow.base_etag});
+        record_change(shared, &request, before, json!({"shadow": null}))
+    };
+    match shared.gateway.discard_shadow(Some(&record)) {
+        Ok(shadow) => json_response(
+            200,
+            json!({"discarded": true, "etag": shadow.etag(), "report": report_json(&shadow.report())}),
+        ),
+        Err(e) => shadow_refused(shared, &request, &e),
+    }
+}
+
+/// A refused shadow request: recorded, answered 409 (none staged), 412 (stale) or 422.
+fn shadow_refused(shared: &Shared, request: &Request, e: &ShadowError) -> Response {
+    record_refusal(shared, request, e.reason(), &e.to_string());
+    let status = match e {
+        ShadowError::None { .. } => 409,
+        ShadowError::StaleShadow { .. }
+        | ShadowError::NoIfMatch { .. }
+        | ShadowError::StaleLive { .. } => 412,
+        ShadowError::NotRecorded(_) => 422,
+    };
+    json_response(
+        status,
+        json!({"swapped": false, "reason": e.reason(), "error": e.to_string()}),
+    )
+}
+
+/// A staged shadow: its release, what it is compared against, and its report.
+fn shadow_json(shared: &Shared, shadow: &Shadow) -> Value {
+    json!({
+        "etag": shadow.etag(),
+        "base_etag": shadow.base_etag,
+        "base_generation": shadow.base_generation,
+        "staged_unix_ms": shadow.staged_unix_ms,
+        "share": shared.gateway.options().shadow_share,
+        "release": release_json(&shadow.release),
+        "report": report_json(&shadow.report()),
+    })
+}
+
+/// A shadow's report: the totals, the live by shadow matrix (cells with packets), the top
+/// pairs and the samples.
+pub fn report_json(report: &Report) -> Value {
+    let mut matrix = serde_json::Map::new();
+    for live in Outcome::ALL {
+        let mut row = serde_json::Map::new();
+        for judged in Outcome::ALL {
+            let n = report.matrix[live.index()][judged.index()];
+            if n > 0 {
+                row.insert(judged.as_str().to_owned(), json!(n));
+            }
+        }
+        if !row.is_empty() {
+            matrix.insert(live.as_str().to_owned(), Value::Object(row));
+        }
+    }
+    let t = &report.totals;
+    json!({
+        "base_etag": t.base_etag,
+        "batches": t.batches,
+        "packets": t.packets,
+        "changed": t.changed,
+        "dst_changed": t.dst_changed,
+        "matrix": matrix,
+        "top_pairs": report.top_pairs.iter().map(|(s, d, n)| json!({"src_vpc": s, "dst_vpc": d, "changed": n})).collect::<Vec<_>>(),
+        "samples": report.samples.iter().map(|s| json!({
+            "packet": s.packet, "src_vpc": s.src_vpc, "live": s.live, "shadow": s.shadow,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// How a shadow ended.
+fn discarded_json(gone: &Discarded) -> Value {
+    json!({
+        "how": gone.how.as_str(),
+        "why": gone.why,
+        "etag": gone.etag,
+        "unix_ms": gone.unix_ms,
+        "packets": gone.totals.packets,
+        "changed": gone.totals.changed,
+        "dst_changed": gone.totals.dst_changed,
     })
 }
 
@@ -1379,6 +1611,15 @@ pub fn status(gateway: &Gateway) -> Value {
     out["good_generations"] = json!(gateway.good_generations());
     if let Some(watch) = gateway.watch_status() {
         out["watch"] = watch_json(&watch);
+    }
+    if let Some(shadow) = gateway.shadow() {
+        let totals = shadow.report().totals;
+        out["staged_shadow"] = json!({
+            "etag": shadow.etag(),
+            "base_etag": shadow.base_etag,
+            "packets": totals.packets,
+            "changed": totals.changed,
+        });
     }
     out["counters"] = gateway.counters().to_json();
     out["events"] = events_json(gateway);
@@ -1400,6 +1641,8 @@ fn events_json(gateway: &Gateway) -> Value {
         "pulls": events.pulls,
         "host_faults": events.host_faults,
         "signatures": events.signatures,
+        "shadow_ends": events.shadow_ends,
+        "shadow_faults": events.shadow_faults,
     })
 }
 

@@ -117,6 +117,10 @@ pub enum Command {
     /// A running gateway's tag watch: `resume` it after an operator's change paused it (it
     /// then acts when the tag moves), or `pause` it by hand.
     Watch(WatchArgs),
+    /// A running gateway's shadow release: stage a module or configuration to judge copies
+    /// of live traffic beside the live release, read its report, explain the packets it
+    /// would judge otherwise, promote exactly what was measured, or discard it.
+    Shadow(ShadowArgs),
     /// Measure, in under a minute, what the sandbox costs: a no-op call, and native against
     /// Wasm per packet at batch sizes 1, 32, 256 and 4096 on a generated table.
     Bench(BenchArgs),
@@ -372,6 +376,19 @@ pub struct SwapArgs {
     /// them and through the new ones, and show how the verdicts would change.
     #[arg(long)]
     pub dry_run: bool,
+    /// Stage the change as a shadow release first, for this many seconds of live traffic;
+    /// print its report, then promote it when it changed no more packets than the budget
+    /// (--max-changed, --max-changed-share; none changed when neither is given), else
+    /// discard it and exit 1.
+    #[arg(long, value_parser = seconds, conflicts_with = "dry_run")]
+    pub shadow: Option<f64>,
+    /// With --shadow: the most packets the shadow may judge otherwise.
+    #[arg(long, requires = "shadow", conflicts_with = "max_changed_share")]
+    pub max_changed: Option<u64>,
+    /// With --shadow: the largest share (0 to 1) of the packets compared the shadow may
+    /// judge otherwise.
+    #[arg(long, requires = "shadow", value_parser = share)]
+    pub max_changed_share: Option<f64>,
     #[command(flatten)]
     pub traffic: TrafficArgs,
     #[command(flatten)]
@@ -390,6 +407,93 @@ pub struct RollbackArgs {
 pub struct WatchArgs {
     /// `resume` or `pause`.
     pub action: WatchAction,
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate shadow`.
+#[derive(Args)]
+pub struct ShadowArgs {
+    #[command(subcommand)]
+    pub action: ShadowAction,
+}
+
+/// What `flowgate shadow` does.
+#[derive(Subcommand)]
+pub enum ShadowAction {
+    /// Stage a module (a file or an `oci://` reference), a configuration or both as the
+    /// shadow release (`PUT /shadow/module`, `PUT /shadow/config`).
+    Stage(ShadowStageArgs),
+    /// The staged shadow's report, as a table (`GET /shadow`).
+    Status(ShadowStatusArgs),
+    /// The first packets the shadow judges otherwise, with both verdicts; with --explain,
+    /// each explained under the live release and under the shadow.
+    Samples(ShadowSamplesArgs),
+    /// Promote the staged shadow (`POST /shadow/promote`), naming it by its ETag.
+    Promote(ShadowPromoteArgs),
+    /// Discard the staged shadow (`DELETE /shadow`).
+    Discard(ShadowDiscardArgs),
+}
+
+/// `flowgate shadow stage`.
+#[derive(Args)]
+pub struct ShadowStageArgs {
+    /// The shadow's module (a Wasm component, or an `oci://` reference the gateway pulls);
+    /// absent: the live module, with --config.
+    pub module: Option<PathBuf>,
+    /// The shadow's configuration; absent: the live one.
+    #[arg(long, required_unless_present = "module")]
+    pub config: Option<PathBuf>,
+    /// Stage only while this release serves (its ETag, from `flowgate status`).
+    #[arg(long)]
+    pub if_match: Option<String>,
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate shadow status`.
+#[derive(Args)]
+pub struct ShadowStatusArgs {
+    /// Print the gateway's answer as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate shadow samples`.
+#[derive(Args)]
+pub struct ShadowSamplesArgs {
+    /// Explain each sample under the live release (fetched from the gateway) and under the
+    /// shadow.
+    #[arg(long)]
+    pub explain: bool,
+    /// With --explain, when the shadow's module is not the live one: the shadow's module file
+    /// (checked against the shadow's sha256).
+    #[arg(long, requires = "explain")]
+    pub module: Option<PathBuf>,
+    /// With --explain, when the shadow's configuration is not the live one: its file
+    /// (checked against the shadow's sha256).
+    #[arg(long, requires = "explain")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate shadow promote`.
+#[derive(Args)]
+pub struct ShadowPromoteArgs {
+    /// The shadow's ETag (from `flowgate shadow status`); absent: the one staged when the
+    /// command starts.
+    #[arg(long)]
+    pub if_match: Option<String>,
+    #[command(flatten)]
+    pub admin: ClientArgs,
+}
+
+/// `flowgate shadow discard`.
+#[derive(Args)]
+pub struct ShadowDiscardArgs {
     #[command(flatten)]
     pub admin: ClientArgs,
 }
@@ -492,6 +596,11 @@ pub struct ServeArgs {
     /// Packets per policy call.
     #[arg(long, default_value_t = dataplane::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch: u32,
+    /// The share of its batches (0 to 1) each worker also judges with a staged shadow
+    /// release (`PUT /shadow/module`, `PUT /shadow/config`), after their live verdicts are
+    /// applied.
+    #[arg(long, default_value_t = flowgate_host::gateway::DEFAULT_SHADOW_SHARE, value_parser = share)]
+    pub shadow_share: f64,
     /// Where the admin API listens: `unix:PATH` (the default is
     /// $XDG_RUNTIME_DIR/flowgate/admin.sock, else /run/flowgate/admin.sock; the socket is made
     /// 0600), or `HOST:PORT`, which needs --admin-token-file.
@@ -636,6 +745,14 @@ impl LimitArgs {
 }
 
 /// A number of seconds: finite, above zero, at most a year.
+/// A share from 0 to 1.
+pub fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("`{text}` is not a share from 0 to 1")),
+    }
+}
+
 pub fn seconds(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .parse()

@@ -1,4 +1,4 @@
-//! A gateway and its clients: `serve`, `status`, `swap` and `rollback`.
+//! A gateway and its clients: `serve`, `status`, `swap`, `rollback`, `watch` and `shadow`.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -8,10 +8,10 @@ use flowgate_host::admin;
 use flowgate_host::admin::Endpoint;
 use flowgate_host::gateway::serve::{Controls, ModuleFile, Traffic, serve};
 use flowgate_host::gateway::{Gateway, ModuleBytes, OnFault, Options};
-use flowgate_host::oci::SignatureError;
+use flowgate_host::oci::{SignatureError, detached_path, read_detached};
 use flowgate_host::wasm::{EngineOptions, Runtime};
 use flowgate_policy::Packet;
-use flowgate_policy::json::parse_packet;
+use flowgate_policy::json::{parse_packet, parse_packet_text};
 use flowgate_policy::synth::{self};
 
 use super::author::diff;
@@ -129,6 +129,7 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
         worker_nice: args.worker_nice,
         trust: signing().trust.clone(),
         allow_unsigned_local: signing().allow_unsigned_local,
+        shadow_share: args.shadow_share,
     };
     let from_registry = args
         .module
@@ -324,6 +325,9 @@ impl SwapArgs {
             config,
             if_match,
             dry_run,
+            shadow,
+            max_changed,
+            max_changed_share,
             traffic,
             admin,
         } = self;
@@ -414,6 +418,31 @@ impl SwapArgs {
                 }
             }
         };
+        if let Some(seconds) = shadow {
+            let budget = match (max_changed, max_changed_share) {
+                (_, Some(share)) => Budget::Share(share),
+                (Some(n), None) => Budget::Packets(n),
+                (None, None) => Budget::Packets(0),
+            };
+            let staged = match (&reference, &module) {
+                (Some(reference), _) => {
+                    client.stage_reference(reference, config.as_deref(), Some(&if_match))?
+                }
+                (None, Some(bytes)) => client.stage_module(
+                    bytes,
+                    config.as_deref(),
+                    Some(&if_match),
+                    signature.as_deref(),
+                )?,
+                (None, None) => {
+                    client.stage_config(config.as_deref().unwrap_or_default(), Some(&if_match))?
+                }
+            };
+            if staged.status != 200 {
+                return print_reply(staged);
+            }
+            return rollout_gate(&client, &staged.body["shadow"], seconds, budget);
+        }
         if let Some(reference) = reference {
             return print_reply(client.swap_reference(
                 &reference,
@@ -461,4 +490,326 @@ fn upload_signature(path: &Path) -> Result<Option<Vec<u8>>> {
         );
     }
     Ok(signature)
+}
+
+impl ShadowArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        match self.action {
+            ShadowAction::Stage(args) => args.execute(),
+            ShadowAction::Status(args) => args.execute(),
+            ShadowAction::Samples(args) => args.execute(),
+            ShadowAction::Promote(args) => args.execute(),
+            ShadowAction::Discard(args) => args.execute(),
+        }
+    }
+}
+
+impl ShadowStageArgs {
+    /// The module (a file with its detached signature, or a reference the gateway pulls), the
+    /// configuration or both, staged as the shadow.
+    pub fn execute(self) -> Result<ExitCode> {
+        let client = self.admin.client()?;
+        let config = (self.config.as_deref())
+            .map(|p| LimitArgs::default().read_config(p))
+            .transpose()?;
+        let if_match = self.if_match.as_deref();
+        let module = self.module.as_deref();
+        let reference = module
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| flowgate_host::oci::Reference::is_reference(p));
+        let reply = match (reference, module) {
+            (Some(reference), _) => {
+                client.stage_reference(&reference, config.as_deref(), if_match)?
+            }
+            (None, Some(path)) => {
+                let (bytes, _) = read_module(path)?;
+                let signature = read_detached(path)
+                    .with_context(|| format!("reading {}", detached_path(path).display()))?;
+                client.stage_module(&bytes, config.as_deref(), if_match, signature.as_deref())?
+            }
+            (None, None) => client.stage_config(config.as_deref().unwrap_or_default(), if_match)?,
+        };
+        print_reply(reply)
+    }
+}
+
+/// `GET /shadow`, answered 200: the shadow; otherwise how the last one ended, on stderr, and
+/// `None`.
+fn staged_shadow(client: &admin::Client) -> Result<Option<serde_json::Value>> {
+    let reply = client.shadow()?;
+    if reply.status == 200 {
+        return Ok(Some(reply.body["shadow"].clone()));
+    }
+    eprintln!(
+        "flowgate: {}",
+        reply.body["error"]
+            .as_str()
+            .unwrap_or("no shadow release is staged")
+    );
+    Ok(None)
+}
+
+impl ShadowStatusArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        let client = self.admin.client()?;
+        if self.json {
+            return print_reply(client.shadow()?);
+        }
+        let Some(shadow) = staged_shadow(&client)? else {
+            return Ok(ExitCode::FAILURE);
+        };
+        out!("{}", shadow_table(&shadow))?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A shadow's report as a table: totals, the live by shadow matrix, the top pairs.
+fn shadow_table(shadow: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let r = &shadow["report"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let (packets, changed) = (n(&r["packets"]), n(&r["changed"]));
+    let mut out = String::new();
+    let share = if packets > 0 {
+        changed as f64 * 100.0 / packets as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        out,
+        "shadow {} ({}), compared with the live release {} on a share of {} of the batches",
+        shadow["etag"].as_str().unwrap_or("?"),
+        shadow["release"]["cause"].as_str().unwrap_or("?"),
+        shadow["base_etag"].as_str().unwrap_or("?"),
+        shadow["share"],
+    );
+    let _ = writeln!(
+        out,
+        "packets compared  {packets} (in {} batches)",
+        n(&r["batches"])
+    );
+    let _ = writeln!(out, "changed           {changed} ({share:.3} %)");
+    let _ = writeln!(out, "to another VPC    {}", n(&r["dst_changed"]));
+    let outcomes = flowgate_host::gateway::Outcome::ALL.map(|o| o.as_str());
+    let width = outcomes.iter().map(|o| o.len()).max().unwrap_or(0) + 2;
+    let _ = write!(out, "\n{:width$}", "live \\ shadow");
+    for o in outcomes {
+        let _ = write!(out, "{o:>width$}");
+    }
+    out.push('\n');
+    for live in outcomes {
+        let row = &r["matrix"][live];
+        if row.is_null() {
+            continue;
+        }
+        let _ = write!(out, "{live:width$}");
+        for o in outcomes {
+            let _ = write!(out, "{:>width$}", n(&row[o]));
+        }
+        out.push('\n');
+    }
+    if let Some(pairs) = r["top_pairs"].as_array().filter(|p| !p.is_empty()) {
+        let _ = writeln!(out, "\nchanged packets by source -> destination VPC");
+        for pair in pairs {
+            let _ = writeln!(
+                out,
+                "  {} -> {}  {}",
+                pair["src_vpc"].as_str().unwrap_or("?"),
+                pair["dst_vpc"].as_str().unwrap_or("?"),
+                n(&pair["changed"])
+            );
+        }
+    }
+    let samples = r["samples"].as_array().map_or(0, Vec::len);
+    if samples > 0 {
+        let _ = writeln!(
+            out,
+            "\n{samples} differing packets kept: `flowgate shadow samples [--explain]`"
+        );
+    }
+    out
+}
+
+impl ShadowSamplesArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        let client = self.admin.client()?;
+        let Some(shadow) = staged_shadow(&client)? else {
+            return Ok(ExitCode::FAILURE);
+        };
+        let empty = Vec::new();
+        let samples = shadow["report"]["samples"].as_array().unwrap_or(&empty);
+        let mut explainers = match self.explain {
+            true => Some(self.explainers(&client, &shadow)?),
+            false => None,
+        };
+        for sample in samples {
+            let s = |k: &str| sample[k].as_str().unwrap_or("?").to_owned();
+            outln!(
+                "{}\n  live:   {}\n  shadow: {}",
+                s("packet"),
+                s("live"),
+                s("shadow")
+            )?;
+            let Some((live, staged)) = explainers.as_mut() else {
+                continue;
+            };
+            for (who, policy) in [("live", &mut *live), ("shadow", &mut *staged)] {
+                let packet = parse_packet_text(&s("packet"), policy.catalog())?;
+                let e = policy
+                    .explain(&packet)
+                    .with_context(|| format!("the {who} release failed to explain"))?;
+                outln!("  under the {who} release:")?;
+                for line in e.render(policy.catalog()).lines() {
+                    outln!("    {line}")?;
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// The live release's module and configuration (from the gateway) and the shadow's
+    /// (the live ones where the shadow kept them, else the files given, checked against the
+    /// shadow's sha256), each configured in an instance that explains.
+    fn explainers(
+        &self,
+        client: &admin::Client,
+        shadow: &serde_json::Value,
+    ) -> Result<(WasmPolicy, WasmPolicy)> {
+        let serving = client.serving()?;
+        let base = shadow["base_etag"].as_str().unwrap_or_default();
+        if serving.etag != base {
+            bail!(
+                "the live release is {}, not {base}, which the shadow is compared against: stage it again",
+                serving.etag
+            );
+        }
+        let release = &shadow["release"];
+        let pick = |want: &str, live: Vec<u8>, file: Option<&Path>, what: &str| {
+            if hex(&sha2::Sha256::digest(&live)) == want {
+                return Ok((live, format!("the live {what}")));
+            }
+            let Some(file) = file else {
+                bail!(
+                    "the shadow's {what} (sha256 {want}) is not the live one: give its file with --{what}"
+                );
+            };
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            if hex(&sha2::Sha256::digest(&bytes)) != want {
+                bail!(
+                    "{}: not the shadow's {what} (its sha256 is {want})",
+                    file.display()
+                );
+            }
+            Ok((bytes, file.display().to_string()))
+        };
+        use sha2::Digest as _;
+        let (module, module_name) = pick(
+            release["module"]["sha256"].as_str().unwrap_or_default(),
+            serving.module.clone(),
+            self.module.as_deref(),
+            "module",
+        )?;
+        let (config, config_name) = pick(
+            release["config_sha256"].as_str().unwrap_or_default(),
+            serving.config.clone().into_bytes(),
+            self.config.as_deref(),
+            "config",
+        )?;
+        let config = String::from_utf8(config).context("the shadow's configuration is not text")?;
+        let runtime = runtime(false)?;
+        let start = |contender: Contender<'_>| -> Result<WasmPolicy> {
+            contender.start(&runtime, &contender.load(&runtime)?)
+        };
+        let live = start(Contender {
+            module: &serving.module,
+            module_name: "the live module",
+            config: &serving.config,
+            config_name: "the live configuration",
+        })?;
+        let staged = start(Contender {
+            module: &module,
+            module_name: &module_name,
+            config: &config,
+            config_name: &config_name,
+        })?;
+        Ok((live, staged))
+    }
+}
+
+impl ShadowPromoteArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        let client = self.admin.client()?;
+        let etag = match self.if_match {
+            Some(etag) => etag,
+            None => {
+                let Some(shadow) = staged_shadow(&client)? else {
+                    return Ok(ExitCode::FAILURE);
+                };
+                shadow["etag"].as_str().unwrap_or_default().to_owned()
+            }
+        };
+        print_reply(client.promote_shadow(&etag)?)
+    }
+}
+
+impl ShadowDiscardArgs {
+    pub fn execute(self) -> Result<ExitCode> {
+        print_reply(self.admin.client()?.discard_shadow()?)
+    }
+}
+
+/// How much a shadow may change before `swap --shadow` refuses it.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// At most this many packets judged otherwise.
+    Packets(u64),
+    /// At most this share of the packets compared.
+    Share(f64),
+}
+
+/// `swap --shadow`: lets the staged shadow judge live traffic for `seconds`, prints its report,
+/// and promotes exactly that shadow when it stayed within `budget`; otherwise discards it and
+/// fails.
+fn rollout_gate(
+    client: &admin::Client,
+    staged: &serde_json::Value,
+    seconds: f64,
+    budget: Budget,
+) -> Result<ExitCode> {
+    let etag = staged["etag"].as_str().unwrap_or_default().to_owned();
+    eprintln!("flowgate: shadow {etag} staged; judging live traffic for {seconds} s");
+    std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+    let Some(shadow) = staged_shadow(client)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if shadow["etag"].as_str() != Some(etag.as_str()) {
+        bail!(
+            "another shadow ({}) replaced {etag} meanwhile: nothing promoted",
+            shadow["etag"]
+        );
+    }
+    out!("{}", shadow_table(&shadow))?;
+    let report = &shadow["report"];
+    let packets = report["packets"].as_u64().unwrap_or(0);
+    let changed = report["changed"].as_u64().unwrap_or(0);
+    let within = match budget {
+        Budget::Packets(most) => changed <= most,
+        Budget::Share(most) => packets > 0 && changed as f64 <= most * packets as f64,
+    };
+    if packets == 0 {
+        eprintln!("flowgate: the shadow judged no packets: nothing to go by");
+    }
+    if !within || packets == 0 {
+        let discarded = client.discard_shadow()?;
+        eprintln!(
+            "flowgate: {changed} of {packets} packets changed, beyond the budget ({budget:?}): the shadow is discarded ({})",
+            discarded.status
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!(
+        "flowgate: {changed} of {packets} packets changed, within the budget ({budget:?}): promoting {etag}"
+    );
+    print_reply(client.promote_shadow(&etag)?)
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::shadow::End as ShadowEnd;
 use super::{Cause, Gateway, Refusal, lock};
 use crate::oci::SignatureCheck;
 
@@ -34,6 +35,10 @@ pub struct Events {
     pub host_faults: BTreeMap<&'static str, u64>,
     /// Module signature checks by result ([`SignatureCheck`]).
     pub signatures: BTreeMap<&'static str, u64>,
+    /// Shadows ended, by how ([`ShadowEnd`]).
+    pub shadow_ends: BTreeMap<&'static str, u64>,
+    /// Faults of shadow modules, by reason (none counts toward an auto-revert).
+    pub shadow_faults: BTreeMap<&'static str, u64>,
 }
 
 flowgate_policy::labels! {
@@ -115,6 +120,14 @@ impl Recorder {
     /// The counts so far, held until the guard is dropped.
     pub(super) fn counts(&self) -> MutexGuard<'_, Events> {
         lock(&self.counts)
+    }
+
+    pub(super) fn shadow_end(&self, how: ShadowEnd) {
+        *self.counts().shadow_ends.entry(how.as_str()).or_default() += 1;
+    }
+
+    pub(super) fn shadow_fault(&self, reason: &'static str) {
+        *self.counts().shadow_faults.entry(reason).or_default() += 1;
     }
 
     pub(super) fn swap(&self, cause: Cause) {

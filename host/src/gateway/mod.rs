@@ -34,9 +34,14 @@ mod events;
 mod faults;
 mod release;
 pub mod serve;
+mod shadow;
 pub mod watch;
 mod worker;
 
+pub use shadow::{
+    DEFAULT_SHADOW_SHARE, Discarded, End as ShadowEnd, Outcome, Report, Sample, Shadow,
+    ShadowError, Totals as ShadowTotals,
+};
 pub use worker::{Burst, ColumnBurst, Worker};
 
 use crate::oci::SignatureCheck;
@@ -86,6 +91,9 @@ pub struct Options {
     /// 19 at most; 0 leaves it): below the gateway's other threads, so that a swap, a rollback
     /// and the admin API get a core's share when the workers keep every core busy.
     pub worker_nice: u8,
+    /// The share of its batches each worker also judges with a staged shadow release, after
+    /// their live verdicts are applied (0 to 1; [`DEFAULT_SHADOW_SHARE`]).
+    pub shadow_share: f64,
 }
 
 /// The workers' nice value unless told otherwise ([`Options::worker_nice`]). With 16 workers
@@ -109,6 +117,7 @@ impl Default for Options {
             worker_nice: DEFAULT_WORKER_NICE,
             trust: None,
             allow_unsigned_local: false,
+            shadow_share: DEFAULT_SHADOW_SHARE,
         }
     }
 }
@@ -272,6 +281,19 @@ impl<'a> SwapRequest<'a> {
     }
 }
 
+/// Who asked for an operator's change, and why in words: a module pulled from a registry
+/// makes an [`Origin::OperatorReference`] release, anything else an
+/// [`Origin::OperatorUpload`].
+fn operator_origin(request: &SwapRequest<'_>) -> (Origin, String) {
+    match request.module.and_then(|m| m.pulled) {
+        Some((asked, digest)) => (
+            Origin::OperatorReference,
+            format!("an operator named {asked} ({digest})"),
+        ),
+        None => (Origin::OperatorUpload, "an operator's upload".to_owned()),
+    }
+}
+
 /// The last word on a prepared release, under the swap lock, before it goes live: called with
 /// the serving release and the one prepared to replace it, it refuses the change with why
 /// (the change is then refused as [`SwapError::NotRecorded`]). The admin API writes each
@@ -325,6 +347,8 @@ pub struct Gateway {
     watch: Mutex<Option<authority::TagWatch>>,
     /// The highest generation that has judged a batch.
     judged: AtomicU64,
+    /// The shadow release staged, if any, and how the last one ended.
+    shadow: shadow::Slot,
     /// Time to judge one batch.
     pub batch_latency: Histogram,
     started: Instant,
@@ -387,6 +411,7 @@ impl Gateway {
             faults: FaultWindow::new(),
             watch: Mutex::new(None),
             judged: AtomicU64::new(0),
+            shadow: shadow::Slot::default(),
             batch_latency: Histogram::default(),
             started: Instant::now(),
         };
@@ -418,13 +443,7 @@ impl Gateway {
     /// A published swap pins the gateway: a tag watch pauses (unless the module was pulled by
     /// the watched tag itself, which resumes it).
     pub fn swap(&self, request: SwapRequest<'_>) -> Result<Arc<Release>, SwapError> {
-        let (origin, why) = match request.module.and_then(|m| m.pulled) {
-            Some((asked, digest)) => (
-                Origin::OperatorReference,
-                format!("an operator named {asked} ({digest})"),
-            ),
-            None => (Origin::OperatorUpload, "an operator's upload".to_owned()),
-        };
+        let (origin, why) = operator_origin(&request);
         let _one_at_a_time = lock(&self.swap_lock);
         self.swap_locked(request, origin, why)
     }
@@ -533,6 +552,21 @@ impl Gateway {
         origin: Origin,
         why: String,
     ) -> Result<Arc<Release>, SwapError> {
+        let follows = request.module.and_then(|m| m.pulled);
+        let release = self.prepare_swap(request, origin, why)?;
+        Ok(self.publish(release, 0, follows))
+    }
+
+    /// Everything of a swap but its publication (the swap lock held): the checks of the
+    /// request, the module's signature, the preparation of the release and its approval. A
+    /// swap publishes what it returns; a shadow is staged with it
+    /// ([`Gateway::stage_shadow`]).
+    fn prepare_swap(
+        &self,
+        request: SwapRequest<'_>,
+        origin: Origin,
+        why: String,
+    ) -> Result<Release, SwapError> {
         let SwapRequest {
             approval,
             module,
@@ -598,8 +632,7 @@ impl Gateway {
         if let Some(approval) = approval {
             (approval.0)(&running, &release).map_err(SwapError::NotRecorded)?;
         }
-        let follows = module.and_then(|m| m.pulled);
-        Ok(self.publish(release, 0, follows))
+        Ok(release)
     }
 
     /// A module refused for its signatures before it got to the gateway (where it was pulled
@@ -658,6 +691,8 @@ impl Gateway {
         self.events.swap(release.cause);
         self.current.store(release.clone());
         self.faults.clear();
+        // The shadow was measured against the release that served until now.
+        self.end_shadow(None, shadow::End::LiveChanged, &release);
         self.after_publish(&release, follows);
         release
     }

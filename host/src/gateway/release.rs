@@ -21,7 +21,8 @@ pub struct Release {
     /// Increases by one with every publication (swap or rollback).
     pub generation: u64,
     /// What the release changed: `start`, `module`, `config`, `module+config`,
-    /// `reload` (a swap that changes neither), `rollback` or `auto-revert`.
+    /// `reload` (a swap that changes neither), `rollback`, `auto-revert` or
+    /// `shadow-promote`.
     pub cause: Cause,
     /// Who made it: the operator (an upload, a reference, a rollback, SIGHUP), the tag watch,
     /// auto-revert, or the gateway's start.
@@ -55,8 +56,11 @@ pub struct Release {
     pub(super) canary_verdicts: Arc<[Verdict]>,
     /// What the release's instances start from: the state its configured instance built.
     pub(super) plan: Blueprint,
-    /// One instance per worker, taken by the worker when it moves to this release.
+    /// One instance per worker, taken by the worker when it moves to this release (or, for
+    /// a shadow, when it first judges a copy with it).
     pub(super) spares: Mutex<Vec<Option<WasmPolicy>>>,
+    /// For a promoted shadow: what its report said when it was promoted.
+    pub shadow: Option<super::shadow::Totals>,
 }
 
 /// How a release was prepared: the instances started, and the CPU time it took.
@@ -259,6 +263,8 @@ flowgate_policy::labels! {
         Rollback => "rollback",
         /// The gateway's own rollback after repeated faults.
         AutoRevert => "auto-revert",
+        /// A shadow release promoted, exactly as it was staged and measured.
+        ShadowPromote => "shadow-promote",
     }
 }
 
@@ -453,6 +459,7 @@ pub(super) fn prepare(
         canary_verdicts: expected.into(),
         plan,
         spares: Mutex::new(spares.into_iter().map(Some).collect()),
+        shadow: None,
     })
 }
 
@@ -513,6 +520,7 @@ pub(super) fn prepare_again(
         canary_verdicts: target.canary_verdicts.clone(),
         plan: target.plan.clone(),
         spares: Mutex::new(spares.into_iter().map(Some).collect()),
+        shadow: None,
     })
 }
 

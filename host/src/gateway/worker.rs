@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use flowgate_policy::packed::Columns;
 use flowgate_policy::{Catalog, Packet, Verdict};
 
-use super::{BatchRecord, Gateway, OnFault, Release, lock};
+use super::shadow::Shadow;
+use super::{BatchRecord, Cause, Gateway, OnFault, Release, lock};
 use crate::dataplane::{self, Counters, Judged, Step};
 use crate::policy::Verdicts;
 use crate::wasm::{Adoption, WasmPolicy};
@@ -28,6 +29,20 @@ pub struct Worker {
     /// `--on-fault previous` (otherwise the instance is let go at once).
     previous: Option<(Arc<Release>, Option<WasmPolicy>)>,
     last_start: Instant,
+    /// Who judged the last burst.
+    last_judged: Judged,
+    /// The shadow this worker judges copies with, and its instance of it.
+    seat: Option<Seat>,
+    /// Batches owed to the shadow: grows by the shadow share a batch, and a batch is judged
+    /// with the shadow each time it reaches one.
+    shadow_credit: f64,
+}
+
+/// A worker's place in a shadow: the shadow, its instance, and room for its verdicts.
+struct Seat {
+    shadow: Arc<Shadow>,
+    policy: WasmPolicy,
+    verdicts: Vec<Verdict>,
 }
 
 /// What became of a burst of `Packet`s.
@@ -65,6 +80,9 @@ impl Gateway {
             policy,
             previous: None,
             last_start: Instant::now(),
+            last_judged: Judged::Dropped,
+            seat: None,
+            shadow_credit: 0.0,
         }
     }
 
@@ -93,6 +111,8 @@ impl Gateway {
             }
             let burst = worker.judge(&batch, &mut verdicts);
             port.deliver(burst.verdicts, burst.catalog, &mut lock(&self.counters[id]));
+            // The live verdicts are applied: the copy cannot delay them.
+            worker.judge_shadow(&batch, &verdicts);
         }
     }
 
@@ -157,6 +177,7 @@ impl Worker {
         let (policy, fallback) = self.policies();
         let done = dataplane::step(policy, fallback, packets, out);
         self.settle(&done, packets.len(), started.elapsed());
+        self.last_judged = done.judged;
         let catalog = self.catalog(done.judged);
         done.count(
             packets,
@@ -210,6 +231,7 @@ impl Worker {
         let (policy, fallback) = self.policies();
         let done = dataplane::step_columns(policy, fallback, burst);
         self.settle(&done, burst.len(), started.elapsed());
+        self.last_judged = done.judged;
         let catalog = self.catalog(done.judged);
         let verdicts = match done.judged {
             Judged::Policy => self.policy.as_ref().and_then(|p| p.last_verdicts()),
@@ -240,7 +262,14 @@ impl Worker {
         let now = gateway.current.load();
         if now.generation != self.release.generation {
             let next = now.clone();
-            let next_policy = gateway.take_instance(&next, self.id);
+            // A promoted shadow serves with the very instance that judged its copies.
+            let next_policy = match self.seat.take() {
+                Some(seat) if is_promotion_of(&next, &seat.shadow.release) => Some(seat.policy),
+                seat => {
+                    self.seat = seat;
+                    gateway.take_instance(&next, self.id)
+                }
+            };
             self.last_start = Instant::now();
             let old_policy = std::mem::replace(&mut self.policy, next_policy);
             let keep = gateway.options.on_fault == OnFault::Previous;
@@ -252,6 +281,77 @@ impl Worker {
         if self.policy.is_none() && self.last_start.elapsed() >= RESTART_INTERVAL {
             self.policy = gateway.take_instance(&self.release, self.id);
             self.last_start = Instant::now();
+        }
+    }
+
+    /// Judges a copy of the burst just judged (`packets`, whose live verdicts are `live`)
+    /// with the staged shadow, when there is one and this burst is of its share: only a
+    /// burst the live release's own instance judged, and while the live release is the one
+    /// the shadow is compared against. A fault of the shadow discards it.
+    pub fn judge_shadow(&mut self, packets: &[Packet], live: &[Verdict]) {
+        let gateway = &self.gateway;
+        let staged = gateway.shadow.staged.load();
+        let Some(shadow) = staged.as_ref() else {
+            self.seat = None;
+            return;
+        };
+        if self.last_judged != Judged::Policy
+            || shadow.base_generation != self.release.generation
+            || live.len() < packets.len()
+        {
+            return;
+        }
+        self.shadow_credit += gateway.options.shadow_share.clamp(0.0, 1.0);
+        if self.shadow_credit < 1.0 {
+            return;
+        }
+        self.shadow_credit -= 1.0;
+        if !self
+            .seat
+            .as_ref()
+            .is_some_and(|seat| Arc::ptr_eq(&seat.shadow, shadow))
+        {
+            self.seat = None;
+            let spare = lock(&shadow.release.spares)
+                .get_mut(self.id)
+                .and_then(Option::take);
+            let policy = match spare {
+                Some(policy) => policy,
+                None => match WasmPolicy::start_from(
+                    &gateway.runtime,
+                    &shadow.release.plan,
+                    Adoption::Vouched,
+                ) {
+                    Ok(policy) => policy,
+                    Err(fault) => {
+                        gateway.shadow_fault(shadow, &fault);
+                        return;
+                    }
+                },
+            };
+            self.seat = Some(Seat {
+                shadow: shadow.clone(),
+                policy,
+                verdicts: Vec::new(),
+            });
+        }
+        let Some(seat) = self.seat.as_mut() else {
+            return;
+        };
+        seat.verdicts.resize(packets.len(), Verdict::default());
+        let out = &mut seat.verdicts[..packets.len()];
+        match seat.policy.judge(packets, out) {
+            Ok(()) => seat.shadow.count(
+                self.id,
+                packets,
+                (&self.release.catalog, &live[..packets.len()]),
+                out,
+            ),
+            Err(fault) => {
+                let shadow = seat.shadow.clone();
+                self.seat = None;
+                gateway.shadow_fault(&shadow, &fault);
+            }
         }
     }
 
@@ -301,4 +401,13 @@ impl Worker {
         }
         gateway.judged.fetch_max(generation, Ordering::Release);
     }
+}
+
+/// Whether `next` is `shadow` promoted: the same generation, module and configuration, published
+/// as a promotion.
+fn is_promotion_of(next: &Release, shadow: &Release) -> bool {
+    next.cause == Cause::ShadowPromote
+        && next.generation == shadow.generation
+        && next.config_digest == shadow.config_digest
+        && next.module.digest() == shadow.module.digest()
 }

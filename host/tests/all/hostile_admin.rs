@@ -699,3 +699,171 @@ fn a_token_file_of_named_tokens_is_read_strictly() {
     let huge = "x".repeat(70 << 10);
     assert!(read("huge", &huge).is_err());
 }
+
+// The shadow release's routes.
+
+/// A request to `path` with `headers` and `body`, on a connection of its own: the status line
+/// and the answer's body.
+fn shadow_request(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> String {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    ask(endpoint, &request, Duration::from_secs(30))
+}
+
+/// A request to a shadow route and what its answer must say: method, path, headers, body,
+/// status line, a word of the answer.
+type ShadowCase<'a> = (&'a str, &'a str, &'a str, &'a [u8], &'a str, &'a str);
+
+/// Bodies that are no module, no configuration or no reference, lengths outside the body,
+/// promotion and discard with nothing staged, a missing `If-Match`: each is refused with its
+/// status and reason, and nothing is staged or published.
+#[test]
+fn shadow_routes_refuse_what_they_cannot_stage() {
+    let config = config();
+    let gateway = gateway(&config, 1);
+    let (admin, client) = crate::admin_on_socket(&gateway);
+    let at = admin.endpoint();
+    let cases: [ShadowCase<'_>; 9] = [
+        (
+            "PUT",
+            "/shadow/config",
+            "",
+            b"\xff\xfe not text",
+            "HTTP/1.1 400",
+            "not UTF-8",
+        ),
+        (
+            "PUT",
+            "/shadow/config",
+            "",
+            b"kind: nothing\n",
+            "HTTP/1.1 422",
+            "config-refused",
+        ),
+        (
+            "PUT",
+            "/shadow/config",
+            "",
+            b"",
+            "HTTP/1.1 422",
+            "config-refused",
+        ),
+        (
+            "PUT",
+            "/shadow/module",
+            "",
+            b"\0asm but not really",
+            "HTTP/1.1 422",
+            "not-a-component",
+        ),
+        (
+            "PUT",
+            "/shadow/module",
+            "Content-Type: application/vnd.flowgate.module-reference\r\n",
+            b"not a reference at all",
+            "HTTP/1.1 422",
+            "pull-failed",
+        ),
+        (
+            "PUT",
+            "/shadow/module",
+            "X-Config-Length: 99\r\n",
+            b"short",
+            "HTTP/1.1 400",
+            "X-Config-Length",
+        ),
+        (
+            "PUT",
+            "/shadow/module",
+            "Content-Type: application/yaml\r\n",
+            config.as_bytes(),
+            "HTTP/1.1 422",
+            "not-a-component",
+        ),
+        (
+            "POST",
+            "/shadow/promote",
+            "If-Match: *\r\n",
+            b"",
+            "HTTP/1.1 409",
+            "no-shadow",
+        ),
+        ("DELETE", "/shadow", "", b"", "HTTP/1.1 409", "no-shadow"),
+    ];
+    for (method, path, headers, body, status, says) in cases {
+        let answer = shadow_request(at, method, path, headers, body);
+        assert!(answer.starts_with(status), "{method} {path}: {answer}");
+        assert!(answer.contains(says), "{method} {path}: {answer}");
+    }
+    let answer = shadow_request(at, "PUT", "/shadow", "", b"x");
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: get, delete"),
+        "{answer}"
+    );
+    assert_eq!(client.shadow().unwrap().status, 404);
+
+    // With a shadow staged, promotion must name it.
+    let staged = client
+        .stage_config(&crate::hostile::config(), None)
+        .unwrap();
+    assert_eq!(staged.status, 200, "{}", staged.body);
+    let answer = shadow_request(at, "POST", "/shadow/promote", "", b"");
+    assert!(answer.starts_with("HTTP/1.1 412"), "{answer}");
+    let answer = shadow_request(at, "POST", "/shadow/promote", "If-Match: W/\"x\"\r\n", b"");
+    assert!(answer.starts_with("HTTP/1.1 412"), "{answer}");
+    assert_eq!(gateway.current().generation, 1, "nothing was published");
+    assert_eq!(
+        client.shadow().unwrap().status,
+        200,
+        "the shadow stays staged"
+    );
+}
+
+/// Shadows staged at once, from several clients, are staged one after the other: each is
+/// answered, one stays staged (one of those answered), the others were replaced.
+#[test]
+fn concurrent_stages_leave_one_shadow() {
+    let config = config();
+    let gateway = gateway(&config, 1);
+    let (admin, _) = crate::admin_on_socket(&gateway);
+    let configs: Vec<String> = (0..4)
+        .map(|seed| {
+            flowgate_policy::synth::config_yaml(flowgate_policy::synth::Scale::with_peerings(
+                30,
+                100 + seed,
+            ))
+        })
+        .collect();
+    let handles: Vec<_> = configs
+        .into_iter()
+        .map(|config| {
+            let client = Client::new(admin.endpoint().clone(), None);
+            std::thread::spawn(move || client.stage_config(&config, None).unwrap())
+        })
+        .collect();
+    let etags: Vec<String> = handles
+        .into_iter()
+        .map(|h| {
+            let reply = h.join().unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            reply.body["shadow"]["etag"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let client = Client::new(admin.endpoint().clone(), None);
+    let staged = client.shadow().unwrap();
+    let staged = staged.body["shadow"]["etag"].as_str().unwrap().to_owned();
+    assert!(etags.contains(&staged), "{staged} among {etags:?}");
+    assert_eq!(gateway.events().shadow_ends.get("replaced"), Some(&3));
+    assert_eq!(gateway.current().generation, 1);
+}

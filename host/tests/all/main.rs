@@ -23,6 +23,7 @@ mod paths;
 mod prepare;
 mod refusals;
 mod replay;
+mod shadow;
 mod sign;
 mod signing;
 mod swap;
