@@ -50,7 +50,7 @@ fn live_throughput(c: &mut Criterion) {
         let packets: Arc<[Packet]> = workload.packets(1 << 18).into();
         let mut rows = vec![None, Some(DEFAULT_SHADOW_SHARE)];
         if peerings == 1_000 {
-            rows.extend([Some(0.25), Some(1.0)]);
+            rows.extend([Some(0.125), Some(1.0)]);
         }
         for share in rows {
             let options = Options {

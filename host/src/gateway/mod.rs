@@ -14,7 +14,9 @@
 //! The gateway's other jobs live beside this file: `authority.rs` holds the rule between
 //! those writers (the operator's changes pin the gateway), `worker.rs` the stage each core
 //! runs, `faults.rs` the fault window and auto-revert, `events.rs` what the gateway counts of
-//! its own events, `watch.rs` the tag watch and `serve.rs` the worker threads of the binary.
+//! its own events, `watch.rs` the tag watch, `shadow.rs` the shadow release (a change
+//! prepared as a swap is, judging copies of live batches until it is promoted or discarded)
+//! and `serve.rs` the worker threads of the binary.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

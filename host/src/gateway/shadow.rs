@@ -25,7 +25,7 @@ use crate::oci::{Digest, Reference};
 /// The share of batches judged with a shadow unless told otherwise
 /// ([`super::Options::shadow_share`]): chosen by the `shadow` benchmark so that the live path
 /// keeps at least 85 % of its throughput at 1,000 peerings (see BENCHMARKS.md).
-pub const DEFAULT_SHADOW_SHARE: f64 = 0.125;
+pub const DEFAULT_SHADOW_SHARE: f64 = 0.0625;
 
 /// Differing packets kept as samples, the first ones seen.
 pub const MAX_SAMPLES: usize = 32;
@@ -111,8 +111,9 @@ struct Tally {
     changed: u64,
     dst_changed: u64,
     matrix: [[u64; Outcome::COUNT]; Outcome::COUNT],
-    /// Changed packets by source VNI and destination, named when the report is read.
-    pairs: HashMap<(u32, Dst), u64>,
+    /// Changed packets by source VNI and destination ([`pair_key`]), named when the report
+    /// is read.
+    pairs: HashMap<u64, u64, BuildPairHasher>,
     /// Changed packets of pairs beyond [`MAX_PAIRS`].
     other_pairs: u64,
     samples: Vec<Sample>,
@@ -120,12 +121,61 @@ struct Tally {
 
 /// A changed packet's destination VPC in the pairs: the live release's (an index of its
 /// catalog), the shadow's, or none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dst {
     Live(u32),
     Shadow(u32),
     None,
 }
+
+/// The key of a pair: the source VNI (24 bits on the wire, any `u32` here) in the high half,
+/// the destination in the low half (`Live(i)` as `2i`, `Shadow(i)` as `2i + 1`, `None` as
+/// `u32::MAX`; indices above `u32::MAX / 2` fold into `None`).
+fn pair_key(vni: u32, dst: Dst) -> u64 {
+    let low = match dst {
+        Dst::Live(i) if i < u32::MAX / 2 => i * 2,
+        Dst::Shadow(i) if i < u32::MAX / 2 => i * 2 + 1,
+        _ => u32::MAX,
+    };
+    (u64::from(vni) << 32) | u64::from(low)
+}
+
+/// The source VNI and destination of a pair's key.
+fn pair_of(key: u64) -> (u32, Dst) {
+    let (vni, low) = ((key >> 32) as u32, key as u32);
+    let dst = match low {
+        u32::MAX => Dst::None,
+        n if n % 2 == 0 => Dst::Live(n / 2),
+        n => Dst::Shadow(n / 2),
+    };
+    (vni, dst)
+}
+
+/// A hasher for the pairs' keys, which the packet path counts into: one multiplication (the
+/// keys come from the gateway's own verdicts and VNIs; a flood of one VNI's pairs is bounded by
+/// [`MAX_PAIRS`]).
+#[derive(Default, Clone, Copy)]
+struct PairHasher(u64);
+
+impl std::hash::Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+}
+
+type BuildPairHasher = std::hash::BuildHasherDefault<PairHasher>;
 
 /// A shadow's totals: in its report, and recorded by the release it was promoted to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,7 +440,7 @@ impl Shadow {
                 (_, Verdict::Allow(b)) => Dst::Shadow(b.0),
                 _ => Dst::None,
             };
-            let key = (packet.src_vni, dst);
+            let key = pair_key(packet.src_vni, dst);
             let pairs = tally.pairs.len();
             match tally.pairs.get_mut(&key) {
                 Some(n) => *n += 1,
@@ -446,7 +496,8 @@ impl Shadow {
                 }
             }
             let live = &self.base_catalog;
-            for (&(vni, dst), n) in &tally.pairs {
+            for (&key, n) in &tally.pairs {
+                let (vni, dst) = pair_of(key);
                 let src = self
                     .src_name(live, vni)
                     .unwrap_or_else(|| format!("vni:{vni}"));
@@ -739,5 +790,58 @@ fn promoted(shadow: &Shadow, totals: &Totals) -> Release {
         plan: r.plan.clone(),
         spares: Mutex::new(spares),
         shadow: Some(totals.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pair's key gives back its source VNI and destination, at the ends of their ranges.
+    #[test]
+    fn pair_keys_read_back() {
+        for vni in [0, 1, 0xff_ffff, u32::MAX] {
+            for dst in [
+                Dst::Live(0),
+                Dst::Live(7),
+                Dst::Shadow(0),
+                Dst::Shadow(4095),
+                Dst::Live(u32::MAX / 2 - 1),
+                Dst::None,
+            ] {
+                assert_eq!(pair_of(pair_key(vni, dst)), (vni, dst), "{vni} {dst:?}");
+            }
+        }
+        assert_eq!(pair_of(pair_key(3, Dst::Shadow(u32::MAX))), (3, Dst::None));
+    }
+
+    /// Verdicts named by two catalogs are the same when they name the same VPCs.
+    #[test]
+    fn verdicts_compare_by_name_across_catalogs() {
+        use flowgate_policy::{CandidatesId, VpcEntry, VpcId};
+        let vpc = |name: &str, vni| VpcEntry {
+            name: name.into(),
+            vni,
+        };
+        let live = Catalog {
+            vpcs: vec![vpc("a", 1), vpc("b", 2), vpc("c", 3)],
+            candidate_sets: vec![vec![VpcId(0), VpcId(2)]],
+        };
+        let shadow = Catalog {
+            vpcs: vec![vpc("a", 1), vpc("c", 3)],
+            candidate_sets: vec![vec![VpcId(0), VpcId(1)]],
+        };
+        let same = |l, s| same_verdict((&live, l), (&shadow, s));
+        assert!(same(Verdict::Allow(VpcId(2)), Verdict::Allow(VpcId(1))));
+        assert!(!same(Verdict::Allow(VpcId(1)), Verdict::Allow(VpcId(1))));
+        let ambiguous = Verdict::AllowAmbiguous(CandidatesId(0));
+        assert!(same(ambiguous, ambiguous));
+        assert!(!same(Verdict::Allow(VpcId(9)), Verdict::Allow(VpcId(9))));
+        let drop = |r| Verdict::Drop(r);
+        assert!(same(drop(DropReason::Denied), drop(DropReason::Denied)));
+        assert!(!same(
+            drop(DropReason::Denied),
+            drop(DropReason::SourceNotExposed)
+        ));
     }
 }

@@ -678,3 +678,58 @@ fn swap_with_a_shadow_promotes_within_the_budget_and_refuses_beyond_it() {
     stop.store(true, Ordering::Relaxed);
     handles.into_iter().for_each(|h| h.join().unwrap());
 }
+
+/// With trusted keys, a shadow's module is checked as a swap's is: an unsigned upload is
+/// answered as a swap's is, one signed over other bytes is refused as a swap refuses it, and a
+/// signed one is staged with its signer.
+#[test]
+fn a_shadow_module_needs_the_signatures_a_swap_needs() {
+    use crate::signing::{detached, test_key};
+    let (key, trusted) = test_key();
+    // Unsigned local modules are let in (the bundled one the gateway starts with is one); a
+    // bad signature never is.
+    let options = Options {
+        trust: Some(Arc::new(flowgate_host::oci::Trust::new(vec![trusted]))),
+        allow_unsigned_local: true,
+        ..options(1)
+    };
+    let gateway = crate::gateway_with(&config(), Limits::default(), options);
+    let (_admin, client) = crate::admin_on_socket(&gateway);
+    let module = guests::HONEST_V2;
+    let unsigned = client.stage_module(module, None, None, None).unwrap();
+    let swap = client.swap_module(module, None, None).unwrap();
+    // With allow_unsigned_local an unsigned upload is let in for both: the same answer.
+    assert_eq!(
+        unsigned.status, swap.status,
+        "{} / {}",
+        unsigned.body, swap.body
+    );
+    let other = detached(&key, flowgate_host::DEFAULT_MODULE, "v2.wasm");
+    let refused = client
+        .stage_module(module, None, None, Some(&other))
+        .unwrap();
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.body["reason"], "signature-refused");
+    assert_eq!(
+        refused.body["staged"],
+        Value::Null,
+        "refused before the gateway was asked"
+    );
+    let swap = client
+        .swap_signed_module(module, &other, None, None)
+        .unwrap();
+    assert_eq!(
+        (swap.status, &swap.body["reason"]),
+        (422, &refused.body["reason"])
+    );
+    let good = detached(&key, module, "v2.wasm");
+    let staged = client
+        .stage_module(module, None, None, Some(&good))
+        .unwrap();
+    assert_eq!(staged.status, 200, "{}", staged.body);
+    assert!(
+        staged.body["shadow"]["release"]["module"]["signer"]["fingerprint"].is_string(),
+        "{}",
+        staged.body
+    );
+}
