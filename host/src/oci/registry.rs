@@ -685,19 +685,7 @@ impl Registry {
         name: &str,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, OciError> {
-        let url = format!("{}/manifests/{name}", self.base(r));
-        let Answer { status, body, .. } =
-            self.send(r, Call::get(what, &url, &[("Accept", OCI_MANIFEST)], limit))?;
-        match status {
-            404 => Ok(None),
-            200 if body.len() as u64 > limit => Err(OciError::OverLimit {
-                reference: r.to_string(),
-                what: what.to_owned(),
-                limit,
-            }),
-            200 => Ok(Some(body)),
-            _ => Err(Self::status(r, what, status, &body)),
-        }
+        self.manifest_accepting(r, what, name, limit, OCI_MANIFEST)
     }
 
     /// The manifest `name` in `r`'s repository as [`Registry::manifest_named`] reads it, but
@@ -711,9 +699,21 @@ impl Registry {
         name: &str,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, OciError> {
+        self.manifest_accepting(r, what, name, limit, ACCEPT_ANY)
+    }
+
+    /// The manifest `name` asked for with `accept`, at most `limit` bytes; `None` on 404.
+    fn manifest_accepting(
+        &self,
+        r: &Reference,
+        what: &str,
+        name: &str,
+        limit: u64,
+        accept: &str,
+    ) -> Result<Option<Vec<u8>>, OciError> {
         let url = format!("{}/manifests/{name}", self.base(r));
         let Answer { status, body, .. } =
-            self.send(r, Call::get(what, &url, &[("Accept", ACCEPT_ANY)], limit))?;
+            self.send(r, Call::get(what, &url, &[("Accept", accept)], limit))?;
         match status {
             404 => Ok(None),
             200 if body.len() as u64 > limit => Err(OciError::OverLimit {

@@ -550,25 +550,57 @@ fn the_shadow_judges_its_share_of_batches() {
     );
 }
 
+/// What the command-line tests start from: a gateway on `old` with its admin API on a
+/// socket, and `new` (`old` without its busiest peering for `packets`) written to `file`.
+struct CliSetup {
+    old: String,
+    new: String,
+    packets: Vec<Packet>,
+    gateway: std::sync::Arc<flowgate_host::gateway::Gateway>,
+    _server: flowgate_host::admin::AdminServer,
+    admin: String,
+    file: String,
+}
+
+impl CliSetup {
+    fn new(what: &str) -> CliSetup {
+        let old = config();
+        let packets = traffic(&old, 20_000);
+        let new = busiest_peering(&old, &packets);
+        let gateway = crate::gateway_with(&old, Limits::default(), options(1));
+        let (server, _client) = crate::admin_on_socket(&gateway);
+        let admin = server.endpoint().to_string();
+        let dir = crate::socket_path(what).parent().unwrap().to_owned();
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("new.yaml");
+        std::fs::write(&file, &new).unwrap();
+        CliSetup {
+            old,
+            new,
+            packets,
+            gateway,
+            _server: server,
+            admin,
+            file: file.to_str().unwrap().to_owned(),
+        }
+    }
+}
+
 /// `flowgate shadow`: stage a configuration, read the report as a table, explain the samples
 /// under both releases, promote it.
 #[test]
 fn the_shadow_commands_stage_report_explain_and_promote() {
     use crate::cli::flowgate;
-    let old = config();
-    let packets = traffic(&old, 20_000);
-    let new = busiest_peering(&old, &packets);
-    let gateway = crate::gateway_with(&old, Limits::default(), options(1));
-    let (admin, _client) = crate::admin_on_socket(&gateway);
-    let admin = admin.endpoint().to_string();
-    let dir = crate::socket_path("shadow-cli")
-        .parent()
-        .unwrap()
-        .to_owned();
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("new.yaml");
-    std::fs::write(&file, &new).unwrap();
-    let file = file.to_str().unwrap();
+    let CliSetup {
+        old,
+        new,
+        packets,
+        gateway,
+        _server,
+        admin,
+        file,
+    } = CliSetup::new("shadow-cli");
+    let file = file.as_str();
     let text = |out: &std::process::Output| {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -636,20 +668,16 @@ fn the_shadow_commands_stage_report_explain_and_promote() {
 #[test]
 fn swap_with_a_shadow_promotes_within_the_budget_and_refuses_beyond_it() {
     use crate::cli::flowgate;
-    let old = config();
-    let packets = traffic(&old, 20_000);
-    let new = busiest_peering(&old, &packets);
-    let gateway = crate::gateway_with(&old, Limits::default(), options(1));
-    let (admin, _client) = crate::admin_on_socket(&gateway);
-    let admin = admin.endpoint().to_string();
-    let dir = crate::socket_path("shadow-gate")
-        .parent()
-        .unwrap()
-        .to_owned();
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("new.yaml");
-    std::fs::write(&file, &new).unwrap();
-    let file = file.to_str().unwrap();
+    let CliSetup {
+        old: _,
+        new,
+        packets,
+        gateway,
+        _server,
+        admin,
+        file,
+    } = CliSetup::new("shadow-gate");
+    let file = file.as_str();
     let (stop, handles) = crate::run_workers(&gateway, &packets.into(), STRIDE, 100_000);
 
     let gate = |budget: &[&str]| {

@@ -84,6 +84,12 @@ fn openssl_verifies(dir: &Path, public: &Path, payload: &[u8], signature_der: &[
     out.status.success()
 }
 
+/// Whether openssl verifies a signature layer (its payload and DER signature) with the fixture
+/// key `key`'s public half.
+fn layer_verifies(dir: &Path, key: &str, layer: &Layer) -> bool {
+    openssl_verifies(dir, &key_path(key), &layer.0, &layer.1)
+}
+
 /// The manifest a tag of `repository` points at, read from the registry's storage: its
 /// digest and bytes; `None` when the tag does not exist.
 pub(crate) fn stored_manifest(
@@ -515,18 +521,8 @@ fn a_pushed_module_signed_twice_holds_both_signatures_and_each_verifies() {
     assert_eq!(layers.len(), 2);
     assert_eq!(manifest["layers"][0], first_manifest["layers"][0]);
     check_payload(&layers[1].0, &digest, &identity);
-    assert!(openssl_verifies(
-        &dir,
-        &key_path("trusted"),
-        &layers[0].0,
-        &layers[0].1
-    ));
-    assert!(openssl_verifies(
-        &dir,
-        &key_path("other"),
-        &layers[1].0,
-        &layers[1].1
-    ));
+    assert!(layer_verifies(&dir, "trusted", &layers[0]));
+    assert!(layer_verifies(&dir, "other", &layers[1]));
     for (key, layer) in [("trusted", 0), ("other", 1)] {
         let signer = Trust::new(vec![TrustedKey::read(&key_path(key)).unwrap()])
             .verify(&client(), &r, digest)
@@ -556,12 +552,7 @@ fn a_pushed_module_signed_twice_holds_both_signatures_and_each_verifies() {
     let (_, layers) = signature_layers(&registry, "policies/filter", &digest);
     assert_eq!(layers.len(), 3);
     check_payload(&layers[2].0, &digest, &by_digest);
-    assert!(openssl_verifies(
-        &dir,
-        &key_path("trusted"),
-        &layers[2].0,
-        &layers[2].1
-    ));
+    assert!(layer_verifies(&dir, "trusted", &layers[2]));
 }
 
 #[test]
@@ -598,12 +589,7 @@ fn push_with_a_sign_key_pushes_then_signs_and_a_bad_passphrase_pushes_nothing() 
     let (_, layers) = signature_layers(&registry, "policies/signed", &digest);
     assert_eq!(layers.len(), 1);
     check_payload(&layers[0].0, &digest, &identity);
-    assert!(openssl_verifies(
-        &dir,
-        &key_path("sigstore-label"),
-        &layers[0].0,
-        &layers[0].1
-    ));
+    assert!(layer_verifies(&dir, "sigstore-label", &layers[0]));
     let out = flowgate(
         &[
             "verify",
@@ -663,18 +649,8 @@ fn a_signature_manifest_made_by_skopeo_gets_a_layer_appended_and_keeps_its_own()
         manifest["layers"][0], fixture["layers"][0],
         "skopeo's layer as it was"
     );
-    assert!(openssl_verifies(
-        &dir,
-        &key_path("trusted"),
-        &layers[0].0,
-        &layers[0].1
-    ));
-    assert!(openssl_verifies(
-        &dir,
-        &key_path("other"),
-        &layers[1].0,
-        &layers[1].1
-    ));
+    assert!(layer_verifies(&dir, "trusted", &layers[0]));
+    assert!(layer_verifies(&dir, "other", &layers[1]));
     check_payload(
         &layers[1].0,
         &good.digest,
@@ -857,12 +833,7 @@ fn skopeo_reads_a_flowgate_signature_and_mirrors_it_where_it_verifies_remapped()
     assert_eq!(layers.len(), 1);
     let identity = format!("127.0.0.1:{}/policies/filter:v1", registry.port);
     check_payload(&layers[0].0, &digest, &identity);
-    assert!(openssl_verifies(
-        &dir,
-        &key_path("trusted"),
-        &layers[0].0,
-        &layers[0].1
-    ));
+    assert!(layer_verifies(&dir, "trusted", &layers[0]));
     let remap = format!(
         "127.0.0.1:{port}/mirror=127.0.0.1:{port}/policies",
         port = registry.port
