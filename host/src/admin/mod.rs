@@ -1620,6 +1620,8 @@ pub fn status(gateway: &Gateway) -> Value {
             "packets": totals.packets,
             "changed": totals.changed,
         });
+    } else if let Some(gone) = gateway.shadow_gone() {
+        out["shadow_ended"] = discarded_json(&gone);
     }
     out["counters"] = gateway.counters().to_json();
     out["events"] = events_json(gateway);

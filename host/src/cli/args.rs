@@ -633,6 +633,20 @@ pub struct ServeArgs {
     /// until `flowgate watch resume`.
     #[arg(long, value_parser = seconds)]
     pub pull_interval: Option<f64>,
+    /// With --pull-interval: stage each new digest as a shadow release first, for this many
+    /// seconds of live traffic; log its report, then promote it when it changed no more
+    /// packets than the budget (--max-changed, --max-changed-share; none changed when neither
+    /// is given), else discard it and quarantine the digest. A shadow that judged no packet
+    /// is staged again after the backoff.
+    #[arg(long, value_parser = seconds, requires = "pull_interval")]
+    pub pull_shadow: Option<f64>,
+    /// With --pull-shadow: the most packets the shadow may judge otherwise.
+    #[arg(long, requires = "pull_shadow", conflicts_with = "max_changed_share")]
+    pub max_changed: Option<u64>,
+    /// With --pull-shadow: the largest share (0 to 1) of the packets compared the shadow may
+    /// judge otherwise.
+    #[arg(long, requires = "pull_shadow", value_parser = share)]
+    pub max_changed_share: Option<f64>,
     /// Stop after this many seconds (run until SIGINT or SIGTERM when absent).
     #[arg(long, value_parser = seconds)]
     pub duration: Option<f64>,

@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 use flowgate_host::admin;
 use flowgate_host::admin::Endpoint;
 use flowgate_host::gateway::serve::{Controls, ModuleFile, Traffic, serve};
-use flowgate_host::gateway::{Gateway, ModuleBytes, OnFault, Options};
+use flowgate_host::gateway::watch::ShadowGate;
+use flowgate_host::gateway::{
+    Gateway, ModuleBytes, OnFault, Options, ShadowBudget as Budget, ShadowTotals,
+};
 use flowgate_host::oci::{SignatureError, detached_path, read_detached};
 use flowgate_host::wasm::{EngineOptions, Runtime};
 use flowgate_policy::Packet;
@@ -261,7 +264,18 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
             let registry =
                 flowgate_host::oci::Registry::new(REGISTRY.get().cloned().unwrap_or_default());
             let cache = oci_cache();
-            tracing::info!(reference = %reference, "watching {reference} every {interval} s");
+            let gate = args.pull_shadow.map(|seconds| ShadowGate {
+                judge_for: std::time::Duration::from_secs_f64(seconds),
+                budget: budget(args.max_changed, args.max_changed_share),
+            });
+            match &gate {
+                Some(gate) => {
+                    tracing::info!(reference = %reference, "watching {reference} every {interval} s; each new digest is judged as a shadow for {} s first and promoted only with {}", gate.judge_for.as_secs_f64(), gate.budget)
+                }
+                None => {
+                    tracing::info!(reference = %reference, "watching {reference} every {interval} s")
+                }
+            }
             Some(
                 std::thread::Builder::new()
                     .name("flowgate-watch".into())
@@ -272,6 +286,7 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
                             cache.as_ref(),
                             &reference,
                             std::time::Duration::from_secs_f64(interval),
+                            gate,
                             &stop,
                         )
                     })?,
@@ -419,11 +434,7 @@ impl SwapArgs {
             }
         };
         if let Some(seconds) = shadow {
-            let budget = match (max_changed, max_changed_share) {
-                (_, Some(share)) => Budget::Share(share),
-                (Some(n), None) => Budget::Packets(n),
-                (None, None) => Budget::Packets(0),
-            };
+            let budget = budget(max_changed, max_changed_share);
             let staged = match (&reference, &module) {
                 (Some(reference), _) => {
                     client.stage_reference(reference, config.as_deref(), Some(&if_match))?
@@ -759,13 +770,14 @@ impl ShadowDiscardArgs {
     }
 }
 
-/// How much a shadow may change before `swap --shadow` refuses it.
-#[derive(Debug, Clone, Copy)]
-enum Budget {
-    /// At most this many packets judged otherwise.
-    Packets(u64),
-    /// At most this share of the packets compared.
-    Share(f64),
+/// The budget `--max-changed N` or `--max-changed-share P` sets: none changed when neither is
+/// given.
+fn budget(max_changed: Option<u64>, max_changed_share: Option<f64>) -> Budget {
+    match (max_changed, max_changed_share) {
+        (_, Some(share)) => Budget::Share(share),
+        (Some(n), None) => Budget::Packets(n),
+        (None, None) => Budget::Packets(0),
+    }
 }
 
 /// `swap --shadow`: lets the staged shadow judge live traffic for `seconds`, prints its report,
@@ -791,25 +803,27 @@ fn rollout_gate(
     }
     out!("{}", shadow_table(&shadow))?;
     let report = &shadow["report"];
-    let packets = report["packets"].as_u64().unwrap_or(0);
-    let changed = report["changed"].as_u64().unwrap_or(0);
-    let within = match budget {
-        Budget::Packets(most) => changed <= most,
-        Budget::Share(most) => packets > 0 && changed as f64 <= most * packets as f64,
+    let totals = ShadowTotals {
+        base_etag: String::new(),
+        batches: report["batches"].as_u64().unwrap_or(0),
+        packets: report["packets"].as_u64().unwrap_or(0),
+        changed: report["changed"].as_u64().unwrap_or(0),
+        dst_changed: report["dst_changed"].as_u64().unwrap_or(0),
     };
+    let (packets, changed) = (totals.packets, totals.changed);
     if packets == 0 {
         eprintln!("flowgate: the shadow judged no packets: nothing to go by");
     }
-    if !within || packets == 0 {
+    if !budget.admits(&totals) {
         let discarded = client.discard_shadow()?;
         eprintln!(
-            "flowgate: {changed} of {packets} packets changed, beyond the budget ({budget:?}): the shadow is discarded ({})",
+            "flowgate: {changed} of {packets} packets changed, beyond the budget ({budget}): the shadow is discarded ({})",
             discarded.status
         );
         return Ok(ExitCode::FAILURE);
     }
     eprintln!(
-        "flowgate: {changed} of {packets} packets changed, within the budget ({budget:?}): promoting {etag}"
+        "flowgate: {changed} of {packets} packets changed, within the budget ({budget}): promoting {etag}"
     );
     print_reply(client.promote_shadow(&etag)?)
 }

@@ -11,7 +11,9 @@
 //! - **A digest that failed is not taken again.** One the gateway refused for what the module
 //!   is (not a component, the wrong world, its configuration or its canary refused) or
 //!   auto-reverted is quarantined: the watch never takes it again (the last
-//!   [`MAX_QUARANTINED`] such digests), whatever the tag does; an operator still can.
+//!   [`MAX_QUARANTINED`] such digests), whatever the tag does; an operator still can. So is
+//!   one a gated watch staged as a shadow ([`super::watch::ShadowGate`]) when its report was
+//!   beyond the budget, or the operator discarded or replaced that shadow.
 //!
 //! Every change of the state is made under the gateway's swap lock, so an operator's change
 //! and a watch's swap cannot interleave: the watch asks before it pulls (so that a paused watch
@@ -20,7 +22,7 @@
 //! The state lives in the process: a gateway restarted follows its tag afresh (its
 //! `--module` is what an operator chose for it at start).
 
-use super::{Gateway, Origin, Release, lock};
+use super::{Gateway, Origin, Release, ShadowEnd, lock};
 use crate::oci::{Digest, Reference};
 
 /// The most digests kept in quarantine; the oldest leaves first.
@@ -61,7 +63,8 @@ pub struct Pause {
 pub struct Quarantined {
     /// The manifest's digest.
     pub digest: Digest,
-    /// Why: a refusal's reason, or `auto-revert`.
+    /// Why: `refused: ` and a refusal's reason (`over-budget` for the rollout gate), or
+    /// `auto-revert`, or `shadow-discarded by an operator` (or `shadow-replaced`).
     pub reason: String,
     /// The generation it served as, when it was published before it failed.
     pub generation: Option<u64>,
@@ -316,6 +319,16 @@ impl Gateway {
         if let Some(watch) = lock(&self.watch).as_mut() {
             watch.status.acted = Some(digest);
             watch.quarantine(digest, format!("refused: {reason}"), None);
+        }
+    }
+
+    /// The watch's shadow of `digest` was set aside by an operator (`how`: discarded, or
+    /// replaced by theirs): quarantined, so that the watch does not stage it again until the
+    /// tag moves. The operator still can.
+    pub(super) fn quarantine_set_aside(&self, digest: Digest, how: ShadowEnd) {
+        if let Some(watch) = lock(&self.watch).as_mut() {
+            watch.status.acted = Some(digest);
+            watch.quarantine(digest, format!("shadow-{how} by an operator"), None);
         }
     }
 

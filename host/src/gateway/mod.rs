@@ -41,8 +41,8 @@ pub mod watch;
 mod worker;
 
 pub use shadow::{
-    DEFAULT_SHADOW_SHARE, Discarded, End as ShadowEnd, Outcome, Report, Sample, Shadow,
-    ShadowError, Totals as ShadowTotals,
+    Budget as ShadowBudget, DEFAULT_SHADOW_SHARE, Discarded, End as ShadowEnd, Outcome, Report,
+    Sample, Shadow, ShadowError, Totals as ShadowTotals,
 };
 pub use worker::{Burst, ColumnBurst, Worker};
 

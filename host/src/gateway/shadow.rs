@@ -17,7 +17,8 @@ use arc_swap::ArcSwapOption;
 use flowgate_policy::{Catalog, DropReason, Packet, Verdict, packet::proto};
 
 use super::{
-    Approval, Cause, Gateway, ModuleBytes, Release, SwapError, SwapRequest, lock, operator_origin,
+    Approval, Cause, Gateway, ModuleBytes, Origin, Release, SwapError, SwapRequest, lock,
+    operator_origin,
 };
 use crate::PolicyFault;
 use crate::oci::{Digest, Reference};
@@ -84,6 +85,42 @@ flowgate_policy::labels! {
         LiveChanged => "live-changed",
         /// Its module failed on a batch, or a worker's instance of it could not start.
         Fault => "fault",
+        /// The tag watch's rollout gate refused it: it changed more than its budget, or
+        /// judged no packet.
+        Refused => "refused",
+        /// The tag watch that staged it was paused while it was judged.
+        WatchPaused => "watch-paused",
+    }
+}
+
+/// How much a shadow may change and still be promoted by a rollout gate (`flowgate swap
+/// --shadow`, and the tag watch's `--pull-shadow`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// At most this many packets judged otherwise.
+    Packets(u64),
+    /// At most this share (0 to 1) of the packets compared judged otherwise.
+    Share(f64),
+}
+
+impl Budget {
+    /// Whether a shadow with `totals` may be promoted: it judged some packets, and changed
+    /// no more of them than the budget. A shadow that saw no traffic has nothing to go by.
+    pub fn admits(&self, totals: &Totals) -> bool {
+        totals.packets > 0
+            && match *self {
+                Budget::Packets(most) => totals.changed <= most,
+                Budget::Share(most) => totals.changed as f64 <= most * totals.packets as f64,
+            }
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Budget::Packets(n) => write!(f, "at most {n} packets changed"),
+            Budget::Share(share) => write!(f, "at most a share of {share} of the packets changed"),
+        }
     }
 }
 
@@ -537,11 +574,21 @@ impl Gateway {
     /// one is prepared; a refused one leaves it staged.
     pub fn stage_shadow(&self, request: SwapRequest<'_>) -> Result<Arc<Shadow>, SwapError> {
         let (origin, why) = operator_origin(&request);
+        let _one_at_a_time = lock(&self.swap_lock);
+        self.stage_locked(request, origin, why)
+    }
+
+    /// [`Gateway::stage_shadow`] for `origin`, the swap lock held.
+    pub(super) fn stage_locked(
+        &self,
+        request: SwapRequest<'_>,
+        origin: Origin,
+        why: String,
+    ) -> Result<Arc<Shadow>, SwapError> {
         let follows = request
             .module
             .and_then(|m: ModuleBytes<'_>| m.pulled)
             .map(|(asked, digest)| (asked.clone(), digest));
-        let _one_at_a_time = lock(&self.swap_lock);
         let running = self.current();
         let release = match self.prepare_swap(request, origin, why) {
             Ok(release) => release,
@@ -599,6 +646,7 @@ impl Gateway {
             return false;
         }
         self.shadow.staged.store(None);
+        let totals = shadow.report().totals;
         let why = match how {
             End::Discarded => "an operator discarded it".to_owned(),
             End::Promoted => format!("promoted: generation {} serves", live.generation),
@@ -611,8 +659,14 @@ impl Gateway {
                 shadow.base_etag
             ),
             End::Fault => "its module failed".to_owned(),
+            End::Refused => format!(
+                "the tag watch's rollout gate refused it: {} of {} packets changed",
+                totals.changed, totals.packets
+            ),
+            End::WatchPaused => {
+                "the tag watch that staged it was paused while it was judged".to_owned()
+            }
         };
-        let totals = shadow.report().totals;
         self.events.shadow_end(how);
         let log = |level_warn: bool| {
             let message = format!(
@@ -627,7 +681,7 @@ impl Gateway {
                 tracing::info!(event = "shadow-ended", how = %how, etag = %shadow.etag(), "{message}");
             }
         };
-        log(matches!(how, End::LiveChanged | End::Fault));
+        log(matches!(how, End::LiveChanged | End::Fault | End::Refused));
         *gone = Some(Discarded {
             how,
             why,
@@ -720,6 +774,16 @@ impl Gateway {
                 staged,
             });
         }
+        self.promote_locked(&shadow, approval)
+    }
+
+    /// Promotes `shadow`, the staged one, the swap lock held: while the live release is the
+    /// one it was compared against.
+    pub(super) fn promote_locked(
+        &self,
+        shadow: &Arc<Shadow>,
+        approval: Option<Approval<'_>>,
+    ) -> Result<Arc<Release>, ShadowError> {
         let running = self.current();
         let generation = self.next_generation.load(Ordering::Relaxed);
         if running.etag() != shadow.base_etag || generation != shadow.release.generation {
@@ -729,11 +793,11 @@ impl Gateway {
             });
         }
         let report = shadow.report();
-        let release = promoted(&shadow, &report.totals);
+        let release = promoted(shadow, &report.totals);
         if let Some(approval) = approval {
             (approval.0)(&running, &release).map_err(ShadowError::NotRecorded)?;
         }
-        self.end_shadow(Some(&shadow), End::Promoted, &release);
+        self.end_shadow(Some(shadow), End::Promoted, &release);
         let follows = shadow.follows.as_ref().map(|(r, d)| (r, *d));
         let release = self.publish(release, 0, follows);
         tracing::info!(
@@ -816,6 +880,33 @@ mod tests {
     }
 
     /// Verdicts named by two catalogs are the same when they name the same VPCs.
+    /// A budget admits a shadow that changed at most what it says, and never one that judged
+    /// no packet.
+    #[test]
+    fn a_budget_admits_what_it_says_and_never_an_unjudged_shadow() {
+        let totals = |packets, changed| Totals {
+            base_etag: String::new(),
+            batches: 1,
+            packets,
+            changed,
+            dst_changed: 0,
+        };
+        let cases = [
+            (Budget::Packets(0), totals(100, 0), true),
+            (Budget::Packets(0), totals(100, 1), false),
+            (Budget::Packets(3), totals(100, 3), true),
+            (Budget::Packets(3), totals(100, 4), false),
+            (Budget::Packets(3), totals(0, 0), false),
+            (Budget::Share(0.01), totals(1000, 10), true),
+            (Budget::Share(0.01), totals(1000, 11), false),
+            (Budget::Share(1.0), totals(5, 5), true),
+            (Budget::Share(1.0), totals(0, 0), false),
+        ];
+        for (budget, totals, admitted) in cases {
+            assert_eq!(budget.admits(&totals), admitted, "{budget} with {totals:?}");
+        }
+    }
+
     #[test]
     fn verdicts_compare_by_name_across_catalogs() {
         use flowgate_policy::{CandidatesId, VpcEntry, VpcId};

@@ -4,13 +4,21 @@
 //! failed quarantined) is in `authority.rs`. A failed pull keeps the current release, is logged
 //! and counted (`flowgate_pulls_total{result}`), and is tried again after a capped exponential
 //! backoff. Every wait ends as soon as `stop` is set.
+//!
+//! With a rollout gate ([`ShadowGate`]) the watch stages the new module as a shadow release
+//! instead, lets it judge live traffic for a while, logs its report, then promotes exactly
+//! that shadow when it stayed within the budget, or discards it and quarantines the digest.
+//! The operator still wins: a shadow the operator staged is never replaced (the watch waits
+//! until it ends), and one the operator discarded or replaced in place of the watch's
+//! quarantines its digest, so the watch does not stage it again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Decision, Gateway, Pull, Refusal};
-use crate::oci::{Cache, Digest, PullError, Reference, Registry};
+use super::shadow::{Budget, End, Shadow};
+use super::{Decision, Gateway, ModuleBytes, Origin, Pull, Refusal, SwapError, SwapRequest, lock};
+use crate::oci::{Cache, Digest, PullError, Reference, Registry, Signer};
 
 /// The longest wait between two tries after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -18,15 +26,26 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often a waiting watch looks at `stop`.
 const STOP_CHECK: Duration = Duration::from_millis(20);
 
-/// Polls `reference` (a tag) every `interval` until `stop`, swapping when the tag moves. The
-/// gateway follows the tag from the start ([`Gateway::watch_tag`], unless the caller made it
-/// follow it before); while its watch is paused nothing is pulled.
+/// The tag watch's rollout gate: each new digest is staged as a shadow release first, judged
+/// beside the live release for `judge_for`, and promoted only within `budget`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowGate {
+    /// How long the shadow judges live traffic.
+    pub judge_for: Duration,
+    /// How much it may change.
+    pub budget: Budget,
+}
+
+/// Polls `reference` (a tag) every `interval` until `stop`, swapping when the tag moves (through
+/// `gate`, when given). The gateway follows the tag from the start ([`Gateway::watch_tag`],
+/// unless the caller made it follow it before); while its watch is paused nothing is pulled.
 pub fn watch(
     gateway: &Arc<Gateway>,
     registry: &Registry,
     cache: Option<&Cache>,
     reference: &Reference,
     interval: Duration,
+    gate: Option<ShadowGate>,
     stop: &AtomicBool,
 ) {
     if gateway.watch_status().is_none()
@@ -42,7 +61,7 @@ pub fn watch(
         if Instant::now() < next {
             continue;
         }
-        let failed = !poll(gateway, registry, cache, reference, stop);
+        let failed = !poll(gateway, registry, cache, reference, gate, stop);
         wait = if failed {
             (wait * 2).min(MAX_BACKOFF.max(interval))
         } else {
@@ -58,6 +77,7 @@ fn poll(
     registry: &Registry,
     cache: Option<&Cache>,
     r: &Reference,
+    gate: Option<ShadowGate>,
     stop: &AtomicBool,
 ) -> bool {
     // A paused watch asks the registry nothing.
@@ -65,6 +85,11 @@ fn poll(
         .watch_status()
         .is_none_or(|status| status.paused.is_some())
     {
+        return true;
+    }
+    // Nor does a gated one while a shadow is staged: it is not the watch's to replace.
+    if gate.is_some() && gateway.shadow().is_some() {
+        tracing::debug!(reference = %r, "watching {r}: a shadow is staged; the watch waits until it ends");
         return true;
     }
     let digest = match registry.manifest(r) {
@@ -76,7 +101,7 @@ fn poll(
         }
     };
     match gateway.watch_decision(&digest) {
-        Decision::Take => swap_to(gateway, registry, cache, r, digest, stop),
+        Decision::Take => swap_to(gateway, registry, cache, r, digest, gate, stop),
         Decision::Paused => true,
         Decision::Unchanged => {
             gateway.note_pull(Pull::Unchanged);
@@ -95,6 +120,7 @@ fn swap_to(
     cache: Option<&Cache>,
     r: &Reference,
     digest: Digest,
+    gate: Option<ShadowGate>,
     stop: &AtomicBool,
 ) -> bool {
     let pinned = r.pinned(digest);
@@ -123,6 +149,17 @@ fn swap_to(
             return false;
         }
     };
+    if let Some(gate) = gate {
+        return through_gate(
+            gateway,
+            &pulled.module,
+            r,
+            digest,
+            signer.as_ref(),
+            gate,
+            stop,
+        );
+    }
     match gateway.swap_by_watch(&pulled.module, r, digest, signer.as_ref(), stop) {
         Ok(Some(_)) => {
             gateway.note_pull(Pull::Swapped);
@@ -135,6 +172,184 @@ fn swap_to(
             // The gateway logged and counted the refusal, and quarantined the digest.
             gateway.note_pull(Pull::Refused);
             false
+        }
+    }
+}
+
+/// The gated path of a swap: stage `module` as a shadow, let it judge for the gate's time,
+/// then promote or refuse it. False when it failed or was refused.
+fn through_gate(
+    gateway: &Gateway,
+    module: &[u8],
+    r: &Reference,
+    digest: Digest,
+    signer: Option<&Signer>,
+    gate: ShadowGate,
+    stop: &AtomicBool,
+) -> bool {
+    let shadow = match gateway.stage_by_watch(module, r, digest, signer, stop) {
+        Ok(Some(shadow)) => shadow,
+        Ok(None) => return true,
+        Err(_) => {
+            // Logged, counted and (for what the module is) quarantined by the gateway.
+            gateway.note_pull(Pull::Refused);
+            return false;
+        }
+    };
+    let until = Instant::now() + gate.judge_for;
+    // The wait ends early when serving stops, the shadow ends, or the watch is paused.
+    while Instant::now() < until
+        && !stop.load(Ordering::Acquire)
+        && gateway
+            .shadow()
+            .is_some_and(|staged| Arc::ptr_eq(&staged, &shadow))
+        && gateway.watch_decision(&digest) == Decision::Take
+    {
+        std::thread::sleep(STOP_CHECK.min(until.saturating_duration_since(Instant::now())));
+    }
+    match gateway.settle_watch_shadow(&shadow, digest, gate.budget, stop) {
+        Settled::Promoted => {
+            gateway.note_pull(Pull::Swapped);
+            true
+        }
+        Settled::Refused => {
+            gateway.note_pull(Pull::Refused);
+            false
+        }
+        // Nothing to judge by: tried again after the backoff.
+        Settled::Unjudged => false,
+        Settled::Ended(End::Fault) => {
+            gateway.note_pull(Pull::Refused);
+            false
+        }
+        Settled::Ended(_) | Settled::Left => true,
+    }
+}
+
+/// How the watch's shadow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Promoted by the watch: it serves.
+    Promoted,
+    /// Beyond the budget: discarded, its digest quarantined.
+    Refused,
+    /// It judged no packet: discarded, to be staged again.
+    Unjudged,
+    /// It ended before the watch settled it (an operator, a fault, another release).
+    Ended(End),
+    /// Serving stops: left as it is.
+    Left,
+}
+
+impl Gateway {
+    /// The gated watch's [`Gateway::swap_by_watch`]: stages the module pulled as `digest` as
+    /// the shadow, unless the watch no longer takes that digest, serving stops, or a shadow is
+    /// staged already (`None`). A refusal is quarantined as a swap's would be.
+    fn stage_by_watch(
+        &self,
+        module: &[u8],
+        tag: &Reference,
+        digest: Digest,
+        signer: Option<&Signer>,
+        stop: &AtomicBool,
+    ) -> Result<Option<Arc<Shadow>>, SwapError> {
+        let _one_at_a_time = lock(&self.swap_lock);
+        if stop.load(Ordering::Acquire)
+            || self.watch_decision(&digest) != Decision::Take
+            || self.shadow().is_some()
+        {
+            return Ok(None);
+        }
+        let request = SwapRequest::module(ModuleBytes::pulled(module, tag, digest).signed(signer));
+        let why = format!("the tag {tag} moved to {digest}");
+        self.stage_locked(request, Origin::TagWatch, why)
+            .map(Some)
+            .inspect_err(|e| {
+                if !matches!(e.reason(), Refusal::Capacity | Refusal::StartFailed) {
+                    self.quarantine_refused(digest, e.reason().as_str());
+                }
+            })
+    }
+
+    /// After the gate's time: promotes the watch's `shadow` when it is still staged, the watch
+    /// still takes `digest` and the report is within `budget`; otherwise discards it (a
+    /// paused watch, a report beyond the budget) or records how it ended meanwhile. Logs the
+    /// report.
+    fn settle_watch_shadow(
+        &self,
+        shadow: &Arc<Shadow>,
+        digest: Digest,
+        budget: Budget,
+        stop: &AtomicBool,
+    ) -> Settled {
+        let _one_at_a_time = lock(&self.swap_lock);
+        let etag = shadow.etag();
+        let staged = self.shadow().is_some_and(|s| Arc::ptr_eq(&s, shadow));
+        if !staged {
+            let how = self
+                .shadow_gone()
+                .filter(|gone| gone.etag == etag)
+                .map_or(End::LiveChanged, |gone| gone.how);
+            match how {
+                // A person set it aside: the watch does not stage it again.
+                End::Discarded | End::Replaced => self.quarantine_set_aside(digest, how),
+                End::Fault => self.quarantine_refused(digest, "shadow-fault"),
+                // Promoted by an operator (the watch follows it), or another release went
+                // live: the watch's rule decides at its next poll.
+                _ => {}
+            }
+            return Settled::Ended(how);
+        }
+        if stop.load(Ordering::Acquire) {
+            return Settled::Left;
+        }
+        let live = self.current();
+        if self.watch_decision(&digest) != Decision::Take {
+            self.end_shadow(Some(shadow), End::WatchPaused, &live);
+            return Settled::Ended(End::WatchPaused);
+        }
+        let report = shadow.report();
+        let totals = &report.totals;
+        let pairs = (report.top_pairs.iter())
+            .map(|(src, dst, n)| format!("{src}->{dst} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let admitted = budget.admits(totals);
+        tracing::info!(
+            event = "shadow-report",
+            etag = %etag,
+            digest = %digest,
+            packets = totals.packets,
+            batches = totals.batches,
+            changed = totals.changed,
+            dst_changed = totals.dst_changed,
+            top_pairs = %pairs,
+            budget = %budget,
+            admitted,
+            "the tag watch's shadow {etag} ({digest}): {} packets compared in {} batches, {} changed, {} to another destination VPC; top pairs: {}; budget: {budget}",
+            totals.packets,
+            totals.batches,
+            totals.changed,
+            totals.dst_changed,
+            if pairs.is_empty() { "none" } else { &pairs },
+        );
+        if totals.packets == 0 {
+            tracing::warn!(event = "shadow-unjudged", etag = %etag, digest = %digest, "the tag watch's shadow {etag} judged no packet: nothing to go by; it is discarded and staged again later");
+            self.end_shadow(Some(shadow), End::Refused, &live);
+            return Settled::Unjudged;
+        }
+        if !admitted {
+            self.end_shadow(Some(shadow), End::Refused, &live);
+            self.quarantine_refused(digest, "over-budget");
+            return Settled::Refused;
+        }
+        match self.promote_locked(shadow, None) {
+            Ok(_) => Settled::Promoted,
+            // What it was compared against no longer serves.
+            Err(_) => {
+                self.end_shadow(Some(shadow), End::LiveChanged, &live);
+                Settled::Ended(End::LiveChanged)
+            }
         }
     }
 }

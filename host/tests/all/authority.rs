@@ -544,3 +544,122 @@ fn a_gateway_without_a_watch_refuses_to_resume_one() {
     );
     assert_eq!(gateway.current().generation, 1);
 }
+
+/// The SPEC 3.1 trace, and its TCP packets again to destination port 445, which the deny-list
+/// module drops (`drop(denied)`) whatever the peerings say: a module that changes verdicts.
+fn packets_to_445() -> String {
+    let mut out = spec_packets();
+    for line in spec_packets().lines().filter(|l| !l.trim().is_empty()) {
+        let mut packet: Value = serde_json::from_str(line).unwrap();
+        if packet["proto"] == "tcp" && packet.get("src_vpc").is_some() {
+            packet["dst_port"] = 445.into();
+            out.push_str(&format!("{packet}\n"));
+        }
+    }
+    out
+}
+
+/// A gated watch (`--pull-shadow`): a digest whose shadow changes verdicts beyond the budget is
+/// discarded, quarantined and never staged again, while the live release serves on; one within
+/// it is promoted, exactly as measured, with its report's totals.
+#[test]
+fn the_gated_watch_promotes_within_the_budget_and_quarantines_beyond_it() {
+    let Some(registry) = start() else { return };
+    let (tagged, _) = tag(&registry, DEFAULT_MODULE);
+    let gate = [
+        "--pull-shadow",
+        "1",
+        "--max-changed",
+        "0",
+        "--shadow-share",
+        "1",
+    ];
+    let served = Served::start(&tagged, &packets_to_445(), &gate);
+    let r = Reference::parse(&tagged).unwrap();
+
+    let deny = push(&r, guests::DENY_LIST);
+    let status = served.wait_for("the deny-list's refusal", |s| {
+        s["watch"]["quarantined"][0]["digest"] == deny.to_string()
+    });
+    assert_eq!(
+        status["watch"]["quarantined"][0]["reason"], "refused: over-budget",
+        "{status:#}"
+    );
+    assert_eq!(status["generation"], 1, "nothing was published: {status:#}");
+    let ended = &status["shadow_ended"];
+    assert_eq!(ended["how"], "refused", "{status:#}");
+    assert!(ended["changed"].as_u64().unwrap() > 0, "{status:#}");
+    assert!(ended["packets"].as_u64() > ended["changed"].as_u64());
+    assert_eq!(status["events"]["pulls"]["refused"], 1);
+    // Quarantined: not staged again while the tag stays.
+    std::thread::sleep(POLLS);
+    let status = served.status().unwrap();
+    assert_eq!(status["events"]["pulls"]["refused"], 1, "{status:#}");
+    assert!(status["staged_shadow"].is_null(), "{status:#}");
+
+    let v2 = push(&r, guests::HONEST_V2);
+    let status = served.wait_for("the promotion", |s| s["generation"] == 2);
+    assert_eq!(
+        (&status["cause"], &status["origin"]),
+        (&Value::from("shadow-promote"), &Value::from("tag-watch")),
+        "{status:#}"
+    );
+    assert_eq!(status["module"]["sha256"], sha256(guests::HONEST_V2));
+    assert_eq!(status["shadow"]["changed"], 0, "{status:#}");
+    assert!(status["shadow"]["packets"].as_u64().unwrap() > 0);
+    assert_eq!(status["watch"]["digest"], v2.to_string(), "{status:#}");
+    assert_eq!(status["watch"]["state"], "active");
+    assert_eq!(status["events"]["pulls"]["swapped"], 1);
+
+    let (log, _) = served.stop();
+    assert!(
+        log.contains("packets compared") && log.contains("top pairs"),
+        "the watch logs each report: {log}"
+    );
+}
+
+/// A gated watch never overrides the operator: the shadow it staged and the operator
+/// discarded is not staged again; a pause while it is judged discards it unpromoted (and does
+/// not quarantine it); the operator may promote the watch's shadow.
+#[test]
+fn the_gated_watch_leaves_its_shadow_to_the_operator() {
+    let Some(registry) = start() else { return };
+    let (tagged, _) = tag(&registry, DEFAULT_MODULE);
+    let gate = ["--pull-shadow", "60", "--max-changed-share", "1"];
+    let served = Served::start(&tagged, &packets_to_445(), &gate);
+    let r = Reference::parse(&tagged).unwrap();
+    let staged = |s: &Value| !s["staged_shadow"].is_null();
+
+    let deny = push(&r, guests::DENY_LIST);
+    served.wait_for("the watch's shadow", staged);
+    served.client(&["shadow", "discard"]);
+    let status = served.wait_for("the quarantine", |s| {
+        s["watch"]["quarantined"][0]["digest"] == deny.to_string()
+    });
+    assert_eq!(
+        status["watch"]["quarantined"][0]["reason"], "shadow-discarded by an operator",
+        "{status:#}"
+    );
+    std::thread::sleep(POLLS);
+    let status = served.status().unwrap();
+    assert!(!staged(&status), "staged again: {status:#}");
+    assert_eq!(status["generation"], 1);
+
+    let v2 = push(&r, guests::HONEST_V2);
+    served.wait_for("the watch's shadow of v2", staged);
+    served.client(&["watch", "pause"]);
+    let status = served.wait_for("the paused watch to discard it", |s| !staged(s));
+    assert_eq!(status["shadow_ended"]["how"], "watch-paused", "{status:#}");
+    assert_eq!(status["generation"], 1, "{status:#}");
+    assert_eq!(status["watch"]["quarantined"].as_array().unwrap().len(), 1);
+
+    served.client(&["watch", "resume"]);
+    let status = served.wait_for("v2 staged again", staged);
+    let etag = status["staged_shadow"]["etag"].as_str().unwrap().to_owned();
+    let promoted = served.client(&["shadow", "promote", "--if-match", &etag]);
+    assert_eq!(promoted["release"]["generation"], 2, "{promoted:#}");
+    let status = served.status().unwrap();
+    assert_eq!(status["cause"], "shadow-promote", "{status:#}");
+    assert_eq!(status["watch"]["digest"], v2.to_string(), "{status:#}");
+    assert_eq!(status["watch"]["state"], "active", "{status:#}");
+}

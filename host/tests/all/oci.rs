@@ -620,6 +620,7 @@ fn a_gateway_pulls_references_itself_and_a_watched_tag_swaps_once_when_it_moves(
                 None,
                 &reference,
                 Duration::from_millis(100),
+                None,
                 &watching,
             )
         })
