@@ -234,9 +234,10 @@ impl Client {
         self.reply("POST", "/shadow/promote", vec![if_match_header(etag)], &[])
     }
 
-    /// `DELETE /shadow`.
-    pub fn discard_shadow(&self) -> Result<Reply, ClientError> {
-        self.reply("DELETE", "/shadow", Vec::new(), &[])
+    /// `DELETE /shadow`; with `etag`, only while that shadow is the one staged.
+    pub fn discard_shadow(&self, etag: Option<&str>) -> Result<Reply, ClientError> {
+        let headers = etag.map(if_match_header).into_iter().collect();
+        self.reply("DELETE", "/shadow", headers, &[])
     }
 
     /// `PUT /module` with the module's detached signature file (`flowgate sign --detached`),

@@ -19,7 +19,7 @@
 //! | `PUT /shadow/module` | stages a shadow: the live release with the module in the body (or the one an `oci://` reference names, `X-Config-Length` and `X-Module-Signature` as for `PUT /module`), prepared and checked as a swap is, judged on copies of live batches and never published | 200 with the shadow; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
 //! | `PUT /shadow/config` | stages a shadow: the live release with the configuration in the body | 200 with the shadow; 412 stale `If-Match`; 422 refused, with `reason` and `error` |
 //! | `POST /shadow/promote` | publishes exactly the staged shadow, with `If-Match` naming it, while the live release is still the one it was compared against (cause `shadow-promote`) | 200 with the release; 412 stale or missing `If-Match`, or live release changed; 409 when none is staged; 422 (`audit-failed`) |
-//! | `DELETE /shadow` | discards the staged shadow | 200 with its last report; 409 when none is staged; 422 (`audit-failed`) |
+//! | `DELETE /shadow` | discards the staged shadow (with `If-Match`, only the shadow it names) | 200 with its last report; 412 when `If-Match` names another; 409 when none is staged; 422 (`audit-failed`) |
 //!
 //! The `ETag` names the release as a whole: its generation, module and configuration. A swap
 //! with `If-Match: <etag>` goes through only while that release is the one serving, so two
@@ -880,8 +880,8 @@ const ROUTES: &[Route] = &[
     Route {
         method: "DELETE",
         path: "/shadow",
-        does: "discards the staged shadow",
-        answers: "200 with its last report; 409 when none is staged; 422 (`audit-failed`)",
+        does: "discards the staged shadow (with `If-Match`, only the shadow it names)",
+        answers: "200 with its last report; 412 when `If-Match` names another; 409 when none is staged; 422 (`audit-failed`)",
         handler: delete_shadow,
     },
 ];
@@ -1520,7 +1520,7 @@ fn delete_shadow(shared: &Shared, request: Request) -> Response {
             json!({"shadow": audit::release_json(&shadow.release), "base_etag": shadow.base_etag});
         record_change(shared, &request, before, json!({"shadow": null}))
     };
-    match shared.gateway.discard_shadow(Some(&record)) {
+    match (shared.gateway).discard_shadow(request.header("if-match"), Some(&record)) {
         Ok(shadow) => json_response(
             200,
             json!({"discarded": true, "etag": shadow.etag(), "report": report_json(&shadow.report())}),

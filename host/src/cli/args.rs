@@ -494,6 +494,10 @@ pub struct ShadowPromoteArgs {
 /// `flowgate shadow discard`.
 #[derive(Args)]
 pub struct ShadowDiscardArgs {
+    /// Discard only this shadow (its ETag, from `flowgate shadow status`), not one staged
+    /// since; absent: whichever is staged.
+    #[arg(long)]
+    pub if_match: Option<String>,
     #[command(flatten)]
     pub admin: ClientArgs,
 }

@@ -211,6 +211,11 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
             rate: args.rate,
         },
     };
+    if args.pull_shadow.is_some() && args.shadow_share == 0.0 {
+        bail!(
+            "--pull-shadow judges each new digest on a share of the batches, and --shadow-share 0 gives it none"
+        );
+    }
     // The tag is followed from before the admin API answers, so that no operator's change can
     // come before the watch that it must pause.
     let watched = match (&from_registry, args.pull_interval) {
@@ -766,7 +771,8 @@ impl ShadowPromoteArgs {
 
 impl ShadowDiscardArgs {
     pub fn execute(self) -> Result<ExitCode> {
-        print_reply(self.admin.client()?.discard_shadow()?)
+        let client = self.admin.client()?;
+        print_reply(client.discard_shadow(self.if_match.as_deref())?)
     }
 }
 
@@ -815,7 +821,7 @@ fn rollout_gate(
         eprintln!("flowgate: the shadow judged no packets: nothing to go by");
     }
     if !budget.admits(&totals) {
-        let discarded = client.discard_shadow()?;
+        let discarded = client.discard_shadow(Some(&etag))?;
         eprintln!(
             "flowgate: {changed} of {packets} packets changed, beyond the budget ({budget}): the shadow is discarded ({})",
             discarded.status

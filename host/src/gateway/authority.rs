@@ -63,8 +63,9 @@ pub struct Pause {
 pub struct Quarantined {
     /// The manifest's digest.
     pub digest: Digest,
-    /// Why: `refused: ` and a refusal's reason (`over-budget` for the rollout gate), or
-    /// `auto-revert`, or `shadow-discarded by an operator` (or `shadow-replaced`).
+    /// Why: `refused: ` and a refusal's reason (for the gated watch also `over-budget`, and
+    /// `shadow-fault` for a fault of its shadow's module), `auto-revert`, or
+    /// `shadow-discarded by an operator` (or `shadow-replaced`).
     pub reason: String,
     /// The generation it served as, when it was published before it failed.
     pub generation: Option<u64>,

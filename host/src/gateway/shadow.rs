@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -85,11 +85,15 @@ flowgate_policy::labels! {
         LiveChanged => "live-changed",
         /// Its module failed on a batch, or a worker's instance of it could not start.
         Fault => "fault",
-        /// The tag watch's rollout gate refused it: it changed more than its budget, or
-        /// judged no packet.
+        /// The tag watch's rollout gate refused it: it changed more than its budget.
         Refused => "refused",
+        /// The tag watch's rollout gate had nothing to go by: it judged no packet.
+        Unjudged => "unjudged",
         /// The tag watch that staged it was paused while it was judged.
         WatchPaused => "watch-paused",
+        /// The watched tag no longer names its digest (or the registry could not say so)
+        /// when its time was up.
+        TagMoved => "tag-moved",
     }
 }
 
@@ -268,6 +272,17 @@ pub struct Shadow {
     tallies: Vec<Mutex<Tally>>,
     /// Differing packets seen, for the samples' order.
     differing: AtomicUsize,
+    /// How it ended, once it has: set once, under the slot's lock.
+    ended: OnceLock<Ending>,
+}
+
+/// How a shadow ended, as its stager reads it back ([`Shadow::ended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    /// How.
+    pub how: End,
+    /// For [`End::Fault`]: whether the module made the fault (not the host).
+    pub module_fault: bool,
 }
 
 /// The last word on discarding a shadow (the admin API writes its audit record here): a
@@ -432,7 +447,13 @@ impl Shadow {
             base_catalog: live.catalog.clone(),
             tallies: (0..workers).map(|_| Mutex::new(Tally::default())).collect(),
             differing: AtomicUsize::new(0),
+            ended: OnceLock::new(),
         }
+    }
+
+    /// How it ended, once it has (whatever ended it later, and whichever shadow ended last).
+    pub fn ended(&self) -> Option<Ending> {
+        self.ended.get().copied()
     }
 
     /// The shadow release's ETag: the one promotion must name, and the promoted release's.
@@ -593,7 +614,11 @@ impl Gateway {
         let release = match self.prepare_swap(request, origin, why) {
             Ok(release) => release,
             Err(e) => {
-                self.note_refusal("staging a shadow", &e);
+                let what = match origin {
+                    Origin::TagWatch => "the tag watch's shadow",
+                    _ => "staging a shadow",
+                };
+                self.note_refusal(what, &e);
                 return Err(e);
             }
         };
@@ -638,7 +663,19 @@ impl Gateway {
     /// Ends the staged shadow (when `which` is given, only if it is that one), saying `how`;
     /// `live` is the release serving now. Whether one ended.
     pub(super) fn end_shadow(&self, which: Option<&Arc<Shadow>>, how: End, live: &Release) -> bool {
-        let mut gone = lock(&self.shadow.write);
+        self.end_shadow_held(&mut lock(&self.shadow.write), which, how, false, live)
+    }
+
+    /// [`Gateway::end_shadow`] with the slot's lock held (`gone`); `module_fault` says, for a
+    /// fault, whether the module made it.
+    fn end_shadow_held(
+        &self,
+        gone: &mut MutexGuard<'_, Option<Discarded>>,
+        which: Option<&Arc<Shadow>>,
+        how: End,
+        module_fault: bool,
+        live: &Release,
+    ) -> bool {
         let Some(shadow) = self.shadow.staged.load_full() else {
             return false;
         };
@@ -646,6 +683,7 @@ impl Gateway {
             return false;
         }
         self.shadow.staged.store(None);
+        let _ = shadow.ended.set(Ending { how, module_fault });
         let totals = shadow.report().totals;
         let why = match how {
             End::Discarded => "an operator discarded it".to_owned(),
@@ -663,6 +701,8 @@ impl Gateway {
                 "the tag watch's rollout gate refused it: {} of {} packets changed",
                 totals.changed, totals.packets
             ),
+            End::Unjudged => "the tag watch's rollout gate had nothing to go by: it judged no packet; it is staged again later".to_owned(),
+            End::TagMoved => "the watched tag no longer names its digest, or the registry could not say so".to_owned(),
             End::WatchPaused => {
                 "the tag watch that staged it was paused while it was judged".to_owned()
             }
@@ -681,8 +721,11 @@ impl Gateway {
                 tracing::info!(event = "shadow-ended", how = %how, etag = %shadow.etag(), "{message}");
             }
         };
-        log(matches!(how, End::LiveChanged | End::Fault | End::Refused));
-        *gone = Some(Discarded {
+        log(matches!(
+            how,
+            End::LiveChanged | End::Fault | End::Refused | End::Unjudged
+        ));
+        **gone = Some(Discarded {
             how,
             why,
             etag: shadow.etag(),
@@ -710,12 +753,22 @@ impl Gateway {
             fault.reason()
         );
         let live = self.current();
-        self.end_shadow(Some(shadow), End::Fault, &live);
+        let mut gone = lock(&self.shadow.write);
+        self.end_shadow_held(
+            &mut gone,
+            Some(shadow),
+            End::Fault,
+            fault.is_module_fault(),
+            &live,
+        );
     }
 
-    /// Discards the staged shadow, once `approval` lets it (the audit record).
+    /// Discards the staged shadow, once `approval` lets it (the audit record); with `if_match`,
+    /// only if it names that shadow, so that a discard meant for one shadow never ends another
+    /// staged since (the tag watch's, say).
     pub fn discard_shadow(
         &self,
+        if_match: Option<&str>,
         approval: Option<DiscardApproval<'_>>,
     ) -> Result<Arc<Shadow>, ShadowError> {
         let _one_at_a_time = lock(&self.swap_lock);
@@ -723,6 +776,15 @@ impl Gateway {
             let gone = self.shadow_gone().map(Box::new);
             return Err(ShadowError::None { gone });
         };
+        if let Some(expected) = if_match.map(str::trim)
+            && expected != "*"
+            && !names(expected, &shadow.etag())
+        {
+            return Err(ShadowError::StaleShadow {
+                expected: expected.to_owned(),
+                staged: shadow.etag(),
+            });
+        }
         if let Some(approval) = approval {
             approval(&shadow).map_err(ShadowError::NotRecorded)?;
         }
@@ -740,15 +802,7 @@ impl Gateway {
         approval: Option<Approval<'_>>,
     ) -> Result<Arc<Release>, ShadowError> {
         let _one_at_a_time = lock(&self.swap_lock);
-        let names = |etag: &str| {
-            if_match.is_some_and(|expected| {
-                expected
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.starts_with("W/"))
-                    .any(|t| t.trim_matches('"') == etag)
-            })
-        };
+        let names = |etag: &str| if_match.is_some_and(|expected| names(expected, etag));
         let Some(shadow) = self.shadow() else {
             let gone = self.shadow_gone();
             // The shadow named was measured against a release that no longer serves.
@@ -792,12 +846,27 @@ impl Gateway {
                 running: running.etag(),
             });
         }
+        // The slot stays locked from here until the shadow is claimed, so that a fault on a
+        // worker cannot end it after the check: what is promoted is still staged.
+        let mut gone = lock(&self.shadow.write);
+        if !self
+            .shadow
+            .staged
+            .load()
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, shadow))
+        {
+            return Err(ShadowError::None {
+                gone: gone.clone().map(Box::new),
+            });
+        }
         let report = shadow.report();
         let release = promoted(shadow, &report.totals);
         if let Some(approval) = approval {
             (approval.0)(&running, &release).map_err(ShadowError::NotRecorded)?;
         }
-        self.end_shadow(Some(shadow), End::Promoted, &release);
+        self.end_shadow_held(&mut gone, Some(shadow), End::Promoted, false, &release);
+        drop(gone);
         let follows = shadow.follows.as_ref().map(|(r, d)| (r, *d));
         let release = self.publish(release, 0, follows);
         tracing::info!(
@@ -820,6 +889,15 @@ impl Gateway {
         );
         Ok(release)
     }
+}
+
+/// Whether the `If-Match` value `expected` (a list of strong ETags) names `etag`.
+fn names(expected: &str, etag: &str) -> bool {
+    expected
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.starts_with("W/"))
+        .any(|t| t.trim_matches('"') == etag)
 }
 
 /// The release a shadow is promoted to: the shadow's own, with its instances, recording the
@@ -879,7 +957,6 @@ mod tests {
         assert_eq!(pair_of(pair_key(3, Dst::Shadow(u32::MAX))), (3, Dst::None));
     }
 
-    /// Verdicts named by two catalogs are the same when they name the same VPCs.
     /// A budget admits a shadow that changed at most what it says, and never one that judged
     /// no packet.
     #[test]
@@ -907,6 +984,7 @@ mod tests {
         }
     }
 
+    /// Verdicts named by two catalogs are the same when they name the same VPCs.
     #[test]
     fn verdicts_compare_by_name_across_catalogs() {
         use flowgate_policy::{CandidatesId, VpcEntry, VpcId};

@@ -88,8 +88,10 @@ fn poll(
         return true;
     }
     // Nor does a gated one while a shadow is staged: it is not the watch's to replace.
-    if gate.is_some() && gateway.shadow().is_some() {
-        tracing::debug!(reference = %r, "watching {r}: a shadow is staged; the watch waits until it ends");
+    if gate.is_some()
+        && let Some(staged) = gateway.shadow()
+    {
+        tracing::info!(event = "pull", result = "waiting", reference = %r, shadow = %staged.etag(), "watching {r}: the shadow {} is staged; the gated watch waits until it is promoted or discarded", staged.etag());
         return true;
     }
     let digest = match registry.manifest(r) {
@@ -150,15 +152,8 @@ fn swap_to(
         }
     };
     if let Some(gate) = gate {
-        return through_gate(
-            gateway,
-            &pulled.module,
-            r,
-            digest,
-            signer.as_ref(),
-            gate,
-            stop,
-        );
+        let pulled = (&pulled.module[..], signer.as_ref());
+        return through_gate(gateway, registry, pulled, r, digest, gate, stop);
     }
     match gateway.swap_by_watch(&pulled.module, r, digest, signer.as_ref(), stop) {
         Ok(Some(_)) => {
@@ -176,14 +171,14 @@ fn swap_to(
     }
 }
 
-/// The gated path of a swap: stage `module` as a shadow, let it judge for the gate's time,
-/// then promote or refuse it. False when it failed or was refused.
+/// The gated path of a swap: stage the module pulled (with its signer) as a shadow, let it
+/// judge for the gate's time, then promote or refuse it. False when it failed or was refused.
 fn through_gate(
     gateway: &Gateway,
-    module: &[u8],
+    registry: &Registry,
+    (module, signer): (&[u8], Option<&Signer>),
     r: &Reference,
     digest: Digest,
-    signer: Option<&Signer>,
     gate: ShadowGate,
     stop: &AtomicBool,
 ) -> bool {
@@ -207,7 +202,17 @@ fn through_gate(
     {
         std::thread::sleep(STOP_CHECK.min(until.saturating_duration_since(Instant::now())));
     }
-    match gateway.settle_watch_shadow(&shadow, digest, gate.budget, stop) {
+    // What is promoted is what the tag names now: a tag moved meanwhile (a release pulled
+    // back) is followed at the next poll instead.
+    let named = match registry.manifest(r) {
+        Ok((_, now)) => Some(now),
+        Err(e) => {
+            gateway.note_pull(Pull::Failed);
+            tracing::warn!(event = "pull", result = "failed", reference = %r, error = %e, "watching {r}: the registry failed as the shadow's time ended; nothing is promoted");
+            None
+        }
+    };
+    match gateway.settle_watch_shadow(&shadow, digest, named, gate.budget, stop) {
         Settled::Promoted => {
             gateway.note_pull(Pull::Swapped);
             true
@@ -216,8 +221,10 @@ fn through_gate(
             gateway.note_pull(Pull::Refused);
             false
         }
-        // Nothing to judge by: tried again after the backoff.
+        // Nothing to judge by, or the registry could not confirm the tag: tried again after
+        // the backoff.
         Settled::Unjudged => false,
+        Settled::Ended(End::TagMoved) => named.is_some(),
         Settled::Ended(End::Fault) => {
             gateway.note_pull(Pull::Refused);
             false
@@ -226,7 +233,7 @@ fn through_gate(
     }
 }
 
-/// How the watch's shadow ended.
+/// How the watch's shadow ended, as the watch settled it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settled {
     /// Promoted by the watch: it serves.
@@ -271,34 +278,33 @@ impl Gateway {
             })
     }
 
-    /// After the gate's time: promotes the watch's `shadow` when it is still staged, the watch
-    /// still takes `digest` and the report is within `budget`; otherwise discards it (a
-    /// paused watch, a report beyond the budget) or records how it ended meanwhile. Logs the
-    /// report.
+    /// After the gate's time: promotes the watch's `shadow` of `digest` when it is still
+    /// staged, the watch still takes `digest`, the tag still names it (`named`: what the tag
+    /// names now, `None` when the registry could not say) and the report is within `budget`;
+    /// otherwise discards it (a paused watch, a moved tag, a report beyond the budget or with
+    /// no packet) or records how it ended meanwhile. Logs the report.
     fn settle_watch_shadow(
         &self,
         shadow: &Arc<Shadow>,
         digest: Digest,
+        named: Option<Digest>,
         budget: Budget,
         stop: &AtomicBool,
     ) -> Settled {
         let _one_at_a_time = lock(&self.swap_lock);
         let etag = shadow.etag();
-        let staged = self.shadow().is_some_and(|s| Arc::ptr_eq(&s, shadow));
-        if !staged {
-            let how = self
-                .shadow_gone()
-                .filter(|gone| gone.etag == etag)
-                .map_or(End::LiveChanged, |gone| gone.how);
-            match how {
+        if let Some(ended) = shadow.ended() {
+            match ended.how {
                 // A person set it aside: the watch does not stage it again.
-                End::Discarded | End::Replaced => self.quarantine_set_aside(digest, how),
-                End::Fault => self.quarantine_refused(digest, "shadow-fault"),
-                // Promoted by an operator (the watch follows it), or another release went
-                // live: the watch's rule decides at its next poll.
+                End::Discarded | End::Replaced => self.quarantine_set_aside(digest, ended.how),
+                End::Fault if ended.module_fault => {
+                    self.quarantine_refused(digest, "shadow-fault");
+                }
+                // Promoted by an operator (the watch follows it), another release went live,
+                // or the host failed: the watch's rule decides at its next poll.
                 _ => {}
             }
-            return Settled::Ended(how);
+            return Settled::Ended(ended.how);
         }
         if stop.load(Ordering::Acquire) {
             return Settled::Left;
@@ -307,6 +313,10 @@ impl Gateway {
         if self.watch_decision(&digest) != Decision::Take {
             self.end_shadow(Some(shadow), End::WatchPaused, &live);
             return Settled::Ended(End::WatchPaused);
+        }
+        if named != Some(digest) {
+            self.end_shadow(Some(shadow), End::TagMoved, &live);
+            return Settled::Ended(End::TagMoved);
         }
         let report = shadow.report();
         let totals = &report.totals;
@@ -334,8 +344,7 @@ impl Gateway {
             if pairs.is_empty() { "none" } else { &pairs },
         );
         if totals.packets == 0 {
-            tracing::warn!(event = "shadow-unjudged", etag = %etag, digest = %digest, "the tag watch's shadow {etag} judged no packet: nothing to go by; it is discarded and staged again later");
-            self.end_shadow(Some(shadow), End::Refused, &live);
+            self.end_shadow(Some(shadow), End::Unjudged, &live);
             return Settled::Unjudged;
         }
         if !admitted {

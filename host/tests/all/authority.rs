@@ -645,21 +645,118 @@ fn the_gated_watch_leaves_its_shadow_to_the_operator() {
     assert!(!staged(&status), "staged again: {status:#}");
     assert_eq!(status["generation"], 1);
 
+    // The operator's own shadow replaces the watch's: the watch's digest is quarantined, and
+    // the operator's shadow is never replaced by the watch.
     let v2 = push(&r, guests::HONEST_V2);
     served.wait_for("the watch's shadow of v2", staged);
+    let config = format!("{SPEC_3_1}/config.yaml");
+    let mine = served.client(&["shadow", "stage", "--config", &config]);
+    let mine = mine["shadow"]["etag"].as_str().unwrap().to_owned();
+    let status = served.wait_for("the quarantine of v2", |s| {
+        s["watch"]["quarantined"][1]["digest"] == v2.to_string()
+    });
+    assert_eq!(
+        status["watch"]["quarantined"][1]["reason"], "shadow-replaced by an operator",
+        "{status:#}"
+    );
+    std::thread::sleep(POLLS);
+    let status = served.status().unwrap();
+    assert_eq!(status["staged_shadow"]["etag"], mine.as_str(), "{status:#}");
+    // A discard naming another shadow discards nothing.
+    let out = flowgate(
+        &[
+            "shadow",
+            "discard",
+            "--if-match",
+            "\"nope\"",
+            "--admin",
+            &served.admin,
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["reason"], "stale-shadow", "{answer:#}");
+    assert_eq!(
+        served.status().unwrap()["staged_shadow"]["etag"],
+        mine.as_str()
+    );
+    served.client(&["shadow", "discard", "--if-match", &mine]);
+
+    // The tag moves back to the module serving, under a digest the watch has not acted on
+    // (v1's): staged, then discarded unpromoted when the operator pauses the watch.
+    let v1 = push(&r, DEFAULT_MODULE);
+    served.wait_for("the watch's shadow of v1", staged);
     served.client(&["watch", "pause"]);
     let status = served.wait_for("the paused watch to discard it", |s| !staged(s));
     assert_eq!(status["shadow_ended"]["how"], "watch-paused", "{status:#}");
     assert_eq!(status["generation"], 1, "{status:#}");
-    assert_eq!(status["watch"]["quarantined"].as_array().unwrap().len(), 1);
+    assert_eq!(status["watch"]["quarantined"].as_array().unwrap().len(), 2);
 
     served.client(&["watch", "resume"]);
-    let status = served.wait_for("v2 staged again", staged);
+    let status = served.wait_for("v1 staged again", staged);
     let etag = status["staged_shadow"]["etag"].as_str().unwrap().to_owned();
     let promoted = served.client(&["shadow", "promote", "--if-match", &etag]);
     assert_eq!(promoted["release"]["generation"], 2, "{promoted:#}");
     let status = served.status().unwrap();
     assert_eq!(status["cause"], "shadow-promote", "{status:#}");
-    assert_eq!(status["watch"]["digest"], v2.to_string(), "{status:#}");
+    assert_eq!(status["watch"]["digest"], v1.to_string(), "{status:#}");
     assert_eq!(status["watch"]["state"], "active", "{status:#}");
+}
+
+/// A gated watch promotes only what the tag still names when the shadow's time is up: a
+/// digest the tag left meanwhile (a release pulled back) is discarded, not quarantined, and
+/// the tag's new digest goes through the gate in its turn. `--shadow-share 0` gives the gate
+/// nothing to judge, and is refused.
+#[test]
+fn the_gated_watch_promotes_only_what_the_tag_still_names() {
+    let Some(registry) = start() else { return };
+    let (tagged, _) = tag(&registry, DEFAULT_MODULE);
+    let config = format!("{SPEC_3_1}/config.yaml");
+    let out = flowgate(
+        &[
+            "serve",
+            "--config",
+            &config,
+            "--module",
+            &tagged,
+            "--pull-interval",
+            "0.2",
+            "--pull-shadow",
+            "1",
+            "--shadow-share",
+            "0",
+            "--duration",
+            "5",
+        ],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--shadow-share 0"), "{stderr}");
+
+    let gate = ["--pull-shadow", "4", "--max-changed-share", "1"];
+    let served = Served::start(&tagged, &packets_to_445(), &gate);
+    let r = Reference::parse(&tagged).unwrap();
+    push(&r, guests::DENY_LIST);
+    served.wait_for("the watch's shadow of the deny-list", |s| {
+        !s["staged_shadow"].is_null()
+    });
+    // Pulled back while it is judged; within the budget, it would have been promoted.
+    let v2 = push(&r, guests::HONEST_V2);
+    let status = served.wait_for("v2 promoted", |s| s["generation"] == 2);
+    assert_eq!(
+        status["module"]["sha256"],
+        sha256(guests::HONEST_V2),
+        "{status:#}"
+    );
+    assert_eq!(status["cause"], "shadow-promote");
+    assert_eq!(status["watch"]["digest"], v2.to_string());
+    assert_eq!(
+        status["watch"]["quarantined"],
+        Value::Array(vec![]),
+        "{status:#}"
+    );
+    let (log, _) = served.stop();
+    assert!(log.contains("ended (tag-moved)"), "{log}");
 }

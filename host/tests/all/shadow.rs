@@ -473,7 +473,7 @@ fn every_shadow_action_is_audited_refusals_included() {
     };
     let _server = AdminServer::start(gateway.clone(), admin).unwrap();
     let client = Client::new(endpoint, None);
-    assert_eq!(client.discard_shadow().unwrap().status, 409);
+    assert_eq!(client.discard_shadow(None).unwrap().status, 409);
     assert_eq!(
         client.stage_config("kind: nothing\n", None).unwrap().status,
         422
@@ -482,7 +482,7 @@ fn every_shadow_action_is_audited_refusals_included() {
         .stage_config(&without_peering(&old, 0), None)
         .unwrap();
     let etag = staged.body["shadow"]["etag"].as_str().unwrap().to_owned();
-    assert_eq!(client.discard_shadow().unwrap().status, 200);
+    assert_eq!(client.discard_shadow(None).unwrap().status, 200);
     client
         .stage_config(&without_peering(&old, 1), None)
         .unwrap();
