@@ -761,3 +761,102 @@ fn a_shadow_module_needs_the_signatures_a_swap_needs() {
         staged.body
     );
 }
+
+/// A port that hands out packets only while `open` holds some, then stays quiet (never dry),
+/// as a VXLAN socket does when traffic stops.
+struct Quiet {
+    packets: Arc<[Packet]>,
+    next: usize,
+    open: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Port for Quiet {
+    fn fill(&mut self, batch: &mut Vec<Packet>, max: usize) -> usize {
+        let left = self.open.load(Ordering::Acquire);
+        let n = (max as u64).min(left) as usize;
+        if n == 0
+            || self
+                .open
+                .compare_exchange(left, left - n as u64, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+            return 0;
+        }
+        for _ in 0..n {
+            batch.push(self.packets[self.next % self.packets.len()]);
+            self.next += 1;
+        }
+        n
+    }
+
+    fn dry(&self) -> bool {
+        false
+    }
+}
+
+/// Workers that judged with a shadow and then went quiet keep their instances of it until
+/// their next batch. Shadows staged and discarded on a quiet gateway (as a gated tag watch
+/// does) must still leave room in the instance pool for the operator's swap, under
+/// `--on-fault previous` too.
+#[test]
+fn a_quiet_gateway_with_shadows_behind_it_still_takes_a_swap() {
+    let old = config();
+    let new = without_peering(&old, 0);
+    let packets: Arc<[Packet]> = traffic(&old, 4096).into();
+    let workers = 8;
+    let gateway = crate::gateway_with(
+        &old,
+        Limits::default(),
+        Options {
+            on_fault: flowgate_host::gateway::OnFault::Previous,
+            ..options(workers)
+        },
+    );
+    let open = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..workers)
+        .map(|id| {
+            let (gateway, stop) = (gateway.clone(), stop.clone());
+            let mut port = Quiet {
+                packets: packets.clone(),
+                next: id * STRIDE,
+                open: open.clone(),
+            };
+            std::thread::spawn(move || gateway.run_worker(id, &mut port, &stop))
+        })
+        .collect();
+    // Lets `n` packets through and waits until every one was judged.
+    let burst = |n: u64| {
+        let before = gateway.counters().packets;
+        open.store(n, Ordering::Release);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while gateway.counters().packets < before + n {
+            assert!(std::time::Instant::now() < deadline, "the burst was judged");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // A swap, so that every worker keeps an instance of the previous release too.
+    burst(256 * 64);
+    gateway
+        .swap(flowgate_host::gateway::SwapRequest::config(&new))
+        .unwrap();
+    burst(256 * 64);
+    // Shadows staged, judged by every worker and discarded while the gateway is quiet.
+    for round in 0..3 {
+        let config = if round % 2 == 0 { &old } else { &new };
+        gateway
+            .stage_shadow(flowgate_host::gateway::SwapRequest::config(config))
+            .unwrap();
+        burst(256 * 64);
+        gateway.discard_shadow(None, None).unwrap();
+    }
+    gateway
+        .stage_shadow(flowgate_host::gateway::SwapRequest::config(&old))
+        .unwrap();
+    // Quiet now: the operator's swap must find room.
+    let swapped = gateway.swap(flowgate_host::gateway::SwapRequest::config(&old));
+    assert!(swapped.is_ok(), "{:?}", swapped.err());
+    stop.store(true, Ordering::Relaxed);
+    handles.into_iter().for_each(|h| h.join().unwrap());
+}
