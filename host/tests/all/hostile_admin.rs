@@ -822,6 +822,22 @@ fn shadow_routes_refuse_what_they_cannot_stage() {
     assert!(answer.starts_with("HTTP/1.1 412"), "{answer}");
     let answer = shadow_request(at, "POST", "/shadow/promote", "If-Match: W/\"x\"\r\n", b"");
     assert!(answer.starts_with("HTTP/1.1 412"), "{answer}");
+    // A discard must name the staged shadow when it names one: weak, unquoted, empty,
+    // another's and a long list of others' ETags discard nothing.
+    let etag = staged.body["shadow"]["etag"].as_str().unwrap().to_owned();
+    let others = vec!["\"0-sha256:ab-sha256:cd\""; 500].join(", ");
+    for if_match in [
+        format!("W/\"{etag}\""),
+        "\"\"".to_owned(),
+        ",,,".to_owned(),
+        "\"gen-1\"".to_owned(),
+        others,
+    ] {
+        let header = format!("If-Match: {if_match}\r\n");
+        let answer = shadow_request(at, "DELETE", "/shadow", &header, b"");
+        assert!(answer.starts_with("HTTP/1.1 412"), "{if_match}: {answer}");
+        assert!(answer.contains("stale-shadow"), "{answer}");
+    }
     assert_eq!(gateway.current().generation, 1, "nothing was published");
     assert_eq!(
         client.shadow().unwrap().status,
