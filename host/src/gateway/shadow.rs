@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use flowgate_policy::{Catalog, DropReason, Packet, Verdict, packet::proto};
@@ -27,6 +27,13 @@ use crate::oci::{Digest, Reference};
 /// ([`super::Options::shadow_share`]): chosen by the `shadow` benchmark so that the live path
 /// keeps at least 85 % of its throughput at 1,000 peerings (see BENCHMARKS.md).
 pub const DEFAULT_SHADOW_SHARE: f64 = 0.0625;
+
+/// A shadow batch's CPU-time deadline, given the live one: a twentieth of it (25 ms of the
+/// default 500), so that a shadow module that loops holds its worker that long, once, where
+/// a live one may hold it for the whole deadline. The epoch's tick (5 ms) is the least.
+pub(super) fn shadow_deadline(live: Duration) -> Duration {
+    live / 20
+}
 
 /// Differing packets kept as samples, the first ones seen.
 pub const MAX_SAMPLES: usize = 32;

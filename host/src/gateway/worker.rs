@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use flowgate_policy::packed::Columns;
 use flowgate_policy::{Catalog, Packet, Verdict};
 
-use super::shadow::Shadow;
+use super::shadow::{Shadow, shadow_deadline};
 use super::{BatchRecord, Cause, Gateway, OnFault, Release, lock};
 use crate::dataplane::{self, Counters, Judged, Step};
 use crate::policy::Verdicts;
@@ -264,7 +264,10 @@ impl Worker {
             let next = now.clone();
             // A promoted shadow serves with the very instance that judged its copies.
             let next_policy = match self.seat.take() {
-                Some(seat) if is_promotion_of(&next, &seat.shadow.release) => Some(seat.policy),
+                Some(mut seat) if is_promotion_of(&next, &seat.shadow.release) => {
+                    (seat.policy).set_batch_deadline(gateway.runtime.limits().batch_deadline);
+                    Some(seat.policy)
+                }
                 seat => {
                     self.seat = seat;
                     gateway.take_instance(&next, self.id)
@@ -315,7 +318,7 @@ impl Worker {
             let spare = lock(&shadow.release.spares)
                 .get_mut(self.id)
                 .and_then(Option::take);
-            let policy = match spare {
+            let mut policy = match spare {
                 Some(policy) => policy,
                 None => match WasmPolicy::start_from(
                     &gateway.runtime,
@@ -329,6 +332,7 @@ impl Worker {
                     }
                 },
             };
+            policy.set_batch_deadline(shadow_deadline(gateway.runtime.limits().batch_deadline));
             self.seat = Some(Seat {
                 shadow: shadow.clone(),
                 policy,

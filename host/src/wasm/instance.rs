@@ -157,6 +157,13 @@ pub struct WasmPolicy {
 }
 
 impl WasmPolicy {
+    /// Stops each of this instance's batches after `deadline` of CPU time from now on (the
+    /// runtime's [`Limits::batch_deadline`] otherwise): a shadow's instance gets a shorter
+    /// one, and the runtime's again when it is promoted.
+    pub fn set_batch_deadline(&mut self, deadline: Duration) {
+        self.limits.batch_deadline = deadline;
+    }
+
     /// Instantiates `module` and hands it `config`.
     pub fn new(runtime: &Runtime, module: &LoadedModule, config: &str) -> Result<Self, StartError> {
         Self::start_checked(runtime, module, config).map_err(|failed| failed.error)
