@@ -204,13 +204,17 @@ fn through_gate(
     }
     // What is promoted is what the tag names now: a tag moved meanwhile (a release pulled
     // back) is followed at the next poll instead.
-    let named = match registry.manifest(r) {
-        Ok((_, now)) => Some(now),
-        Err(e) => {
+    let still_staged = gateway
+        .shadow()
+        .is_some_and(|staged| Arc::ptr_eq(&staged, &shadow));
+    let named = match still_staged.then(|| registry.manifest(r)) {
+        Some(Ok((_, now))) => Some(now),
+        Some(Err(e)) => {
             gateway.note_pull(Pull::Failed);
             tracing::warn!(event = "pull", result = "failed", reference = %r, error = %e, "watching {r}: the registry failed as the shadow's time ended; nothing is promoted");
             None
         }
+        None => None,
     };
     match gateway.settle_watch_shadow(&shadow, digest, named, gate.budget, stop) {
         Settled::Promoted => {

@@ -722,3 +722,56 @@ fn a_signer_vouches_only_for_the_bytes_its_pull_brought() {
     let gateway = start(ModuleBytes::from(DEFAULT_MODULE).signed(Some(&local))).unwrap();
     assert_eq!(gateway.current().signer.as_ref(), Some(&local));
 }
+
+/// The gated watch checks signatures before it stages anything: an unsigned digest is
+/// quarantined and never judged as a shadow; a signed one is staged, judged, and promoted
+/// with its signer.
+#[test]
+fn the_gated_watch_stages_only_signed_modules() {
+    let Some(registry) = start() else { return };
+    let dir = scratch("gated");
+    let (key, public, _) = test_signer(&dir);
+    let (tag, _) = push_signed(&registry, "fleet/policy:prod", DEFAULT_MODULE, Some(&key));
+    let served = Served::spawn(
+        &spec_packets(),
+        &[
+            "--module",
+            &tag,
+            "--pull-interval",
+            "0.2",
+            "--pull-shadow",
+            "0.5",
+            "--max-changed-share",
+            "1",
+            "--trusted-key",
+            &public,
+        ],
+    );
+    let (_, unsigned) = push_signed(&registry, "fleet/policy:prod", guests::HONEST_V2, None);
+    let status = served.wait_for("the unsigned digest quarantined", |s| {
+        s["watch"]["quarantined"][0]["digest"] == unsigned.to_string()
+    });
+    assert_eq!(
+        status["watch"]["quarantined"][0]["reason"], "refused: signature-refused",
+        "{status:#}"
+    );
+    assert!(status["shadow_ended"].is_null(), "never staged: {status:#}");
+    assert!(status["staged_shadow"].is_null(), "{status:#}");
+
+    let (_, signed) = push_signed(
+        &registry,
+        "fleet/policy:prod",
+        guests::DENY_LIST,
+        Some(&key),
+    );
+    let status = served.wait_for("the signed digest promoted", |s| s["generation"] == 2);
+    assert_eq!(status["cause"], "shadow-promote", "{status:#}");
+    assert_eq!(
+        status["module"]["signer"]["signed_digest"],
+        signed.to_string()
+    );
+    assert!(
+        status["shadow"]["packets"].as_u64().unwrap() > 0,
+        "{status:#}"
+    );
+}
