@@ -61,11 +61,12 @@ impl Default for EngineOptions {
 
 /// Module instances a gateway with `workers` workers may hold at once, and so how many the
 /// runtime's pool must have room for: per worker the instance of the release it serves, the
-/// one it keeps of the previous release (for `--on-fault previous`), the one a swap or
-/// rollback prepares for it, and a fresh one while it restarts after a fault; plus a few for
-/// the admin side (canary, explain).
+/// one it keeps of the previous release (for `--on-fault previous`), the one a swap, rollback
+/// or shadow prepares for it, a fresh one while it restarts after a fault, the one a staged
+/// shadow keeps for it, and its instance of a shadow that ended, which a quiet worker lets go
+/// only at its next batch; plus a few for the admin side (canary, explain).
 pub fn instances_needed(workers: usize) -> u32 {
-    u32::try_from(workers.max(1).saturating_mul(4).saturating_add(4)).unwrap_or(u32::MAX)
+    u32::try_from(workers.max(1).saturating_mul(6).saturating_add(4)).unwrap_or(u32::MAX)
 }
 
 impl EngineOptions {

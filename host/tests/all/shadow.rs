@@ -813,7 +813,10 @@ fn a_quiet_gateway_with_shadows_behind_it_still_takes_a_swap() {
             ..options(workers)
         },
     );
-    let open = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Each worker's own gate, so that every worker judges every burst.
+    let open: Vec<_> = (0..workers)
+        .map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0)))
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..workers)
         .map(|id| {
@@ -821,15 +824,16 @@ fn a_quiet_gateway_with_shadows_behind_it_still_takes_a_swap() {
             let mut port = Quiet {
                 packets: packets.clone(),
                 next: id * STRIDE,
-                open: open.clone(),
+                open: open[id].clone(),
             };
             std::thread::spawn(move || gateway.run_worker(id, &mut port, &stop))
         })
         .collect();
-    // Lets `n` packets through and waits until every one was judged.
+    // Lets `n` packets through each worker and waits until every one was judged.
     let burst = |n: u64| {
         let before = gateway.counters().packets;
-        open.store(n, Ordering::Release);
+        open.iter().for_each(|o| o.store(n, Ordering::Release));
+        let n = n * workers as u64;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while gateway.counters().packets < before + n {
             assert!(std::time::Instant::now() < deadline, "the burst was judged");
@@ -848,7 +852,7 @@ fn a_quiet_gateway_with_shadows_behind_it_still_takes_a_swap() {
         gateway
             .stage_shadow(flowgate_host::gateway::SwapRequest::config(config))
             .unwrap();
-        burst(256 * 64);
+        burst(256 * 8);
         gateway.discard_shadow(None, None).unwrap();
     }
     gateway
