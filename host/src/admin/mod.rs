@@ -1537,7 +1537,7 @@ fn shadow_refused(shared: &Shared, request: &Request, e: &ShadowError) -> Respon
         ShadowError::StaleShadow { .. }
         | ShadowError::NoIfMatch { .. }
         | ShadowError::StaleLive { .. } => 412,
-        ShadowError::NotRecorded(_) => 422,
+        ShadowError::NotRecorded(_) | ShadowError::Faulted => 422,
     };
     json_response(
         status,

@@ -809,12 +809,27 @@ fn rollout_gate(
     }
     out!("{}", shadow_table(&shadow))?;
     let report = &shadow["report"];
-    let totals = ShadowTotals {
-        base_etag: String::new(),
-        batches: report["batches"].as_u64().unwrap_or(0),
-        packets: report["packets"].as_u64().unwrap_or(0),
-        changed: report["changed"].as_u64().unwrap_or(0),
-        dst_changed: report["dst_changed"].as_u64().unwrap_or(0),
+    // A report missing a count is not read as zero changed: the gate refuses it.
+    let count = |name: &str| {
+        report[name]
+            .as_u64()
+            .with_context(|| format!("the gateway's shadow report has no `{name}` count"))
+    };
+    let totals = (|| {
+        Ok::<_, anyhow::Error>(ShadowTotals {
+            base_etag: String::new(),
+            batches: count("batches")?,
+            packets: count("packets")?,
+            changed: count("changed")?,
+            dst_changed: count("dst_changed")?,
+        })
+    })();
+    let totals = match totals {
+        Ok(totals) => totals,
+        Err(e) => {
+            client.discard_shadow(Some(&etag))?;
+            return Err(e.context(format!("the shadow {etag} is discarded")));
+        }
     };
     let (packets, changed) = (totals.packets, totals.changed);
     if packets == 0 {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -279,17 +279,11 @@ pub struct Shadow {
     tallies: Vec<Mutex<Tally>>,
     /// Differing packets seen, for the samples' order.
     differing: AtomicUsize,
-    /// How it ended, once it has: set once, under the slot's lock.
-    ended: OnceLock<Ending>,
-}
-
-/// How a shadow ended, as its stager reads it back ([`Shadow::ended`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ending {
-    /// How.
-    pub how: End,
-    /// For [`End::Fault`]: whether the module made the fault (not the host).
-    pub module_fault: bool,
+    /// How it ended, once it has: set once, under the slot's lock, before it is unstaged.
+    ended: OnceLock<End>,
+    /// Its first fault, once it has one: whether the module made it (not the host). Set
+    /// before the fault takes the slot's lock, so that a promotion holding that lock sees it.
+    fault: OnceLock<bool>,
 }
 
 /// The last word on discarding a shadow (the admin API writes its audit record here): a
@@ -347,6 +341,11 @@ pub enum ShadowError {
     /// The change could not be recorded, so it was not made.
     #[error("the change could not be recorded, so it was not made: {0}")]
     NotRecorded(String),
+    /// The shadow's module failed on a batch as it was being promoted: it was discarded.
+    #[error(
+        "the shadow's module failed on a copy of a live batch as it was being promoted: it is discarded, and nothing was promoted"
+    )]
+    Faulted,
 }
 
 impl ShadowError {
@@ -357,6 +356,7 @@ impl ShadowError {
             ShadowError::StaleShadow { .. } | ShadowError::NoIfMatch { .. } => "stale-shadow",
             ShadowError::StaleLive { .. } => "stale-digest",
             ShadowError::NotRecorded(_) => "audit-failed",
+            ShadowError::Faulted => "shadow-fault",
         }
     }
 }
@@ -455,12 +455,18 @@ impl Shadow {
             tallies: (0..workers).map(|_| Mutex::new(Tally::default())).collect(),
             differing: AtomicUsize::new(0),
             ended: OnceLock::new(),
+            fault: OnceLock::new(),
         }
     }
 
-    /// How it ended, once it has (whatever ended it later, and whichever shadow ended last).
-    pub fn ended(&self) -> Option<Ending> {
+    /// How it ended, once it has (whichever shadow ended last).
+    pub fn ended(&self) -> Option<End> {
         self.ended.get().copied()
+    }
+
+    /// Whether its module faulted (not the host): it is never promoted then.
+    pub fn module_faulted(&self) -> bool {
+        self.fault.get() == Some(&true)
     }
 
     /// The shadow release's ETag: the one promotion must name, and the promoted release's.
@@ -670,17 +676,15 @@ impl Gateway {
     /// Ends the staged shadow (when `which` is given, only if it is that one), saying `how`;
     /// `live` is the release serving now. Whether one ended.
     pub(super) fn end_shadow(&self, which: Option<&Arc<Shadow>>, how: End, live: &Release) -> bool {
-        self.end_shadow_held(&mut lock(&self.shadow.write), which, how, false, live)
+        self.end_shadow_held(&mut lock(&self.shadow.write), which, how, live)
     }
 
-    /// [`Gateway::end_shadow`] with the slot's lock held (`gone`); `module_fault` says, for a
-    /// fault, whether the module made it.
+    /// [`Gateway::end_shadow`] with the slot's lock held (`gone`).
     fn end_shadow_held(
         &self,
         gone: &mut MutexGuard<'_, Option<Discarded>>,
         which: Option<&Arc<Shadow>>,
         how: End,
-        module_fault: bool,
         live: &Release,
     ) -> bool {
         let Some(shadow) = self.shadow.staged.load_full() else {
@@ -689,8 +693,9 @@ impl Gateway {
         if which.is_some_and(|w| !Arc::ptr_eq(w, &shadow)) {
             return false;
         }
+        // Its end is set before it is unstaged: whoever sees it gone reads how.
+        let _ = shadow.ended.set(how);
         self.shadow.staged.store(None);
-        let _ = shadow.ended.set(Ending { how, module_fault });
         let totals = shadow.report().totals;
         let why = match how {
             End::Discarded => "an operator discarded it".to_owned(),
@@ -759,15 +764,10 @@ impl Gateway {
             shadow.etag(),
             fault.reason()
         );
+        // Set before the lock, which a promotion may hold: it checks this before it claims.
+        let _ = shadow.fault.set(fault.is_module_fault());
         let live = self.current();
-        let mut gone = lock(&self.shadow.write);
-        self.end_shadow_held(
-            &mut gone,
-            Some(shadow),
-            End::Fault,
-            fault.is_module_fault(),
-            &live,
-        );
+        self.end_shadow(Some(shadow), End::Fault, &live);
     }
 
     /// Discards the staged shadow, once `approval` lets it (the audit record); with `if_match`,
@@ -856,6 +856,10 @@ impl Gateway {
         // The slot stays locked from here until the shadow is claimed, so that a fault on a
         // worker cannot end it after the check: what is promoted is still staged.
         let mut gone = lock(&self.shadow.write);
+        if shadow.fault.get().is_some() {
+            self.end_shadow_held(&mut gone, Some(shadow), End::Fault, &running);
+            return Err(ShadowError::Faulted);
+        }
         if !self
             .shadow
             .staged
@@ -868,11 +872,23 @@ impl Gateway {
             });
         }
         let report = shadow.report();
-        let release = promoted(shadow, &report.totals);
+        let mut release = promoted(shadow, &report.totals);
         if let Some(approval) = approval {
             (approval.0)(&running, &release).map_err(ShadowError::NotRecorded)?;
         }
-        self.end_shadow_held(&mut gone, Some(shadow), End::Promoted, false, &release);
+        // A fault on a worker while this held the slot (the approval writes to the disk): the
+        // shadow's module failed, and is not promoted.
+        if shadow.fault.get().is_some() {
+            self.end_shadow_held(&mut gone, Some(shadow), End::Fault, &running);
+            return Err(ShadowError::Faulted);
+        }
+        // Its unused instances serve the promoted release; a refused promotion keeps them.
+        *release
+            .spares
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) =
+            std::mem::take(&mut *lock(&shadow.release.spares));
+        self.end_shadow_held(&mut gone, Some(shadow), End::Promoted, &release);
         drop(gone);
         let follows = shadow.follows.as_ref().map(|(r, d)| (r, *d));
         let release = self.publish(release, 0, follows);
@@ -907,11 +923,10 @@ fn names(expected: &str, etag: &str) -> bool {
         .any(|t| t.trim_matches('"') == etag)
 }
 
-/// The release a shadow is promoted to: the shadow's own, with its instances, recording the
-/// report's totals.
+/// The release a shadow is promoted to: the shadow's own, recording the report's totals (its
+/// instances are moved over once the promotion is approved).
 fn promoted(shadow: &Shadow, totals: &Totals) -> Release {
     let r = &shadow.release;
-    let spares = std::mem::take(&mut *lock(&r.spares));
     Release {
         generation: r.generation,
         cause: Cause::ShadowPromote,
@@ -937,7 +952,7 @@ fn promoted(shadow: &Shadow, totals: &Totals) -> Release {
         canary: r.canary.clone(),
         canary_verdicts: r.canary_verdicts.clone(),
         plan: r.plan.clone(),
-        spares: Mutex::new(spares),
+        spares: Mutex::new(Vec::new()),
         shadow: Some(totals.clone()),
     }
 }

@@ -206,7 +206,9 @@ fn through_gate(
     // back) is followed at the next poll instead.
     let still_staged = gateway
         .shadow()
-        .is_some_and(|staged| Arc::ptr_eq(&staged, &shadow));
+        .is_some_and(|staged| Arc::ptr_eq(&staged, &shadow))
+        && !stop.load(Ordering::Acquire)
+        && gateway.watch_decision(&digest) == Decision::Take;
     let named = match still_staged.then(|| registry.manifest(r)) {
         Some(Ok((_, now))) => Some(now),
         Some(Err(e)) => {
@@ -297,29 +299,24 @@ impl Gateway {
     ) -> Settled {
         let _one_at_a_time = lock(&self.swap_lock);
         let etag = shadow.etag();
-        if let Some(ended) = shadow.ended() {
-            match ended.how {
-                // A person set it aside: the watch does not stage it again.
-                End::Discarded | End::Replaced => self.quarantine_set_aside(digest, ended.how),
-                End::Fault if ended.module_fault => {
-                    self.quarantine_refused(digest, "shadow-fault");
-                }
-                // Promoted by an operator (the watch follows it), another release went live,
-                // or the host failed: the watch's rule decides at its next poll.
-                _ => {}
-            }
-            return Settled::Ended(ended.how);
+        if shadow.ended().is_some() || shadow.module_faulted() {
+            return self.ended_meanwhile(shadow, digest);
         }
         if stop.load(Ordering::Acquire) {
             return Settled::Left;
         }
         let live = self.current();
+        // Each end below may lose to a fault on a worker: then that is how it ended.
         if self.watch_decision(&digest) != Decision::Take {
-            self.end_shadow(Some(shadow), End::WatchPaused, &live);
+            if !self.end_shadow(Some(shadow), End::WatchPaused, &live) {
+                return self.ended_meanwhile(shadow, digest);
+            }
             return Settled::Ended(End::WatchPaused);
         }
         if named != Some(digest) {
-            self.end_shadow(Some(shadow), End::TagMoved, &live);
+            if !self.end_shadow(Some(shadow), End::TagMoved, &live) {
+                return self.ended_meanwhile(shadow, digest);
+            }
             return Settled::Ended(End::TagMoved);
         }
         let report = shadow.report();
@@ -348,21 +345,42 @@ impl Gateway {
             if pairs.is_empty() { "none" } else { &pairs },
         );
         if totals.packets == 0 {
-            self.end_shadow(Some(shadow), End::Unjudged, &live);
+            if !self.end_shadow(Some(shadow), End::Unjudged, &live) {
+                return self.ended_meanwhile(shadow, digest);
+            }
             return Settled::Unjudged;
         }
         if !admitted {
-            self.end_shadow(Some(shadow), End::Refused, &live);
+            if !self.end_shadow(Some(shadow), End::Refused, &live) {
+                return self.ended_meanwhile(shadow, digest);
+            }
             self.quarantine_refused(digest, "over-budget");
             return Settled::Refused;
         }
         match self.promote_locked(shadow, None) {
             Ok(_) => Settled::Promoted,
-            // What it was compared against no longer serves.
+            // Its module failed meanwhile, or what it was compared against no longer serves.
             Err(_) => {
                 self.end_shadow(Some(shadow), End::LiveChanged, &live);
-                Settled::Ended(End::LiveChanged)
+                self.ended_meanwhile(shadow, digest)
             }
         }
+    }
+
+    /// The watch's `shadow` of `digest` ended before the watch settled it: a module that
+    /// faulted, or a shadow an operator set aside, quarantines the digest; any other end (an
+    /// operator's promotion, which the watch follows, another release gone live, a host
+    /// fault) leaves the next poll to decide.
+    fn ended_meanwhile(&self, shadow: &Shadow, digest: Digest) -> Settled {
+        let how = shadow.ended().unwrap_or(End::Fault);
+        if shadow.module_faulted() {
+            self.quarantine_refused(digest, "shadow-fault");
+            return Settled::Ended(End::Fault);
+        }
+        if matches!(how, End::Discarded | End::Replaced) {
+            // A person set it aside: the watch does not stage it again.
+            self.quarantine_set_aside(digest, how);
+        }
+        Settled::Ended(how)
     }
 }

@@ -864,3 +864,46 @@ fn a_quiet_gateway_with_shadows_behind_it_still_takes_a_swap() {
     stop.store(true, Ordering::Relaxed);
     handles.into_iter().for_each(|h| h.join().unwrap());
 }
+
+/// A shadow whose module faults on a worker while its promotion is being approved (the audit
+/// record written, the slot held) is not promoted: the promotion is refused as `shadow-fault`
+/// and the shadow discarded as a fault, whichever got there first.
+#[test]
+fn a_shadow_that_faults_while_it_is_promoted_is_not_promoted() {
+    use flowgate_host::gateway::{Approval, ModuleBytes, SwapRequest};
+    let config = config();
+    let mut packets = traffic(&config, 4096);
+    for p in packets.iter_mut().step_by(97) {
+        *p = Packet::tcp(p.src_vni, p.src, guests::trigger::TRAP, p.dst, 80);
+    }
+    let gateway = crate::gateway_with(&config, Limits::default(), options(1));
+    let shadow = gateway
+        .stage_shadow(SwapRequest::module(ModuleBytes::from(guests::TRAP)))
+        .unwrap();
+    let etag = shadow.etag();
+    let worker = std::sync::Mutex::new(None);
+    let approve = |_: &_, _: &_| {
+        // Traffic that makes the shadow trap, while the promotion holds the slot: the
+        // worker records the fault, then waits for the slot.
+        let (gateway, packets) = (gateway.clone(), Arc::<[Packet]>::from(&packets[..]));
+        *worker.lock().unwrap() = Some(std::thread::spawn(move || {
+            let stop = AtomicBool::new(false);
+            let mut source = Trace::new(packets, 0, 0, Some(4096));
+            gateway.run_worker(0, &mut source, &stop);
+        }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !shadow.module_faulted() {
+            assert!(std::time::Instant::now() < deadline, "the shadow faulted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    let promoted = gateway.promote_shadow(Some(&etag), Some(Approval(&approve)));
+    let e = promoted.err().expect("a faulted shadow is not promoted");
+    assert_eq!(e.reason(), "shadow-fault", "{e}");
+    assert_eq!(gateway.current().generation, 1);
+    assert_eq!(gateway.shadow_gone().unwrap().how.as_str(), "fault");
+    let worker = worker.lock().unwrap().take();
+    worker.unwrap().join().unwrap();
+    assert!(gateway.events().faults.is_empty(), "no live fault");
+}
