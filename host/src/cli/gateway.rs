@@ -776,6 +776,23 @@ impl ShadowDiscardArgs {
     }
 }
 
+/// The totals of a shadow report (`GET /shadow`'s `report`). A report missing a count is
+/// refused, never read as zero changed.
+fn report_totals(report: &serde_json::Value) -> Result<ShadowTotals> {
+    let count = |name: &str| {
+        report[name]
+            .as_u64()
+            .with_context(|| format!("the gateway's shadow report has no `{name}` count"))
+    };
+    Ok(ShadowTotals {
+        base_etag: String::new(),
+        batches: count("batches")?,
+        packets: count("packets")?,
+        changed: count("changed")?,
+        dst_changed: count("dst_changed")?,
+    })
+}
+
 /// The budget `--max-changed N` or `--max-changed-share P` sets: none changed when neither is
 /// given.
 fn budget(max_changed: Option<u64>, max_changed_share: Option<f64>) -> Budget {
@@ -809,22 +826,7 @@ fn rollout_gate(
     }
     out!("{}", shadow_table(&shadow))?;
     let report = &shadow["report"];
-    // A report missing a count is not read as zero changed: the gate refuses it.
-    let count = |name: &str| {
-        report[name]
-            .as_u64()
-            .with_context(|| format!("the gateway's shadow report has no `{name}` count"))
-    };
-    let totals = (|| {
-        Ok::<_, anyhow::Error>(ShadowTotals {
-            base_etag: String::new(),
-            batches: count("batches")?,
-            packets: count("packets")?,
-            changed: count("changed")?,
-            dst_changed: count("dst_changed")?,
-        })
-    })();
-    let totals = match totals {
+    let totals = match report_totals(report) {
         Ok(totals) => totals,
         Err(e) => {
             client.discard_shadow(Some(&etag))?;

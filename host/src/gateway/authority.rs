@@ -22,7 +22,7 @@
 //! The state lives in the process: a gateway restarted follows its tag afresh (its
 //! `--module` is what an operator chose for it at start).
 
-use super::{Gateway, Origin, Release, ShadowEnd, lock};
+use super::{Gateway, Origin, Refusal, Release, ShadowEnd, SwapError, lock};
 use crate::oci::{Digest, Reference};
 
 /// The most digests kept in quarantine; the oldest leaves first.
@@ -320,6 +320,15 @@ impl Gateway {
         if let Some(watch) = lock(&self.watch).as_mut() {
             watch.status.acted = Some(digest);
             watch.quarantine(digest, format!("refused: {reason}"), None);
+        }
+    }
+
+    /// The watch's swap or shadow of `digest` was refused with `e`: quarantined when the
+    /// refusal is about what the module is, not about what the machine had to spare (a
+    /// capacity or start failure is tried again after the backoff).
+    pub(super) fn quarantine_refusal(&self, digest: Digest, e: &SwapError) {
+        if !matches!(e.reason(), Refusal::Capacity | Refusal::StartFailed) {
+            self.quarantine_refused(digest, e.reason().as_str());
         }
     }
 

@@ -468,17 +468,9 @@ impl Gateway {
         }
         let request = SwapRequest::module(ModuleBytes::pulled(module, tag, digest).signed(signer));
         let why = format!("the tag {tag} moved to {digest}");
-        match self.swap_locked(request, Origin::TagWatch, why) {
-            Ok(release) => Ok(Some(release)),
-            Err(e) => {
-                // What the module is, not what the machine had to spare: a capacity or start
-                // failure is tried again after the backoff.
-                if !matches!(e.reason(), Refusal::Capacity | Refusal::StartFailed) {
-                    self.quarantine_refused(digest, e.reason().as_str());
-                }
-                Err(e)
-            }
-        }
+        self.swap_locked(request, Origin::TagWatch, why)
+            .map(Some)
+            .inspect_err(|e| self.quarantine_refusal(digest, e))
     }
 
     /// SIGHUP: swaps in `module` (when given) and `config` read again from their files, unless

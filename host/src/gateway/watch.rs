@@ -277,11 +277,7 @@ impl Gateway {
         let why = format!("the tag {tag} moved to {digest}");
         self.stage_locked(request, Origin::TagWatch, why)
             .map(Some)
-            .inspect_err(|e| {
-                if !matches!(e.reason(), Refusal::Capacity | Refusal::StartFailed) {
-                    self.quarantine_refused(digest, e.reason().as_str());
-                }
-            })
+            .inspect_err(|e| self.quarantine_refusal(digest, e))
     }
 
     /// After the gate's time: promotes the watch's `shadow` of `digest` when it is still
@@ -307,17 +303,18 @@ impl Gateway {
         }
         let live = self.current();
         // Each end below may lose to a fault on a worker: then that is how it ended.
-        if self.watch_decision(&digest) != Decision::Take {
-            if !self.end_shadow(Some(shadow), End::WatchPaused, &live) {
-                return self.ended_meanwhile(shadow, digest);
+        let end = |how, settled| {
+            if self.end_shadow(Some(shadow), how, &live) {
+                settled
+            } else {
+                self.ended_meanwhile(shadow, digest)
             }
-            return Settled::Ended(End::WatchPaused);
+        };
+        if self.watch_decision(&digest) != Decision::Take {
+            return end(End::WatchPaused, Settled::Ended(End::WatchPaused));
         }
         if named != Some(digest) {
-            if !self.end_shadow(Some(shadow), End::TagMoved, &live) {
-                return self.ended_meanwhile(shadow, digest);
-            }
-            return Settled::Ended(End::TagMoved);
+            return end(End::TagMoved, Settled::Ended(End::TagMoved));
         }
         let report = shadow.report();
         let totals = &report.totals;
@@ -345,17 +342,14 @@ impl Gateway {
             if pairs.is_empty() { "none" } else { &pairs },
         );
         if totals.packets == 0 {
-            if !self.end_shadow(Some(shadow), End::Unjudged, &live) {
-                return self.ended_meanwhile(shadow, digest);
-            }
-            return Settled::Unjudged;
+            return end(End::Unjudged, Settled::Unjudged);
         }
         if !admitted {
-            if !self.end_shadow(Some(shadow), End::Refused, &live) {
-                return self.ended_meanwhile(shadow, digest);
+            let settled = end(End::Refused, Settled::Refused);
+            if settled == Settled::Refused {
+                self.quarantine_refused(digest, "over-budget");
             }
-            self.quarantine_refused(digest, "over-budget");
-            return Settled::Refused;
+            return settled;
         }
         match self.promote_locked(shadow, None) {
             Ok(_) => Settled::Promoted,
