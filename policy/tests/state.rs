@@ -262,7 +262,7 @@ fn layouts_of(words: &[u32]) -> Vec<&'static str> {
     let meta = &words[section(words, "meta")];
     let mut layouts = vec![["vni dense", "vni trie", "vni searched"][meta[0] as usize]];
     for side in [meta[2], meta[4]] {
-        layouts.push(["ipv4 trie", "ipv4 padded"][side as usize]);
+        layouts.push(["ipv4 trie", "ipv4 padded", "ipv4 narrow"][side as usize]);
     }
     for (name, layout) in [
         ("src4-big-ends", "big tables"),
@@ -610,6 +610,11 @@ fn dual_gateway_tables_round_trip() {
         let packets = gateway.packets(20_000);
         round_trips(&config, &packets, &CUTS);
         let words = Table::build(&config).unwrap().export_state();
+        if peerings == 1_000 {
+            // The `not` holes make both IPv4 sides four levels deep: narrow last levels.
+            let layouts = layouts_of(&words);
+            assert_eq!(layouts.iter().filter(|&&l| l == "ipv4 narrow").count(), 2);
+        }
         for name in [
             "src6-nodes",
             "src6-roots",
@@ -734,6 +739,100 @@ fn an_ipv6_index_or_layout_past_its_bounds_is_refused() {
     refused("src6-nodes", &|w| {
         let at = section(w, "meta").start + 6;
         w[at] = 0;
+    });
+}
+
+/// The dual-stack gateway's state with one word of its IPv4 sides (narrow last levels) or
+/// their layout in `meta` altered at a time: each is refused or answers.
+#[test]
+fn a_dual_state_altered_in_its_narrow_ipv4_sides_is_refused_or_answers() {
+    let mut gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
+    let config = parse(gateway.yaml(), None).unwrap();
+    let packets = gateway.packets(512);
+    let words = Table::build(&config).unwrap().export_state();
+    let meta = section(&words, "meta");
+    let mut places: Vec<usize> = (meta.start + 2..meta.start + 6).collect();
+    for name in ["src4-keys", "src4-values", "dst4-keys", "dst4-values"] {
+        places.extend(section(&words, name));
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut refused, mut loaded) = (0, 0);
+    for _ in 0..400 {
+        let mut altered = words.clone();
+        let at = places[(next() % places.len() as u64) as usize];
+        altered[at] = match next() % 5 {
+            0 => next() as u32,
+            1 => altered[at] ^ 1 << (next() % 32),
+            2 => altered[at].wrapping_add(1),
+            3 => (next() % 4_000) as u32 * 16 + (next() % 10) as u32,
+            _ => 1 << 31 | (next() % 300) as u32,
+        };
+        match Table::from_state(&altered) {
+            Ok(table) => {
+                answer_everything(&table, &packets);
+                loaded += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        refused > 40 && loaded > 10,
+        "{refused} refused, {loaded} loaded"
+    );
+}
+
+#[test]
+fn a_narrow_node_past_its_bounds_or_off_its_alignment_is_refused() {
+    let gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
+    let table = Table::build(&parse(gateway.yaml(), None).unwrap()).unwrap();
+    let words = table.export_state();
+    assert_eq!(layouts_of(&words)[1..3], ["ipv4 narrow", "ipv4 narrow"]);
+    let refused = |name: &str, edit: &dyn Fn(&mut Vec<u32>)| {
+        let mut w = words.clone();
+        edit(&mut w);
+        invalid_in(Table::from_state(&w).err().unwrap(), name);
+    };
+    // The depth of a narrow side: 2 to 4.
+    let meta = section(&words, "meta").start;
+    for depth in [0, 1, 5] {
+        refused("meta", &|w| w[meta + 3] = depth);
+    }
+    // An entry of the source side's level above its narrow nodes (VPC 0's root, its first
+    // child, that node's first child: a node of the third level) naming a node with a k of
+    // 9, off its alignment, and past the narrow nodes.
+    let level2 = |w: &Vec<u32>| {
+        let keys = section(w, "src4-keys").start;
+        let child = |node: u32| w[keys + 256 * node as usize];
+        keys + 256 * child(child(0)) as usize
+    };
+    let values = section(&words, "src4-values").len() as u32;
+    let past = values.next_multiple_of(256);
+    for entry in [9, 1 << 4 | 1, 8 << 4 | 4, values << 4 | 8, past << 4] {
+        refused("src4-keys", &|w| {
+            let at = level2(w);
+            w[at] = entry;
+        });
+    }
+    // A value of a narrow node naming a port map past the maps, or a class past its VPC's.
+    for value in [1 << 31 | 1 << 24, 1 << 20] {
+        refused("src4-keys", &|w| {
+            let at = section(w, "src4-values").start;
+            w[at] = value;
+        });
+    }
+    // A big table beside a narrow side.
+    refused("src4-big-ends", &|w| {
+        let at = section(w, "src4-big-ends").start;
+        w.insert(at, 1);
+        let i = SECTIONS.iter().position(|s| *s == "src4-big-ends").unwrap();
+        w[3 + i] += 1;
+        w[2] += 1;
     });
 }
 

@@ -9,7 +9,7 @@
 //!   section's length in words, in section order.
 //! - `meta`: the layouts and their parameters (VNI index: 0 dense with its first VNI, 1 trie
 //!   with its depth, 2 searched; each IPv4 side: 0 trie with its depth, 1 padded with its
-//!   `log2`; the IPv6 sides: 0 none, 1 tries, then each side's depth, bits compared away and
+//!   `log2`, 2 trie with a narrow last level with its depth; the IPv6 sides: 0 none, 1 tries, then each side's depth, bits compared away and
 //!   base, low word first), then the [`TableStats`] as eight `u64`, low
 //!   word first.
 //! - `vpc-vnis`, `vpc-name-ends`, `vpc-names`: each VPC's VNI, the end of its name in
@@ -18,7 +18,8 @@
 //! - `set-ends`, `set-members`: the ambiguous verdicts' candidate sets, concatenated.
 //! - `vni-a`, `vni-b`: the dense index's VPCs, or the trie's nodes, or the searched index's
 //!   VNIs and VPCs.
-//! - `src4-*` and `dst4-*`: an IPv4 side: its trie's nodes, or a padded side's keys and
+//! - `src4-*` and `dst4-*`: an IPv4 side: its trie's nodes (with a narrow last level, the
+//!   levels above it in `keys` and the narrow nodes in `values`), or a padded side's keys and
 //!   values and its big tables (ends, starts, values concatenated).
 //! - `port-maps` (13 words each: 8 starts two to a word, 8 classes, the port-less class),
 //!   `long-portless`, `long-ends`, `long-starts`, `long-classes`: the IPv4 port maps.
@@ -40,14 +41,14 @@
 //! for words whose every index a `finish` of the same words already checked: the checks are
 //! half of a load's time, and they answer alike for the same words.
 
-use std::collections::TryReserveError;
+use std::collections::{HashMap, TryReserveError};
 
 use super::flat::{
     BIG, BigTable, FLAGS, LONG, LongMap, MAP_RANGES, MAX_FLAT, NO_VPC, PORTED, Padded, PortMap,
     PortMaps, Side4, TRIE_CAP, VniIndex,
 };
 use super::six::{GAPS, MAX_DEPTH, REGIONS, SPLIT, Side6, high_mask};
-use super::trie::{FANOUT, Trie};
+use super::trie::{FANOUT, Narrow, Trie, narrow_range};
 use super::{Cell, Matrices, Row, Seg, SegTable, Sides6, Table, TableStats, VpcTable};
 use crate::catalog::{Catalog, VpcEntry};
 use crate::packet::VpcId;
@@ -56,7 +57,7 @@ use crate::word::WordDecoder;
 /// The first word of a state.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FGts");
 /// The layout version this library writes and reads, raised whenever the layout changes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Most words a state may have: 256 MiB, as many words as the matrices alone may have
 /// ([`MAX_MATRIX_CELLS`](super::MAX_MATRIX_CELLS)) and a guest's default memory cap. The
 /// state of a larger table is refused by the loader.
@@ -173,6 +174,7 @@ const VNI_TRIE: u32 = 1;
 const VNI_SEARCHED: u32 = 2;
 const SIDE_TRIE: u32 = 0;
 const SIDE_PADDED: u32 = 1;
+const SIDE_NARROW: u32 = 2;
 const SIX_NONE: u32 = 0;
 const SIX_TRIES: u32 = 1;
 
@@ -276,6 +278,7 @@ impl Table {
         };
         let side = |side: &Side4| match side {
             Side4::Trie(trie) => [SIDE_TRIE, trie.depth],
+            Side4::Narrow(narrow) => [SIDE_NARROW, narrow.depth],
             Side4::Padded(padded) => [SIDE_PADDED, padded.log2],
         };
         let s = self.stats;
@@ -356,12 +359,13 @@ impl Table {
         for (i, side) in [&self.src4, &self.dst4].into_iter().enumerate() {
             let at = SIDE + 5 * i;
             let empty = Padded::default();
-            let (keys, padded) = match side {
-                Side4::Trie(trie) => (&trie.nodes, &empty),
-                Side4::Padded(padded) => (&padded.keys, padded),
+            let (keys, values, padded) = match side {
+                Side4::Trie(trie) => (&trie.nodes, &empty.values, &empty),
+                Side4::Narrow(narrow) => (&narrow.nodes, &narrow.last, &empty),
+                Side4::Padded(padded) => (&padded.keys, &padded.values, padded),
             };
             w.section(at + KEYS, |o| o.extend_from_slice(keys));
-            w.section(at + VALUES, |o| o.extend_from_slice(&padded.values));
+            w.section(at + VALUES, |o| o.extend_from_slice(values));
             w.section(at + BIG_ENDS, |o| {
                 o.extend(ends(padded.big.iter().map(|t| t.starts.len())));
             });
@@ -1140,7 +1144,7 @@ fn check_trie(
     (depth, max_depth): (u32, u32),
     nodes: &[u32],
     roots: &[u32],
-    leaf: impl Fn(u32) -> Option<u64>,
+    mut leaf: impl FnMut(u32) -> Option<u64>,
 ) -> Result<Vec<u64>, StateError> {
     if !(1..=max_depth).contains(&depth) {
         return Err(place.bad(META, 0, "a trie's depth", depth.into(), max_depth.into()));
@@ -1225,7 +1229,7 @@ fn check_trie(
                 return Err(place.bad(
                     s,
                     n * FANOUT + i,
-                    "a trie value names a port map past the maps, or a VPC past the VPCs",
+                    "a trie value names a port map, a VPC or a narrow node past the last",
                     v.into(),
                     0,
                 ));
@@ -1630,6 +1634,50 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
                 Side4::Trie(Trie {
                     depth,
                     nodes: side.keys.into(),
+                })
+            }
+            SIDE_NARROW => {
+                for sub in [BIG_ENDS, BIG_STARTS, BIG_VALUES] {
+                    let len = match sub {
+                        BIG_ENDS => side.big_ends.len(),
+                        BIG_STARTS => side.big_starts.done.iter().map(|r| r.len()).sum(),
+                        _ => side.big_values.done.iter().map(|r| r.len()).sum(),
+                    };
+                    unused(s + sub, len)?;
+                }
+                let depth = meta[3 + 2 * k];
+                if !(2..=4).contains(&depth) {
+                    return Err(bad(
+                        META,
+                        3 + 2 * k,
+                        "a narrow trie's depth",
+                        depth.into(),
+                        4,
+                    ));
+                }
+                let last = side.values;
+                // The levels above the last checked as a trie whose values name narrow
+                // nodes: each named node within the narrow nodes, its values checked once.
+                let mut needs: HashMap<u32, Option<u64>> = HashMap::new();
+                let named = |entry: u32| {
+                    *needs.entry(entry).or_insert_with(|| {
+                        let node = last.get(narrow_range(entry)?)?;
+                        node.iter()
+                            .try_fold(0, |most, &v| Some(value(v)?.max(most)))
+                    })
+                };
+                let roots: Vec<u32> = (0..vpc_count.max(1) as u32).collect();
+                let levels = (depth - 1, 3);
+                let need = check_trie(&place, s + KEYS, levels, &side.keys, &roots, named)?;
+                for (v, (&need, &bound)) in need.iter().zip(bound).enumerate() {
+                    if need > bound {
+                        return Err(over(v * FANOUT, need, v));
+                    }
+                }
+                Side4::Narrow(Narrow {
+                    depth,
+                    nodes: side.keys.into(),
+                    last: last.into(),
                 })
             }
             SIDE_PADDED => {

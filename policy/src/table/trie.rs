@@ -166,6 +166,161 @@ impl Trie {
     }
 }
 
+/// Most bits a narrow node's offset may take: an entry naming it is `offset << 4 | k`.
+const NARROW_OFFSET_BITS: u32 = 28;
+
+/// A [`Trie`] over `u32` keys whose last level is *narrow*: a last-level node whose 256
+/// entries come in aligned runs of `2^k` equal values is kept as its `256 >> k` distinct
+/// ones (a uniform node as one entry), identical nodes once. An entry of the level above
+/// names a narrow node as `offset << 4 | k`, and the last step reads
+/// `last[offset + (byte >> k)]`: a shift and an add more than a plain step, for a last level
+/// that takes a few KiB where 1 KiB nodes took MiBs (a `not` hole in a /24 makes the trie
+/// four levels deep, and every /24 then points at a last-level node).
+#[derive(Debug, Clone)]
+pub(super) struct Narrow {
+    /// Key bytes read: 2 to 4.
+    pub(super) depth: u32,
+    /// The levels but the last, 256-entry nodes as a [`Trie`]'s; node `r` is table `r`'s
+    /// root. An entry of level `depth - 2` names a narrow node.
+    pub(super) nodes: Box<[u32]>,
+    /// The narrow nodes.
+    pub(super) last: Box<[u32]>,
+}
+
+impl Narrow {
+    /// `trie` (its roots the nodes `0..roots`, every node reached from them) with its last
+    /// level narrow, or `None` for a trie of one level.
+    pub(super) fn of(trie: &Trie, roots: usize) -> Option<Narrow> {
+        let depth = trie.depth;
+        if depth < 2 {
+            return None;
+        }
+        let nodes = trie.nodes.as_chunks::<FANOUT>().0;
+        // Each node's level, from the roots down (a child may come before its parent).
+        const UNSEEN: u32 = u32::MAX;
+        let mut level = vec![UNSEEN; nodes.len()];
+        level.iter_mut().take(roots).for_each(|l| *l = 0);
+        for l in 0..depth - 1 {
+            for n in 0..nodes.len() {
+                if level[n] == l {
+                    for &child in &nodes[n] {
+                        level[child as usize] = l + 1;
+                    }
+                }
+            }
+        }
+        // The nodes kept keep their order, so the roots keep their indices.
+        let mut index = vec![u32::MAX; nodes.len()];
+        let mut kept = 0;
+        for (n, &l) in level.iter().enumerate() {
+            if l < depth - 1 {
+                index[n] = kept;
+                kept += 1;
+            }
+        }
+        // The last level's distinct narrow nodes, each with its `k`.
+        let mut narrow: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut stored: HashMap<Vec<u32>, usize> = HashMap::new();
+        let mut named: HashMap<u32, usize> = HashMap::new();
+        for (n, node) in nodes.iter().enumerate() {
+            if level[n] + 2 != depth {
+                continue;
+            }
+            for &child in node {
+                named.entry(child).or_insert_with(|| {
+                    let leaf = &nodes[child as usize];
+                    let k = (0..8)
+                        .take_while(|&k| {
+                            let run = 2 << k;
+                            leaf.chunks(run).all(|c| c.iter().all(|&e| e == c[0]))
+                        })
+                        .count() as u32;
+                    let entries: Vec<u32> = leaf.iter().step_by(1 << k).copied().collect();
+                    *stored.entry(entries.clone()).or_insert_with(|| {
+                        narrow.push((k, entries));
+                        narrow.len() - 1
+                    })
+                });
+            }
+        }
+        // Laid out largest first, every node starts at a multiple of its length (all are
+        // powers of two), which the loader checks.
+        let mut order: Vec<usize> = (0..narrow.len()).collect();
+        order.sort_by_key(|&i| narrow[i].0);
+        let mut entry = vec![0; narrow.len()];
+        let mut last = Vec::new();
+        for i in order {
+            let offset = u32::try_from(last.len())
+                .ok()
+                .filter(|o| o >> NARROW_OFFSET_BITS == 0)?;
+            entry[i] = offset << 4 | narrow[i].0;
+            last.extend_from_slice(&narrow[i].1);
+        }
+        let mut out = Vec::with_capacity(kept as usize * FANOUT);
+        for (n, node) in nodes.iter().enumerate() {
+            if level[n] + 2 < depth {
+                out.extend(node.iter().map(|&child| index[child as usize]));
+            } else if level[n] + 2 == depth {
+                out.extend(node.iter().map(|child| entry[named[child]]));
+            }
+        }
+        Some(Narrow {
+            depth,
+            nodes: out.into(),
+            last: last.into(),
+        })
+    }
+
+    /// The value of `key` in table `root`.
+    pub(super) fn find(&self, root: u32, key: u32) -> u32 {
+        match self.depth {
+            2 => self.walk::<2>(root, key),
+            3 => self.walk::<3>(root, key),
+            _ => self.walk::<4>(root, key),
+        }
+    }
+
+    /// [`Narrow::find`] with the depth known to the compiler.
+    #[inline(always)]
+    fn walk<const D: u32>(&self, root: u32, key: u32) -> u32 {
+        let mut entry = root;
+        for level in 0..D - 1 {
+            entry = self.step(entry, key, level);
+        }
+        self.leaf(entry, key, D - 1)
+    }
+
+    /// A level but the last: as [`Trie::step`].
+    #[inline(always)]
+    pub(super) fn step(&self, entry: u32, key: u32, level: u32) -> u32 {
+        let byte = (key >> (24 - 8 * level)) & 0xff;
+        self.nodes[(entry as usize) << 8 | byte as usize]
+    }
+
+    /// The last level, `level`: the value `key` takes in the narrow node `entry` names.
+    #[inline(always)]
+    pub(super) fn leaf(&self, entry: u32, key: u32, level: u32) -> u32 {
+        let byte = (key >> (24 - 8 * level)) & 0xff;
+        self.last[(entry >> 4) as usize + (byte >> (entry & 15)) as usize]
+    }
+
+    /// Bytes the trie takes.
+    pub(super) fn bytes(&self) -> usize {
+        (self.nodes.len() + self.last.len()) * 4
+    }
+}
+
+/// The entries of the narrow node an entry `offset << 4 | k` names: `256 >> k` of them from
+/// `offset`, a multiple of their count; `None` for a `k` past 8 or an offset off that
+/// multiple. (Aligned, the nodes a loader checks, however forged the entries naming them,
+/// hold at most nine times the narrow entries: one tiling for each `k`.)
+pub(super) fn narrow_range(entry: u32) -> Option<std::ops::Range<usize>> {
+    let k = entry & 15;
+    let offset = (entry >> 4) as usize;
+    let len = FANOUT.checked_shr(k).filter(|&len| len > 0)?;
+    offset.is_multiple_of(len).then(|| offset..offset + len)
+}
+
 /// The fewest bytes of a `bits`-bit key that tell apart segments starting at `starts`: 1 at
 /// least.
 fn depth_of(starts: impl Iterator<Item = u64>, bits: u32) -> u32 {
@@ -270,6 +425,8 @@ impl Builder {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn reference(starts: &[u32], values: &[u32], key: u32) -> u32 {
@@ -315,6 +472,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Tables of segments whose starts fall on random boundaries (multiples of `1 << shift`,
+    /// `shift` from each start's own draw), values from a few, so that runs and uniform nodes
+    /// occur as they do in gateway tables.
+    fn tables() -> impl Strategy<Value = Vec<(Vec<u32>, Vec<u32>)>> {
+        let start = (
+            any::<u32>(),
+            prop::sample::select(vec![0u32, 4, 6, 8, 12, 16, 24]),
+        );
+        let table = prop::collection::vec((start, 0u32..5), 0..40).prop_map(|draws| {
+            let mut starts: Vec<(u32, u32)> = draws
+                .into_iter()
+                .map(|((key, shift), value)| (key & !((1u64 << shift) - 1) as u32, value))
+                .collect();
+            starts.push((0, 9));
+            starts.sort_unstable_by_key(|s| s.0);
+            starts.dedup_by_key(|s| s.0);
+            starts.into_iter().unzip()
+        });
+        prop::collection::vec(table, 1..6)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// A trie with its last level narrow answers every key as the trie does, the
+        /// boundaries' neighbours and random keys alike, and takes no more memory.
+        #[test]
+        fn narrow_tries_answer_as_their_tries(tables in tables(), keys in prop::collection::vec(any::<u32>(), 64)) {
+            let trie = Trie::new(&tables, 1 << 24).expect("within budget");
+            let Some(narrow) = Narrow::of(&trie, tables.len()) else {
+                prop_assert_eq!(trie.depth(), 1);
+                return Ok(());
+            };
+            prop_assert!(narrow.bytes() <= trie.bytes());
+            for (root, (starts, _)) in tables.iter().enumerate() {
+                for key in probes(starts).chain(keys.iter().copied()) {
+                    prop_assert_eq!(narrow.find(root as u32, key), trie.find(root as u32, key), "root {}, key {:#x}", root, key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_narrow_last_level_keeps_each_run_once() {
+        // Every /24 of 10.0/16 whole to one of three values, but one with a hole of a /26:
+        // four levels, the last of uniform nodes and one of runs of 64.
+        let mut starts = vec![0];
+        let mut values = vec![0];
+        for i in 0..256u32 {
+            starts.push(0x0a00_0000 + (i << 8));
+            values.push(1 + i % 3);
+        }
+        starts.extend([0x0a00_0540, 0x0a00_0580, 0x0a01_0000]);
+        values.extend([0, 1 + 5 % 3, 0]);
+        let mut table: Vec<(u32, u32)> = starts.into_iter().zip(values).collect();
+        table.sort_unstable_by_key(|t| t.0);
+        let table: (Vec<u32>, Vec<u32>) = table.into_iter().unzip();
+        let tables = [table.clone(), table];
+        let trie = Trie::new(&tables, 1 << 24).expect("within budget");
+        assert_eq!(trie.depth(), 4);
+        let narrow = Narrow::of(&trie, 2).expect("four levels");
+        // Uniform nodes of values 0 to 3 one entry each, the holed /24 four runs of 64.
+        assert_eq!(narrow.last.len(), 4 + 4);
+        for (root, (starts, values)) in tables.iter().enumerate() {
+            for key in probes(starts) {
+                let want = reference(starts, values, key);
+                assert_eq!(narrow.find(root as u32, key), want, "{key:#x}");
+            }
+        }
+        // A one-level trie has no level to narrow.
+        let one = Trie::new(&[(vec![0, 0x0a00_0000], vec![1, 2])], 1 << 20).unwrap();
+        assert!(Narrow::of(&one, 1).is_none());
     }
 
     #[test]
