@@ -8,12 +8,13 @@
 #[allow(unused_imports)] // the oracle
 mod common;
 
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
 
 use common::{arb, cases};
 use flowgate_policy::packed::{encode_packets, judge_packed};
-use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale};
+use flowgate_policy::synth::{self, Gateway, GatewayShape, Scale, Traffic};
 use flowgate_policy::table::state::{MAGIC, SECTIONS, VERSION};
 use flowgate_policy::{
     Config, MAX_STATE_WORDS, Packet, StateError, StateLoader, Table, Verdict, parse,
@@ -783,6 +784,67 @@ fn a_dual_state_altered_in_its_narrow_ipv4_sides_is_refused_or_answers() {
     }
     assert!(
         refused > 40 && loaded > 10,
+        "{refused} refused, {loaded} loaded"
+    );
+}
+
+/// Entries that name narrow nodes, each on the path of a packet that is then looked up,
+/// altered one at a time to name another node (aligned or not, within the narrow nodes or
+/// past them, of any `k`): each state is refused, or loads and answers that packet (a
+/// missing check would read past the narrow nodes and panic).
+#[test]
+fn a_narrow_node_named_on_a_packets_path_is_refused_or_answers() {
+    let mut gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
+    let config = parse(gateway.yaml(), None).unwrap();
+    let words = Table::build(&config).unwrap().export_state();
+    assert_eq!(layouts_of(&words)[1..3], ["ipv4 narrow", "ipv4 narrow"]);
+    let keys = section(&words, "src4-keys");
+    let vnis = section(&words, "vpc-vnis");
+    let last = section(&words, "src4-values").len() as u32;
+    // The source side's depth is 4: the entry a key's third byte takes in VPC `vpc`'s trie.
+    let entry_of = |vpc: u32, key: u32| {
+        let step = |node: u32, byte: u32| keys.start + 256 * node as usize + (byte & 0xff) as usize;
+        let n1 = words[step(vpc, key >> 24)];
+        let n2 = words[step(n1, key >> 16)];
+        step(n2, key >> 8)
+    };
+    let mut seed = 0x853c_49e6_748f_ea9b_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut refused, mut loaded) = (0, 0);
+    for packet in gateway.packets_of(Traffic::Ipv4, 300) {
+        let (IpAddr::V4(src), IpAddr::V4(_)) = (packet.src, packet.dst) else {
+            continue;
+        };
+        let Some(vpc) = words[vnis.clone()]
+            .iter()
+            .position(|&v| v == packet.src_vni)
+        else {
+            continue;
+        };
+        let at = entry_of(vpc as u32, u32::from(src));
+        let k = (next() % 10) as u32;
+        let offset = match next() % 3 {
+            0 => last.saturating_sub((next() % 300) as u32),
+            1 => (next() % u64::from(last)) as u32,
+            _ => (next() % u64::from(last)) as u32 & !0xff,
+        };
+        let mut altered = words.clone();
+        altered[at] = offset << 4 | k;
+        match Table::from_state(&altered) {
+            Ok(table) => {
+                answer_everything(&table, std::slice::from_ref(&packet));
+                loaded += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        refused > 30 && loaded > 30,
         "{refused} refused, {loaded} loaded"
     );
 }

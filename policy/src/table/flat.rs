@@ -102,7 +102,7 @@ pub(super) fn budget_of(own: usize, tries: bool) -> usize {
 
 impl Side4 {
     /// The side of the tables `tables[v]` (each `(starts, values)`, `starts[0] == 0`): a trie
-    /// if `tries` and it fits its budget.
+    /// if `tries` and it fits its budget, its last level narrow if that saves a quarter.
     pub(super) fn new(tables: &[(Vec<u32>, Vec<u32>)], tries: bool) -> Side4 {
         match Trie::new(tables, trie_budget(tables, tries)) {
             Some(trie) => match Narrow::of(&trie, tables.len().max(1)) {

@@ -21,7 +21,11 @@
 //!   padded search (`flat::VniIndex`).
 //! - **IPv4 sides**: every VPC's source and destination segments as multibit tries (`trie`):
 //!   a key byte a level, one load a level and no compare, a root per VPC and uniform nodes
-//!   shared. A trie is built only within a memory budget (`flat::trie_budget`); past it a
+//!   shared. Where it saves a quarter of the trie's memory, the last level is *narrow*: a
+//!   node whose entries come in aligned runs of `2^k` keeps `256 >> k` of them, identical
+//!   nodes once (`trie::Narrow`; a `not` hole in a /24 makes a trie four levels deep, every
+//!   /24 then pointing at a last-level node, mostly uniform). A trie is built only within a
+//!   memory budget (`flat::trie_budget`); past it a
 //!   side keeps padded segment tables searched by compare (`flat`), every VPC's padded to
 //!   one power-of-two length, so that a table's address is arithmetic and every search takes
 //!   the same steps. A property test holds both layouts to the same answers.
@@ -70,7 +74,9 @@
 //! - **Stages in lockstep**: every lane takes a step before any lane takes the next, so the
 //!   CPU keeps many loads in flight; `LANES` is the width that measured best overall.
 //! - **Tries** where memory allows, since a level is one load with no compare; padded tables
-//!   remain for configurations a trie would make too large for a guest's memory.
+//!   remain for configurations a trie would make too large for a guest's memory. A narrow
+//!   last level costs a shift and an add, and keeps the lookups' working set small enough
+//!   for the caches when random hosts would touch every line of 1 KiB last-level nodes.
 //! - **IPv6 on the upper halves, common bytes compared away**: a trie over the upper eight
 //!   bytes would be eight loads; with the regions' bytes compared away a dual-stack
 //!   gateway's IPv6 sides take two levels and one of the lower half, where per-VPC binary
@@ -91,7 +97,7 @@
 //!
 //! Rejected after measuring: wide search nodes; a vectorized count for the port search;
 //! matrix cells as narrow indices into the distinct words; each source value carrying its
-//! matrix row; a sentinel VPC for unknown VNIs; narrow trie leaves; batches grouped by VPC; a
+//! matrix row; a sentinel VPC for unknown VNIs; 16-bit trie leaves; batches grouped by VPC; a
 //! raised LLVM unroll threshold; prefetching in the host's column encoder.
 //!
 //! `BENCHMARKS.md`, under "Design decisions, and the measurements behind them", has the

@@ -9,9 +9,9 @@
 //!   section's length in words, in section order.
 //! - `meta`: the layouts and their parameters (VNI index: 0 dense with its first VNI, 1 trie
 //!   with its depth, 2 searched; each IPv4 side: 0 trie with its depth, 1 padded with its
-//!   `log2`, 2 trie with a narrow last level with its depth; the IPv6 sides: 0 none, 1 tries, then each side's depth, bits compared away and
-//!   base, low word first), then the [`TableStats`] as eight `u64`, low
-//!   word first.
+//!   `log2`, 2 trie with a narrow last level with its depth; the IPv6 sides: 0 none, 1
+//!   tries, then each side's depth, bits compared away and base, low word first), then the
+//!   [`TableStats`] as eight `u64`, low word first.
 //! - `vpc-vnis`, `vpc-name-ends`, `vpc-names`: each VPC's VNI, the end of its name in
 //!   the names' bytes, and the names as UTF-8, four bytes a word (little-endian, zero
 //!   padded).
@@ -41,7 +41,7 @@
 //! for words whose every index a `finish` of the same words already checked: the checks are
 //! half of a load's time, and they answer alike for the same words.
 
-use std::collections::{HashMap, TryReserveError};
+use std::collections::TryReserveError;
 
 use super::flat::{
     BIG, BigTable, FLAGS, LONG, LongMap, MAP_RANGES, MAX_FLAT, NO_VPC, PORTED, Padded, PortMap,
@@ -1134,13 +1134,56 @@ fn value_need(v: u32, maps: &[u64], long: &[u64]) -> Option<u64> {
     }
 }
 
+/// What a trie's last-level value that names nothing is refused as.
+const VALUE_REFUSED: &str = "a trie value names a port map past the maps, or a VPC past the VPCs";
+
+/// A need in [`block_needs`] of a node holding a value that names nothing.
+const NAMES_NOTHING: u32 = u32::MAX;
+
+/// The need of every aligned narrow node `last` could hold, for each `k` (nodes of
+/// `256 >> k` entries; `needs[k][j]` the node at `j << (8 - k)`): the largest need of its
+/// values (saturated below [`NAMES_NOTHING`], past any class bound), or [`NAMES_NOTHING`]
+/// when one names nothing. Each `k` halves the one after it: about twice `last`'s length in
+/// all, in time linear in it, however many entries name the nodes.
+fn block_needs(
+    last: &[u32],
+    value: impl Fn(u32) -> Option<u64>,
+) -> Result<Vec<Vec<u32>>, TryReserveError> {
+    let need = |v: u32| {
+        value(v).map_or(NAMES_NOTHING, |n| {
+            n.min(u64::from(NAMES_NOTHING - 1)) as u32
+        })
+    };
+    let mut needs: Vec<Vec<u32>> = Vec::new();
+    needs.try_reserve_exact(9)?;
+    let mut one = alloc(last.len())?;
+    one.extend(last.iter().map(|&v| need(v)));
+    needs.push(one);
+    for _ in 0..8 {
+        let below = &needs[needs.len() - 1];
+        let mut level = alloc(below.len() / 2)?;
+        level.extend(below.as_chunks::<2>().0.iter().map(|&[a, b]| {
+            if a == NAMES_NOTHING || b == NAMES_NOTHING {
+                NAMES_NOTHING
+            } else {
+                a.max(b)
+            }
+        }));
+        needs.push(level);
+    }
+    // Built from k = 8 (one entry) up; indexed by k.
+    needs.reverse();
+    Ok(needs)
+}
+
 /// Checks a trie's every reachable index: nodes of levels before the last hold node indices
 /// (each node reached at one level only, no root below level 0), the last level's values
-/// pass `leaf`. Returns each node's need: the largest of its leaves' (0 for unreached ones,
-/// and for every node when the indices are vouched for).
+/// pass `leaf` (one that does not is refused as `leaf_refused`). Returns each node's need:
+/// the largest of its leaves' (0 for unreached ones, and for every node when the indices are
+/// vouched for).
 fn check_trie(
     place: &Place<'_>,
-    s: usize,
+    (s, leaf_refused): (usize, &'static str),
     (depth, max_depth): (u32, u32),
     nodes: &[u32],
     roots: &[u32],
@@ -1226,13 +1269,7 @@ fn check_trie(
                 continue;
             }
             let Some(v) = leaf(v) else {
-                return Err(place.bad(
-                    s,
-                    n * FANOUT + i,
-                    "a trie value names a port map, a VPC or a narrow node past the last",
-                    v.into(),
-                    0,
-                ));
+                return Err(place.bad(s, n * FANOUT + i, leaf_refused, v.into(), 0));
             };
             most = most.max(v);
         }
@@ -1370,7 +1407,14 @@ fn check_side6(
         }
         _ => {
             let all: Vec<u32> = (0..low_roots).collect();
-            let need = check_trie(place, s + LOW6, (low_depth, MAX_DEPTH), &low, &all, value)?;
+            let need = check_trie(
+                place,
+                (s + LOW6, VALUE_REFUSED),
+                (low_depth, MAX_DEPTH),
+                &low,
+                &all,
+                value,
+            )?;
             all.iter().map(|&r| need[r as usize]).collect()
         }
     };
@@ -1381,7 +1425,14 @@ fn check_side6(
             value(v)
         }
     };
-    let need = check_trie(place, s + NODES6, (depth, MAX_DEPTH), &nodes, &roots, leaf)?;
+    let need = check_trie(
+        place,
+        (s + NODES6, VALUE_REFUSED),
+        (depth, MAX_DEPTH),
+        &nodes,
+        &roots,
+        leaf,
+    )?;
     for (v, (roots, gaps)) in roots.chunks(REGIONS).zip(gaps.chunks(GAPS)).enumerate() {
         let most = roots.iter().map(|&r| need[r as usize]).max().unwrap_or(0);
         if most > bound[v] {
@@ -1529,7 +1580,14 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
         }
         VNI_TRIE => {
             unused(VNI_B, vni_b.len())?;
-            check_trie(&place, VNI_A, (meta[1], 4), &vni_a, &[0], vpc_or_none)?;
+            check_trie(
+                &place,
+                (VNI_A, VALUE_REFUSED),
+                (meta[1], 4),
+                &vni_a,
+                &[0],
+                vpc_or_none,
+            )?;
             VniIndex::Trie(Trie {
                 depth: meta[1],
                 nodes: vni_a.into(),
@@ -1625,7 +1683,14 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
                 }
                 let depth = meta[3 + 2 * k];
                 let roots: Vec<u32> = (0..vpc_count.max(1) as u32).collect();
-                let need = check_trie(&place, s + KEYS, (depth, 4), &side.keys, &roots, value)?;
+                let need = check_trie(
+                    &place,
+                    (s + KEYS, VALUE_REFUSED),
+                    (depth, 4),
+                    &side.keys,
+                    &roots,
+                    value,
+                )?;
                 for (v, (&need, &bound)) in need.iter().zip(bound).enumerate() {
                     if need > bound {
                         return Err(over(v * FANOUT, need, v));
@@ -1657,18 +1722,26 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
                 }
                 let last = side.values;
                 // The levels above the last checked as a trie whose values name narrow
-                // nodes: each named node within the narrow nodes, its values checked once.
-                let mut needs: HashMap<u32, Option<u64>> = HashMap::new();
+                // nodes: each named node aligned and within the narrow nodes, its need read
+                // from every aligned node's, worked out once (none when vouched for).
+                let needs = match place.vouched {
+                    true => Vec::new(),
+                    false => block_needs(&last, value).map_err(|_| StateError::Memory {
+                        section: SECTIONS[s + VALUES],
+                        elements: 2 * last.len(),
+                    })?,
+                };
                 let named = |entry: u32| {
-                    *needs.entry(entry).or_insert_with(|| {
-                        let node = last.get(narrow_range(entry)?)?;
-                        node.iter()
-                            .try_fold(0, |most, &v| Some(value(v)?.max(most)))
-                    })
+                    let range = narrow_range(entry).filter(|r| r.end <= last.len())?;
+                    let k = (entry & 15) as usize;
+                    let need = *needs.get(k)?.get(range.start / range.len())?;
+                    (need != NAMES_NOTHING).then_some(u64::from(need))
                 };
                 let roots: Vec<u32> = (0..vpc_count.max(1) as u32).collect();
                 let levels = (depth - 1, 3);
-                let need = check_trie(&place, s + KEYS, levels, &side.keys, &roots, named)?;
+                let what = "a narrow node named off its alignment, past the narrow nodes, or \
+                    holding a value past its bounds";
+                let need = check_trie(&place, (s + KEYS, what), levels, &side.keys, &roots, named)?;
                 for (v, (&need, &bound)) in need.iter().zip(bound).enumerate() {
                     if need > bound {
                         return Err(over(v * FANOUT, need, v));
@@ -1907,4 +1980,42 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
         },
         stats,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every aligned node's need, read from [`block_needs`], is its values' largest, or
+    /// names nothing when one of them does, for every `k` and length of the narrow nodes.
+    #[test]
+    fn block_needs_are_each_aligned_nodes_largest_need() {
+        let value = |v: u32| (!v.is_multiple_of(97)).then_some(u64::from(v % 1_000) + 1);
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for len in [0, 1, 2, 255, 256, 257, 511, 512, 1_000, 2_048] {
+            let last: Vec<u32> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Mostly values that name something, so that whole nodes do too.
+                    (seed % 5_000) as u32 * 97 + u32::from(!seed.is_multiple_of(40))
+                })
+                .collect();
+            let needs = block_needs(&last, value).unwrap();
+            assert_eq!(needs.len(), 9);
+            for (k, needs) in needs.iter().enumerate() {
+                let size = FANOUT >> k;
+                assert_eq!(needs.len(), len / size, "k {k}, {len} entries");
+                for (j, &got) in needs.iter().enumerate() {
+                    let node = &last[j * size..(j + 1) * size];
+                    let want = node
+                        .iter()
+                        .try_fold(0, |most, &v| Some(value(v)?.max(most)))
+                        .map_or(NAMES_NOTHING, |n| n as u32);
+                    assert_eq!(got, want, "k {k}, node {j} of {len} entries");
+                }
+            }
+        }
+    }
 }

@@ -12,7 +12,8 @@
 //! every table.
 //!
 //! Memory grows with the segments' boundaries (a 1 KiB node per level for each, at worst),
-//! so a trie is only built within a byte budget; past it, the caller keeps a search.
+//! so a trie is only built within a byte budget; past it, the caller keeps a search. A
+//! [`Narrow`] trie keeps its last level in nodes of as many entries as their runs need.
 
 use std::collections::HashMap;
 
@@ -223,7 +224,7 @@ impl Narrow {
         let mut stored: HashMap<Vec<u32>, usize> = HashMap::new();
         let mut named: HashMap<u32, usize> = HashMap::new();
         for (n, node) in nodes.iter().enumerate() {
-            if level[n] + 2 != depth {
+            if level[n] == UNSEEN || level[n] + 2 != depth {
                 continue;
             }
             for &child in node {
@@ -258,7 +259,9 @@ impl Narrow {
         }
         let mut out = Vec::with_capacity(kept as usize * FANOUT);
         for (n, node) in nodes.iter().enumerate() {
-            if level[n] + 2 < depth {
+            if level[n] == UNSEEN {
+                continue;
+            } else if level[n] + 2 < depth {
                 out.extend(node.iter().map(|&child| index[child as usize]));
             } else if level[n] + 2 == depth {
                 out.extend(node.iter().map(|child| entry[named[child]]));
