@@ -123,19 +123,19 @@ impl Side4 {
         }
     }
 
-    /// For each lane `i`, the value of `keys[i]` in VPC `vpcs[i]`'s table (`vpcs[i]` must be
-    /// a VPC of the table).
+    /// For each of the first `N` lanes `i` (a multiple of [`TURN`]), the value of `keys[i]`
+    /// in VPC `vpcs[i]`'s table (`vpcs[i]` must be a VPC of the table).
     #[inline(always)]
-    pub(super) fn find_lanes(
+    pub(super) fn find_lanes<const N: usize>(
         &self,
         vpcs: &[u32; LANES],
         keys: &[u32; LANES],
         out: &mut [u32; LANES],
     ) {
         match self {
-            Side4::Trie(trie) => trie_find_lanes(trie, vpcs, keys, out),
-            Side4::Narrow(narrow) => narrow_find_lanes(narrow, vpcs, keys, out),
-            Side4::Padded(padded) => padded.find_lanes(vpcs, keys, out),
+            Side4::Trie(trie) => trie_find_lanes::<N>(trie, vpcs, keys, out),
+            Side4::Narrow(narrow) => narrow_find_lanes::<N>(narrow, vpcs, keys, out),
+            Side4::Padded(padded) => padded.find_lanes::<N>(vpcs, keys, out),
         }
     }
 
@@ -149,14 +149,19 @@ impl Side4 {
     }
 }
 
-/// [`Trie::find`] of every lane, the depth dispatched once.
+/// [`Trie::find`] of the first `N` lanes, the depth dispatched once.
 #[inline(always)]
-fn trie_find_lanes(trie: &Trie, roots: &[u32; LANES], keys: &[u32; LANES], out: &mut [u32; LANES]) {
+fn trie_find_lanes<const N: usize>(
+    trie: &Trie,
+    roots: &[u32; LANES],
+    keys: &[u32; LANES],
+    out: &mut [u32; LANES],
+) {
     match trie.depth() {
-        1 => trie_lanes::<1>(trie, roots, keys, out),
-        2 => trie_lanes::<2>(trie, roots, keys, out),
-        3 => trie_lanes::<3>(trie, roots, keys, out),
-        _ => trie_lanes::<4>(trie, roots, keys, out),
+        1 => trie_lanes::<1, N>(trie, roots, keys, out),
+        2 => trie_lanes::<2, N>(trie, roots, keys, out),
+        3 => trie_lanes::<3, N>(trie, roots, keys, out),
+        _ => trie_lanes::<4, N>(trie, roots, keys, out),
     }
 }
 
@@ -170,7 +175,7 @@ pub(super) const TURN: usize = 8;
 const _: () = assert!(LANES.is_multiple_of(TURN));
 
 #[inline(always)]
-fn trie_lanes<const D: u32>(
+fn trie_lanes<const D: u32, const N: usize>(
     trie: &Trie,
     roots: &[u32; LANES],
     keys: &[u32; LANES],
@@ -179,7 +184,7 @@ fn trie_lanes<const D: u32>(
     *out = *roots;
     for level in 0..D {
         let (outs, keys) = (out.as_chunks_mut::<TURN>().0, keys.as_chunks::<TURN>().0);
-        for (out, keys) in outs.iter_mut().zip(keys) {
+        for (out, keys) in outs.iter_mut().zip(keys).take(N / TURN) {
             for (out, &key) in out.iter_mut().zip(keys) {
                 *out = trie.step(*out, key, level);
             }
@@ -187,23 +192,23 @@ fn trie_lanes<const D: u32>(
     }
 }
 
-/// [`Narrow::find`] of every lane, the depth dispatched once.
+/// [`Narrow::find`] of the first `N` lanes, the depth dispatched once.
 #[inline(always)]
-fn narrow_find_lanes(
+fn narrow_find_lanes<const N: usize>(
     narrow: &Narrow,
     roots: &[u32; LANES],
     keys: &[u32; LANES],
     out: &mut [u32; LANES],
 ) {
     match narrow.depth {
-        2 => narrow_lanes::<2>(narrow, roots, keys, out),
-        3 => narrow_lanes::<3>(narrow, roots, keys, out),
-        _ => narrow_lanes::<4>(narrow, roots, keys, out),
+        2 => narrow_lanes::<2, N>(narrow, roots, keys, out),
+        3 => narrow_lanes::<3, N>(narrow, roots, keys, out),
+        _ => narrow_lanes::<4, N>(narrow, roots, keys, out),
     }
 }
 
 #[inline(always)]
-fn narrow_lanes<const D: u32>(
+fn narrow_lanes<const D: u32, const N: usize>(
     narrow: &Narrow,
     roots: &[u32; LANES],
     keys: &[u32; LANES],
@@ -212,7 +217,7 @@ fn narrow_lanes<const D: u32>(
     *out = *roots;
     for level in 0..D {
         let (outs, keys) = (out.as_chunks_mut::<TURN>().0, keys.as_chunks::<TURN>().0);
-        for (out, keys) in outs.iter_mut().zip(keys) {
+        for (out, keys) in outs.iter_mut().zip(keys).take(N / TURN) {
             for (out, &key) in out.iter_mut().zip(keys) {
                 *out = match level + 1 == D {
                     false => narrow.step(*out, key, level),
@@ -305,19 +310,24 @@ impl Padded {
     /// the next step of any: each step's loads are independent across lanes, so their cache
     /// misses overlap instead of queueing one packet behind another.
     #[inline(always)]
-    fn find_lanes(&self, vpcs: &[u32; LANES], keys: &[u32; LANES], out: &mut [u32; LANES]) {
+    fn find_lanes<const N: usize>(
+        &self,
+        vpcs: &[u32; LANES],
+        keys: &[u32; LANES],
+        out: &mut [u32; LANES],
+    ) {
         let mut at = [0usize; LANES];
-        for (at, &vpc) in at.iter_mut().zip(vpcs) {
+        for (at, &vpc) in at.iter_mut().zip(vpcs).take(N) {
             *at = (vpc as usize) << self.log2;
         }
         let mut half = (1usize << self.log2) / 2;
         while half > 0 {
-            for (at, &key) in at.iter_mut().zip(keys) {
+            for (at, &key) in at.iter_mut().zip(keys).take(N) {
                 *at = select_unpredictable(self.keys[*at + half] <= key, *at + half, *at);
             }
             half /= 2;
         }
-        for ((out, &at), &key) in out.iter_mut().zip(&at).zip(keys) {
+        for ((out, &at), &key) in out.iter_mut().zip(&at).zip(keys).take(N) {
             *out = self.unbig(self.values[at], key);
         }
     }
@@ -600,24 +610,24 @@ impl VniIndex {
 
     /// [`VniIndex::find`] of every lane (searches in lockstep, see [`Padded::find_lanes`]).
     #[inline(always)]
-    pub(super) fn find_lanes(&self, vnis: &[u32; LANES], out: &mut [u32; LANES]) {
+    pub(super) fn find_lanes<const N: usize>(&self, vnis: &[u32; LANES], out: &mut [u32; LANES]) {
         match self {
             VniIndex::Dense { first, vpcs } => {
-                for (out, &vni) in out.iter_mut().zip(vnis) {
+                for (out, &vni) in out.iter_mut().zip(vnis).take(N) {
                     *out = dense(*first, vpcs, vni);
                 }
             }
-            VniIndex::Trie(trie) => trie_find_lanes(trie, &[0; LANES], vnis, out),
+            VniIndex::Trie(trie) => trie_find_lanes::<N>(trie, &[0; LANES], vnis, out),
             VniIndex::Searched { vnis: keys, vpcs } => {
                 let mut at = [0usize; LANES];
                 let mut half = keys.len() / 2;
                 while half > 0 {
-                    for (at, &vni) in at.iter_mut().zip(vnis) {
+                    for (at, &vni) in at.iter_mut().zip(vnis).take(N) {
                         *at = select_unpredictable(keys[*at + half] <= vni, *at + half, *at);
                     }
                     half /= 2;
                 }
-                for ((out, &at), &vni) in out.iter_mut().zip(at.iter()).zip(vnis) {
+                for ((out, &at), &vni) in out.iter_mut().zip(at.iter()).zip(vnis).take(N) {
                     *out = select_unpredictable(keys[at] == vni, vpcs[at], NO_VPC);
                 }
             }
@@ -707,7 +717,7 @@ mod tests {
         );
         let lanes: [u32; LANES] = std::array::from_fn(|i| hosts[i * 7]);
         let mut found = [0; LANES];
-        side.find_lanes(&[0; LANES], &lanes, &mut found);
+        side.find_lanes::<LANES>(&[0; LANES], &lanes, &mut found);
         for (key, got) in lanes.iter().zip(found) {
             assert_eq!(got, reference(&starts, &values, *key), "key {key:#x}");
         }
@@ -757,7 +767,7 @@ mod tests {
             for lanes in keys.chunks(LANES) {
                 let lanes: [u32; LANES] = std::array::from_fn(|i| lanes[i % lanes.len()]);
                 let mut found = [0; LANES];
-                side.find_lanes(&[vpc as u32; LANES], &lanes, &mut found);
+                side.find_lanes::<LANES>(&[vpc as u32; LANES], &lanes, &mut found);
                 for (&key, got) in lanes.iter().zip(found) {
                     let want = reference(starts, values, key);
                     assert_eq!(got, want, "vpc {vpc}, key {key:#x}");
@@ -849,7 +859,7 @@ mod tests {
             let probes = [5, 6, 7, 8, 9, 1000, 1001, u32::MAX - 1, u32::MAX, 0, 4];
             let vnis = std::array::from_fn(|i| probes[i % probes.len()]);
             let mut vpcs = [0; LANES];
-            index.find_lanes(&vnis, &mut vpcs);
+            index.find_lanes::<LANES>(&vnis, &mut vpcs);
             for (vni, vpc) in vnis.iter().zip(vpcs) {
                 assert_eq!(vpc, index.find(*vni), "{layout}: vni {vni}");
             }

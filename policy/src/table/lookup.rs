@@ -9,7 +9,7 @@ use std::net::IpAddr;
 #[cfg(target_family = "wasm")]
 use std::cell::RefCell;
 
-use super::flat::{self, LANES, NO_PORT, NO_VPC};
+use super::flat::{self, LANES, NO_PORT, NO_VPC, TURN};
 use super::six::Walks;
 use super::{Catalog, Keys, Seg, SegTable, Sides6, Table, VpcEntry, VpcTable};
 use crate::batch::{Batch, column, shape, split_ports};
@@ -339,6 +339,9 @@ struct Stages {
     walks: Walks,
 }
 
+// The gathered lanes' flushes look up the turns their packets fill: one to four.
+const _: () = assert!(LANES == 4 * TURN);
+
 // Every index into `Stages::sides` has its bit in a `ported_mask`, which reads the flag as
 // the sign bit.
 const _: () = assert!(2 * LANES <= u64::BITS as usize && flat::PORTED == 1 << 31);
@@ -489,7 +492,7 @@ impl Table {
                 self.lookup_batch_of_both(packets, first, &lanes, (&mut stages, &mut words), out);
                 return;
             }
-            self.lookup_lanes(&lanes, &mut stages, &mut words);
+            self.lookup_lanes::<LANES>(&lanes, &mut stages, &mut words);
             let chunk_out = &mut out[first..first + chunk.len()];
             for (verdict, &word) in chunk_out.iter_mut().zip(&words) {
                 *verdict = self.verdict(word);
@@ -526,7 +529,7 @@ impl Table {
                 all_v4 = false;
             }
             if all_v4 {
-                self.lookup_lanes(&lanes, stages, words);
+                self.lookup_lanes::<LANES>(&lanes, stages, words);
                 let chunk_out = &mut out[first..first + chunk.len()];
                 for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
                     *verdict = self.verdict(word);
@@ -585,7 +588,7 @@ impl Table {
             for (i, packet) in packets.iter().enumerate() {
                 dual.chunk6.set(i, packet);
             }
-            self.lookup_lanes6(sides6, &dual.chunk6, stages, words);
+            self.lookup_lanes6::<LANES>(sides6, &dual.chunk6, stages, words);
             let chunk_out = &mut out[first..first + packets.len()];
             for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
                 *verdict = self.verdict(word);
@@ -658,7 +661,12 @@ impl Table {
         words: &mut [u32; LANES],
         emit: &mut impl FnMut(u32, u32),
     ) {
-        self.lookup_gathered(&g.lanes, st, words);
+        match g.n.div_ceil(TURN) {
+            1 => self.lookup_gathered::<TURN>(&g.lanes, st, words),
+            2 => self.lookup_gathered::<{ 2 * TURN }>(&g.lanes, st, words),
+            3 => self.lookup_gathered::<{ 3 * TURN }>(&g.lanes, st, words),
+            _ => self.lookup_gathered::<LANES>(&g.lanes, st, words),
+        }
         g.drain(words, emit);
     }
 
@@ -672,7 +680,12 @@ impl Table {
         words: &mut [u32; LANES],
         emit: &mut impl FnMut(u32, u32),
     ) {
-        self.lookup_gathered6(six, &g.lanes, st, words);
+        match g.n.div_ceil(TURN) {
+            1 => self.lookup_gathered6::<TURN>(six, &g.lanes, st, words),
+            2 => self.lookup_gathered6::<{ 2 * TURN }>(six, &g.lanes, st, words),
+            3 => self.lookup_gathered6::<{ 3 * TURN }>(six, &g.lanes, st, words),
+            _ => self.lookup_gathered6::<LANES>(six, &g.lanes, st, words),
+        }
         g.drain(words, emit);
     }
 
@@ -686,7 +699,12 @@ impl Table {
         words: &mut [u32; LANES],
         emit: &mut impl FnMut(u32, u32),
     ) {
-        self.lookup_lanes_mixed(six, &g.lanes, st, words);
+        match g.n.div_ceil(TURN) {
+            1 => self.lookup_lanes_mixed::<TURN>(six, &g.lanes, st, words),
+            2 => self.lookup_lanes_mixed::<{ 2 * TURN }>(six, &g.lanes, st, words),
+            3 => self.lookup_lanes_mixed::<{ 3 * TURN }>(six, &g.lanes, st, words),
+            _ => self.lookup_lanes_mixed::<LANES>(six, &g.lanes, st, words),
+        }
         g.drain(words, emit);
     }
 
@@ -694,20 +712,25 @@ impl Table {
     /// it once every [`LANES`] packets of a family: inlined into them, a Wasm guest's IPv6
     /// packets took 9-12 % longer.
     #[inline(never)]
-    fn lookup_gathered(&self, lanes: &Lanes, st: &mut Stages, words: &mut [u32; LANES]) {
-        self.lookup_lanes(lanes, st, words);
+    fn lookup_gathered<const N: usize>(
+        &self,
+        lanes: &Lanes,
+        st: &mut Stages,
+        words: &mut [u32; LANES],
+    ) {
+        self.lookup_lanes::<N>(lanes, st, words);
     }
 
     /// [`Table::lookup_lanes6`] of gathered lanes (see [`Table::lookup_gathered`]).
     #[inline(never)]
-    fn lookup_gathered6(
+    fn lookup_gathered6<const N: usize>(
         &self,
         six: &Sides6,
         lanes: &Lanes6,
         st: &mut Stages,
         words: &mut [u32; LANES],
     ) {
-        self.lookup_lanes6(six, lanes, st, words);
+        self.lookup_lanes6::<N>(six, lanes, st, words);
     }
 
     /// The verdicts of the IPv4 packets in `lanes`, as packed verdict words, in stages: every
@@ -729,75 +752,86 @@ impl Table {
     /// at 1,000 peerings). In the guest this is inlined into that path, so that the
     /// constant addresses reach every stage.
     #[cfg_attr(target_family = "wasm", inline(always))]
-    fn lookup_lanes(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
-        if !self.lane_vpcs(&lanes.vni, st, out) {
+    fn lookup_lanes<const N: usize>(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
+        if !self.lane_vpcs::<N>(&lanes.vni, st, out) {
             return;
         }
         let [src, dst] = &mut st.sides;
-        self.src4.find_lanes(&st.roots, &lanes.src, src);
-        self.dst4.find_lanes(&st.roots, &lanes.dst, dst);
-        self.lane_verdicts(&lanes.ports, st, out);
+        self.src4.find_lanes::<N>(&st.roots, &lanes.src, src);
+        self.dst4.find_lanes::<N>(&st.roots, &lanes.dst, dst);
+        self.lane_verdicts::<N>(&lanes.ports, st, out);
     }
 
     /// [`Table::lookup_lanes`] of IPv6 packets: the tries over the addresses' halves, then
     /// the same port maps and matrices.
     #[cfg_attr(target_family = "wasm", inline(always))]
-    fn lookup_lanes6(&self, six: &Sides6, lanes: &Lanes6, st: &mut Stages, out: &mut [u32; LANES]) {
-        if !self.lane_vpcs(&lanes.vni, st, out) {
+    fn lookup_lanes6<const N: usize>(
+        &self,
+        six: &Sides6,
+        lanes: &Lanes6,
+        st: &mut Stages,
+        out: &mut [u32; LANES],
+    ) {
+        if !self.lane_vpcs::<N>(&lanes.vni, st, out) {
             return;
         }
         let [src, dst] = &mut st.sides;
         let w = &mut st.walks;
         six.src
-            .find_lanes(&st.roots, (&lanes.src, &lanes.src_low), w, src);
+            .find_lanes::<N>(&st.roots, (&lanes.src, &lanes.src_low), w, src);
         six.dst
-            .find_lanes(&st.roots, (&lanes.dst, &lanes.dst_low), w, dst);
-        self.lane_verdicts(&lanes.ports, st, out);
+            .find_lanes::<N>(&st.roots, (&lanes.dst, &lanes.dst_low), w, dst);
+        self.lane_verdicts::<N>(&lanes.ports, st, out);
     }
 
     /// [`Table::lookup_lanes`] of packets of mixed families: each side looked up in both
     /// families' tries, the address's family choosing the value. Such packets are rare (no
     /// real IP packet is one), and this costs the stages of both families.
     #[inline(never)]
-    fn lookup_lanes_mixed(
+    fn lookup_lanes_mixed<const N: usize>(
         &self,
         six: &Sides6,
         lanes: &LanesMixed,
         st: &mut Stages,
         out: &mut [u32; LANES],
     ) {
-        if !self.lane_vpcs(&lanes.four.vni, st, out) {
+        if !self.lane_vpcs::<N>(&lanes.four.vni, st, out) {
             return;
         }
         let [src, dst] = &mut st.sides;
-        self.src4.find_lanes(&st.roots, &lanes.four.src, src);
-        self.dst4.find_lanes(&st.roots, &lanes.four.dst, dst);
+        self.src4.find_lanes::<N>(&st.roots, &lanes.four.src, src);
+        self.dst4.find_lanes::<N>(&st.roots, &lanes.four.dst, dst);
         let (w, mut found) = (&mut st.walks, [0; LANES]);
         let l6 = &lanes.six;
         six.src
-            .find_lanes(&st.roots, (&l6.src, &l6.src_low), w, &mut found);
-        for ((value, &found), &v6) in src.iter_mut().zip(&found).zip(&lanes.v6[0]) {
+            .find_lanes::<N>(&st.roots, (&l6.src, &l6.src_low), w, &mut found);
+        for ((value, &found), &v6) in src.iter_mut().zip(&found).zip(&lanes.v6[0]).take(N) {
             *value = select_unpredictable(v6, found, *value);
         }
         six.dst
-            .find_lanes(&st.roots, (&l6.dst, &l6.dst_low), w, &mut found);
-        for ((value, &found), &v6) in dst.iter_mut().zip(&found).zip(&lanes.v6[1]) {
+            .find_lanes::<N>(&st.roots, (&l6.dst, &l6.dst_low), w, &mut found);
+        for ((value, &found), &v6) in dst.iter_mut().zip(&found).zip(&lanes.v6[1]).take(N) {
             *value = select_unpredictable(v6, found, *value);
         }
-        self.lane_verdicts(&lanes.four.ports, st, out);
+        self.lane_verdicts::<N>(&lanes.four.ports, st, out);
     }
 
     /// The first stage of a lookup: each lane's VPC and the root its tables are read from
     /// (lanes of no VPC search VPC 0's tables for nothing). `false`, with every word
     /// `drop(unknown-vpc)`, for a table of no VPCs.
     #[inline(always)]
-    fn lane_vpcs(&self, vnis: &[u32; LANES], st: &mut Stages, out: &mut [u32; LANES]) -> bool {
-        self.vnis.find_lanes(vnis, &mut st.vpcs);
+    fn lane_vpcs<const N: usize>(
+        &self,
+        vnis: &[u32; LANES],
+        st: &mut Stages,
+        out: &mut [u32; LANES],
+    ) -> bool {
+        self.vnis.find_lanes::<N>(vnis, &mut st.vpcs);
         if self.per_vpc.is_empty() {
             out.fill(UNKNOWN_VPC);
             return false;
         }
-        for (root, &vpc) in st.roots.iter_mut().zip(&st.vpcs) {
+        for (root, &vpc) in st.roots.iter_mut().zip(&st.vpcs).take(N) {
             *root = select_unpredictable(vpc != NO_VPC, vpc, 0);
         }
         true
@@ -806,12 +840,19 @@ impl Table {
     /// The last stages of a lookup: the values that name a port map resolved by the lanes'
     /// ports, then every lane's verdict word.
     #[inline(always)]
-    fn lane_verdicts(&self, ports: &[[u32; LANES]; 2], st: &mut Stages, out: &mut [u32; LANES]) {
+    fn lane_verdicts<const N: usize>(
+        &self,
+        ports: &[[u32; LANES]; 2],
+        st: &mut Stages,
+        out: &mut [u32; LANES],
+    ) {
         // The values that name a port map, as a mask built without a branch; only they are
         // resolved, lowest bit first.
         // A table without port maps skips the stage (a branch every batch takes alike).
         if !self.ports.is_empty() {
-            let mut ported = ported_mask(&st.sides);
+            // Only the first N lanes of each side.
+            let live = u64::MAX >> (64 - N);
+            let mut ported = ported_mask(&st.sides) & (live | live << LANES);
             let (sides, ports) = (st.sides.as_flattened_mut(), ports.as_flattened());
             while ported != 0 {
                 let k = ported.trailing_zeros() as usize;
@@ -820,7 +861,7 @@ impl Table {
             }
         }
         let [src, dst] = &st.sides;
-        for (i, word) in out.iter_mut().enumerate() {
+        for (i, word) in out.iter_mut().enumerate().take(N) {
             *word = self
                 .matrices
                 .word(st.vpcs[i], src[i], dst[i])
@@ -982,7 +1023,7 @@ fn judge_lanes(
                     split_ports(word(ports)),
                 );
             }
-            table.lookup_lanes(&s.lanes, &mut s.stages, &mut s.words);
+            table.lookup_lanes::<LANES>(&s.lanes, &mut s.stages, &mut s.words);
         } else if let (Some(six), true) = (&table.six, every & shape::V6 == shape::V6) {
             let mut bad = false;
             for (i, ((vni, shape), (ports, (src, dst)))) in fields {
@@ -1000,7 +1041,7 @@ fn judge_lanes(
             if bad {
                 return Err(());
             }
-            table.lookup_lanes6(six, &s.lanes6, &mut s.stages, &mut s.words);
+            table.lookup_lanes6::<LANES>(six, &s.lanes6, &mut s.stages, &mut s.words);
         } else {
             let at = output.len();
             output.resize(at + vni.len() * VERDICT_BYTES, 0);

@@ -260,12 +260,12 @@ impl Side6 {
         }
     }
 
-    /// For each lane `i`, the value of the address whose halves are `uppers[i]` and
-    /// `lowers[i]` in VPC `vpcs[i]`'s table (`vpcs[i]` must be a VPC of the table): every
-    /// lane's region, then the tries' levels in lockstep, the depths dispatched once. `w`
-    /// holds each lane's key, root and gap between the steps.
+    /// For each of the first `N` lanes `i` (a multiple of [`TURN`]), the value of the address
+    /// whose halves are `uppers[i]` and `lowers[i]` in VPC `vpcs[i]`'s table (`vpcs[i]` must
+    /// be a VPC of the table): every lane's region, then the tries' levels in lockstep, the
+    /// depths dispatched once. `w` holds each lane's key, root and gap between the steps.
     #[inline(always)]
-    pub(super) fn find_lanes(
+    pub(super) fn find_lanes<const N: usize>(
         &self,
         vpcs: &[u32; LANES],
         (uppers, lowers): (&[u64; LANES], &[u64; LANES]),
@@ -273,7 +273,7 @@ impl Side6 {
         out: &mut [u32; LANES],
     ) {
         // In turns of TURN lanes, each unrolled whole (see `flat::TURN`).
-        for turn in (0..LANES).step_by(TURN) {
+        for turn in (0..N).step_by(TURN) {
             for i in turn..turn + TURN {
                 let (r, count) = self.region(uppers[i]);
                 let d = uppers[i].wrapping_sub(self.bases[r]);
@@ -283,18 +283,18 @@ impl Side6 {
                 w.gaps[i] = self.gaps[vpcs[i] as usize * GAPS + count];
             }
         }
-        levels(&self.upper, &w.roots, &w.keys, out);
-        for ((out, &gap), &inside) in out.iter_mut().zip(&w.gaps).zip(&w.inside) {
+        levels::<N>(&self.upper, &w.roots, &w.keys, out);
+        for ((out, &gap), &inside) in out.iter_mut().zip(&w.gaps).zip(&w.inside).take(N) {
             *out = select_unpredictable(inside, *out, gap);
         }
         if let Some(low) = &self.low {
-            for (root, &value) in w.roots.iter_mut().zip(out.iter()) {
+            for (root, &value) in w.roots.iter_mut().zip(out.iter()).take(N) {
                 *root = select_unpredictable(is_split(value), value & !SPLIT, 0);
             }
             // The gaps are chosen: their slots take the low trie's answers.
             let found = &mut w.gaps;
-            levels(low, &w.roots, lowers, found);
-            for (out, &found) in out.iter_mut().zip(found.iter()) {
+            levels::<N>(low, &w.roots, lowers, found);
+            for (out, &found) in out.iter_mut().zip(found.iter()).take(N) {
                 *out = select_unpredictable(is_split(*out), found, *out);
             }
         }
@@ -328,24 +328,29 @@ impl Walks {
     };
 }
 
-/// The trie's levels of every lane from `roots`, in turns of [`TURN`] lanes (see
+/// The trie's levels of the first `N` lanes from `roots`, in turns of [`TURN`] lanes (see
 /// `flat::TURN`), the depth dispatched once.
 #[inline(always)]
-fn levels(trie: &Trie, roots: &[u32; LANES], keys: &[u64; LANES], out: &mut [u32; LANES]) {
+fn levels<const N: usize>(
+    trie: &Trie,
+    roots: &[u32; LANES],
+    keys: &[u64; LANES],
+    out: &mut [u32; LANES],
+) {
     match trie.depth {
-        1 => levels_of::<1>(trie, roots, keys, out),
-        2 => levels_of::<2>(trie, roots, keys, out),
-        3 => levels_of::<3>(trie, roots, keys, out),
-        4 => levels_of::<4>(trie, roots, keys, out),
-        5 => levels_of::<5>(trie, roots, keys, out),
-        6 => levels_of::<6>(trie, roots, keys, out),
-        7 => levels_of::<7>(trie, roots, keys, out),
-        _ => levels_of::<8>(trie, roots, keys, out),
+        1 => levels_of::<1, N>(trie, roots, keys, out),
+        2 => levels_of::<2, N>(trie, roots, keys, out),
+        3 => levels_of::<3, N>(trie, roots, keys, out),
+        4 => levels_of::<4, N>(trie, roots, keys, out),
+        5 => levels_of::<5, N>(trie, roots, keys, out),
+        6 => levels_of::<6, N>(trie, roots, keys, out),
+        7 => levels_of::<7, N>(trie, roots, keys, out),
+        _ => levels_of::<8, N>(trie, roots, keys, out),
     }
 }
 
 #[inline(always)]
-fn levels_of<const D: u32>(
+fn levels_of<const D: u32, const N: usize>(
     trie: &Trie,
     roots: &[u32; LANES],
     keys: &[u64; LANES],
@@ -354,7 +359,7 @@ fn levels_of<const D: u32>(
     *out = *roots;
     for level in 0..D {
         let (outs, keys) = (out.as_chunks_mut::<TURN>().0, keys.as_chunks::<TURN>().0);
-        for (out, keys) in outs.iter_mut().zip(keys) {
+        for (out, keys) in outs.iter_mut().zip(keys).take(N / TURN) {
             for (out, &key) in out.iter_mut().zip(keys) {
                 *out = trie.step64(*out, key, level);
             }
@@ -495,7 +500,7 @@ mod tests {
                 let lowers = std::array::from_fn(|i| keys[i % keys.len()] as u64);
                 let mut out = [0; LANES];
                 let mut walks = Walks::NEW;
-                side.find_lanes(
+                side.find_lanes::<LANES>(
                     &[vpc as u32; LANES],
                     (&uppers, &lowers),
                     &mut walks,
