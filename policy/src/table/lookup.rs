@@ -738,9 +738,10 @@ impl Table {
     /// port classes of the values that name a port map, then every verdict. Within a stage
     /// the packets' lookups are independent, so the CPU runs many of them at once and their
     /// cache misses overlap; one packet at a time, each lookup is a chain of dependent loads.
-    /// Every lane is looked up, whatever it holds, so that each stage's loop has a constant
-    /// count, which the compilers unroll (in Wasm, a loop would also pay an epoch check a
-    /// turn). The port stage is the exception: only the values that name a port map (about
+    /// The first `N` lanes are looked up (all [`LANES`] of a chunk, as many turns as a
+    /// flush of gathered lanes fills), whatever they hold, so that each stage's loop has a
+    /// constant count, which the compilers unroll (in Wasm, a loop would also pay an epoch
+    /// check a turn). The port stage is the exception: only the values that name a port map (about
     /// two in five on the realistic workloads) are marked in a mask, and only they pay for a
     /// map's load and search.
     ///
@@ -753,6 +754,7 @@ impl Table {
     /// constant addresses reach every stage.
     #[cfg_attr(target_family = "wasm", inline(always))]
     fn lookup_lanes<const N: usize>(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
+        const { assert!(N > 0 && N <= LANES && N.is_multiple_of(TURN)) };
         if !self.lane_vpcs::<N>(&lanes.vni, st, out) {
             return;
         }
@@ -772,6 +774,7 @@ impl Table {
         st: &mut Stages,
         out: &mut [u32; LANES],
     ) {
+        const { assert!(N > 0 && N <= LANES && N.is_multiple_of(TURN)) };
         if !self.lane_vpcs::<N>(&lanes.vni, st, out) {
             return;
         }
@@ -795,6 +798,7 @@ impl Table {
         st: &mut Stages,
         out: &mut [u32; LANES],
     ) {
+        const { assert!(N > 0 && N <= LANES && N.is_multiple_of(TURN)) };
         if !self.lane_vpcs::<N>(&lanes.four.vni, st, out) {
             return;
         }

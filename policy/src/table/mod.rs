@@ -54,10 +54,10 @@
 //! the port maps of only the values that name one, and every lane's verdict. A chunk all of
 //! one family fills that family's lanes as it is; in a chunk of both, the packets of each
 //! family (found first as a bit mask, so that no branch is taken a packet) join their
-//! family's lanes, which are looked up whenever they fill and at the batch's end, their
-//! verdicts written back by index. A packet whose two addresses are of different families
-//! joins lanes of their own, whose sides are looked up in both families' tries, the
-//! address's family choosing the value. Within a stage the
+//! family's lanes, which are looked up whenever they fill and at the batch's end (only the
+//! turns of lanes filled), their verdicts written back by index. A packet whose two
+//! addresses are of different families joins lanes of their own, whose sides are looked up
+//! in both families' tries, the address's family choosing the value. Within a stage the
 //! lanes' loads are independent, so their cache misses overlap, where one packet at a time
 //! is a chain of dependent loads. Natively the next lanes' packets are prefetched
 //! (`prefetch`).

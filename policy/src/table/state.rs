@@ -1139,21 +1139,19 @@ const VALUE_REFUSED: &str = "a trie value names a port map past the maps, or a V
 
 /// A need in [`block_needs`] of a node holding a value that names nothing.
 const NAMES_NOTHING: u32 = u32::MAX;
+/// A need in [`block_needs`] too large for a `u32`: past any class bound.
+const NEEDS_MORE: u32 = u32::MAX - 1;
 
 /// The need of every aligned narrow node `last` could hold, for each `k` (nodes of
 /// `256 >> k` entries; `needs[k][j]` the node at `j << (8 - k)`): the largest need of its
-/// values (saturated below [`NAMES_NOTHING`], past any class bound), or [`NAMES_NOTHING`]
+/// values ([`NEEDS_MORE`] from that on, read as past any class bound), or [`NAMES_NOTHING`]
 /// when one names nothing. Each `k` halves the one after it: about twice `last`'s length in
 /// all, in time linear in it, however many entries name the nodes.
 fn block_needs(
     last: &[u32],
     value: impl Fn(u32) -> Option<u64>,
 ) -> Result<Vec<Vec<u32>>, TryReserveError> {
-    let need = |v: u32| {
-        value(v).map_or(NAMES_NOTHING, |n| {
-            n.min(u64::from(NAMES_NOTHING - 1)) as u32
-        })
-    };
+    let need = |v: u32| value(v).map_or(NAMES_NOTHING, |n| n.min(u64::from(NEEDS_MORE)) as u32);
     let mut needs: Vec<Vec<u32>> = Vec::new();
     needs.try_reserve_exact(9)?;
     let mut one = alloc(last.len())?;
@@ -1735,7 +1733,11 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
                     let range = narrow_range(entry).filter(|r| r.end <= last.len())?;
                     let k = (entry & 15) as usize;
                     let need = *needs.get(k)?.get(range.start / range.len())?;
-                    (need != NAMES_NOTHING).then_some(u64::from(need))
+                    match need {
+                        NAMES_NOTHING => None,
+                        NEEDS_MORE => Some(u64::MAX),
+                        need => Some(u64::from(need)),
+                    }
                 };
                 let roots: Vec<u32> = (0..vpc_count.max(1) as u32).collect();
                 let levels = (depth - 1, 3);

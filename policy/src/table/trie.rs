@@ -504,7 +504,10 @@ mod tests {
         /// A trie with its last level narrow answers every key as the trie does, the
         /// boundaries' neighbours and random keys alike, and takes no more memory.
         #[test]
-        fn narrow_tries_answer_as_their_tries(tables in tables(), keys in prop::collection::vec(any::<u32>(), 64)) {
+        fn narrow_tries_answer_as_their_tries(
+            tables in tables(),
+            keys in prop::collection::vec(any::<u32>(), 64),
+        ) {
             let trie = Trie::new(&tables, 1 << 24).expect("within budget");
             let Some(narrow) = Narrow::of(&trie, tables.len()) else {
                 prop_assert_eq!(trie.depth(), 1);
@@ -513,7 +516,8 @@ mod tests {
             prop_assert!(narrow.bytes() <= trie.bytes());
             for (root, (starts, _)) in tables.iter().enumerate() {
                 for key in probes(starts).chain(keys.iter().copied()) {
-                    prop_assert_eq!(narrow.find(root as u32, key), trie.find(root as u32, key), "root {}, key {:#x}", root, key);
+                    let (got, want) = (narrow.find(root as u32, key), trie.find(root as u32, key));
+                    prop_assert_eq!(got, want, "root {}, key {:#x}", root, key);
                 }
             }
         }
