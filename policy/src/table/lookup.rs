@@ -339,8 +339,12 @@ struct Stages {
     walks: Walks,
 }
 
-// The gathered lanes' flushes look up the turns their packets fill: one to four.
-const _: () = assert!(LANES == 4 * TURN);
+/// The lanes a flush of gathered lanes holding at most this many packets looks up, where a
+/// fuller one looks up all [`LANES`]: a batch that holds both families ends with three
+/// flushes, about half full. (A lane count for each of the four turns made the guest's code
+/// half as large again and its compile twice as long.)
+const HALF: usize = LANES / 2;
+const _: () = assert!(HALF.is_multiple_of(TURN));
 
 // Every index into `Stages::sides` has its bit in a `ported_mask`, which reads the flag as
 // the sign bit.
@@ -661,11 +665,9 @@ impl Table {
         words: &mut [u32; LANES],
         emit: &mut impl FnMut(u32, u32),
     ) {
-        match g.n.div_ceil(TURN) {
-            1 => self.lookup_gathered::<TURN>(&g.lanes, st, words),
-            2 => self.lookup_gathered::<{ 2 * TURN }>(&g.lanes, st, words),
-            3 => self.lookup_gathered::<{ 3 * TURN }>(&g.lanes, st, words),
-            _ => self.lookup_gathered::<LANES>(&g.lanes, st, words),
+        match g.n <= HALF {
+            true => self.lookup_gathered::<HALF>(&g.lanes, st, words),
+            false => self.lookup_gathered::<LANES>(&g.lanes, st, words),
         }
         g.drain(words, emit);
     }
@@ -680,11 +682,9 @@ impl Table {
         words: &mut [u32; LANES],
         emit: &mut impl FnMut(u32, u32),
     ) {
-        match g.n.div_ceil(TURN) {
-            1 => self.lookup_gathered6::<TURN>(six, &g.lanes, st, words),
-            2 => self.lookup_gathered6::<{ 2 * TURN }>(six, &g.lanes, st, words),
-            3 => self.lookup_gathered6::<{ 3 * TURN }>(six, &g.lanes, st, words),
-            _ => self.lookup_gathered6::<LANES>(six, &g.lanes, st, words),
+        match g.n <= HALF {
+            true => self.lookup_gathered6::<HALF>(six, &g.lanes, st, words),
+            false => self.lookup_gathered6::<LANES>(six, &g.lanes, st, words),
         }
         g.drain(words, emit);
     }
@@ -699,11 +699,9 @@ impl Table {
         words: &mut [u32; LANES],
         emit: &mut impl FnMut(u32, u32),
     ) {
-        match g.n.div_ceil(TURN) {
-            1 => self.lookup_lanes_mixed::<TURN>(six, &g.lanes, st, words),
-            2 => self.lookup_lanes_mixed::<{ 2 * TURN }>(six, &g.lanes, st, words),
-            3 => self.lookup_lanes_mixed::<{ 3 * TURN }>(six, &g.lanes, st, words),
-            _ => self.lookup_lanes_mixed::<LANES>(six, &g.lanes, st, words),
+        match g.n <= HALF {
+            true => self.lookup_lanes_mixed::<HALF>(six, &g.lanes, st, words),
+            false => self.lookup_lanes_mixed::<LANES>(six, &g.lanes, st, words),
         }
         g.drain(words, emit);
     }
