@@ -352,6 +352,42 @@ fn answer_everything(table: &Table, packets: &[Packet]) {
     judge_packed(Some(table), &encoded, &mut out);
 }
 
+/// The random choices of the alteration tests: xorshift, the same on every run.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+/// Alters `words` 400 times, one word at a time: a word of `places` chosen by `next`, given
+/// `alter`'s value for it. Each altered state is loaded; a table loaded answers `packets`
+/// (without panicking). Returns how many were refused and how many loaded.
+fn altered_one_at_a_time(
+    words: &[u32],
+    places: &[usize],
+    packets: &[Packet],
+    next: &mut impl FnMut() -> u64,
+    alter: impl Fn(u32, &mut dyn FnMut() -> u64) -> u32,
+) -> (usize, usize) {
+    let (mut refused, mut loaded) = (0, 0);
+    for _ in 0..400 {
+        let mut altered = words.to_vec();
+        let at = places[(next() % places.len() as u64) as usize];
+        altered[at] = alter(altered[at], next);
+        match Table::from_state(&altered) {
+            Ok(table) => {
+                answer_everything(&table, packets);
+                loaded += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    (refused, loaded)
+}
+
 /// The 1,000-peering gateway's state (tries, port maps) with one word altered at a time, at
 /// random: each is refused or answers.
 #[test]
@@ -360,30 +396,16 @@ fn a_gateway_state_altered_anywhere_is_refused_or_answers() {
     let config = parse(gateway.yaml(), None).unwrap();
     let packets = gateway.packets(512);
     let words = Table::build(&config).unwrap().export_state();
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let (mut refused, mut loaded) = (0, 0);
-    for _ in 0..400 {
-        let mut altered = words.clone();
-        let at = (next() % words.len() as u64) as usize;
-        altered[at] = match next() % 3 {
-            0 => next() as u32,
-            1 => altered[at] ^ 1 << (next() % 32),
-            _ => altered[at].wrapping_add(1),
-        };
-        match Table::from_state(&altered) {
-            Ok(table) => {
-                answer_everything(&table, &packets);
-                loaded += 1;
+    let places: Vec<usize> = (0..words.len()).collect();
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+    let (refused, loaded) =
+        altered_one_at_a_time(&words, &places, &packets, &mut next, |old, next| {
+            match next() % 3 {
+                0 => next() as u32,
+                1 => old ^ 1 << (next() % 32),
+                _ => old.wrapping_add(1),
             }
-            Err(_) => refused += 1,
-        }
-    }
+        });
     // Most words are trie entries and verdict cells, many of which another valid value
     // replaces; the checks must still refuse a good part.
     assert!(
@@ -646,31 +668,16 @@ fn a_dual_state_altered_in_its_ipv6_sides_is_refused_or_answers() {
             places.extend(section(&words, &format!("{side}-{part}")));
         }
     }
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let (mut refused, mut loaded) = (0, 0);
-    for _ in 0..400 {
-        let mut altered = words.clone();
-        let at = places[(next() % places.len() as u64) as usize];
-        altered[at] = match next() % 4 {
-            0 => next() as u32,
-            1 => altered[at] ^ 1 << (next() % 32),
-            2 => altered[at].wrapping_add(1),
-            _ => 1 << 29 | (next() % 300) as u32,
-        };
-        match Table::from_state(&altered) {
-            Ok(table) => {
-                answer_everything(&table, &packets);
-                loaded += 1;
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    let (refused, loaded) =
+        altered_one_at_a_time(&words, &places, &packets, &mut next, |old, next| {
+            match next() % 4 {
+                0 => next() as u32,
+                1 => old ^ 1 << (next() % 32),
+                2 => old.wrapping_add(1),
+                _ => 1 << 29 | (next() % 300) as u32,
             }
-            Err(_) => refused += 1,
-        }
-    }
+        });
     assert!(
         refused > 40 && loaded > 40,
         "{refused} refused, {loaded} loaded"
@@ -756,32 +763,17 @@ fn a_dual_state_altered_in_its_narrow_ipv4_sides_is_refused_or_answers() {
     for name in ["src4-keys", "src4-values", "dst4-keys", "dst4-values"] {
         places.extend(section(&words, name));
     }
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let (mut refused, mut loaded) = (0, 0);
-    for _ in 0..400 {
-        let mut altered = words.clone();
-        let at = places[(next() % places.len() as u64) as usize];
-        altered[at] = match next() % 5 {
-            0 => next() as u32,
-            1 => altered[at] ^ 1 << (next() % 32),
-            2 => altered[at].wrapping_add(1),
-            3 => (next() % 4_000) as u32 * 16 + (next() % 10) as u32,
-            _ => 1 << 31 | (next() % 300) as u32,
-        };
-        match Table::from_state(&altered) {
-            Ok(table) => {
-                answer_everything(&table, &packets);
-                loaded += 1;
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+    let (refused, loaded) =
+        altered_one_at_a_time(&words, &places, &packets, &mut next, |old, next| {
+            match next() % 5 {
+                0 => next() as u32,
+                1 => old ^ 1 << (next() % 32),
+                2 => old.wrapping_add(1),
+                3 => (next() % 4_000) as u32 * 16 + (next() % 10) as u32,
+                _ => 1 << 31 | (next() % 300) as u32,
             }
-            Err(_) => refused += 1,
-        }
-    }
+        });
     assert!(
         refused > 40 && loaded > 10,
         "{refused} refused, {loaded} loaded"
@@ -808,13 +800,7 @@ fn a_narrow_node_named_on_a_packets_path_is_refused_or_answers() {
         let n2 = words[step(n1, key >> 16)];
         step(n2, key >> 8)
     };
-    let mut seed = 0x853c_49e6_748f_ea9b_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x853c_49e6_748f_ea9b);
     let (mut refused, mut loaded) = (0, 0);
     for packet in gateway.packets_of(Traffic::Ipv4, 300) {
         let (IpAddr::V4(src), IpAddr::V4(_)) = (packet.src, packet.dst) else {

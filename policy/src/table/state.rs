@@ -1668,46 +1668,49 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
                 bound[v],
             )
         };
+        // A trie side, plain or narrow: no big tables, every VPC's root its own, each root's
+        // need within its VPC's classes.
+        let big = [
+            side.big_ends.len(),
+            side.big_starts.done.iter().map(|r| r.len()).sum(),
+            side.big_values.done.iter().map(|r| r.len()).sum(),
+        ];
+        let no_big = || {
+            [BIG_ENDS, BIG_STARTS, BIG_VALUES]
+                .into_iter()
+                .zip(big)
+                .try_for_each(|(sub, len)| unused(s + sub, len))
+        };
+        let roots = || -> Vec<u32> { (0..vpc_count.max(1) as u32).collect() };
+        let within = |need: Vec<u64>| match need
+            .iter()
+            .zip(bound)
+            .position(|(need, bound)| need > bound)
+        {
+            Some(v) => Err(over(v * FANOUT, need[v], v)),
+            None => Ok(()),
+        };
         let built = match meta[2 + 2 * k] {
             SIDE_TRIE => {
-                for sub in [VALUES, BIG_ENDS, BIG_STARTS, BIG_VALUES] {
-                    let len = match sub {
-                        VALUES => side.values.len(),
-                        BIG_ENDS => side.big_ends.len(),
-                        BIG_STARTS => side.big_starts.done.iter().map(|r| r.len()).sum(),
-                        _ => side.big_values.done.iter().map(|r| r.len()).sum(),
-                    };
-                    unused(s + sub, len)?;
-                }
+                unused(s + VALUES, side.values.len())?;
+                no_big()?;
                 let depth = meta[3 + 2 * k];
-                let roots: Vec<u32> = (0..vpc_count.max(1) as u32).collect();
                 let need = check_trie(
                     &place,
                     (s + KEYS, VALUE_REFUSED),
                     (depth, 4),
                     &side.keys,
-                    &roots,
+                    &roots(),
                     value,
                 )?;
-                for (v, (&need, &bound)) in need.iter().zip(bound).enumerate() {
-                    if need > bound {
-                        return Err(over(v * FANOUT, need, v));
-                    }
-                }
+                within(need)?;
                 Side4::Trie(Trie {
                     depth,
                     nodes: side.keys.into(),
                 })
             }
             SIDE_NARROW => {
-                for sub in [BIG_ENDS, BIG_STARTS, BIG_VALUES] {
-                    let len = match sub {
-                        BIG_ENDS => side.big_ends.len(),
-                        BIG_STARTS => side.big_starts.done.iter().map(|r| r.len()).sum(),
-                        _ => side.big_values.done.iter().map(|r| r.len()).sum(),
-                    };
-                    unused(s + sub, len)?;
-                }
+                no_big()?;
                 let depth = meta[3 + 2 * k];
                 if !(2..=4).contains(&depth) {
                     return Err(bad(
@@ -1739,16 +1742,18 @@ fn assemble(p: Parts, starts: &[usize; COUNT], vouched: bool) -> Result<Table, S
                         need => Some(u64::from(need)),
                     }
                 };
-                let roots: Vec<u32> = (0..vpc_count.max(1) as u32).collect();
                 let levels = (depth - 1, 3);
                 let what = "a narrow node named off its alignment, past the narrow nodes, or \
                     holding a value past its bounds";
-                let need = check_trie(&place, (s + KEYS, what), levels, &side.keys, &roots, named)?;
-                for (v, (&need, &bound)) in need.iter().zip(bound).enumerate() {
-                    if need > bound {
-                        return Err(over(v * FANOUT, need, v));
-                    }
-                }
+                let need = check_trie(
+                    &place,
+                    (s + KEYS, what),
+                    levels,
+                    &side.keys,
+                    &roots(),
+                    named,
+                )?;
+                within(need)?;
                 Side4::Narrow(Narrow {
                     depth,
                     nodes: side.keys.into(),
