@@ -100,9 +100,11 @@ impl BenchArgs {
 fn bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     let runtime = Runtime::new(Limits::default(), None)?;
     let (bytes, name) = module_bytes(module)?;
+    let compiling = Instant::now();
     let loaded = runtime
         .load(&bytes)
         .with_context(|| format!("{name} refused"))?;
+    let compiled = compiling.elapsed();
 
     // Realistic first: a gateway-shaped workload, every batch new packets.
     let mut gateway = Gateway::new(GatewayShape::with_peerings(peerings, true, 42));
@@ -113,6 +115,11 @@ fn bench(peerings: usize, module: Option<&Path>) -> Result<ExitCode> {
     let mut wasm = WasmPolicy::new(&runtime, &loaded, gateway.yaml())
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     outln!("flowgate bench: {} (median of 7 runs)", wasm.info().name)?;
+    outln!(
+        "  module: {} KiB, compiled in {} ms (uncached, once)",
+        bytes.len() >> 10,
+        compiled.as_millis()
+    )?;
     const BATCH: usize = 256;
     let pool = gateway.packets(REALISTIC_POOL);
     let mut native_out = vec![Verdict::default(); BATCH];
