@@ -352,6 +352,13 @@ fn answer_everything(table: &Table, packets: &[Packet]) {
     judge_packed(Some(table), &encoded, &mut out);
 }
 
+/// The dual-stack gateway of 1,000 peerings, and its table's state.
+fn dual_gateway_state() -> (Gateway, Vec<u32>) {
+    let gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
+    let config = parse(gateway.yaml(), None).unwrap();
+    (gateway, Table::build(&config).unwrap().export_state())
+}
+
 /// The random choices of the alteration tests: xorshift, the same on every run.
 fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
     move || {
@@ -657,10 +664,8 @@ fn dual_gateway_tables_round_trip() {
 /// altered at a time: each is refused or answers.
 #[test]
 fn a_dual_state_altered_in_its_ipv6_sides_is_refused_or_answers() {
-    let mut gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
-    let config = parse(gateway.yaml(), None).unwrap();
+    let (mut gateway, words) = dual_gateway_state();
     let packets = gateway.packets(512);
-    let words = Table::build(&config).unwrap().export_state();
     let meta = section(&words, "meta");
     let mut places: Vec<usize> = (meta.start + 6..meta.start + 6 + 1 + 2 * 13).collect();
     for side in ["src6", "dst6"] {
@@ -754,10 +759,8 @@ fn an_ipv6_index_or_layout_past_its_bounds_is_refused() {
 /// their layout in `meta` altered at a time: each is refused or answers.
 #[test]
 fn a_dual_state_altered_in_its_narrow_ipv4_sides_is_refused_or_answers() {
-    let mut gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
-    let config = parse(gateway.yaml(), None).unwrap();
+    let (mut gateway, words) = dual_gateway_state();
     let packets = gateway.packets(512);
-    let words = Table::build(&config).unwrap().export_state();
     let meta = section(&words, "meta");
     let mut places: Vec<usize> = (meta.start + 2..meta.start + 6).collect();
     for name in ["src4-keys", "src4-values", "dst4-keys", "dst4-values"] {
@@ -786,9 +789,7 @@ fn a_dual_state_altered_in_its_narrow_ipv4_sides_is_refused_or_answers() {
 /// missing check would read past the narrow nodes and panic).
 #[test]
 fn a_narrow_node_named_on_a_packets_path_is_refused_or_answers() {
-    let mut gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
-    let config = parse(gateway.yaml(), None).unwrap();
-    let words = Table::build(&config).unwrap().export_state();
+    let (mut gateway, words) = dual_gateway_state();
     assert_eq!(layouts_of(&words)[1..3], ["ipv4 narrow", "ipv4 narrow"]);
     let keys = section(&words, "src4-keys");
     let vnis = section(&words, "vpc-vnis");
@@ -837,9 +838,7 @@ fn a_narrow_node_named_on_a_packets_path_is_refused_or_answers() {
 
 #[test]
 fn a_narrow_node_past_its_bounds_or_off_its_alignment_is_refused() {
-    let gateway = Gateway::new(GatewayShape::dual(1_000, true, 42));
-    let table = Table::build(&parse(gateway.yaml(), None).unwrap()).unwrap();
-    let words = table.export_state();
+    let (_, words) = dual_gateway_state();
     assert_eq!(layouts_of(&words)[1..3], ["ipv4 narrow", "ipv4 narrow"]);
     let refused = |name: &str, edit: &dyn Fn(&mut Vec<u32>)| {
         let mut w = words.clone();

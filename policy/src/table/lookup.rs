@@ -752,7 +752,6 @@ impl Table {
     /// constant addresses reach every stage.
     #[cfg_attr(target_family = "wasm", inline(always))]
     fn lookup_lanes<const N: usize>(&self, lanes: &Lanes, st: &mut Stages, out: &mut [u32; LANES]) {
-        const { assert!(N > 0 && N <= LANES && N.is_multiple_of(TURN)) };
         if !self.lane_vpcs::<N>(&lanes.vni, st, out) {
             return;
         }
@@ -772,7 +771,6 @@ impl Table {
         st: &mut Stages,
         out: &mut [u32; LANES],
     ) {
-        const { assert!(N > 0 && N <= LANES && N.is_multiple_of(TURN)) };
         if !self.lane_vpcs::<N>(&lanes.vni, st, out) {
             return;
         }
@@ -796,7 +794,6 @@ impl Table {
         st: &mut Stages,
         out: &mut [u32; LANES],
     ) {
-        const { assert!(N > 0 && N <= LANES && N.is_multiple_of(TURN)) };
         if !self.lane_vpcs::<N>(&lanes.four.vni, st, out) {
             return;
         }
@@ -828,6 +825,8 @@ impl Table {
         st: &mut Stages,
         out: &mut [u32; LANES],
     ) -> bool {
+        // Every lookup of lanes starts here: `N` is held to whole turns once, for all stages.
+        const { assert!(N > 0 && N <= LANES && N.is_multiple_of(TURN)) };
         self.vnis.find_lanes::<N>(vnis, &mut st.vpcs);
         if self.per_vpc.is_empty() {
             out.fill(UNKNOWN_VPC);
