@@ -116,15 +116,6 @@ impl Lanes {
         v4
     }
 
-    /// Copies lane `from` of `other` into lane `i`.
-    #[inline(always)]
-    fn copy_lane(&mut self, i: usize, other: &Lanes, from: usize) {
-        (self.vni[i], self.src[i], self.dst[i]) =
-            (other.vni[from], other.src[from], other.dst[from]);
-        self.ports[0][i] = other.ports[0][from];
-        self.ports[1][i] = other.ports[1][from];
-    }
-
     /// Puts a packet's fields in lane `i`: its ports are `ports` when `has_ports`, else
     /// [`NO_PORT`]. Mixed traffic has and lacks ports at random, so this is chosen without a
     /// branch.
@@ -277,7 +268,8 @@ struct Dual {
     six: Gather<Lanes6>,
     /// Packets of mixed families, when the table has IPv6 sides.
     mixed: Gather<LanesMixed>,
-    /// A chunk all of IPv6 packets, in [`Table::lookup_batch`].
+    /// A chunk all of one family, in [`Table::lookup_batch`].
+    chunk4: Lanes,
     chunk6: Lanes6,
 }
 
@@ -298,6 +290,7 @@ impl Dual {
             at: [0; LANES],
             n: 0,
         },
+        chunk4: Lanes::EMPTY,
         chunk6: Lanes6::EMPTY,
     };
 }
@@ -493,7 +486,7 @@ impl Table {
             if !all_v4 {
                 // The batch holds both families: the rest of it on the way that gathers them
                 // (its state kept off this frame: an IPv4 batch does not pay for it).
-                self.lookup_batch_of_both(packets, first, &lanes, (&mut stages, &mut words), out);
+                self.lookup_batch_of_both(packets, first, (&mut stages, &mut words), out);
                 return;
             }
             self.lookup_lanes::<LANES>(&lanes, &mut stages, &mut words);
@@ -504,43 +497,23 @@ impl Table {
         }
     }
 
-    /// [`Table::lookup_batch`] from the chunk at `first` on, which is not all IPv4 (`lanes`
-    /// holds it as IPv4 lanes): each chunk all IPv4 or all IPv6 looked up as it is, the others
-    /// gathered by family.
+    /// [`Table::lookup_batch`] from the chunk at `first` on, which is not all IPv4: each chunk
+    /// all IPv4 or all IPv6 looked up as it is, the others gathered by family.
     #[inline(never)]
     fn lookup_batch_of_both(
         &self,
         packets: &[Packet],
         first: usize,
-        lanes: &Lanes,
         (stages, words): (&mut Stages, &mut [u32; LANES]),
         out: &mut [Verdict],
     ) {
         let mut dual = Dual::NEW;
-        let mut lanes = *lanes;
         let mut ahead = packets[first..].chunks(LANES).skip(1);
-        let chunks = (first..).step_by(LANES).zip(packets[first..].chunks(LANES));
-        for (n, (first, chunk)) in chunks.enumerate() {
+        for (first, chunk) in (first..).step_by(LANES).zip(packets[first..].chunks(LANES)) {
             if let Some(next) = ahead.next() {
                 prefetch(next);
             }
-            let mut all_v4 = true;
-            if n > 0 {
-                for (i, packet) in chunk.iter().enumerate() {
-                    all_v4 &= lanes.set(i, packet);
-                }
-            } else {
-                all_v4 = false;
-            }
-            if all_v4 {
-                self.lookup_lanes::<LANES>(&lanes, stages, words);
-                let chunk_out = &mut out[first..first + chunk.len()];
-                for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
-                    *verdict = self.verdict(word);
-                }
-                continue;
-            }
-            self.lookup_chunk_of_both(&mut dual, (&lanes, chunk, first), stages, words, out);
+            self.lookup_chunk_of_both(&mut dual, (chunk, first), stages, words, out);
         }
         let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
         if dual.four.n > 0 {
@@ -556,15 +529,15 @@ impl Table {
         }
     }
 
-    /// [`Table::lookup_batch`]'s chunk of `packets` from `first`, which are not all IPv4
-    /// (`lanes` holds them as IPv4 lanes): all IPv6, looked up as they are; else each packet
+    /// [`Table::lookup_batch`]'s chunk of `packets` from `first`, its families found before
+    /// any lane is filled: all IPv4 or all IPv6, looked up as they are; else each packet
     /// joins its family's gathered lanes, or the lanes of packets of mixed families, which
     /// are looked up whenever they are full.
     #[inline(always)]
     fn lookup_chunk_of_both(
         &self,
         dual: &mut Dual,
-        (lanes, packets, first): (&Lanes, &[Packet], usize),
+        (packets, first): (&[Packet], usize),
         stages: &mut Stages,
         words: &mut [u32; LANES],
         out: &mut [Verdict],
@@ -577,29 +550,51 @@ impl Table {
             six |= u64::from(src6 & dst6) << i;
         }
         let all = u64::MAX >> (64 - packets.len());
-        let Some(sides6) = &self.six else {
-            // No IPv6 sides: the IPv6 packets are looked up on their own.
-            self.gather(dual, lanes, (first, four), stages, words, out);
-            let mut mixed = all & !four;
-            while mixed != 0 {
-                let i = mixed.trailing_zeros() as usize;
-                mixed &= mixed - 1;
-                out[first + i] = self.lookup(&packets[i]);
-            }
-            return;
-        };
-        if six == all {
+        let chunk_out = &mut out[first..first + packets.len()];
+        if four == all {
             for (i, packet) in packets.iter().enumerate() {
-                dual.chunk6.set(i, packet);
+                dual.chunk4.set(i, packet);
             }
-            self.lookup_lanes6::<LANES>(sides6, &dual.chunk6, stages, words);
-            let chunk_out = &mut out[first..first + packets.len()];
+            self.lookup_lanes::<LANES>(&dual.chunk4, stages, words);
             for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
                 *verdict = self.verdict(word);
             }
             return;
         }
-        self.gather(dual, lanes, (first, four), stages, words, out);
+        let sides6 = self.six.as_ref();
+        if let (Some(sides6), true) = (sides6, six == all) {
+            for (i, packet) in packets.iter().enumerate() {
+                dual.chunk6.set(i, packet);
+            }
+            self.lookup_lanes6::<LANES>(sides6, &dual.chunk6, stages, words);
+            for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
+                *verdict = self.verdict(word);
+            }
+            return;
+        }
+        let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
+        let mut bits = four;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let g = &mut dual.four;
+            g.lanes.set(g.n, &packets[i]);
+            g.at[g.n] = (first + i) as u32;
+            g.n += 1;
+            if g.n == LANES {
+                self.flush_four(g, stages, words, &mut emit);
+            }
+        }
+        let Some(sides6) = sides6 else {
+            // No IPv6 sides: the IPv6 packets are looked up on their own.
+            let mut rest = all & !four;
+            while rest != 0 {
+                let i = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                out[first + i] = self.lookup(&packets[i]);
+            }
+            return;
+        };
         let mut bits = six;
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
@@ -609,7 +604,6 @@ impl Table {
             g.at[g.n] = (first + i) as u32;
             g.n += 1;
             if g.n == LANES {
-                let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
                 self.flush_six(sides6, g, stages, words, &mut emit);
             }
         }
@@ -622,35 +616,7 @@ impl Table {
             g.at[g.n] = (first + i) as u32;
             g.n += 1;
             if g.n == LANES {
-                let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
                 self.flush_mixed(sides6, g, stages, words, &mut emit);
-            }
-        }
-    }
-
-    /// Adds the lanes of `lanes` that `four` marks (the IPv4 packets of the chunk from
-    /// `first`) to the gathered IPv4 lanes, looking those up whenever they fill.
-    #[inline(always)]
-    fn gather(
-        &self,
-        dual: &mut Dual,
-        lanes: &Lanes,
-        (first, four): (usize, u64),
-        st: &mut Stages,
-        words: &mut [u32; LANES],
-        out: &mut [Verdict],
-    ) {
-        let mut bits = four;
-        while bits != 0 {
-            let i = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let g = &mut dual.four;
-            g.lanes.copy_lane(g.n, lanes, i);
-            g.at[g.n] = (first + i) as u32;
-            g.n += 1;
-            if g.n == LANES {
-                let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
-                self.flush_four(g, st, words, &mut emit);
             }
         }
     }
