@@ -1,6 +1,8 @@
 //! The admin API's audit trail: one record for every request that changes or tries to change
 //! the gateway (swaps, rollbacks, watch actions; refusals included): when, who asked (the
-//! [`Caller`]), what was asked, the releases before and after, the result. Each record goes to
+//! [`Caller`]), what was asked, the releases before and after, the result. The changes the
+//! gateway makes on its own account (the tag watch's swaps and shadows, SIGHUP's reloads,
+//! auto-reverts) are recorded the same way, as the gateway's, once an admin API serves it. Each record goes to
 //! the log (`event = "audit"`) and, with an audit file ([`AuditLog::open`], `--audit-log`), is
 //! appended to it as one JSON line and written through to the disk before the answer is sent.
 //! A change whose record cannot be written is not made: the record is written under the
@@ -140,6 +142,8 @@ pub(super) fn release_json(release: &Release) -> Value {
         "config_sha256": release.config_digest,
         "source": release.source,
         "signer": release.signer.as_ref().map(signer_json),
+        "origin": release.origin.as_str(),
+        "why": release.why,
     })
 }
 
@@ -213,6 +217,32 @@ impl AuditLog {
         error: Option<&str>,
     ) -> Result<(), AuditError> {
         let caller = caller.map_or(Value::Null, Caller::json);
+        self.write(caller, request, (before, after), result, error)
+    }
+
+    /// Writes the record of a change the gateway makes on its own account, `what` (such as
+    /// `auto-revert`; see [`crate::gateway::OwnRecord`]), from release `before` to `after`: its
+    /// caller is `{"transport": "gateway"}`. SIGHUP's reloads are among them: the gateway is
+    /// not told who sent the signal.
+    pub fn record_own(
+        &self,
+        what: &str,
+        before: &Release,
+        after: &Release,
+    ) -> Result<(), AuditError> {
+        let (before, after) = (release_json(before), Some(release_json(after)));
+        let caller = json!({"transport": "gateway"});
+        self.write(caller, what, (before, after), "changed", None)
+    }
+
+    fn write(
+        &self,
+        caller: Value,
+        request: &str,
+        (before, after): (Value, Option<Value>),
+        result: &str,
+        error: Option<&str>,
+    ) -> Result<(), AuditError> {
         // The key that signed the module of the release made, when it was signed.
         let signing_key = after
             .as_ref()

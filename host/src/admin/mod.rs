@@ -429,6 +429,13 @@ impl AdminServer {
             let _entered = runtime.enter();
             listener.take_tokio().map_err(listen(&endpoint))?
         };
+        // The gateway's own changes go on the same audit trail as the operators'.
+        let audit = options.audit.clone();
+        gateway.record_own_changes(Arc::new(move |what, before, after| {
+            audit
+                .record_own(what, before, after)
+                .map_err(|e| e.to_string())
+        }));
         let shared = Arc::new(Shared {
             gateway,
             registry: crate::oci::Registry::new(options.registry.clone()),

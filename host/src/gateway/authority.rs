@@ -327,7 +327,11 @@ impl Gateway {
     /// refusal is about what the module is, not about what the machine had to spare (a
     /// capacity or start failure is tried again after the backoff).
     pub(super) fn quarantine_refusal(&self, digest: Digest, e: &SwapError) {
-        if !matches!(e.reason(), Refusal::Capacity | Refusal::StartFailed) {
+        // Not the module's doing: tried again.
+        if !matches!(
+            e.reason(),
+            Refusal::Capacity | Refusal::StartFailed | Refusal::NotRecorded
+        ) {
             self.quarantine_refused(digest, e.reason().as_str());
         }
     }

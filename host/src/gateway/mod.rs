@@ -309,6 +309,13 @@ impl std::fmt::Debug for Approval<'_> {
     }
 }
 
+/// The record of a change the gateway makes on its own account (the tag watch's swaps and
+/// shadows, SIGHUP's reloads, auto-reverts), asked under the swap lock before the change is
+/// made, as an [`Approval`] is: with what the change is (such as `"auto-revert"`), the serving
+/// release and the one about to replace it (or be staged beside it). An `Err` refuses the
+/// change ([`SwapError::NotRecorded`]). The admin API sets it to write an audit record.
+pub type OwnRecord = dyn Fn(&str, &Release, &Release) -> Result<(), String> + Send + Sync;
+
 /// A rollback to the previous good release, and who asked for it.
 enum Rollback<'a> {
     /// An operator's, while the release named by `if_match` (an `If-Match` value) serves,
@@ -351,6 +358,8 @@ pub struct Gateway {
     judged: AtomicU64,
     /// The shadow release staged, if any, and how the last one ended.
     shadow: shadow::Slot,
+    /// The record of the gateway's own changes, when something keeps one.
+    own_record: Mutex<Option<Arc<OwnRecord>>>,
     /// Time to judge one batch.
     pub batch_latency: Histogram,
     started: Instant,
@@ -414,6 +423,7 @@ impl Gateway {
             watch: Mutex::new(None),
             judged: AtomicU64::new(0),
             shadow: shadow::Slot::default(),
+            own_record: Mutex::new(None),
             batch_latency: Histogram::default(),
             started: Instant::now(),
         };
@@ -466,7 +476,11 @@ impl Gateway {
         if stop.load(Ordering::Acquire) || self.watch_decision(&digest) != Decision::Take {
             return Ok(None);
         }
-        let request = SwapRequest::module(ModuleBytes::pulled(module, tag, digest).signed(signer));
+        let record = self.own_approval("tag watch: swap");
+        let request = SwapRequest {
+            approval: Some(Approval(&record)),
+            ..SwapRequest::module(ModuleBytes::pulled(module, tag, digest).signed(signer))
+        };
         let why = format!("the tag {tag} moved to {digest}");
         self.swap_locked(request, Origin::TagWatch, why)
             .map(Some)
@@ -488,9 +502,11 @@ impl Gateway {
         if same_module && *running.config == *config {
             return Ok(None);
         }
+        let record = self.own_approval("SIGHUP: reload");
         let request = SwapRequest {
             module: module.filter(|_| !same_module),
             config: Some(config),
+            approval: Some(Approval(&record)),
             ..SwapRequest::default()
         };
         let why = "SIGHUP: the module and configuration files read again".to_owned();
@@ -739,6 +755,11 @@ impl Gateway {
             ),
             Rollback::Auto { why, .. } => (None, None, why, Cause::AutoRevert, Origin::AutoRevert),
         };
+        let record = self.own_approval("auto-revert");
+        let approval = match origin {
+            Origin::AutoRevert => Some(Approval(&record)),
+            _ => approval,
+        };
         check_if_match(&self.current(), if_match)?;
         let target = {
             let good = lock(&self.good);
@@ -790,5 +811,24 @@ impl Gateway {
     /// Generations of the good releases, oldest first.
     pub fn good_generations(&self) -> Vec<u64> {
         lock(&self.good).iter().map(|r| r.generation).collect()
+    }
+
+    /// Keeps a record of the changes the gateway makes on its own account from now on
+    /// ([`OwnRecord`]), in place of any before.
+    pub fn record_own_changes(&self, record: Arc<OwnRecord>) {
+        *lock(&self.own_record) = Some(record);
+    }
+
+    /// The approval of a change the gateway makes on its own account, `what`: its record
+    /// written, when one is kept.
+    fn own_approval(
+        &self,
+        what: &'static str,
+    ) -> impl Fn(&Release, &Release) -> Result<(), String> {
+        let record = lock(&self.own_record).clone();
+        move |before: &Release, after: &Release| match &record {
+            Some(record) => record(what, before, after),
+            None => Ok(()),
+        }
     }
 }

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::shadow::{Budget, End, Shadow};
-use super::{Decision, Gateway, ModuleBytes, Origin, Pull, Refusal, SwapError, SwapRequest, lock};
+use super::shadow::{Budget, End, Shadow, ShadowError};
+use super::{
+    Approval, Decision, Gateway, ModuleBytes, Origin, Pull, Refusal, SwapError, SwapRequest, lock,
+};
 use crate::oci::{Cache, Digest, PullError, Reference, Registry, Signer};
 
 /// The longest wait between two tries after failures.
@@ -273,7 +275,11 @@ impl Gateway {
         {
             return Ok(None);
         }
-        let request = SwapRequest::module(ModuleBytes::pulled(module, tag, digest).signed(signer));
+        let record = self.own_approval("tag watch: shadow staged");
+        let request = SwapRequest {
+            approval: Some(Approval(&record)),
+            ..SwapRequest::module(ModuleBytes::pulled(module, tag, digest).signed(signer))
+        };
         let why = format!("the tag {tag} moved to {digest}");
         self.stage_locked(request, Origin::TagWatch, why)
             .map(Some)
@@ -351,10 +357,20 @@ impl Gateway {
             }
             return settled;
         }
-        match self.promote_locked(shadow, None) {
+        let record = self.own_approval("tag watch: shadow promoted");
+        match self.promote_locked(shadow, Some(Approval(&record))) {
             Ok(_) => Settled::Promoted,
-            // Its module failed meanwhile, or what it was compared against no longer serves.
-            Err(_) => {
+            // Its module failed meanwhile, what it was compared against no longer serves, or
+            // its record could not be written.
+            Err(e) => {
+                if let ShadowError::NotRecorded(why) = &e {
+                    tracing::error!(
+                        event = "watch-promotion-unrecorded",
+                        shadow = %etag,
+                        error = %why,
+                        "the tag watch's shadow {etag} is not promoted: its record could not be written: {why}"
+                    );
+                }
                 self.end_shadow(Some(shadow), End::LiveChanged, &live);
                 self.ended_meanwhile(shadow, digest)
             }

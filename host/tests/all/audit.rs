@@ -235,3 +235,142 @@ fn named_tokens_on_the_socket_are_recorded_too() {
     assert_eq!(records[0]["caller"]["transport"], "unix");
     assert_eq!(records[0]["caller"]["token"], "carol");
 }
+
+/// A gateway of `workers` workers that reverts after 3 faults and follows the tag
+/// `oci://127.0.0.1:1/t/p:prod` (no registry needed: the watch's swaps are made directly), its
+/// admin API on a socket writing audit records to `audit`.
+fn following_with_audit(
+    audit: AuditLog,
+    workers: usize,
+) -> (Arc<Gateway>, AdminServer, flowgate_host::oci::Reference) {
+    let gateway = crate::gateway_with(
+        &config(1),
+        flowgate_host::wasm::Limits::default(),
+        Options {
+            workers,
+            fault_limit: 3,
+            fault_window: std::time::Duration::from_secs(60),
+            ..Options::default()
+        },
+    );
+    let tag = flowgate_host::oci::Reference::parse("oci://127.0.0.1:1/t/p:prod").unwrap();
+    gateway.watch_tag(&tag).unwrap();
+    let options = AdminOptions {
+        audit: Arc::new(audit),
+        ..AdminOptions::new(Endpoint::Unix(crate::socket_path("audit-own")), None)
+    };
+    let server = AdminServer::start(gateway.clone(), options).unwrap();
+    (gateway, server, tag)
+}
+
+#[test]
+fn the_gateways_own_changes_are_recorded_as_its_own() {
+    use flowgate_host::oci::Digest;
+    use flowgate_policy::{Packet, synth};
+    use flowgate_test_guests as guests;
+    use std::sync::atomic::AtomicBool;
+    let log = folder("audit-own").join("audit.jsonl");
+    let (gateway, _server, tag) = following_with_audit(AuditLog::open(&log).unwrap(), 1);
+    let never = AtomicBool::new(false);
+    let first = gateway.current();
+
+    // The tag watch's swap.
+    let moved = Digest::of(b"v2");
+    let taken = gateway
+        .swap_by_watch(guests::HONEST_V2, &tag, moved, None, &never)
+        .unwrap()
+        .unwrap();
+    // SIGHUP's reload of a changed configuration file.
+    let reloaded = gateway.reload(None, &config(2)).unwrap().unwrap();
+    // A reload of what already serves changes nothing, and records nothing.
+    assert!(gateway.reload(None, &config(2)).unwrap().is_none());
+    // Auto-revert from an operator's trapping module (its swap, by the Rust API, has no caller
+    // to record: the admin API records its own requests).
+    let faulty = gateway
+        .swap(flowgate_host::gateway::SwapRequest::module(guests::TRAP))
+        .unwrap();
+    let packets: Arc<[Packet]> = {
+        let parsed = flowgate_policy::parse(&config(2), None).unwrap();
+        let mut p = synth::packets(&parsed, 1024, 3);
+        for p in p.iter_mut().step_by(16) {
+            *p = Packet::tcp(p.src_vni, p.src, guests::trigger::TRAP, p.dst, 80);
+        }
+        p.into()
+    };
+    let (stop, handles) = crate::run_workers(&gateway, &packets, 0, 2_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while gateway.current().cause != "auto-revert" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let reverted = gateway.current();
+    assert_eq!(reverted.cause, "auto-revert");
+
+    let records = records(&log);
+    let own = serde_json::json!({"transport": "gateway"});
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["request"].as_str().unwrap(),
+                r["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("tag watch: swap", "changed"),
+            ("SIGHUP: reload", "changed"),
+            ("auto-revert", "changed"),
+        ],
+        "{records:#?}"
+    );
+    let steps = [
+        (&first, &taken, "tag-watch"),
+        (&taken, &reloaded, "sighup"),
+        (&faulty, &reverted, "auto-revert"),
+    ];
+    for (record, (before, after, origin)) in records.iter().zip(steps) {
+        assert_eq!(record["caller"], own, "{record:#}");
+        assert_eq!(record["before"]["etag"].as_str(), Some(&*before.etag()));
+        assert_eq!(record["after"]["etag"].as_str(), Some(&*after.etag()));
+        assert_eq!(record["after"]["origin"], origin);
+        assert_eq!(record["after"]["why"].as_str(), Some(&*after.why));
+    }
+    assert!(
+        records[2]["after"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("trap")
+    );
+}
+
+#[test]
+fn an_own_change_whose_record_cannot_be_written_is_not_made() {
+    use flowgate_host::gateway::Decision;
+    use flowgate_host::oci::Digest;
+    use flowgate_test_guests as guests;
+    use std::sync::atomic::AtomicBool;
+    let (gateway, _server, tag) =
+        following_with_audit(AuditLog::to_writer("the full sink", Box::new(Full)), 1);
+    let never = AtomicBool::new(false);
+    let before = gateway.current();
+    let moved = Digest::of(b"v2");
+    let refused = gateway
+        .swap_by_watch(guests::HONEST_V2, &tag, moved, None, &never)
+        .err()
+        .map(|e| e.reason().as_str());
+    assert_eq!(refused, Some("audit-failed"));
+    // Not the module's fault: the watch takes the digest again once records can be written.
+    assert_eq!(gateway.watch_decision(&moved), Decision::Take);
+    let refused = gateway.reload(None, &config(2)).err();
+    assert_eq!(refused.map(|e| e.reason().as_str()), Some("audit-failed"));
+    let after = gateway.current();
+    assert_eq!(after.generation, before.generation);
+    assert_eq!(*after.config, *before.config);
+    assert_eq!(after.module_digest(), before.module_digest());
+}

@@ -566,6 +566,7 @@ fn packets_to_445() -> String {
 fn the_gated_watch_promotes_within_the_budget_and_quarantines_beyond_it() {
     let Some(registry) = start() else { return };
     let (tagged, _) = tag(&registry, DEFAULT_MODULE);
+    let audit = crate::audit::folder("audit-gated").join("audit.jsonl");
     let gate = [
         "--pull-shadow",
         "1",
@@ -573,6 +574,8 @@ fn the_gated_watch_promotes_within_the_budget_and_quarantines_beyond_it() {
         "0",
         "--shadow-share",
         "1",
+        "--audit-log",
+        audit.to_str().unwrap(),
     ];
     let served = Served::start(&tagged, &packets_to_445(), &gate);
     let r = Reference::parse(&tagged).unwrap();
@@ -616,6 +619,36 @@ fn the_gated_watch_promotes_within_the_budget_and_quarantines_beyond_it() {
         log.contains("packets compared") && log.contains("top pairs"),
         "the watch logs each report: {log}"
     );
+
+    // The watch's shadows and its promotion are on the audit trail, as the gateway's.
+    let records: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let gateway = serde_json::json!({"transport": "gateway"});
+    assert!(
+        records.iter().all(|r| r["caller"] == gateway),
+        "{records:#?}"
+    );
+    let staged = |module: &[u8]| {
+        records.iter().any(|r| {
+            r["request"] == "tag watch: shadow staged"
+                && r["after"]["module_sha256"] == sha256(module)
+        })
+    };
+    assert!(
+        staged(guests::DENY_LIST) && staged(guests::HONEST_V2),
+        "{records:#?}"
+    );
+    let promoted = records.last().unwrap();
+    assert_eq!(promoted["request"], "tag watch: shadow promoted");
+    assert_eq!(
+        promoted["after"]["module_sha256"],
+        sha256(guests::HONEST_V2)
+    );
+    assert_eq!(promoted["after"]["origin"], "tag-watch");
+    assert_eq!(promoted["after"]["generation"], 2);
 }
 
 /// A gated watch never overrides the operator: the shadow it staged and the operator
