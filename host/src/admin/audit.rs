@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::gateway::Release;
+use crate::gateway::{OwnChange, Release};
 
 /// Who made an admin request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,18 +221,26 @@ impl AuditLog {
     }
 
     /// Writes the record of a change the gateway makes on its own account, `what` (such as
-    /// `auto-revert`; see [`crate::gateway::OwnRecord`]), from release `before` to `after`: its
-    /// caller is `{"transport": "gateway"}`. SIGHUP's reloads are among them: the gateway is
+    /// `auto-revert`; see [`crate::gateway::OwnRecord`]), from release `before`, made or
+    /// refused: its caller is `{"transport": "gateway"}`. SIGHUP's reloads are among them: the gateway is
     /// not told who sent the signal.
     pub fn record_own(
         &self,
         what: &str,
         before: &Release,
-        after: &Release,
+        change: OwnChange<'_>,
     ) -> Result<(), AuditError> {
-        let (before, after) = (release_json(before), Some(release_json(after)));
         let caller = json!({"transport": "gateway"});
-        self.write(caller, what, (before, after), "changed", None)
+        let before = release_json(before);
+        match change {
+            OwnChange::Made(after) => {
+                let after = Some(release_json(after));
+                self.write(caller, what, (before, after), "changed", None)
+            }
+            OwnChange::Refused { reason, error } => {
+                self.write(caller, what, (before, None), reason, Some(error))
+            }
+        }
     }
 
     fn write(

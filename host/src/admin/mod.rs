@@ -431,9 +431,9 @@ impl AdminServer {
         };
         // The gateway's own changes go on the same audit trail as the operators'.
         let audit = options.audit.clone();
-        gateway.record_own_changes(Arc::new(move |what, before, after| {
+        gateway.record_own_changes(Arc::new(move |what, before, change| {
             audit
-                .record_own(what, before, after)
+                .record_own(what, before, change)
                 .map_err(|e| e.to_string())
         }));
         let shared = Arc::new(Shared {

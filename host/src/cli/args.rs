@@ -617,9 +617,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
     /// Append an audit record of every admin request that changes or tries to change the
-    /// gateway (who, what, the releases before and after, the result) to FILE, one JSON line
-    /// each, written through to the disk before the answer; a change whose record cannot be
-    /// written is refused. The file is created 0600, never through a symbolic link.
+    /// gateway (who, what, the releases before and after, the result), and of every change the
+    /// gateway makes or tries on its own account (the tag watch, SIGHUP, auto-revert), to
+    /// FILE, one JSON line each, written through to the disk before the change is made; a
+    /// change whose record cannot be written is refused. The file is created 0600, never
+    /// through a symbolic link.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
     /// What to do with a batch the module fails on.

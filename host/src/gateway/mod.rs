@@ -310,11 +310,26 @@ impl std::fmt::Debug for Approval<'_> {
 }
 
 /// The record of a change the gateway makes on its own account (the tag watch's swaps and
-/// shadows, SIGHUP's reloads, auto-reverts), asked under the swap lock before the change is
-/// made, as an [`Approval`] is: with what the change is (such as `"auto-revert"`), the serving
-/// release and the one about to replace it (or be staged beside it). An `Err` refuses the
-/// change ([`SwapError::NotRecorded`]). The admin API sets it to write an audit record.
-pub type OwnRecord = dyn Fn(&str, &Release, &Release) -> Result<(), String> + Send + Sync;
+/// shadows, SIGHUP's reloads, auto-reverts): what the change is (such as `"auto-revert"`),
+/// the serving release, and what became of the change. A change about to be made is recorded
+/// under the swap lock before it is made, as an [`Approval`] is, and an `Err` refuses it
+/// ([`SwapError::NotRecorded`]); a refusal's record that cannot be written is only logged. The
+/// admin API sets it to write audit records.
+pub type OwnRecord = dyn Fn(&str, &Release, OwnChange<'_>) -> Result<(), String> + Send + Sync;
+
+/// What became of a change the gateway makes on its own account, as its [`OwnRecord`] says.
+#[derive(Clone, Copy)]
+pub enum OwnChange<'a> {
+    /// About to be made: this release replaces the serving one (or is staged beside it).
+    Made(&'a Release),
+    /// Refused: `reason` names why (as answers and metrics name refusals), `error` says it.
+    Refused {
+        /// The refusal's name.
+        reason: &'a str,
+        /// What went wrong.
+        error: &'a str,
+    },
+}
 
 /// A rollback to the previous good release, and who asked for it.
 enum Rollback<'a> {
@@ -484,7 +499,10 @@ impl Gateway {
         let why = format!("the tag {tag} moved to {digest}");
         self.swap_locked(request, Origin::TagWatch, why)
             .map(Some)
-            .inspect_err(|e| self.quarantine_refusal(digest, e))
+            .inspect_err(|e| {
+                self.own_refused("tag watch: swap", e.reason().as_str(), &e.to_string());
+                self.quarantine_refusal(digest, e);
+            })
     }
 
     /// SIGHUP: swaps in `module` (when given) and `config` read again from their files, unless
@@ -510,7 +528,11 @@ impl Gateway {
             ..SwapRequest::default()
         };
         let why = "SIGHUP: the module and configuration files read again".to_owned();
-        self.swap_locked(request, Origin::Sighup, why).map(Some)
+        self.swap_locked(request, Origin::Sighup, why)
+            .map(Some)
+            .inspect_err(|e| {
+                self.own_refused("SIGHUP: reload", e.reason().as_str(), &e.to_string());
+            })
     }
 
     /// Publishes `request` as made by `origin` for `why` (the swap lock held), logging it or
@@ -738,7 +760,12 @@ impl Gateway {
         match &result {
             Ok(_) if cause == RollbackCause::Auto => self.quarantine_reverted(&from),
             Ok(_) => {}
-            Err(e) => self.note_refusal(&format!("rollback ({cause})"), e),
+            Err(e) => {
+                self.note_refusal(&format!("rollback ({cause})"), e);
+                if cause == RollbackCause::Auto {
+                    self.own_refused("auto-revert", e.reason().as_str(), &e.to_string());
+                }
+            }
         }
         result
     }
@@ -827,8 +854,20 @@ impl Gateway {
     ) -> impl Fn(&Release, &Release) -> Result<(), String> {
         let record = lock(&self.own_record).clone();
         move |before: &Release, after: &Release| match &record {
-            Some(record) => record(what, before, after),
+            Some(record) => record(what, before, OwnChange::Made(after)),
             None => Ok(()),
+        }
+    }
+
+    /// Records that a change the gateway tried on its own account, `what`, was refused for
+    /// `reason` (`error`), while the current release serves; a record that cannot be written
+    /// is logged.
+    fn own_refused(&self, what: &str, reason: &str, error: &str) {
+        let Some(record) = lock(&self.own_record).clone() else {
+            return;
+        };
+        if let Err(e) = record(what, &self.current(), OwnChange::Refused { reason, error }) {
+            tracing::error!(error = %e, "the record of the refusal of {what} could not be written");
         }
     }
 }

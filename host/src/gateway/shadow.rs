@@ -101,6 +101,8 @@ flowgate_policy::labels! {
         /// The watched tag no longer names its digest (or the registry could not say so)
         /// when its time was up.
         TagMoved => "tag-moved",
+        /// The tag watch's promotion of it was refused: its audit record could not be written.
+        Unrecorded => "unrecorded",
     }
 }
 
@@ -718,6 +720,7 @@ impl Gateway {
             End::WatchPaused => {
                 "the tag watch that staged it was paused while it was judged".to_owned()
             }
+            End::Unrecorded => "the tag watch's promotion of it could not be recorded; it is staged again later".to_owned(),
         };
         self.events.shadow_end(how);
         let log = |level_warn: bool| {
@@ -735,7 +738,7 @@ impl Gateway {
         };
         log(matches!(
             how,
-            End::LiveChanged | End::Fault | End::Refused | End::Unjudged
+            End::LiveChanged | End::Fault | End::Refused | End::Unjudged | End::Unrecorded
         ));
         **gone = Some(Discarded {
             how,

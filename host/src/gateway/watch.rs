@@ -237,6 +237,8 @@ fn through_gate(
             gateway.note_pull(Pull::Refused);
             false
         }
+        // Tried again after the backoff, not quarantined.
+        Settled::Ended(End::Unrecorded) => false,
         Settled::Ended(_) | Settled::Left => true,
     }
 }
@@ -283,7 +285,11 @@ impl Gateway {
         let why = format!("the tag {tag} moved to {digest}");
         self.stage_locked(request, Origin::TagWatch, why)
             .map(Some)
-            .inspect_err(|e| self.quarantine_refusal(digest, e))
+            .inspect_err(|e| {
+                let what = "tag watch: shadow staged";
+                self.own_refused(what, e.reason().as_str(), &e.to_string());
+                self.quarantine_refusal(digest, e);
+            })
     }
 
     /// After the gate's time: promotes the watch's `shadow` of `digest` when it is still
@@ -357,20 +363,21 @@ impl Gateway {
             }
             return settled;
         }
-        let record = self.own_approval("tag watch: shadow promoted");
-        match self.promote_locked(shadow, Some(Approval(&record))) {
+        let what = "tag watch: shadow promoted";
+        let record = self.own_approval(what);
+        let promoted = self.promote_locked(shadow, Some(Approval(&record)));
+        if let Err(e) = &promoted {
+            self.own_refused(what, e.reason(), &e.to_string());
+        }
+        match promoted {
             Ok(_) => Settled::Promoted,
-            // Its module failed meanwhile, what it was compared against no longer serves, or
-            // its record could not be written.
-            Err(e) => {
-                if let ShadowError::NotRecorded(why) = &e {
-                    tracing::error!(
-                        event = "watch-promotion-unrecorded",
-                        shadow = %etag,
-                        error = %why,
-                        "the tag watch's shadow {etag} is not promoted: its record could not be written: {why}"
-                    );
-                }
+            // Not the module's doing: staged again at a later poll.
+            Err(ShadowError::NotRecorded(e)) => {
+                self.note_refusal(what, &SwapError::NotRecorded(e));
+                end(End::Unrecorded, Settled::Ended(End::Unrecorded))
+            }
+            // Its module failed meanwhile, or what it was compared against no longer serves.
+            Err(_) => {
                 self.end_shadow(Some(shadow), End::LiveChanged, &live);
                 self.ended_meanwhile(shadow, digest)
             }

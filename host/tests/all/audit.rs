@@ -263,10 +263,44 @@ fn following_with_audit(
     (gateway, server, tag)
 }
 
+/// Runs the workers of `gateway` on traffic one packet in 16 of which makes the trapping test
+/// module trap, until `done` holds (at most 60 s).
+fn faulting_until(gateway: &Arc<Gateway>, done: impl Fn(&Gateway) -> bool) {
+    traffic_until(gateway, true, done);
+}
+
+/// Runs the workers of `gateway` on traffic (one packet in 16 made to trap the trapping test
+/// module when `traps`) until `done` holds (at most 60 s).
+fn traffic_until(gateway: &Arc<Gateway>, traps: bool, done: impl Fn(&Gateway) -> bool) {
+    use flowgate_policy::{Packet, synth};
+    let packets: Arc<[Packet]> = {
+        let parsed = flowgate_policy::parse(&config(2), None).unwrap();
+        let mut p = synth::packets(&parsed, 1024, 3);
+        for p in p.iter_mut().step_by(16).filter(|_| traps) {
+            *p = Packet::tcp(
+                p.src_vni,
+                p.src,
+                flowgate_test_guests::trigger::TRAP,
+                p.dst,
+                80,
+            );
+        }
+        p.into()
+    };
+    let (stop, handles) = crate::run_workers(gateway, &packets, 0, 2_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done(gateway) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
 #[test]
 fn the_gateways_own_changes_are_recorded_as_its_own() {
     use flowgate_host::oci::Digest;
-    use flowgate_policy::{Packet, synth};
     use flowgate_test_guests as guests;
     use std::sync::atomic::AtomicBool;
     let log = folder("audit-own").join("audit.jsonl");
@@ -284,28 +318,14 @@ fn the_gateways_own_changes_are_recorded_as_its_own() {
     let reloaded = gateway.reload(None, &config(2)).unwrap().unwrap();
     // A reload of what already serves changes nothing, and records nothing.
     assert!(gateway.reload(None, &config(2)).unwrap().is_none());
+    // A refused reload is recorded as refused.
+    assert!(gateway.reload(None, "kind: nothing\n").is_err());
     // Auto-revert from an operator's trapping module (its swap, by the Rust API, has no caller
     // to record: the admin API records its own requests).
     let faulty = gateway
         .swap(flowgate_host::gateway::SwapRequest::module(guests::TRAP))
         .unwrap();
-    let packets: Arc<[Packet]> = {
-        let parsed = flowgate_policy::parse(&config(2), None).unwrap();
-        let mut p = synth::packets(&parsed, 1024, 3);
-        for p in p.iter_mut().step_by(16) {
-            *p = Packet::tcp(p.src_vni, p.src, guests::trigger::TRAP, p.dst, 80);
-        }
-        p.into()
-    };
-    let (stop, handles) = crate::run_workers(&gateway, &packets, 0, 2_000);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while gateway.current().cause != "auto-revert" && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
+    faulting_until(&gateway, |g| g.current().cause == "auto-revert");
     let reverted = gateway.current();
     assert_eq!(reverted.cause, "auto-revert");
 
@@ -325,16 +345,22 @@ fn the_gateways_own_changes_are_recorded_as_its_own() {
         [
             ("tag watch: swap", "changed"),
             ("SIGHUP: reload", "changed"),
+            ("SIGHUP: reload", "config-refused"),
             ("auto-revert", "changed"),
         ],
         "{records:#?}"
     );
+    let refused = &records[2];
+    assert_eq!(refused["caller"], own);
+    assert_eq!(refused["before"]["etag"].as_str(), Some(&*reloaded.etag()));
+    assert!(refused["after"].is_null() && refused["error"].as_str().is_some());
+    let changes = [&records[0], &records[1], &records[3]];
     let steps = [
         (&first, &taken, "tag-watch"),
         (&taken, &reloaded, "sighup"),
         (&faulty, &reverted, "auto-revert"),
     ];
-    for (record, (before, after, origin)) in records.iter().zip(steps) {
+    for (record, (before, after, origin)) in changes.into_iter().zip(steps) {
         assert_eq!(record["caller"], own, "{record:#}");
         assert_eq!(record["before"]["etag"].as_str(), Some(&*before.etag()));
         assert_eq!(record["after"]["etag"].as_str(), Some(&*after.etag()));
@@ -342,7 +368,7 @@ fn the_gateways_own_changes_are_recorded_as_its_own() {
         assert_eq!(record["after"]["why"].as_str(), Some(&*after.why));
     }
     assert!(
-        records[2]["after"]["why"]
+        records[3]["after"]["why"]
             .as_str()
             .unwrap()
             .contains("trap")
@@ -373,4 +399,101 @@ fn an_own_change_whose_record_cannot_be_written_is_not_made() {
     assert_eq!(after.generation, before.generation);
     assert_eq!(*after.config, *before.config);
     assert_eq!(after.module_digest(), before.module_digest());
+
+    // An auto-revert is refused too (tried again while the faults go on): the trapping module
+    // an operator swapped in keeps serving, its batches failing closed.
+    let faulty = gateway
+        .swap(flowgate_host::gateway::SwapRequest::module(guests::TRAP))
+        .unwrap();
+    faulting_until(&gateway, |g| g.events().revert_failures > 0);
+    assert!(gateway.events().revert_failures > 0);
+    assert_eq!(gateway.current().generation, faulty.generation);
+}
+
+/// A sink that refuses the records holding `refused`, as a full disk would, and keeps the
+/// others.
+struct Refusing {
+    refused: &'static str,
+    kept: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Write for Refusing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if String::from_utf8_lossy(bytes).contains(self.refused) {
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        }
+        self.kept.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_gated_watch_does_not_promote_a_shadow_whose_record_cannot_be_written() {
+    use flowgate_host::gateway::watch::{ShadowGate, watch};
+    use flowgate_host::gateway::{Decision, ShadowBudget};
+    use flowgate_host::oci::Reference;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let Some(registry) = crate::oci::start() else {
+        return;
+    };
+    let tag = Reference::parse(&registry.reference("t/p:prod")).unwrap();
+    let moved = crate::oci::push(&tag, flowgate_test_guests::HONEST_V2);
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Refusing {
+        refused: "shadow promoted",
+        kept: kept.clone(),
+    };
+    let gateway = crate::gateway_with(
+        &config(1),
+        flowgate_host::wasm::Limits::default(),
+        Options {
+            workers: 1,
+            shadow_share: 1.0,
+            ..Options::default()
+        },
+    );
+    let options = AdminOptions {
+        audit: Arc::new(AuditLog::to_writer("the refusing sink", Box::new(sink))),
+        ..AdminOptions::new(Endpoint::Unix(crate::socket_path("audit-gate")), None)
+    };
+    let _server = AdminServer::start(gateway.clone(), options).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (gateway, stop, tag) = (gateway.clone(), stop.clone(), tag.clone());
+        std::thread::spawn(move || {
+            let gate = ShadowGate {
+                judge_for: Duration::from_millis(300),
+                budget: ShadowBudget::Share(1.0),
+            };
+            let registry = crate::oci::client();
+            let interval = Duration::from_millis(200);
+            watch(&gateway, &registry, None, &tag, interval, Some(gate), &stop);
+        })
+    };
+    let unrecorded = |g: &Gateway| g.events().shadow_ends.get("unrecorded").copied() > Some(0);
+    traffic_until(&gateway, false, unrecorded);
+    stop.store(true, Ordering::Release);
+    watcher.join().unwrap();
+
+    assert!(unrecorded(&gateway), "{:?}", gateway.events().shadow_ends);
+    assert_eq!(gateway.current().generation, 1, "nothing was promoted");
+    assert_eq!(
+        gateway.watch_decision(&moved),
+        Decision::Take,
+        "not quarantined: the watch stages it again later"
+    );
+    let kept = String::from_utf8(kept.lock().unwrap().clone()).unwrap();
+    let records: Vec<Value> = kept
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!records.is_empty());
+    for r in &records {
+        assert_eq!(r["request"], "tag watch: shadow staged", "{r:#}");
+        assert_eq!(r["result"], "changed");
+    }
 }
