@@ -252,7 +252,12 @@ fn serve_gateway(args: &ServeArgs) -> Result<ExitCode> {
                 // Refused for its signature: counted and logged as the gateway's refusal.
                 Err(e) => match e.downcast::<SignatureError>() {
                     Ok(e) => {
-                        return Err(reread_gateway.refuse_signature("SIGHUP's swap", e).into());
+                        let e = reread_gateway.refuse_own_signature(
+                            "SIGHUP's swap",
+                            "SIGHUP: reload",
+                            e,
+                        );
+                        return Err(e.into());
                     }
                     Err(e) => return Err(e),
                 },

@@ -678,6 +678,20 @@ impl Gateway {
         e
     }
 
+    /// [`Gateway::refuse_signature`] of a module the gateway fetched or read on its own
+    /// account (the tag watch's pull, SIGHUP's re-read), whose refusal is also recorded as
+    /// that of its own change `change` ([`OwnRecord`]).
+    pub fn refuse_own_signature(
+        &self,
+        what: &str,
+        change: &str,
+        e: crate::oci::SignatureError,
+    ) -> SwapError {
+        let e = self.refuse_signature(what, e);
+        self.own_refused(change, e.reason().as_str(), &e.to_string());
+        e
+    }
+
     /// Counts and logs a refused swap or rollback (`what`); the running release keeps serving.
     fn note_refusal(&self, what: &str, e: &SwapError) {
         self.events.refusal(e.reason());

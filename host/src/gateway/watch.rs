@@ -144,7 +144,11 @@ fn swap_to(
             // What the digest is, not how the registry did: quarantined until the tag moves.
             gateway.note_pull(Pull::Refused);
             gateway.quarantine_refused(digest, Refusal::Signature.as_str());
-            gateway.refuse_signature("the tag watch's swap", e);
+            let change = match gate {
+                Some(_) => "tag watch: shadow staged",
+                None => "tag watch: swap",
+            };
+            gateway.refuse_own_signature("the tag watch's swap", change, e);
             return false;
         }
         Err(e) => {

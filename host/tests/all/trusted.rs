@@ -396,12 +396,29 @@ fn a_gateway_with_a_trusted_key_runs_only_signed_modules_by_reference_watch_and_
     assert_eq!(served.status().unwrap()["generation"], 4);
 
     // The audit trail: every upload and reference asked for, on the socket by this user,
-    // the refusals with their reason, the change with the key that signed it.
-    let records: Vec<Value> = std::fs::read_to_string(&audit)
+    // the refusals with their reason, the change with the key that signed it; and the
+    // watch's, as the gateway's own: the unsigned digest refused, the signed one taken.
+    let (own, records): (Vec<Value>, Vec<Value>) = std::fs::read_to_string(&audit)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .partition(|r| r["caller"]["transport"] == "gateway");
+    let own: Vec<(&str, &str)> = own
+        .iter()
+        .map(|r| {
+            (
+                r["request"].as_str().unwrap(),
+                r["result"].as_str().unwrap(),
+            )
+        })
         .collect();
+    assert_eq!(
+        own,
+        [
+            ("tag watch: swap", "signature-refused"),
+            ("tag watch: swap", "changed"),
+        ]
+    );
     let results: Vec<(&str, &str)> = records
         .iter()
         .map(|r| {
