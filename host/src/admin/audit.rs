@@ -2,9 +2,10 @@
 //! the gateway (swaps, rollbacks, watch actions; refusals included): when, who asked (the
 //! [`Caller`]), what was asked, the releases before and after, the result. The changes the
 //! gateway makes on its own account (the tag watch's swaps and shadows, SIGHUP's reloads,
-//! auto-reverts) are recorded the same way, as the gateway's, once an admin API serves it. Each record goes to
-//! the log (`event = "audit"`) and, with an audit file ([`AuditLog::open`], `--audit-log`), is
-//! appended to it as one JSON line and written through to the disk before the answer is sent.
+//! auto-reverts) and their refusals are recorded the same way, as the gateway's, once an
+//! admin API serves it. Each record goes to the log (`event = "audit"`) and, with an audit
+//! file ([`AuditLog::open`], `--audit-log`), is appended to it as one JSON line and written
+//! through to the disk before the answer is sent.
 //! A change whose record cannot be written is not made: the record is written under the
 //! gateway's swap lock, after the change is prepared and before it goes live.
 
@@ -222,8 +223,8 @@ impl AuditLog {
 
     /// Writes the record of a change the gateway makes on its own account, `what` (such as
     /// `auto-revert`; see [`crate::gateway::OwnRecord`]), from release `before`, made or
-    /// refused: its caller is `{"transport": "gateway"}`. SIGHUP's reloads are among them: the gateway is
-    /// not told who sent the signal.
+    /// refused: its caller is `{"transport": "gateway"}`. SIGHUP's reloads are among them:
+    /// the gateway is not told who sent the signal.
     pub fn record_own(
         &self,
         what: &str,

@@ -617,8 +617,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
     /// Append an audit record of every admin request that changes or tries to change the
-    /// gateway (who, what, the releases before and after, the result), and of every change the
-    /// gateway makes or tries on its own account (the tag watch, SIGHUP, auto-revert), to
+    /// gateway (who, what, the releases before and after, the result), and of the changes the
+    /// gateway makes or tries on its own account (the tag watch's swaps, shadows and
+    /// promotions, SIGHUP's reloads, auto-reverts; not the watch's discards of its shadows), to
     /// FILE, one JSON line each, written through to the disk before the change is made; a
     /// change whose record cannot be written is refused. The file is created 0600, never
     /// through a symbolic link.

@@ -324,10 +324,10 @@ impl Gateway {
     }
 
     /// The watch's swap or shadow of `digest` was refused with `e`: quarantined when the
-    /// refusal is about what the module is, not about what the machine had to spare (a
-    /// capacity or start failure is tried again after the backoff).
+    /// refusal is about what the module is, not about what the machine had to spare or
+    /// whether its audit record could be written (a capacity or start failure, or an audit
+    /// failure, is tried again after the backoff).
     pub(super) fn quarantine_refusal(&self, digest: Digest, e: &SwapError) {
-        // Not the module's doing: tried again.
         if !matches!(
             e.reason(),
             Refusal::Capacity | Refusal::StartFailed | Refusal::NotRecorded

@@ -478,7 +478,8 @@ impl Gateway {
     /// The tag watch's swap to `digest`, which `tag` resolves to: taken only if the watch
     /// still decides to take it once the swap lock is held (an operator may have changed the
     /// release, or paused the watch, while the module was pulled) and `stop` is not set. A
-    /// refused module is quarantined. `Ok(None)`: nothing was done.
+    /// module refused for what it is is quarantined (see `quarantine_refusal`); the refusal
+    /// is recorded as the gateway's own ([`OwnRecord`]). `Ok(None)`: nothing was done.
     pub fn swap_by_watch(
         &self,
         module: &[u8],

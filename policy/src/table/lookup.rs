@@ -268,8 +268,9 @@ struct Dual {
     six: Gather<Lanes6>,
     /// Packets of mixed families, when the table has IPv6 sides.
     mixed: Gather<LanesMixed>,
-    /// A chunk all of one family, in [`Table::lookup_batch`].
+    /// A chunk all of IPv4 packets, in [`Table::lookup_batch`].
     chunk4: Lanes,
+    /// A chunk all of IPv6 packets, in [`Table::lookup_batch`].
     chunk6: Lanes6,
 }
 
