@@ -787,6 +787,7 @@ impl Gateway {
 
     fn try_rollback(&self, rollback: Rollback<'_>) -> Result<Arc<Release>, SwapError> {
         let cause = rollback.cause();
+        let own = self.own_approval("auto-revert");
         let (if_match, approval, why, release_cause, origin) = match rollback {
             Rollback::Operator { if_match, approval } => (
                 if_match,
@@ -795,12 +796,13 @@ impl Gateway {
                 Cause::Rollback,
                 Origin::Rollback,
             ),
-            Rollback::Auto { why, .. } => (None, None, why, Cause::AutoRevert, Origin::AutoRevert),
-        };
-        let record = self.own_approval("auto-revert");
-        let approval = match origin {
-            Origin::AutoRevert => Some(Approval(&record)),
-            _ => approval,
+            Rollback::Auto { why, .. } => (
+                None,
+                Some(Approval(&own)),
+                why,
+                Cause::AutoRevert,
+                Origin::AutoRevert,
+            ),
         };
         check_if_match(&self.current(), if_match)?;
         let target = {

@@ -32,11 +32,25 @@ pub(crate) fn folder(what: &str) -> PathBuf {
     dir
 }
 
-fn records(path: &PathBuf) -> Vec<Value> {
+/// The records of an audit file.
+pub(crate) fn records(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Each record's request and result.
+pub(crate) fn requests_and_results(records: &[Value]) -> Vec<(&str, &str)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["request"].as_str().unwrap(),
+                r["result"].as_str().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -331,17 +345,8 @@ fn the_gateways_own_changes_are_recorded_as_its_own() {
 
     let records = records(&log);
     let own = serde_json::json!({"transport": "gateway"});
-    let seen: Vec<_> = records
-        .iter()
-        .map(|r| {
-            (
-                r["request"].as_str().unwrap(),
-                r["result"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        seen,
+        requests_and_results(&records),
         [
             ("tag watch: swap", "changed"),
             ("SIGHUP: reload", "changed"),

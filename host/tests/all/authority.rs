@@ -621,11 +621,7 @@ fn the_gated_watch_promotes_within_the_budget_and_quarantines_beyond_it() {
     );
 
     // The watch's shadows and its promotion are on the audit trail, as the gateway's.
-    let records: Vec<Value> = std::fs::read_to_string(&audit)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = crate::audit::records(&audit);
     let gateway = serde_json::json!({"transport": "gateway"});
     assert!(
         records.iter().all(|r| r["caller"] == gateway),

@@ -398,38 +398,19 @@ fn a_gateway_with_a_trusted_key_runs_only_signed_modules_by_reference_watch_and_
     // The audit trail: every upload and reference asked for, on the socket by this user,
     // the refusals with their reason, the change with the key that signed it; and the
     // watch's, as the gateway's own: the unsigned digest refused, the signed one taken.
-    let (own, records): (Vec<Value>, Vec<Value>) = std::fs::read_to_string(&audit)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    use crate::audit::requests_and_results;
+    let (own, records): (Vec<Value>, Vec<Value>) = crate::audit::records(&audit)
+        .into_iter()
         .partition(|r| r["caller"]["transport"] == "gateway");
-    let own: Vec<(&str, &str)> = own
-        .iter()
-        .map(|r| {
-            (
-                r["request"].as_str().unwrap(),
-                r["result"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        own,
+        requests_and_results(&own),
         [
             ("tag watch: swap", "signature-refused"),
             ("tag watch: swap", "changed"),
         ]
     );
-    let results: Vec<(&str, &str)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["request"].as_str().unwrap(),
-                r["result"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        results,
+        requests_and_results(&records),
         [
             ("PUT /module", "signature-refused"),
             ("PUT /module", "signature-refused"),

@@ -250,6 +250,15 @@ struct Gather<L> {
 }
 
 impl<L> Gather<L> {
+    /// Takes the lane `self.n`, just filled, as batch packet `at`'s; whether the lanes are
+    /// full now (then the caller looks them up).
+    #[inline(always)]
+    fn filled(&mut self, at: usize) -> bool {
+        self.at[self.n] = at as u32;
+        self.n += 1;
+        self.n == LANES
+    }
+
     /// Hands each filled lane's batch index and verdict word to `emit`, and empties the
     /// lanes.
     #[inline(always)]
@@ -394,6 +403,14 @@ impl Table {
         self.verdict(self.matrices.word(vpc, s, d).unwrap_or(UNKNOWN_VPC))
     }
 
+    /// Each slot of `out` (a chunk's, at most [`LANES`]) the verdict of its lane's word.
+    #[inline(always)]
+    fn put_verdicts(&self, out: &mut [Verdict], words: &[u32; LANES]) {
+        for (verdict, &word) in out.iter_mut().zip(words) {
+            *verdict = self.verdict(word);
+        }
+    }
+
     /// The verdict of a word of the matrices.
     #[inline]
     fn verdict(&self, word: u32) -> Verdict {
@@ -491,10 +508,7 @@ impl Table {
                 return;
             }
             self.lookup_lanes::<LANES>(&lanes, &mut stages, &mut words);
-            let chunk_out = &mut out[first..first + chunk.len()];
-            for (verdict, &word) in chunk_out.iter_mut().zip(&words) {
-                *verdict = self.verdict(word);
-            }
+            self.put_verdicts(&mut out[first..first + chunk.len()], &words);
         }
     }
 
@@ -557,9 +571,7 @@ impl Table {
                 dual.chunk4.set(i, packet);
             }
             self.lookup_lanes::<LANES>(&dual.chunk4, stages, words);
-            for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
-                *verdict = self.verdict(word);
-            }
+            self.put_verdicts(chunk_out, words);
             return;
         }
         let sides6 = self.six.as_ref();
@@ -568,9 +580,7 @@ impl Table {
                 dual.chunk6.set(i, packet);
             }
             self.lookup_lanes6::<LANES>(sides6, &dual.chunk6, stages, words);
-            for (verdict, &word) in chunk_out.iter_mut().zip(words.iter()) {
-                *verdict = self.verdict(word);
-            }
+            self.put_verdicts(chunk_out, words);
             return;
         }
         let mut emit = |at: u32, word: u32| out[at as usize] = self.verdict(word);
@@ -580,9 +590,7 @@ impl Table {
             bits &= bits - 1;
             let g = &mut dual.four;
             g.lanes.set(g.n, &packets[i]);
-            g.at[g.n] = (first + i) as u32;
-            g.n += 1;
-            if g.n == LANES {
+            if g.filled(first + i) {
                 self.flush_four(g, stages, words, &mut emit);
             }
         }
@@ -602,9 +610,7 @@ impl Table {
             bits &= bits - 1;
             let g = &mut dual.six;
             g.lanes.set(g.n, &packets[i]);
-            g.at[g.n] = (first + i) as u32;
-            g.n += 1;
-            if g.n == LANES {
+            if g.filled(first + i) {
                 self.flush_six(sides6, g, stages, words, &mut emit);
             }
         }
@@ -614,9 +620,7 @@ impl Table {
             mixed &= mixed - 1;
             let g = &mut dual.mixed;
             g.lanes.set(g.n, &packets[i]);
-            g.at[g.n] = (first + i) as u32;
-            g.n += 1;
-            if g.n == LANES {
+            if g.filled(first + i) {
                 self.flush_mixed(sides6, g, stages, words, &mut emit);
             }
         }
@@ -1096,9 +1100,7 @@ fn judge_dual(
             field(shapes, i) & shape::PORTS != 0,
             split_ports(field(ports, i)),
         );
-        g.at[g.n] = (first + i) as u32;
-        g.n += 1;
-        if g.n == LANES {
+        if g.filled(first + i) {
             table.flush_four(g, &mut s.stages, &mut s.words, &mut emit);
         }
     }
@@ -1119,9 +1121,7 @@ fn judge_dual(
                 field(shapes, i) & shape::PORTS != 0,
                 split_ports(field(ports, i)),
             );
-            g.at[g.n] = (first + i) as u32;
-            g.n += 1;
-            if g.n == LANES {
+            if g.filled(first + i) {
                 table.flush_six(sides6, g, &mut s.stages, &mut s.words, &mut emit);
             }
         }
@@ -1147,9 +1147,7 @@ fn judge_dual(
                 .six
                 .put(g.n, vni, (src_halves, dst_halves), has_ports, ports);
             (lanes.v6[0][g.n], lanes.v6[1][g.n]) = (src6, dst6);
-            g.at[g.n] = (first + i) as u32;
-            g.n += 1;
-            if g.n == LANES {
+            if g.filled(first + i) {
                 table.flush_mixed(sides6, g, &mut s.stages, &mut s.words, &mut emit);
             }
         }
